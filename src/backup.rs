@@ -1,0 +1,582 @@
+//! The backup pipeline for one snapshot:
+//!
+//! walk (this thread) -> unchanged files reuse their chunk list from the index
+//! -> changed files are chunked, hashed and compressed in parallel (rayon)
+//! -> new chunks go through a bounded channel to one packer thread that
+//! writes the current blob -> finished blobs go through a bounded channel to
+//! uploader threads -> once an upload is confirmed, this thread records the
+//! blob's chunks in the index -> at the end the metadata database and then
+//! the manifest are uploaded. A snapshot exists only once its manifest does.
+
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use age::x25519;
+use rayon::prelude::*;
+
+use crate::blob::{BlobWriter, FinishedBlob, Location};
+use crate::chunk::{self, ChunkId, Params};
+use crate::config::SnapshotConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::index::{FileStat, Index};
+use crate::snapshot::{self, Entry, Kind, Manifest, MetaWriter};
+use crate::store::Store;
+use crate::walk::{self, Excludes};
+
+/// Uploads in flight at once; each holds one finished blob on disk.
+const UPLOADERS: usize = 2;
+
+pub struct Backup<'a> {
+    pub store: &'a dyn Store,
+    pub index: Mutex<Index>,
+    pub recipients: Vec<x25519::Recipient>,
+    pub hostname: String,
+    /// Mode-0700 directory for encrypted temporary files and the metadata
+    /// database being built.
+    pub tmp_dir: PathBuf,
+    pub params: Params,
+    pub level: i32,
+    pub blob_limit: u64,
+    pub global_excludes: Vec<String>,
+    pub skip_errors: bool,
+    /// Called with each warning (skipped or changing files).
+    pub warn: &'a (dyn Fn(&str) + Sync),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub id: String,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes_scanned: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub warnings: u64,
+    pub seconds: f64,
+}
+
+/// A changed file to read.
+struct Todo {
+    entry: i64,
+    path: PathBuf,
+    stat: FileStat,
+}
+
+struct NewChunk {
+    id: ChunkId,
+    frame: Vec<u8>,
+    size: u64,
+}
+
+enum Event {
+    FileDone {
+        entry: i64,
+        todo: usize,
+        read: u64,
+        chunks: Vec<u8>,
+        changed: bool,
+    },
+    FileSkipped {
+        entry: i64,
+        msg: String,
+    },
+    BlobStored {
+        key: String,
+        size: u64,
+        entries: Vec<(ChunkId, Location)>,
+    },
+}
+
+fn stat_of(m: &std::fs::Metadata) -> FileStat {
+    FileStat {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ino: m.ino(),
+        dev: m.dev(),
+    }
+}
+
+fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_char_device() {
+        Kind::CharDev
+    } else if ft.is_block_device() {
+        Kind::BlockDev
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        return Ok(None);
+    };
+    let target = if kind == Kind::Symlink {
+        Some(
+            std::fs::read_link(path)
+                .at("read symlink", path)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec(),
+        )
+    } else {
+        None
+    };
+    Ok(Some(Entry {
+        path: path.as_os_str().as_bytes().to_vec(),
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: if kind == Kind::File { m.len() } else { 0 },
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        rdev: m.rdev(),
+        target,
+    }))
+}
+
+impl Backup<'_> {
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().expect("index lock poisoned by a panic")
+    }
+
+    pub fn run(&self, snap: &SnapshotConfig) -> Result<Summary> {
+        let started = Instant::now();
+        // Ids have one-second resolution: never reuse one already stored.
+        let (id, time) = loop {
+            let time = crate::unix_now();
+            let id = snapshot::make_id(&self.hostname, &snap.name, time);
+            if self.store.head(&snapshot::manifest_key(&id))?.is_none() {
+                break (id, time);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        };
+        let meta_path = self.tmp_dir.join(format!("{id}.sqlite"));
+        let result = self.run_inner(snap, &id, time, &meta_path);
+        let _ = std::fs::remove_file(&meta_path);
+        let mut summary = result?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    fn run_inner(&self, snap: &SnapshotConfig, id: &str, time: u64, meta_path: &Path) -> Result<Summary> {
+        let meta = MetaWriter::create(meta_path)?;
+        meta.set_info("format", &snapshot::FORMAT_VERSION.to_string())?;
+        meta.set_info("id", id)?;
+        meta.set_info("hostname", &self.hostname)?;
+        meta.set_info("name", &snap.name)?;
+        meta.set_info("time", &time.to_string())?;
+        let mut s = Summary {
+            id: id.to_string(),
+            ..Summary::default()
+        };
+
+        // 1. Walk; reuse the chunk lists of unchanged files.
+        let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
+        let mut todo: Vec<Todo> = Vec::new();
+        let mut seen_paths: HashSet<PathBuf> = HashSet::new();
+        let mut walk_warnings = 0u64;
+        for root in &snap.paths {
+            if !seen_paths.insert(root.clone()) {
+                continue;
+            }
+            let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+                let Some(e) = entry_of(path, m)? else {
+                    return Ok(());
+                };
+                s.entries += 1;
+                if e.kind != Kind::File {
+                    meta.add(&e, None)?;
+                    return Ok(());
+                }
+                s.files += 1;
+                s.bytes_scanned += e.size;
+                let stat = stat_of(m);
+                if stat.size == 0 {
+                    meta.add(&e, Some(&[]))?;
+                    return Ok(());
+                }
+                let reuse = {
+                    let index = self.index();
+                    match index.unchanged_file(&e.path, &stat)? {
+                        Some(list) => {
+                            let mut all = true;
+                            for c in list.chunks_exact(32) {
+                                let id = ChunkId::from_slice(c).expect("32-byte chunk id");
+                                if !index.has_chunk(&id)? {
+                                    all = false;
+                                    break;
+                                }
+                            }
+                            all.then_some(list)
+                        }
+                        None => None,
+                    }
+                };
+                match reuse {
+                    Some(list) => {
+                        meta.add(&e, Some(&list))?;
+                    }
+                    None => {
+                        let entry = meta.add(&e, None)?;
+                        todo.push(Todo {
+                            entry,
+                            path: path.to_path_buf(),
+                            stat,
+                        });
+                    }
+                }
+                Ok(())
+            };
+            let mut failed = |w: walk::WalkError| -> Result<()> {
+                if self.skip_errors {
+                    walk_warnings += 1;
+                    (self.warn)(&format!("skipped {}: {}", w.path.display(), w.err));
+                    Ok(())
+                } else {
+                    Err(Error::Io {
+                        op: "read",
+                        path: w.path,
+                        source: w.err,
+                    })
+                }
+            };
+            walk::walk(root, &excludes, &mut visit, &mut failed)?;
+        }
+        s.warnings += walk_warnings;
+
+        // 2. Read, chunk, pack and upload what changed.
+        let mut index_updates: Vec<(Vec<u8>, FileStat, Vec<u8>)> = Vec::new();
+        if !todo.is_empty() {
+            self.pipeline(&todo, &meta, &mut s, &mut index_updates)?;
+        }
+
+        // 3. Everything referenced is in the store: remember the files.
+        self.index().put_files(
+            index_updates
+                .iter()
+                .map(|(p, st, c)| (p.as_slice(), *st, c.as_slice())),
+        )?;
+
+        // 4. Metadata, then the manifest that makes the snapshot visible.
+        let blobs = {
+            let index = self.index();
+            meta.resolve_chunks(&index)?
+        };
+        let sealed = meta.seal(&self.tmp_dir, &self.recipients, self.level)?;
+        self.store
+            .put_file(&snapshot::db_key(id), sealed.temp.path())?;
+        let manifest = Manifest {
+            id: id.to_string(),
+            hostname: self.hostname.clone(),
+            name: snap.name.clone(),
+            time,
+            blobs,
+            metadata_size: sealed.size,
+        };
+        self.store
+            .put_bytes(&snapshot::manifest_key(id), &manifest.to_bytes())?;
+        self.index().record_snapshot(id, &snap.name)?;
+        Ok(s)
+    }
+
+    fn pipeline(
+        &self,
+        todo: &[Todo],
+        meta: &MetaWriter,
+        s: &mut Summary,
+        index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
+    ) -> Result<()> {
+        let workers = rayon::current_num_threads();
+        let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(workers * 2);
+        let (blob_tx, blob_rx) = sync_channel::<FinishedBlob>(1);
+        let (ev_tx, ev_rx) = channel::<Event>();
+        let cancel = AtomicBool::new(false);
+        let pending: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+        let blob_rx = Mutex::new(blob_rx);
+
+        std::thread::scope(|scope| {
+            let producer = {
+                let ev_tx = ev_tx.clone();
+                let (cancel, pending) = (&cancel, &pending);
+                scope.spawn(move || {
+                    let r = todo.par_iter().enumerate().try_for_each_with(
+                        (chunk_tx, ev_tx),
+                        |(ctx, etx), (i, t)| self.read_file(i, t, ctx, etx, pending, cancel),
+                    );
+                    if r.is_err() {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            };
+            let packer = {
+                let cancel = &cancel;
+                scope.spawn(move || {
+                    let r = self.pack(chunk_rx, blob_tx);
+                    if r.is_err() {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            };
+            let uploaders: Vec<_> = (0..UPLOADERS)
+                .map(|_| {
+                    let ev_tx = ev_tx.clone();
+                    let (cancel, blob_rx) = (&cancel, &blob_rx);
+                    scope.spawn(move || {
+                        let r = self.upload(blob_rx, ev_tx, cancel);
+                        if r.is_err() {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                })
+                .collect();
+            drop(ev_tx);
+
+            let recorded = self.record(ev_rx, todo, meta, s, index_updates);
+            if recorded.is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            let mut results = vec![recorded];
+            results.push(join(producer));
+            results.push(join(packer));
+            results.extend(uploaders.into_iter().map(join));
+            // Report the first real failure, not the cancellations it caused.
+            let mut first: Option<Error> = None;
+            for r in results {
+                if let Err(e) = r {
+                    match (&first, &e) {
+                        (None, _) | (Some(Error::Cancelled), _) => first = Some(e),
+                        _ => {}
+                    }
+                }
+            }
+            first.map_or(Ok(()), Err)
+        })
+    }
+
+    /// Chunk one file; send its new chunks to the packer and its chunk list
+    /// to the recorder.
+    fn read_file(
+        &self,
+        i: usize,
+        t: &Todo,
+        chunk_tx: &mut SyncSender<NewChunk>,
+        ev_tx: &mut Sender<Event>,
+        pending: &Mutex<HashSet<ChunkId>>,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let skip = |ev_tx: &mut Sender<Event>, e: Error| -> Result<()> {
+            if self.skip_errors {
+                ev_tx
+                    .send(Event::FileSkipped {
+                        entry: t.entry,
+                        msg: e.to_string(),
+                    })
+                    .map_err(|_| Error::Cancelled)
+            } else {
+                Err(e)
+            }
+        };
+        let file = match std::fs::File::open(&t.path) {
+            Ok(f) => f,
+            Err(e) => {
+                return skip(
+                    ev_tx,
+                    Error::Io {
+                        op: "open",
+                        path: t.path.clone(),
+                        source: e,
+                    },
+                );
+            }
+        };
+        let mut list: Vec<u8> = Vec::with_capacity(32 * (t.stat.size as usize / self.params.avg + 1));
+        let result = CHUNK_BUF.with_borrow_mut(|buf| {
+            chunk::split(&file, &t.path, t.stat.size, self.params, buf, |data| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+                let id = ChunkId::of(data);
+                list.extend_from_slice(&id.0);
+                let is_new = {
+                    let mut p = pending.lock().expect("pending lock poisoned by a panic");
+                    if p.contains(&id) || self.index().has_chunk(&id)? {
+                        false
+                    } else {
+                        p.insert(id);
+                        true
+                    }
+                };
+                if is_new {
+                    let frame = compress(data, self.level).at("compress", &t.path)?;
+                    chunk_tx
+                        .send(NewChunk {
+                            id,
+                            frame,
+                            size: data.len() as u64,
+                        })
+                        .map_err(|_| Error::Cancelled)?;
+                }
+                Ok(())
+            })
+        });
+        let read = match result {
+            Ok(n) => n,
+            Err(e @ Error::Io { .. }) => return skip(ev_tx, e),
+            Err(e) => return Err(e),
+        };
+        // A file that changed while we read it is stored as read, but not
+        // remembered as unchanged, so the next run reads it again.
+        let changed = match std::fs::metadata(&t.path) {
+            Ok(m) => {
+                let now = stat_of(&m);
+                now.size != t.stat.size || now.mtime_ns != t.stat.mtime_ns || read != t.stat.size
+            }
+            Err(_) => true,
+        };
+        ev_tx
+            .send(Event::FileDone {
+                entry: t.entry,
+                todo: i,
+                read,
+                chunks: list,
+                changed,
+            })
+            .map_err(|_| Error::Cancelled)
+    }
+
+    fn pack(&self, rx: Receiver<NewChunk>, tx: SyncSender<FinishedBlob>) -> Result<()> {
+        let mut current: Option<BlobWriter> = None;
+        for c in rx {
+            let w = match &mut current {
+                Some(w) => w,
+                None => current.insert(BlobWriter::create(&self.tmp_dir, &self.recipients)?),
+            };
+            w.add(c.id, &c.frame, c.size)?;
+            if w.len() >= self.blob_limit {
+                let done = current.take().expect("current blob").finish()?;
+                tx.send(done).map_err(|_| Error::Cancelled)?;
+            }
+        }
+        if let Some(w) = current {
+            if !w.is_empty() {
+                tx.send(w.finish()?).map_err(|_| Error::Cancelled)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upload(
+        &self,
+        rx: &Mutex<Receiver<FinishedBlob>>,
+        ev_tx: Sender<Event>,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        loop {
+            let next = rx.lock().expect("blob queue lock poisoned by a panic").recv();
+            let Ok(blob) = next else { return Ok(()) };
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            self.store.put_file(&blob.key, blob.file.temp.path())?;
+            ev_tx
+                .send(Event::BlobStored {
+                    key: blob.key,
+                    size: blob.file.size,
+                    entries: blob.entries,
+                })
+                .map_err(|_| Error::Cancelled)?;
+        }
+    }
+
+    /// Apply events on this thread, which owns the metadata database.
+    fn record(
+        &self,
+        rx: Receiver<Event>,
+        todo: &[Todo],
+        meta: &MetaWriter,
+        s: &mut Summary,
+        index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
+    ) -> Result<()> {
+        for ev in rx {
+            match ev {
+                Event::BlobStored { key, size, entries } => {
+                    s.blobs += 1;
+                    s.blob_bytes += size;
+                    s.new_chunks += entries.len() as u64;
+                    s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
+                    self.index().add_blob(&key, size, &entries)?;
+                }
+                Event::FileDone {
+                    entry,
+                    todo: i,
+                    read,
+                    chunks,
+                    changed,
+                } => {
+                    s.files_read += 1;
+                    s.bytes_read += read;
+                    meta.set_chunks(entry, read, &chunks)?;
+                    let t = &todo[i];
+                    if changed {
+                        s.warnings += 1;
+                        (self.warn)(&format!(
+                            "{} changed while it was read; stored as read",
+                            t.path.display()
+                        ));
+                    } else {
+                        index_updates.push((t.path.as_os_str().as_bytes().to_vec(), t.stat, chunks));
+                    }
+                }
+                Event::FileSkipped { entry, msg } => {
+                    s.warnings += 1;
+                    (self.warn)(&format!("skipped: {msg}"));
+                    meta.remove(entry)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join(h: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
+    h.join().unwrap_or_else(|_| Err(Error::Setup("a worker thread panicked".into())))
+}
+
+thread_local! {
+    static CHUNK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// One zstd frame per chunk, with a per-thread reusable context.
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|c| {
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, comp) = c.as_mut().expect("compressor just set");
+        comp.compress(data)
+    })
+}

@@ -1,0 +1,204 @@
+//! Content-defined chunking (FastCDC 2020) and chunk ids (SHA-256 of the
+//! plaintext). Small files are read whole; large ones are streamed so memory
+//! stays bounded by the maximum chunk size.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use fastcdc::v2020::{FastCDC, StreamCDC};
+use sha2::{Digest, Sha256};
+
+use crate::error::{IoContext, Result};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(Sha256::digest(data).into())
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<ChunkId> {
+        b.try_into().ok().map(ChunkId)
+    }
+
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Chunk size limits derived from the configured average: a quarter of it
+/// as the minimum (so small edits re-sync quickly) and four times it as the
+/// maximum (so a run of identical bytes still gets cut), within FastCDC's
+/// bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+}
+
+impl Params {
+    pub fn new(avg: u64) -> Params {
+        let avg = (avg as usize).clamp(fastcdc::v2020::AVERAGE_MIN, fastcdc::v2020::AVERAGE_MAX);
+        Params {
+            min: (avg / 4).clamp(fastcdc::v2020::MINIMUM_MIN, fastcdc::v2020::MINIMUM_MAX),
+            avg,
+            max: (avg * 4).clamp(fastcdc::v2020::MAXIMUM_MIN, fastcdc::v2020::MAXIMUM_MAX),
+        }
+    }
+
+    /// Files up to this size are read into memory whole and cut there.
+    pub fn whole_file_limit(&self) -> u64 {
+        (self.max * 2) as u64
+    }
+}
+
+/// Split `reader` (the file at `path`) into chunks, calling `sink` with each
+/// one in order; returns the number of bytes read. `size_hint` is the size
+/// from stat and only chooses the strategy.
+pub fn split<R: Read>(
+    mut reader: R,
+    path: &Path,
+    size_hint: u64,
+    p: Params,
+    buf: &mut Vec<u8>,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    if size_hint <= p.whole_file_limit() {
+        buf.clear();
+        // Read one byte more than the limit to notice a file that grew.
+        reader
+            .by_ref()
+            .take(p.whole_file_limit() + 1)
+            .read_to_end(buf)
+            .at("read", path)?;
+        if buf.len() as u64 <= p.whole_file_limit() {
+            let data = &buf[..];
+            if data.len() <= p.min {
+                if !data.is_empty() {
+                    sink(data)?;
+                }
+                return Ok(data.len() as u64);
+            }
+            for c in FastCDC::new(data, p.min, p.avg, p.max) {
+                sink(&data[c.offset..c.offset + c.length])?;
+            }
+            return Ok(data.len() as u64);
+        }
+        // The file grew past the in-memory limit while we read it: stream
+        // the rest, starting with what is already in the buffer.
+        let head = std::mem::take(buf);
+        return stream(std::io::Cursor::new(head).chain(reader), path, p, sink);
+    }
+    stream(reader, path, p, sink)
+}
+
+fn stream<R: Read>(
+    reader: R,
+    path: &Path,
+    p: Params,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let mut total = 0u64;
+    for c in StreamCDC::new(reader, p.min, p.avg, p.max) {
+        let c = c
+            .map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => e,
+                other => std::io::Error::other(other.to_string()),
+            })
+            .at("read", path)?;
+        sink(&c.data)?;
+        total += c.length as u64;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn chunks_of(data: &[u8], p: Params) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        split(data, Path::new("t"), data.len() as u64, p, &mut buf, |c| {
+            out.push(c.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn concatenated_chunks_are_the_input() {
+        let p = Params::new(16 * 1024);
+        for (n, seed) in [(0, 1), (10, 2), (5000, 3), (100_000, 4), (1_000_000, 5)] {
+            let data = pseudo_random(n, seed);
+            let chunks = chunks_of(&data, p);
+            assert_eq!(chunks.concat(), data, "size {n}");
+            assert!(chunks.iter().all(|c| c.len() <= p.max));
+        }
+    }
+
+    #[test]
+    fn whole_and_streamed_paths_cut_identically() {
+        let p = Params::new(4096);
+        let data = pseudo_random(200_000, 9);
+        let whole = chunks_of(&data, p);
+        let mut streamed = Vec::new();
+        // A large size hint forces the streaming path.
+        let mut buf = Vec::new();
+        split(&data[..], Path::new("t"), u64::MAX, p, &mut buf, |c| {
+            streamed.push(c.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(whole, streamed);
+    }
+
+    #[test]
+    fn an_edit_changes_few_chunks() {
+        let p = Params::new(8192);
+        let mut data = pseudo_random(500_000, 7);
+        let before: std::collections::HashSet<_> =
+            chunks_of(&data, p).iter().map(|c| ChunkId::of(c)).collect();
+        data[250_000] ^= 0xff;
+        let after: Vec<_> = chunks_of(&data, p).iter().map(|c| ChunkId::of(c)).collect();
+        let new = after.iter().filter(|c| !before.contains(c)).count();
+        assert!(new <= 2, "{new} new chunks after a one-byte edit");
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

@@ -1,0 +1,485 @@
+//! The `vaultik.conf` file: `key = value` lines, `#` comments, `[section]`
+//! headers, repeatable list keys. Errors name `PATH:LINE`; unknown keys are
+//! errors. Also the size and duration syntaxes shared with the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, IoContext, Result};
+
+pub const DEFAULT_CONFIG: &str = "/etc/vaultik/vaultik.conf";
+pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
+pub const DEFAULT_BLOB_SIZE_LIMIT: u64 = 1 << 30;
+/// Single PUTs are limited to 5 GiB on S3; stay well below.
+pub const MAX_BLOB_SIZE_LIMIT: u64 = 4 << 30;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from (for messages).
+    pub path: PathBuf,
+    pub age_recipients: Vec<String>,
+    pub index_path: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub chunk_size: u64,
+    pub blob_size_limit: u64,
+    pub compression_level: i32,
+    pub exclude: Vec<String>,
+    pub store: Option<StoreConfig>,
+    pub snapshots: Vec<SnapshotConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    S3(S3Config),
+    Local { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotConfig {
+    pub name: String,
+    pub paths: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            path: PathBuf::new(),
+            age_recipients: Vec::new(),
+            index_path: None,
+            hostname: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            blob_size_limit: DEFAULT_BLOB_SIZE_LIMIT,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            exclude: Vec::new(),
+            store: None,
+            snapshots: Vec::new(),
+        }
+    }
+}
+
+enum Section {
+    Global,
+    S3,
+    Local,
+    Snapshot(usize),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read(path).at("read config file", path)?;
+        let text = String::from_utf8(text).map_err(|_| Error::Config {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "the file is not valid UTF-8".into(),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let mut cfg = Config {
+            path: path.to_path_buf(),
+            ..Config::default()
+        };
+        let mut section = Section::Global;
+        let mut s3: Option<(usize, S3Config)> = None;
+        let mut local: Option<(usize, Option<PathBuf>)> = None;
+        let err = |line: usize, msg: String| Error::Config {
+            path: path.to_path_buf(),
+            line,
+            msg,
+        };
+
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = strip_comment(raw).trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('[') {
+                let inner = rest
+                    .strip_suffix(']')
+                    .ok_or_else(|| err(n, format!("unterminated section header `{line}`")))?
+                    .trim();
+                let mut words = inner.split_whitespace();
+                section = match (words.next(), words.next(), words.next()) {
+                    (Some("s3"), None, _) => {
+                        if s3.is_some() {
+                            return Err(err(n, "duplicate [s3] section".into()));
+                        }
+                        s3 = Some((n, S3Config::default()));
+                        Section::S3
+                    }
+                    (Some("local"), None, _) => {
+                        if local.is_some() {
+                            return Err(err(n, "duplicate [local] section".into()));
+                        }
+                        local = Some((n, None));
+                        Section::Local
+                    }
+                    (Some("snapshot"), Some(name), None) => {
+                        check_snapshot_name(name).map_err(|m| err(n, m))?;
+                        if cfg.snapshots.iter().any(|s| s.name == name) {
+                            return Err(err(n, format!("duplicate [snapshot {name}] section")));
+                        }
+                        cfg.snapshots.push(SnapshotConfig {
+                            name: name.to_string(),
+                            paths: Vec::new(),
+                            exclude: Vec::new(),
+                        });
+                        Section::Snapshot(cfg.snapshots.len() - 1)
+                    }
+                    (Some("snapshot"), None, _) => {
+                        return Err(err(n, "[snapshot] needs a name: [snapshot NAME]".into()));
+                    }
+                    _ => {
+                        return Err(err(
+                            n,
+                            format!(
+                                "unknown section [{inner}] (expected [s3], [local] or [snapshot NAME])"
+                            ),
+                        ));
+                    }
+                };
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| err(n, format!("expected `key = value`, found `{line}`")))?;
+            let key = key.trim();
+            let value = unquote(value.trim());
+            if value.is_empty() {
+                return Err(err(n, format!("`{key}` has an empty value")));
+            }
+            let bad = |what: &str| err(n, format!("`{key}`: {what}, found `{value}`"));
+            match section {
+                Section::Global => match key {
+                    "age_recipient" => {
+                        if !value.starts_with("age1") {
+                            return Err(bad("expected an age X25519 recipient (age1...)"));
+                        }
+                        cfg.age_recipients.push(value.to_string());
+                    }
+                    "index_path" => cfg.index_path = Some(PathBuf::from(value)),
+                    "hostname" => cfg.hostname = Some(value.to_string()),
+                    "chunk_size" => {
+                        let v = parse_size(value).ok_or_else(|| bad("expected a size like 1MiB"))?;
+                        if !(4096..=(4 << 20)).contains(&v) {
+                            return Err(bad("must be between 4KiB and 4MiB"));
+                        }
+                        cfg.chunk_size = v;
+                    }
+                    "blob_size_limit" => {
+                        let v = parse_size(value).ok_or_else(|| bad("expected a size like 1GiB"))?;
+                        if !((1 << 20)..=MAX_BLOB_SIZE_LIMIT).contains(&v) {
+                            return Err(bad("must be between 1MiB and 4GiB"));
+                        }
+                        cfg.blob_size_limit = v;
+                    }
+                    "compression_level" => {
+                        cfg.compression_level = value
+                            .parse()
+                            .ok()
+                            .filter(|l| (1..=22).contains(l))
+                            .ok_or_else(|| bad("expected a zstd level from 1 to 22"))?;
+                    }
+                    "exclude" => {
+                        check_glob(value).map_err(|m| err(n, m))?;
+                        cfg.exclude.push(value.to_string());
+                    }
+                    _ => return Err(err(n, format!("unknown key `{key}`"))),
+                },
+                Section::S3 => {
+                    let s = &mut s3.as_mut().expect("inside [s3]").1;
+                    match key {
+                        "endpoint" => {
+                            if !(value.starts_with("http://") || value.starts_with("https://")) {
+                                return Err(bad("expected an http:// or https:// URL"));
+                            }
+                            s.endpoint = value.to_string();
+                        }
+                        "bucket" => s.bucket = value.to_string(),
+                        "prefix" => {
+                            check_prefix(value).map_err(|m| err(n, m))?;
+                            s.prefix = value.to_string();
+                        }
+                        "region" => s.region = value.to_string(),
+                        "access_key_id" => s.access_key_id = Some(value.to_string()),
+                        "secret_access_key" => s.secret_access_key = Some(value.to_string()),
+                        _ => return Err(err(n, format!("unknown key `{key}` in [s3]"))),
+                    }
+                }
+                Section::Local => match key {
+                    "path" => local.as_mut().expect("inside [local]").1 = Some(value.into()),
+                    _ => return Err(err(n, format!("unknown key `{key}` in [local]"))),
+                },
+                Section::Snapshot(idx) => {
+                    let snap = &mut cfg.snapshots[idx];
+                    match key {
+                        "path" => {
+                            if !value.starts_with('/') {
+                                return Err(bad("expected an absolute path"));
+                            }
+                            snap.paths.push(PathBuf::from(value));
+                        }
+                        "exclude" => {
+                            check_glob(value).map_err(|m| err(n, m))?;
+                            snap.exclude.push(value.to_string());
+                        }
+                        _ => {
+                            return Err(err(
+                                n,
+                                format!("unknown key `{key}` in [snapshot {}]", snap.name),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
+        match (s3, local) {
+            (Some(_), Some((n, _))) => {
+                return Err(err(n, "[local] and [s3] cannot both be configured".into()));
+            }
+            (Some((n, s)), None) => {
+                if s.bucket.is_empty() {
+                    return Err(err(n, "[s3] needs `bucket`".into()));
+                }
+                if s.endpoint.is_empty() {
+                    return Err(err(n, "[s3] needs `endpoint`".into()));
+                }
+                let region = if s.region.is_empty() {
+                    "us-east-1".to_string()
+                } else {
+                    s.region.clone()
+                };
+                cfg.store = Some(StoreConfig::S3(S3Config { region, ..s }));
+            }
+            (None, Some((n, path))) => {
+                let path = path.ok_or_else(|| err(n, "[local] needs `path`".into()))?;
+                cfg.store = Some(StoreConfig::Local { path });
+            }
+            (None, None) => {}
+        }
+        for s in &cfg.snapshots {
+            if s.paths.is_empty() {
+                return Err(err(0, format!("[snapshot {}] has no `path`", s.name)));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn strip_comment(line: &str) -> &str {
+    // A `#` starts a comment at the start of a line or after whitespace, so
+    // values such as `*.tmp#1` keep their `#`.
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+fn unquote(v: &str) -> &str {
+    if v.len() >= 2
+        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+    {
+        &v[1..v.len() - 1]
+    } else {
+        v
+    }
+}
+
+pub fn check_snapshot_name(name: &str) -> std::result::Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "snapshot name `{name}`: use letters, digits, `-` and `.` only (at most 64)"
+        ))
+    }
+}
+
+/// Store prefixes become part of object keys: keep them to safe characters.
+pub fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let ok = prefix.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.')
+    }) && !prefix.starts_with('/')
+        && !prefix.contains("//")
+        && !prefix.split('/').any(|s| s == ".." || s == ".");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "prefix `{prefix}`: use letters, digits and `/._-` only, no leading `/`, `//` or `..`"
+        ))
+    }
+}
+
+fn check_glob(pattern: &str) -> std::result::Result<(), String> {
+    glob::Pattern::new(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("exclude `{pattern}`: {e}"))
+}
+
+/// `512`, `512B`, `64KB`, `1MiB`, `10GB`, `1.5GiB` (decimal KB/MB/GB, binary KiB/MiB/GiB).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    if num.is_empty() {
+        return None;
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    let v = f * mult as f64;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// `30s`, `15m`, `1h`, `7d`, `2w`, `6mo`, `1y`; several may be combined (`1h30m`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "mo" => 30 * 86_400,
+            "y" => 365 * 86_400,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(secs)?)?;
+    }
+    Some(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/t/vaultik.conf"), text)
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let cfg = parse(
+            "# comment\nage_recipient = age1abc\nage_recipient = age1def # two\n\
+             chunk_size = 512KiB\nblob_size_limit = 10MB\ncompression_level = 5\nexclude = *.tmp\n\
+             [s3]\nendpoint = http://127.0.0.1:9000\nbucket = b\nprefix = host1/\n\
+             [snapshot etc]\npath = /etc\nexclude = *.log\n[snapshot home]\npath = /home\npath = /root\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.age_recipients, vec!["age1abc", "age1def"]);
+        assert_eq!(cfg.chunk_size, 512 * 1024);
+        assert_eq!(cfg.blob_size_limit, 10_000_000);
+        assert_eq!(cfg.compression_level, 5);
+        assert_eq!(cfg.exclude, vec!["*.tmp"]);
+        match cfg.store.unwrap() {
+            StoreConfig::S3(s) => {
+                assert_eq!(s.bucket, "b");
+                assert_eq!(s.prefix, "host1/");
+                assert_eq!(s.region, "us-east-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.snapshots.len(), 2);
+        assert_eq!(cfg.snapshots[1].paths.len(), 2);
+        assert_eq!(cfg.snapshots[0].exclude, vec!["*.log"]);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = parse("age_recipient = age1x\n\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "/t/vaultik.conf:3: unknown key `bogus`");
+        let e = parse("[s3]\nbucket = b\nendpoint = ftp://x\n").unwrap_err();
+        assert!(e.to_string().starts_with("/t/vaultik.conf:3: `endpoint`"), "{e}");
+        let e = parse("chunk_size = lots\n").unwrap_err();
+        assert!(e.to_string().starts_with("/t/vaultik.conf:1: `chunk_size`"), "{e}");
+        let e = parse("[snapshot a_b]\n").unwrap_err();
+        assert!(e.to_string().starts_with("/t/vaultik.conf:1: snapshot name"), "{e}");
+        let e = parse("[weird]\n").unwrap_err();
+        assert!(e.to_string().contains(":1: unknown section"), "{e}");
+        let e = parse("just words\n").unwrap_err();
+        assert!(e.to_string().contains(":1: expected `key = value`"), "{e}");
+        let e = parse("[local]\npath = /x\n[s3]\nbucket = b\nendpoint = http://x\n").unwrap_err();
+        assert!(e.to_string().contains("cannot both"), "{e}");
+        let e = parse("[snapshot a]\nexclude = *.x\n").unwrap_err();
+        assert!(e.to_string().contains("has no `path`"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("1.5KiB"), Some(1536));
+        assert_eq!(parse_size("5KB"), Some(5000));
+        assert_eq!(parse_size("MB"), None);
+        assert_eq!(parse_size("5XB"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("6mo"), Some(Duration::from_secs(180 * 86400)));
+        assert_eq!(parse_duration("1y"), Some(Duration::from_secs(365 * 86400)));
+        assert_eq!(parse_duration("2w"), Some(Duration::from_secs(14 * 86400)));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! The one error type of vaultik: every failure carries the path, key or
+//! operation it happened on, and keeps its cause for the `caused by:` lines.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad command line: exit code 2, message names the flag or argument.
+    Usage(String),
+    /// Bad configuration file, with the line it was found on.
+    Config {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// Configuration that is missing or inconsistent as a whole.
+    Setup(String),
+    /// A local file system operation failed.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A store request failed (after retries, for transient failures).
+    Store {
+        op: &'static str,
+        key: String,
+        msg: String,
+    },
+    /// An object is not in the store.
+    NotFound { key: String },
+    /// The local index database failed.
+    Index {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// Data that fails authentication, a checksum or a format check.
+    Corrupt { what: String, msg: String },
+    /// The private key is missing, malformed or does not match.
+    Key(String),
+    /// A snapshot id that is not in the store.
+    UnknownSnapshot(String),
+    /// Stopped because another part of the same run failed.
+    Cancelled,
+    /// The run finished but some files were skipped or failed (exit code 1 or 2).
+    Partial { failed: usize, what: &'static str },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Partial { what: "skipped", .. } => 1,
+            _ => 2,
+        }
+    }
+
+    pub fn corrupt(what: impl Into<String>, msg: impl fmt::Display) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    pub fn store(op: &'static str, key: &str, msg: impl fmt::Display) -> Error {
+        Error::Store {
+            op,
+            key: key.to_string(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) => write!(f, "{msg} (see `vaultik --help`)"),
+            Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
+            Error::Setup(msg) => f.write_str(msg),
+            Error::Io { op, path, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())
+            }
+            Error::Store { op, key, msg } => write!(f, "store {op} {key}: {msg}"),
+            Error::NotFound { key } => write!(f, "object {key} is not in the store"),
+            Error::Index { path, source } => write!(f, "index {}: {source}", path.display()),
+            Error::Corrupt { what, msg } => write!(
+                f,
+                "{what}: {msg} (the backup data is damaged; run `vaultik snapshot verify --deep`)"
+            ),
+            Error::Key(msg) => f.write_str(msg),
+            Error::UnknownSnapshot(id) => write!(
+                f,
+                "snapshot {id} is not in the store (see `vaultik snapshot list`)"
+            ),
+            Error::Cancelled => f.write_str("cancelled"),
+            Error::Partial { failed, what } => write!(f, "{failed} file(s) {what}"),
+        }
+    }
+}
+
+// The io and sqlite causes are printed as part of the message, so the default
+// `source()` of None keeps `caused by:` lines from repeating them.
+impl std::error::Error for Error {}
+
+/// Attach a path and an operation to an `io::Error` where it happens.
+pub trait IoContext<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Attach the database path to a SQLite error.
+pub trait DbContext<T> {
+    fn db(self, path: &Path) -> Result<T>;
+}
+
+impl<T> DbContext<T> for rusqlite::Result<T> {
+    fn db(self, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Index {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

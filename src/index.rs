@@ -1,0 +1,298 @@
+//! The local index: a SQLite cache of what is already in the store (blobs
+//! and the chunks inside them) and of each file's last-seen stat and chunk
+//! list, for change detection. A chunk is only recorded after the blob that
+//! holds it is confirmed uploaded. The schema is versioned; a cache of
+//! another version or another store is dropped and rebuilt.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::blob::{Location, private_dir};
+use crate::chunk::ChunkId;
+use crate::error::{DbContext, Result};
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE blobs(
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY,
+    blob INTEGER NOT NULL REFERENCES blobs(id),
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX chunks_blob ON chunks(blob);
+CREATE TABLE files(
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    chunks BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshots(
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    finished INTEGER NOT NULL
+);
+";
+
+/// What stat says about a regular file, for change detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Open (creating if needed) the index at `path` for the store described
+    /// by `store_id`. Returns the index and whether it was (re)built empty.
+    pub fn open(path: &Path, store_id: &str) -> Result<(Index, bool)> {
+        if let Some(dir) = path.parent() {
+            private_dir(dir)?;
+        }
+        let conn = Connection::open(path).db(path)?;
+        restrict_mode(path);
+        conn.busy_timeout(std::time::Duration::from_secs(30)).db(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL").db(path)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").db(path)?;
+        let mut idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version: Option<String> = idx.meta("schema_version")?;
+        let store: Option<String> = idx.meta("store")?;
+        let fresh = version.as_deref() != Some(SCHEMA_VERSION) || store.as_deref() != Some(store_id);
+        if fresh {
+            idx.reset(store_id)?;
+        }
+        Ok((idx, fresh))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        let has_meta: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .db(&self.path)?
+            > 0;
+        if !has_meta {
+            return Ok(None);
+        }
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
+            .optional()
+            .db(&self.path)
+    }
+
+    /// Drop everything and start an empty cache for `store_id`.
+    fn reset(&mut self, store_id: &str) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        let tables: Vec<String> = {
+            let mut st = tx
+                .prepare("SELECT name FROM sqlite_master WHERE type='table'")
+                .db(&self.path)?;
+            st.query_map([], |r| r.get(0))
+                .db(&self.path)?
+                .collect::<rusqlite::Result<_>>()
+                .db(&self.path)?
+        };
+        for t in tables {
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{t}\""))
+                .db(&self.path)?;
+        }
+        tx.execute_batch(SCHEMA).db(&self.path)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('schema_version', ?1), ('store', ?2)",
+            params![SCHEMA_VERSION, store_id],
+        )
+        .db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id=?1")
+            .db(&self.path)?;
+        st.exists([&id.0[..]]).db(&self.path)
+    }
+
+    /// Where a chunk is stored: blob key, blob size and location.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, Location)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT b.key, b.size, c.offset, c.length, c.size
+                 FROM chunks c JOIN blobs b ON b.id = c.blob WHERE c.id=?1",
+            )
+            .db(&self.path)?;
+        st.query_row([&id.0[..]], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                Location {
+                    offset: r.get::<_, i64>(2)? as u64,
+                    length: r.get::<_, i64>(3)? as u64,
+                    size: r.get::<_, i64>(4)? as u64,
+                },
+            ))
+        })
+        .optional()
+        .db(&self.path)
+    }
+
+    /// Record a blob confirmed in the store, with the chunks inside it.
+    pub fn add_blob(&mut self, key: &str, size: u64, chunks: &[(ChunkId, Location)]) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            tx.execute(
+                "INSERT OR IGNORE INTO blobs(key, size, created) VALUES (?1, ?2, ?3)",
+                params![key, size as i64, crate::unix_now() as i64],
+            )
+            .db(&self.path)?;
+            let blob_id: i64 = tx
+                .query_row("SELECT id FROM blobs WHERE key=?1", [key], |r| r.get(0))
+                .db(&self.path)?;
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db(&self.path)?;
+            for (id, loc) in chunks {
+                st.execute(params![
+                    &id.0[..],
+                    blob_id,
+                    loc.offset as i64,
+                    loc.length as i64,
+                    loc.size as i64
+                ])
+                .db(&self.path)?;
+            }
+        }
+        tx.commit().db(&self.path)
+    }
+
+    /// Forget blobs that are no longer in the store (and their chunks), so
+    /// nothing deduplicates against data that is gone. `present` is the
+    /// sorted list of blob keys in the store. Returns how many were dropped.
+    pub fn forget_missing_blobs(&mut self, present: &[String]) -> Result<usize> {
+        let known: Vec<(i64, String)> = {
+            let mut st = self.conn.prepare("SELECT id, key FROM blobs").db(&self.path)?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .db(&self.path)?
+                .collect::<rusqlite::Result<_>>()
+                .db(&self.path)?
+        };
+        let gone: Vec<i64> = known
+            .into_iter()
+            .filter(|(_, k)| present.binary_search(k).is_err())
+            .map(|(id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction().db(&self.path)?;
+        for id in &gone {
+            tx.execute("DELETE FROM chunks WHERE blob=?1", [id])
+                .db(&self.path)?;
+            tx.execute("DELETE FROM blobs WHERE id=?1", [id])
+                .db(&self.path)?;
+        }
+        tx.commit().db(&self.path)?;
+        Ok(gone.len())
+    }
+
+    /// The chunk list recorded for `path`, if its stat is unchanged.
+    pub fn unchanged_file(&self, path: &[u8], stat: &FileStat) -> Result<Option<Vec<u8>>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT chunks FROM files WHERE path=?1 AND size=?2 AND mtime_ns=?3
+                 AND ctime_ns=?4 AND ino=?5 AND dev=?6",
+            )
+            .db(&self.path)?;
+        st.query_row(
+            params![
+                path,
+                stat.size as i64,
+                stat.mtime_ns,
+                stat.ctime_ns,
+                stat.ino as i64,
+                stat.dev as i64
+            ],
+            |r| r.get(0),
+        )
+        .optional()
+        .db(&self.path)
+    }
+
+    /// Record files whose chunks are all confirmed in the store.
+    pub fn put_files<'a>(
+        &mut self,
+        files: impl Iterator<Item = (&'a [u8], FileStat, &'a [u8])>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .db(&self.path)?;
+            for (path, s, chunks) in files {
+                st.execute(params![
+                    path,
+                    s.size as i64,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    s.ino as i64,
+                    s.dev as i64,
+                    chunks
+                ])
+                .db(&self.path)?;
+            }
+        }
+        tx.commit().db(&self.path)
+    }
+
+    pub fn record_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO snapshots(id, name, finished) VALUES (?1, ?2, ?3)",
+                params![id, name, crate::unix_now() as i64],
+            )
+            .db(&self.path)?;
+        Ok(())
+    }
+}
+
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}

@@ -1,0 +1,58 @@
+//! vaultik: parse the command line, dispatch, report any error once, exit.
+
+mod backup;
+mod blob;
+mod chunk;
+mod cli;
+mod cmd;
+mod config;
+mod error;
+mod index;
+mod keys;
+mod lock;
+mod restore;
+mod snapshot;
+mod store;
+mod walk;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| cmd::run(&g, c));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vaultik: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `1.5 MiB`
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

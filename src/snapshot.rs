@@ -1,0 +1,494 @@
+//! Snapshots in the store: ids, the encrypted per-snapshot metadata database
+//! (`metadata/<id>/db.zst.age`) and the clear manifest
+//! (`metadata/<id>/manifest.json.zst`) that lists only blob keys and sizes,
+//! so that listing and garbage collection need no private key.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use age::x25519;
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+use crate::blob::{SealWriter, open_sealed};
+use crate::chunk::ChunkId;
+use crate::error::{DbContext, Error, IoContext, Result};
+use crate::store::Store;
+
+pub const FORMAT_VERSION: u64 = 1;
+
+pub fn db_key(id: &str) -> String {
+    format!("metadata/{id}/db.zst.age")
+}
+
+pub fn manifest_key(id: &str) -> String {
+    format!("metadata/{id}/manifest.json.zst")
+}
+
+/// Entry kinds as stored in the metadata database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir = 1,
+    File = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDev = 5,
+    BlockDev = 6,
+    Socket = 7,
+}
+
+impl Kind {
+    pub fn from_i64(v: i64) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Dir,
+            2 => Kind::File,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::CharDev,
+            6 => Kind::BlockDev,
+            7 => Kind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+const META_SCHEMA: &str = "
+CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries(
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB,
+    chunks BLOB
+);
+CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY,
+    blob INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// One entry as recorded in a snapshot.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+}
+
+/// The metadata database of a snapshot being written: a file next to the
+/// index (never in the store unencrypted).
+pub struct MetaWriter {
+    pub conn: Connection,
+    pub path: PathBuf,
+}
+
+impl MetaWriter {
+    pub fn create(path: &Path) -> Result<MetaWriter> {
+        let _ = std::fs::remove_file(path);
+        let conn = Connection::open(path).db(path)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;",
+        )
+        .db(path)?;
+        conn.execute_batch(META_SCHEMA).db(path)?;
+        conn.execute_batch("BEGIN").db(path)?;
+        Ok(MetaWriter {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn set_info(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO info(key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .db(&self.path)?;
+        Ok(())
+    }
+
+    pub fn add(&self, e: &Entry, chunks: Option<&[u8]>) -> Result<i64> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .db(&self.path)?;
+        st.execute(params![
+            e.path,
+            e.kind as i64,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            e.rdev as i64,
+            e.target,
+            chunks
+        ])
+        .db(&self.path)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn set_chunks(&self, id: i64, size: u64, chunks: &[u8]) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE entries SET chunks=?2, size=?3 WHERE id=?1")
+            .db(&self.path)?;
+        st.execute(params![id, chunks, size as i64]).db(&self.path)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: i64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM entries WHERE id=?1", [id])
+            .db(&self.path)?;
+        Ok(())
+    }
+
+    /// Fill the chunk and blob tables from the index for every chunk the
+    /// entries reference. Returns the (key, size) of every blob needed.
+    pub fn resolve_chunks(&self, index: &crate::index::Index) -> Result<Vec<(String, u64)>> {
+        let mut blobs: std::collections::HashMap<String, (i64, u64)> = Default::default();
+        let mut ins_blob = self
+            .conn
+            .prepare_cached("INSERT INTO blobs(id, key, size) VALUES (?1, ?2, ?3)")
+            .db(&self.path)?;
+        let mut ins_chunk = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db(&self.path)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        let mut seen = std::collections::HashSet::new();
+        while let Some(row) = rows.next().db(&self.path)? {
+            let path: Vec<u8> = row.get(0).db(&self.path)?;
+            let list: Vec<u8> = row.get(1).db(&self.path)?;
+            for c in list.chunks_exact(32) {
+                let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
+                if !seen.insert(id) {
+                    continue;
+                }
+                let (key, size, loc) = index.chunk_location(&id)?.ok_or_else(|| {
+                    Error::corrupt(
+                        format!("index {}", index.path().display()),
+                        format!(
+                            "chunk {} of {} is not recorded in any blob",
+                            id.hex(),
+                            String::from_utf8_lossy(&path)
+                        ),
+                    )
+                })?;
+                let next = blobs.len() as i64 + 1;
+                let blob_id = match blobs.get(&key) {
+                    Some((id, _)) => *id,
+                    None => {
+                        ins_blob
+                            .execute(params![next, key, size as i64])
+                            .db(&self.path)?;
+                        blobs.insert(key, (next, size));
+                        next
+                    }
+                };
+                ins_chunk
+                    .execute(params![
+                        &id.0[..],
+                        blob_id,
+                        loc.offset as i64,
+                        loc.length as i64,
+                        loc.size as i64
+                    ])
+                    .db(&self.path)?;
+            }
+        }
+        let mut out: Vec<(String, u64)> = blobs.into_iter().map(|(k, (_, s))| (k, s)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Commit, then compress and encrypt the database into a temporary file.
+    pub fn seal(
+        self,
+        tmp_dir: &Path,
+        recipients: &[x25519::Recipient],
+        level: i32,
+    ) -> Result<crate::blob::SealedFile> {
+        self.conn.execute_batch("COMMIT").db(&self.path)?;
+        self.conn.execute_batch("VACUUM").db(&self.path)?;
+        let path = self.path.clone();
+        self.conn.close().map_err(|(_, e)| e).db(&path)?;
+        let mut src = std::fs::File::open(&path).at("open", &path)?;
+        let len = src.metadata().at("stat", &path)?.len();
+        let seal = SealWriter::create(tmp_dir, "metadata", recipients)?;
+        let mut enc = zstd::Encoder::new(SealSink(seal), level).at("compress", &path)?;
+        enc.write_all(&len.to_le_bytes()).at("compress", &path)?;
+        std::io::copy(&mut src, &mut enc).at("compress", &path)?;
+        let SealSink(seal) = enc.finish().at("compress", &path)?;
+        let _ = std::fs::remove_file(&path);
+        seal.finish()
+    }
+}
+
+/// Lets a zstd encoder write into a `SealWriter`.
+struct SealSink(SealWriter);
+
+impl Write for SealSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Download and decrypt a snapshot's metadata into an in-memory database.
+pub fn open_metadata(store: &dyn Store, id: &str, identities: &[x25519::Identity]) -> Result<Connection> {
+    let key = db_key(id);
+    let sealed = match store.get(&key) {
+        Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
+        r => r?,
+    };
+    let compressed = open_sealed(&key, &sealed, identities)?;
+    let mut dec = zstd::Decoder::new(&compressed[..]).map_err(|e| Error::corrupt(&key, e))?;
+    let mut len = [0u8; 8];
+    dec.read_exact(&mut len).map_err(|e| Error::corrupt(&key, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > (1 << 40) {
+        return Err(Error::corrupt(&key, "implausible database size"));
+    }
+    let mut conn = Connection::open_in_memory().db(Path::new(":memory:"))?;
+    conn.deserialize_read_exact("main", &mut dec, len as usize, true)
+        .map_err(|e| Error::corrupt(&key, e))?;
+    let v: String = conn
+        .query_row("SELECT value FROM info WHERE key='format'", [], |r| r.get(0))
+        .map_err(|e| Error::corrupt(&key, format!("not a vaultik metadata database: {e}")))?;
+    if v != FORMAT_VERSION.to_string() {
+        return Err(Error::corrupt(&key, format!("unsupported metadata format {v}")));
+    }
+    Ok(conn)
+}
+
+/// The clear manifest of one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub id: String,
+    pub hostname: String,
+    pub name: String,
+    /// UTC, seconds since the epoch.
+    pub time: u64,
+    pub blobs: Vec<(String, u64)>,
+    pub metadata_size: u64,
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let blobs: Vec<Value> = self
+            .blobs
+            .iter()
+            .map(|(k, s)| json!({"key": k, "size": s}))
+            .collect();
+        let v = json!({
+            "format": FORMAT_VERSION,
+            "id": self.id,
+            "hostname": self.hostname,
+            "name": self.name,
+            "time": self.time,
+            "metadata_size": self.metadata_size,
+            "blobs": blobs,
+        });
+        let text = serde_json::to_vec(&v).expect("a JSON value serializes");
+        zstd::bulk::compress(&text, 3).expect("compressing a buffer in memory")
+    }
+
+    pub fn from_bytes(key: &str, data: &[u8]) -> Result<Manifest> {
+        let bad = |msg: &str| Error::corrupt(format!("manifest {key}"), msg);
+        let text = zstd::stream::decode_all(data).map_err(|_| bad("not zstd-compressed"))?;
+        let v: Value = serde_json::from_slice(&text).map_err(|_| bad("not JSON"))?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let n = |k: &str| v.get(k).and_then(Value::as_u64);
+        let mut blobs = Vec::new();
+        for b in v.get("blobs").and_then(Value::as_array).ok_or_else(|| bad("no blob list"))? {
+            let key = b.get("key").and_then(Value::as_str).ok_or_else(|| bad("blob without key"))?;
+            let size = b.get("size").and_then(Value::as_u64).ok_or_else(|| bad("blob without size"))?;
+            if !key.starts_with("blobs/") || key.contains("..") {
+                return Err(bad("blob key outside blobs/"));
+            }
+            blobs.push((key.to_string(), size));
+        }
+        Ok(Manifest {
+            id: s("id").ok_or_else(|| bad("no id"))?,
+            hostname: s("hostname").unwrap_or_default(),
+            name: s("name").unwrap_or_default(),
+            time: n("time").ok_or_else(|| bad("no time"))?,
+            blobs,
+            metadata_size: n("metadata_size").unwrap_or(0),
+        })
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.blobs.iter().map(|(_, s)| s).sum::<u64>() + self.metadata_size
+    }
+}
+
+/// Snapshot ids that have a manifest in the store (complete snapshots).
+pub fn list_ids(store: &dyn Store) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = store
+        .list("metadata/")?
+        .into_iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix("metadata/")?
+                .strip_suffix("/manifest.json.zst")
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort_by(|a, b| time_part(a).cmp(time_part(b)).then(a.cmp(b)));
+    Ok(ids)
+}
+
+/// The manifests of every complete snapshot, oldest first.
+pub fn list_manifests(store: &dyn Store) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for id in list_ids(store)? {
+        let key = manifest_key(&id);
+        match store.get(&key) {
+            Ok(data) => out.push(Manifest::from_bytes(&key, &data)?),
+            // Removed between the listing and now.
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Resolve `latest` or check that a full id exists.
+pub fn resolve(store: &dyn Store, id: &str) -> Result<String> {
+    let ids = list_ids(store)?;
+    if id == "latest" {
+        return ids
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::UnknownSnapshot("latest (the store has no snapshots)".into()));
+    }
+    if ids.iter().any(|i| i == id) {
+        Ok(id.to_string())
+    } else {
+        Err(Error::UnknownSnapshot(id.to_string()))
+    }
+}
+
+fn time_part(id: &str) -> &str {
+    id.rsplit('_').next().unwrap_or(id)
+}
+
+/// `<hostname>_<name>_<UTC time>`.
+pub fn make_id(hostname: &str, name: &str, unix: u64) -> String {
+    format!("{}_{name}_{}", sanitize_host(hostname), compact_time(unix))
+}
+
+/// Keep host names to characters that are safe in object keys.
+pub fn sanitize_host(h: &str) -> String {
+    let s: String = h
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .collect();
+    if s.is_empty() { "host".into() } else { s }
+}
+
+/// `2026-11-23T083015Z`
+pub fn compact_time(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// `2026-11-23 08:30:15 UTC`
+pub fn display_time(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format() {
+        assert_eq!(compact_time(0), "1970-01-01T000000Z");
+        assert_eq!(compact_time(1_795_422_615), "2026-11-23T083015Z");
+        assert_eq!(display_time(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(make_id("web_1", "etc", 0), "web-1_etc_1970-01-01T000000Z");
+    }
+
+    #[test]
+    fn manifest_round_trip_and_garbage() {
+        let m = Manifest {
+            id: "h_n_1970-01-01T000000Z".into(),
+            hostname: "h".into(),
+            name: "n".into(),
+            time: 5,
+            blobs: vec![("blobs/aa/bb/aabbcc".into(), 10)],
+            metadata_size: 3,
+        };
+        assert_eq!(Manifest::from_bytes("k", &m.to_bytes()).unwrap(), m);
+        assert_eq!(m.total_size(), 13);
+        assert!(Manifest::from_bytes("k", b"garbage").is_err());
+        let evil = zstd::bulk::compress(br#"{"id":"x","time":1,"blobs":[{"key":"../x","size":1}]}"#, 3).unwrap();
+        assert!(Manifest::from_bytes("k", &evil).is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! Where backups live: a small object-store contract with two
+//! implementations, S3 (`s3.rs`) and a local directory (`local.rs`), plus
+//! exact accounting of the requests each command makes.
+//!
+//! Contract: keys are relative to the store's prefix and use only
+//! `[A-Za-z0-9/._-]`; `put_*` is atomic (an object is either absent or
+//! complete); `get_range` returns exactly the bytes asked for or fails (a
+//! short read is an error); `get`/`get_range` of a missing key is
+//! `Error::NotFound`.
+
+mod local;
+mod s3;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{S3Config, StoreConfig};
+use crate::error::Result;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+pub trait Store: Send + Sync {
+    /// Human-readable location, e.g. `s3://bucket/prefix at https://...`.
+    fn describe(&self) -> String;
+    fn put_file(&self, key: &str, path: &Path) -> Result<()>;
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>>;
+    /// Size of the object, or None when it does not exist.
+    fn head(&self, key: &str) -> Result<Option<u64>>;
+    /// Every object whose key starts with `prefix`, in key order.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Deleting a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    fn stats(&self) -> &Stats;
+}
+
+/// Requests made and bytes moved, by kind. Counted once per HTTP request
+/// actually sent (retries included), so the figures match the bill.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub put: AtomicU64,
+    pub get: AtomicU64,
+    pub head: AtomicU64,
+    pub list: AtomicU64,
+    pub delete: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    Head,
+    List,
+    Delete,
+}
+
+impl Stats {
+    pub fn count(&self, op: Op, sent: u64, received: u64) {
+        let c = match op {
+            Op::Put => &self.put,
+            Op::Get => &self.get,
+            Op::Head => &self.head,
+            Op::List => &self.list,
+            Op::Delete => &self.delete,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+        self.bytes_received.fetch_add(received, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> [u64; 7] {
+        [
+            &self.put,
+            &self.get,
+            &self.head,
+            &self.list,
+            &self.delete,
+            &self.bytes_sent,
+            &self.bytes_received,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
+    }
+
+    /// One line for human summaries.
+    pub fn summary(&self) -> String {
+        let [put, get, head, list, delete, sent, recv] = self.snapshot();
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "requests: {put} PUT, {get} GET, {head} HEAD, {list} LIST, {delete} DELETE; \
+             sent {}, received {}",
+            crate::human_bytes(sent),
+            crate::human_bytes(recv)
+        );
+        s
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let [put, get, head, list, delete, sent, recv] = self.snapshot();
+        serde_json::json!({
+            "put": put, "get": get, "head": head, "list": list, "delete": delete,
+            "bytes_sent": sent, "bytes_received": recv,
+        })
+    }
+}
+
+/// Credentials are read from the environment first, then from the config.
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    match cfg {
+        StoreConfig::Local { path } => Ok(Box::new(LocalStore::open(path)?)),
+        StoreConfig::S3(s3) => Ok(Box::new(S3Store::open(&with_env_credentials(s3))?)),
+    }
+}
+
+fn with_env_credentials(s3: &S3Config) -> S3Config {
+    let mut s3 = s3.clone();
+    if let Ok(v) = std::env::var("AWS_ACCESS_KEY_ID") {
+        if !v.is_empty() {
+            s3.access_key_id = Some(v);
+        }
+    }
+    if let Ok(v) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+        if !v.is_empty() {
+            s3.secret_access_key = Some(v);
+        }
+    }
+    s3
+}

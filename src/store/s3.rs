@@ -1,0 +1,368 @@
+//! S3-compatible object storage: every request is presigned with rusty-s3
+//! and sent over one blocking ureq agent. Transient failures (transport
+//! errors, 429, 5xx) are retried with bounded exponential backoff and
+//! jitter; other answers fail at once with the S3 error code.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusty_s3::actions::ListObjectsV2;
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use super::{ObjectInfo, Op, Stats, Store};
+use crate::config::S3Config;
+use crate::error::{Error, Result};
+
+/// Presigned URLs are used at once; an hour covers the slowest upload.
+const SIGN_FOR: Duration = Duration::from_secs(3600);
+const ATTEMPTS: u32 = 6;
+
+pub struct S3Store {
+    bucket: Bucket,
+    credentials: Option<Credentials>,
+    prefix: String,
+    endpoint: String,
+    agent: ureq::Agent,
+    stats: Stats,
+}
+
+/// Why one attempt failed, and whether another attempt may succeed.
+struct Failure {
+    retry: bool,
+    not_found: bool,
+    msg: String,
+}
+
+type Attempt<T> = std::result::Result<T, Failure>;
+
+impl S3Store {
+    pub fn open(cfg: &S3Config) -> Result<S3Store> {
+        let endpoint = cfg
+            .endpoint
+            .parse()
+            .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let bucket = Bucket::new(endpoint, UrlStyle::Path, cfg.bucket.clone(), cfg.region.clone())
+            .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(k), Some(s)) => Some(Credentials::new(k.clone(), s.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Setup(
+                    "S3 credentials need both access_key_id and secret_access_key \
+                     (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                        .into(),
+                ));
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Ok(S3Store {
+            bucket,
+            credentials,
+            prefix: cfg.prefix.clone(),
+            endpoint: cfg.endpoint.clone(),
+            agent,
+            stats: Stats::default(),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Run `attempt` until it succeeds, fails permanently, or runs out of tries.
+    fn retry<T>(&self, op: &'static str, key: &str, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T> {
+        let mut delay = Duration::from_millis(200);
+        for n in 1..=ATTEMPTS {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
+                Err(f) if !f.retry || n == ATTEMPTS => {
+                    let tries = if f.retry { format!(" (after {n} attempts)") } else { String::new() };
+                    return Err(Error::store(op, key, format!("{}{tries}", f.msg)));
+                }
+                Err(_) => {
+                    std::thread::sleep(jitter(delay));
+                    delay = (delay * 2).min(Duration::from_secs(8));
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn sign<'b>(&self, action: &impl S3Action<'b>) -> String {
+        action.sign(SIGN_FOR).to_string()
+    }
+}
+
+/// Between half and all of `d`, so that parallel clients spread out.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let frac = 0.5 + (nanos % 1000) as f64 / 2000.0;
+    d.mul_f64(frac)
+}
+
+fn transport(e: ureq::Error) -> Failure {
+    Failure {
+        retry: true,
+        not_found: false,
+        msg: e.to_string(),
+    }
+}
+
+/// Turn a non-success answer into a failure with S3's error code.
+fn status_failure(resp: &mut ureq::http::Response<ureq::Body>) -> Failure {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    let code = between(&body, "<Code>", "</Code>").unwrap_or("");
+    let message = between(&body, "<Message>", "</Message>").unwrap_or("");
+    let msg = match (code, message) {
+        ("", _) => format!("HTTP {status}"),
+        (c, "") => format!("HTTP {status} {c}"),
+        (c, m) => format!("HTTP {status} {c}: {m}"),
+    };
+    Failure {
+        retry: status == 429 || status >= 500,
+        not_found: status == 404,
+        msg,
+    }
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = s.find(open)? + open.len();
+    let end = s[start..].find(close)? + start;
+    Some(&s[start..end])
+}
+
+fn read_body(resp: ureq::http::Response<ureq::Body>, expect: Option<u64>) -> Attempt<Vec<u8>> {
+    let mut buf = Vec::with_capacity(expect.unwrap_or(0) as usize);
+    resp.into_body()
+        .into_reader()
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure {
+            retry: true,
+            not_found: false,
+            msg: format!("reading the answer: {e}"),
+        })?;
+    if let Some(n) = expect {
+        if buf.len() as u64 != n {
+            return Err(Failure {
+                retry: true,
+                not_found: false,
+                msg: format!("short answer: {} of {n} bytes", buf.len()),
+            });
+        }
+    }
+    Ok(buf)
+}
+
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        format!(
+            "s3://{}/{} at {}",
+            self.bucket.name(),
+            self.prefix,
+            self.endpoint
+        )
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+        let full = self.full_key(key);
+        self.retry("PUT", &full, || {
+            let file = File::open(path).map_err(|e| Failure {
+                retry: false,
+                not_found: false,
+                msg: format!("cannot open {}: {e}", path.display()),
+            })?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Put, len, 0);
+            // ureq sends a File with its length as Content-Length (never chunked).
+            let mut resp = self.agent.put(&url).send(&file).map_err(transport)?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(status_failure(&mut resp))
+            }
+        })
+    }
+
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        let full = self.full_key(key);
+        self.retry("PUT", &full, || {
+            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Put, data.len() as u64, 0);
+            let mut resp = self.agent.put(&url).send(data).map_err(transport)?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(status_failure(&mut resp))
+            }
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let full = self.full_key(key);
+        self.retry("GET", &full, || {
+            let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
+            let mut resp = self.agent.get(&url).call().map_err(|e| {
+                self.stats.count(Op::Get, 0, 0);
+                transport(e)
+            })?;
+            if !resp.status().is_success() {
+                self.stats.count(Op::Get, 0, 0);
+                return Err(status_failure(&mut resp));
+            }
+            let expect = resp.body().content_length();
+            let body = read_body(resp, expect);
+            let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            self.stats.count(Op::Get, 0, got);
+            body
+        })
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        let full = self.full_key(key);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.retry("GET", &full, || {
+            let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
+            let range = format!("bytes={}-{}", start, start + len - 1);
+            let mut resp = self
+                .agent
+                .get(&url)
+                .header("Range", &range)
+                .call()
+                .map_err(|e| {
+                    self.stats.count(Op::Get, 0, 0);
+                    transport(e)
+                })?;
+            let status = resp.status().as_u16();
+            if status != 206 {
+                self.stats.count(Op::Get, 0, 0);
+                if status == 200 {
+                    // A server that ignores Range would send the whole object.
+                    return Err(Failure {
+                        retry: true,
+                        not_found: false,
+                        msg: format!("asked for {range}, got the whole object (HTTP 200): Range ignored"),
+                    });
+                }
+                return Err(status_failure(&mut resp));
+            }
+            let body = read_body(resp, Some(len));
+            let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            self.stats.count(Op::Get, 0, got);
+            body
+        })
+    }
+
+    fn head(&self, key: &str) -> Result<Option<u64>> {
+        let full = self.full_key(key);
+        let r = self.retry("HEAD", &full, || {
+            let url = self.sign(&self.bucket.head_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Head, 0, 0);
+            let mut resp = self.agent.head(&url).call().map_err(transport)?;
+            if resp.status().is_success() {
+                let len = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Ok(len)
+            } else {
+                Err(status_failure(&mut resp))
+            }
+        });
+        match r {
+            Ok(n) => Ok(Some(n)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full_prefix = self.full_key(prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.retry("LIST", &full_prefix, || {
+                let mut action = ListObjectsV2::new(&self.bucket, self.credentials.as_ref());
+                action.with_prefix(full_prefix.as_str());
+                if let Some(t) = &token {
+                    action.with_continuation_token(t.as_str());
+                }
+                let url = self.sign(&action);
+                let mut resp = self.agent.get(&url).call().map_err(|e| {
+                    self.stats.count(Op::List, 0, 0);
+                    transport(e)
+                })?;
+                if !resp.status().is_success() {
+                    self.stats.count(Op::List, 0, 0);
+                    return Err(status_failure(&mut resp));
+                }
+                let body = read_body(resp, None)?;
+                self.stats.count(Op::List, 0, body.len() as u64);
+                let text = String::from_utf8_lossy(&body);
+                ListObjectsV2::parse_response(&text).map_err(|e| Failure {
+                    retry: false,
+                    not_found: false,
+                    msg: format!("unreadable listing: {e}"),
+                })
+            })?;
+            for obj in page.contents {
+                let Some(key) = obj.key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: obj.size.unwrap_or(0),
+                });
+            }
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key);
+        let r = self.retry("DELETE", &full, || {
+            let url = self.sign(&self.bucket.delete_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Delete, 0, 0);
+            let mut resp = self.agent.delete(&url).call().map_err(transport)?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(status_failure(&mut resp))
+            }
+        });
+        match r {
+            Err(Error::NotFound { .. }) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}

@@ -1,0 +1,126 @@
+//! The directory walk: pre-order (a directory before its contents), sorted
+//! by name, never following symlinks, applying glob excludes.
+//!
+//! Exclude patterns without a `/` match an entry's name at any depth
+//! (`*.log`); patterns with a `/` match the whole absolute path
+//! (`/var/cache/*`). An excluded directory is not descended into.
+
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use glob::{MatchOptions, Pattern};
+
+use crate::error::{Error, Result};
+
+pub struct Excludes {
+    names: Vec<Pattern>,
+    paths: Vec<Pattern>,
+}
+
+const OPTS: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Excludes {
+    pub fn new<'a>(patterns: impl Iterator<Item = &'a String>) -> Result<Excludes> {
+        let mut ex = Excludes {
+            names: Vec::new(),
+            paths: Vec::new(),
+        };
+        for p in patterns {
+            let pat = Pattern::new(p).map_err(|e| Error::Setup(format!("exclude `{p}`: {e}")))?;
+            if p.contains('/') {
+                ex.paths.push(pat);
+            } else {
+                ex.names.push(pat);
+            }
+        }
+        Ok(ex)
+    }
+
+    pub fn matches(&self, path: &Path) -> bool {
+        let name_hit = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| self.names.iter().any(|p| p.matches_with(n, OPTS)));
+        name_hit
+            || path
+                .to_str()
+                .is_some_and(|s| self.paths.iter().any(|p| p.matches_with(s, OPTS)))
+    }
+}
+
+/// Something the walk could not read; the caller decides whether it is fatal.
+pub struct WalkError {
+    pub path: PathBuf,
+    pub err: std::io::Error,
+}
+
+/// Walk `root`, calling `visit` for every entry not excluded (root
+/// included) and `failed` for entries that cannot be read. Either callback
+/// may stop the walk by returning an error.
+pub fn walk(
+    root: &Path,
+    excludes: &Excludes,
+    visit: &mut dyn FnMut(&Path, &Metadata) -> Result<()>,
+    failed: &mut dyn FnMut(WalkError) -> Result<()>,
+) -> Result<()> {
+    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if excludes.matches(&path) && path != root {
+            continue;
+        }
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(err) => {
+                failed(WalkError { path, err })?;
+                continue;
+            }
+        };
+        visit(&path, &meta)?;
+        if meta.is_dir() {
+            let rd = match fs::read_dir(&path) {
+                Ok(rd) => rd,
+                Err(err) => {
+                    failed(WalkError { path, err })?;
+                    continue;
+                }
+            };
+            let mut children = Vec::new();
+            for entry in rd {
+                match entry {
+                    Ok(e) => children.push(e.path()),
+                    Err(err) => {
+                        failed(WalkError {
+                            path: path.clone(),
+                            err,
+                        })?;
+                    }
+                }
+            }
+            // Sorted by raw bytes, pushed in reverse so they pop in order.
+            children.sort_by(|a, b| b.as_os_str().as_bytes().cmp(a.as_os_str().as_bytes()));
+            stack.extend(children);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_by_name_and_path() {
+        let pats = ["*.log".to_string(), "/var/cache/*".to_string()];
+        let ex = Excludes::new(pats.iter()).unwrap();
+        assert!(ex.matches(Path::new("/a/b/x.log")));
+        assert!(!ex.matches(Path::new("/a/b/x.log.gz")));
+        assert!(ex.matches(Path::new("/var/cache/apt")));
+        assert!(!ex.matches(Path::new("/var/cache")));
+        assert!(!ex.matches(Path::new("/var/cache/apt/archives")));
+    }
+}
