@@ -174,7 +174,13 @@ impl Backup<'_> {
         Ok(summary)
     }
 
-    fn run_inner(&self, snap: &SnapshotConfig, id: &str, time: u64, meta_path: &Path) -> Result<Summary> {
+    fn run_inner(
+        &self,
+        snap: &SnapshotConfig,
+        id: &str,
+        time: u64,
+        meta_path: &Path,
+    ) -> Result<Summary> {
         let meta = MetaWriter::create(meta_path)?;
         meta.set_info("format", &snapshot::FORMAT_VERSION.to_string())?;
         meta.set_info("id", id)?;
@@ -315,10 +321,12 @@ impl Backup<'_> {
                 let ev_tx = ev_tx.clone();
                 let (cancel, pending) = (&cancel, &pending);
                 scope.spawn(move || {
-                    let r = todo.par_iter().enumerate().try_for_each_with(
-                        (chunk_tx, ev_tx),
-                        |(ctx, etx), (i, t)| self.read_file(i, t, ctx, etx, pending, cancel),
-                    );
+                    let r = todo
+                        .par_iter()
+                        .enumerate()
+                        .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), (i, t)| {
+                            self.read_file(i, t, ctx, etx, pending, cancel)
+                        });
                     if r.is_err() {
                         cancel.store(true, Ordering::Relaxed);
                     }
@@ -411,7 +419,8 @@ impl Backup<'_> {
                 );
             }
         };
-        let mut list: Vec<u8> = Vec::with_capacity(32 * (t.stat.size as usize / self.params.avg + 1));
+        let mut list: Vec<u8> =
+            Vec::with_capacity(32 * (t.stat.size as usize / self.params.avg + 1));
         let result = CHUNK_BUF.with_borrow_mut(|buf| {
             chunk::split(&file, &t.path, t.stat.size, self.params, buf, |data| {
                 if cancel.load(Ordering::Relaxed) {
@@ -494,7 +503,10 @@ impl Backup<'_> {
         cancel: &AtomicBool,
     ) -> Result<()> {
         loop {
-            let next = rx.lock().expect("blob queue lock poisoned by a panic").recv();
+            let next = rx
+                .lock()
+                .expect("blob queue lock poisoned by a panic")
+                .recv();
             let Ok(blob) = next else { return Ok(()) };
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
@@ -546,7 +558,11 @@ impl Backup<'_> {
                             t.path.display()
                         ));
                     } else {
-                        index_updates.push((t.path.as_os_str().as_bytes().to_vec(), t.stat, chunks));
+                        index_updates.push((
+                            t.path.as_os_str().as_bytes().to_vec(),
+                            t.stat,
+                            chunks,
+                        ));
                     }
                 }
                 Event::FileSkipped { entry, msg } => {
@@ -561,7 +577,8 @@ impl Backup<'_> {
 }
 
 fn join(h: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
-    h.join().unwrap_or_else(|_| Err(Error::Setup("a worker thread panicked".into())))
+    h.join()
+        .unwrap_or_else(|_| Err(Error::Setup("a worker thread panicked".into())))
 }
 
 thread_local! {

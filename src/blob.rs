@@ -4,12 +4,12 @@
 //! blob by the SHA-256 of that ciphertext. The reader reads single frames
 //! through ranged GETs, seeking inside the age stream.
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use age::x25519;
@@ -272,7 +272,10 @@ impl Seek for RangedObject<'_> {
             SeekFrom::Current(d) => self.pos as i128 + d as i128,
         };
         if new < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before start"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
         }
         self.pos = new as u64;
         Ok(self.pos)

@@ -137,7 +137,12 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["snapshot", "list"] | ["list"] => USAGE_LIST,
         ["restore"] => USAGE_RESTORE,
         ["keygen"] => USAGE_KEYGEN,
-        _ => return Err(Error::Usage(format!("unknown command `{}`", words.join(" ")))),
+        _ => {
+            return Err(Error::Usage(format!(
+                "unknown command `{}`",
+                words.join(" ")
+            )));
+        }
     })
 }
 
@@ -173,7 +178,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "snapshot" => {
             let sub = loop {
                 match p.next().map_err(usage)? {
-                    None => return Err(Error::Usage("missing command after `snapshot` (create or list)".into())),
+                    None => {
+                        return Err(Error::Usage(
+                            "missing command after `snapshot` (create or list)".into(),
+                        ));
+                    }
                     Some(arg) => {
                         if let Some(name) = global_name(&arg) {
                             global_flag(name, &mut p, &mut g)?;
@@ -254,7 +263,8 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         }
     }
     Ok(Command::Restore {
-        snapshot: snapshot.ok_or_else(|| Error::Usage("restore: missing SNAPSHOT argument".into()))?,
+        snapshot: snapshot
+            .ok_or_else(|| Error::Usage("restore: missing SNAPSHOT argument".into()))?,
         target: target.ok_or_else(|| Error::Usage("restore: missing --target DIR".into()))?,
         paths,
         identity,
@@ -315,13 +325,21 @@ mod tests {
     fn help_and_version() {
         assert_eq!(parse_str("--help").unwrap().1, Command::Help(USAGE));
         assert_eq!(parse_str("-V").unwrap().1, Command::Version);
-        assert_eq!(parse_str("help restore").unwrap().1, Command::Help(USAGE_RESTORE));
-        assert_eq!(parse_str("snapshot create --help").unwrap().1, Command::Help(USAGE_CREATE));
+        assert_eq!(
+            parse_str("help restore").unwrap().1,
+            Command::Help(USAGE_RESTORE)
+        );
+        assert_eq!(
+            parse_str("snapshot create --help").unwrap().1,
+            Command::Help(USAGE_CREATE)
+        );
     }
 
     #[test]
     fn errors_name_the_culprit() {
-        let e = parse_str("snapshot create --bogus").unwrap_err().to_string();
+        let e = parse_str("snapshot create --bogus")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--bogus"), "{e}");
         let e = parse_str("frobnicate").unwrap_err().to_string();
         assert!(e.contains("frobnicate"), "{e}");

@@ -191,10 +191,7 @@ fn create(g: &Global, names: &[String], skip_errors: bool) -> Result<()> {
     }
     let _lock = RunLock::acquire(&index_path)?;
     let (mut index, _fresh) = Index::open(&index_path, &store.describe())?;
-    let tmp_dir = index_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("tmp");
+    let tmp_dir = index_path.parent().unwrap_or(Path::new(".")).join("tmp");
     blob::private_dir(&tmp_dir)?;
     clean_tmp(&tmp_dir);
 
@@ -292,7 +289,12 @@ fn list(g: &Global, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&arr).expect("JSON values serialize")
         );
     } else {
-        let w = manifests.iter().map(|m| m.id.len()).max().unwrap_or(2).max(2);
+        let w = manifests
+            .iter()
+            .map(|m| m.id.len())
+            .max()
+            .unwrap_or(2)
+            .max(2);
         let _ = writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE");
         for m in &manifests {
             let _ = writeln!(

@@ -174,14 +174,16 @@ impl Config {
                     "index_path" => cfg.index_path = Some(PathBuf::from(value)),
                     "hostname" => cfg.hostname = Some(value.to_string()),
                     "chunk_size" => {
-                        let v = parse_size(value).ok_or_else(|| bad("expected a size like 1MiB"))?;
+                        let v =
+                            parse_size(value).ok_or_else(|| bad("expected a size like 1MiB"))?;
                         if !(4096..=(4 << 20)).contains(&v) {
                             return Err(bad("must be between 4KiB and 4MiB"));
                         }
                         cfg.chunk_size = v;
                     }
                     "blob_size_limit" => {
-                        let v = parse_size(value).ok_or_else(|| bad("expected a size like 1GiB"))?;
+                        let v =
+                            parse_size(value).ok_or_else(|| bad("expected a size like 1GiB"))?;
                         if !((1 << 20)..=MAX_BLOB_SIZE_LIMIT).contains(&v) {
                             return Err(bad("must be between 1MiB and 4GiB"));
                         }
@@ -321,9 +323,10 @@ pub fn check_snapshot_name(name: &str) -> std::result::Result<(), String> {
 
 /// Store prefixes become part of object keys: keep them to safe characters.
 pub fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
-    let ok = prefix.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.')
-    }) && !prefix.starts_with('/')
+    let ok = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !prefix.starts_with('/')
         && !prefix.contains("//")
         && !prefix.split('/').any(|s| s == ".." || s == ".");
     if ok {
@@ -372,6 +375,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// `30s`, `15m`, `1h`, `7d`, `2w`, `6mo`, `1y`; several may be combined (`1h30m`).
+#[allow(dead_code)] // retention and daemon keys (issues 3 and 4)
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -380,13 +384,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "s" => 1,
             "m" => 60,
@@ -443,11 +451,21 @@ mod tests {
         let e = parse("age_recipient = age1x\n\nbogus = 1\n").unwrap_err();
         assert_eq!(e.to_string(), "/t/vaultik.conf:3: unknown key `bogus`");
         let e = parse("[s3]\nbucket = b\nendpoint = ftp://x\n").unwrap_err();
-        assert!(e.to_string().starts_with("/t/vaultik.conf:3: `endpoint`"), "{e}");
+        assert!(
+            e.to_string().starts_with("/t/vaultik.conf:3: `endpoint`"),
+            "{e}"
+        );
         let e = parse("chunk_size = lots\n").unwrap_err();
-        assert!(e.to_string().starts_with("/t/vaultik.conf:1: `chunk_size`"), "{e}");
+        assert!(
+            e.to_string().starts_with("/t/vaultik.conf:1: `chunk_size`"),
+            "{e}"
+        );
         let e = parse("[snapshot a_b]\n").unwrap_err();
-        assert!(e.to_string().starts_with("/t/vaultik.conf:1: snapshot name"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/t/vaultik.conf:1: snapshot name"),
+            "{e}"
+        );
         let e = parse("[weird]\n").unwrap_err();
         assert!(e.to_string().contains(":1: unknown section"), "{e}");
         let e = parse("just words\n").unwrap_err();
@@ -475,7 +493,10 @@ mod tests {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("6mo"), Some(Duration::from_secs(180 * 86400)));
+        assert_eq!(
+            parse_duration("6mo"),
+            Some(Duration::from_secs(180 * 86400))
+        );
         assert_eq!(parse_duration("1y"), Some(Duration::from_secs(365 * 86400)));
         assert_eq!(parse_duration("2w"), Some(Duration::from_secs(14 * 86400)));
         assert_eq!(parse_duration("h"), None);

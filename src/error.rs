@@ -53,7 +53,9 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Partial { what: "skipped", .. } => 1,
+            Error::Partial {
+                what: "skipped", ..
+            } => 1,
             _ => 2,
         }
     }

@@ -70,7 +70,8 @@ impl Index {
         }
         let conn = Connection::open(path).db(path)?;
         restrict_mode(path);
-        conn.busy_timeout(std::time::Duration::from_secs(30)).db(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .db(path)?;
         conn.pragma_update(None, "journal_mode", "WAL").db(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL").db(path)?;
         let mut idx = Index {
@@ -79,7 +80,8 @@ impl Index {
         };
         let version: Option<String> = idx.meta("schema_version")?;
         let store: Option<String> = idx.meta("store")?;
-        let fresh = version.as_deref() != Some(SCHEMA_VERSION) || store.as_deref() != Some(store_id);
+        let fresh =
+            version.as_deref() != Some(SCHEMA_VERSION) || store.as_deref() != Some(store_id);
         if fresh {
             idx.reset(store_id)?;
         }
@@ -203,7 +205,10 @@ impl Index {
     /// sorted list of blob keys in the store. Returns how many were dropped.
     pub fn forget_missing_blobs(&mut self, present: &[String]) -> Result<usize> {
         let known: Vec<(i64, String)> = {
-            let mut st = self.conn.prepare("SELECT id, key FROM blobs").db(&self.path)?;
+            let mut st = self
+                .conn
+                .prepare("SELECT id, key FROM blobs")
+                .db(&self.path)?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .db(&self.path)?
                 .collect::<rusqlite::Result<_>>()

@@ -157,11 +157,14 @@ impl Restore<'_> {
                 }
                 let shown = String::from_utf8_lossy(&src).into_owned();
                 let Some(dest) = dest_path(&self.target, &src) else {
-                    failures.push(format!("{shown}: unsafe path in snapshot metadata, not restored"));
+                    failures.push(format!(
+                        "{shown}: unsafe path in snapshot metadata, not restored"
+                    ));
                     continue;
                 };
-                let kind = Kind::from_i64(r.get(1).db(mpath)?)
-                    .ok_or_else(|| Error::corrupt("snapshot metadata", format!("{shown}: unknown entry kind")))?;
+                let kind = Kind::from_i64(r.get(1).db(mpath)?).ok_or_else(|| {
+                    Error::corrupt("snapshot metadata", format!("{shown}: unknown entry kind"))
+                })?;
                 let size: i64 = r.get(5).db(mpath)?;
                 let chunks: Option<Vec<u8>> = r.get(9).db(mpath)?;
                 let chunks = chunks.unwrap_or_default();
@@ -229,7 +232,10 @@ impl Restore<'_> {
                         ));
                     };
                     if !key.starts_with("blobs/") || key.contains("..") {
-                        return Err(Error::corrupt("snapshot metadata", format!("bad blob key {key}")));
+                        return Err(Error::corrupt(
+                            "snapshot metadata",
+                            format!("bad blob key {key}"),
+                        ));
                     }
                     let bi = *blob_ids.entry(bid).or_insert_with(|| {
                         blobs.push((key, bsize));
@@ -293,7 +299,10 @@ impl Restore<'_> {
             let mut cur: Vec<Job> = Vec::new();
             for j in jobs {
                 if let (Some(first), Some(last)) = (cur.first(), cur.last()) {
-                    let gap = j.loc.offset.saturating_sub(last.loc.offset + last.loc.length);
+                    let gap = j
+                        .loc
+                        .offset
+                        .saturating_sub(last.loc.offset + last.loc.length);
                     let span = j.loc.offset + j.loc.length - first.loc.offset;
                     if gap > MERGE_GAP || span > UNIT_BYTES {
                         units.push(Unit {
@@ -305,7 +314,10 @@ impl Restore<'_> {
                 cur.push(j);
             }
             if !cur.is_empty() {
-                units.push(Unit { blob: bi, jobs: cur });
+                units.push(Unit {
+                    blob: bi,
+                    jobs: cur,
+                });
             }
         }
         let failed_files: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
@@ -378,9 +390,11 @@ impl Restore<'_> {
                         };
                         let c = cstr(&e.dest)?;
                         // SAFETY: c is a valid NUL-terminated path.
-                        let rc = unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, e.rdev as libc::dev_t) };
+                        let rc =
+                            unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, e.rdev as libc::dev_t) };
                         if rc != 0 {
-                            return Err(io::Error::last_os_error()).at("create special file", &e.dest);
+                            return Err(io::Error::last_os_error())
+                                .at("create special file", &e.dest);
                         }
                         s.other += 1;
                         Ok(())
@@ -474,7 +488,11 @@ impl Restore<'_> {
                             f.write_all_at(&data, t.offset).at("write", &e.dest)
                         })();
                         if let Err(err) = w {
-                            failed.lock().expect("lock").entry(t.file).or_insert_with(|| err.to_string());
+                            failed
+                                .lock()
+                                .expect("lock")
+                                .entry(t.file)
+                                .or_insert_with(|| err.to_string());
                         }
                     }
                 }
@@ -511,10 +529,16 @@ impl Restore<'_> {
                 Ok(_) => {
                     // A file or symlink in the way: replace it, never follow it.
                     fs::remove_file(&cur).at("replace", &cur)?;
-                    fs::DirBuilder::new().mode(0o700).create(&cur).at("create directory", &cur)?;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&cur)
+                        .at("create directory", &cur)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::DirBuilder::new().mode(0o700).create(&cur).at("create directory", &cur)?;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&cur)
+                        .at("create directory", &cur)?;
                 }
                 Err(e) => return Err(e).at("inspect", &cur),
             }
@@ -575,7 +599,8 @@ fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
         std::os::unix::fs::lchown(&e.dest, Some(e.uid), Some(e.gid)).at("set owner of", &e.dest)?;
     }
     if e.kind != Kind::Symlink {
-        fs::set_permissions(&e.dest, fs::Permissions::from_mode(e.mode)).at("set mode of", &e.dest)?;
+        fs::set_permissions(&e.dest, fs::Permissions::from_mode(e.mode))
+            .at("set mode of", &e.dest)?;
     }
     let c = cstr(&e.dest)?;
     let ts = libc::timespec {
@@ -584,7 +609,14 @@ fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
     };
     let times = [ts, ts];
     // SAFETY: c is a valid NUL-terminated path and times has two elements.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error()).at("set times of", &e.dest);
     }
@@ -598,10 +630,21 @@ mod tests {
     #[test]
     fn hostile_paths_are_refused() {
         let t = Path::new("/restore");
-        assert_eq!(dest_path(t, b"/etc/passwd"), Some(PathBuf::from("/restore/etc/passwd")));
+        assert_eq!(
+            dest_path(t, b"/etc/passwd"),
+            Some(PathBuf::from("/restore/etc/passwd"))
+        );
         assert_eq!(dest_path(t, b"etc"), Some(PathBuf::from("/restore/etc")));
         assert_eq!(dest_path(t, b"/"), Some(PathBuf::from("/restore")));
-        for bad in [&b"/../x"[..], b"/a/../../x", b"/a//b", b"/a/./b", b"/a/", b"//etc", b"/a\0b"] {
+        for bad in [
+            &b"/../x"[..],
+            b"/a/../../x",
+            b"/a//b",
+            b"/a/./b",
+            b"/a/",
+            b"//etc",
+            b"/a\0b",
+        ] {
             assert_eq!(dest_path(t, bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

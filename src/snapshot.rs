@@ -157,7 +157,8 @@ impl MetaWriter {
             .conn
             .prepare_cached("UPDATE entries SET chunks=?2, size=?3 WHERE id=?1")
             .db(&self.path)?;
-        st.execute(params![id, chunks, size as i64]).db(&self.path)?;
+        st.execute(params![id, chunks, size as i64])
+            .db(&self.path)?;
         Ok(())
     }
 
@@ -270,7 +271,11 @@ impl Write for SealSink {
 }
 
 /// Download and decrypt a snapshot's metadata into an in-memory database.
-pub fn open_metadata(store: &dyn Store, id: &str, identities: &[x25519::Identity]) -> Result<Connection> {
+pub fn open_metadata(
+    store: &dyn Store,
+    id: &str,
+    identities: &[x25519::Identity],
+) -> Result<Connection> {
     let key = db_key(id);
     let sealed = match store.get(&key) {
         Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
@@ -279,7 +284,8 @@ pub fn open_metadata(store: &dyn Store, id: &str, identities: &[x25519::Identity
     let compressed = open_sealed(&key, &sealed, identities)?;
     let mut dec = zstd::Decoder::new(&compressed[..]).map_err(|e| Error::corrupt(&key, e))?;
     let mut len = [0u8; 8];
-    dec.read_exact(&mut len).map_err(|e| Error::corrupt(&key, e))?;
+    dec.read_exact(&mut len)
+        .map_err(|e| Error::corrupt(&key, e))?;
     let len = u64::from_le_bytes(len);
     if len > (1 << 40) {
         return Err(Error::corrupt(&key, "implausible database size"));
@@ -288,10 +294,15 @@ pub fn open_metadata(store: &dyn Store, id: &str, identities: &[x25519::Identity
     conn.deserialize_read_exact("main", &mut dec, len as usize, true)
         .map_err(|e| Error::corrupt(&key, e))?;
     let v: String = conn
-        .query_row("SELECT value FROM info WHERE key='format'", [], |r| r.get(0))
+        .query_row("SELECT value FROM info WHERE key='format'", [], |r| {
+            r.get(0)
+        })
         .map_err(|e| Error::corrupt(&key, format!("not a vaultik metadata database: {e}")))?;
     if v != FORMAT_VERSION.to_string() {
-        return Err(Error::corrupt(&key, format!("unsupported metadata format {v}")));
+        return Err(Error::corrupt(
+            &key,
+            format!("unsupported metadata format {v}"),
+        ));
     }
     Ok(conn)
 }
@@ -335,9 +346,19 @@ impl Manifest {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let n = |k: &str| v.get(k).and_then(Value::as_u64);
         let mut blobs = Vec::new();
-        for b in v.get("blobs").and_then(Value::as_array).ok_or_else(|| bad("no blob list"))? {
-            let key = b.get("key").and_then(Value::as_str).ok_or_else(|| bad("blob without key"))?;
-            let size = b.get("size").and_then(Value::as_u64).ok_or_else(|| bad("blob without size"))?;
+        for b in v
+            .get("blobs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no blob list"))?
+        {
+            let key = b
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("blob without key"))?;
+            let size = b
+                .get("size")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("blob without size"))?;
             if !key.starts_with("blobs/") || key.contains("..") {
                 return Err(bad("blob key outside blobs/"));
             }
@@ -419,7 +440,13 @@ pub fn make_id(hostname: &str, name: &str, unix: u64) -> String {
 pub fn sanitize_host(h: &str) -> String {
     let s: String = h
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if s.is_empty() { "host".into() } else { s }
 }
@@ -488,7 +515,11 @@ mod tests {
         assert_eq!(Manifest::from_bytes("k", &m.to_bytes()).unwrap(), m);
         assert_eq!(m.total_size(), 13);
         assert!(Manifest::from_bytes("k", b"garbage").is_err());
-        let evil = zstd::bulk::compress(br#"{"id":"x","time":1,"blobs":[{"key":"../x","size":1}]}"#, 3).unwrap();
+        let evil = zstd::bulk::compress(
+            br#"{"id":"x","time":1,"blobs":[{"key":"../x","size":1}]}"#,
+            3,
+        )
+        .unwrap();
         assert!(Manifest::from_bytes("k", &evil).is_err());
     }
 }

@@ -32,7 +32,11 @@ impl LocalStore {
         self.root.join(key)
     }
 
-    fn write_atomically(&self, key: &str, fill: impl FnOnce(&mut File) -> io::Result<u64>) -> Result<u64> {
+    fn write_atomically(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> Result<u64> {
         let dest = self.path(key);
         let dir = dest.parent().expect("object keys have a parent directory");
         fs::create_dir_all(dir).at("create directory", dir)?;

@@ -39,6 +39,7 @@ pub trait Store: Send + Sync {
     /// Every object whose key starts with `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deleting a missing key is not an error.
+    #[allow(dead_code)] // purge and prune (issue 3)
     fn delete(&self, key: &str) -> Result<()>;
     fn stats(&self) -> &Stats;
 }
@@ -62,6 +63,7 @@ pub enum Op {
     Get,
     Head,
     List,
+    #[allow(dead_code)] // purge and prune (issue 3)
     Delete,
 }
 
@@ -106,6 +108,7 @@ impl Stats {
         s
     }
 
+    #[allow(dead_code)] // --json summaries (issue 3)
     pub fn to_json(&self) -> serde_json::Value {
         let [put, get, head, list, delete, sent, recv] = self.snapshot();
         serde_json::json!({

@@ -43,8 +43,13 @@ impl S3Store {
             .endpoint
             .parse()
             .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
-        let bucket = Bucket::new(endpoint, UrlStyle::Path, cfg.bucket.clone(), cfg.region.clone())
-            .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let bucket = Bucket::new(
+            endpoint,
+            UrlStyle::Path,
+            cfg.bucket.clone(),
+            cfg.region.clone(),
+        )
+        .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
         let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
             (Some(k), Some(s)) => Some(Credentials::new(k.clone(), s.clone())),
             (None, None) => None,
@@ -77,14 +82,23 @@ impl S3Store {
     }
 
     /// Run `attempt` until it succeeds, fails permanently, or runs out of tries.
-    fn retry<T>(&self, op: &'static str, key: &str, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T> {
+    fn retry<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut attempt: impl FnMut() -> Attempt<T>,
+    ) -> Result<T> {
         let mut delay = Duration::from_millis(200);
         for n in 1..=ATTEMPTS {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
                 Err(f) if !f.retry || n == ATTEMPTS => {
-                    let tries = if f.retry { format!(" (after {n} attempts)") } else { String::new() };
+                    let tries = if f.retry {
+                        format!(" (after {n} attempts)")
+                    } else {
+                        String::new()
+                    };
                     return Err(Error::store(op, key, format!("{}{tries}", f.msg)));
                 }
                 Err(_) => {
@@ -260,7 +274,9 @@ impl Store for S3Store {
                     return Err(Failure {
                         retry: true,
                         not_found: false,
-                        msg: format!("asked for {range}, got the whole object (HTTP 200): Range ignored"),
+                        msg: format!(
+                            "asked for {range}, got the whole object (HTTP 200): Range ignored"
+                        ),
                     });
                 }
                 return Err(status_failure(&mut resp));

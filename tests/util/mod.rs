@@ -1,0 +1,367 @@
+//! Shared helpers for the integration tests: one real s3s-fs server per test
+//! binary (a bucket per test), a scratch directory per test with its own key,
+//! config and index, and a way to run the real `vaultik` binary in it.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod tree;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const ACCESS: &str = "vaultik-test-access";
+pub const SECRET: &str = "vaultik-test-secret";
+
+pub struct Server {
+    pub endpoint: String,
+    pub root: PathBuf,
+}
+
+/// The s3s-fs server shared by every test in this binary.
+pub fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(start_server)
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    let home_bin = std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"))
+        .ok();
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("s3s-fs");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    match home_bin {
+        Some(p) if p.is_file() => p,
+        _ => panic!("s3s-fs is not installed: run `bash tests/run.sh`, which installs it"),
+    }
+}
+
+fn start_server() -> Server {
+    let root = std::env::temp_dir().join(format!("vaultik-test-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let bin = s3s_fs_binary();
+    let root2 = root.clone();
+    // The server is started from a thread that lives as long as the test
+    // process, with PR_SET_PDEATHSIG, so it dies with us.
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--access-key",
+            ACCESS,
+            "--secret-key",
+            SECRET,
+        ])
+        .arg(&root2)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start s3s-fs");
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || scan_for_port(BufReader::new(err), tx2));
+        std::thread::spawn(move || scan_for_port(BufReader::new(out), tx));
+        let _ = child.wait();
+        loop {
+            std::thread::park();
+        }
+    });
+    let port: u16 = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("s3s-fs did not report its port");
+    Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        root,
+    }
+}
+
+fn scan_for_port(r: impl BufRead, tx: std::sync::mpsc::Sender<u16>) {
+    for line in r.lines() {
+        let Ok(line) = line else { return };
+        if let Some(i) = line.find("http://127.0.0.1:") {
+            let rest = &line[i + "http://127.0.0.1:".len()..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if let Ok(p) = digits.parse() {
+                let _ = tx.send(p);
+            }
+        }
+    }
+}
+
+static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    S3,
+    Local,
+}
+
+/// One test's world: scratch dir, key pair, source tree, store, index.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    pub bucket: String,
+    pub identity: String,
+    pub recipient: String,
+    pub endpoint: String,
+    /// Extra lines for the global section of the config.
+    pub extra: Vec<String>,
+    pub snapshots: Vec<(String, Vec<PathBuf>, Vec<String>)>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vaultik")
+}
+
+impl Env {
+    pub fn new(backend: Backend) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("vaultik-t")
+            .tempdir()
+            .unwrap();
+        let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
+        let bucket = format!("b{}-{n}", std::process::id());
+        let endpoint = if backend == Backend::S3 {
+            let s = server();
+            std::fs::create_dir_all(s.root.join(&bucket)).unwrap();
+            s.endpoint.clone()
+        } else {
+            String::new()
+        };
+        let out = Command::new(bin()).arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let identity = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap()
+            .to_string();
+        let recipient = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .unwrap()
+            .to_string();
+        let env = Env {
+            dir,
+            backend,
+            bucket,
+            identity,
+            recipient,
+            endpoint,
+            extra: Vec::new(),
+            snapshots: Vec::new(),
+        };
+        std::fs::create_dir_all(env.src()).unwrap();
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The default source tree, backed up by snapshot `data`.
+    pub fn src(&self) -> PathBuf {
+        self.path().join("src")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("vaultik.conf")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.path().join("state/index.sqlite")
+    }
+
+    /// Where the store keeps its objects on disk (for inspection and damage).
+    pub fn store_dir(&self) -> PathBuf {
+        match self.backend {
+            Backend::S3 => server().root.join(&self.bucket),
+            Backend::Local => self.path().join("store"),
+        }
+    }
+
+    /// `--store` value that reaches this test's store without a config.
+    pub fn store_spec(&self) -> String {
+        match self.backend {
+            Backend::S3 => format!("s3://{}/host1/", self.bucket),
+            Backend::Local => self.store_dir().display().to_string(),
+        }
+    }
+
+    pub fn write_config(&self) {
+        let mut c = format!(
+            "age_recipient = {}\nindex_path = {}\nhostname = testhost\n",
+            self.recipient,
+            self.index_path().display()
+        );
+        for l in &self.extra {
+            c.push_str(l);
+            c.push('\n');
+        }
+        match self.backend {
+            Backend::S3 => c.push_str(&format!(
+                "[s3]\nendpoint = {}\nbucket = {}\nprefix = host1/\nregion = us-east-1\n\
+                 access_key_id = {ACCESS}\nsecret_access_key = {SECRET}\n",
+                self.endpoint, self.bucket
+            )),
+            Backend::Local => {
+                c.push_str(&format!("[local]\npath = {}\n", self.store_dir().display()))
+            }
+        }
+        if self.snapshots.is_empty() {
+            c.push_str(&format!(
+                "[snapshot data]\npath = {}\n",
+                self.src().display()
+            ));
+        }
+        for (name, paths, excludes) in &self.snapshots {
+            c.push_str(&format!("[snapshot {name}]\n"));
+            for p in paths {
+                c.push_str(&format!("path = {}\n", p.display()));
+            }
+            for e in excludes {
+                c.push_str(&format!("exclude = {e}\n"));
+            }
+        }
+        std::fs::write(self.config_path(), c).unwrap();
+    }
+
+    /// A `vaultik` command with a clean environment and this test's config.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("VAULTIK_CONFIG", self.config_path())
+            .current_dir(self.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        if !self.config_path().exists() {
+            self.write_config();
+        }
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vaultik {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create(&self) -> String {
+        self.ok(&["snapshot", "create"])
+    }
+
+    pub fn restore_to(&self, snapshot: &str, target: &Path, paths: &[&str]) -> Output {
+        let mut args = vec!["restore", snapshot, "--target", target.to_str().unwrap()];
+        args.extend_from_slice(paths);
+        if !self.config_path().exists() {
+            self.write_config();
+        }
+        self.cmd()
+            .env("VAULTIK_PRIVATE_KEY", &self.identity)
+            .args(&args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn restore_ok(&self, snapshot: &str, target: &Path, paths: &[&str]) -> String {
+        let out = self.restore_to(snapshot, target, paths);
+        assert!(
+            out.status.success(),
+            "restore failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Ids from `snapshot list --json`.
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let out = self.ok(&["snapshot", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every object in the store: (key relative to the prefix, bytes).
+    pub fn objects(&self) -> Vec<(String, Vec<u8>)> {
+        let base = match self.backend {
+            Backend::S3 => self.store_dir().join("host1"),
+            Backend::Local => self.store_dir(),
+        };
+        let mut out = Vec::new();
+        for p in tree::files_under(&base) {
+            let key = p.strip_prefix(&base).unwrap().to_str().unwrap().to_string();
+            out.push((key, std::fs::read(&p).unwrap()));
+        }
+        out
+    }
+
+    pub fn blob_keys(&self) -> Vec<String> {
+        self.objects()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("blobs/"))
+            .collect()
+    }
+}
+
+/// A figure from a `snapshot create` summary line, e.g. `new chunks`.
+pub fn figure(summary: &str, label: &str) -> u64 {
+    let i = summary
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {summary}"));
+    let before = summary[..i].trim_end();
+    let num: String = before
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("no number before `{label}` in {summary}"))
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
