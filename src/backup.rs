@@ -8,11 +8,11 @@
 //! blob's chunks in the index -> at the end the metadata database and then
 //! the manifest are uploaded. A snapshot exists only once its manifest does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -47,6 +47,8 @@ pub struct Backup<'a> {
     pub skip_errors: bool,
     /// Called with each warning (skipped or changing files).
     pub warn: &'a (dyn Fn(&str) + Sync),
+    /// Show a progress line on stderr (only when it is a terminal).
+    pub progress: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -61,6 +63,10 @@ pub struct Summary {
     pub new_bytes: u64,
     pub blobs: u64,
     pub blob_bytes: u64,
+    /// Files left out because they could not be read (exit code 1).
+    pub skipped: u64,
+    /// Everything reported as a warning (skipped files, files that changed
+    /// while being read).
     pub warnings: u64,
     pub seconds: f64,
 }
@@ -155,7 +161,25 @@ impl Backup<'_> {
         self.index.lock().expect("index lock poisoned by a panic")
     }
 
+    /// Back up one snapshot. If blobs it reuses vanish while it runs (a
+    /// purge on another host), the snapshot is withdrawn and made again.
     pub fn run(&self, snap: &SnapshotConfig) -> Result<Summary> {
+        let mut attempt = 1;
+        loop {
+            match self.run_once(snap) {
+                Err(Error::BlobsVanished { id, missing }) if attempt < 3 => {
+                    (self.warn)(&format!(
+                        "{missing} blob(s) were deleted from the store while snapshot {id} was made \
+                         (a purge elsewhere?); making it again"
+                    ));
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn run_once(&self, snap: &SnapshotConfig) -> Result<Summary> {
         let started = Instant::now();
         // Ids have one-second resolution: never reuse one already stored.
         let (id, time) = loop {
@@ -265,6 +289,7 @@ impl Backup<'_> {
             walk::walk(root, &excludes, &mut visit, &mut failed)?;
         }
         s.warnings += walk_warnings;
+        s.skipped += walk_warnings;
 
         // 2. Read, chunk, pack and upload what changed.
         let mut index_updates: Vec<(Vec<u8>, FileStat, Vec<u8>)> = Vec::new();
@@ -297,6 +322,30 @@ impl Backup<'_> {
         };
         self.store
             .put_bytes(&snapshot::manifest_key(id), &manifest.to_bytes())?;
+
+        // A purge elsewhere may have deleted an old blob this snapshot
+        // reuses before it was published: check, and withdraw it if so.
+        let present: HashMap<String, u64> = self
+            .store
+            .list("blobs/")?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        let missing = manifest
+            .blobs
+            .iter()
+            .filter(|(k, size)| present.get(k) != Some(size))
+            .count();
+        if missing > 0 {
+            crate::gc::remove_snapshots(self.store, &[id])?;
+            let mut keys: Vec<String> = present.into_keys().collect();
+            keys.sort();
+            self.index().forget_missing_blobs(&keys)?;
+            return Err(Error::BlobsVanished {
+                id: id.to_string(),
+                missing,
+            });
+        }
         self.index().record_snapshot(id, &snap.name)?;
         Ok(s)
     }
@@ -315,17 +364,25 @@ impl Backup<'_> {
         let cancel = AtomicBool::new(false);
         let pending: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
         let blob_rx = Mutex::new(blob_rx);
+        let done = Progress::default();
+        let finished = AtomicBool::new(false);
 
         std::thread::scope(|scope| {
+            if self.progress {
+                let (done, finished) = (&done, &finished);
+                let total_files = todo.len() as u64;
+                let total_bytes: u64 = todo.iter().map(|t| t.stat.size).sum();
+                scope.spawn(move || done.show(total_files, total_bytes, finished));
+            }
             let producer = {
                 let ev_tx = ev_tx.clone();
-                let (cancel, pending) = (&cancel, &pending);
+                let (cancel, pending, done) = (&cancel, &pending, &done);
                 scope.spawn(move || {
                     let r = todo
                         .par_iter()
                         .enumerate()
                         .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), (i, t)| {
-                            self.read_file(i, t, ctx, etx, pending, cancel)
+                            self.read_file(i, t, ctx, etx, pending, cancel, done)
                         });
                     if r.is_err() {
                         cancel.store(true, Ordering::Relaxed);
@@ -359,6 +416,7 @@ impl Backup<'_> {
             drop(ev_tx);
 
             let recorded = self.record(ev_rx, todo, meta, s, index_updates);
+            finished.store(true, Ordering::Relaxed);
             if recorded.is_err() {
                 cancel.store(true, Ordering::Relaxed);
             }
@@ -382,6 +440,7 @@ impl Backup<'_> {
 
     /// Chunk one file; send its new chunks to the packer and its chunk list
     /// to the recorder.
+    #[allow(clippy::too_many_arguments)]
     fn read_file(
         &self,
         i: usize,
@@ -390,10 +449,12 @@ impl Backup<'_> {
         ev_tx: &mut Sender<Event>,
         pending: &Mutex<HashSet<ChunkId>>,
         cancel: &AtomicBool,
+        done: &Progress,
     ) -> Result<()> {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
+        let _counted = done.file_guard();
         let skip = |ev_tx: &mut Sender<Event>, e: Error| -> Result<()> {
             if self.skip_errors {
                 ev_tx
@@ -426,6 +487,7 @@ impl Backup<'_> {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(Error::Cancelled);
                 }
+                done.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 let id = ChunkId::of(data);
                 list.extend_from_slice(&id.0);
                 let is_new = {
@@ -567,12 +629,67 @@ impl Backup<'_> {
                 }
                 Event::FileSkipped { entry, msg } => {
                     s.warnings += 1;
+                    s.skipped += 1;
                     (self.warn)(&format!("skipped: {msg}"));
                     meta.remove(entry)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Files and bytes read so far, for the progress line.
+#[derive(Default)]
+struct Progress {
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Counts a file as done when dropped, whatever way reading it ended.
+struct FileGuard<'a>(&'a AtomicU64);
+
+impl Drop for FileGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Progress {
+    fn file_guard(&self) -> FileGuard<'_> {
+        FileGuard(&self.files)
+    }
+
+    /// One line on stderr, redrawn in place, until `finished`.
+    fn show(&self, total_files: u64, total_bytes: u64, finished: &AtomicBool) {
+        use std::io::Write as _;
+        let start = Instant::now();
+        let mut err = std::io::stderr();
+        loop {
+            let files = self.files.load(Ordering::Relaxed);
+            let bytes = self.bytes.load(Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64().max(0.001);
+            let rate = bytes as f64 / secs;
+            let eta = if rate > 0.0 && total_bytes > bytes {
+                format!("{:.0}s", (total_bytes - bytes) as f64 / rate)
+            } else {
+                "-".into()
+            };
+            let _ = write!(
+                err,
+                "\r\x1b[K{files}/{total_files} files, {} of {}, {}/s, ETA {eta}",
+                crate::human_bytes(bytes),
+                crate::human_bytes(total_bytes),
+                crate::human_bytes(rate as u64),
+            );
+            let _ = err.flush();
+            if finished.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = write!(err, "\r\x1b[K");
+        let _ = err.flush();
     }
 }
 

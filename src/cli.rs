@@ -12,11 +12,19 @@ pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
 
 Usage:
-  vaultik [GLOBAL FLAGS] snapshot create [--skip-errors] [NAME...]
+  vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
   vaultik [GLOBAL FLAGS] snapshot list [--json]
+  vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--deep] [--identity FILE] [--json]
+  vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
+                                        [--name NAME] [--dry-run] [--force] [--json]
+  vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
+  vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
+  vaultik [GLOBAL FLAGS] store info [--json]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [PATH...]
   vaultik keygen [--output FILE]
   vaultik help [COMMAND]
+
+Only restore and `snapshot verify --deep` need the private key.
 
 Global flags:
   --config PATH      config file (default: $VAULTIK_CONFIG, else /etc/vaultik/vaultik.conf)
@@ -31,11 +39,73 @@ VAULTIK_S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. See vaultik(1).
 ";
 
 pub const USAGE_CREATE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot create [--skip-errors] [NAME...]
+Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
 
 Back up every configured snapshot, or only the NAMEs given.
 
+  --cron          print nothing unless there is a warning or an error
+  --prune         afterwards, purge this host's snapshots by the configured
+                  retention (keep_latest, keep_within) and collect garbage
   --skip-errors   warn about unreadable files and go on (exit code 1)
+
+Exit codes: 0 ok, 1 completed with skipped files, 2 failed.
+";
+
+pub const USAGE_VERIFY: &str = "\
+Usage: vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--deep] [--identity FILE] [--json]
+
+Check a snapshot (a full id, or `latest`). Without --deep (no private key):
+every blob its manifest lists is in the store with the recorded size, and its
+metadata exists. With --deep (needs the private key): download and decrypt
+everything and check every chunk's SHA-256; report failing blobs and the
+files they affect. Exit code 2 when anything is wrong.
+
+  --deep            download and check every chunk
+  --identity FILE   age identity file (else $VAULTIK_PRIVATE_KEY), for --deep
+  --json            print the report as JSON
+";
+
+pub const USAGE_PURGE: &str = "\
+Usage: vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
+                                             [--name NAME] [--dry-run] [--force] [--json]
+
+Remove snapshots (no private key needed), per host and snapshot name, then
+delete the blobs no remaining snapshot needs. The newest snapshot of each
+host and name is always kept. Blobs younger than grace_period (default 24h)
+are never deleted. Asks for confirmation on a terminal unless --force.
+
+  --keep-latest            keep only the newest snapshot of each host and name
+  --older-than DURATION    remove snapshots older than DURATION (30d, 6mo, 1y...)
+  --name NAME              only snapshots named NAME
+  --dry-run                show what would be removed, remove nothing
+  --force                  do not ask for confirmation
+  --json                   print the report as JSON
+";
+
+pub const USAGE_REMOVE: &str = "\
+Usage: vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
+
+Remove the named snapshots' metadata (no private key needed). Their blobs are
+freed by `vaultik prune` or `vaultik snapshot purge` once nothing needs them.
+";
+
+pub const USAGE_PRUNE: &str = "\
+Usage: vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
+
+Delete blobs that no snapshot references and that are older than
+grace_period (default 24h). No private key needed.
+
+  --dry-run   show what would be deleted, delete nothing
+  --json      print the report as JSON
+";
+
+pub const USAGE_INFO: &str = "\
+Usage: vaultik [GLOBAL FLAGS] store info [--json]
+
+Show the store's location, its snapshots, blobs and their sizes, and the
+unreferenced blobs (no private key needed).
+
+  --json      print the report as JSON
 ";
 
 pub const USAGE_LIST: &str = "\
@@ -82,8 +152,34 @@ pub enum Command {
     SnapshotCreate {
         names: Vec<String>,
         skip_errors: bool,
+        cron: bool,
+        prune: bool,
     },
     SnapshotList {
+        json: bool,
+    },
+    SnapshotVerify {
+        snapshot: String,
+        deep: bool,
+        identity: Option<PathBuf>,
+        json: bool,
+    },
+    SnapshotPurge {
+        keep_latest: bool,
+        older_than: Option<u64>,
+        name: Option<String>,
+        dry_run: bool,
+        force: bool,
+        json: bool,
+    },
+    SnapshotRemove {
+        snapshots: Vec<String>,
+    },
+    Prune {
+        dry_run: bool,
+        json: bool,
+    },
+    StoreInfo {
         json: bool,
     },
     Restore {
@@ -135,6 +231,11 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["snapshot"] => USAGE,
         ["snapshot", "create"] | ["create"] => USAGE_CREATE,
         ["snapshot", "list"] | ["list"] => USAGE_LIST,
+        ["snapshot", "verify"] | ["verify"] => USAGE_VERIFY,
+        ["snapshot", "purge"] | ["purge"] => USAGE_PURGE,
+        ["snapshot", "remove"] | ["remove"] => USAGE_REMOVE,
+        ["prune"] => USAGE_PRUNE,
+        ["store"] | ["store", "info"] | ["info"] => USAGE_INFO,
         ["restore"] => USAGE_RESTORE,
         ["keygen"] => USAGE_KEYGEN,
         _ => {
@@ -199,9 +300,51 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
             match sub.as_str() {
                 "create" => parse_create(&mut p, &mut g)?,
                 "list" => parse_list(&mut p, &mut g)?,
+                "verify" => parse_verify(&mut p, &mut g)?,
+                "purge" => parse_purge(&mut p, &mut g)?,
+                "remove" => parse_remove(&mut p, &mut g)?,
                 other => return Err(Error::Usage(format!("unknown command `snapshot {other}`"))),
             }
         }
+        "store" => {
+            let sub = loop {
+                match p.next().map_err(usage)? {
+                    None => {
+                        return Err(Error::Usage("missing command after `store` (info)".into()));
+                    }
+                    Some(arg) => {
+                        if let Some(name) = global_name(&arg) {
+                            global_flag(name, &mut p, &mut g)?;
+                            continue;
+                        }
+                        match arg {
+                            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE_INFO))),
+                            Value(v) => break string(v, "command")?,
+                            _ => return Err(usage(arg.unexpected())),
+                        }
+                    }
+                }
+            };
+            match sub.as_str() {
+                "info" => {
+                    let mut json = false;
+                    while let Some(arg) = p.next().map_err(usage)? {
+                        if let Some(name) = global_name(&arg) {
+                            global_flag(name, &mut p, &mut g)?;
+                            continue;
+                        }
+                        match arg {
+                            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE_INFO))),
+                            Long("json") => json = true,
+                            _ => return Err(usage(arg.unexpected())),
+                        }
+                    }
+                    Command::StoreInfo { json }
+                }
+                other => return Err(Error::Usage(format!("unknown command `store {other}`"))),
+            }
+        }
+        "prune" => parse_prune(&mut p, &mut g)?,
         "restore" => parse_restore(&mut p, &mut g)?,
         "keygen" => parse_keygen(&mut p, &mut g)?,
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
@@ -212,6 +355,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
 fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut names = Vec::new();
     let mut skip_errors = false;
+    let mut cron = false;
+    let mut prune = false;
     while let Some(arg) = p.next().map_err(usage)? {
         if let Some(name) = global_name(&arg) {
             global_flag(name, p, g)?;
@@ -220,11 +365,128 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help(USAGE_CREATE)),
             Long("skip-errors") => skip_errors = true,
+            Long("cron") => cron = true,
+            Long("prune") => prune = true,
             Value(v) => names.push(string(v, "snapshot name")?),
             _ => return Err(usage(arg.unexpected())),
         }
     }
-    Ok(Command::SnapshotCreate { names, skip_errors })
+    Ok(Command::SnapshotCreate {
+        names,
+        skip_errors,
+        cron,
+        prune,
+    })
+}
+
+fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut snapshot = None;
+    let mut deep = false;
+    let mut json = false;
+    let mut identity = None;
+    while let Some(arg) = p.next().map_err(usage)? {
+        if let Some(name) = global_name(&arg) {
+            global_flag(name, p, g)?;
+            continue;
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE_VERIFY)),
+            Long("deep") => deep = true,
+            Long("json") => json = true,
+            Long("identity") => identity = Some(PathBuf::from(p.value().map_err(usage)?)),
+            Value(v) if snapshot.is_none() => snapshot = Some(string(v, "SNAPSHOT")?),
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    Ok(Command::SnapshotVerify {
+        snapshot: snapshot
+            .ok_or_else(|| Error::Usage("snapshot verify: missing SNAPSHOT argument".into()))?,
+        deep,
+        identity,
+        json,
+    })
+}
+
+fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut keep_latest = false;
+    let mut older_than = None;
+    let mut name = None;
+    let (mut dry_run, mut force, mut json) = (false, false, false);
+    while let Some(arg) = p.next().map_err(usage)? {
+        if let Some(n) = global_name(&arg) {
+            global_flag(n, p, g)?;
+            continue;
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE_PURGE)),
+            Long("keep-latest") => keep_latest = true,
+            Long("older-than") => {
+                let v = string(p.value().map_err(usage)?, "--older-than")?;
+                let d = crate::config::parse_duration(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--older-than `{v}`: expected a duration like 30d, 6mo or 1y"
+                    ))
+                })?;
+                older_than = Some(d.as_secs());
+            }
+            Long("name") => name = Some(string(p.value().map_err(usage)?, "--name")?),
+            Long("dry-run") => dry_run = true,
+            Long("force") => force = true,
+            Long("json") => json = true,
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    if keep_latest == older_than.is_some() {
+        return Err(Error::Usage(
+            "snapshot purge: give exactly one of --keep-latest and --older-than DURATION".into(),
+        ));
+    }
+    Ok(Command::SnapshotPurge {
+        keep_latest,
+        older_than,
+        name,
+        dry_run,
+        force,
+        json,
+    })
+}
+
+fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut snapshots = Vec::new();
+    while let Some(arg) = p.next().map_err(usage)? {
+        if let Some(n) = global_name(&arg) {
+            global_flag(n, p, g)?;
+            continue;
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE_REMOVE)),
+            Value(v) => snapshots.push(string(v, "SNAPSHOT")?),
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    if snapshots.is_empty() {
+        return Err(Error::Usage(
+            "snapshot remove: missing SNAPSHOT argument".into(),
+        ));
+    }
+    Ok(Command::SnapshotRemove { snapshots })
+}
+
+fn parse_prune(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let (mut dry_run, mut json) = (false, false);
+    while let Some(arg) = p.next().map_err(usage)? {
+        if let Some(n) = global_name(&arg) {
+            global_flag(n, p, g)?;
+            continue;
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE_PRUNE)),
+            Long("dry-run") => dry_run = true,
+            Long("json") => json = true,
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    Ok(Command::Prune { dry_run, json })
 }
 
 fn parse_list(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -303,8 +565,61 @@ mod tests {
             c,
             Command::SnapshotCreate {
                 names: vec!["etc".into(), "home".into()],
-                skip_errors: true
+                skip_errors: true,
+                cron: false,
+                prune: false,
             }
+        );
+        let (_, c) = parse_str("snapshot create --cron --prune").unwrap();
+        assert!(matches!(
+            c,
+            Command::SnapshotCreate {
+                cron: true,
+                prune: true,
+                ..
+            }
+        ));
+        let (_, c) =
+            parse_str("snapshot purge --older-than 30d --name etc --dry-run --force --json")
+                .unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotPurge {
+                keep_latest: false,
+                older_than: Some(30 * 86400),
+                name: Some("etc".into()),
+                dry_run: true,
+                force: true,
+                json: true
+            }
+        );
+        let (_, c) = parse_str("snapshot verify latest --deep --identity /k --json").unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotVerify {
+                snapshot: "latest".into(),
+                deep: true,
+                identity: Some("/k".into()),
+                json: true
+            }
+        );
+        let (_, c) = parse_str("snapshot remove a b").unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotRemove {
+                snapshots: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            parse_str("prune --dry-run --json").unwrap().1,
+            Command::Prune {
+                dry_run: true,
+                json: true
+            }
+        );
+        assert_eq!(
+            parse_str("store info --json").unwrap().1,
+            Command::StoreInfo { json: true }
         );
         let (g, c) = parse_str("snapshot list --json --store /s").unwrap();
         assert_eq!(g.store.as_deref(), Some("/s"));
@@ -347,5 +662,65 @@ mod tests {
         assert!(e.contains("--target"), "{e}");
         let e = parse_str("snapshot list --config").unwrap_err().to_string();
         assert!(e.contains("--config"), "{e}");
+        let e = parse_str("snapshot purge").unwrap_err().to_string();
+        assert!(e.contains("--keep-latest"), "{e}");
+        let e = parse_str("snapshot purge --older-than soon")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--older-than `soon`"), "{e}");
+        let e = parse_str("store explode").unwrap_err().to_string();
+        assert!(e.contains("store explode"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod man_page {
+    use super::*;
+
+    /// Every `--flag` in the usage texts, which list every flag parsed above.
+    fn usage_flags() -> Vec<String> {
+        let all = [
+            USAGE,
+            USAGE_CREATE,
+            USAGE_LIST,
+            USAGE_VERIFY,
+            USAGE_PURGE,
+            USAGE_REMOVE,
+            USAGE_PRUNE,
+            USAGE_INFO,
+            USAGE_RESTORE,
+            USAGE_KEYGEN,
+        ]
+        .concat();
+        let mut flags: Vec<String> = all
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_string)
+            .collect();
+        flags.sort();
+        flags.dedup();
+        flags
+    }
+
+    #[test]
+    fn every_flag_parses_and_is_in_the_man_page() {
+        let man = include_str!("../man/vaultik.1").replace("\\-", "-");
+        let flags = usage_flags();
+        assert!(flags.len() >= 20, "{flags:?}");
+        for f in &flags {
+            assert!(
+                man.contains(f.as_str()),
+                "{f} is not documented in man/vaultik.1"
+            );
+        }
+        // And the parser knows each of them somewhere.
+        let src = include_str!("cli.rs");
+        for f in &flags {
+            let name = &f[2..];
+            assert!(
+                src.contains(&format!("Long(\"{name}\")")) || GLOBAL_FLAGS.contains(&name),
+                "{f} is in the usage text but not parsed"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub const DEFAULT_BLOB_SIZE_LIMIT: u64 = 1 << 30;
 /// Single PUTs are limited to 5 GiB on S3; stay well below.
 pub const MAX_BLOB_SIZE_LIMIT: u64 = 4 << 30;
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -25,6 +26,12 @@ pub struct Config {
     pub blob_size_limit: u64,
     pub compression_level: i32,
     pub exclude: Vec<String>,
+    /// Retention for `snapshot create --prune`: keep this many newest per name.
+    pub keep_latest: Option<usize>,
+    /// Retention for `snapshot create --prune`: keep everything younger than this.
+    pub keep_within: Option<Duration>,
+    /// Garbage collection never deletes blobs younger than this.
+    pub grace_period: Duration,
     pub store: Option<StoreConfig>,
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -63,6 +70,9 @@ impl Default for Config {
             blob_size_limit: DEFAULT_BLOB_SIZE_LIMIT,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             exclude: Vec::new(),
+            keep_latest: None,
+            keep_within: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
             store: None,
             snapshots: Vec::new(),
         }
@@ -200,6 +210,22 @@ impl Config {
                         check_glob(value).map_err(|m| err(n, m))?;
                         cfg.exclude.push(value.to_string());
                     }
+                    "keep_latest" => {
+                        cfg.keep_latest =
+                            Some(value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                                bad("expected a number of snapshots, at least 1")
+                            })?);
+                    }
+                    "keep_within" => {
+                        cfg.keep_within = Some(
+                            parse_duration(value)
+                                .ok_or_else(|| bad("expected a duration like 30d"))?,
+                        );
+                    }
+                    "grace_period" => {
+                        cfg.grace_period = parse_duration(value)
+                            .ok_or_else(|| bad("expected a duration like 24h"))?;
+                    }
                     _ => return Err(err(n, format!("unknown key `{key}`"))),
                 },
                 Section::S3 => {
@@ -213,8 +239,13 @@ impl Config {
                         }
                         "bucket" => s.bucket = value.to_string(),
                         "prefix" => {
-                            check_prefix(value).map_err(|m| err(n, m))?;
-                            s.prefix = value.to_string();
+                            // Keys are `<prefix>blobs/...`: the prefix is a folder.
+                            let mut p = value.to_string();
+                            if !p.ends_with('/') {
+                                p.push('/');
+                            }
+                            check_prefix(&p).map_err(|m| err(n, m))?;
+                            s.prefix = p;
                         }
                         "region" => s.region = value.to_string(),
                         "access_key_id" => s.access_key_id = Some(value.to_string()),
@@ -375,7 +406,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// `30s`, `15m`, `1h`, `7d`, `2w`, `6mo`, `1y`; several may be combined (`1h30m`).
-#[allow(dead_code)] // retention and daemon keys (issues 3 and 4)
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -424,7 +454,8 @@ mod tests {
         let cfg = parse(
             "# comment\nage_recipient = age1abc\nage_recipient = age1def # two\n\
              chunk_size = 512KiB\nblob_size_limit = 10MB\ncompression_level = 5\nexclude = *.tmp\n\
-             [s3]\nendpoint = http://127.0.0.1:9000\nbucket = b\nprefix = host1/\n\
+             keep_latest = 7\nkeep_within = 30d\ngrace_period = 2h\n\
+             [s3]\nendpoint = http://127.0.0.1:9000\nbucket = b\nprefix = host1\n\
              [snapshot etc]\npath = /etc\nexclude = *.log\n[snapshot home]\npath = /home\npath = /root\n",
         )
         .unwrap();
@@ -433,6 +464,9 @@ mod tests {
         assert_eq!(cfg.blob_size_limit, 10_000_000);
         assert_eq!(cfg.compression_level, 5);
         assert_eq!(cfg.exclude, vec!["*.tmp"]);
+        assert_eq!(cfg.keep_latest, Some(7));
+        assert_eq!(cfg.keep_within, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(cfg.grace_period, Duration::from_secs(7200));
         match cfg.store.unwrap() {
             StoreConfig::S3(s) => {
                 assert_eq!(s.bucket, "b");

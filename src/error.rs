@@ -46,6 +46,10 @@ pub enum Error {
     UnknownSnapshot(String),
     /// Stopped because another part of the same run failed.
     Cancelled,
+    /// Blobs a new snapshot needs were deleted while it was made.
+    BlobsVanished { id: String, missing: usize },
+    /// A check found problems (verify).
+    Problems { count: usize, what: String },
     /// The run finished but some files were skipped or failed (exit code 1 or 2).
     Partial { failed: usize, what: &'static str },
 }
@@ -98,6 +102,11 @@ impl fmt::Display for Error {
                 "snapshot {id} is not in the store (see `vaultik snapshot list`)"
             ),
             Error::Cancelled => f.write_str("cancelled"),
+            Error::BlobsVanished { id, missing } => write!(
+                f,
+                "{missing} blob(s) that snapshot {id} needs were deleted from the store while it was made; run it again"
+            ),
+            Error::Problems { count, what } => write!(f, "{what}: {count} problem(s) found"),
             Error::Partial { failed, what } => write!(f, "{failed} file(s) {what}"),
         }
     }

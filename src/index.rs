@@ -88,6 +88,24 @@ impl Index {
         Ok((idx, fresh))
     }
 
+    /// The index at `path` when it exists and belongs to `store_id`; never
+    /// creates or resets one (for maintenance commands).
+    pub fn open_existing(path: &Path, store_id: &str) -> Result<Option<Index>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let conn = Connection::open(path).db(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .db(path)?;
+        let idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let ok = idx.meta("schema_version")?.as_deref() == Some(SCHEMA_VERSION)
+            && idx.meta("store")?.as_deref() == Some(store_id);
+        Ok(ok.then_some(idx))
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>> {
         let has_meta: bool = self
             .conn

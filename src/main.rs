@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod config;
 mod error;
+mod gc;
 mod index;
 mod keys;
 mod lock;

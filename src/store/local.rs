@@ -19,8 +19,15 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    pub fn open(root: &Path) -> Result<LocalStore> {
-        fs::create_dir_all(root).at("create store directory", root)?;
+    pub fn open(root: &Path, create: bool) -> Result<LocalStore> {
+        if create {
+            fs::create_dir_all(root).at("create store directory", root)?;
+        } else if !root.is_dir() {
+            return Err(Error::Setup(format!(
+                "store directory {} does not exist",
+                root.display()
+            )));
+        }
         Ok(LocalStore {
             root: root.to_path_buf(),
             stats: Stats::default(),
@@ -151,8 +158,17 @@ impl Store for LocalStore {
                 if ft.is_dir() {
                     stack.push((entry.path(), key));
                 } else if ft.is_file() && key.starts_with(prefix) {
-                    let size = entry.metadata().at("stat", &entry.path())?.len();
-                    out.push(ObjectInfo { key, size });
+                    let m = entry.metadata().at("stat", &entry.path())?;
+                    let modified = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    out.push(ObjectInfo {
+                        key,
+                        size: m.len(),
+                        modified,
+                    });
                 }
             }
         }

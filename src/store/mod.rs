@@ -25,6 +25,8 @@ pub use s3::S3Store;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// Last modification, seconds since the epoch (0 when unknown).
+    pub modified: u64,
 }
 
 pub trait Store: Send + Sync {
@@ -39,8 +41,11 @@ pub trait Store: Send + Sync {
     /// Every object whose key starts with `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deleting a missing key is not an error.
-    #[allow(dead_code)] // purge and prune (issue 3)
     fn delete(&self, key: &str) -> Result<()>;
+    /// Delete many keys, in as few requests as the store allows.
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
     fn stats(&self) -> &Stats;
 }
 
@@ -63,7 +68,6 @@ pub enum Op {
     Get,
     Head,
     List,
-    #[allow(dead_code)] // purge and prune (issue 3)
     Delete,
 }
 
@@ -108,7 +112,6 @@ impl Stats {
         s
     }
 
-    #[allow(dead_code)] // --json summaries (issue 3)
     pub fn to_json(&self) -> serde_json::Value {
         let [put, get, head, list, delete, sent, recv] = self.snapshot();
         serde_json::json!({
@@ -119,9 +122,11 @@ impl Stats {
 }
 
 /// Credentials are read from the environment first, then from the config.
-pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+/// A local store directory is created only when `create` is set (backups);
+/// reading from a mistyped path is an error, not an empty store.
+pub fn open(cfg: &StoreConfig, create: bool) -> Result<Box<dyn Store>> {
     match cfg {
-        StoreConfig::Local { path } => Ok(Box::new(LocalStore::open(path)?)),
+        StoreConfig::Local { path } => Ok(Box::new(LocalStore::open(path, create)?)),
         StoreConfig::S3(s3) => Ok(Box::new(S3Store::open(&with_env_credentials(s3))?)),
     }
 }

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusty_s3::actions::ListObjectsV2;
+use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::{ObjectInfo, Op, Stats, Store};
@@ -349,6 +349,11 @@ impl Store for S3Store {
                 out.push(ObjectInfo {
                     key: key.to_string(),
                     size: obj.size.unwrap_or(0),
+                    modified: obj
+                        .last_modified
+                        .as_deref()
+                        .and_then(parse_s3_time)
+                        .unwrap_or(0),
                 });
             }
             match page.next_continuation_token {
@@ -378,7 +383,91 @@ impl Store for S3Store {
         }
     }
 
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for batch in keys.chunks(1000) {
+            let ids: Vec<ObjectIdentifier> = batch
+                .iter()
+                .map(|k| ObjectIdentifier::new(self.full_key(k)))
+                .collect();
+            let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
+            self.retry("DELETE", &what, || {
+                let mut action =
+                    DeleteObjects::new(&self.bucket, self.credentials.as_ref(), ids.iter());
+                action.set_quiet(true);
+                let url = self.sign(&action);
+                let (body, md5) = action.body_with_md5();
+                self.stats.count(Op::Delete, body.len() as u64, 0);
+                let mut resp = self
+                    .agent
+                    .post(&url)
+                    .header("Content-MD5", &md5)
+                    .header("Content-Type", "application/xml")
+                    .send(body.as_bytes())
+                    .map_err(transport)?;
+                if !resp.status().is_success() {
+                    return Err(status_failure(&mut resp));
+                }
+                let text = read_body(resp, None)?;
+                let parsed = DeleteObjectsResponse::parse(&String::from_utf8_lossy(&text));
+                match parsed {
+                    Ok(r) if !r.errors.is_empty() => {
+                        let e = &r.errors[0];
+                        Err(Failure {
+                            retry: false,
+                            not_found: false,
+                            msg: format!(
+                                "{} of them failed; {}: {} {}",
+                                r.errors.len(),
+                                e.key,
+                                e.code,
+                                e.message
+                            ),
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> &Stats {
         &self.stats
+    }
+}
+
+/// `2026-11-23T18:53:00.000Z` to seconds since the epoch.
+fn parse_s3_time(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Howard Hinnant's days-from-civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_times_parse() {
+        assert_eq!(parse_s3_time("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_s3_time("2026-11-23T08:30:15.000Z"),
+            Some(1_795_422_615)
+        );
+        assert_eq!(parse_s3_time("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_s3_time("garbage"), None);
     }
 }

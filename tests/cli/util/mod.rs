@@ -14,6 +14,23 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Run the same test body against both stores (`Backend::S3` and `Backend::Local`).
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn s3() {
+                ($body)(Backend::S3)
+            }
+            #[test]
+            fn local() {
+                ($body)(Backend::Local)
+            }
+        }
+    };
+}
+
 pub const ACCESS: &str = "vaultik-test-access";
 pub const SECRET: &str = "vaultik-test-secret";
 
@@ -364,4 +381,20 @@ pub fn figure(summary: &str, label: &str) -> u64 {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The same rendering as vaultik's summaries (`1.5 MiB`).
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -1,35 +1,16 @@
-//! Integration tests: the real `vaultik` binary against a real s3s-fs server
-//! on 127.0.0.1 (and, where it costs little, the local-directory store too).
-
-mod util;
+//! Backup and restore (issue 2): round trips, incremental runs, dedup,
+//! partial and rescue restores, bad keys, damage, failures, leaks.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use util::tree::{assert_same_tree, populate_all_kinds, random_bytes};
-use util::{Backend, Env, figure, stderr};
-
-/// Run the same test body against both stores.
-macro_rules! both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn s3() {
-                ($body)(Backend::S3)
-            }
-            #[test]
-            fn local() {
-                ($body)(Backend::Local)
-            }
-        }
-    };
-}
+use crate::util::tree::{assert_same_tree, populate_all_kinds, random_bytes};
+use crate::util::{self, Backend, Env, figure, stderr};
 
 /// Where the source tree lands under a restore target.
-fn restored(target: &Path, src: &Path) -> PathBuf {
+pub fn restored(target: &Path, src: &Path) -> PathBuf {
     target.join(src.strip_prefix("/").unwrap())
 }
 

@@ -1,0 +1,278 @@
+//! Keyless store maintenance: what the store holds (from listings and the
+//! clear manifests), which snapshots a retention rule removes, and garbage
+//! collection of blobs no manifest references. Nothing here needs the
+//! private key, and nothing ever writes a lock object to the bucket: safety
+//! against a backup running elsewhere comes from the grace period (young
+//! blobs are never deleted), from re-reading the manifests just before
+//! deleting, and from `snapshot create` checking its blobs after it
+//! publishes a manifest.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::snapshot::{self, Manifest};
+use crate::store::{ObjectInfo, Store};
+
+/// Everything the store holds, from two listings and the manifests.
+pub struct View {
+    pub manifests: Vec<Manifest>,
+    pub blobs: Vec<ObjectInfo>,
+    pub metadata: Vec<ObjectInfo>,
+}
+
+impl View {
+    pub fn load(store: &dyn Store) -> Result<View> {
+        let metadata = store.list("metadata/")?;
+        let mut manifests = Vec::new();
+        for o in &metadata {
+            if o.key.ends_with("/manifest.json.zst") {
+                match store.get(&o.key) {
+                    Ok(data) => manifests.push(Manifest::from_bytes(&o.key, &data)?),
+                    Err(Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        manifests.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        let blobs = store.list("blobs/")?;
+        Ok(View {
+            manifests,
+            blobs,
+            metadata,
+        })
+    }
+
+    pub fn referenced(&self) -> HashSet<&str> {
+        self.manifests
+            .iter()
+            .flat_map(|m| m.blobs.iter().map(|(k, _)| k.as_str()))
+            .collect()
+    }
+}
+
+/// Which snapshots to keep. A snapshot is kept when it is among the
+/// `keep_latest` newest of its host and name, or younger than `keep_within`
+/// seconds. The newest snapshot of each host and name is always kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Retention {
+    pub keep_latest: Option<usize>,
+    pub keep_within: Option<u64>,
+}
+
+/// The snapshots `rule` removes, oldest first. Only snapshots whose name is
+/// `name` (when given) and whose host is `host` (when given) are considered.
+pub fn select<'a>(
+    manifests: &'a [Manifest],
+    rule: Retention,
+    name: Option<&str>,
+    host: Option<&str>,
+    now: u64,
+) -> Vec<&'a Manifest> {
+    let mut groups: HashMap<(&str, &str), Vec<&Manifest>> = HashMap::new();
+    for m in manifests {
+        if name.is_some_and(|n| n != m.name) || host.is_some_and(|h| h != m.hostname) {
+            continue;
+        }
+        groups.entry((&m.hostname, &m.name)).or_default().push(m);
+    }
+    let mut out = Vec::new();
+    for (_, mut group) in groups {
+        // Newest first.
+        group.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+        for (rank, m) in group.into_iter().enumerate() {
+            let by_count = rule.keep_latest.is_some_and(|n| rank < n.max(1));
+            let by_age = rule
+                .keep_within
+                .is_some_and(|w| now.saturating_sub(m.time) < w);
+            if rank == 0 || by_count || by_age {
+                continue;
+            }
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// Remove snapshots: the manifest first (the snapshot disappears at once),
+/// then the encrypted metadata.
+pub fn remove_snapshots(store: &dyn Store, ids: &[&str]) -> Result<()> {
+    let manifests: Vec<String> = ids.iter().map(|id| snapshot::manifest_key(id)).collect();
+    store.delete_many(&manifests)?;
+    let dbs: Vec<String> = ids.iter().map(|id| snapshot::db_key(id)).collect();
+    store.delete_many(&dbs)
+}
+
+/// What a garbage collection deletes, and what it leaves for later.
+#[derive(Debug, Default)]
+pub struct Collect {
+    pub delete: Vec<ObjectInfo>,
+    pub young: Vec<ObjectInfo>,
+}
+
+impl Collect {
+    pub fn bytes(list: &[ObjectInfo]) -> u64 {
+        list.iter().map(|o| o.size).sum()
+    }
+}
+
+/// Unreferenced blobs, and metadata objects of snapshots that have no
+/// manifest (a run killed between its two uploads), split by the grace period.
+pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Collect {
+    let keep: HashSet<&str> = view
+        .manifests
+        .iter()
+        .filter(|m| !removed.contains(m.id.as_str()))
+        .flat_map(|m| m.blobs.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let live_ids: HashSet<&str> = view
+        .manifests
+        .iter()
+        .filter(|m| !removed.contains(m.id.as_str()))
+        .map(|m| m.id.as_str())
+        .collect();
+    let mut c = Collect::default();
+    let orphans = view.metadata.iter().filter(|o| {
+        o.key.ends_with("/db.zst.age")
+            && o.key
+                .strip_prefix("metadata/")
+                .and_then(|k| k.strip_suffix("/db.zst.age"))
+                .is_some_and(|id| !live_ids.contains(id) && !removed.contains(id))
+    });
+    for o in view
+        .blobs
+        .iter()
+        .filter(|o| !keep.contains(o.key.as_str()))
+        .chain(orphans)
+    {
+        if now.saturating_sub(o.modified) >= grace {
+            c.delete.push(o.clone());
+        } else {
+            c.young.push(o.clone());
+        }
+    }
+    c
+}
+
+/// Delete what `plan` chose, after reading the manifests once more: a
+/// snapshot published since the plan was made keeps every blob it names.
+/// Returns the objects actually deleted.
+pub fn collect(store: &dyn Store, view: &View, mut c: Collect) -> Result<Vec<ObjectInfo>> {
+    let known: HashSet<&str> = view.manifests.iter().map(|m| m.id.as_str()).collect();
+    let mut late: HashSet<String> = HashSet::new();
+    for id in snapshot::list_ids(store)? {
+        if known.contains(id.as_str()) {
+            continue;
+        }
+        let key = snapshot::manifest_key(&id);
+        match store.get(&key) {
+            Ok(data) => {
+                let m = Manifest::from_bytes(&key, &data)?;
+                late.extend(m.blobs.into_iter().map(|(k, _)| k));
+                late.insert(snapshot::db_key(&id));
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    c.delete.retain(|o| !late.contains(&o.key));
+    let keys: Vec<String> = c.delete.iter().map(|o| o.key.clone()).collect();
+    store.delete_many(&keys)?;
+    Ok(c.delete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, host: &str, name: &str, time: u64, blobs: &[&str]) -> Manifest {
+        Manifest {
+            id: id.into(),
+            hostname: host.into(),
+            name: name.into(),
+            time,
+            blobs: blobs.iter().map(|b| (b.to_string(), 10)).collect(),
+            metadata_size: 1,
+        }
+    }
+
+    fn obj(key: &str, modified: u64) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size: 10,
+            modified,
+        }
+    }
+
+    #[test]
+    fn retention_rules() {
+        let ms = vec![
+            m("a1", "h", "a", 100, &[]),
+            m("a2", "h", "a", 200, &[]),
+            m("a3", "h", "a", 300, &[]),
+            m("b1", "h", "b", 100, &[]),
+            m("x1", "other", "a", 50, &[]),
+        ];
+        let ids = |v: Vec<&Manifest>| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let latest = Retention {
+            keep_latest: Some(1),
+            keep_within: None,
+        };
+        assert_eq!(ids(select(&ms, latest, None, None, 1000)), vec!["a1", "a2"]);
+        assert_eq!(
+            ids(select(&ms, latest, Some("b"), None, 1000)),
+            Vec::<String>::new()
+        );
+        let older = Retention {
+            keep_latest: None,
+            keep_within: Some(150),
+        };
+        // a3 (age 700) is the newest of its group: always kept.
+        assert_eq!(ids(select(&ms, older, None, None, 1000)), vec!["a1", "a2"]);
+        assert_eq!(ids(select(&ms, older, None, None, 320)), vec!["a1"]);
+        let both = Retention {
+            keep_latest: Some(2),
+            keep_within: Some(950),
+        };
+        assert_eq!(
+            ids(select(&ms, both, None, Some("h"), 1000)),
+            Vec::<String>::new()
+        );
+        let two = Retention {
+            keep_latest: Some(2),
+            keep_within: None,
+        };
+        assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
+    }
+
+    #[test]
+    fn gc_keeps_referenced_and_young() {
+        let view = View {
+            manifests: vec![
+                m("s1", "h", "a", 1, &["blobs/k"]),
+                m("s2", "h", "a", 2, &["blobs/r"]),
+            ],
+            blobs: vec![
+                obj("blobs/k", 0),
+                obj("blobs/r", 0),
+                obj("blobs/old", 0),
+                obj("blobs/new", 990),
+            ],
+            metadata: vec![
+                obj("metadata/s1/db.zst.age", 0),
+                obj("metadata/s1/manifest.json.zst", 0),
+                obj("metadata/s2/db.zst.age", 0),
+                obj("metadata/orphan/db.zst.age", 0),
+            ],
+        };
+        let removed: HashSet<&str> = ["s2"].into_iter().collect();
+        let c = plan(&view, &removed, 100, 1000);
+        let keys: Vec<_> = c.delete.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["blobs/r", "blobs/old", "metadata/orphan/db.zst.age"]
+        );
+        assert_eq!(c.young.len(), 1);
+        assert_eq!(c.young[0].key, "blobs/new");
+    }
+}

@@ -1,0 +1,9 @@
+//! The one integration test binary: the real `vaultik` binary against a real
+//! s3s-fs server on 127.0.0.1 (and the local-directory store where it costs
+//! little). Each test has its own scratch directory, key, index and bucket.
+
+#[macro_use]
+mod util;
+
+mod core;
+mod ops;

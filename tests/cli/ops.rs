@@ -1,0 +1,533 @@
+//! Operating it (issue 3): verify, purge, prune, remove, store info, cron
+//! mode, the run lock, progress and request accounting.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::core::restored;
+use crate::util::tree::{assert_same_tree, populate_all_kinds, random_bytes};
+use crate::util::{self, Backend, Env, figure, stderr};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+}
+
+/// The file holding a stored object.
+fn object_path(env: &Env, key: &str) -> PathBuf {
+    match env.backend {
+        Backend::S3 => env.store_dir().join("host1").join(key),
+        Backend::Local => env.store_dir().join(key),
+    }
+}
+
+/// Blob keys a snapshot's manifest lists.
+fn manifest_blobs(env: &Env, id: &str) -> Vec<String> {
+    let out = env.run(&["snapshot", "verify", id, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = format!("metadata/{id}/manifest.json.zst");
+    let data = fs::read(object_path(env, &key)).unwrap();
+    let text = zstd::stream::decode_all(&data[..]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    v["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+both!(verify_finds_missing_and_corrupt_blobs, |b| {
+    let mut env = Env::new(b);
+    env.extra = vec!["blob_size_limit = 1MiB".into()];
+    populate_all_kinds(&env.src());
+    env.create();
+    let out = env.run(&["snapshot", "verify", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(": ok"), "{}", stdout(&out));
+    // Deep, with the key: every chunk checks out.
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["snapshot", "verify", "latest", "--deep", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["ok"], true);
+    assert!(v["chunks_checked"].as_u64().unwrap() > 10);
+    assert!(v["requests"]["get"].as_u64().unwrap() > 0);
+
+    let id = env.snapshot_ids().pop().unwrap();
+    let blobs = manifest_blobs(&env, &id);
+    assert!(blobs.len() >= 3);
+    // Flip one byte in the middle of one blob: same size, so only --deep sees it.
+    let victim = object_path(&env, &blobs[0]);
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&victim, &bytes).unwrap();
+    let out = env.run(&["snapshot", "verify", &id]);
+    assert!(
+        out.status.success(),
+        "shallow verify cannot see a flipped bit"
+    );
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["snapshot", "verify", &id, "--deep"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("corrupt: {}", blobs[0])), "{text}");
+    assert!(text.contains("affects"), "{text}");
+    assert!(
+        text.contains(env.src().to_str().unwrap()),
+        "names the affected files: {text}"
+    );
+    // --deep without a key asks for one, and does nothing else.
+    let out = env.run(&["snapshot", "verify", &id, "--deep"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("VAULTIK_PRIVATE_KEY"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Delete another blob: the keyless check names it.
+    fs::remove_file(object_path(&env, &blobs[1])).unwrap();
+    let out = env.run(&["snapshot", "verify", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["kind"], "missing");
+    assert_eq!(problems[0]["key"], blobs[1].as_str());
+});
+
+#[test]
+fn purge_keeps_latest_and_collects_garbage_after_grace() {
+    let mut env = Env::new(Backend::S3);
+    env.extra = vec!["grace_period = 0s".into()];
+    for i in 0..3u64 {
+        fs::write(
+            env.src().join(format!("gen{i}.bin")),
+            random_bytes(400_000, 50 + i),
+        )
+        .unwrap();
+        if i > 0 {
+            fs::remove_file(env.src().join(format!("gen{}.bin", i - 1))).unwrap();
+        }
+        env.create();
+    }
+    let ids = env.snapshot_ids();
+    assert_eq!(ids.len(), 3);
+    let before = env.blob_keys();
+    // Without a terminal and without --force, purge refuses and removes nothing.
+    let out = env.run(&["snapshot", "purge", "--keep-latest"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    // A dry run shows the plan and removes nothing.
+    let out = env.run(&["snapshot", "purge", "--keep-latest", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["removed_snapshots"].as_array().unwrap().len(), 2);
+    assert!(v["deleted_objects"].as_u64().unwrap() >= 2);
+    assert_eq!(env.snapshot_ids().len(), 3);
+    assert_eq!(env.blob_keys(), before);
+
+    let out = env.run(&["snapshot", "purge", "--keep-latest", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("removed 2 snapshot(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(env.snapshot_ids(), vec![ids[2].clone()]);
+    // Only the kept snapshot's blobs remain, and it restores and verifies.
+    let kept = manifest_blobs(&env, &ids[2]);
+    let mut now = env.blob_keys();
+    now.sort();
+    let mut kept_sorted = kept.clone();
+    kept_sorted.sort();
+    assert_eq!(now, kept_sorted);
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    // The index forgot the deleted blobs: bringing gen0 back uploads it again.
+    fs::write(env.src().join("gen0.bin"), random_bytes(400_000, 50)).unwrap();
+    let out = env.create();
+    assert!(figure(&out, "new chunks") >= 1, "{out}");
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["snapshot", "verify", "latest", "--deep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+#[test]
+fn purge_never_deletes_young_blobs() {
+    let env = Env::new(Backend::S3);
+    fs::write(env.src().join("a.bin"), random_bytes(200_000, 1)).unwrap();
+    env.create();
+    fs::remove_file(env.src().join("a.bin")).unwrap();
+    fs::write(env.src().join("b.bin"), random_bytes(200_000, 2)).unwrap();
+    env.create();
+    let before = env.blob_keys();
+    // --older-than 0s removes every snapshot but the newest of its name.
+    let out = env.run(&[
+        "snapshot",
+        "purge",
+        "--older-than",
+        "0s",
+        "--force",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["removed_snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(v["deleted_objects"], 0, "{v}");
+    assert!(v["young_objects"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(env.snapshot_ids().len(), 1);
+    assert_eq!(
+        env.blob_keys(),
+        before,
+        "the default 24h grace period keeps new blobs"
+    );
+}
+
+#[test]
+fn backup_after_a_purge_from_another_host_reuploads_what_it_must() {
+    let mut env = Env::new(Backend::S3);
+    env.extra = vec!["chunk_size = 64KiB".into()];
+    let a = env.src().join("a.bin");
+    let data = random_bytes(600_000, 77);
+    fs::write(&a, &data).unwrap();
+    env.create();
+    fs::remove_file(&a).unwrap();
+    fs::write(env.src().join("other.txt"), b"other").unwrap();
+    env.create();
+    // "Host 2": its own index, grace 0, purges from the same bucket.
+    let conf2 = env.path().join("host2.conf");
+    let text = fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace(
+            env.index_path().to_str().unwrap(),
+            env.path().join("host2/index.sqlite").to_str().unwrap(),
+        )
+        .replace(
+            "hostname = testhost",
+            "hostname = testhost\ngrace_period = 0s",
+        );
+    fs::write(&conf2, text).unwrap();
+    let out = env
+        .cmd()
+        .env("VAULTIK_CONFIG", &conf2)
+        .args(["snapshot", "purge", "--keep-latest", "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("removed 1 snapshot(s)"),
+        "{}",
+        stdout(&out)
+    );
+    // Host 1's index still believes a.bin's chunks are stored. Bring the file
+    // back: the backup must notice the purge and upload them again.
+    fs::write(&a, &data).unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gone from the store"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(figure(&stdout(&out), "new chunks") >= 5, "{}", stdout(&out));
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+both!(remove_then_prune, |b| {
+    let mut env = Env::new(b);
+    env.extra = vec!["grace_period = 0s".into()];
+    fs::write(env.src().join("one.bin"), random_bytes(300_000, 3)).unwrap();
+    env.create();
+    let first = env.snapshot_ids().pop().unwrap();
+    fs::write(env.src().join("one.bin"), random_bytes(300_000, 4)).unwrap();
+    env.create();
+    assert_eq!(env.snapshot_ids().len(), 2);
+    let out = env.run(&["snapshot", "remove", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.snapshot_ids().len(), 1);
+    let blobs = env.blob_keys().len();
+    let out = env.run(&["prune", "--dry-run"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("would delete 1 unreferenced object(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(env.blob_keys().len(), blobs);
+    let out = env.run(&["prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["deleted_objects"], 1);
+    assert_eq!(env.blob_keys().len(), blobs - 1);
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    // Removing an unknown snapshot is a clear error.
+    let out = env.run(&["snapshot", "remove", "nope_x_2000-01-01T000000Z"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope_x_2000-01-01T000000Z"));
+});
+
+#[test]
+fn store_info_counts() {
+    let env = Env::new(Backend::S3);
+    fs::write(env.src().join("x.bin"), random_bytes(100_000, 5)).unwrap();
+    env.create();
+    fs::write(env.src().join("x.bin"), random_bytes(100_000, 6)).unwrap();
+    env.create();
+    let first = env.snapshot_ids()[0].clone();
+    env.ok(&["snapshot", "remove", &first]);
+    let out = env.run(&["store", "info", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["snapshots"], 1);
+    assert_eq!(v["blobs"], 2);
+    assert_eq!(v["referenced_blobs"], 1);
+    assert_eq!(v["unreferenced_blobs"], 1);
+    assert_eq!(v["hosts"][0], "testhost");
+    assert!(v["store"].as_str().unwrap().contains(&env.bucket));
+    let out = env.run(&["store", "info"]);
+    assert!(stdout(&out).contains("unreferenced: 1"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("requests:"), "{}", stdout(&out));
+}
+
+#[test]
+fn cron_mode_is_silent_unless_something_is_wrong() {
+    let mut env = Env::new(Backend::S3);
+    fs::write(env.src().join("f.txt"), b"data").unwrap();
+    let out = env.run(&["snapshot", "create", "--cron"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // A skipped file: a warning on stderr and exit code 1.
+    let bad = PathBuf::from("/sys/bus/pci/rescan");
+    if unsafe { libc::geteuid() } == 0 && fs::File::open(&bad).is_err() {
+        env.snapshots = vec![("data".into(), vec![env.src(), bad.clone()], vec![])];
+        env.write_config();
+        let out = env.run(&["snapshot", "create", "--cron", "--skip-errors"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty(), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains(bad.to_str().unwrap()),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Errors are printed: a store that refuses us.
+    let out = env
+        .cmd()
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args(["snapshot", "create", "--cron"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!out.stderr.is_empty());
+}
+
+#[test]
+fn create_with_prune_applies_retention() {
+    let mut env = Env::new(Backend::Local);
+    env.extra = vec!["keep_latest = 2".into(), "grace_period = 0s".into()];
+    for i in 0..4u64 {
+        fs::write(env.src().join("f.bin"), random_bytes(100_000, 10 + i)).unwrap();
+        let out = env.run(&["snapshot", "create", "--cron", "--prune"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
+    assert_eq!(env.snapshot_ids().len(), 2);
+    assert_eq!(
+        env.blob_keys().len(),
+        2,
+        "the purged snapshots' blobs were collected"
+    );
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    // --prune without a retention policy is a configuration error.
+    let env2 = Env::new(Backend::Local);
+    let out = env2.run(&["snapshot", "create", "--prune"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("keep_latest"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("f"), b"x").unwrap();
+    env.create();
+    let lock_path = PathBuf::from(format!("{}.lock", env.index_path().display()));
+    // Hold the lock as a live run would.
+    let held = fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    fs::write(&lock_path, format!("{}\n", std::process::id())).unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("another vaultik run"), "{err}");
+    assert!(err.contains(&std::process::id().to_string()), "{err}");
+    drop(held);
+    // A lock file left by a dead process (pid in it, nobody holding it).
+    fs::write(&lock_path, "999999\n").unwrap();
+    env.create();
+    // A real concurrent run: start one on a large tree and race a second.
+    for i in 0..30 {
+        fs::write(
+            env.src().join(format!("big{i}")),
+            random_bytes(1_000_000, i),
+        )
+        .unwrap();
+    }
+    let mut first = env.cmd().args(["snapshot", "create"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let second = env.run(&["snapshot", "create"]);
+    let first_ok = first.wait().unwrap().success();
+    assert!(first_ok);
+    if second.status.success() {
+        // The first finished before the second started: nothing to race.
+        return;
+    }
+    assert!(
+        stderr(&second).contains("another vaultik run"),
+        "{}",
+        stderr(&second)
+    );
+}
+
+#[test]
+fn progress_on_a_terminal_only() {
+    let env = Env::new(Backend::Local);
+    for i in 0..20 {
+        fs::write(env.src().join(format!("f{i}")), random_bytes(200_000, i)).unwrap();
+    }
+    env.write_config();
+    // `script` gives the command a terminal.
+    let cmdline = format!(
+        "VAULTIK_CONFIG={} HOME={} {} snapshot create",
+        env.config_path().display(),
+        env.path().display(),
+        util::bin()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("20 files") || text.contains("/20 files"),
+        "{text}"
+    );
+    assert!(text.contains("ETA"), "{text}");
+    assert!(
+        text.contains('\r'),
+        "the line is redrawn in place: {text:?}"
+    );
+    // Not a terminal: no progress at all.
+    fs::write(env.src().join("new"), random_bytes(100_000, 99)).unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
+/// The summary line's request counts, in order PUT GET HEAD LIST DELETE.
+fn counts(summary: &str) -> [u64; 5] {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap();
+    let mut out = [0; 5];
+    for (i, kind) in ["PUT", "GET", "HEAD", "LIST", "DELETE"].iter().enumerate() {
+        out[i] = figure(line, &format!("{kind}"));
+    }
+    out
+}
+
+#[test]
+fn request_counts_match_what_the_server_saw() {
+    let mut env = Env::new(Backend::S3);
+    let proxy = util::proxy::start(&env.endpoint);
+    env.endpoint = proxy.endpoint.clone();
+    env.extra = vec!["blob_size_limit = 1MiB".into(), "grace_period = 0s".into()];
+    fs::write(env.src().join("a.bin"), random_bytes(2_500_000, 1)).unwrap();
+    env.create();
+    fs::write(env.src().join("a.bin"), random_bytes(2_500_000, 2)).unwrap();
+    let mut seen = proxy.requests.lock().unwrap().len();
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["snapshot", "create"],
+        vec!["snapshot", "list"],
+        vec!["store", "info"],
+        vec!["snapshot", "verify", "latest"],
+        vec!["snapshot", "purge", "--keep-latest", "--force"],
+        vec!["prune"],
+    ];
+    for args in steps {
+        let out = env.run(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let reported = counts(&stdout(&out));
+        let reqs = proxy.requests.lock().unwrap().clone();
+        let new = &reqs[seen..];
+        seen = reqs.len();
+        let mut server = [0u64; 5];
+        let mut sent = 0u64;
+        for r in new {
+            let i = match r.method.as_str() {
+                "PUT" => 0,
+                "GET" if r.target.contains("list-type=2") => 3,
+                "GET" => 1,
+                "HEAD" => 2,
+                "DELETE" => 4,
+                "POST" if r.target.contains("delete") => 4,
+                other => panic!("unexpected {other} {}", r.target),
+            };
+            server[i] += 1;
+            sent += r
+                .header("content-length")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        assert_eq!(
+            reported, server,
+            "{args:?}: reported {reported:?}, server saw {server:?}"
+        );
+        let line = stdout(&out);
+        let line = line.lines().find(|l| l.starts_with("requests:")).unwrap();
+        let sent_reported = line
+            .split("sent ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        assert_eq!(sent_reported, util::human(sent), "{args:?}: {line}");
+    }
+}
