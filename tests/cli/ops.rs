@@ -467,7 +467,7 @@ fn counts(summary: &str) -> [u64; 5] {
         .unwrap();
     let mut out = [0; 5];
     for (i, kind) in ["PUT", "GET", "HEAD", "LIST", "DELETE"].iter().enumerate() {
-        out[i] = figure(line, &format!("{kind}"));
+        out[i] = figure(line, kind);
     }
     out
 }
