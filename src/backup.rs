@@ -49,6 +49,21 @@ pub struct Backup<'a> {
     pub warn: &'a (dyn Fn(&str) + Sync),
     /// Show a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Where the metadata database of each name's last snapshot is kept,
+    /// as the base of incremental (scoped) runs and to tell "unchanged".
+    pub last_dir: PathBuf,
+    /// Set from outside (a daemon being stopped) to abandon the run cleanly.
+    pub abort: Option<&'a AtomicBool>,
+}
+
+/// Which part of a snapshot's paths a run walks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope<'a> {
+    /// Everything.
+    Full,
+    /// Only these subtrees; the rest is carried over from the last snapshot
+    /// of the same name (a full walk when there is none).
+    Dirty(&'a [PathBuf]),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -68,6 +83,11 @@ pub struct Summary {
     /// Everything reported as a warning (skipped files, files that changed
     /// while being read).
     pub warnings: u64,
+    /// Nothing differed from the last snapshot, so none was made
+    /// (only when asked to skip unchanged snapshots).
+    pub unchanged: bool,
+    /// Entries carried over from the last snapshot without a walk.
+    pub carried: u64,
     pub seconds: f64,
 }
 
@@ -161,12 +181,32 @@ impl Backup<'_> {
         self.index.lock().expect("index lock poisoned by a panic")
     }
 
+    fn aborted(&self) -> bool {
+        self.abort.is_some_and(|a| a.load(Ordering::Relaxed))
+    }
+
+    fn last_path(&self, name: &str) -> PathBuf {
+        self.last_dir.join(format!("{name}.sqlite"))
+    }
+
     /// Back up one snapshot. If blobs it reuses vanish while it runs (a
     /// purge on another host), the snapshot is withdrawn and made again.
-    pub fn run(&self, snap: &SnapshotConfig) -> Result<Summary> {
+    /// With `skip_unchanged`, no snapshot is published when nothing differs
+    /// from the last one of the same name.
+    pub fn run(
+        &self,
+        snap: &SnapshotConfig,
+        scope: Scope<'_>,
+        skip_unchanged: bool,
+    ) -> Result<Summary> {
         let mut attempt = 1;
+        let mut scope = scope;
         loop {
-            match self.run_once(snap) {
+            match self.run_once(snap, scope, skip_unchanged) {
+                Err(Error::StaleBase) => {
+                    // The last snapshot names chunks that are gone: walk everything.
+                    scope = Scope::Full;
+                }
                 Err(Error::BlobsVanished { id, missing }) if attempt < 3 => {
                     (self.warn)(&format!(
                         "{missing} blob(s) were deleted from the store while snapshot {id} was made \
@@ -179,7 +219,12 @@ impl Backup<'_> {
         }
     }
 
-    fn run_once(&self, snap: &SnapshotConfig) -> Result<Summary> {
+    fn run_once(
+        &self,
+        snap: &SnapshotConfig,
+        scope: Scope<'_>,
+        skip_unchanged: bool,
+    ) -> Result<Summary> {
         let started = Instant::now();
         // Ids have one-second resolution: never reuse one already stored.
         let (id, time) = loop {
@@ -191,7 +236,14 @@ impl Backup<'_> {
             std::thread::sleep(std::time::Duration::from_millis(250));
         };
         let meta_path = self.tmp_dir.join(format!("{id}.sqlite"));
-        let result = self.run_inner(snap, &id, time, &meta_path);
+        let result = self.run_inner(snap, &id, time, &meta_path, scope, skip_unchanged);
+        if result.as_ref().is_ok_and(|s| !s.unchanged) {
+            // Keep it as the base of the next incremental run.
+            let last = self.last_path(&snap.name);
+            if std::fs::rename(&meta_path, &last).is_err() {
+                let _ = std::fs::remove_file(&last);
+            }
+        }
         let _ = std::fs::remove_file(&meta_path);
         let mut summary = result?;
         summary.seconds = started.elapsed().as_secs_f64();
@@ -204,25 +256,52 @@ impl Backup<'_> {
         id: &str,
         time: u64,
         meta_path: &Path,
+        scope: Scope<'_>,
+        skip_unchanged: bool,
     ) -> Result<Summary> {
         let meta = MetaWriter::create(meta_path)?;
+        let last = self.last_path(&snap.name);
+        let mut s = Summary {
+            id: id.to_string(),
+            ..Summary::default()
+        };
+        // Incremental: keep what lies outside the dirty subtrees.
+        let walk_roots: Vec<PathBuf> = match scope {
+            Scope::Dirty(dirty) if last.is_file() => {
+                let (n, files, bytes) = meta.carry_over(&last, dirty)?;
+                s.carried = n;
+                s.entries += n;
+                s.files += files;
+                s.bytes_scanned += bytes;
+                let missing = {
+                    let index = self.index();
+                    meta.missing_chunks(|c| index.has_chunk(c))?
+                };
+                if missing > 0 {
+                    return Err(Error::StaleBase);
+                }
+                dirty.to_vec()
+            }
+            _ => snap.paths.clone(),
+        };
+        meta.begin()?;
         meta.set_info("format", &snapshot::FORMAT_VERSION.to_string())?;
         meta.set_info("id", id)?;
         meta.set_info("hostname", &self.hostname)?;
         meta.set_info("name", &snap.name)?;
         meta.set_info("time", &time.to_string())?;
-        let mut s = Summary {
-            id: id.to_string(),
-            ..Summary::default()
-        };
 
         // 1. Walk; reuse the chunk lists of unchanged files.
         let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
         let mut todo: Vec<Todo> = Vec::new();
         let mut seen_paths: HashSet<PathBuf> = HashSet::new();
         let mut walk_warnings = 0u64;
-        for root in &snap.paths {
+        for root in &walk_roots {
             if !seen_paths.insert(root.clone()) {
+                continue;
+            }
+            // A dirty subtree that is gone now simply has no entries.
+            if scope != Scope::Full && std::fs::symlink_metadata(root).is_err() {
                 continue;
             }
             let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
@@ -304,7 +383,18 @@ impl Backup<'_> {
                 .map(|(p, st, c)| (p.as_slice(), *st, c.as_slice())),
         )?;
 
-        // 4. Metadata, then the manifest that makes the snapshot visible.
+        // 4. Nothing changed? Then there is nothing to publish.
+        let digest = meta.digest()?;
+        if skip_unchanged && snapshot::stored_digest(&last).as_deref() == Some(digest.as_str()) {
+            s.unchanged = true;
+            return Ok(s);
+        }
+        meta.set_info("digest", &digest)?;
+        if self.aborted() {
+            return Err(Error::Cancelled);
+        }
+
+        // 5. Metadata, then the manifest that makes the snapshot visible.
         let blobs = {
             let index = self.index();
             meta.resolve_chunks(&index)?
@@ -451,7 +541,7 @@ impl Backup<'_> {
         cancel: &AtomicBool,
         done: &Progress,
     ) -> Result<()> {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.load(Ordering::Relaxed) || self.aborted() {
             return Err(Error::Cancelled);
         }
         let _counted = done.file_guard();
@@ -484,7 +574,7 @@ impl Backup<'_> {
             Vec::with_capacity(32 * (t.stat.size as usize / self.params.avg + 1));
         let result = CHUNK_BUF.with_borrow_mut(|buf| {
             chunk::split(&file, &t.path, t.stat.size, self.params, buf, |data| {
-                if cancel.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) || self.aborted() {
                     return Err(Error::Cancelled);
                 }
                 done.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -570,7 +660,7 @@ impl Backup<'_> {
                 .expect("blob queue lock poisoned by a panic")
                 .recv();
             let Ok(blob) = next else { return Ok(()) };
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.load(Ordering::Relaxed) || self.aborted() {
                 return Err(Error::Cancelled);
             }
             self.store.put_file(&blob.key, blob.file.temp.path())?;

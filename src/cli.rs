@@ -13,6 +13,7 @@ vaultik - encrypted, deduplicating, incremental backups to S3
 
 Usage:
   vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
+  vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
   vaultik [GLOBAL FLAGS] snapshot list [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--deep] [--identity FILE] [--json]
   vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
@@ -40,9 +41,14 @@ VAULTIK_S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. See vaultik(1).
 
 pub const USAGE_CREATE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
+       vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
 
 Back up every configured snapshot, or only the NAMEs given.
 
+  --daemon        stay in the foreground: back up everything once, then watch
+                  the configured paths with inotify and snapshot the names
+                  whose paths changed (see backup_interval, settle_delay,
+                  min_time_between_run, full_scan_interval, stop_timeout)
   --cron          print nothing unless there is a warning or an error
   --prune         afterwards, purge this host's snapshots by the configured
                   retention (keep_latest, keep_within) and collect garbage
@@ -154,6 +160,7 @@ pub enum Command {
         skip_errors: bool,
         cron: bool,
         prune: bool,
+        daemon: bool,
     },
     SnapshotList {
         json: bool,
@@ -357,6 +364,7 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut skip_errors = false;
     let mut cron = false;
     let mut prune = false;
+    let mut daemon = false;
     while let Some(arg) = p.next().map_err(usage)? {
         if let Some(name) = global_name(&arg) {
             global_flag(name, p, g)?;
@@ -367,15 +375,22 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("skip-errors") => skip_errors = true,
             Long("cron") => cron = true,
             Long("prune") => prune = true,
+            Long("daemon") => daemon = true,
             Value(v) => names.push(string(v, "snapshot name")?),
             _ => return Err(usage(arg.unexpected())),
         }
+    }
+    if daemon && (prune || !names.is_empty()) {
+        return Err(Error::Usage(
+            "snapshot create --daemon backs up every configured snapshot and takes no NAME or --prune".into(),
+        ));
     }
     Ok(Command::SnapshotCreate {
         names,
         skip_errors,
         cron,
         prune,
+        daemon,
     })
 }
 
@@ -568,8 +583,19 @@ mod tests {
                 skip_errors: true,
                 cron: false,
                 prune: false,
+                daemon: false,
             }
         );
+        let (_, c) = parse_str("snapshot create --daemon --cron").unwrap();
+        assert!(matches!(
+            c,
+            Command::SnapshotCreate {
+                daemon: true,
+                cron: true,
+                ..
+            }
+        ));
+        assert!(parse_str("snapshot create --daemon etc").is_err());
         let (_, c) = parse_str("snapshot create --cron --prune").unwrap();
         assert!(matches!(
             c,

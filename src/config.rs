@@ -32,6 +32,16 @@ pub struct Config {
     pub keep_within: Option<Duration>,
     /// Garbage collection never deletes blobs younger than this.
     pub grace_period: Duration,
+    /// Daemon: back up dirty snapshots at this interval.
+    pub backup_interval: Duration,
+    /// Daemon: never start two runs closer than this.
+    pub min_time_between_run: Duration,
+    /// Daemon: a full stat() scan of everything this often.
+    pub full_scan_interval: Duration,
+    /// Daemon: after a quiet period, wait this long after a change.
+    pub settle_delay: Duration,
+    /// Daemon: on SIGTERM, let a running backup finish for this long.
+    pub stop_timeout: Duration,
     pub store: Option<StoreConfig>,
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -73,6 +83,11 @@ impl Default for Config {
             keep_latest: None,
             keep_within: None,
             grace_period: DEFAULT_GRACE_PERIOD,
+            backup_interval: Duration::from_secs(3600),
+            min_time_between_run: Duration::from_secs(15 * 60),
+            full_scan_interval: Duration::from_secs(24 * 3600),
+            settle_delay: Duration::from_secs(10 * 60),
+            stop_timeout: Duration::from_secs(60),
             store: None,
             snapshots: Vec::new(),
         }
@@ -225,6 +240,21 @@ impl Config {
                     "grace_period" => {
                         cfg.grace_period = parse_duration(value)
                             .ok_or_else(|| bad("expected a duration like 24h"))?;
+                    }
+                    "backup_interval"
+                    | "min_time_between_run"
+                    | "full_scan_interval"
+                    | "settle_delay"
+                    | "stop_timeout" => {
+                        let d = parse_duration(value)
+                            .ok_or_else(|| bad("expected a duration like 15m"))?;
+                        *match key {
+                            "backup_interval" => &mut cfg.backup_interval,
+                            "min_time_between_run" => &mut cfg.min_time_between_run,
+                            "full_scan_interval" => &mut cfg.full_scan_interval,
+                            "settle_delay" => &mut cfg.settle_delay,
+                            _ => &mut cfg.stop_timeout,
+                        } = d;
                     }
                     _ => return Err(err(n, format!("unknown key `{key}`"))),
                 },
@@ -454,7 +484,7 @@ mod tests {
         let cfg = parse(
             "# comment\nage_recipient = age1abc\nage_recipient = age1def # two\n\
              chunk_size = 512KiB\nblob_size_limit = 10MB\ncompression_level = 5\nexclude = *.tmp\n\
-             keep_latest = 7\nkeep_within = 30d\ngrace_period = 2h\n\
+             keep_latest = 7\nkeep_within = 30d\ngrace_period = 2h\nbackup_interval = 5s\nsettle_delay = 1m\n\
              [s3]\nendpoint = http://127.0.0.1:9000\nbucket = b\nprefix = host1\n\
              [snapshot etc]\npath = /etc\nexclude = *.log\n[snapshot home]\npath = /home\npath = /root\n",
         )
@@ -467,6 +497,9 @@ mod tests {
         assert_eq!(cfg.keep_latest, Some(7));
         assert_eq!(cfg.keep_within, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(cfg.grace_period, Duration::from_secs(7200));
+        assert_eq!(cfg.backup_interval, Duration::from_secs(5));
+        assert_eq!(cfg.settle_delay, Duration::from_secs(60));
+        assert_eq!(cfg.full_scan_interval, Duration::from_secs(86400));
         match cfg.store.unwrap() {
             StoreConfig::S3(s) => {
                 assert_eq!(s.bucket, "b");

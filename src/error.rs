@@ -44,8 +44,10 @@ pub enum Error {
     Key(String),
     /// A snapshot id that is not in the store.
     UnknownSnapshot(String),
-    /// Stopped because another part of the same run failed.
+    /// Stopped because another part of the same run failed, or on request.
     Cancelled,
+    /// The last snapshot kept locally names chunks the store no longer has.
+    StaleBase,
     /// Blobs a new snapshot needs were deleted while it was made.
     BlobsVanished { id: String, missing: usize },
     /// A check found problems (verify).
@@ -102,6 +104,7 @@ impl fmt::Display for Error {
                 "snapshot {id} is not in the store (see `vaultik snapshot list`)"
             ),
             Error::Cancelled => f.write_str("cancelled"),
+            Error::StaleBase => f.write_str("the last snapshot kept locally is out of date"),
             Error::BlobsVanished { id, missing } => write!(
                 f,
                 "{missing} blob(s) that snapshot {id} needs were deleted from the store while it was made; run it again"

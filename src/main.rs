@@ -15,6 +15,7 @@ mod restore;
 mod snapshot;
 mod store;
 mod walk;
+mod watch;
 
 use std::process::ExitCode;
 

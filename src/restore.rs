@@ -422,10 +422,12 @@ impl Restore<'_> {
                 failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
             }
         }
-        for (i, e) in entries.iter().enumerate().rev() {
-            if skip[i] || e.kind != Kind::Dir {
-                continue;
-            }
+        let mut dirs: Vec<usize> = (0..entries.len())
+            .filter(|&i| !skip[i] && entries[i].kind == Kind::Dir)
+            .collect();
+        dirs.sort_by_key(|&i| std::cmp::Reverse(entries[i].dest.components().count()));
+        for i in dirs {
+            let e = &entries[i];
             if let Err(err) = set_attrs(e, as_root) {
                 failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
             }

@@ -111,11 +111,114 @@ impl MetaWriter {
         )
         .db(path)?;
         conn.execute_batch(META_SCHEMA).db(path)?;
-        conn.execute_batch("BEGIN").db(path)?;
         Ok(MetaWriter {
             conn,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Start the one transaction that ends in `seal`.
+    pub fn begin(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN").db(&self.path)
+    }
+
+    /// Copy the entries of the previous snapshot `prev` that are outside
+    /// every path in `scopes` (which the caller walks again). Returns the
+    /// number of regular files and their bytes.
+    pub fn carry_over(&self, prev: &Path, scopes: &[PathBuf]) -> Result<(u64, u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let prev_s = prev
+            .to_str()
+            .ok_or_else(|| Error::Setup(format!("{} is not UTF-8", prev.display())))?;
+        self.conn
+            .execute("ATTACH DATABASE ?1 AS prev", [prev_s])
+            .db(&self.path)?;
+        let mut cond = String::from("1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        for sc in scopes {
+            let b = sc.as_os_str().as_bytes().to_vec();
+            let mut under = b.clone();
+            under.push(b'/');
+            let (i, j, k) = (args.len() + 1, args.len() + 2, args.len() + 3);
+            // Byte-wise on BLOBs: `||` would turn them into TEXT.
+            cond.push_str(&format!(
+                " AND NOT (path = ?{i} OR substr(path, 1, ?{k}) = ?{j})"
+            ));
+            let len = under.len() as i64;
+            args.push(rusqlite::types::Value::Blob(b));
+            args.push(rusqlite::types::Value::Blob(under));
+            args.push(rusqlite::types::Value::Integer(len));
+        }
+        let sql = format!(
+            "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks)
+             SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
+             FROM prev.entries WHERE {cond} ORDER BY id"
+        );
+        let n = self
+            .conn
+            .execute(&sql, rusqlite::params_from_iter(args.iter()))
+            .db(&self.path)?;
+        let (files, bytes): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE kind = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .db(&self.path)?;
+        self.conn
+            .execute_batch("DETACH DATABASE prev")
+            .db(&self.path)?;
+        Ok((n as u64, files as u64, bytes as u64))
+    }
+
+    /// Every chunk id the entries reference that `has` says is missing.
+    pub fn missing_chunks(&self, has: impl Fn(&ChunkId) -> Result<bool>) -> Result<u64> {
+        let mut st = self
+            .conn
+            .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        let mut missing = 0;
+        while let Some(r) = rows.next().db(&self.path)? {
+            let list: Vec<u8> = r.get(0).db(&self.path)?;
+            for c in list.chunks_exact(32) {
+                if !has(&ChunkId::from_slice(c).expect("chunks_exact(32)"))? {
+                    missing += 1;
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// SHA-256 over every entry in path order: equal digests mean the
+    /// snapshots would restore identically.
+    pub fn digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
+                 FROM entries ORDER BY path",
+            )
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        while let Some(r) = rows.next().db(&self.path)? {
+            for i in 0..10 {
+                let v: rusqlite::types::Value = r.get(i).db(&self.path)?;
+                let bytes: Vec<u8> = match v {
+                    rusqlite::types::Value::Null => b"N".to_vec(),
+                    rusqlite::types::Value::Integer(n) => n.to_le_bytes().to_vec(),
+                    rusqlite::types::Value::Blob(b) => b,
+                    rusqlite::types::Value::Text(t) => t.into_bytes(),
+                    rusqlite::types::Value::Real(f) => f.to_le_bytes().to_vec(),
+                };
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+        }
+        Ok(crate::chunk::hex(&h.finalize()))
     }
 
     pub fn set_info(&self, key: &str, value: &str) -> Result<()> {
@@ -252,7 +355,6 @@ impl MetaWriter {
         enc.write_all(&len.to_le_bytes()).at("compress", &path)?;
         std::io::copy(&mut src, &mut enc).at("compress", &path)?;
         let SealSink(seal) = enc.finish().at("compress", &path)?;
-        let _ = std::fs::remove_file(&path);
         seal.finish()
     }
 }
@@ -268,6 +370,16 @@ impl Write for SealSink {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The digest recorded in a kept metadata database, if it can be read.
+pub fn stored_digest(path: &Path) -> Option<String> {
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT value FROM info WHERE key='digest'", [], |r| {
+        r.get(0)
+    })
+    .ok()
 }
 
 /// Download and decrypt a snapshot's metadata into an in-memory database.

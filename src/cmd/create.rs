@@ -1,119 +1,184 @@
-//! `snapshot create [--cron] [--prune] [--skip-errors] [NAME...]`
+//! `snapshot create [--cron] [--prune] [--skip-errors] [--daemon] [NAME...]`
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use age::x25519;
 
 use super::{default_index_path, load_config, store_config, system_hostname, warn};
-use crate::backup::Backup;
+use crate::backup::{Backup, Scope};
 use crate::chunk::Params;
 use crate::cli::Global;
+use crate::config::{Config, SnapshotConfig};
 use crate::error::{Error, Result};
 use crate::gc::Retention;
 use crate::index::Index;
 use crate::lock::RunLock;
+use crate::store::Store;
 use crate::{blob, human_bytes, keys, store};
 
-pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: bool) -> Result<()> {
-    let cfg = load_config(g, true)?.expect("a required config is loaded or an error");
-    let recipients = keys::parse_recipients(&cfg.age_recipients, &cfg.path)?;
-    if cfg.snapshots.is_empty() {
-        return Err(Error::Setup(format!(
-            "{}: no [snapshot NAME] section configured",
-            cfg.path.display()
-        )));
+/// Everything a backup run needs that does not change between runs.
+pub struct Session {
+    pub cfg: Config,
+    pub store: Box<dyn Store>,
+    pub index_path: PathBuf,
+    pub tmp_dir: PathBuf,
+    pub last_dir: PathBuf,
+    pub hostname: String,
+    pub recipients: Vec<x25519::Recipient>,
+}
+
+impl Session {
+    pub fn open(g: &Global) -> Result<Session> {
+        let cfg = load_config(g, true)?.expect("a required config is loaded or an error");
+        let recipients = keys::parse_recipients(&cfg.age_recipients, &cfg.path)?;
+        if cfg.snapshots.is_empty() {
+            return Err(Error::Setup(format!(
+                "{}: no [snapshot NAME] section configured",
+                cfg.path.display()
+            )));
+        }
+        let store = store::open(&store_config(g, Some(&cfg))?, true)?;
+        let index_path = cfg.index_path.clone().unwrap_or_else(default_index_path);
+        let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        blob::private_dir(&state_dir)?;
+        Ok(Session {
+            hostname: cfg.hostname.clone().unwrap_or_else(system_hostname),
+            tmp_dir: state_dir.join("tmp"),
+            last_dir: state_dir.join("last"),
+            cfg,
+            store,
+            index_path,
+            recipients,
+        })
     }
-    let retention = Retention {
-        keep_latest: cfg.keep_latest,
-        keep_within: cfg.keep_within.map(|d| d.as_secs()),
-    };
+
+    /// Take the run lock and open the index, ready for a run. Returns the
+    /// number of blobs the index forgot because the store lost them.
+    pub fn prepare(&self) -> Result<(RunLock, Index, usize)> {
+        let lock = RunLock::acquire(&self.index_path)?;
+        let (mut index, fresh) = Index::open(&self.index_path, &self.store.describe())?;
+        blob::private_dir(&self.tmp_dir)?;
+        clean_dir(&self.tmp_dir);
+        if fresh {
+            // Kept metadata belongs to the index it was made with.
+            clean_dir(&self.last_dir);
+        }
+        blob::private_dir(&self.last_dir)?;
+        // Never deduplicate against a blob that is no longer in the store
+        // (purged from another host, or lost).
+        let present: Vec<String> = self
+            .store
+            .list("blobs/")?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let dropped = index.forget_missing_blobs(&present)?;
+        Ok((lock, index, dropped))
+    }
+
+    pub fn backup<'a>(
+        &'a self,
+        index: Index,
+        skip_errors: bool,
+        progress: bool,
+        abort: Option<&'a AtomicBool>,
+    ) -> Backup<'a> {
+        Backup {
+            store: self.store.as_ref(),
+            index: Mutex::new(index),
+            recipients: self.recipients.clone(),
+            hostname: self.hostname.clone(),
+            tmp_dir: self.tmp_dir.clone(),
+            params: Params::new(self.cfg.chunk_size),
+            level: self.cfg.compression_level,
+            blob_limit: self.cfg.blob_size_limit,
+            global_excludes: self.cfg.exclude.clone(),
+            skip_errors,
+            warn: &warn,
+            progress,
+            last_dir: self.last_dir.clone(),
+            abort,
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention {
+            keep_latest: self.cfg.keep_latest,
+            keep_within: self.cfg.keep_within.map(|d| d.as_secs()),
+        }
+    }
+}
+
+pub fn summary_line(s: &crate::backup::Summary) -> String {
+    format!(
+        "snapshot {}: {} entries, {} files ({}) scanned; {} files ({}) read; \
+         {} new chunks ({}) in {} blobs ({} uploaded); {} warnings; {:.1}s",
+        s.id,
+        s.entries,
+        s.files,
+        human_bytes(s.bytes_scanned),
+        s.files_read,
+        human_bytes(s.bytes_read),
+        s.new_chunks,
+        human_bytes(s.new_bytes),
+        s.blobs,
+        human_bytes(s.blob_bytes),
+        s.warnings,
+        s.seconds
+    )
+}
+
+pub fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a SnapshotConfig>> {
+    if names.is_empty() {
+        return Ok(cfg.snapshots.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            cfg.snapshots.iter().find(|s| &s.name == n).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no [snapshot {n}] in {} (configured: {})",
+                    cfg.path.display(),
+                    cfg.snapshots
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: bool) -> Result<()> {
+    let session = Session::open(g)?;
+    let retention = session.retention();
     if prune && retention == Retention::default() {
         return Err(Error::Setup(format!(
             "{}: --prune needs a retention policy: set keep_latest and/or keep_within",
-            cfg.path.display()
+            session.cfg.path.display()
         )));
     }
-    let selected: Vec<_> = if names.is_empty() {
-        cfg.snapshots.iter().collect()
-    } else {
-        names
-            .iter()
-            .map(|n| {
-                cfg.snapshots.iter().find(|s| &s.name == n).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "no [snapshot {n}] in {} (configured: {})",
-                        cfg.path.display(),
-                        cfg.snapshots
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    let store = store::open(&store_config(g, Some(&cfg))?, true)?;
-    let index_path = cfg.index_path.clone().unwrap_or_else(default_index_path);
-    if let Some(dir) = index_path.parent() {
-        blob::private_dir(dir)?;
-    }
-    let _lock = RunLock::acquire(&index_path)?;
-    let (mut index, _fresh) = Index::open(&index_path, &store.describe())?;
-    let tmp_dir = index_path.parent().unwrap_or(Path::new(".")).join("tmp");
-    blob::private_dir(&tmp_dir)?;
-    clean_tmp(&tmp_dir);
-
-    // Never deduplicate against a blob that is no longer in the store
-    // (purged from another host, or lost).
-    let present: Vec<String> = store.list("blobs/")?.into_iter().map(|o| o.key).collect();
-    let dropped = index.forget_missing_blobs(&present)?;
+    let selected = select(&session.cfg, names)?;
+    let (_lock, index, dropped) = session.prepare()?;
     if dropped > 0 && !cron {
         warn(&format!(
             "{dropped} blob(s) known to the index are gone from the store; their data will be uploaded again"
         ));
     }
-
-    let hostname = cfg.hostname.clone().unwrap_or_else(system_hostname);
     // SAFETY: isatty has no preconditions.
     let terminal = unsafe { libc::isatty(2) } == 1;
-    let backup = Backup {
-        store: store.as_ref(),
-        index: Mutex::new(index),
-        recipients,
-        hostname: hostname.clone(),
-        tmp_dir,
-        params: Params::new(cfg.chunk_size),
-        level: cfg.compression_level,
-        blob_limit: cfg.blob_size_limit,
-        global_excludes: cfg.exclude.clone(),
-        skip_errors,
-        warn: &warn,
-        progress: terminal && !cron,
-    };
+    let backup = session.backup(index, skip_errors, terminal && !cron, None);
     let mut skipped = 0;
     let mut out = std::io::stdout().lock();
     for snap in selected {
-        let s = backup.run(snap)?;
+        let s = backup.run(snap, Scope::Full, false)?;
         skipped += s.skipped;
         if !cron {
-            let _ = writeln!(
-                out,
-                "snapshot {}: {} entries, {} files ({}) scanned; {} files ({}) read; \
-                 {} new chunks ({}) in {} blobs ({} uploaded); {} warnings; {:.1}s",
-                s.id,
-                s.entries,
-                s.files,
-                human_bytes(s.bytes_scanned),
-                s.files_read,
-                human_bytes(s.bytes_read),
-                s.new_chunks,
-                human_bytes(s.new_bytes),
-                s.blobs,
-                human_bytes(s.blob_bytes),
-                s.warnings,
-                s.seconds
-            );
+            let _ = writeln!(out, "{}", summary_line(&s));
         }
     }
 
@@ -123,11 +188,11 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
             .into_inner()
             .expect("index lock poisoned by a panic");
         let report = super::purge::purge_with(
-            store.as_ref(),
+            session.store.as_ref(),
             retention,
             None,
-            Some(&hostname),
-            cfg.grace_period.as_secs(),
+            Some(&session.hostname),
+            session.cfg.grace_period.as_secs(),
             false,
             Some(&mut index),
         )?;
@@ -136,7 +201,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
         }
     }
     if !cron {
-        let _ = writeln!(out, "{}", store.stats().summary());
+        let _ = writeln!(out, "{}", session.store.stats().summary());
     }
     if skipped > 0 {
         return Err(Error::Partial {
@@ -147,8 +212,8 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
     Ok(())
 }
 
-/// Remove temporary files left by a killed run (we hold the run lock).
-fn clean_tmp(dir: &Path) {
+/// Remove files left in `dir` by a killed run (we hold the run lock).
+fn clean_dir(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let _ = std::fs::remove_file(e.path());

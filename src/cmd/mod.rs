@@ -3,6 +3,7 @@
 //! summary. Glue only; one file per group of commands.
 
 mod create;
+mod daemon;
 mod inspect;
 mod purge;
 mod restore;
@@ -29,10 +30,14 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         }
         Command::Keygen { output } => keygen(output.as_deref()),
         Command::SnapshotCreate {
+            daemon: true, cron, ..
+        } => daemon::run(g, cron),
+        Command::SnapshotCreate {
             names,
             skip_errors,
             cron,
             prune,
+            ..
         } => create::run(g, &names, skip_errors, cron, prune),
         Command::SnapshotList { json } => inspect::list(g, json),
         Command::SnapshotVerify {

@@ -1,0 +1,439 @@
+//! `snapshot create --daemon`: a foreground process (for systemd) that
+//! backs up once, then watches with inotify and snapshots the names whose
+//! paths changed, and only those; never when nothing changed.
+//!
+//! One poll loop reads inotify and signals; a backup runs on a worker thread
+//! so events keep being read meanwhile. SIGTERM/SIGINT: let a running backup
+//! finish (abandon it cleanly after `stop_timeout`), exit 0. SIGHUP: reload
+//! the config. The run lock is taken per run, so a cron run and the daemon
+//! never run at once; a busy lock just postpones the run.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::create::{Session, summary_line};
+use crate::backup::Scope;
+use crate::cli::Global;
+use crate::error::{Error, Result};
+use crate::watch::{Changes, Dirty, Watcher};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::SeqCst);
+    } else {
+        STOP.store(true, Ordering::SeqCst);
+    }
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe;
+        // no SA_RESTART, so poll() returns early with EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("vaultik daemon: {msg}");
+}
+
+/// When to run, from the config's intervals. Times are `Instant`s so tests
+/// can drive it without sleeping.
+#[derive(Debug)]
+pub struct Schedule {
+    pub backup_interval: Duration,
+    pub min_between: Duration,
+    pub full_scan_interval: Duration,
+    pub settle_delay: Duration,
+    last_run_end: Option<Instant>,
+    last_activity: Instant,
+    last_full_scan: Instant,
+    due: Option<Instant>,
+}
+
+impl Schedule {
+    pub fn new(cfg: &crate::config::Config, now: Instant) -> Schedule {
+        Schedule {
+            backup_interval: cfg.backup_interval,
+            min_between: cfg.min_time_between_run,
+            full_scan_interval: cfg.full_scan_interval,
+            settle_delay: cfg.settle_delay,
+            last_run_end: None,
+            last_activity: now,
+            last_full_scan: now,
+            // The first run, a full backup, starts at once.
+            due: Some(now),
+        }
+    }
+
+    /// Something changed at `now`.
+    pub fn changed(&mut self, now: Instant) {
+        if self.due.is_none() {
+            let quiet = now.duration_since(self.last_activity) >= self.backup_interval;
+            self.due = Some(match (quiet, self.last_run_end) {
+                (true, _) | (_, None) => now + self.settle_delay,
+                (false, Some(end)) => end + self.backup_interval,
+            });
+        }
+        self.last_activity = now;
+    }
+
+    /// Run now, whatever the intervals say (bounded by `min_between`).
+    pub fn asap(&mut self, now: Instant) {
+        self.due = Some(now);
+    }
+
+    /// When the next run may start, if one is wanted.
+    pub fn next(&self) -> Option<Instant> {
+        let due = self.due?;
+        Some(match self.last_run_end {
+            Some(end) => due.max(end + self.min_between),
+            None => due,
+        })
+    }
+
+    pub fn full_scan_due(&self, now: Instant) -> bool {
+        now.duration_since(self.last_full_scan) >= self.full_scan_interval
+    }
+
+    pub fn started(&mut self, full: bool, now: Instant) {
+        self.due = None;
+        if full {
+            self.last_full_scan = now;
+        }
+    }
+
+    pub fn finished(&mut self, now: Instant) {
+        self.last_run_end = Some(now);
+        self.last_activity = now;
+    }
+}
+
+/// What a worker thread reports about one run.
+enum Outcome {
+    Done,
+    /// Another vaultik run holds the lock: try again later.
+    Busy,
+    /// Some names failed; they stay dirty.
+    Failed(Vec<usize>),
+}
+
+struct Job {
+    names: Vec<(usize, Dirty)>,
+}
+
+/// Back up each name in `job`, publishing a snapshot only where something changed.
+fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Outcome {
+    let (_lock, index, dropped) = match session.prepare() {
+        Ok(x) => x,
+        Err(Error::Setup(msg)) if msg.contains("another vaultik run") => return Outcome::Busy,
+        Err(e) => {
+            log(&format!("error: run not started: {e}"));
+            return Outcome::Failed(job.names.iter().map(|(i, _)| *i).collect());
+        }
+    };
+    if dropped > 0 {
+        log(&format!(
+            "warning: {dropped} blob(s) known to the index are gone from the store"
+        ));
+    }
+    let backup = session.backup(index, true, false, Some(abort));
+    let mut failed = Vec::new();
+    for (i, dirty) in &job.names {
+        let snap = &session.cfg.snapshots[*i];
+        let paths: Vec<PathBuf>;
+        let scope = match dirty {
+            Dirty::Full => Scope::Full,
+            Dirty::Paths(p) => {
+                paths = p.iter().cloned().collect();
+                Scope::Dirty(&paths)
+            }
+        };
+        if !quiet {
+            let what = match dirty {
+                Dirty::Full => "full scan".to_string(),
+                Dirty::Paths(p) => format!("{} changed subtree(s)", p.len()),
+            };
+            log(&format!("run started: {} ({what})", snap.name));
+        }
+        match backup.run(snap, scope, true) {
+            Ok(s) if s.unchanged => {
+                if !quiet {
+                    log(&format!("{}: nothing changed, no snapshot", snap.name));
+                }
+            }
+            Ok(s) => {
+                if !quiet {
+                    log(&format!("run finished: {}", summary_line(&s)));
+                }
+            }
+            Err(Error::Cancelled) if abort.load(Ordering::Relaxed) => {
+                log(&format!(
+                    "{}: backup abandoned on shutdown; no snapshot recorded",
+                    snap.name
+                ));
+                failed.push(*i);
+                break;
+            }
+            Err(e) => {
+                log(&format!("error: {}: {e}", snap.name));
+                failed.push(*i);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Failed(failed)
+    }
+}
+
+pub fn run(g: &Global, quiet: bool) -> Result<()> {
+    install_signal_handlers();
+    let mut session = Session::open(g)?;
+    loop {
+        match serve(&session, quiet)? {
+            Exit::Stop => return Ok(()),
+            Exit::Reload => match Session::open(g) {
+                Ok(s) => {
+                    log("configuration reloaded");
+                    session = s;
+                }
+                Err(e) => log(&format!(
+                    "error: reload failed, keeping the old configuration: {e}"
+                )),
+            },
+        }
+    }
+}
+
+enum Exit {
+    Stop,
+    Reload,
+}
+
+/// Watch and back up until a signal says stop or reload.
+fn serve(session: &Session, quiet: bool) -> Result<Exit> {
+    let cfg = &session.cfg;
+    let mut watcher = Watcher::new(&cfg.snapshots, &cfg.exclude, log)?;
+    if !quiet {
+        log(&format!(
+            "watching {} director{} for {} snapshot name(s)",
+            watcher.watch_count(),
+            if watcher.watch_count() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            cfg.snapshots.len()
+        ));
+    }
+    let mut dirty: HashMap<usize, Dirty> =
+        (0..cfg.snapshots.len()).map(|i| (i, Dirty::Full)).collect();
+    let mut sched = Schedule::new(cfg, Instant::now());
+    let abort = AtomicBool::new(false);
+
+    std::thread::scope(|scope| {
+        let mut running: Option<std::thread::ScopedJoinHandle<'_, Outcome>> = None;
+        let mut stop_asked: Option<Instant> = None;
+        loop {
+            // 1. Wait for events, a signal, or the next deadline.
+            let now = Instant::now();
+            let mut wait = Duration::from_millis(500);
+            if running.is_none() {
+                if let Some(next) = sched.next() {
+                    wait = wait.min(next.saturating_duration_since(now));
+                }
+            }
+            let mut pfd = libc::pollfd {
+                fd: watcher.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(500) as libc::c_int) };
+
+            // 2. Events become dirty subtrees.
+            let mut ch = Changes::default();
+            if let Err(e) = watcher.read(&mut ch) {
+                log(&format!(
+                    "error: reading inotify: {e}; falling back to a full scan"
+                ));
+                ch.overflow = true;
+            }
+            let now = Instant::now();
+            if ch.overflow {
+                log(
+                    "warning: inotify queue overflowed (events were lost): the next run scans everything",
+                );
+                for i in 0..cfg.snapshots.len() {
+                    dirty.insert(i, Dirty::Full);
+                }
+                sched.changed(now);
+            }
+            for (i, p) in ch.dirty {
+                dirty
+                    .entry(i)
+                    .or_insert_with(|| Dirty::Paths(BTreeSet::new()))
+                    .add(&p);
+                sched.changed(now);
+            }
+            // Full scans: on schedule, and always when watches ran out.
+            let degraded_due = watcher.exhausted
+                && now.duration_since(sched.last_activity) >= sched.backup_interval;
+            if sched.full_scan_due(now) || degraded_due {
+                for i in 0..cfg.snapshots.len() {
+                    dirty.insert(i, Dirty::Full);
+                }
+                if sched.next().is_none() {
+                    sched.asap(now);
+                }
+                sched.last_full_scan = now;
+                sched.last_activity = now;
+            }
+
+            // 3. A finished run.
+            if running.as_ref().is_some_and(|h| h.is_finished()) {
+                let outcome = running
+                    .take()
+                    .expect("checked above")
+                    .join()
+                    .unwrap_or(Outcome::Failed(Vec::new()));
+                let now = Instant::now();
+                sched.finished(now);
+                match outcome {
+                    Outcome::Done => {}
+                    Outcome::Busy => {
+                        if !quiet {
+                            log("another vaultik run holds the lock; trying again shortly");
+                        }
+                        requeue_all(&mut dirty, cfg.snapshots.len());
+                        sched.asap(now);
+                    }
+                    Outcome::Failed(names) => {
+                        for i in names {
+                            dirty.insert(i, Dirty::Full);
+                        }
+                        sched.changed(now);
+                    }
+                }
+            }
+
+            // 4. Signals.
+            if STOP.load(Ordering::SeqCst) {
+                let asked = *stop_asked.get_or_insert_with(|| {
+                    if !quiet || running.is_some() {
+                        log(if running.is_some() {
+                            "stopping: waiting for the running backup to finish"
+                        } else {
+                            "stopping"
+                        });
+                    }
+                    Instant::now()
+                });
+                if running.is_none() {
+                    return Ok(Exit::Stop);
+                }
+                if asked.elapsed() >= cfg.stop_timeout && !abort.load(Ordering::Relaxed) {
+                    log("stop timeout reached: abandoning the running backup");
+                    abort.store(true, Ordering::SeqCst);
+                }
+                continue;
+            }
+            if RELOAD.load(Ordering::SeqCst) && running.is_none() {
+                RELOAD.store(false, Ordering::SeqCst);
+                return Ok(Exit::Reload);
+            }
+
+            // 5. Start a run when one is due.
+            if running.is_none() && !RELOAD.load(Ordering::SeqCst) {
+                if let Some(next) = sched.next() {
+                    if Instant::now() >= next {
+                        let names: Vec<(usize, Dirty)> = dirty.drain().collect();
+                        let full = names.iter().all(|(_, d)| *d == Dirty::Full)
+                            && names.len() == cfg.snapshots.len();
+                        sched.started(full, Instant::now());
+                        if names.is_empty() {
+                            // Nothing changed, however long it has been.
+                            continue;
+                        }
+                        let job = Job { names };
+                        let abort = &abort;
+                        running = Some(scope.spawn(move || run_job(session, &job, quiet, abort)));
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn requeue_all(dirty: &mut HashMap<usize, Dirty>, n: usize) {
+    for i in 0..n {
+        dirty.entry(i).or_insert(Dirty::Full);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched() -> (Schedule, Instant) {
+        let cfg = crate::config::Config {
+            backup_interval: Duration::from_secs(3600),
+            min_time_between_run: Duration::from_secs(900),
+            settle_delay: Duration::from_secs(600),
+            full_scan_interval: Duration::from_secs(86400),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        (Schedule::new(&cfg, t0), t0)
+    }
+
+    #[test]
+    fn first_run_is_immediate_then_nothing_without_changes() {
+        let (mut s, t0) = sched();
+        assert_eq!(s.next(), Some(t0));
+        s.started(true, t0);
+        s.finished(t0 + Duration::from_secs(10));
+        assert_eq!(s.next(), None);
+        assert!(!s.full_scan_due(t0 + Duration::from_secs(3600 * 5)));
+        assert!(s.full_scan_due(t0 + Duration::from_secs(86400)));
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_hour_waits_for_the_settle_delay() {
+        let (mut s, t0) = sched();
+        s.started(true, t0);
+        s.finished(t0);
+        let t = t0 + Duration::from_secs(2 * 3600);
+        s.changed(t);
+        assert_eq!(s.next(), Some(t + Duration::from_secs(600)));
+        // More changes do not push it back.
+        s.changed(t + Duration::from_secs(60));
+        assert_eq!(s.next(), Some(t + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn busy_periods_run_at_each_backup_interval_and_never_too_close() {
+        let (mut s, t0) = sched();
+        s.started(true, t0);
+        s.finished(t0);
+        s.changed(t0 + Duration::from_secs(60));
+        assert_eq!(s.next(), Some(t0 + Duration::from_secs(3600)));
+        s.started(false, t0 + Duration::from_secs(3600));
+        s.finished(t0 + Duration::from_secs(3600));
+        // Asking for an immediate run still respects min_time_between_run.
+        s.asap(t0 + Duration::from_secs(3601));
+        assert_eq!(s.next(), Some(t0 + Duration::from_secs(3600 + 900)));
+    }
+}
