@@ -72,6 +72,8 @@ impl Index {
         restrict_mode(path);
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .db(path)?;
+        // A cache: no foreign key enforcement (it would also block a reset).
+        conn.pragma_update(None, "foreign_keys", "OFF").db(path)?;
         conn.pragma_update(None, "journal_mode", "WAL").db(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL").db(path)?;
         let mut idx = Index {
@@ -318,4 +320,56 @@ impl Index {
 fn restrict_mode(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_store_resets_a_full_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let id = ChunkId::of(b"x");
+        let loc = Location {
+            offset: 0,
+            length: 1,
+            size: 1,
+        };
+        {
+            let (mut idx, fresh) = Index::open(&path, "store a").unwrap();
+            assert!(fresh);
+            idx.add_blob("blobs/aa/bb/k", 10, &[(id, loc)]).unwrap();
+            assert!(idx.has_chunk(&id).unwrap());
+        }
+        let (idx, fresh) = Index::open(&path, "store a").unwrap();
+        assert!(!fresh);
+        assert!(idx.has_chunk(&id).unwrap());
+        drop(idx);
+        let (idx, fresh) = Index::open(&path, "store b").unwrap();
+        assert!(fresh);
+        assert!(!idx.has_chunk(&id).unwrap());
+        assert!(Index::open_existing(&path, "store a").unwrap().is_none());
+        assert!(Index::open_existing(&path, "store b").unwrap().is_some());
+    }
+
+    #[test]
+    fn forgetting_missing_blobs_drops_their_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut idx, _) = Index::open(&dir.path().join("i.sqlite"), "s").unwrap();
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let loc = Location {
+            offset: 0,
+            length: 1,
+            size: 1,
+        };
+        idx.add_blob("blobs/1", 1, &[(a, loc)]).unwrap();
+        idx.add_blob("blobs/2", 1, &[(b, loc)]).unwrap();
+        assert_eq!(
+            idx.forget_missing_blobs(&["blobs/2".to_string()]).unwrap(),
+            1
+        );
+        assert!(!idx.has_chunk(&a).unwrap());
+        assert!(idx.has_chunk(&b).unwrap());
+    }
 }

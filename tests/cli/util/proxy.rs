@@ -28,6 +28,12 @@ pub struct Proxy {
 }
 
 pub fn start(upstream: &str) -> Proxy {
+    start_with_delay(upstream, std::time::Duration::ZERO)
+}
+
+/// A proxy that holds every request for `delay` before passing it on: a
+/// slow network, so a test can act while a backup is uploading.
+pub fn start_with_delay(upstream: &str, delay: std::time::Duration) -> Proxy {
     let upstream = upstream.trim_start_matches("http://").to_string();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -38,13 +44,18 @@ pub fn start(upstream: &str) -> Proxy {
             let Ok(client) = conn else { continue };
             let up = upstream.clone();
             let reqs = reqs.clone();
-            std::thread::spawn(move || serve(client, &up, reqs));
+            std::thread::spawn(move || serve(client, &up, reqs, delay));
         }
     });
     Proxy { endpoint, requests }
 }
 
-fn serve(client: TcpStream, upstream: &str, reqs: Arc<Mutex<Vec<Request>>>) {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    reqs: Arc<Mutex<Vec<Request>>>,
+    delay: std::time::Duration,
+) {
     let Ok(server) = TcpStream::connect(upstream) else {
         return;
     };
@@ -90,6 +101,7 @@ fn serve(client: TcpStream, upstream: &str, reqs: Arc<Mutex<Vec<Request>>>) {
             .header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         reqs.lock().unwrap().push(req);
+        std::thread::sleep(delay);
         if server_w.write_all(head.concat().as_bytes()).is_err() {
             return;
         }

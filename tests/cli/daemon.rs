@@ -1,0 +1,373 @@
+//! Daemon mode (issue 4) with real inotify: intervals shortened through the
+//! config, changes made on disk, snapshots counted in the store.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::core::restored;
+use crate::util::tree::{assert_same_tree, random_bytes};
+use crate::util::{Backend, Env};
+
+/// Daemons start one at a time: the overflow test shrinks a system-wide
+/// inotify limit while its daemon initialises.
+static STARTING: Mutex<()> = Mutex::new(());
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(env: &Env, extra_args: &[&str]) -> Daemon {
+        let mut cmd = env.cmd();
+        cmd.args(["snapshot", "create", "--daemon"])
+            .args(extra_args);
+        Daemon::spawn(cmd, true)
+    }
+
+    /// Start `cmd`; unless `quiet`, wait until it says it is watching.
+    fn spawn(mut cmd: Command, wait_for_watching: bool) -> Daemon {
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let d = Daemon { child, log };
+        if wait_for_watching {
+            d.wait_log("watching", Duration::from_secs(20));
+        }
+        d
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, pat: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(pat)).count()
+    }
+
+    /// Wait until `pat` has appeared in the log `n` times.
+    fn wait_count(&self, pat: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while self.count(pat) < n {
+            assert!(
+                Instant::now() < end,
+                "waited {timeout:?} for {n}x `{pat}`; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_log(&self, pat: &str, timeout: Duration) {
+        self.wait_count(pat, 1, timeout)
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, and the exit status (which must come within `timeout`).
+    fn stop(mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "daemon did not stop; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Snapshot ids per name.
+fn count_named(env: &Env, name: &str) -> usize {
+    env.snapshot_ids()
+        .iter()
+        .filter(|id| id.starts_with(&format!("testhost_{name}_")))
+        .count()
+}
+
+fn fast(env: &mut Env) {
+    env.extra.extend(
+        [
+            "backup_interval = 2s",
+            "settle_delay = 2s",
+            "min_time_between_run = 1s",
+            "full_scan_interval = 1h",
+            "stop_timeout = 1s",
+        ]
+        .map(String::from),
+    );
+}
+
+#[test]
+fn a_change_makes_exactly_one_snapshot_after_the_settle_delay() {
+    let mut env = Env::new(Backend::S3);
+    fast(&mut env);
+    fs::write(env.src().join("f.txt"), b"one").unwrap();
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(20));
+    assert_eq!(count_named(&env, "data"), 1);
+    // Quiet for longer than backup_interval: nothing changed, no snapshot.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count_named(&env, "data"), 1, "{}", d.lines().join("\n"));
+    let changed_at = Instant::now();
+    fs::write(env.src().join("f.txt"), b"two").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(count_named(&env, "data"), 1, "ran before the settle delay");
+    d.wait_count("run finished", 2, Duration::from_secs(10));
+    assert!(changed_at.elapsed() >= Duration::from_secs(2));
+    assert_eq!(count_named(&env, "data"), 2);
+    // And nothing more while nothing changes.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(count_named(&env, "data"), 2, "{}", d.lines().join("\n"));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+#[test]
+fn a_change_in_one_name_does_not_snapshot_another() {
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    let (a, b) = (env.path().join("a"), env.path().join("b"));
+    for d in [&a, &b] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("sub/f"), b"x").unwrap();
+    }
+    env.snapshots = vec![
+        ("alpha".into(), vec![a.clone()], vec![]),
+        ("beta".into(), vec![b.clone()], vec![]),
+    ];
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    fs::write(b.join("sub/f"), b"changed").unwrap();
+    d.wait_count("run finished", 3, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count_named(&env, "alpha"), 1);
+    assert_eq!(count_named(&env, "beta"), 2);
+    assert!(d.stop(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn files_in_new_subdirectories_are_picked_up() {
+    let mut env = Env::new(Backend::S3);
+    fast(&mut env);
+    fs::write(env.src().join("top"), b"top").unwrap();
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(20));
+    let deep = env.src().join("new/deeper");
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("a.txt"), b"first").unwrap();
+    d.wait_count("run finished", 2, Duration::from_secs(15));
+    // The new directory is watched: a change inside it alone is seen.
+    std::thread::sleep(Duration::from_millis(1500));
+    fs::write(deep.join("a.txt"), b"second version").unwrap();
+    d.wait_count("run finished", 3, Duration::from_secs(15));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+#[test]
+fn quiet_with_cron_logs_nothing_routine() {
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    fs::write(env.src().join("f"), b"x").unwrap();
+    env.write_config();
+    let mut cmd = env.cmd();
+    cmd.args(["snapshot", "create", "--daemon", "--cron"]);
+    let d = Daemon::spawn(cmd, false);
+    let end = Instant::now() + Duration::from_secs(20);
+    while count_named(&env, "data") < 1 {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.lines().is_empty(), "{:?}", d.lines());
+    assert!(d.stop(Duration::from_secs(10)).success());
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn running_out_of_watches_falls_back_to_full_scans() {
+    assert!(
+        is_root(),
+        "this test sets inotify limits in a user namespace and needs root"
+    );
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    let mut deep = env.src();
+    for i in 0..6 {
+        deep.push(format!("d{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("f"), b"before").unwrap();
+    env.write_config();
+    // A user namespace of our own, where only two watches may exist.
+    let script = format!(
+        "echo 2 > /proc/sys/user/max_inotify_watches && exec {} snapshot create --daemon",
+        crate::util::bin()
+    );
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["-Ur", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", env.path())
+        .env("VAULTIK_CONFIG", env.config_path())
+        .current_dir(env.path())
+        .stdin(Stdio::null());
+    let d = Daemon::spawn(unshare, true);
+    d.wait_log("out of inotify watches", Duration::from_secs(5));
+    d.wait_log("run finished", Duration::from_secs(20));
+    // A change where no watch reaches is still found, by the fallback scan.
+    fs::write(deep.join("f"), b"after, found by a full scan").unwrap();
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+#[test]
+fn queue_overflow_falls_back_to_a_full_scan() {
+    assert!(
+        is_root(),
+        "this test shrinks fs.inotify.max_queued_events and needs root"
+    );
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    fs::write(env.src().join("seed"), b"seed").unwrap();
+    env.write_config();
+    let knob = PathBuf::from("/proc/sys/fs/inotify/max_queued_events");
+    let d = {
+        // Hold the start lock across the change so no other daemon starts
+        // with the small queue; the limit is read when inotify is created.
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let old = fs::read_to_string(&knob).unwrap();
+        fs::write(&knob, "8").unwrap();
+        let mut cmd = env.cmd();
+        cmd.args(["snapshot", "create", "--daemon"])
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let d = Daemon { child, log };
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            d.wait_log("watching", Duration::from_secs(20))
+        }));
+        fs::write(&knob, old.trim()).unwrap();
+        waited.unwrap();
+        d
+    };
+    d.wait_log("run finished", Duration::from_secs(20));
+    // Freeze the daemon, make far more events than its queue holds, thaw it.
+    d.signal(libc::SIGSTOP);
+    for i in 0..100 {
+        fs::write(env.src().join(format!("burst{i}")), random_bytes(100, i)).unwrap();
+    }
+    d.signal(libc::SIGCONT);
+    d.wait_log("overflowed", Duration::from_secs(10));
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    assert!(d.lines().iter().any(|l| l.contains("full scan")));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+#[test]
+fn sigterm_during_a_backup_leaves_everything_consistent() {
+    let mut env = Env::new(Backend::S3);
+    fast(&mut env);
+    env.extra.push("blob_size_limit = 1MiB".into());
+    let real = env.endpoint.clone();
+    let slow = crate::util::proxy::start_with_delay(&real, Duration::from_millis(300));
+    env.endpoint = slow.endpoint.clone();
+    for i in 0..20 {
+        fs::write(
+            env.src().join(format!("f{i:02}")),
+            random_bytes(1_000_000, 300 + i),
+        )
+        .unwrap();
+    }
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    let end = Instant::now() + Duration::from_secs(30);
+    while env.blob_keys().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "no upload started: {}",
+            d.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = d.stop(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        env.snapshot_ids().is_empty(),
+        "a half-made snapshot was published"
+    );
+    // The index only names blobs that are in the bucket.
+    let blobs = env.blob_keys();
+    let conn = rusqlite::Connection::open(env.index_path()).unwrap();
+    let mut st = conn.prepare("SELECT key FROM blobs").unwrap();
+    for k in st.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        let k = k.unwrap();
+        assert!(
+            blobs.contains(&k),
+            "index names {k}, which is not in the bucket"
+        );
+    }
+    drop(st);
+    drop(conn);
+    // The next start completes the backup.
+    env.endpoint = real;
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(30));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    assert_eq!(env.snapshot_ids().len(), 1);
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
