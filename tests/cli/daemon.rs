@@ -208,7 +208,7 @@ fn quiet_with_cron_logs_nothing_routine() {
     cmd.args(["snapshot", "create", "--daemon", "--cron"]);
     let d = Daemon::spawn(cmd, false);
     let end = Instant::now() + Duration::from_secs(20);
-    while count_named(&env, "data") < 1 {
+    while !env.store_dir().join("metadata").exists() || count_named(&env, "data") < 1 {
         assert!(Instant::now() < end);
         std::thread::sleep(Duration::from_millis(100));
     }
