@@ -185,6 +185,15 @@ impl Backup<'_> {
         self.abort.is_some_and(|a| a.load(Ordering::Relaxed))
     }
 
+    /// Is the snapshot recorded in the kept metadata `last` still in the
+    /// store? (It may have been removed, and then nothing stands for now.)
+    fn last_still_stored(&self, last: &Path) -> Result<bool> {
+        match snapshot::stored_info(last, "id") {
+            Some(id) => Ok(self.store.head(&snapshot::manifest_key(&id))?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     fn last_path(&self, name: &str) -> PathBuf {
         self.last_dir.join(format!("{name}.sqlite"))
     }
@@ -385,7 +394,10 @@ impl Backup<'_> {
 
         // 4. Nothing changed? Then there is nothing to publish.
         let digest = meta.digest()?;
-        if skip_unchanged && snapshot::stored_digest(&last).as_deref() == Some(digest.as_str()) {
+        if skip_unchanged
+            && snapshot::stored_digest(&last).as_deref() == Some(digest.as_str())
+            && self.last_still_stored(&last)?
+        {
             s.unchanged = true;
             return Ok(s);
         }

@@ -30,8 +30,8 @@ Only restore and `snapshot verify --deep` need the private key.
 Global flags:
   --config PATH      config file (default: $VAULTIK_CONFIG, else /etc/vaultik/vaultik.conf)
   --store STORE      s3://BUCKET/PREFIX or a directory; overrides the config ($VAULTIK_STORE)
-  --endpoint URL     S3 endpoint for --store s3://... ($VAULTIK_S3_ENDPOINT)
-  --region REGION    S3 region for --store s3://... ($VAULTIK_S3_REGION, default us-east-1)
+  --endpoint URL     S3 endpoint; overrides the config ($VAULTIK_S3_ENDPOINT)
+  --region REGION    S3 region; overrides the config ($VAULTIK_S3_REGION, default us-east-1)
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -288,7 +288,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
                 match p.next().map_err(usage)? {
                     None => {
                         return Err(Error::Usage(
-                            "missing command after `snapshot` (create or list)".into(),
+                            "missing command after `snapshot` (create, list, verify, purge or remove)".into(),
                         ));
                     }
                     Some(arg) => {

@@ -43,6 +43,16 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `90s`, `15m`, `24h`, `2d`
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// `1.5 MiB`
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -374,12 +374,15 @@ impl Write for SealSink {
 
 /// The digest recorded in a kept metadata database, if it can be read.
 pub fn stored_digest(path: &Path) -> Option<String> {
+    stored_info(path, "digest")
+}
+
+/// A value from the info table of a kept metadata database.
+pub fn stored_info(path: &Path, key: &str) -> Option<String> {
     let conn =
         Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.query_row("SELECT value FROM info WHERE key='digest'", [], |r| {
-        r.get(0)
-    })
-    .ok()
+    conn.query_row("SELECT value FROM info WHERE key=?1", [key], |r| r.get(0))
+        .ok()
 }
 
 /// Download and decrypt a snapshot's metadata into an in-memory database.

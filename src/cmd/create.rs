@@ -197,7 +197,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
             Some(&mut index),
         )?;
         if !cron {
-            report.print_text(&mut out, false);
+            report.print_text(&mut out, true);
         }
     }
     if !cron {

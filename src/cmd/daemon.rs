@@ -149,6 +149,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
     }
     let backup = session.backup(index, true, false, Some(abort));
     let mut failed = Vec::new();
+    let mut published = false;
     for (i, dirty) in &job.names {
         let snap = &session.cfg.snapshots[*i];
         let paths: Vec<PathBuf>;
@@ -173,6 +174,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
                 }
             }
             Ok(s) => {
+                published = true;
                 if !quiet {
                     log(&format!("run finished: {}", summary_line(&s)));
                 }
@@ -191,6 +193,31 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             }
         }
     }
+    // The configured retention, as `snapshot create --prune` applies it.
+    let retention = session.retention();
+    if published && failed.is_empty() && retention != crate::gc::Retention::default() {
+        let mut index = backup
+            .index
+            .into_inner()
+            .expect("index lock poisoned by a panic");
+        match super::purge::purge_with(
+            session.store.as_ref(),
+            retention,
+            None,
+            Some(&session.hostname),
+            session.cfg.grace_period.as_secs(),
+            false,
+            Some(&mut index),
+        ) {
+            Ok(r) if !quiet && (!r.removed.is_empty() || !r.deleted.is_empty()) => log(&format!(
+                "retention: removed {} snapshot(s), deleted {} unreferenced object(s)",
+                r.removed.len(),
+                r.deleted.len()
+            )),
+            Ok(_) => {}
+            Err(e) => log(&format!("error: retention purge: {e}")),
+        }
+    }
     if failed.is_empty() {
         Outcome::Done
     } else {
@@ -203,7 +230,12 @@ pub fn run(g: &Global, quiet: bool) -> Result<()> {
     let mut session = Session::open(g)?;
     loop {
         match serve(&session, quiet)? {
-            Exit::Stop => return Ok(()),
+            Exit::Stop => {
+                if !quiet {
+                    log(&session.store.stats().summary());
+                }
+                return Ok(());
+            }
             Exit::Reload => match Session::open(g) {
                 Ok(s) => {
                     log("configuration reloaded");

@@ -130,10 +130,10 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
         let _ = writeln!(out, "referenced:   {ref_n}, {}", human_bytes(ref_b));
         let _ = writeln!(
             out,
-            "unreferenced: {}, {} (deleted by `vaultik prune` once older than {}h)",
+            "unreferenced: {}, {} (deleted by `vaultik prune` once older than {})",
             unref.len(),
             human_bytes(unref_b),
-            grace / 3600
+            crate::human_duration(grace)
         );
         let _ = writeln!(
             out,

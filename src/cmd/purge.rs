@@ -61,10 +61,10 @@ impl Report {
         if !self.young.is_empty() {
             let _ = writeln!(
                 out,
-                "kept {} unreferenced object(s), {}, younger than the grace period ({}h)",
+                "kept {} unreferenced object(s), {}, younger than the grace period ({})",
                 self.young.len(),
                 human_bytes(Collect::bytes(&self.young)),
-                self.grace / 3600
+                crate::human_duration(self.grace)
             );
         }
         if let Some(n) = &self.index_note {
@@ -224,6 +224,8 @@ pub fn purge(
                     .into(),
             ));
         }
+        // The preview and the question go to stderr, so --json stays parseable.
+        let mut err = std::io::stderr().lock();
         let preview = finish(
             store.as_ref(),
             View::load(store.as_ref())?,
@@ -232,13 +234,14 @@ pub fn purge(
             true,
             None,
         )?;
-        preview.print_text(&mut out, true);
-        let _ = write!(out, "Remove these {} snapshot(s)? [y/N] ", removed.len());
-        let _ = out.flush();
+        preview.print_text(&mut err, true);
+        let _ = write!(err, "Remove these {} snapshot(s)? [y/N] ", removed.len());
+        let _ = err.flush();
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
-            let _ = writeln!(out, "nothing removed");
+            let _ = writeln!(err, "nothing removed");
+            let _ = writeln!(out, "{}", store.stats().summary());
             return Ok(());
         }
     }
