@@ -106,8 +106,7 @@ struct NewChunk {
 
 enum Event {
     FileDone {
-        entry: i64,
-        todo: usize,
+        todo: Todo,
         read: u64,
         chunks: Vec<u8>,
         changed: bool,
@@ -300,90 +299,53 @@ impl Backup<'_> {
         meta.set_info("name", &snap.name)?;
         meta.set_info("time", &time.to_string())?;
 
-        // 1. Walk; reuse the chunk lists of unchanged files.
+        // 1+2. Walk on this thread, reusing the chunk lists of unchanged
+        // files, while changed files are read, packed and uploaded by the
+        // pipeline threads; their results are recorded here as they come.
         let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
-        let mut todo: Vec<Todo> = Vec::new();
-        let mut seen_paths: HashSet<PathBuf> = HashSet::new();
-        let mut walk_warnings = 0u64;
-        for root in &walk_roots {
-            if !seen_paths.insert(root.clone()) {
-                continue;
-            }
-            // A dirty subtree that is gone now simply has no entries.
-            if scope != Scope::Full && std::fs::symlink_metadata(root).is_err() {
-                continue;
-            }
-            let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
-                let Some(e) = entry_of(path, m)? else {
-                    return Ok(());
-                };
-                s.entries += 1;
-                if e.kind != Kind::File {
-                    meta.add(&e, None)?;
-                    return Ok(());
-                }
-                s.files += 1;
-                s.bytes_scanned += e.size;
-                let stat = stat_of(m);
-                if stat.size == 0 {
-                    meta.add(&e, Some(&[]))?;
-                    return Ok(());
-                }
-                let reuse = {
-                    let index = self.index();
-                    match index.unchanged_file(&e.path, &stat)? {
-                        Some(list) => {
-                            let mut all = true;
-                            for c in list.chunks_exact(32) {
-                                let id = ChunkId::from_slice(c).expect("32-byte chunk id");
-                                if !index.has_chunk(&id)? {
-                                    all = false;
-                                    break;
-                                }
-                            }
-                            all.then_some(list)
-                        }
-                        None => None,
+        let mut index_updates: Vec<(Vec<u8>, FileStat, Vec<u8>)> = Vec::new();
+        let (todo_tx, todo_rx) = sync_channel::<Todo>(1024);
+        let (ev_tx, ev_rx) = channel::<Event>();
+        let cancel = AtomicBool::new(false);
+        let progress = Progress::default();
+        let scoped = scope != Scope::Full;
+        std::thread::scope(|threads| -> Result<()> {
+            let pipe = {
+                let (cancel, progress) = (&cancel, &progress);
+                threads.spawn(move || {
+                    let r = self.pipeline(todo_rx, ev_tx, cancel, progress);
+                    if r.is_err() {
+                        cancel.store(true, Ordering::Relaxed);
                     }
-                };
-                match reuse {
-                    Some(list) => {
-                        meta.add(&e, Some(&list))?;
-                    }
-                    None => {
-                        let entry = meta.add(&e, None)?;
-                        todo.push(Todo {
-                            entry,
-                            path: path.to_path_buf(),
-                            stat,
-                        });
-                    }
+                    r
+                })
+            };
+            let walked = self.walk_roots(
+                &walk_roots,
+                scoped,
+                &excludes,
+                &meta,
+                &todo_tx,
+                &ev_rx,
+                &cancel,
+                &progress,
+                &mut s,
+                &mut index_updates,
+            );
+            drop(todo_tx);
+            progress.walk_done.store(true, Ordering::Relaxed);
+            let recorded = walked.and_then(|()| {
+                for ev in ev_rx.iter() {
+                    self.record(ev, &meta, &mut s, &mut index_updates)?;
                 }
                 Ok(())
-            };
-            let mut failed = |w: walk::WalkError| -> Result<()> {
-                if self.skip_errors {
-                    walk_warnings += 1;
-                    (self.warn)(&format!("skipped {}: {}", w.path.display(), w.err));
-                    Ok(())
-                } else {
-                    Err(Error::Io {
-                        op: "read",
-                        path: w.path,
-                        source: w.err,
-                    })
-                }
-            };
-            walk::walk(root, &excludes, &mut visit, &mut failed)?;
-        }
-        s.warnings += walk_warnings;
-        s.skipped += walk_warnings;
-
-        // 2. Read, chunk, pack and upload what changed.
-        let mut index_updates: Vec<(Vec<u8>, FileStat, Vec<u8>)> = Vec::new();
-        if !todo.is_empty() {
-            self.pipeline(&todo, &meta, &mut s, &mut index_updates)?;
-        }
+            });
+            if recorded.is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            drop(ev_rx);
+            first_error(vec![recorded, join(pipe)])
+        })?;
 
         // 3. Everything referenced is in the store: remember the files.
         self.index().put_files(
@@ -452,39 +414,124 @@ impl Backup<'_> {
         Ok(s)
     }
 
-    fn pipeline(
+    /// Walk `roots`, adding entries to `meta`; changed files go to `todo`.
+    /// Pipeline events are recorded between entries, so nothing piles up.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_roots(
         &self,
-        todo: &[Todo],
+        roots: &[PathBuf],
+        scoped: bool,
+        excludes: &Excludes,
         meta: &MetaWriter,
+        todo: &SyncSender<Todo>,
+        events: &Receiver<Event>,
+        cancel: &AtomicBool,
+        progress: &Progress,
         s: &mut Summary,
         index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
+    ) -> Result<()> {
+        let mut seen_paths: HashSet<&PathBuf> = HashSet::new();
+        let mut walk_warnings = 0u64;
+        for root in roots {
+            if !seen_paths.insert(root) {
+                continue;
+            }
+            // A dirty subtree that is gone now simply has no entries.
+            if scoped && std::fs::symlink_metadata(root).is_err() {
+                continue;
+            }
+            let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+                if cancel.load(Ordering::Relaxed) || self.aborted() {
+                    return Err(Error::Cancelled);
+                }
+                while let Ok(ev) = events.try_recv() {
+                    self.record(ev, meta, s, index_updates)?;
+                }
+                let Some(e) = entry_of(path, m)? else {
+                    return Ok(());
+                };
+                s.entries += 1;
+                if e.kind != Kind::File {
+                    meta.add(&e, None)?;
+                    return Ok(());
+                }
+                s.files += 1;
+                s.bytes_scanned += e.size;
+                let stat = stat_of(m);
+                if stat.size == 0 {
+                    meta.add(&e, Some(&[]))?;
+                    return Ok(());
+                }
+                // The index only keeps file rows whose chunks it holds
+                // (forgetting a blob forgets the files), so this is safe.
+                let reuse = self.index().unchanged_file(&e.path, &stat)?;
+                match reuse {
+                    Some(list) => {
+                        meta.add(&e, Some(&list))?;
+                    }
+                    None => {
+                        let entry = meta.add(&e, None)?;
+                        progress.total_files.fetch_add(1, Ordering::Relaxed);
+                        progress.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
+                        todo.send(Todo {
+                            entry,
+                            path: path.to_path_buf(),
+                            stat,
+                        })
+                        .map_err(|_| Error::Cancelled)?;
+                    }
+                }
+                Ok(())
+            };
+            let mut failed = |w: walk::WalkError| -> Result<()> {
+                if self.skip_errors {
+                    walk_warnings += 1;
+                    (self.warn)(&format!("skipped {}: {}", w.path.display(), w.err));
+                    Ok(())
+                } else {
+                    Err(Error::Io {
+                        op: "read",
+                        path: w.path,
+                        source: w.err,
+                    })
+                }
+            };
+            walk::walk(root, excludes, &mut visit, &mut failed)?;
+        }
+        s.warnings += walk_warnings;
+        s.skipped += walk_warnings;
+        Ok(())
+    }
+
+    /// Read, chunk, pack and upload the files that arrive on `todo`.
+    fn pipeline(
+        &self,
+        todo: Receiver<Todo>,
+        ev_tx: Sender<Event>,
+        cancel: &AtomicBool,
+        done: &Progress,
     ) -> Result<()> {
         let workers = rayon::current_num_threads();
         let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(workers * 2);
         let (blob_tx, blob_rx) = sync_channel::<FinishedBlob>(1);
-        let (ev_tx, ev_rx) = channel::<Event>();
-        let cancel = AtomicBool::new(false);
         let pending: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
         let blob_rx = Mutex::new(blob_rx);
-        let done = Progress::default();
         let finished = AtomicBool::new(false);
 
         std::thread::scope(|scope| {
             if self.progress {
-                let (done, finished) = (&done, &finished);
-                let total_files = todo.len() as u64;
-                let total_bytes: u64 = todo.iter().map(|t| t.stat.size).sum();
-                scope.spawn(move || done.show(total_files, total_bytes, finished));
+                let finished = &finished;
+                scope.spawn(move || done.show(finished));
             }
             let producer = {
                 let ev_tx = ev_tx.clone();
-                let (cancel, pending, done) = (&cancel, &pending, &done);
+                let pending = &pending;
                 scope.spawn(move || {
                     let r = todo
-                        .par_iter()
-                        .enumerate()
-                        .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), (i, t)| {
-                            self.read_file(i, t, ctx, etx, pending, cancel, done)
+                        .into_iter()
+                        .par_bridge()
+                        .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), t| {
+                            self.read_file(t, ctx, etx, pending, cancel, done)
                         });
                     if r.is_err() {
                         cancel.store(true, Ordering::Relaxed);
@@ -492,20 +539,17 @@ impl Backup<'_> {
                     r
                 })
             };
-            let packer = {
-                let cancel = &cancel;
-                scope.spawn(move || {
-                    let r = self.pack(chunk_rx, blob_tx);
-                    if r.is_err() {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
-                    r
-                })
-            };
+            let packer = scope.spawn(move || {
+                let r = self.pack(chunk_rx, blob_tx);
+                if r.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                r
+            });
             let uploaders: Vec<_> = (0..UPLOADERS)
                 .map(|_| {
                     let ev_tx = ev_tx.clone();
-                    let (cancel, blob_rx) = (&cancel, &blob_rx);
+                    let blob_rx = &blob_rx;
                     scope.spawn(move || {
                         let r = self.upload(blob_rx, ev_tx, cancel);
                         if r.is_err() {
@@ -516,27 +560,10 @@ impl Backup<'_> {
                 })
                 .collect();
             drop(ev_tx);
-
-            let recorded = self.record(ev_rx, todo, meta, s, index_updates);
-            finished.store(true, Ordering::Relaxed);
-            if recorded.is_err() {
-                cancel.store(true, Ordering::Relaxed);
-            }
-            let mut results = vec![recorded];
-            results.push(join(producer));
-            results.push(join(packer));
+            let mut results = vec![join(producer), join(packer)];
             results.extend(uploaders.into_iter().map(join));
-            // Report the first real failure, not the cancellations it caused.
-            let mut first: Option<Error> = None;
-            for r in results {
-                if let Err(e) = r {
-                    match (&first, &e) {
-                        (None, _) | (Some(Error::Cancelled), _) => first = Some(e),
-                        _ => {}
-                    }
-                }
-            }
-            first.map_or(Ok(()), Err)
+            finished.store(true, Ordering::Relaxed);
+            first_error(results)
         })
     }
 
@@ -545,8 +572,7 @@ impl Backup<'_> {
     #[allow(clippy::too_many_arguments)]
     fn read_file(
         &self,
-        i: usize,
-        t: &Todo,
+        t: Todo,
         chunk_tx: &mut SyncSender<NewChunk>,
         ev_tx: &mut Sender<Event>,
         pending: &Mutex<HashSet<ChunkId>>,
@@ -630,8 +656,7 @@ impl Backup<'_> {
         };
         ev_tx
             .send(Event::FileDone {
-                entry: t.entry,
-                todo: i,
+                todo: t,
                 read,
                 chunks: list,
                 changed,
@@ -686,55 +711,46 @@ impl Backup<'_> {
         }
     }
 
-    /// Apply events on this thread, which owns the metadata database.
+    /// Apply one pipeline event, on the thread that owns the metadata database.
     fn record(
         &self,
-        rx: Receiver<Event>,
-        todo: &[Todo],
+        ev: Event,
         meta: &MetaWriter,
         s: &mut Summary,
         index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
     ) -> Result<()> {
-        for ev in rx {
-            match ev {
-                Event::BlobStored { key, size, entries } => {
-                    s.blobs += 1;
-                    s.blob_bytes += size;
-                    s.new_chunks += entries.len() as u64;
-                    s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
-                    self.index().add_blob(&key, size, &entries)?;
-                }
-                Event::FileDone {
-                    entry,
-                    todo: i,
-                    read,
-                    chunks,
-                    changed,
-                } => {
-                    s.files_read += 1;
-                    s.bytes_read += read;
-                    meta.set_chunks(entry, read, &chunks)?;
-                    let t = &todo[i];
-                    if changed {
-                        s.warnings += 1;
-                        (self.warn)(&format!(
-                            "{} changed while it was read; stored as read",
-                            t.path.display()
-                        ));
-                    } else {
-                        index_updates.push((
-                            t.path.as_os_str().as_bytes().to_vec(),
-                            t.stat,
-                            chunks,
-                        ));
-                    }
-                }
-                Event::FileSkipped { entry, msg } => {
+        match ev {
+            Event::BlobStored { key, size, entries } => {
+                s.blobs += 1;
+                s.blob_bytes += size;
+                s.new_chunks += entries.len() as u64;
+                s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
+                self.index().add_blob(&key, size, &entries)?;
+            }
+            Event::FileDone {
+                todo: t,
+                read,
+                chunks,
+                changed,
+            } => {
+                s.files_read += 1;
+                s.bytes_read += read;
+                meta.set_chunks(t.entry, read, &chunks)?;
+                if changed {
                     s.warnings += 1;
-                    s.skipped += 1;
-                    (self.warn)(&format!("skipped: {msg}"));
-                    meta.remove(entry)?;
+                    (self.warn)(&format!(
+                        "{} changed while it was read; stored as read",
+                        t.path.display()
+                    ));
+                } else {
+                    index_updates.push((t.path.as_os_str().as_bytes().to_vec(), t.stat, chunks));
                 }
+            }
+            Event::FileSkipped { entry, msg } => {
+                s.warnings += 1;
+                s.skipped += 1;
+                (self.warn)(&format!("skipped: {msg}"));
+                meta.remove(entry)?;
             }
         }
         Ok(())
@@ -746,6 +762,10 @@ impl Backup<'_> {
 struct Progress {
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Known so far; final once `walk_done`.
+    total_files: AtomicU64,
+    total_bytes: AtomicU64,
+    walk_done: AtomicBool,
 }
 
 /// Counts a file as done when dropped, whatever way reading it ended.
@@ -763,16 +783,21 @@ impl Progress {
     }
 
     /// One line on stderr, redrawn in place, until `finished`.
-    fn show(&self, total_files: u64, total_bytes: u64, finished: &AtomicBool) {
+    fn show(&self, finished: &AtomicBool) {
         use std::io::Write as _;
         let start = Instant::now();
         let mut err = std::io::stderr();
         loop {
             let files = self.files.load(Ordering::Relaxed);
             let bytes = self.bytes.load(Ordering::Relaxed);
+            let total_files = self.total_files.load(Ordering::Relaxed);
+            let total_bytes = self.total_bytes.load(Ordering::Relaxed);
+            let walking = !self.walk_done.load(Ordering::Relaxed);
             let secs = start.elapsed().as_secs_f64().max(0.001);
             let rate = bytes as f64 / secs;
-            let eta = if rate > 0.0 && total_bytes > bytes {
+            let eta = if walking {
+                "(still scanning)".to_string()
+            } else if rate > 0.0 && total_bytes > bytes {
                 format!("{:.0}s", (total_bytes - bytes) as f64 / rate)
             } else {
                 "-".into()
@@ -793,6 +818,19 @@ impl Progress {
         let _ = write!(err, "\r\x1b[K");
         let _ = err.flush();
     }
+}
+
+/// The first real failure among `results`, not the cancellations it caused.
+fn first_error(results: Vec<Result<()>>) -> Result<()> {
+    let mut first: Option<Error> = None;
+    for r in results {
+        if let Err(e) = r {
+            if first.is_none() || matches!(first, Some(Error::Cancelled)) {
+                first = Some(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 fn join(h: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {

@@ -107,7 +107,8 @@ impl MetaWriter {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         conn.execute_batch(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;",
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;
+             PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-16384;",
         )
         .db(path)?;
         conn.execute_batch(META_SCHEMA).db(path)?;
@@ -275,7 +276,8 @@ impl MetaWriter {
     /// Fill the chunk and blob tables from the index for every chunk the
     /// entries reference. Returns the (key, size) of every blob needed.
     pub fn resolve_chunks(&self, index: &crate::index::Index) -> Result<Vec<(String, u64)>> {
-        let mut blobs: std::collections::HashMap<String, (i64, u64)> = Default::default();
+        let mut blobs: Vec<(String, u64)> = Vec::new();
+        let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
         let mut ins_blob = self
             .conn
             .prepare_cached("INSERT INTO blobs(id, key, size) VALUES (?1, ?2, ?3)")
@@ -300,7 +302,7 @@ impl MetaWriter {
                 if !seen.insert(id) {
                     continue;
                 }
-                let (key, size, loc) = index.chunk_location(&id)?.ok_or_else(|| {
+                let (index_blob, loc) = index.chunk_location(&id)?.ok_or_else(|| {
                     Error::corrupt(
                         format!("index {}", index.path().display()),
                         format!(
@@ -310,14 +312,16 @@ impl MetaWriter {
                         ),
                     )
                 })?;
-                let next = blobs.len() as i64 + 1;
-                let blob_id = match blobs.get(&key) {
-                    Some((id, _)) => *id,
+                let blob_id = match blob_ids.get(&index_blob) {
+                    Some(id) => *id,
                     None => {
+                        let (key, size) = index.blob(index_blob)?;
+                        let next = blobs.len() as i64 + 1;
                         ins_blob
                             .execute(params![next, key, size as i64])
                             .db(&self.path)?;
-                        blobs.insert(key, (next, size));
+                        blobs.push((key, size));
+                        blob_ids.insert(index_blob, next);
                         next
                     }
                 };
@@ -332,9 +336,8 @@ impl MetaWriter {
                     .db(&self.path)?;
             }
         }
-        let mut out: Vec<(String, u64)> = blobs.into_iter().map(|(k, (_, s))| (k, s)).collect();
-        out.sort();
-        Ok(out)
+        blobs.sort();
+        Ok(blobs)
     }
 
     /// Commit, then compress and encrypt the database into a temporary file.
@@ -345,7 +348,6 @@ impl MetaWriter {
         level: i32,
     ) -> Result<crate::blob::SealedFile> {
         self.conn.execute_batch("COMMIT").db(&self.path)?;
-        self.conn.execute_batch("VACUUM").db(&self.path)?;
         let path = self.path.clone();
         self.conn.close().map_err(|(_, e)| e).db(&path)?;
         let mut src = std::fs::File::open(&path).at("open", &path)?;

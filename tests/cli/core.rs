@@ -305,14 +305,7 @@ fn killed_run_then_rerun_completes() {
     );
     // The index never points at a blob that is not in the bucket.
     let blobs = env.blob_keys();
-    let conn = rusqlite::Connection::open(env.index_path()).unwrap();
-    let mut st = conn.prepare("SELECT key FROM blobs").unwrap();
-    let keys: Vec<String> = st
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for k in &keys {
+    for k in &env.index_blob_keys() {
         assert!(
             blobs.contains(k),
             "index names {k}, which is not in the bucket"

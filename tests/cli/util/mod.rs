@@ -352,6 +352,17 @@ impl Env {
         out
     }
 
+    /// Blob keys the local index records (the connection is closed again
+    /// before returning: runs open the index exclusively).
+    pub fn index_blob_keys(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.index_path()).unwrap();
+        let mut st = conn.prepare("SELECT key FROM blobs").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     pub fn blob_keys(&self) -> Vec<String> {
         self.objects()
             .into_iter()
