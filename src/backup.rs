@@ -54,6 +54,9 @@ pub struct Backup<'a> {
     pub last_dir: PathBuf,
     /// Set from outside (a daemon being stopped) to abandon the run cleanly.
     pub abort: Option<&'a AtomicBool>,
+    /// New chunks on their way to the store in this run (dropped once their
+    /// blob is recorded in the index, so this stays small).
+    pub pending: Mutex<HashSet<ChunkId>>,
 }
 
 /// Which part of a snapshot's paths a run walks.
@@ -303,7 +306,6 @@ impl Backup<'_> {
         // files, while changed files are read, packed and uploaded by the
         // pipeline threads; their results are recorded here as they come.
         let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
-        let mut index_updates: Vec<(Vec<u8>, FileStat, Vec<u8>)> = Vec::new();
         let (todo_tx, todo_rx) = sync_channel::<Todo>(1024);
         let (ev_tx, ev_rx) = channel::<Event>();
         let cancel = AtomicBool::new(false);
@@ -330,13 +332,12 @@ impl Backup<'_> {
                 &cancel,
                 &progress,
                 &mut s,
-                &mut index_updates,
             );
             drop(todo_tx);
             progress.walk_done.store(true, Ordering::Relaxed);
             let recorded = walked.and_then(|()| {
                 for ev in ev_rx.iter() {
-                    self.record(ev, &meta, &mut s, &mut index_updates)?;
+                    self.record(ev, &meta, &mut s)?;
                 }
                 Ok(())
             });
@@ -348,11 +349,8 @@ impl Backup<'_> {
         })?;
 
         // 3. Everything referenced is in the store: remember the files.
-        self.index().put_files(
-            index_updates
-                .iter()
-                .map(|(p, st, c)| (p.as_slice(), *st, c.as_slice())),
-        )?;
+        self.index().store_files(&mut |put| meta.each_file(put))?;
+        meta.drop_files()?;
 
         // 4. Nothing changed? Then there is nothing to publish.
         let digest = meta.digest()?;
@@ -428,14 +426,18 @@ impl Backup<'_> {
         cancel: &AtomicBool,
         progress: &Progress,
         s: &mut Summary,
-        index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
     ) -> Result<()> {
-        let mut seen_paths: HashSet<&PathBuf> = HashSet::new();
-        let mut walk_warnings = 0u64;
-        for root in roots {
-            if !seen_paths.insert(root) {
-                continue;
+        // A root inside another root is walked with it, not twice.
+        let mut kept: Vec<&PathBuf> = Vec::new();
+        let mut sorted: Vec<&PathBuf> = roots.iter().collect();
+        sorted.sort_by_key(|p| p.as_os_str().len());
+        for r in sorted {
+            if !kept.iter().any(|k| r.starts_with(k)) {
+                kept.push(r);
             }
+        }
+        let mut walk_warnings = 0u64;
+        for root in roots.iter().filter(|r| kept.contains(r)) {
             // A dirty subtree that is gone now simply has no entries.
             if scoped && std::fs::symlink_metadata(root).is_err() {
                 continue;
@@ -445,7 +447,7 @@ impl Backup<'_> {
                     return Err(Error::Cancelled);
                 }
                 while let Ok(ev) = events.try_recv() {
-                    self.record(ev, meta, s, index_updates)?;
+                    self.record(ev, meta, s)?;
                 }
                 let Some(e) = entry_of(path, m)? else {
                     return Ok(());
@@ -514,7 +516,6 @@ impl Backup<'_> {
         let workers = rayon::current_num_threads();
         let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(workers * 2);
         let (blob_tx, blob_rx) = sync_channel::<FinishedBlob>(1);
-        let pending: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
         let blob_rx = Mutex::new(blob_rx);
         let finished = AtomicBool::new(false);
 
@@ -525,7 +526,7 @@ impl Backup<'_> {
             }
             let producer = {
                 let ev_tx = ev_tx.clone();
-                let pending = &pending;
+                let pending = &self.pending;
                 scope.spawn(move || {
                     let r = todo
                         .into_iter()
@@ -712,13 +713,7 @@ impl Backup<'_> {
     }
 
     /// Apply one pipeline event, on the thread that owns the metadata database.
-    fn record(
-        &self,
-        ev: Event,
-        meta: &MetaWriter,
-        s: &mut Summary,
-        index_updates: &mut Vec<(Vec<u8>, FileStat, Vec<u8>)>,
-    ) -> Result<()> {
+    fn record(&self, ev: Event, meta: &MetaWriter, s: &mut Summary) -> Result<()> {
         match ev {
             Event::BlobStored { key, size, entries } => {
                 s.blobs += 1;
@@ -726,6 +721,13 @@ impl Backup<'_> {
                 s.new_chunks += entries.len() as u64;
                 s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
                 self.index().add_blob(&key, size, &entries)?;
+                let mut p = self
+                    .pending
+                    .lock()
+                    .expect("pending lock poisoned by a panic");
+                for (id, _) in &entries {
+                    p.remove(id);
+                }
             }
             Event::FileDone {
                 todo: t,
@@ -743,7 +745,7 @@ impl Backup<'_> {
                         t.path.display()
                     ));
                 } else {
-                    index_updates.push((t.path.as_os_str().as_bytes().to_vec(), t.stat, chunks));
+                    meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
                 }
             }
             Event::FileSkipped { entry, msg } => {

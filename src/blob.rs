@@ -23,6 +23,8 @@ use crate::store::Store;
 /// age's plaintext chunk, and its size on the wire with the 16-byte tag.
 const AGE_CHUNK: u64 = 64 * 1024;
 const AGE_CHUNK_ENC: u64 = AGE_CHUNK + 16;
+/// The most one ranged GET asks for (and one reader buffers).
+const MAX_READAHEAD: u64 = 4 << 20;
 
 /// Where one chunk lives inside a blob's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +227,16 @@ pub struct RangedObject<'a> {
     buf: Vec<u8>,
     buf_start: u64,
     /// Shared with the `BlobReader` that owns this object through age.
-    readahead: Rc<Cell<u64>>,
+    window: Rc<Cell<Window>>,
+}
+
+/// How much one ranged GET fetches: `readahead` bytes, but never past
+/// `end` (the end of the range the reader planned), and where the reader is.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    readahead: u64,
+    end: u64,
+    pos: u64,
 }
 
 impl<'a> RangedObject<'a> {
@@ -237,8 +248,20 @@ impl<'a> RangedObject<'a> {
             pos: 0,
             buf: Vec::new(),
             buf_start: 0,
-            readahead: Rc::new(Cell::new(AGE_CHUNK_ENC)),
+            window: Rc::new(Cell::new(Window {
+                readahead: AGE_CHUNK_ENC,
+                end: u64::MAX,
+                pos: 0,
+            })),
         }
+    }
+}
+
+impl RangedObject<'_> {
+    fn note_pos(&self) {
+        let mut w = self.window.get();
+        w.pos = self.pos;
+        self.window.set(w);
     }
 }
 
@@ -249,7 +272,9 @@ impl Read for RangedObject<'_> {
         }
         let buf_end = self.buf_start + self.buf.len() as u64;
         if self.pos < self.buf_start || self.pos >= buf_end {
-            let len = self.readahead.get().min(self.size - self.pos);
+            let w = self.window.get();
+            let until = w.end.max(self.pos + AGE_CHUNK_ENC).min(self.size);
+            let len = w.readahead.min(until - self.pos).max(1);
             self.buf = self
                 .store
                 .get_range(&self.key, self.pos, len)
@@ -260,6 +285,7 @@ impl Read for RangedObject<'_> {
         let n = out.len().min(self.buf.len() - at);
         out[..n].copy_from_slice(&self.buf[at..at + n]);
         self.pos += n as u64;
+        self.note_pos();
         Ok(n)
     }
 }
@@ -278,6 +304,7 @@ impl Seek for RangedObject<'_> {
             ));
         }
         self.pos = new as u64;
+        self.note_pos();
         Ok(self.pos)
     }
 }
@@ -286,7 +313,9 @@ impl Seek for RangedObject<'_> {
 pub struct BlobReader<'a> {
     key: String,
     stream: age::stream::StreamReader<RangedObject<'a>>,
-    readahead: Rc<Cell<u64>>,
+    window: Rc<Cell<Window>>,
+    /// Ciphertext bytes before the first payload chunk (the age header).
+    header_len: u64,
 }
 
 impl<'a> BlobReader<'a> {
@@ -297,17 +326,25 @@ impl<'a> BlobReader<'a> {
         identities: &[x25519::Identity],
     ) -> Result<BlobReader<'a>> {
         let obj = RangedObject::new(store, key, size);
-        let readahead = obj.readahead.clone();
+        let window = obj.window.clone();
         // The header is a few hundred bytes per recipient.
-        readahead.set(8 << 10);
+        window.set(Window {
+            readahead: 8 << 10,
+            end: u64::MAX,
+            pos: 0,
+        });
         let dec = age::Decryptor::new(obj).map_err(|e| decrypt_error(key, e))?;
         let stream = dec
             .decrypt(keys::as_identities(identities))
             .map_err(|e| decrypt_error(key, e))?;
+        // The header parser never reads ahead: where it stopped is where
+        // the payload starts.
+        let header_len = window.get().pos;
         Ok(BlobReader {
             key: key.to_string(),
             stream,
-            readahead,
+            window,
+            header_len,
         })
     }
 
@@ -342,7 +379,10 @@ impl<'a> BlobReader<'a> {
         let first = start / AGE_CHUNK;
         let last = end.div_ceil(AGE_CHUNK);
         let bytes = (last - first + 1) * AGE_CHUNK_ENC;
-        self.readahead.set(bytes.clamp(AGE_CHUNK_ENC, 32 << 20));
+        let mut w = self.window.get();
+        w.readahead = bytes.clamp(AGE_CHUNK_ENC, MAX_READAHEAD);
+        w.end = self.header_len + last * AGE_CHUNK_ENC;
+        self.window.set(w);
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> Error {

@@ -145,7 +145,8 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
         .filter(|o| !keep.contains(o.key.as_str()))
         .chain(orphans)
     {
-        if now.saturating_sub(o.modified) >= grace {
+        // An unknown age (0) is treated as young: never delete on a guess.
+        if o.modified > 0 && now.saturating_sub(o.modified) >= grace {
             c.delete.push(o.clone());
         } else {
             c.young.push(o.clone());
@@ -253,16 +254,17 @@ mod tests {
                 m("s2", "h", "a", 2, &["blobs/r"]),
             ],
             blobs: vec![
-                obj("blobs/k", 0),
-                obj("blobs/r", 0),
-                obj("blobs/old", 0),
+                obj("blobs/k", 1),
+                obj("blobs/r", 1),
+                obj("blobs/old", 1),
                 obj("blobs/new", 990),
+                obj("blobs/unknown-age", 0),
             ],
             metadata: vec![
-                obj("metadata/s1/db.zst.age", 0),
-                obj("metadata/s1/manifest.json.zst", 0),
-                obj("metadata/s2/db.zst.age", 0),
-                obj("metadata/orphan/db.zst.age", 0),
+                obj("metadata/s1/db.zst.age", 1),
+                obj("metadata/s1/manifest.json.zst", 1),
+                obj("metadata/s2/db.zst.age", 1),
+                obj("metadata/orphan/db.zst.age", 1),
             ],
         };
         let removed: HashSet<&str> = ["s2"].into_iter().collect();
@@ -272,7 +274,7 @@ mod tests {
             keys,
             vec!["blobs/r", "blobs/old", "metadata/orphan/db.zst.age"]
         );
-        assert_eq!(c.young.len(), 1);
-        assert_eq!(c.young[0].key, "blobs/new");
+        let young: Vec<_> = c.young.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(young, vec!["blobs/new", "blobs/unknown-age"]);
     }
 }

@@ -4,6 +4,7 @@
 //! holds it is confirmed uploaded. The schema is versioned; a cache of
 //! another version or another store is dropped and rebuilt.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -46,6 +47,9 @@ CREATE TABLE snapshots(
 );
 ";
 
+/// Receives one file row: path, stat, chunk list.
+pub type PutFile<'a> = dyn FnMut(&[u8], FileStat, &[u8]) -> Result<()> + 'a;
+
 /// What stat says about a regular file, for change detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStat {
@@ -80,7 +84,7 @@ impl Index {
         conn.pragma_update(None, "foreign_keys", "OFF").db(path)?;
         conn.pragma_update(None, "journal_mode", "WAL").db(path)?;
         conn.pragma_update(None, "synchronous", "NORMAL").db(path)?;
-        conn.pragma_update(None, "cache_size", -16384).db(path)?;
+        conn.pragma_update(None, "cache_size", -4096).db(path)?;
         let mut idx = Index {
             conn,
             path: path.to_path_buf(),
@@ -256,10 +260,42 @@ impl Index {
             return Ok(0);
         }
         let tx = self.conn.transaction().db(&self.path)?;
-        // File rows may name chunks of the forgotten blobs: forget them all
-        // (rare; the next run reads the files again and uploads only what
-        // is really missing).
-        tx.execute("DELETE FROM files", []).db(&self.path)?;
+        // Forget the files that name a chunk of a forgotten blob, so the
+        // next run reads them again (and uploads what is really missing).
+        let mut lost: HashSet<[u8; 32]> = HashSet::new();
+        {
+            let mut st = tx
+                .prepare("SELECT id FROM chunks WHERE blob=?1")
+                .db(&self.path)?;
+            for id in &gone {
+                let mut rows = st.query([id]).db(&self.path)?;
+                while let Some(r) = rows.next().db(&self.path)? {
+                    let c: Vec<u8> = r.get(0).db(&self.path)?;
+                    if let Ok(c) = <[u8; 32]>::try_from(c.as_slice()) {
+                        lost.insert(c);
+                    }
+                }
+            }
+            let mut stale: Vec<Vec<u8>> = Vec::new();
+            let mut st = tx
+                .prepare("SELECT path, chunks FROM files")
+                .db(&self.path)?;
+            let mut rows = st.query([]).db(&self.path)?;
+            while let Some(r) = rows.next().db(&self.path)? {
+                let list: Vec<u8> = r.get(1).db(&self.path)?;
+                if list
+                    .chunks_exact(32)
+                    .any(|c| <[u8; 32]>::try_from(c).is_ok_and(|c| lost.contains(&c)))
+                {
+                    stale.push(r.get(0).db(&self.path)?);
+                }
+            }
+            drop(rows);
+            for p in stale {
+                tx.execute("DELETE FROM files WHERE path=?1", [p])
+                    .db(&self.path)?;
+            }
+        }
         for id in &gone {
             tx.execute("DELETE FROM chunks WHERE blob=?1", [id])
                 .db(&self.path)?;
@@ -295,6 +331,7 @@ impl Index {
     }
 
     /// Record files whose chunks are all confirmed in the store.
+    #[cfg(test)]
     pub fn put_files<'a>(
         &mut self,
         files: impl Iterator<Item = (&'a [u8], FileStat, &'a [u8])>,
@@ -321,6 +358,38 @@ impl Index {
             }
         }
         tx.commit().db(&self.path)
+    }
+
+    /// Record files, in one transaction, from a source that calls `put`
+    /// for each one.
+    pub fn store_files(
+        &mut self,
+        source: &mut dyn FnMut(&mut PutFile<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().db(&path)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .db(&path)?;
+            source(&mut |p, s, chunks| {
+                st.execute(params![
+                    p,
+                    s.size as i64,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    s.ino as i64,
+                    s.dev as i64,
+                    chunks
+                ])
+                .db(&path)?;
+                Ok(())
+            })?;
+        }
+        tx.commit().db(&path)
     }
 
     pub fn record_snapshot(&self, id: &str, name: &str) -> Result<()> {
@@ -384,11 +453,29 @@ mod tests {
         };
         idx.add_blob("blobs/1", 1, &[(a, loc)]).unwrap();
         idx.add_blob("blobs/2", 1, &[(b, loc)]).unwrap();
+        let stat = FileStat {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            ino: 4,
+            dev: 5,
+        };
+        idx.put_files(
+            [
+                (&b"/in-1"[..], stat, &a.0[..]),
+                (&b"/in-2"[..], stat, &b.0[..]),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
         assert_eq!(
             idx.forget_missing_blobs(&["blobs/2".to_string()]).unwrap(),
             1
         );
         assert!(!idx.has_chunk(&a).unwrap());
         assert!(idx.has_chunk(&b).unwrap());
+        // Only the file whose chunk was lost must be read again.
+        assert!(idx.unchanged_file(b"/in-1", &stat).unwrap().is_none());
+        assert!(idx.unchanged_file(b"/in-2", &stat).unwrap().is_some());
     }
 }

@@ -31,10 +31,11 @@ use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
 /// Parallel ranged downloads; restore is mostly waiting on the network.
-const THREADS: usize = 8;
+/// Each holds at most one ranged GET (4 MiB) in memory.
+const THREADS: usize = 6;
 /// Read units are at most this much plaintext, so a single blob is still
 /// read by several threads.
-const UNIT_BYTES: u64 = 16 << 20;
+const UNIT_BYTES: u64 = 8 << 20;
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
 
@@ -80,6 +81,8 @@ struct Job {
     chunk: ChunkId,
     file: usize,
     offset: u64,
+    /// The file is this one chunk: the writer creates it (saves an open).
+    whole: bool,
 }
 
 struct Unit {
@@ -90,7 +93,8 @@ struct Unit {
 /// The destination of a source path under `target`, or None when the path
 /// could escape it (`..`, `.`, empty components).
 pub fn dest_path(target: &Path, src: &[u8]) -> Option<PathBuf> {
-    let rel = src.strip_prefix(b"/").unwrap_or(src);
+    // Snapshots record absolute paths only; anything else is forged.
+    let rel = src.strip_prefix(b"/")?;
     if rel.is_empty() {
         return Some(target.to_path_buf());
     }
@@ -133,6 +137,7 @@ impl Restore<'_> {
         let filters: Vec<Vec<u8>> = self.paths.iter().map(|p| normalize_filter(p)).collect();
         let mut matched = vec![false; filters.len()];
         let mut entries: Vec<REntry> = Vec::new();
+        let mut seen_dest: HashSet<PathBuf> = HashSet::new();
         {
             let mut st = conn
                 .prepare(
@@ -156,9 +161,11 @@ impl Restore<'_> {
                     }
                 }
                 let shown = String::from_utf8_lossy(&src).into_owned();
-                let Some(dest) = dest_path(&self.target, &src) else {
+                let Some(dest) =
+                    dest_path(&self.target, &src).filter(|d| seen_dest.insert(d.clone()))
+                else {
                     failures.push(format!(
-                        "{shown}: unsafe path in snapshot metadata, not restored"
+                        "{shown}: unsafe or duplicate path in snapshot metadata, not restored"
                     ));
                     continue;
                 };
@@ -246,6 +253,8 @@ impl Restore<'_> {
             }
         }
 
+        drop(conn);
+
         // 3. Directories, then files (pre-sized, so holes stay holes).
         fs::create_dir_all(&self.target).at("create target directory", &self.target)?;
         let mut dirs_ok: HashSet<PathBuf> = HashSet::new();
@@ -267,7 +276,31 @@ impl Restore<'_> {
             if e.kind != Kind::File {
                 continue;
             }
+            let whole = e.chunks.len() == 32;
+            // The size must be what the chunks add up to (no forged giants).
+            let sum: u64 = e
+                .chunks
+                .chunks_exact(32)
+                .map(|c| {
+                    locs[&ChunkId::from_slice(c).expect("chunks_exact(32)")]
+                        .1
+                        .size
+                })
+                .sum();
+            if sum != e.size {
+                failures.push(format!(
+                    "{}: size {} does not match its chunks ({sum}); not restored",
+                    String::from_utf8_lossy(&e.src),
+                    e.size
+                ));
+                skip[i] = true;
+                continue;
+            }
             let made = self.ensure_parent(&e.dest, &mut dirs_ok).and_then(|_| {
+                if whole {
+                    // Created when its chunk is written.
+                    return remove_existing(&e.dest);
+                }
                 let f = create_fresh(&e.dest)?;
                 f.set_len(e.size).at("size", &e.dest)
             });
@@ -287,6 +320,7 @@ impl Restore<'_> {
                     chunk: id,
                     file: i,
                     offset,
+                    whole,
                 });
                 offset += loc.size;
             }
@@ -414,14 +448,20 @@ impl Restore<'_> {
         }
 
         // 6. Owners, modes and times; directories last, deepest first.
-        for (i, e) in entries.iter().enumerate() {
-            if skip[i] || e.kind == Kind::Dir {
-                continue;
-            }
-            if let Err(err) = set_attrs(e, as_root) {
-                failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
-            }
-        }
+        // Three syscalls per entry: spread them over the pool.
+        let attr_failures: Vec<String> = pool.install(|| {
+            entries
+                .par_iter()
+                .enumerate()
+                .filter(|(i, e)| !skip[*i] && e.kind != Kind::Dir)
+                .filter_map(|(_, e)| {
+                    set_attrs(e, as_root)
+                        .err()
+                        .map(|err| format!("{}: {err}", String::from_utf8_lossy(&e.src)))
+                })
+                .collect()
+        });
+        failures.extend(attr_failures);
         let mut dirs: Vec<usize> = (0..entries.len())
             .filter(|&i| !skip[i] && entries[i].kind == Kind::Dir)
             .collect();
@@ -473,10 +513,27 @@ impl Restore<'_> {
                     done.fetch_add(1, Ordering::Relaxed);
                     let zero = is_zero(&data);
                     for t in &u.jobs[i..end] {
+                        let e = &entries[t.file];
+                        if t.whole {
+                            let w = create_fresh(&e.dest).and_then(|f| {
+                                if zero {
+                                    f.set_len(data.len() as u64).at("size", &e.dest)
+                                } else {
+                                    f.write_all_at(&data, 0).at("write", &e.dest)
+                                }
+                            });
+                            if let Err(err) = w {
+                                failed
+                                    .lock()
+                                    .expect("lock")
+                                    .entry(t.file)
+                                    .or_insert_with(|| err.to_string());
+                            }
+                            continue;
+                        }
                         if zero {
                             continue;
                         }
-                        let e = &entries[t.file];
                         let w = (|| -> Result<()> {
                             if open.as_ref().is_none_or(|(f, _)| *f != t.file) {
                                 let f = OpenOptions::new()
@@ -597,6 +654,23 @@ fn cstr(p: &Path) -> Result<CString> {
 }
 
 fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
+    // Never follow a symlink to something outside the target: what is at
+    // the destination must be what this entry created.
+    let m = fs::symlink_metadata(&e.dest).at("inspect", &e.dest)?;
+    let ft = m.file_type();
+    let expected = match e.kind {
+        Kind::Dir => ft.is_dir(),
+        Kind::File => ft.is_file(),
+        Kind::Symlink => ft.is_symlink(),
+        _ => !ft.is_symlink() && !ft.is_dir() && !ft.is_file(),
+    };
+    if !expected {
+        return Err(Error::Setup(format!(
+            "{}: not the {:?} restored there; attributes not set",
+            e.dest.display(),
+            e.kind
+        )));
+    }
     if as_root {
         std::os::unix::fs::lchown(&e.dest, Some(e.uid), Some(e.gid)).at("set owner of", &e.dest)?;
     }
@@ -636,7 +710,11 @@ mod tests {
             dest_path(t, b"/etc/passwd"),
             Some(PathBuf::from("/restore/etc/passwd"))
         );
-        assert_eq!(dest_path(t, b"etc"), Some(PathBuf::from("/restore/etc")));
+        assert_eq!(
+            dest_path(t, b"etc"),
+            None,
+            "relative paths are never recorded"
+        );
         assert_eq!(dest_path(t, b"/"), Some(PathBuf::from("/restore")));
         for bad in [
             &b"/../x"[..],

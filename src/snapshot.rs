@@ -75,6 +75,15 @@ CREATE TABLE chunks(
     length INTEGER NOT NULL,
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE temp_files(
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    chunks BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// One entry as recorded in a snapshot.
@@ -108,7 +117,7 @@ impl MetaWriter {
         }
         conn.execute_batch(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;
-             PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-16384;",
+             PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-4096;",
         )
         .db(path)?;
         conn.execute_batch(META_SCHEMA).db(path)?;
@@ -116,6 +125,63 @@ impl MetaWriter {
             conn,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Remember a file read in this run, for the index once its chunks are
+    /// all confirmed stored (kept on disk, not in memory).
+    pub fn note_file(&self, path: &[u8], st: &crate::index::FileStat, chunks: &[u8]) -> Result<()> {
+        let mut q = self
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO temp_files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .db(&self.path)?;
+        q.execute(params![
+            path,
+            st.size as i64,
+            st.mtime_ns,
+            st.ctime_ns,
+            st.ino as i64,
+            st.dev as i64,
+            chunks
+        ])
+        .db(&self.path)?;
+        Ok(())
+    }
+
+    /// Call `f` with each remembered file, streaming from disk.
+    pub fn each_file(&self, f: &mut crate::index::PutFile<'_>) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path, size, mtime_ns, ctime_ns, ino, dev, chunks FROM temp_files")
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        while let Some(r) = rows.next().db(&self.path)? {
+            let stat = crate::index::FileStat {
+                size: r.get::<_, i64>(1).db(&self.path)? as u64,
+                mtime_ns: r.get(2).db(&self.path)?,
+                ctime_ns: r.get(3).db(&self.path)?,
+                ino: r.get::<_, i64>(4).db(&self.path)? as u64,
+                dev: r.get::<_, i64>(5).db(&self.path)? as u64,
+            };
+            let blob = |i: usize| -> Result<&[u8]> {
+                r.get_ref(i)
+                    .db(&self.path)?
+                    .as_blob()
+                    .map_err(|e| Error::corrupt("snapshot database", e))
+            };
+            let (path, chunks) = (blob(0)?, blob(6)?);
+            f(path, stat, chunks)?;
+        }
+        Ok(())
+    }
+
+    /// Forget the remembered files (the table never reaches the store).
+    pub fn drop_files(&self) -> Result<()> {
+        self.conn
+            .execute_batch("DROP TABLE temp_files")
+            .db(&self.path)
     }
 
     /// Start the one transaction that ends in `seal`.
@@ -293,13 +359,16 @@ impl MetaWriter {
             .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
             .db(&self.path)?;
         let mut rows = st.query([]).db(&self.path)?;
-        let mut seen = std::collections::HashSet::new();
+        let mut have = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id=?1")
+            .db(&self.path)?;
         while let Some(row) = rows.next().db(&self.path)? {
             let path: Vec<u8> = row.get(0).db(&self.path)?;
             let list: Vec<u8> = row.get(1).db(&self.path)?;
             for c in list.chunks_exact(32) {
                 let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-                if !seen.insert(id) {
+                if have.exists([c]).db(&self.path)? {
                     continue;
                 }
                 let (index_blob, loc) = index.chunk_location(&id)?.ok_or_else(|| {

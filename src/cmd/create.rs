@@ -101,6 +101,7 @@ impl Session {
             progress,
             last_dir: self.last_dir.clone(),
             abort,
+            pending: Mutex::new(Default::default()),
         }
     }
 

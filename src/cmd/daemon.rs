@@ -277,6 +277,9 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
 
     std::thread::scope(|scope| {
         let mut running: Option<std::thread::ScopedJoinHandle<'_, Outcome>> = None;
+        // The names the running job took out of `dirty`, to put back if it
+        // does not complete.
+        let mut in_job: Vec<usize> = Vec::new();
         let mut stop_asked: Option<Instant> = None;
         loop {
             // 1. Wait for events, a signal, or the next deadline.
@@ -322,7 +325,7 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
             }
             // Full scans: on schedule, and always when watches ran out.
             let degraded_due = watcher.exhausted
-                && now.duration_since(sched.last_activity) >= sched.backup_interval;
+                && now.duration_since(sched.last_full_scan) >= sched.backup_interval;
             if sched.full_scan_due(now) || degraded_due {
                 for i in 0..cfg.snapshots.len() {
                     dirty.insert(i, Dirty::Full);
@@ -340,7 +343,7 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
                     .take()
                     .expect("checked above")
                     .join()
-                    .unwrap_or(Outcome::Failed(Vec::new()));
+                    .unwrap_or_else(|_| Outcome::Failed(in_job.clone()));
                 let now = Instant::now();
                 sched.finished(now);
                 match outcome {
@@ -349,7 +352,9 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
                         if !quiet {
                             log("another vaultik run holds the lock; trying again shortly");
                         }
-                        requeue_all(&mut dirty, cfg.snapshots.len());
+                        for &i in &in_job {
+                            dirty.insert(i, Dirty::Full);
+                        }
                         sched.asap(now);
                     }
                     Outcome::Failed(names) => {
@@ -399,6 +404,7 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
                             // Nothing changed, however long it has been.
                             continue;
                         }
+                        in_job = names.iter().map(|(i, _)| *i).collect();
                         let job = Job { names };
                         let abort = &abort;
                         running = Some(scope.spawn(move || run_job(session, &job, quiet, abort)));
@@ -407,12 +413,6 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
             }
         }
     })
-}
-
-fn requeue_all(dirty: &mut HashMap<usize, Dirty>, n: usize) {
-    for i in 0..n {
-        dirty.entry(i).or_insert(Dirty::Full);
-    }
 }
 
 #[cfg(test)]

@@ -7,4 +7,5 @@ mod util;
 
 mod core;
 mod daemon;
+mod hostile;
 mod ops;

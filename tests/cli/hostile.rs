@@ -1,0 +1,166 @@
+//! Restores of forged snapshot metadata: whoever holds the public key and
+//! write access to the bucket can plant a snapshot, so restore must never
+//! write, chmod or chown anything outside its target, whatever it says.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::str::FromStr;
+
+use crate::util::{Backend, Env, stderr};
+
+struct Entry {
+    path: &'static [u8],
+    kind: i64,
+    mode: u32,
+    size: u64,
+    target: Option<Vec<u8>>,
+}
+
+fn file(path: &'static [u8], mode: u32) -> Entry {
+    Entry {
+        path,
+        kind: 2,
+        mode,
+        size: 0,
+        target: None,
+    }
+}
+
+/// Write a snapshot with these entries (no data) into `env`'s local store,
+/// encrypted to its recipient like a real one.
+fn forge(env: &Env, id: &str, entries: &[Entry]) {
+    let db_path = env.path().join("forged.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE entries(id INTEGER PRIMARY KEY, path BLOB NOT NULL, kind INTEGER NOT NULL,
+               mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB, chunks BLOB);
+             CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
+             CREATE TABLE chunks(id BLOB PRIMARY KEY, blob INTEGER NOT NULL, offset INTEGER NOT NULL,
+               length INTEGER NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO info VALUES ('format', '1');",
+        )
+        .unwrap();
+        for e in entries {
+            conn.execute(
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, target, chunks)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4, 0, ?5, ?6)",
+                rusqlite::params![
+                    e.path,
+                    e.kind,
+                    e.mode,
+                    e.size as i64,
+                    e.target,
+                    if e.kind == 2 {
+                        Some(Vec::<u8>::new())
+                    } else {
+                        None
+                    }
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let db = fs::read(&db_path).unwrap();
+    let mut plain = (db.len() as u64).to_le_bytes().to_vec();
+    plain.extend_from_slice(&db);
+    let compressed = zstd::bulk::compress(&plain, 3).unwrap();
+    let recipient = age::x25519::Recipient::from_str(&env.recipient).unwrap();
+    let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+        .unwrap();
+    let mut sealed = Vec::new();
+    let mut w = enc.wrap_output(&mut sealed).unwrap();
+    w.write_all(&compressed).unwrap();
+    w.finish().unwrap();
+    let dir = env.store_dir().join("metadata").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("db.zst.age"), &sealed).unwrap();
+    let manifest = serde_json::json!({
+        "format": 1, "id": id, "hostname": "evil", "name": "x", "time": 1,
+        "metadata_size": sealed.len(), "blobs": [],
+    });
+    fs::write(
+        dir.join("manifest.json.zst"),
+        zstd::bulk::compress(manifest.to_string().as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn forged_metadata_never_reaches_outside_the_target() {
+    let env = Env::new(Backend::Local);
+    fs::create_dir_all(env.store_dir()).unwrap();
+    let outside = env.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"precious").unwrap();
+    fs::set_permissions(outside.join("victim"), fs::Permissions::from_mode(0o600)).unwrap();
+    let outside_bytes = outside.as_os_str().as_encoded_bytes().to_vec();
+    let victim_bytes = outside
+        .join("victim")
+        .as_os_str()
+        .as_encoded_bytes()
+        .to_vec();
+    let link = |path: &'static [u8], to: &[u8]| Entry {
+        path,
+        kind: 3,
+        mode: 0o777,
+        size: 0,
+        target: Some(to.to_vec()),
+    };
+    let entries = vec![
+        file(b"/ok.txt", 0o644),
+        file(b"/../escape.txt", 0o644),
+        file(b"/a/../../escape2.txt", 0o644),
+        file(b"relative.txt", 0o644),
+        // A symlink, then the same path as a file: chmod must not follow it.
+        link(b"/m", &victim_bytes),
+        file(b"/m", 0o666),
+        // A symlinked parent planted before a file below it.
+        link(b"/p", &outside_bytes),
+        file(b"/p/planted.txt", 0o644),
+        // A directory whose parent becomes a symlink later.
+        Entry {
+            path: b"/d/sub",
+            kind: 1,
+            mode: 0o777,
+            size: 0,
+            target: None,
+        },
+        link(b"/d", &outside_bytes),
+        // Enormous sizes that the chunks do not add up to.
+        Entry {
+            path: b"/huge",
+            kind: 2,
+            mode: 0o644,
+            size: 1 << 50,
+            target: None,
+        },
+    ];
+    let id = "evil_x_2026-01-01T000000Z";
+    forge(&env, id, &entries);
+    env.write_config();
+    let target = env.path().join("restore");
+    let out = env.restore_to(id, &target, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for named in ["/../escape.txt", "relative.txt", "/huge"] {
+        assert!(err.contains(named), "{named} not reported: {err}");
+    }
+    // Nothing outside changed: no new files, the victim's mode and content.
+    let names: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("victim")]);
+    let m = fs::metadata(outside.join("victim")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"precious");
+    assert!(!env.path().join("escape.txt").exists());
+    assert!(!env.path().join("escape2.txt").exists());
+    // What was safe was restored.
+    assert!(target.join("ok.txt").is_file());
+    assert!(!target.join("huge").exists());
+}
