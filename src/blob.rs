@@ -361,7 +361,14 @@ impl<'a> BlobReader<'a> {
         self.stream
             .read_exact(&mut frame)
             .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))?;
-        let data = zstd::bulk::decompress(&frame, loc.size as usize)
+        let data = DECOMPRESSOR
+            .with_borrow_mut(|d| {
+                let d = match d {
+                    Some(d) => d,
+                    None => d.insert(zstd::bulk::Decompressor::new()?),
+                };
+                d.decompress(&frame, loc.size as usize)
+            })
             .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))?;
         if data.len() as u64 != loc.size || ChunkId::of(&data) != *id {
             return Err(self.corrupt(format!(
@@ -390,6 +397,12 @@ impl<'a> BlobReader<'a> {
     }
 }
 
+thread_local! {
+    /// One zstd context per thread, reused for every chunk.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn decrypt_error(key: &str, e: age::DecryptError) -> Error {
     match e {
         age::DecryptError::NoMatchingKeys => Error::Key(format!(
@@ -399,14 +412,13 @@ fn decrypt_error(key: &str, e: age::DecryptError) -> Error {
     }
 }
 
-/// Decrypt a whole encrypted object held in memory.
-pub fn open_sealed(key: &str, data: &[u8], identities: &[x25519::Identity]) -> Result<Vec<u8>> {
+/// A reader of the plaintext of an encrypted object held in memory.
+pub fn open_sealed_reader<'a>(
+    key: &str,
+    data: &'a [u8],
+    identities: &[x25519::Identity],
+) -> Result<impl Read + 'a> {
     let dec = age::Decryptor::new_buffered(data).map_err(|e| decrypt_error(key, e))?;
-    let mut r = dec
-        .decrypt(keys::as_identities(identities))
-        .map_err(|e| decrypt_error(key, e))?;
-    let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .map_err(|e| Error::corrupt(format!("object {key}"), e))?;
-    Ok(out)
+    dec.decrypt(keys::as_identities(identities))
+        .map_err(|e| decrypt_error(key, e))
 }

@@ -20,6 +20,7 @@ mod watch;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| cmd::run(&g, c));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,3 +69,17 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// glibc gives every thread its own malloc arena; with rayon and upload
+/// threads that multiplies peak memory for no speed we could measure
+/// (restore of 50k files: 107 MB -> 76 MB peak with one arena). Two arenas.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}

@@ -32,7 +32,7 @@ use crate::store::Store;
 
 /// Parallel ranged downloads; restore is mostly waiting on the network.
 /// Each holds at most one ranged GET (4 MiB) in memory.
-const THREADS: usize = 6;
+const THREADS: usize = 4;
 /// Read units are at most this much plaintext, so a single blob is still
 /// read by several threads.
 const UNIT_BYTES: u64 = 8 << 20;

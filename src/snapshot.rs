@@ -10,7 +10,7 @@ use age::x25519;
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
-use crate::blob::{SealWriter, open_sealed};
+use crate::blob::SealWriter;
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, IoContext, Result};
 use crate::store::Store;
@@ -467,8 +467,9 @@ pub fn open_metadata(
         Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
         r => r?,
     };
-    let compressed = open_sealed(&key, &sealed, identities)?;
-    let mut dec = zstd::Decoder::new(&compressed[..]).map_err(|e| Error::corrupt(&key, e))?;
+    // Decrypt and decompress as a stream straight into SQLite's memory.
+    let plain = crate::blob::open_sealed_reader(&key, &sealed, identities)?;
+    let mut dec = zstd::Decoder::new(plain).map_err(|e| Error::corrupt(&key, e))?;
     let mut len = [0u8; 8];
     dec.read_exact(&mut len)
         .map_err(|e| Error::corrupt(&key, e))?;
