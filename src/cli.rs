@@ -140,7 +140,7 @@ Generate an age key pair. The identity (private key) goes to FILE (created
 mode 0600, never overwritten) or to standard output; the public key, for
 `age_recipient`, is printed to standard output.
 
-  --output FILE   write the identity to FILE
+  -o, --output FILE   write the identity to FILE
 ";
 
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -12,4 +12,14 @@ if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3SFS_VERSION" ]; then
   cargo install s3s-fs --version "$S3SFS_VERSION" --features binary --locked
 fi
 
+# The benchmark's smoke test compares with restic (a Debian package).
+if ! command -v restic >/dev/null 2>&1; then
+  echo "installing restic (for the benchmark smoke test)" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq restic >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq restic >/dev/null
+  fi
+fi
+
 cargo test --locked "$@"

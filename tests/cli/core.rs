@@ -515,3 +515,21 @@ fn unknown_snapshot_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+/// The quick version of tests/bench.sh: both tools back up, change,
+/// restore (checked with diff -r) and fetch one file, and the table prints.
+#[test]
+fn benchmark_smoke() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/bench.sh"))
+        .args(["--quick", "--datasets", "share"])
+        .env("VAULTIK_BIN", util::bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("| share | vaultik |"), "{text}");
+    assert!(text.contains("| share | restic |"), "{text}");
+    assert!(text.contains("ratios peer/vaultik"), "{text}");
+}
