@@ -165,7 +165,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
     }
     let selected = select(&session.cfg, names)?;
     let (_lock, index, dropped) = session.prepare()?;
-    if dropped > 0 && !cron {
+    if dropped > 0 {
         warn(&format!(
             "{dropped} blob(s) known to the index are gone from the store; their data will be uploaded again"
         ));
