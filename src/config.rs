@@ -181,7 +181,8 @@ impl Config {
             }
             let (key, value) = line
                 .split_once('=')
-                .ok_or_else(|| err(n, format!("expected `key = value`, found `{line}`")))?;
+                // The line itself is not echoed: it could hold a secret.
+                .ok_or_else(|| err(n, "expected `key = value`".to_string()))?;
             let key = key.trim();
             let value = unquote(value.trim());
             if value.is_empty() {
@@ -191,7 +192,7 @@ impl Config {
             match section {
                 Section::Global => match key {
                     "age_recipient" => {
-                        if !value.starts_with("age1") {
+                        if <age::x25519::Recipient as std::str::FromStr>::from_str(value).is_err() {
                             return Err(bad("expected an age X25519 recipient (age1...)"));
                         }
                         cfg.age_recipients.push(value.to_string());
@@ -337,7 +338,17 @@ impl Config {
         }
         for s in &cfg.snapshots {
             if s.paths.is_empty() {
-                return Err(err(0, format!("[snapshot {}] has no `path`", s.name)));
+                let line = text
+                    .lines()
+                    .position(|l| {
+                        let l = strip_comment(l).trim();
+                        l.strip_prefix("[snapshot")
+                            .and_then(|r| r.strip_suffix(']'))
+                            .map(str::trim)
+                            == Some(s.name.as_str())
+                    })
+                    .map_or(0, |i| i + 1);
+                return Err(err(line, format!("[snapshot {}] has no `path`", s.name)));
             }
         }
         Ok(cfg)
@@ -482,14 +493,20 @@ mod tests {
     #[test]
     fn full_example_parses() {
         let cfg = parse(
-            "# comment\nage_recipient = age1abc\nage_recipient = age1def # two\n\
+            "# comment\nage_recipient = age1rswgjjpraurgu7v92eqp2jc4em8l486e9tn2dxgp89ejcpyqlc9qpcrmse\nage_recipient = age1kdjtqk23hdjf69z5kj23mvaylzd79xmg3ztz6jfdl28l7t0tp5fsjc5wlr # two\n\
              chunk_size = 512KiB\nblob_size_limit = 10MB\ncompression_level = 5\nexclude = *.tmp\n\
              keep_latest = 7\nkeep_within = 30d\ngrace_period = 2h\nbackup_interval = 5s\nsettle_delay = 1m\n\
              [s3]\nendpoint = http://127.0.0.1:9000\nbucket = b\nprefix = host1\n\
              [snapshot etc]\npath = /etc\nexclude = *.log\n[snapshot home]\npath = /home\npath = /root\n",
         )
         .unwrap();
-        assert_eq!(cfg.age_recipients, vec!["age1abc", "age1def"]);
+        assert_eq!(
+            cfg.age_recipients,
+            vec![
+                "age1rswgjjpraurgu7v92eqp2jc4em8l486e9tn2dxgp89ejcpyqlc9qpcrmse",
+                "age1kdjtqk23hdjf69z5kj23mvaylzd79xmg3ztz6jfdl28l7t0tp5fsjc5wlr"
+            ]
+        );
         assert_eq!(cfg.chunk_size, 512 * 1024);
         assert_eq!(cfg.blob_size_limit, 10_000_000);
         assert_eq!(cfg.compression_level, 5);
@@ -515,7 +532,7 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let e = parse("age_recipient = age1x\n\nbogus = 1\n").unwrap_err();
+        let e = parse("age_recipient = age1rswgjjpraurgu7v92eqp2jc4em8l486e9tn2dxgp89ejcpyqlc9qpcrmse\n\nbogus = 1\n").unwrap_err();
         assert_eq!(e.to_string(), "/t/vaultik.conf:3: unknown key `bogus`");
         let e = parse("[s3]\nbucket = b\nendpoint = ftp://x\n").unwrap_err();
         assert!(
@@ -539,8 +556,15 @@ mod tests {
         assert!(e.to_string().contains(":1: expected `key = value`"), "{e}");
         let e = parse("[local]\npath = /x\n[s3]\nbucket = b\nendpoint = http://x\n").unwrap_err();
         assert!(e.to_string().contains("cannot both"), "{e}");
-        let e = parse("[snapshot a]\nexclude = *.x\n").unwrap_err();
-        assert!(e.to_string().contains("has no `path`"), "{e}");
+        let e = parse("# x\n[snapshot a]\nexclude = *.x\n").unwrap_err();
+        assert!(
+            e.to_string().contains(":2: [snapshot a] has no `path`"),
+            "{e}"
+        );
+        let e = parse("age_recipient = age1notakey\n").unwrap_err();
+        assert!(e.to_string().contains(":1: `age_recipient`"), "{e}");
+        let e = parse("secret_access_key hunter2\n").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl fmt::Display for Error {
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
             Error::Setup(msg) => f.write_str(msg),
             Error::Io { op, path, source } => {
-                write!(f, "cannot {op} {}: {source}", path.display())
+                write!(f, "cannot {op} {}: {source}", shown(path))
             }
             Error::Store { op, key, msg } => write!(f, "store {op} {key}: {msg}"),
             Error::NotFound { key } => write!(f, "object {key} is not in the store"),
@@ -118,6 +118,25 @@ impl fmt::Display for Error {
 // The io and sqlite causes are printed as part of the message, so the default
 // `source()` of None keeps `caused by:` lines from repeating them.
 impl std::error::Error for Error {}
+
+/// A path for a one-line message: control characters (a newline in a file
+/// name) are escaped.
+pub fn shown(path: &Path) -> String {
+    let s = path.display().to_string();
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect()
+    } else {
+        s
+    }
+}
 
 /// Attach a path and an operation to an `io::Error` where it happens.
 pub trait IoContext<T> {

@@ -487,7 +487,7 @@ fn help_version_and_usage_errors() {
     assert!(stderr(&out).contains("dance"));
     fs::write(
         env.config_path(),
-        "age_recipient = age1x\nchunk_size = huge\n",
+        "# a config with a bad size\nchunk_size = huge\n",
     )
     .unwrap();
     let out = env.run(&["snapshot", "create"]);
