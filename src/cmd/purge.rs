@@ -245,13 +245,39 @@ pub fn purge(
             return Ok(());
         }
     }
+    drop(out);
+    collect_and_report(
+        cfg.as_ref(),
+        store.as_ref(),
+        view,
+        removed,
+        grace,
+        dry_run,
+        json,
+        true,
+    )
+}
+
+/// Remove `removed`, collect garbage (updating this host's index when it
+/// is free), and print the report.
+#[allow(clippy::too_many_arguments)]
+fn collect_and_report(
+    cfg: Option<&Config>,
+    store: &dyn Store,
+    view: View,
+    removed: Vec<Manifest>,
+    grace: u64,
+    dry_run: bool,
+    json: bool,
+    purge: bool,
+) -> Result<()> {
     let (mut idx, note) = if dry_run {
         (None, None)
     } else {
-        local_index(cfg.as_ref(), store.as_ref())
+        local_index(cfg, store)
     };
     let mut report = finish(
-        store.as_ref(),
+        store,
         view,
         removed,
         grace,
@@ -261,10 +287,11 @@ pub fn purge(
     if report.index_note.is_none() {
         report.index_note = note;
     }
+    let mut out = std::io::stdout().lock();
     if json {
-        let _ = writeln!(out, "{}", json_report(report.to_json(), store.as_ref()));
+        let _ = writeln!(out, "{}", json_report(report.to_json(), store));
     } else {
-        report.print_text(&mut out, true);
+        report.print_text(&mut out, purge);
         let _ = writeln!(out, "{}", store.stats().summary());
     }
     Ok(())
@@ -274,30 +301,16 @@ pub fn prune(g: &Global, dry_run: bool, json: bool) -> Result<()> {
     let (cfg, store) = open_existing_store(g)?;
     let grace = grace_of(cfg.as_ref());
     let view = View::load(store.as_ref())?;
-    let (mut idx, note) = if dry_run {
-        (None, None)
-    } else {
-        local_index(cfg.as_ref(), store.as_ref())
-    };
-    let mut report = finish(
+    collect_and_report(
+        cfg.as_ref(),
         store.as_ref(),
         view,
         Vec::new(),
         grace,
         dry_run,
-        idx.as_mut().map(|(i, _)| i),
-    )?;
-    if report.index_note.is_none() {
-        report.index_note = note;
-    }
-    let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(out, "{}", json_report(report.to_json(), store.as_ref()));
-    } else {
-        report.print_text(&mut out, false);
-        let _ = writeln!(out, "{}", store.stats().summary());
-    }
-    Ok(())
+        json,
+        false,
+    )
 }
 
 pub fn remove(g: &Global, snapshots: &[String]) -> Result<()> {
