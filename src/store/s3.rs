@@ -26,6 +26,8 @@ pub struct S3Store {
     endpoint: String,
     agent: ureq::Agent,
     stats: Stats,
+    /// Tries per request for transient failures.
+    attempts: u32,
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.
@@ -74,6 +76,7 @@ impl S3Store {
             endpoint: cfg.endpoint.clone(),
             agent,
             stats: Stats::default(),
+            attempts: ATTEMPTS,
         })
     }
 
@@ -89,11 +92,11 @@ impl S3Store {
         mut attempt: impl FnMut() -> Attempt<T>,
     ) -> Result<T> {
         let mut delay = Duration::from_millis(200);
-        for n in 1..=ATTEMPTS {
+        for n in 1..=self.attempts {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
-                Err(f) if !f.retry || n == ATTEMPTS => {
+                Err(f) if !f.retry || n == self.attempts => {
                     let tries = if f.retry {
                         format!(" (after {n} attempts)")
                     } else {
@@ -459,6 +462,175 @@ fn parse_s3_time(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// One scripted answer: raw status line + headers + body, then close.
+    struct Answer {
+        status: &'static str,
+        headers: Vec<String>,
+        body: Vec<u8>,
+        /// Claim this Content-Length (to send a truncated body).
+        claim: Option<usize>,
+    }
+
+    fn answer(status: &'static str, body: &[u8]) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: body.to_vec(),
+            claim: None,
+        }
+    }
+
+    /// A fake S3 on 127.0.0.1 answering requests in order; records the
+    /// request heads it saw.
+    fn fake(answers: Vec<Answer>) -> (S3Store, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for a in answers {
+                let (mut c, _) = l.accept().unwrap();
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut head = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                seen2.lock().unwrap().push(head);
+                let mut resp = format!(
+                    "HTTP/1.1 {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    a.status,
+                    a.claim.unwrap_or(a.body.len())
+                );
+                for h in &a.headers {
+                    resp.push_str(h);
+                    resp.push_str("\r\n");
+                }
+                resp.push_str("\r\n");
+                let _ = c.write_all(resp.as_bytes());
+                let _ = c.write_all(&a.body);
+            }
+        });
+        let mut store = S3Store::open(&S3Config {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: "b".into(),
+            prefix: "p/".into(),
+            region: "us-east-1".into(),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+        })
+        .unwrap();
+        store.attempts = 3;
+        (store, seen)
+    }
+
+    const NO_SUCH_KEY: &[u8] = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
+
+    #[test]
+    fn transient_errors_are_retried() {
+        let (s, seen) = fake(vec![
+            answer("500 Internal Server Error", b""),
+            answer("503 Slow Down", b""),
+            answer("200 OK", b"hello"),
+        ]);
+        assert_eq!(s.get("k").unwrap(), b"hello");
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(s.stats().snapshot()[1], 3, "every attempt is counted");
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let (s, _) = fake(vec![
+            answer("429 Too Many Requests", b""),
+            answer("500 Internal Server Error", b""),
+            answer("503 Service Unavailable", b""),
+        ]);
+        let e = s.get("k").unwrap_err().to_string();
+        assert!(
+            e.contains("HTTP 503") && e.contains("after 3 attempts"),
+            "{e}"
+        );
+        assert!(e.contains("p/k"), "names the key: {e}");
+    }
+
+    #[test]
+    fn permanent_errors_are_not_retried() {
+        let (s, seen) = fake(vec![Answer {
+            body: b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>".to_vec(),
+            ..answer("403 Forbidden", b"")
+        }]);
+        let e = s.get("k").unwrap_err().to_string();
+        assert!(e.contains("403 AccessDenied: no"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        let (s, _) = fake(vec![answer("404 Not Found", NO_SUCH_KEY)]);
+        assert!(matches!(s.get("k"), Err(Error::NotFound { .. })));
+        let (s, _) = fake(vec![answer("404 Not Found", b"")]);
+        assert_eq!(s.head("k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_200_to_a_range_request_is_refused() {
+        let (s, seen) = fake(vec![
+            answer("200 OK", b"0123456789"),
+            answer("206 Partial Content", b"234"),
+        ]);
+        assert_eq!(s.get_range("k", 2, 3).unwrap(), b"234");
+        let heads = seen.lock().unwrap();
+        assert!(
+            heads[0].to_ascii_lowercase().contains("range: bytes=2-4"),
+            "{}",
+            heads[0]
+        );
+        let (s, _) = fake(vec![
+            answer("200 OK", b"0123456789"),
+            answer("200 OK", b"0123456789"),
+            answer("200 OK", b"0123456789"),
+        ]);
+        let e = s.get_range("k", 2, 3).unwrap_err().to_string();
+        assert!(e.contains("Range ignored"), "{e}");
+    }
+
+    #[test]
+    fn truncated_bodies_are_retried() {
+        let (s, _) = fake(vec![
+            Answer {
+                claim: Some(10),
+                ..answer("206 Partial Content", b"01234")
+            },
+            answer("206 Partial Content", b"0123456789"),
+        ]);
+        assert_eq!(s.get_range("k", 0, 10).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn puts_are_retried_and_always_carry_a_length() {
+        let (s, seen) = fake(vec![
+            answer("500 Internal Server Error", b""),
+            answer("200 OK", b""),
+        ]);
+        s.put_bytes("k", b"data!").unwrap();
+        let heads = seen.lock().unwrap();
+        assert_eq!(heads.len(), 2);
+        for h in heads.iter() {
+            let h = h.to_ascii_lowercase();
+            assert!(h.starts_with("put "), "{h}");
+            assert!(h.contains("content-length: 5"), "{h}");
+            assert!(!h.contains("transfer-encoding"), "{h}");
+        }
+    }
 
     #[test]
     fn s3_times_parse() {
