@@ -24,7 +24,7 @@ use crate::store::Store;
 const AGE_CHUNK: u64 = 64 * 1024;
 const AGE_CHUNK_ENC: u64 = AGE_CHUNK + 16;
 /// The most one ranged GET asks for (and one reader buffers).
-const MAX_READAHEAD: u64 = 4 << 20;
+const MAX_READAHEAD: u64 = 2 << 20;
 
 /// Where one chunk lives inside a blob's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,11 +31,11 @@ use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
 /// Parallel ranged downloads; restore is mostly waiting on the network.
-/// Each holds at most one ranged GET (4 MiB) in memory.
-const THREADS: usize = 4;
+/// Each holds at most one ranged GET (2 MiB) in memory.
+const THREADS: usize = 8;
 /// Read units are at most this much plaintext, so a single blob is still
 /// read by several threads.
-const UNIT_BYTES: u64 = 8 << 20;
+const UNIT_BYTES: u64 = 4 << 20;
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
 
