@@ -331,35 +331,6 @@ impl Index {
     }
 
     /// Record files whose chunks are all confirmed in the store.
-    #[cfg(test)]
-    pub fn put_files<'a>(
-        &mut self,
-        files: impl Iterator<Item = (&'a [u8], FileStat, &'a [u8])>,
-    ) -> Result<()> {
-        let tx = self.conn.transaction().db(&self.path)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .db(&self.path)?;
-            for (path, s, chunks) in files {
-                st.execute(params![
-                    path,
-                    s.size as i64,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.ino as i64,
-                    s.dev as i64,
-                    chunks
-                ])
-                .db(&self.path)?;
-            }
-        }
-        tx.commit().db(&self.path)
-    }
-
     /// Record files, in one transaction, from a source that calls `put`
     /// for each one.
     pub fn store_files(
@@ -460,13 +431,10 @@ mod tests {
             ino: 4,
             dev: 5,
         };
-        idx.put_files(
-            [
-                (&b"/in-1"[..], stat, &a.0[..]),
-                (&b"/in-2"[..], stat, &b.0[..]),
-            ]
-            .into_iter(),
-        )
+        idx.store_files(&mut |put| {
+            put(b"/in-1", stat, &a.0)?;
+            put(b"/in-2", stat, &b.0)
+        })
         .unwrap();
         assert_eq!(
             idx.forget_missing_blobs(&["blobs/2".to_string()]).unwrap(),

@@ -514,27 +514,19 @@ impl Restore<'_> {
                     let zero = is_zero(&data);
                     for t in &u.jobs[i..end] {
                         let e = &entries[t.file];
-                        if t.whole {
-                            let w = create_fresh(&e.dest).and_then(|f| {
-                                if zero {
+                        let w = (|| -> Result<()> {
+                            if t.whole {
+                                // The file is this chunk: create it now.
+                                let f = create_fresh(&e.dest)?;
+                                return if zero {
                                     f.set_len(data.len() as u64).at("size", &e.dest)
                                 } else {
                                     f.write_all_at(&data, 0).at("write", &e.dest)
-                                }
-                            });
-                            if let Err(err) = w {
-                                failed
-                                    .lock()
-                                    .expect("lock")
-                                    .entry(t.file)
-                                    .or_insert_with(|| err.to_string());
+                                };
                             }
-                            continue;
-                        }
-                        if zero {
-                            continue;
-                        }
-                        let w = (|| -> Result<()> {
+                            if zero {
+                                return Ok(());
+                            }
                             if open.as_ref().is_none_or(|(f, _)| *f != t.file) {
                                 let f = OpenOptions::new()
                                     .write(true)

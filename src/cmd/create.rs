@@ -105,6 +105,20 @@ impl Session {
         }
     }
 
+    /// Purge this host's snapshots by the configured retention, then
+    /// collect garbage, keeping `index` in step.
+    pub fn apply_retention(&self, index: &mut Index) -> Result<super::purge::Report> {
+        super::purge::purge_with(
+            self.store.as_ref(),
+            self.retention(),
+            None,
+            Some(&self.hostname),
+            self.cfg.grace_period.as_secs(),
+            false,
+            Some(index),
+        )
+    }
+
     pub fn retention(&self) -> Retention {
         Retention {
             keep_latest: self.cfg.keep_latest,
@@ -188,15 +202,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
             .index
             .into_inner()
             .expect("index lock poisoned by a panic");
-        let report = super::purge::purge_with(
-            session.store.as_ref(),
-            retention,
-            None,
-            Some(&session.hostname),
-            session.cfg.grace_period.as_secs(),
-            false,
-            Some(&mut index),
-        )?;
+        let report = session.apply_retention(&mut index)?;
         if !cron {
             report.print_text(&mut out, true);
         }

@@ -200,15 +200,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             .index
             .into_inner()
             .expect("index lock poisoned by a panic");
-        match super::purge::purge_with(
-            session.store.as_ref(),
-            retention,
-            None,
-            Some(&session.hostname),
-            session.cfg.grace_period.as_secs(),
-            false,
-            Some(&mut index),
-        ) {
+        match session.apply_retention(&mut index) {
             Ok(r) if !quiet && (!r.removed.is_empty() || !r.deleted.is_empty()) => log(&format!(
                 "retention: removed {} snapshot(s), deleted {} unreferenced object(s)",
                 r.removed.len(),
