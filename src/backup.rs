@@ -853,6 +853,9 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
         let (_, comp) = c.as_mut().expect("compressor just set");
-        comp.compress(data)
+        // The output is allocated at the worst-case bound: give back the rest.
+        let mut frame = comp.compress(data)?;
+        frame.shrink_to_fit();
+        Ok(frame)
     })
 }

@@ -23,8 +23,6 @@ use crate::store::Store;
 /// age's plaintext chunk, and its size on the wire with the 16-byte tag.
 const AGE_CHUNK: u64 = 64 * 1024;
 const AGE_CHUNK_ENC: u64 = AGE_CHUNK + 16;
-/// The most one ranged GET asks for (and one reader buffers).
-const MAX_READAHEAD: u64 = 2 << 20;
 
 /// Where one chunk lives inside a blob's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,27 +215,43 @@ impl BlobWriter {
     }
 }
 
-/// `Read + Seek` over a stored object, fetching `readahead` bytes per ranged
-/// GET so that a seek into a large blob downloads only what is read.
+/// `Read + Seek` over a stored object through streamed ranged GETs: one
+/// request per planned range, read as it arrives (no range is buffered
+/// whole), so that a seek into a large blob downloads only what is read.
 pub struct RangedObject<'a> {
     store: &'a dyn Store,
     key: String,
     size: u64,
     pos: u64,
-    buf: Vec<u8>,
-    buf_start: u64,
+    body: Option<Body<'a>>,
     /// Shared with the `BlobReader` that owns this object through age.
     window: Rc<Cell<Window>>,
 }
 
-/// How much one ranged GET fetches: `readahead` bytes, but never past
-/// `end` (the end of the range the reader planned), and where the reader is.
+/// An open ranged GET: the answer's next byte is at `pos`, its last before
+/// `end`.
+struct Body<'a> {
+    reader: Box<dyn Read + Send + 'a>,
+    pos: u64,
+    end: u64,
+}
+
+/// What the next GET asks for: up to `end` (the end of the range the reader
+/// planned) when the read is before it, else `readahead` bytes; and where the
+/// reader is.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     readahead: u64,
     end: u64,
     pos: u64,
 }
+
+/// A forward seek inside an open answer reads and drops up to this much
+/// rather than sending a new request.
+const SKIP_MAX: u64 = 1 << 20;
+/// Answers cut short are reopened where they stopped this many times in a
+/// row (each reopen is itself retried by the store) before giving up.
+const REOPENS: u32 = 3;
 
 impl<'a> RangedObject<'a> {
     pub fn new(store: &'a dyn Store, key: &str, size: u64) -> RangedObject<'a> {
@@ -246,8 +260,7 @@ impl<'a> RangedObject<'a> {
             key: key.to_string(),
             size,
             pos: 0,
-            buf: Vec::new(),
-            buf_start: 0,
+            body: None,
             window: Rc::new(Cell::new(Window {
                 readahead: AGE_CHUNK_ENC,
                 end: u64::MAX,
@@ -255,13 +268,49 @@ impl<'a> RangedObject<'a> {
             })),
         }
     }
-}
 
-impl RangedObject<'_> {
     fn note_pos(&self) {
         let mut w = self.window.get();
         w.pos = self.pos;
         self.window.set(w);
+    }
+
+    /// An answer positioned at `self.pos`: the open one (skipping forward a
+    /// little if needed) or a new request.
+    fn body_at_pos(&mut self) -> io::Result<&mut Body<'a>> {
+        let reusable = self
+            .body
+            .as_ref()
+            .is_some_and(|b| b.pos <= self.pos && self.pos < b.end && self.pos - b.pos <= SKIP_MAX);
+        if !reusable {
+            let w = self.window.get();
+            let until = if self.pos < w.end && w.end != u64::MAX {
+                w.end
+            } else {
+                self.pos + w.readahead
+            };
+            let len = until.min(self.size) - self.pos;
+            let reader = self
+                .store
+                .open_range(&self.key, self.pos, len)
+                .map_err(io::Error::other)?;
+            self.body = Some(Body {
+                reader,
+                pos: self.pos,
+                end: self.pos + len,
+            });
+        }
+        let body = self.body.as_mut().expect("opened above");
+        let mut scratch = [0u8; 16 << 10];
+        while body.pos < self.pos {
+            let want = (self.pos - body.pos).min(scratch.len() as u64) as usize;
+            let n = body.reader.read(&mut scratch[..want])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            body.pos += n as u64;
+        }
+        Ok(body)
     }
 }
 
@@ -270,23 +319,38 @@ impl Read for RangedObject<'_> {
         if self.pos >= self.size || out.is_empty() {
             return Ok(0);
         }
-        let buf_end = self.buf_start + self.buf.len() as u64;
-        if self.pos < self.buf_start || self.pos >= buf_end {
-            let w = self.window.get();
-            let until = w.end.max(self.pos + AGE_CHUNK_ENC).min(self.size);
-            let len = w.readahead.min(until - self.pos).max(1);
-            self.buf = self
-                .store
-                .get_range(&self.key, self.pos, len)
-                .map_err(io::Error::other)?;
-            self.buf_start = self.pos;
+        let mut failures = 0;
+        loop {
+            let r = self.body_at_pos().and_then(|b| {
+                let want = out.len().min((b.end - b.pos) as usize);
+                let n = b.reader.read(&mut out[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the answer ended {} bytes early", b.end - b.pos),
+                    ));
+                }
+                b.pos += n as u64;
+                Ok(n)
+            });
+            match r {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    self.note_pos();
+                    return Ok(n);
+                }
+                // The request itself failed after the store's retries.
+                Err(e) if self.body.is_none() => return Err(e),
+                Err(e) => {
+                    // Cut short or reset mid-answer: ask again from here.
+                    self.body = None;
+                    failures += 1;
+                    if failures > REOPENS {
+                        return Err(e);
+                    }
+                }
+            }
         }
-        let at = (self.pos - self.buf_start) as usize;
-        let n = out.len().min(self.buf.len() - at);
-        out[..n].copy_from_slice(&self.buf[at..at + n]);
-        self.pos += n as u64;
-        self.note_pos();
-        Ok(n)
     }
 }
 
@@ -380,14 +444,11 @@ impl<'a> BlobReader<'a> {
         Ok(data)
     }
 
-    /// Prepare to read the plaintext range `[start, end)` with as few GETs as
-    /// memory allows.
-    pub fn plan_range(&mut self, start: u64, end: u64) {
-        let first = start / AGE_CHUNK;
+    /// Prepare to read the plaintext range `[start, end)` with one GET.
+    pub fn plan_range(&mut self, end: u64) {
         let last = end.div_ceil(AGE_CHUNK);
-        let bytes = (last - first + 1) * AGE_CHUNK_ENC;
         let mut w = self.window.get();
-        w.readahead = bytes.clamp(AGE_CHUNK_ENC, MAX_READAHEAD);
+        w.readahead = AGE_CHUNK_ENC;
         w.end = self.header_len + last * AGE_CHUNK_ENC;
         self.window.set(w);
     }
@@ -421,4 +482,173 @@ pub fn open_sealed_reader<'a>(
     let dec = age::Decryptor::new_buffered(data).map_err(|e| decrypt_error(key, e))?;
     dec.decrypt(keys::as_identities(identities))
         .map_err(|e| decrypt_error(key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LocalStore, ObjectInfo, Stats};
+    use std::sync::Mutex;
+
+    /// A local store whose first `cut` range answers end halfway.
+    struct Cutting {
+        inner: LocalStore,
+        cut: Mutex<u32>,
+        /// Cut answers keep half their bytes, or none.
+        keep_none: bool,
+        opened: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Store for Cutting {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+            self.inner.put_file(key, path)
+        }
+        fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.inner.put_bytes(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+            self.opened.lock().unwrap().push((start, len));
+            let r = self.inner.open_range(key, start, len)?;
+            let mut cut = self.cut.lock().unwrap();
+            if *cut > 0 && len > 2 {
+                *cut -= 1;
+                // Ends cleanly after half: the reader must notice and ask again.
+                let keep = if self.keep_none { 0 } else { len / 2 };
+                return Ok(Box::new(r.take(keep)));
+            }
+            Ok(r)
+        }
+        fn head(&self, key: &str) -> Result<Option<u64>> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn stats(&self) -> &Stats {
+            self.inner.stats()
+        }
+    }
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    type Blob = (String, u64, Vec<(ChunkId, Location)>);
+
+    fn blob_of(dir: &Path, store: &dyn Store, id: &x25519::Identity, chunks: &[Vec<u8>]) -> Blob {
+        let mut w = BlobWriter::create(dir, &[id.to_public()]).unwrap();
+        for c in chunks {
+            let frame = zstd::bulk::compress(c, 1).unwrap();
+            w.add(ChunkId::of(c), &frame, c.len() as u64).unwrap();
+        }
+        let done = w.finish().unwrap();
+        store.put_file(&done.key, done.file.temp.path()).unwrap();
+        (done.key, done.file.size, done.entries)
+    }
+
+    fn setup(
+        cut: u32,
+        keep_none: bool,
+    ) -> (
+        tempfile::TempDir,
+        Cutting,
+        x25519::Identity,
+        Vec<Vec<u8>>,
+        Blob,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Cutting {
+            inner: LocalStore::open(&dir.path().join("store"), true).unwrap(),
+            cut: Mutex::new(0),
+            keep_none,
+            opened: Mutex::new(Vec::new()),
+        };
+        let id = x25519::Identity::generate();
+        let chunks: Vec<Vec<u8>> = (0..4).map(|i| pseudo_random(300_000, i + 7)).collect();
+        let blob = blob_of(dir.path(), &store, &id, &chunks);
+        *store.cut.lock().unwrap() = cut;
+        (dir, store, id, chunks, blob)
+    }
+
+    #[test]
+    fn one_streamed_get_per_planned_range() {
+        let (_dir, store, id, chunks, (key, size, entries)) = setup(0, false);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        let last = entries.last().unwrap().1;
+        r.plan_range(last.offset + last.length);
+        for ((cid, loc), data) in entries.iter().zip(&chunks) {
+            assert_eq!(&r.read_chunk(cid, loc).unwrap(), data);
+        }
+        // The header, then the whole payload in one request.
+        let opened = store.opened.lock().unwrap().clone();
+        assert_eq!(opened.len(), 2, "{opened:?}");
+        assert_eq!(opened[1].0 + opened[1].1, size);
+    }
+
+    #[test]
+    fn answers_cut_short_are_asked_again_from_where_they_stopped() {
+        let (_dir, store, id, chunks, (key, size, entries)) = setup(2, false);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        let last = entries.last().unwrap().1;
+        r.plan_range(last.offset + last.length);
+        for ((cid, loc), data) in entries.iter().zip(&chunks) {
+            assert_eq!(&r.read_chunk(cid, loc).unwrap(), data);
+        }
+        let opened = store.opened.lock().unwrap().clone();
+        // Each reopen starts past the previous start and ends at the same end.
+        assert!(opened.len() >= 3, "{opened:?}");
+        for w in opened.windows(2).skip(1) {
+            assert!(
+                w[1].0 > w[0].0 && w[1].0 + w[1].1 == w[0].0 + w[0].1,
+                "{opened:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_always_cut_short_fail_after_a_few_reopens() {
+        let (_dir, store, id, _chunks, (key, size, entries)) = setup(0, true);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        *store.cut.lock().unwrap() = 100;
+        let (cid, loc) = entries[3];
+        r.plan_range(loc.offset + loc.length);
+        let Err(e) = r.read_chunk(&cid, &loc) else {
+            panic!("a read that never gets its bytes must fail")
+        };
+        let e = e.to_string();
+        assert!(e.contains(&key) && e.contains("early"), "{e}");
+        assert!(store.opened.lock().unwrap().len() < 10);
+    }
+
+    #[test]
+    fn a_seek_downloads_from_the_chunk_not_the_start() {
+        let (_dir, store, id, chunks, (key, size, entries)) = setup(0, false);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        let (cid, loc) = entries[3];
+        r.plan_range(loc.offset + loc.length);
+        assert_eq!(r.read_chunk(&cid, &loc).unwrap(), chunks[3]);
+        let opened = store.opened.lock().unwrap().clone();
+        let fetched: u64 = opened.iter().map(|o| o.1).sum();
+        assert!(
+            fetched < loc.length + 2 * AGE_CHUNK_ENC + 8192,
+            "{opened:?}"
+        );
+    }
 }

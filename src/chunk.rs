@@ -67,7 +67,7 @@ impl Params {
 
     /// Files up to this size are read into memory whole and cut there.
     pub fn whole_file_limit(&self) -> u64 {
-        (self.max * 2) as u64
+        self.max as u64
     }
 }
 
@@ -84,7 +84,9 @@ pub fn split<R: Read>(
 ) -> Result<u64> {
     if size_hint <= p.whole_file_limit() {
         buf.clear();
-        // Read one byte more than the limit to notice a file that grew.
+        // Room for what stat said (no doubling past the limit); read one
+        // byte more than the limit to notice a file that grew.
+        buf.reserve(size_hint as usize + 1);
         reader
             .by_ref()
             .take(p.whole_file_limit() + 1)

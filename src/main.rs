@@ -78,6 +78,10 @@ fn limit_malloc_arenas() {
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // A fixed threshold: buffers of a chunk or more are mapped and given
+        // back when freed (the default threshold grows to the largest buffer
+        // freed, after which freed chunk buffers stay in the heap's RSS).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -31,7 +31,7 @@ use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
 /// Parallel ranged downloads; restore is mostly waiting on the network.
-/// Each holds at most one ranged GET (2 MiB) in memory.
+/// Each streams one ranged GET per unit, holding one chunk at a time.
 const THREADS: usize = 8;
 /// Read units are at most this much plaintext, so a single blob is still
 /// read by several threads.
@@ -61,8 +61,8 @@ pub struct Summary {
 }
 
 struct REntry {
-    src: Vec<u8>,
-    dest: PathBuf,
+    /// Checked: absolute, no empty, `.` or `..` components (`dest_path`).
+    src: Box<[u8]>,
     kind: Kind,
     mode: u32,
     uid: u32,
@@ -70,8 +70,9 @@ struct REntry {
     size: u64,
     mtime_ns: i64,
     rdev: u64,
-    target: Option<Vec<u8>>,
-    chunks: Vec<u8>,
+    target: Option<Box<[u8]>>,
+    /// A file of one chunk: the writer creates it (saves an open).
+    single: bool,
 }
 
 /// One chunk to write somewhere.
@@ -133,16 +134,27 @@ impl Restore<'_> {
         };
         let mut failures: Vec<String> = Vec::new();
 
-        // 1. Entries, checked and filtered.
+        // 1. Entries, checked and filtered; the chunks of each file located
+        //    (in the metadata) and queued per blob. Entries are kept slim:
+        //    destinations are derived from the checked source path on use.
         let filters: Vec<Vec<u8>> = self.paths.iter().map(|p| normalize_filter(p)).collect();
         let mut matched = vec![false; filters.len()];
         let mut entries: Vec<REntry> = Vec::new();
-        let mut seen_dest: HashSet<PathBuf> = HashSet::new();
+        let mut blobs: Vec<(String, u64)> = Vec::new();
+        let mut blob_ids: HashMap<i64, usize> = HashMap::new();
+        let mut per_blob: Vec<Vec<Job>> = Vec::new();
+        let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
         {
             let mut st = conn
                 .prepare(
                     "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
                      FROM entries ORDER BY id",
+                )
+                .db(mpath)?;
+            let mut q = conn
+                .prepare(
+                    "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
+                     FROM chunks c JOIN blobs b ON b.id = c.blob WHERE c.id = ?1",
                 )
                 .db(mpath)?;
             let mut rows = st.query([]).db(mpath)?;
@@ -160,28 +172,93 @@ impl Restore<'_> {
                         continue;
                     }
                 }
-                let shown = String::from_utf8_lossy(&src).into_owned();
-                let Some(dest) =
-                    dest_path(&self.target, &src).filter(|d| seen_dest.insert(d.clone()))
-                else {
+                let shown = || String::from_utf8_lossy(&src).into_owned();
+                if dest_path(&self.target, &src).is_none() {
                     failures.push(format!(
-                        "{shown}: unsafe or duplicate path in snapshot metadata, not restored"
+                        "{}: unsafe path in snapshot metadata, not restored",
+                        shown()
                     ));
                     continue;
-                };
+                }
                 let kind = Kind::from_i64(r.get(1).db(mpath)?).ok_or_else(|| {
-                    Error::corrupt("snapshot metadata", format!("{shown}: unknown entry kind"))
+                    Error::corrupt(
+                        "snapshot metadata",
+                        format!("{}: unknown entry kind", shown()),
+                    )
                 })?;
                 let size: i64 = r.get(5).db(mpath)?;
                 let chunks: Option<Vec<u8>> = r.get(9).db(mpath)?;
                 let chunks = chunks.unwrap_or_default();
                 if size < 0 || chunks.len() % 32 != 0 {
-                    failures.push(format!("{shown}: malformed entry in snapshot metadata"));
+                    failures.push(format!("{}: malformed entry in snapshot metadata", shown()));
                     continue;
                 }
+                if kind == Kind::File {
+                    located.clear();
+                    for c in chunks.chunks_exact(32) {
+                        let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
+                        let row = q
+                            .query_row([c], |r| {
+                                Ok((
+                                    r.get::<_, i64>(0)?,
+                                    Location {
+                                        offset: r.get::<_, i64>(1)? as u64,
+                                        length: r.get::<_, i64>(2)? as u64,
+                                        size: r.get::<_, i64>(3)? as u64,
+                                    },
+                                    r.get::<_, String>(4)?,
+                                    r.get::<_, i64>(5)? as u64,
+                                ))
+                            })
+                            .optional()
+                            .db(mpath)?;
+                        let Some((bid, loc, key, bsize)) = row else {
+                            return Err(Error::corrupt(
+                                "snapshot metadata",
+                                format!("chunk {} has no location", id.hex()),
+                            ));
+                        };
+                        let bi = match blob_ids.get(&bid) {
+                            Some(bi) => *bi,
+                            None => {
+                                if !key.starts_with("blobs/") || key.contains("..") {
+                                    return Err(Error::corrupt(
+                                        "snapshot metadata",
+                                        format!("bad blob key {key}"),
+                                    ));
+                                }
+                                blobs.push((key, bsize));
+                                per_blob.push(Vec::new());
+                                blob_ids.insert(bid, blobs.len() - 1);
+                                blobs.len() - 1
+                            }
+                        };
+                        located.push((id, bi, loc));
+                    }
+                    // The size must be what the chunks add up to (no forged giants).
+                    let sum: u64 = located.iter().map(|(_, _, l)| l.size).sum();
+                    if sum != size as u64 {
+                        failures.push(format!(
+                            "{}: size {size} does not match its chunks ({sum}); not restored",
+                            shown()
+                        ));
+                        continue;
+                    }
+                    let whole = located.len() == 1;
+                    let mut offset = 0u64;
+                    for &(chunk, bi, loc) in &located {
+                        per_blob[bi].push(Job {
+                            loc,
+                            chunk,
+                            file: entries.len(),
+                            offset,
+                            whole,
+                        });
+                        offset += loc.size;
+                    }
+                }
                 entries.push(REntry {
-                    src,
-                    dest,
+                    src: src.into_boxed_slice(),
                     kind,
                     mode: r.get::<_, i64>(2).db(mpath)? as u32 & 0o7777,
                     uid: r.get::<_, i64>(3).db(mpath)? as u32,
@@ -189,120 +266,71 @@ impl Restore<'_> {
                     size: size as u64,
                     mtime_ns: r.get(6).db(mpath)?,
                     rdev: r.get::<_, i64>(7).db(mpath)? as u64,
-                    target: r.get(8).db(mpath)?,
-                    chunks,
+                    target: r
+                        .get::<_, Option<Vec<u8>>>(8)
+                        .db(mpath)?
+                        .map(Vec::into_boxed_slice),
+                    single: kind == Kind::File && chunks.len() == 32,
                 });
             }
         }
+        drop(conn);
         for (f, m) in self.paths.iter().zip(&matched) {
             if !m {
                 return Err(Error::Usage(format!("path {f} is not in snapshot {id}")));
             }
         }
 
-        // 2. Chunk locations and blobs.
-        let mut blobs: Vec<(String, u64)> = Vec::new();
-        let mut blob_ids: HashMap<i64, usize> = HashMap::new();
-        let mut locs: HashMap<ChunkId, (usize, Location)> = HashMap::new();
+        // 2. Two entries for one path (forged metadata): only the first.
+        // Checked paths map one-to-one to destinations.
+        let mut skip: Vec<bool> = vec![false; entries.len()];
         {
-            let mut q = conn
-                .prepare(
-                    "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
-                     FROM chunks c JOIN blobs b ON b.id = c.blob WHERE c.id = ?1",
-                )
-                .db(mpath)?;
-            for e in entries.iter().filter(|e| e.kind == Kind::File) {
-                for c in e.chunks.chunks_exact(32) {
-                    let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-                    if locs.contains_key(&id) {
-                        continue;
-                    }
-                    let row = q
-                        .query_row([c], |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                Location {
-                                    offset: r.get::<_, i64>(1)? as u64,
-                                    length: r.get::<_, i64>(2)? as u64,
-                                    size: r.get::<_, i64>(3)? as u64,
-                                },
-                                r.get::<_, String>(4)?,
-                                r.get::<_, i64>(5)? as u64,
-                            ))
-                        })
-                        .optional()
-                        .db(mpath)?;
-                    let Some((bid, loc, key, bsize)) = row else {
-                        return Err(Error::corrupt(
-                            "snapshot metadata",
-                            format!("chunk {} has no location", id.hex()),
-                        ));
-                    };
-                    if !key.starts_with("blobs/") || key.contains("..") {
-                        return Err(Error::corrupt(
-                            "snapshot metadata",
-                            format!("bad blob key {key}"),
-                        ));
-                    }
-                    let bi = *blob_ids.entry(bid).or_insert_with(|| {
-                        blobs.push((key, bsize));
-                        blobs.len() - 1
-                    });
-                    locs.insert(id, (bi, loc));
+            let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| {
+                entries[a as usize]
+                    .src
+                    .cmp(&entries[b as usize].src)
+                    .then(a.cmp(&b))
+            });
+            for w in order.windows(2) {
+                let (a, b) = (w[0] as usize, w[1] as usize);
+                if entries[a].src == entries[b].src {
+                    skip[b] = true;
+                    failures.push(format!(
+                        "{}: duplicate path in snapshot metadata, not restored",
+                        String::from_utf8_lossy(&entries[b].src)
+                    ));
                 }
             }
         }
-
-        drop(conn);
 
         // 3. Directories, then files (pre-sized, so holes stay holes).
         fs::create_dir_all(&self.target).at("create target directory", &self.target)?;
         let mut dirs_ok: HashSet<PathBuf> = HashSet::new();
         dirs_ok.insert(self.target.clone());
-        let mut skip: Vec<bool> = vec![false; entries.len()];
         for (i, e) in entries.iter().enumerate() {
-            if e.kind != Kind::Dir {
+            if e.kind != Kind::Dir || skip[i] {
                 continue;
             }
-            if let Err(err) = self.ensure_dir(&e.dest, &mut dirs_ok) {
+            if let Err(err) = self.ensure_dir(&self.dest(e), &mut dirs_ok) {
                 failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
                 skip[i] = true;
             } else {
                 s.dirs += 1;
             }
         }
-        let mut per_blob: Vec<Vec<Job>> = vec![Vec::new(); blobs.len()];
         for (i, e) in entries.iter().enumerate() {
-            if e.kind != Kind::File {
+            if e.kind != Kind::File || skip[i] {
                 continue;
             }
-            let whole = e.chunks.len() == 32;
-            // The size must be what the chunks add up to (no forged giants).
-            let sum: u64 = e
-                .chunks
-                .chunks_exact(32)
-                .map(|c| {
-                    locs[&ChunkId::from_slice(c).expect("chunks_exact(32)")]
-                        .1
-                        .size
-                })
-                .sum();
-            if sum != e.size {
-                failures.push(format!(
-                    "{}: size {} does not match its chunks ({sum}); not restored",
-                    String::from_utf8_lossy(&e.src),
-                    e.size
-                ));
-                skip[i] = true;
-                continue;
-            }
-            let made = self.ensure_parent(&e.dest, &mut dirs_ok).and_then(|_| {
-                if whole {
-                    // Created when its chunk is written.
-                    return remove_existing(&e.dest);
+            let dest = self.dest(e);
+            let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                if e.single {
+                    // One chunk: created when its chunk is written.
+                    return remove_existing(&dest);
                 }
-                let f = create_fresh(&e.dest)?;
-                f.set_len(e.size).at("size", &e.dest)
+                let f = create_fresh(&dest)?;
+                f.set_len(e.size).at("size", &dest)
             });
             if let Err(err) = made {
                 failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
@@ -311,24 +339,12 @@ impl Restore<'_> {
             }
             s.files += 1;
             s.bytes += e.size;
-            let mut offset = 0u64;
-            for c in e.chunks.chunks_exact(32) {
-                let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-                let (bi, loc) = locs[&id];
-                per_blob[bi].push(Job {
-                    loc,
-                    chunk: id,
-                    file: i,
-                    offset,
-                    whole,
-                });
-                offset += loc.size;
-            }
         }
 
         // 4. Plan read units and run them in parallel.
         let mut units: Vec<Unit> = Vec::new();
         for (bi, mut jobs) in per_blob.into_iter().enumerate() {
+            jobs.retain(|j| !skip[j.file]);
             jobs.sort_by_key(|j| (j.loc.offset, j.file, j.offset));
             let mut cur: Vec<Job> = Vec::new();
             for j in jobs {
@@ -385,7 +401,7 @@ impl Restore<'_> {
         bad.sort();
         for (i, msg) in bad {
             let e = &entries[i];
-            let _ = fs::remove_file(&e.dest);
+            let _ = fs::remove_file(self.dest(e));
             skip[i] = true;
             s.files -= 1;
             failures.push(format!(
@@ -397,12 +413,16 @@ impl Restore<'_> {
         // 5. Symlinks and special files.
         let as_root = unsafe { libc::geteuid() } == 0;
         for (i, e) in entries.iter().enumerate() {
+            if skip[i] || matches!(e.kind, Kind::File | Kind::Dir) {
+                continue;
+            }
+            let dest = self.dest(e);
             let r = match e.kind {
-                Kind::Symlink => self.ensure_parent(&e.dest, &mut dirs_ok).and_then(|_| {
-                    remove_existing(&e.dest)?;
-                    let t = e.target.clone().unwrap_or_default();
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&t), &e.dest)
-                        .at("create symlink", &e.dest)?;
+                Kind::Symlink => self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                    remove_existing(&dest)?;
+                    let t = e.target.as_deref().unwrap_or_default();
+                    std::os::unix::fs::symlink(OsStr::from_bytes(t), &dest)
+                        .at("create symlink", &dest)?;
                     s.symlinks += 1;
                     Ok(())
                 }),
@@ -415,20 +435,20 @@ impl Restore<'_> {
                         skip[i] = true;
                         continue;
                     }
-                    self.ensure_parent(&e.dest, &mut dirs_ok).and_then(|_| {
-                        remove_existing(&e.dest)?;
+                    self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                        remove_existing(&dest)?;
                         let fmt = match e.kind {
                             Kind::Fifo => libc::S_IFIFO,
                             Kind::CharDev => libc::S_IFCHR,
                             _ => libc::S_IFBLK,
                         };
-                        let c = cstr(&e.dest)?;
+                        let c = cstr(&dest)?;
                         // SAFETY: c is a valid NUL-terminated path.
                         let rc =
                             unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, e.rdev as libc::dev_t) };
                         if rc != 0 {
                             return Err(io::Error::last_os_error())
-                                .at("create special file", &e.dest);
+                                .at("create special file", &dest);
                         }
                         s.other += 1;
                         Ok(())
@@ -455,7 +475,7 @@ impl Restore<'_> {
                 .enumerate()
                 .filter(|(i, e)| !skip[*i] && e.kind != Kind::Dir)
                 .filter_map(|(_, e)| {
-                    set_attrs(e, as_root)
+                    set_attrs(e, &self.dest(e), as_root)
                         .err()
                         .map(|err| format!("{}: {err}", String::from_utf8_lossy(&e.src)))
                 })
@@ -465,10 +485,10 @@ impl Restore<'_> {
         let mut dirs: Vec<usize> = (0..entries.len())
             .filter(|&i| !skip[i] && entries[i].kind == Kind::Dir)
             .collect();
-        dirs.sort_by_key(|&i| std::cmp::Reverse(entries[i].dest.components().count()));
+        dirs.sort_by_key(|&i| std::cmp::Reverse(entries[i].src.split(|b| *b == b'/').count()));
         for i in dirs {
             let e = &entries[i];
-            if let Err(err) = set_attrs(e, as_root) {
+            if let Err(err) = set_attrs(e, &self.dest(e), as_root) {
                 failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
             }
         }
@@ -486,6 +506,14 @@ impl Restore<'_> {
         Ok(s)
     }
 
+    /// Where an entry goes (its source path was checked when loaded).
+    fn dest(&self, e: &REntry) -> PathBuf {
+        match e.src.strip_prefix(b"/") {
+            Some(rel) if !rel.is_empty() => self.target.join(OsStr::from_bytes(rel)),
+            _ => self.target.clone(),
+        }
+    }
+
     fn read_unit(
         &self,
         u: &Unit,
@@ -496,9 +524,8 @@ impl Restore<'_> {
     ) -> Result<()> {
         let (key, size) = &blobs[u.blob];
         let mut reader = BlobReader::open(self.store, key, *size, &self.identities)?;
-        let first = u.jobs.first().expect("units are not empty");
         let last = u.jobs.last().expect("units are not empty");
-        reader.plan_range(first.loc.offset, last.loc.offset + last.loc.length);
+        reader.plan_range(last.loc.offset + last.loc.length);
         let mut open: Option<(usize, File)> = None;
         let mut i = 0;
         while i < u.jobs.len() {
@@ -513,15 +540,15 @@ impl Restore<'_> {
                     done.fetch_add(1, Ordering::Relaxed);
                     let zero = is_zero(&data);
                     for t in &u.jobs[i..end] {
-                        let e = &entries[t.file];
+                        let dest = self.dest(&entries[t.file]);
                         let w = (|| -> Result<()> {
                             if t.whole {
                                 // The file is this chunk: create it now.
-                                let f = create_fresh(&e.dest)?;
+                                let f = create_fresh(&dest)?;
                                 return if zero {
-                                    f.set_len(data.len() as u64).at("size", &e.dest)
+                                    f.set_len(data.len() as u64).at("size", &dest)
                                 } else {
-                                    f.write_all_at(&data, 0).at("write", &e.dest)
+                                    f.write_all_at(&data, 0).at("write", &dest)
                                 };
                             }
                             if zero {
@@ -531,12 +558,12 @@ impl Restore<'_> {
                                 let f = OpenOptions::new()
                                     .write(true)
                                     .custom_flags(libc::O_NOFOLLOW)
-                                    .open(&e.dest)
-                                    .at("open", &e.dest)?;
+                                    .open(&dest)
+                                    .at("open", &dest)?;
                                 open = Some((t.file, f));
                             }
                             let (_, f) = open.as_ref().expect("just opened");
-                            f.write_all_at(&data, t.offset).at("write", &e.dest)
+                            f.write_all_at(&data, t.offset).at("write", &dest)
                         })();
                         if let Err(err) = w {
                             failed
@@ -645,10 +672,10 @@ fn cstr(p: &Path) -> Result<CString> {
     })
 }
 
-fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
+fn set_attrs(e: &REntry, dest: &Path, as_root: bool) -> Result<()> {
     // Never follow a symlink to something outside the target: what is at
     // the destination must be what this entry created.
-    let m = fs::symlink_metadata(&e.dest).at("inspect", &e.dest)?;
+    let m = fs::symlink_metadata(dest).at("inspect", dest)?;
     let ft = m.file_type();
     let expected = match e.kind {
         Kind::Dir => ft.is_dir(),
@@ -659,18 +686,17 @@ fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
     if !expected {
         return Err(Error::Setup(format!(
             "{}: not the {:?} restored there; attributes not set",
-            e.dest.display(),
+            dest.display(),
             e.kind
         )));
     }
     if as_root {
-        std::os::unix::fs::lchown(&e.dest, Some(e.uid), Some(e.gid)).at("set owner of", &e.dest)?;
+        std::os::unix::fs::lchown(dest, Some(e.uid), Some(e.gid)).at("set owner of", dest)?;
     }
     if e.kind != Kind::Symlink {
-        fs::set_permissions(&e.dest, fs::Permissions::from_mode(e.mode))
-            .at("set mode of", &e.dest)?;
+        fs::set_permissions(dest, fs::Permissions::from_mode(e.mode)).at("set mode of", dest)?;
     }
-    let c = cstr(&e.dest)?;
+    let c = cstr(dest)?;
     let ts = libc::timespec {
         tv_sec: e.mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
         tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
@@ -686,7 +712,7 @@ fn set_attrs(e: &REntry, as_root: bool) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error()).at("set times of", &e.dest);
+        return Err(io::Error::last_os_error()).at("set times of", dest);
     }
     Ok(())
 }

@@ -379,13 +379,10 @@ fn check_blob(
 ) -> Result<Vec<(ChunkId, String)>> {
     let mut reader = BlobReader::open(store, key, size, identities)?;
     let mut bad = Vec::new();
-    let window = 16u64 << 20;
-    let mut planned_to = 0u64;
+    // One streamed GET for the whole blob (chunks come in offset order).
+    let end = chunks.iter().map(|(_, l)| l.offset + l.length).max();
+    reader.plan_range(end.unwrap_or(0));
     for (cid, loc) in chunks {
-        if loc.offset + loc.length > planned_to {
-            planned_to = loc.offset + window;
-            reader.plan_range(loc.offset, planned_to);
-        }
         match reader.read_chunk(cid, loc) {
             Ok(_) => {
                 checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -4,14 +4,15 @@
 //!
 //! Contract: keys are relative to the store's prefix and use only
 //! `[A-Za-z0-9/._-]`; `put_*` is atomic (an object is either absent or
-//! complete); `get_range` returns exactly the bytes asked for or fails (a
-//! short read is an error); `get`/`get_range` of a missing key is
-//! `Error::NotFound`.
+//! complete); the reader from `open_range` gives exactly the bytes asked
+//! for or fails (`UnexpectedEof` if the answer ends early); `get` and
+//! `open_range` of a missing key are `Error::NotFound`.
 
 mod local;
 mod s3;
 
 use std::fmt::Write as _;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,7 +36,9 @@ pub trait Store: Send + Sync {
     fn put_file(&self, key: &str, path: &Path) -> Result<()>;
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
     fn get(&self, key: &str) -> Result<Vec<u8>>;
-    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>>;
+    /// Stream `len` bytes from `start`: one request, read as it arrives, so
+    /// that a large range costs no memory. Received bytes count as read.
+    fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>>;
     /// Size of the object, or None when it does not exist.
     fn head(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix`, in key order.
@@ -118,6 +121,35 @@ impl Stats {
             "put": put, "get": get, "head": head, "list": list, "delete": delete,
             "bytes_sent": sent, "bytes_received": recv,
         })
+    }
+}
+
+/// Reads exactly `remaining` bytes from `inner`, counting them in
+/// `received`; an answer that ends early is an `UnexpectedEof` error.
+pub struct Exact<'a, R> {
+    pub inner: R,
+    pub remaining: u64,
+    pub received: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        let want = out
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the answer ended {} bytes early", self.remaining),
+            ));
+        }
+        self.remaining -= n as u64;
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
