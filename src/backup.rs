@@ -135,6 +135,20 @@ fn stat_of(m: &std::fs::Metadata) -> FileStat {
     }
 }
 
+/// zstd level for the metadata database: it is a small part of the bucket,
+/// and compressing it is on the critical path of every run (level 1: 30 ms
+/// for 50k entries where level 3 takes 50 ms, for 3% more bytes).
+const METADATA_LEVEL: i32 = 1;
+
+/// Entries handed from the walk thread at a time.
+const WALK_BATCH: usize = 256;
+
+/// What the walk thread found.
+enum Walked {
+    Entry(Entry, FileStat),
+    Failed(walk::WalkError),
+}
+
 fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
     let ft = m.file_type();
     let kind = if ft.is_dir() {
@@ -371,7 +385,7 @@ impl Backup<'_> {
             let index = self.index();
             meta.resolve_chunks(&index)?
         };
-        let sealed = meta.seal(&self.tmp_dir, &self.recipients, self.level)?;
+        let sealed = meta.seal(&self.tmp_dir, &self.recipients, METADATA_LEVEL)?;
         self.store
             .put_file(&snapshot::db_key(id), sealed.temp.path())?;
         let manifest = Manifest {
@@ -437,71 +451,138 @@ impl Backup<'_> {
             }
         }
         let mut walk_warnings = 0u64;
-        for root in roots.iter().filter(|r| kept.contains(r)) {
-            // A dirty subtree that is gone now simply has no entries.
-            if scoped && std::fs::symlink_metadata(root).is_err() {
-                continue;
-            }
-            let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
-                if cancel.load(Ordering::Relaxed) || self.aborted() {
-                    return Err(Error::Cancelled);
-                }
-                while let Ok(ev) = events.try_recv() {
-                    self.record(ev, meta, s)?;
-                }
-                let Some(e) = entry_of(path, m)? else {
-                    return Ok(());
+        // The walk (directory reads, stat, readlink) runs on its own thread
+        // and hands entries over in batches; this thread does the index and
+        // metadata work. Two cores for a no-change run instead of one.
+        let (wtx, wrx) = sync_channel::<Vec<Walked>>(8);
+        let result = std::thread::scope(|threads| -> Result<()> {
+            let walker = threads.spawn(move || -> Result<()> {
+                let batch = std::cell::RefCell::new(Vec::with_capacity(WALK_BATCH));
+                let push = |w: Walked| -> Result<()> {
+                    let mut b = batch.borrow_mut();
+                    b.push(w);
+                    if b.len() >= WALK_BATCH {
+                        let full = std::mem::replace(&mut *b, Vec::with_capacity(WALK_BATCH));
+                        wtx.send(full).map_err(|_| Error::Cancelled)?;
+                    }
+                    Ok(())
                 };
-                s.entries += 1;
-                if e.kind != Kind::File {
-                    meta.add(&e, None)?;
-                    return Ok(());
-                }
-                s.files += 1;
-                s.bytes_scanned += e.size;
-                let stat = stat_of(m);
-                if stat.size == 0 {
-                    meta.add(&e, Some(&[]))?;
-                    return Ok(());
-                }
-                // The index only keeps file rows whose chunks it holds
-                // (forgetting a blob forgets the files), so this is safe.
-                let reuse = self.index().unchanged_file(&e.path, &stat)?;
-                match reuse {
-                    Some(list) => {
-                        meta.add(&e, Some(&list))?;
+                for root in roots.iter().filter(|r| kept.contains(r)) {
+                    // A dirty subtree that is gone now simply has no entries.
+                    if scoped && std::fs::symlink_metadata(root).is_err() {
+                        continue;
                     }
-                    None => {
-                        let entry = meta.add(&e, None)?;
-                        progress.total_files.fetch_add(1, Ordering::Relaxed);
-                        progress.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
-                        todo.send(Todo {
-                            entry,
-                            path: path.to_path_buf(),
-                            stat,
-                        })
-                        .map_err(|_| Error::Cancelled)?;
-                    }
+                    let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(Error::Cancelled);
+                        }
+                        match entry_of(path, m)? {
+                            Some(e) => push(Walked::Entry(e, stat_of(m))),
+                            None => Ok(()),
+                        }
+                    };
+                    let mut failed = |w: walk::WalkError| push(Walked::Failed(w));
+                    walk::walk(root, excludes, &mut visit, &mut failed)?;
+                }
+                let rest = batch.into_inner();
+                if !rest.is_empty() {
+                    wtx.send(rest).map_err(|_| Error::Cancelled)?;
                 }
                 Ok(())
-            };
-            let mut failed = |w: walk::WalkError| -> Result<()> {
-                if self.skip_errors {
-                    walk_warnings += 1;
+            });
+            let recorded = (|| -> Result<()> {
+                for batch in wrx.iter() {
+                    if cancel.load(Ordering::Relaxed) || self.aborted() {
+                        return Err(Error::Cancelled);
+                    }
+                    while let Ok(ev) = events.try_recv() {
+                        self.record(ev, meta, s)?;
+                    }
+                    self.note_batch(batch, meta, todo, progress, s, &mut walk_warnings)?;
+                }
+                Ok(())
+            })();
+            // Unblock the walker if we stopped early.
+            drop(wrx);
+            first_error(vec![recorded, join(walker)])
+        });
+        s.warnings += walk_warnings;
+        s.skipped += walk_warnings;
+        result
+    }
+
+    /// Record one batch of walked entries.
+    fn note_batch(
+        &self,
+        batch: Vec<Walked>,
+        meta: &MetaWriter,
+        todo: &SyncSender<Todo>,
+        progress: &Progress,
+        s: &mut Summary,
+        walk_warnings: &mut u64,
+    ) -> Result<()> {
+        for w in batch {
+            match w {
+                Walked::Entry(e, stat) => self.note_entry(e, stat, meta, todo, progress, s)?,
+                Walked::Failed(w) if self.skip_errors => {
+                    *walk_warnings += 1;
                     (self.warn)(&format!("skipped {}: {}", w.path.display(), w.err));
-                    Ok(())
-                } else {
-                    Err(Error::Io {
+                }
+                Walked::Failed(w) => {
+                    return Err(Error::Io {
                         op: "read",
                         path: w.path,
                         source: w.err,
-                    })
+                    });
                 }
-            };
-            walk::walk(root, excludes, &mut visit, &mut failed)?;
+            }
         }
-        s.warnings += walk_warnings;
-        s.skipped += walk_warnings;
+        Ok(())
+    }
+
+    /// Add one walked entry to the metadata; a file the index does not know
+    /// unchanged goes to the pipeline.
+    fn note_entry(
+        &self,
+        e: Entry,
+        stat: FileStat,
+        meta: &MetaWriter,
+        todo: &SyncSender<Todo>,
+        progress: &Progress,
+        s: &mut Summary,
+    ) -> Result<()> {
+        s.entries += 1;
+        if e.kind != Kind::File {
+            meta.add(&e, None)?;
+            return Ok(());
+        }
+        s.files += 1;
+        s.bytes_scanned += e.size;
+        if stat.size == 0 {
+            meta.add(&e, Some(&[]))?;
+            return Ok(());
+        }
+        // The index only keeps file rows whose chunks it holds (forgetting
+        // a blob forgets the files), so this is safe.
+        let reuse = self.index().unchanged_file(&e.path, &stat)?;
+        match reuse {
+            Some(list) => {
+                meta.add(&e, Some(&list))?;
+            }
+            None => {
+                let entry = meta.add(&e, None)?;
+                progress.total_files.fetch_add(1, Ordering::Relaxed);
+                progress.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
+                todo.send(Todo {
+                    entry,
+                    path: PathBuf::from(
+                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
+                    ),
+                    stat,
+                })
+                .map_err(|_| Error::Cancelled)?;
+            }
+        }
         Ok(())
     }
 

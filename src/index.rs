@@ -195,6 +195,15 @@ impl Index {
         .db(&self.path)
     }
 
+    /// Run many reads in one read transaction (one lock and one check of
+    /// the file instead of one per statement).
+    pub fn read_batch<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN").db(&self.path)?;
+        let r = f(self);
+        self.conn.execute_batch("COMMIT").db(&self.path)?;
+        r
+    }
+
     /// A blob's key and size, by the index's id for it.
     pub fn blob(&self, id: i64) -> Result<(String, u64)> {
         let mut st = self

@@ -341,7 +341,30 @@ impl MetaWriter {
 
     /// Fill the chunk and blob tables from the index for every chunk the
     /// entries reference. Returns the (key, size) of every blob needed.
+    /// The ids are gathered, sorted and deduplicated first: lookups and
+    /// inserts in key order touch each B-tree page once.
     pub fn resolve_chunks(&self, index: &crate::index::Index) -> Result<Vec<(String, u64)>> {
+        let mut ids: Vec<ChunkId> = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
+                .db(&self.path)?;
+            let mut rows = st.query([]).db(&self.path)?;
+            while let Some(row) = rows.next().db(&self.path)? {
+                let list = row
+                    .get_ref(0)
+                    .db(&self.path)?
+                    .as_blob()
+                    .map_err(|e| Error::corrupt(self.path.display().to_string(), e))?;
+                ids.extend(
+                    list.chunks_exact(32)
+                        .map(|c| ChunkId::from_slice(c).expect("chunks_exact(32)")),
+                );
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
         let mut blobs: Vec<(String, u64)> = Vec::new();
         let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
         let mut ins_blob = self
@@ -351,36 +374,14 @@ impl MetaWriter {
         let mut ins_chunk = self
             .conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .db(&self.path)?;
-        let mut st = self
-            .conn
-            .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
-            .db(&self.path)?;
-        let mut rows = st.query([]).db(&self.path)?;
-        let mut have = self
-            .conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE id=?1")
-            .db(&self.path)?;
-        while let Some(row) = rows.next().db(&self.path)? {
-            let path: Vec<u8> = row.get(0).db(&self.path)?;
-            let list: Vec<u8> = row.get(1).db(&self.path)?;
-            for c in list.chunks_exact(32) {
-                let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-                if have.exists([c]).db(&self.path)? {
-                    continue;
-                }
-                let (index_blob, loc) = index.chunk_location(&id)?.ok_or_else(|| {
-                    Error::corrupt(
-                        format!("index {}", index.path().display()),
-                        format!(
-                            "chunk {} of {} is not recorded in any blob",
-                            id.hex(),
-                            String::from_utf8_lossy(&path)
-                        ),
-                    )
-                })?;
+        index.read_batch(|index| {
+            for id in &ids {
+                let Some((index_blob, loc)) = index.chunk_location(id)? else {
+                    return Err(self.unlocated(index, id));
+                };
                 let blob_id = match blob_ids.get(&index_blob) {
                     Some(id) => *id,
                     None => {
@@ -404,9 +405,30 @@ impl MetaWriter {
                     ])
                     .db(&self.path)?;
             }
-        }
+            Ok(())
+        })?;
         blobs.sort();
         Ok(blobs)
+    }
+
+    /// The error for a chunk the index has no blob for, naming a file.
+    fn unlocated(&self, index: &crate::index::Index, id: &ChunkId) -> Error {
+        let path: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT path FROM entries WHERE instr(chunks, ?1) > 0 LIMIT 1",
+                [&id.0[..]],
+                |r| r.get(0),
+            )
+            .ok();
+        Error::corrupt(
+            format!("index {}", index.path().display()),
+            format!(
+                "chunk {} of {} is not recorded in any blob",
+                id.hex(),
+                String::from_utf8_lossy(&path.unwrap_or_default())
+            ),
+        )
     }
 
     /// Commit, then compress and encrypt the database into a temporary file.
