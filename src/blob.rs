@@ -380,6 +380,8 @@ pub struct BlobReader<'a> {
     window: Rc<Cell<Window>>,
     /// Ciphertext bytes before the first payload chunk (the age header).
     header_len: u64,
+    frame: Vec<u8>,
+    data: Vec<u8>,
 }
 
 impl<'a> BlobReader<'a> {
@@ -409,39 +411,63 @@ impl<'a> BlobReader<'a> {
             stream,
             window,
             header_len,
+            frame: Vec::new(),
+            data: Vec::new(),
         })
     }
 
     /// Read the frame at `loc` and return the chunk's plaintext, checked
-    /// against `id`.
-    pub fn read_chunk(&mut self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+    /// against `id`. The buffers are the reader's own, reused from chunk to
+    /// chunk (no fresh pages to fault in for every chunk).
+    pub fn read_chunk(&mut self, id: &ChunkId, loc: &Location) -> Result<&[u8]> {
+        // No chunk is bigger than FastCDC's largest (forged metadata could
+        // claim anything: never allocate what it says before checking).
+        let max = fastcdc::v2020::MAXIMUM_MAX as u64;
+        if loc.size > max || loc.length > max + max / 64 + 4096 {
+            return Err(self.corrupt(format!(
+                "chunk {} at {}: implausible size {} ({} compressed)",
+                id.hex(),
+                loc.offset,
+                loc.size,
+                loc.length
+            )));
+        }
         let pos = self.stream.stream_position().map_err(|e| self.corrupt(e))?;
         if pos != loc.offset {
             self.stream
                 .seek(SeekFrom::Start(loc.offset))
                 .map_err(|e| self.corrupt(e))?;
         }
-        let mut frame = vec![0; loc.length as usize];
-        self.stream
-            .read_exact(&mut frame)
-            .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))?;
-        let data = DECOMPRESSOR
-            .with_borrow_mut(|d| {
-                let d = match d {
-                    Some(d) => d,
-                    None => d.insert(zstd::bulk::Decompressor::new()?),
-                };
-                d.decompress(&frame, loc.size as usize)
-            })
-            .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))?;
-        if data.len() as u64 != loc.size || ChunkId::of(&data) != *id {
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.resize(loc.length as usize, 0);
+        let read = self.stream.read_exact(&mut frame);
+        let mut data = std::mem::take(&mut self.data);
+        data.clear();
+        data.reserve(loc.size as usize);
+        let done = read
+            .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))
+            .and_then(|()| {
+                DECOMPRESSOR
+                    .with_borrow_mut(|d| {
+                        let d = match d {
+                            Some(d) => d,
+                            None => d.insert(zstd::bulk::Decompressor::new()?),
+                        };
+                        d.decompress_to_buffer(&frame, &mut data)
+                    })
+                    .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))
+            });
+        self.frame = frame;
+        self.data = data;
+        done?;
+        if self.data.len() as u64 != loc.size || ChunkId::of(&self.data) != *id {
             return Err(self.corrupt(format!(
                 "chunk {} at {} fails its SHA-256 check",
                 id.hex(),
                 loc.offset
             )));
         }
-        Ok(data)
+        Ok(&self.data)
     }
 
     /// Prepare to read the plaintext range `[start, end)` with one GET.
@@ -594,7 +620,7 @@ mod tests {
         let last = entries.last().unwrap().1;
         r.plan_range(last.offset + last.length);
         for ((cid, loc), data) in entries.iter().zip(&chunks) {
-            assert_eq!(&r.read_chunk(cid, loc).unwrap(), data);
+            assert_eq!(r.read_chunk(cid, loc).unwrap(), &data[..]);
         }
         // The header, then the whole payload in one request.
         let opened = store.opened.lock().unwrap().clone();
@@ -609,7 +635,7 @@ mod tests {
         let last = entries.last().unwrap().1;
         r.plan_range(last.offset + last.length);
         for ((cid, loc), data) in entries.iter().zip(&chunks) {
-            assert_eq!(&r.read_chunk(cid, loc).unwrap(), data);
+            assert_eq!(r.read_chunk(cid, loc).unwrap(), &data[..]);
         }
         let opened = store.opened.lock().unwrap().clone();
         // Each reopen starts past the previous start and ends at the same end.
@@ -643,7 +669,7 @@ mod tests {
         let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
         let (cid, loc) = entries[3];
         r.plan_range(loc.offset + loc.length);
-        assert_eq!(r.read_chunk(&cid, &loc).unwrap(), chunks[3]);
+        assert_eq!(r.read_chunk(&cid, &loc).unwrap(), &chunks[3][..]);
         let opened = store.opened.lock().unwrap().clone();
         let fetched: u64 = opened.iter().map(|o| o.1).sum();
         assert!(

@@ -36,7 +36,7 @@ Global flags:
   -V, --version      print the version and exit
 
 Environment: VAULTIK_CONFIG, VAULTIK_PRIVATE_KEY, VAULTIK_STORE, VAULTIK_S3_ENDPOINT,
-VAULTIK_S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. See vaultik(1).
+VAULTIK_S3_REGION, VAULTIK_CA_FILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. See vaultik(1).
 ";
 
 pub const USAGE_CREATE: &str = "\

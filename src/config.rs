@@ -60,6 +60,8 @@ pub struct S3Config {
     pub region: String,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// PEM roots to trust instead of the built-in web PKI roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,6 +283,7 @@ impl Config {
                         "region" => s.region = value.to_string(),
                         "access_key_id" => s.access_key_id = Some(value.to_string()),
                         "secret_access_key" => s.secret_access_key = Some(value.to_string()),
+                        "ca_file" => s.ca_file = Some(PathBuf::from(value)),
                         _ => return Err(err(n, format!("unknown key `{key}` in [s3]"))),
                     }
                 }

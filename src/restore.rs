@@ -30,9 +30,11 @@ use crate::error::{DbContext, Error, IoContext, Result};
 use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
-/// Parallel ranged downloads; restore is mostly waiting on the network.
-/// Each streams one ranged GET per unit, holding one chunk at a time.
-const THREADS: usize = 8;
+/// Parallel ranged downloads. Each streams one ranged GET per unit and keeps
+/// its chunk buffers (up to the largest chunk, twice) from chunk to chunk.
+/// Six keep a 2-core machine and a local S3 server busy (8 were no faster
+/// and held 8 MB more).
+const THREADS: usize = 6;
 /// Read units are at most this much plaintext, so a single blob is still
 /// read by several threads.
 const UNIT_BYTES: u64 = 4 << 20;
@@ -538,7 +540,7 @@ impl Restore<'_> {
             match reader.read_chunk(&j.chunk, &j.loc) {
                 Ok(data) => {
                     done.fetch_add(1, Ordering::Relaxed);
-                    let zero = is_zero(&data);
+                    let zero = is_zero(data);
                     for t in &u.jobs[i..end] {
                         let dest = self.dest(&entries[t.file]);
                         let w = (|| -> Result<()> {
@@ -548,7 +550,7 @@ impl Restore<'_> {
                                 return if zero {
                                     f.set_len(data.len() as u64).at("size", &dest)
                                 } else {
-                                    f.write_all_at(&data, 0).at("write", &dest)
+                                    f.write_all_at(data, 0).at("write", &dest)
                                 };
                             }
                             if zero {
@@ -563,7 +565,7 @@ impl Restore<'_> {
                                 open = Some((t.file, f));
                             }
                             let (_, f) = open.as_ref().expect("just opened");
-                            f.write_all_at(&data, t.offset).at("write", &dest)
+                            f.write_all_at(data, t.offset).at("write", &dest)
                         })();
                         if let Err(err) = w {
                             failed

@@ -144,7 +144,10 @@ echo 0 > "$WORK/fetched"
 python3 "$WORK/proxy.py" "$UPSTREAM" "$WORK/fetched" > "$WORK/proxy.port" &
 PROXY_PID=$!
 for _ in $(seq 50); do [ -s "$WORK/proxy.port" ] && break; sleep 0.1; done
-ENDPOINT="http://127.0.0.1:$(cat "$WORK/proxy.port")"
+# Only the one-file restores go through the proxy (a Python thread copying
+# bytes would cap the other steps, for every tool alike).
+PROXY="http://127.0.0.1:$(cat "$WORK/proxy.port")"
+ENDPOINT="http://$UPSTREAM"
 
 # --- datasets --------------------------------------------------------------
 SYSROOT_LIB="$(rustc --print sysroot)/lib"
@@ -242,7 +245,7 @@ EOF
         export VAULTIK_PRIVATE_KEY="$(grep AGE-SECRET "$st/key")"
         backup="exec $VAULTIK --config $st/conf snapshot create --cron"
         restore_all="exec $VAULTIK --config $st/conf restore latest --target $WORK/restore >/dev/null"
-        restore_one="exec $VAULTIK --config $st/conf restore latest --target $WORK/restore1 \"\$1\" >/dev/null"
+        restore_one="exec $VAULTIK --config $st/conf --endpoint $PROXY restore latest --target $WORK/restore1 \"\$1\" >/dev/null"
         ;;
       restic|rustic)
         export RESTIC_REPOSITORY="s3:$ENDPOINT/$bucket" RESTIC_PASSWORD=bench-password
@@ -251,7 +254,7 @@ EOF
           restic init -q > /dev/null
           backup="exec restic backup -q $src >/dev/null"
           restore_all="exec restic restore -q latest --target $WORK/restore >/dev/null"
-          restore_one="exec restic restore -q latest --target $WORK/restore1 --include \"\$1\" >/dev/null"
+          restore_one="RESTIC_REPOSITORY=s3:$PROXY/$bucket exec restic restore -q latest --target $WORK/restore1 --include \"\$1\" >/dev/null"
         else
           cat > "$st/rustic.toml" <<EOF
 [repository]
@@ -264,11 +267,12 @@ region = "$REGION"
 access_key_id = "$ACCESS"
 secret_access_key = "$SECRET"
 EOF
+          sed "s#^endpoint = .*#endpoint = \"$PROXY\"#" "$st/rustic.toml" > "$st/rustic-proxy.toml"
           R="rustic -P $st/rustic"
           $R init > /dev/null 2>&1
           backup="exec $R backup $src >/dev/null 2>&1"
           restore_all="exec $R restore latest $WORK/restore >/dev/null 2>&1"
-          restore_one="mkdir -p $WORK/restore1; exec $R restore \"latest:\$1\" $WORK/restore1/one >/dev/null 2>&1"
+          restore_one="mkdir -p $WORK/restore1; exec rustic -P $st/rustic-proxy restore \"latest:\$1\" $WORK/restore1/one >/dev/null 2>&1"
         fi
         ;;
     esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the whole test suite: installs the test S3 server (s3s-fs) when it is
-# missing, then runs every unit and integration test. The integration tests
+# Run the whole test suite: installs what the tests need when it is missing
+# (the test S3 server s3s-fs, a few Debian packages, the musl target), builds
+# the static binary, then runs every unit and integration test. The integration tests
 # start their own s3s-fs on 127.0.0.1 (one per test binary, a bucket per test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +13,22 @@ if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3SFS_VERSION" ]; then
   cargo install s3s-fs --version "$S3SFS_VERSION" --features binary --locked
 fi
 
-# The benchmark's smoke test compares with restic (a Debian package).
-if ! command -v restic >/dev/null 2>&1; then
-  echo "installing restic (for the benchmark smoke test)" >&2
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq restic >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq restic >/dev/null
-  fi
+# Debian packages the tests use: restic (the benchmark's smoke test), socat
+# and openssl (a TLS endpoint with a test CA), musl-tools (the static build).
+missing=()
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The static binary (issue: ship it): its target once, then the build.
+MUSL=x86_64-unknown-linux-musl
+rustup target list --installed 2>/dev/null | grep -qx "$MUSL" || rustup target add "$MUSL"
+cargo build --release --locked --target "$MUSL"
 
 cargo test --locked "$@"

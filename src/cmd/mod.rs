@@ -160,7 +160,8 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
             prefix,
             region,
             access_key_id: from_cfg.as_ref().and_then(|s| s.access_key_id.clone()),
-            secret_access_key: from_cfg.and_then(|s| s.secret_access_key),
+            secret_access_key: from_cfg.as_ref().and_then(|s| s.secret_access_key.clone()),
+            ca_file: from_cfg.and_then(|s| s.ca_file),
         }))
     } else {
         let path = spec.strip_prefix("file://").unwrap_or(&spec);

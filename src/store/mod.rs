@@ -153,7 +153,8 @@ impl<R: Read> Read for Exact<'_, R> {
     }
 }
 
-/// Credentials are read from the environment first, then from the config.
+/// Credentials (and `VAULTIK_CA_FILE`) are read from the environment first,
+/// then from the config.
 /// A local store directory is created only when `create` is set (backups);
 /// reading from a mistyped path is an error, not an empty store.
 pub fn open(cfg: &StoreConfig, create: bool) -> Result<Box<dyn Store>> {
@@ -165,6 +166,9 @@ pub fn open(cfg: &StoreConfig, create: bool) -> Result<Box<dyn Store>> {
 
 fn with_env_credentials(s3: &S3Config) -> S3Config {
     let mut s3 = s3.clone();
+    if let Some(v) = std::env::var_os("VAULTIK_CA_FILE").filter(|v| !v.is_empty()) {
+        s3.ca_file = Some(v.into());
+    }
     if let Ok(v) = std::env::var("AWS_ACCESS_KEY_ID") {
         if !v.is_empty() {
             s3.access_key_id = Some(v);

@@ -63,12 +63,17 @@ impl S3Store {
                 ));
             }
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
-            .build()
-            .into();
+            .timeout_recv_response(Some(Duration::from_secs(300)));
+        // TLS: the web PKI roots built into the binary (the same on every
+        // host, rescue systems included), or the roots of `ca_file`.
+        if let Some(ca) = &cfg.ca_file {
+            let roots = load_roots(ca)?;
+            agent = agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        let agent: ureq::Agent = agent.build().into();
         Ok(S3Store {
             bucket,
             credentials,
@@ -118,6 +123,29 @@ impl S3Store {
     }
 }
 
+/// The certificates of a PEM file, as the only roots to trust.
+fn load_roots(path: &Path) -> Result<ureq::tls::RootCerts> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::Setup(format!("ca_file {}: {e}", path.display())))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Error::Setup(format!("ca_file {}: {e}", path.display())));
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::Setup(format!(
+            "ca_file {}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 /// Between half and all of `d`, so that parallel clients spread out.
 fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now()
@@ -129,10 +157,14 @@ fn jitter(d: Duration) -> Duration {
 }
 
 fn transport(e: ureq::Error) -> Failure {
+    // A certificate the roots do not trust will not be trusted next time.
+    let msg = e.to_string();
+    let tls =
+        matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_)) || msg.contains("certificate");
     Failure {
-        retry: true,
+        retry: !tls,
         not_found: false,
-        msg: e.to_string(),
+        msg,
     }
 }
 
@@ -519,6 +551,7 @@ mod tests {
             region: "us-east-1".into(),
             access_key_id: Some("k".into()),
             secret_access_key: Some("s".into()),
+            ca_file: None,
         })
         .unwrap();
         store.attempts = 3;

@@ -9,3 +9,4 @@ mod core;
 mod daemon;
 mod hostile;
 mod ops;
+mod rescue;
