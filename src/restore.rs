@@ -700,7 +700,7 @@ fn set_attrs(e: &REntry, dest: &Path, as_root: bool) -> Result<()> {
     }
     let c = cstr(dest)?;
     let ts = libc::timespec {
-        tv_sec: e.mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_sec: e.mtime_ns.div_euclid(1_000_000_000) as _,
         tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
     };
     let times = [ts, ts];
