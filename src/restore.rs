@@ -128,7 +128,8 @@ fn under(path: &[u8], filter: &[u8]) -> bool {
 impl Restore<'_> {
     pub fn run(&self, id: &str) -> Result<Summary> {
         let started = Instant::now();
-        let conn = snapshot::open_metadata(self.store, id, &self.identities)?;
+        let conn =
+            snapshot::open_metadata_at(self.store, id, &self.identities, Some(&self.target))?;
         let mpath = Path::new("snapshot metadata");
         let mut s = Summary {
             id: id.to_string(),

@@ -4,6 +4,7 @@
 //! so that listing and garbage collection need no private key.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use age::x25519;
@@ -484,12 +485,26 @@ pub fn open_metadata(
     id: &str,
     identities: &[x25519::Identity],
 ) -> Result<Connection> {
+    open_metadata_at(store, id, identities, None)
+}
+
+/// Like `open_metadata`, but with `spill_dir`, the database is decrypted into
+/// a file there (mode 0600) that is opened read-only and unlinked at once: a
+/// restore's memory then does not grow with the size of the snapshot's
+/// metadata. `spill_dir` is created if missing, only once the key has been
+/// found to match; restore passes its target, the one place plaintext may go.
+pub fn open_metadata_at(
+    store: &dyn Store,
+    id: &str,
+    identities: &[x25519::Identity],
+    spill_dir: Option<&Path>,
+) -> Result<Connection> {
     let key = db_key(id);
     let sealed = match store.get(&key) {
         Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
         r => r?,
     };
-    // Decrypt and decompress as a stream straight into SQLite's memory.
+    // Decrypt and decompress as a stream.
     let plain = crate::blob::open_sealed_reader(&key, &sealed, identities)?;
     let mut dec = zstd::Decoder::new(plain).map_err(|e| Error::corrupt(&key, e))?;
     let mut len = [0u8; 8];
@@ -499,9 +514,45 @@ pub fn open_metadata(
     if len > (1 << 40) {
         return Err(Error::corrupt(&key, "implausible database size"));
     }
-    let mut conn = Connection::open_in_memory().db(Path::new(":memory:"))?;
-    conn.deserialize_read_exact("main", &mut dec, len as usize, true)
-        .map_err(|e| Error::corrupt(&key, e))?;
+    let conn = match spill_dir {
+        None => {
+            let mut conn = Connection::open_in_memory().db(Path::new(":memory:"))?;
+            conn.deserialize_read_exact("main", &mut dec, len as usize, true)
+                .map_err(|e| Error::corrupt(&key, e))?;
+            conn
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).at("create directory", dir)?;
+            let path = dir.join(format!(".vaultik-metadata-{}.sqlite", std::process::id()));
+            let spilled = (|| -> Result<Connection> {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .at("create", &path)?;
+                let copied = std::io::copy(&mut (&mut dec).take(len), &mut f)
+                    .map_err(|e| Error::corrupt(&key, e))?;
+                if copied != len {
+                    return Err(Error::corrupt(&key, "metadata database cut short"));
+                }
+                drop(f);
+                Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .db(&path)
+            })();
+            let _ = std::fs::remove_file(&path);
+            let conn = spilled?;
+            // Unlinked: the open descriptor is all that is left. No journal,
+            // no locks (nothing else can open it), a small page cache.
+            conn.execute_batch("PRAGMA query_only=1; PRAGMA cache_size=-2048;")
+                .db(&path)?;
+            conn
+        }
+    };
     let v: String = conn
         .query_row("SELECT value FROM info WHERE key='format'", [], |r| {
             r.get(0)
