@@ -8,5 +8,6 @@ mod util;
 mod core;
 mod daemon;
 mod hostile;
+mod leaks;
 mod ops;
 mod rescue;
