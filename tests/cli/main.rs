@@ -6,6 +6,7 @@
 mod util;
 
 mod core;
+mod crash;
 mod daemon;
 mod hostile;
 mod leaks;

@@ -1,0 +1,136 @@
+//! Crash consistency: `snapshot create` killed with SIGKILL at seeded random
+//! moments, again and again, with new data each time.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::core::restored;
+use crate::util::tree::{assert_same_tree, random_bytes};
+use crate::util::{Backend, Env, stderr};
+
+const ROUNDS: u64 = 32;
+const SEED: u64 = 0x5eed_0006;
+
+#[test]
+fn twenty_seeded_kills_lose_nothing() {
+    let mut env = Env::new(Backend::S3);
+    // Small blobs and chunks: every run has walk, packing, several uploads
+    // and the metadata to go through, so the kills land in all of them.
+    env.extra = vec!["blob_size_limit = 1MiB".into(), "chunk_size = 64KiB".into()];
+    env.write_config();
+    let mut rng = SEED;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // How long one run takes here, on the same amount of new data: the kills
+    // land anywhere from the start to past the end of a run (some runs finish
+    // first; their snapshots are checked like the rest).
+    let add = |round: &str, next: &mut dyn FnMut() -> u64| {
+        let dir = env.src().join(round);
+        fs::create_dir_all(&dir).unwrap();
+        for j in 0..4 {
+            fs::write(
+                dir.join(format!("big{j}")),
+                random_bytes(300_000 + (next() % 200_000) as usize, next()),
+            )
+            .unwrap();
+        }
+        for j in 0..40 {
+            fs::write(dir.join(format!("small{j}")), format!("{round}/{j}\n")).unwrap();
+        }
+    };
+    add("warmup", &mut next);
+    let started = std::time::Instant::now();
+    env.create();
+    let run_ms = (started.elapsed().as_millis() as u64).max(20);
+    // (snapshot id, copy of the source as that run saw it)
+    let mut published: Vec<(String, PathBuf)> = Vec::new();
+    let (mut killed, mut finished, mut killed_after_upload) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        add(&format!("round{round:02}"), &mut next);
+        let copy = env.path().join(format!("copy{round:02}"));
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(env.src())
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let before = env.snapshot_ids();
+        let blobs_before = env.blob_keys().len();
+        let delay = Duration::from_millis(next() % (run_ms * 3 / 2));
+        let mut child = env
+            .cmd()
+            .args(["snapshot", "create"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        if status.signal() == Some(libc::SIGKILL) {
+            killed += 1;
+            if env.blob_keys().len() > blobs_before {
+                killed_after_upload += 1;
+            }
+        } else {
+            assert!(status.success(), "round {round}: {status}");
+            finished += 1;
+        }
+        // The index never names a blob the bucket does not hold.
+        let blobs = env.blob_keys();
+        for k in env.index_blob_keys() {
+            assert!(blobs.contains(&k), "round {round}: index names missing {k}");
+        }
+        // At most one new snapshot, and only a complete one is listed.
+        let after = env.snapshot_ids();
+        let new: Vec<_> = after.iter().filter(|id| !before.contains(id)).collect();
+        assert!(new.len() <= 1, "round {round}: {new:?}");
+        if let Some(id) = new.first() {
+            published.push(((*id).clone(), copy));
+        }
+    }
+    // A clean run completes whatever was interrupted.
+    env.create();
+    // Listed oldest first: the newest is the final run's.
+    let last = env.snapshot_ids().pop().expect("snapshots");
+    assert!(
+        !published.iter().any(|(p, _)| *p == last),
+        "the final run published"
+    );
+    published.push((last, env.src()));
+    eprintln!(
+        "crash rounds: {ROUNDS} (seed {SEED:#x}, a run takes {run_ms} ms): {killed} killed \
+         ({killed_after_upload} after a blob was uploaded), {finished} finished first; \
+         {} snapshots checked",
+        published.len()
+    );
+    assert!(
+        killed >= ROUNDS / 2,
+        "too few runs were interrupted: {killed}"
+    );
+    // Every published snapshot is intact and restores exactly what it saw.
+    for (i, (id, seen)) in published.iter().enumerate() {
+        let deep = env
+            .cmd()
+            .env("VAULTIK_PRIVATE_KEY", &env.identity)
+            .args(["snapshot", "verify", id, "--deep"])
+            .output()
+            .unwrap();
+        assert!(
+            deep.status.success(),
+            "verify --deep {id}: {}",
+            stderr(&deep)
+        );
+        let target = env.path().join(format!("restore{i:02}"));
+        env.restore_ok(id, &target, &[]);
+        assert_same_tree(seen, &restored(&target, &env.src()));
+    }
+}
