@@ -140,6 +140,56 @@ fn stat_of(m: &std::fs::Metadata) -> FileStat {
 /// for 50k entries where level 3 takes 50 ms, for 3% more bytes).
 const METADATA_LEVEL: i32 = 1;
 
+/// Compressed chunks queued for the packer, at most.
+const CHUNK_QUEUE_BYTES: u64 = 16 << 20;
+
+/// A count of bytes in flight, shared by the workers (who take) and the
+/// packer (who gives back); closed when the packer stops.
+struct Budget {
+    state: Mutex<(u64, bool)>,
+    changed: std::sync::Condvar,
+    limit: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Budget {
+        Budget {
+            state: Mutex::new((0, false)),
+            changed: std::sync::Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Wait until `n` more bytes fit (one item always fits when nothing is
+    /// queued); `Cancelled` once the packer has stopped.
+    fn take(&self, n: u64) -> Result<()> {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        while !s.1 && s.0 > 0 && s.0 + n > self.limit {
+            s = self
+                .changed
+                .wait(s)
+                .expect("budget lock poisoned by a panic");
+        }
+        if s.1 {
+            return Err(Error::Cancelled);
+        }
+        s.0 += n;
+        Ok(())
+    }
+
+    fn give_back(&self, n: u64) {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        s.0 = s.0.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        s.1 = true;
+        self.changed.notify_all();
+    }
+}
+
 /// Entries handed from the walk thread at a time.
 const WALK_BATCH: usize = 256;
 
@@ -594,8 +644,11 @@ impl Backup<'_> {
         cancel: &AtomicBool,
         done: &Progress,
     ) -> Result<()> {
-        let workers = rayon::current_num_threads();
-        let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(workers * 2);
+        // Compressed chunks wait for the packer within a byte budget, not a
+        // count: many small chunks queue without stalling the workers, and a
+        // few big ones cannot pile up.
+        let (chunk_tx, chunk_rx) = channel::<NewChunk>();
+        let budget = &Budget::new(CHUNK_QUEUE_BYTES);
         let (blob_tx, blob_rx) = sync_channel::<FinishedBlob>(1);
         let blob_rx = Mutex::new(blob_rx);
         let finished = AtomicBool::new(false);
@@ -613,7 +666,7 @@ impl Backup<'_> {
                         .into_iter()
                         .par_bridge()
                         .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), t| {
-                            self.read_file(t, ctx, etx, pending, cancel, done)
+                            self.read_file(t, ctx, etx, budget, pending, cancel, done)
                         });
                     if r.is_err() {
                         cancel.store(true, Ordering::Relaxed);
@@ -622,7 +675,8 @@ impl Backup<'_> {
                 })
             };
             let packer = scope.spawn(move || {
-                let r = self.pack(chunk_rx, blob_tx);
+                let r = self.pack(chunk_rx, budget, blob_tx);
+                budget.close();
                 if r.is_err() {
                     cancel.store(true, Ordering::Relaxed);
                 }
@@ -655,8 +709,9 @@ impl Backup<'_> {
     fn read_file(
         &self,
         t: Todo,
-        chunk_tx: &mut SyncSender<NewChunk>,
+        chunk_tx: &mut Sender<NewChunk>,
         ev_tx: &mut Sender<Event>,
+        budget: &Budget,
         pending: &Mutex<HashSet<ChunkId>>,
         cancel: &AtomicBool,
         done: &Progress,
@@ -711,6 +766,7 @@ impl Backup<'_> {
                 };
                 if is_new {
                     let frame = compress(data, self.level).at("compress", &t.path)?;
+                    budget.take(frame.len() as u64)?;
                     chunk_tx
                         .send(NewChunk {
                             id,
@@ -746,7 +802,12 @@ impl Backup<'_> {
             .map_err(|_| Error::Cancelled)
     }
 
-    fn pack(&self, rx: Receiver<NewChunk>, tx: SyncSender<FinishedBlob>) -> Result<()> {
+    fn pack(
+        &self,
+        rx: Receiver<NewChunk>,
+        budget: &Budget,
+        tx: SyncSender<FinishedBlob>,
+    ) -> Result<()> {
         let mut current: Option<BlobWriter> = None;
         for c in rx {
             let w = match &mut current {
@@ -754,6 +815,7 @@ impl Backup<'_> {
                 None => current.insert(BlobWriter::create(&self.tmp_dir, &self.recipients)?),
             };
             w.add(c.id, &c.frame, c.size)?;
+            budget.give_back(c.frame.len() as u64);
             if w.len() >= self.blob_limit {
                 let done = current.take().expect("current blob").finish()?;
                 tx.send(done).map_err(|_| Error::Cancelled)?;
