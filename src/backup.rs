@@ -118,6 +118,12 @@ enum Event {
         entry: i64,
         msg: String,
     },
+    /// Deleted between the walk and its read: not an error, not in the
+    /// snapshot.
+    FileVanished {
+        entry: i64,
+        path: PathBuf,
+    },
     BlobStored {
         key: String,
         size: u64,
@@ -734,6 +740,14 @@ impl Backup<'_> {
         };
         let file = match std::fs::File::open(&t.path) {
             Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return ev_tx
+                    .send(Event::FileVanished {
+                        entry: t.entry,
+                        path: t.path,
+                    })
+                    .map_err(|_| Error::Cancelled);
+            }
             Err(e) => {
                 return skip(
                     ev_tx,
@@ -895,6 +909,14 @@ impl Backup<'_> {
                 s.warnings += 1;
                 s.skipped += 1;
                 (self.warn)(&format!("skipped: {msg}"));
+                meta.remove(entry)?;
+            }
+            Event::FileVanished { entry, path } => {
+                s.warnings += 1;
+                (self.warn)(&format!(
+                    "{}: deleted during the backup; not in this snapshot",
+                    path.display()
+                ));
                 meta.remove(entry)?;
             }
         }

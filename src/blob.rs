@@ -48,6 +48,20 @@ pub fn private_dir(dir: &Path) -> Result<()> {
         .at("create directory", dir)
 }
 
+/// Make sure `path` exists with mode 0600 before anything writes to it
+/// (created so if missing, narrowed if it is older and looser).
+pub fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .at("create", path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).at("set mode of", path)
+}
+
 /// A temporary file that is removed when dropped.
 pub struct TempFile {
     path: PathBuf,

@@ -72,8 +72,10 @@ impl Index {
         if let Some(dir) = path.parent() {
             private_dir(dir)?;
         }
+        // Private from the first byte (SQLite gives its -wal and -shm files
+        // the database's mode).
+        crate::blob::private_file(path)?;
         let conn = Connection::open(path).db(path)?;
-        restrict_mode(path);
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .db(path)?;
         // Runs hold the run lock: skip SQLite's per-transaction file and
@@ -381,11 +383,6 @@ impl Index {
             .db(&self.path)?;
         Ok(())
     }
-}
-
-fn restrict_mode(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 #[cfg(test)]

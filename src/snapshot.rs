@@ -111,11 +111,8 @@ pub struct MetaWriter {
 impl MetaWriter {
     pub fn create(path: &Path) -> Result<MetaWriter> {
         let _ = std::fs::remove_file(path);
+        crate::blob::private_file(path)?;
         let conn = Connection::open(path).db(path)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         conn.execute_batch(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;
              PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-4096;",

@@ -75,6 +75,8 @@ pub fn walk(
         }
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
+            // Listed by its directory, deleted since: nothing to back up.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && path != root => continue,
             Err(err) => {
                 failed(WalkError { path, err })?;
                 continue;
@@ -84,6 +86,8 @@ pub fn walk(
         if meta.is_dir() {
             let rd = match fs::read_dir(&path) {
                 Ok(rd) => rd,
+                // Deleted since its stat: recorded as it was, empty.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && path != root => continue,
                 Err(err) => {
                     failed(WalkError { path, err })?;
                     continue;

@@ -1,5 +1,6 @@
 //! Crash consistency: `snapshot create` killed with SIGKILL at seeded random
-//! moments, again and again, with new data each time.
+//! moments, again and again, with new data each time; and files that change
+//! under a running backup.
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -133,4 +134,79 @@ fn twenty_seeded_kills_lose_nothing() {
         env.restore_ok(id, &target, &[]);
         assert_same_tree(seen, &restored(&target, &env.src()));
     }
+}
+
+/// Files deleted, grown and replaced while a backup runs: the backup
+/// succeeds with warnings that name them, and the snapshot restores to a
+/// consistent tree (deleted files absent, the others whole).
+#[test]
+fn files_changing_during_a_backup() {
+    let mut env = Env::new(crate::util::Backend::S3);
+    // A slow store holds the readers back (the packer queue fills, then
+    // the uploads wait), so the walk is long done when files are read.
+    let slow = crate::util::proxy::start_with_delay(&env.endpoint, Duration::from_millis(150));
+    env.endpoint = slow.endpoint.clone();
+    env.extra.push("blob_size_limit = 1MiB".into());
+    for i in 0..48 {
+        fs::write(
+            env.src().join(format!("f{i:02}")),
+            random_bytes(1_000_000, 900 + i),
+        )
+        .unwrap();
+    }
+    env.write_config();
+    let child = env
+        .cmd()
+        .args(["snapshot", "create"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // The last files in walk order are read last: delete some, grow one,
+    // replace one.
+    for i in 40..44 {
+        fs::remove_file(env.src().join(format!("f{i:02}"))).unwrap();
+    }
+    let grown = env.src().join("f46");
+    let mut data = fs::read(&grown).unwrap();
+    data.extend_from_slice(b"appended while the backup ran\n");
+    fs::write(&grown, &data).unwrap();
+    let replaced = env.src().join("f47");
+    fs::write(env.path().join("new47"), random_bytes(500_000, 4747)).unwrap();
+    fs::rename(env.path().join("new47"), &replaced).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for i in 40..44 {
+        assert!(
+            err.contains(&format!("f{i:02}: deleted during the backup")),
+            "f{i:02} is named: {err}"
+        );
+    }
+    // What the snapshot holds is a tree that existed: the deleted files are
+    // absent, every other file is whole (as it was when read).
+    let target = env.path().join("restored");
+    env.restore_ok("latest", &target, &[]);
+    let back = restored(&target, &env.src());
+    for i in 0..48 {
+        let name = format!("f{i:02}");
+        let r = back.join(&name);
+        if (40..44).contains(&i) {
+            assert!(!r.exists(), "{name} was deleted before it was read");
+            continue;
+        }
+        let got = fs::read(&r).unwrap();
+        if i < 46 {
+            assert_eq!(got, random_bytes(1_000_000, 900 + i), "{name}");
+        } else {
+            // Read before or after the change: one version or the other.
+            assert!(got.len() == 1_000_000 || got == fs::read(env.src().join(&name)).unwrap());
+        }
+    }
+    // The next run stores the current state.
+    env.create();
+    let target2 = env.path().join("restored2");
+    env.restore_ok("latest", &target2, &[]);
+    assert_same_tree(&env.src(), &restored(&target2, &env.src()));
 }
