@@ -164,3 +164,71 @@ fn forged_metadata_never_reaches_outside_the_target() {
     assert!(target.join("ok.txt").is_file());
     assert!(!target.join("huge").exists());
 }
+
+/// Damage in the store is a clear one-line error naming the object, and a
+/// restore that cannot read its metadata writes nothing.
+#[test]
+fn damaged_metadata_and_missing_blobs_are_named() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("a"), b"alpha\n").unwrap();
+    fs::write(
+        env.src().join("b"),
+        crate::util::tree::random_bytes(300_000, 5),
+    )
+    .unwrap();
+    env.create();
+    let id = env.snapshot_ids().pop().unwrap();
+    let store = env.store_dir();
+    let db = store.join(format!("metadata/{id}/db.zst.age"));
+    let manifest = store.join(format!("metadata/{id}/manifest.json.zst"));
+    let good_db = fs::read(&db).unwrap();
+    let one_line = |out: &std::process::Output, names: &str| {
+        assert!(!out.status.success());
+        let err = stderr(out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(names), "names {names}: {err}");
+    };
+
+    // Truncated, then bit-flipped metadata: nothing is written.
+    for damaged in [good_db[..good_db.len() / 2].to_vec(), {
+        let mut d = good_db.clone();
+        let at = d.len() - 40;
+        d[at] ^= 0x10;
+        d
+    }] {
+        fs::write(&db, &damaged).unwrap();
+        let target = env.path().join("t-meta");
+        let out = env.restore_to(&id, &target, &[]);
+        one_line(&out, "db.zst.age");
+        assert!(!target.exists(), "a failed restore created its target");
+    }
+    fs::write(&db, &good_db).unwrap();
+
+    // A missing blob: the files that need it are named and not left behind.
+    let blob = env.blob_keys().pop().unwrap();
+    let blob_path = store.join(&blob);
+    let saved = fs::read(&blob_path).unwrap();
+    fs::remove_file(&blob_path).unwrap();
+    let target = env.path().join("t-blob");
+    let out = env.restore_to(&id, &target, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("/b") && err.contains("not restored"), "{err}");
+    assert!(
+        !crate::core::restored(&target, &env.src())
+            .join("b")
+            .exists()
+    );
+    fs::write(&blob_path, saved).unwrap();
+
+    // A manifest full of garbage: named by list; an unknown id is refused.
+    fs::write(&manifest, b"\x28\xb5\x2f\xfdgarbage").unwrap();
+    let out = env.run(&["snapshot", "list"]);
+    one_line(&out, "manifest");
+    let out = env.restore_to(
+        "testhost_data_2001-01-01T000000Z",
+        &env.path().join("t-x"),
+        &[],
+    );
+    one_line(&out, "testhost_data_2001-01-01T000000Z");
+}
