@@ -34,6 +34,17 @@ pub struct Location {
     pub size: u64,
 }
 
+impl Location {
+    /// From the columns `offset, length, size` of `row`, starting at `at`.
+    pub fn from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Location> {
+        Ok(Location {
+            offset: row.get::<_, i64>(at)? as u64,
+            length: row.get::<_, i64>(at + 1)? as u64,
+            size: row.get::<_, i64>(at + 2)? as u64,
+        })
+    }
+}
+
 pub fn blob_key(hash: &[u8; 32]) -> String {
     let h = hex(hash);
     format!("blobs/{}/{}/{h}", &h[0..2], &h[2..4])
@@ -578,18 +589,6 @@ mod tests {
         }
     }
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     type Blob = (String, u64, Vec<(ChunkId, Location)>);
 
     fn blob_of(dir: &Path, store: &dyn Store, id: &x25519::Identity, chunks: &[Vec<u8>]) -> Blob {
@@ -621,21 +620,30 @@ mod tests {
             opened: Mutex::new(Vec::new()),
         };
         let id = x25519::Identity::generate();
-        let chunks: Vec<Vec<u8>> = (0..4).map(|i| pseudo_random(300_000, i + 7)).collect();
+        let chunks: Vec<Vec<u8>> = (0..4)
+            .map(|i| crate::chunk::tests::pseudo_random(300_000, i + 7))
+            .collect();
         let blob = blob_of(dir.path(), &store, &id, &chunks);
         *store.cut.lock().unwrap() = cut;
         (dir, store, id, chunks, blob)
     }
 
-    #[test]
-    fn one_streamed_get_per_planned_range() {
-        let (_dir, store, id, chunks, (key, size, entries)) = setup(0, false);
-        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+    /// Read every chunk of `blob` through one planned range, checking each.
+    fn read_all(store: &Cutting, id: &x25519::Identity, chunks: &[Vec<u8>], blob: &Blob) {
+        let (key, size, entries) = blob;
+        let mut r = BlobReader::open(store, key, *size, std::slice::from_ref(id)).unwrap();
         let last = entries.last().unwrap().1;
         r.plan_range(last.offset + last.length);
-        for ((cid, loc), data) in entries.iter().zip(&chunks) {
+        for ((cid, loc), data) in entries.iter().zip(chunks) {
             assert_eq!(r.read_chunk(cid, loc).unwrap(), &data[..]);
         }
+    }
+
+    #[test]
+    fn one_streamed_get_per_planned_range() {
+        let (_dir, store, id, chunks, blob) = setup(0, false);
+        let size = blob.1;
+        read_all(&store, &id, &chunks, &blob);
         // The header, then the whole payload in one request.
         let opened = store.opened.lock().unwrap().clone();
         assert_eq!(opened.len(), 2, "{opened:?}");
@@ -644,13 +652,8 @@ mod tests {
 
     #[test]
     fn answers_cut_short_are_asked_again_from_where_they_stopped() {
-        let (_dir, store, id, chunks, (key, size, entries)) = setup(2, false);
-        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
-        let last = entries.last().unwrap().1;
-        r.plan_range(last.offset + last.length);
-        for ((cid, loc), data) in entries.iter().zip(&chunks) {
-            assert_eq!(r.read_chunk(cid, loc).unwrap(), &data[..]);
-        }
+        let (_dir, store, id, chunks, blob) = setup(2, false);
+        read_all(&store, &id, &chunks, &blob);
         let opened = store.opened.lock().unwrap().clone();
         // Each reopen starts past the previous start and ends at the same end.
         assert!(opened.len() >= 3, "{opened:?}");

@@ -134,10 +134,11 @@ fn stream<R: Read>(
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    /// Deterministic incompressible bytes (xorshift), for tests.
+    pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

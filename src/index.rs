@@ -184,14 +184,7 @@ impl Index {
             .prepare_cached("SELECT blob, offset, length, size FROM chunks WHERE id=?1")
             .db(&self.path)?;
         st.query_row([&id.0[..]], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                Location {
-                    offset: r.get::<_, i64>(1)? as u64,
-                    length: r.get::<_, i64>(2)? as u64,
-                    size: r.get::<_, i64>(3)? as u64,
-                },
-            ))
+            Ok((r.get::<_, i64>(0)?, Location::from_row(r, 1)?))
         })
         .optional()
         .db(&self.path)

@@ -204,11 +204,7 @@ impl Restore<'_> {
                             .query_row([c], |r| {
                                 Ok((
                                     r.get::<_, i64>(0)?,
-                                    Location {
-                                        offset: r.get::<_, i64>(1)? as u64,
-                                        length: r.get::<_, i64>(2)? as u64,
-                                        size: r.get::<_, i64>(3)? as u64,
-                                    },
+                                    Location::from_row(r, 1)?,
                                     r.get::<_, String>(4)?,
                                     r.get::<_, i64>(5)? as u64,
                                 ))
@@ -511,10 +507,7 @@ impl Restore<'_> {
 
     /// Where an entry goes (its source path was checked when loaded).
     fn dest(&self, e: &REntry) -> PathBuf {
-        match e.src.strip_prefix(b"/") {
-            Some(rel) if !rel.is_empty() => self.target.join(OsStr::from_bytes(rel)),
-            _ => self.target.clone(),
-        }
+        dest_path(&self.target, &e.src).expect("entry paths are checked when loaded")
     }
 
     fn read_unit(

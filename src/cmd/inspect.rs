@@ -230,11 +230,7 @@ pub fn verify(
                 let id_bytes: Vec<u8> = r.get(2).db(mpath)?;
                 let cid = ChunkId::from_slice(&id_bytes)
                     .ok_or_else(|| Error::corrupt("snapshot metadata", "malformed chunk id"))?;
-                let loc = Location {
-                    offset: r.get::<_, i64>(3).db(mpath)? as u64,
-                    length: r.get::<_, i64>(4).db(mpath)? as u64,
-                    size: r.get::<_, i64>(5).db(mpath)? as u64,
-                };
+                let loc = Location::from_row(r, 3).db(mpath)?;
                 if blobs.last().is_none_or(|b| b.0 != key) {
                     blobs.push((key, r.get::<_, i64>(1).db(mpath)? as u64, Vec::new()));
                 }

@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::core::restored;
@@ -66,13 +66,7 @@ fn twenty_seeded_kills_lose_nothing() {
         let before = env.snapshot_ids();
         let blobs_before = env.blob_keys().len();
         let delay = Duration::from_millis(next() % (run_ms * 3 / 2));
-        let mut child = env
-            .cmd()
-            .args(["snapshot", "create"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn_create();
         std::thread::sleep(delay);
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
@@ -144,24 +138,11 @@ fn files_changing_during_a_backup() {
     let mut env = Env::new(crate::util::Backend::S3);
     // A slow store holds the readers back (the packer queue fills, then
     // the uploads wait), so the walk is long done when files are read.
-    let slow = crate::util::proxy::start_with_delay(&env.endpoint, Duration::from_millis(150));
-    env.endpoint = slow.endpoint.clone();
+    env.slow_store(Duration::from_millis(150));
     env.extra.push("blob_size_limit = 1MiB".into());
-    for i in 0..48 {
-        fs::write(
-            env.src().join(format!("f{i:02}")),
-            random_bytes(1_000_000, 900 + i),
-        )
-        .unwrap();
-    }
+    env.random_files(48, 1_000_000, 900);
     env.write_config();
-    let child = env
-        .cmd()
-        .args(["snapshot", "create"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn_create();
     std::thread::sleep(Duration::from_millis(400));
     // The last files in walk order are read last: delete some, grow one,
     // replace one.

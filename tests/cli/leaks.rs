@@ -5,10 +5,8 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::tree::random_bytes;
 use crate::util::{self, Backend, Env, stderr};
 
 /// Every directory under `root` is 0700 and every file 0600 (nothing for
@@ -41,24 +39,11 @@ fn local_state_is_private_during_and_after_a_run() {
     let mut env = Env::new(Backend::S3);
     // A slow store keeps the run (and SQLite's -wal and -shm files, the
     // encrypted blob and the metadata being written) around to look at.
-    let slow = util::proxy::start_with_delay(&env.endpoint, Duration::from_millis(200));
-    env.endpoint = slow.endpoint.clone();
+    env.slow_store(Duration::from_millis(200));
     env.extra.push("blob_size_limit = 1MiB".into());
-    for i in 0..8 {
-        fs::write(
-            env.src().join(format!("f{i}")),
-            random_bytes(600_000, 70 + i),
-        )
-        .unwrap();
-    }
+    env.random_files(8, 600_000, 70);
     env.write_config();
-    let mut child = env
-        .cmd()
-        .args(["snapshot", "create"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_create();
     let state = env.index_path().parent().unwrap().to_path_buf();
     let mut seen = 0;
     let mut saw_wal = false;

@@ -10,7 +10,7 @@ pub mod tree;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -296,6 +296,36 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Send this test's S3 requests through a proxy that holds each one for
+    /// `delay`: a slow network, so a test can act while a backup runs.
+    pub fn slow_store(&mut self, delay: std::time::Duration) {
+        self.endpoint = proxy::start_with_delay(&self.endpoint, delay).endpoint;
+    }
+
+    /// `n` files `f00`, `f01`... of `size` seeded random bytes in the source.
+    pub fn random_files(&self, n: u64, size: usize, seed: u64) {
+        for i in 0..n {
+            std::fs::write(
+                self.src().join(format!("f{i:02}")),
+                tree::random_bytes(size, seed + i),
+            )
+            .unwrap();
+        }
+    }
+
+    /// `snapshot create` in the background; its stderr is kept for the test.
+    pub fn spawn_create(&self) -> Child {
+        if !self.config_path().exists() {
+            self.write_config();
+        }
+        self.cmd()
+            .args(["snapshot", "create"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     pub fn create(&self) -> String {
