@@ -308,11 +308,21 @@ impl Backup<'_> {
     ) -> Result<Summary> {
         let started = Instant::now();
         // Ids have one-second resolution: never reuse one already stored.
-        let (id, time) = loop {
+        // A second run within the same second gets a `.N` suffix (which
+        // still sorts after the plain id and before the next second); past
+        // nine, wait for the next second.
+        let (id, time) = 'found: loop {
             let time = crate::unix_now();
-            let id = snapshot::make_id(&self.hostname, &snap.name, time);
-            if self.store.head(&snapshot::manifest_key(&id))?.is_none() {
-                break (id, time);
+            let base = snapshot::make_id(&self.hostname, &snap.name, time);
+            for n in 0..10 {
+                let id = if n == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}.{n}")
+                };
+                if self.store.head(&snapshot::manifest_key(&id))?.is_none() {
+                    break 'found (id, time);
+                }
             }
             std::thread::sleep(std::time::Duration::from_millis(250));
         };

@@ -55,6 +55,37 @@ both!(unchanged_second_run_uploads_nothing, |b| {
 });
 
 #[test]
+fn back_to_back_runs_get_distinct_ordered_ids() {
+    let env = Env::new(Backend::Local);
+    let f = env.src().join("f.txt");
+    for i in 0..4 {
+        fs::write(&f, format!("version {i}")).unwrap();
+        env.create();
+    }
+    let ids = env.snapshot_ids();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique, ids, "ids are distinct");
+    // Runs within one second share the time and differ by a `.N` suffix.
+    let base = |id: &str| id[..=id.rfind('Z').unwrap()].to_string();
+    let mut same_second = 0;
+    for w in ids.windows(2) {
+        if base(&w[0]) == base(&w[1]) {
+            same_second += 1;
+            assert!(w[1] > w[0], "{ids:?}");
+        }
+    }
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_eq!(
+        fs::read_to_string(restored(&target, &f)).unwrap(),
+        "version 3",
+        "latest is the last run ({same_second} runs shared a second): {ids:?}"
+    );
+}
+
+#[test]
 fn changed_file_uploads_only_new_chunks() {
     let mut env = Env::new(Backend::S3);
     env.extra = vec!["chunk_size = 64KiB".into()];
