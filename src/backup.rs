@@ -201,7 +201,9 @@ const WALK_BATCH: usize = 256;
 
 /// What the walk thread found.
 enum Walked {
-    Entry(Entry, FileStat),
+    /// An entry, its stat and, for a file the index knows unchanged, the
+    /// chunk list to reuse (looked up on the walk thread).
+    Entry(Entry, FileStat, Option<Vec<u8>>),
     Failed(walk::WalkError),
 }
 
@@ -307,24 +309,38 @@ impl Backup<'_> {
         skip_unchanged: bool,
     ) -> Result<Summary> {
         let started = Instant::now();
-        // Ids have one-second resolution: never reuse one already stored.
-        // A second run within the same second gets a `.N` suffix (which
-        // still sorts after the plain id and before the next second); past
-        // nine, wait for the next second.
-        let (id, time) = 'found: loop {
+        // Ids have one-second resolution. A run within the same second as
+        // an earlier one gets a `.N` suffix, one past the highest stored
+        // (a purged id is never reused: ids must grow, `latest` is the
+        // highest), which sorts after the plain id and before the next
+        // second. Past `.9`, wait for the next second.
+        let (id, time) = loop {
             let time = crate::unix_now();
             let base = snapshot::make_id(&self.hostname, &snap.name, time);
-            for n in 0..10 {
-                let id = if n == 0 {
-                    base.clone()
-                } else {
-                    format!("{base}.{n}")
+            let mut next = 0u32;
+            for o in self.store.list(&format!("metadata/{base}"))? {
+                let Some(rest) = o
+                    .key
+                    .strip_prefix("metadata/")
+                    .and_then(|k| k.split('/').next())
+                else {
+                    continue;
                 };
-                if self.store.head(&snapshot::manifest_key(&id))?.is_none() {
-                    break 'found (id, time);
+                if rest == base {
+                    next = next.max(1);
+                } else if let Some(n) = rest
+                    .strip_prefix(base.as_str())
+                    .and_then(|r| r.strip_prefix('.'))
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
+                    next = next.max(n + 1);
                 }
             }
-            std::thread::sleep(std::time::Duration::from_millis(250));
+            match next {
+                0 => break (base, time),
+                1..=9 => break (format!("{base}.{next}"), time),
+                _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
         };
         let meta_path = self.tmp_dir.join(format!("{id}.sqlite"));
         let result = self.run_inner(snap, &id, time, &meta_path, scope, skip_unchanged);
@@ -350,6 +366,9 @@ impl Backup<'_> {
         scope: Scope<'_>,
         skip_unchanged: bool,
     ) -> Result<Summary> {
+        let started_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let meta = MetaWriter::create(meta_path)?;
         let last = self.last_path(&snap.name);
         let mut s = Summary {
@@ -428,12 +447,28 @@ impl Backup<'_> {
             first_error(vec![recorded, join(pipe)])
         })?;
 
-        // 3. Everything referenced is in the store: remember the files.
-        self.index().store_files(&mut |put| meta.each_file(put))?;
+        // 3. Everything referenced is in the store: remember the files
+        // (not those changed too shortly before the run to trust their stat).
+        self.index().store_files(&mut |put| {
+            meta.each_file(&mut |path, stat, chunks| {
+                if stat.racy(started_ns) {
+                    Ok(())
+                } else {
+                    put(path, stat, chunks)
+                }
+            })
+        })?;
         meta.drop_files()?;
 
-        // 4. Nothing changed? Then there is nothing to publish.
-        let digest = meta.digest()?;
+        // 4. Nothing changed? Then there is nothing to publish. The digest
+        // (metadata) and the chunk locations (index) are read at once.
+        let ids = meta.chunk_ids()?;
+        let (digest, found) = std::thread::scope(|t| {
+            let locating = t.spawn(|| self.index().locate(&ids));
+            let digest = meta.digest();
+            (digest, join(locating))
+        });
+        let (digest, found) = (digest?, found?);
         if skip_unchanged
             && snapshot::stored_digest(&last).as_deref() == Some(digest.as_str())
             && self.last_still_stored(&last)?
@@ -447,10 +482,8 @@ impl Backup<'_> {
         }
 
         // 5. Metadata, then the manifest that makes the snapshot visible.
-        let blobs = {
-            let index = self.index();
-            meta.resolve_chunks(&index)?
-        };
+        let blobs = meta.write_chunks(&ids, &found, self.index().path())?;
+        drop(found);
         let sealed = meta.seal(&self.tmp_dir, &self.recipients, METADATA_LEVEL)?;
         self.store
             .put_file(&snapshot::db_key(id), sealed.temp.path())?;
@@ -520,8 +553,19 @@ impl Backup<'_> {
         // The walk (directory reads, stat, readlink) runs on its own thread
         // and hands entries over in batches; this thread does the index and
         // metadata work. Two cores for a no-change run instead of one.
-        let (wtx, wrx) = sync_channel::<Vec<Walked>>(8);
+        let (wtx, walked) = sync_channel::<Vec<Walked>>(8);
+        let (ltx, wrx) = sync_channel::<Vec<Walked>>(8);
         let result = std::thread::scope(|threads| -> Result<()> {
+            // Between the two, a third thread finds the chunk lists of
+            // unchanged files in the index: the walk alone (stat) keeps a
+            // core busy, the metadata writes most of the other.
+            let looker = threads.spawn(move || -> Result<()> {
+                for mut batch in walked {
+                    self.look_up(&mut batch)?;
+                    ltx.send(batch).map_err(|_| Error::Cancelled)?;
+                }
+                Ok(())
+            });
             let walker = threads.spawn(move || -> Result<()> {
                 let batch = std::cell::RefCell::new(Vec::with_capacity(WALK_BATCH));
                 let push = |w: Walked| -> Result<()> {
@@ -543,7 +587,7 @@ impl Backup<'_> {
                             return Err(Error::Cancelled);
                         }
                         match entry_of(path, m)? {
-                            Some(e) => push(Walked::Entry(e, stat_of(m))),
+                            Some(e) => push(Walked::Entry(e, stat_of(m), None)),
                             None => Ok(()),
                         }
                     };
@@ -570,7 +614,7 @@ impl Backup<'_> {
             })();
             // Unblock the walker if we stopped early.
             drop(wrx);
-            first_error(vec![recorded, join(walker)])
+            first_error(vec![recorded, join(looker), join(walker)])
         });
         s.warnings += walk_warnings;
         s.skipped += walk_warnings;
@@ -589,7 +633,9 @@ impl Backup<'_> {
     ) -> Result<()> {
         for w in batch {
             match w {
-                Walked::Entry(e, stat) => self.note_entry(e, stat, meta, todo, progress, s)?,
+                Walked::Entry(e, stat, reuse) => {
+                    self.note_entry(e, stat, reuse, meta, todo, progress, s)?
+                }
                 Walked::Failed(w) if self.skip_errors => {
                     *walk_warnings += 1;
                     (self.warn)(&format!("skipped {}: {}", w.path.display(), w.err));
@@ -606,12 +652,31 @@ impl Backup<'_> {
         Ok(())
     }
 
+    /// Find the chunk lists of the files in `batch` that the index knows
+    /// unchanged, in one read transaction.
+    fn look_up(&self, batch: &mut [Walked]) -> Result<()> {
+        self.index().read_batch(|index| {
+            for w in batch.iter_mut() {
+                if let Walked::Entry(e, stat, reuse) = w {
+                    // The index only keeps file rows whose chunks it holds
+                    // (forgetting a blob forgets the files), so this is safe.
+                    if e.kind == Kind::File && stat.size > 0 {
+                        *reuse = index.unchanged_file(&e.path, stat)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Add one walked entry to the metadata; a file the index does not know
     /// unchanged goes to the pipeline.
+    #[allow(clippy::too_many_arguments)]
     fn note_entry(
         &self,
         e: Entry,
         stat: FileStat,
+        reuse: Option<Vec<u8>>,
         meta: &MetaWriter,
         todo: &SyncSender<Todo>,
         progress: &Progress,
@@ -628,9 +693,6 @@ impl Backup<'_> {
             meta.add(&e, Some(&[]))?;
             return Ok(());
         }
-        // The index only keeps file rows whose chunks it holds (forgetting
-        // a blob forgets the files), so this is safe.
-        let reuse = self.index().unchanged_file(&e.path, &stat)?;
         match reuse {
             Some(list) => {
                 meta.add(&e, Some(&list))?;
@@ -1010,7 +1072,7 @@ fn first_error(results: Vec<Result<()>>) -> Result<()> {
     first.map_or(Ok(()), Err)
 }
 
-fn join(h: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
     h.join()
         .unwrap_or_else(|_| Err(Error::Setup("a worker thread panicked".into())))
 }

@@ -4,7 +4,7 @@
 //! holds it is confirmed uploaded. The schema is versioned; a cache of
 //! another version or another store is dropped and rebuilt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,6 +47,13 @@ CREATE TABLE snapshots(
 );
 ";
 
+/// Where a snapshot's chunks are, from `Index::locate`.
+pub struct Located {
+    pub at: Vec<(i64, Location)>,
+    pub blobs: HashMap<i64, (String, u64)>,
+    pub missing: Option<ChunkId>,
+}
+
 /// Receives one file row: path, stat, chunk list.
 pub type PutFile<'a> = dyn FnMut(&[u8], FileStat, &[u8]) -> Result<()> + 'a;
 
@@ -58,6 +65,25 @@ pub struct FileStat {
     pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
+}
+
+impl FileStat {
+    /// Whether the file changed so shortly before `started_ns` (when the
+    /// run began, in ns since the epoch) that a later write could leave
+    /// the same ctime: file times come from a clock that advances in ticks
+    /// (a few ms), or in whole seconds on some filesystems. Such a file is
+    /// not remembered as read, so the next run reads it again instead of
+    /// trusting its stat ("racily clean" in git's words).
+    pub fn racy(&self, started_ns: i64) -> bool {
+        const TICK_NS: i64 = 100_000_000;
+        const COARSE_NS: i64 = 2_000_000_000;
+        let margin = if self.ctime_ns % 1_000_000_000 == 0 {
+            COARSE_NS
+        } else {
+            TICK_NS
+        };
+        self.ctime_ns > started_ns.saturating_sub(margin)
+    }
 }
 
 pub struct Index {
@@ -188,6 +214,31 @@ impl Index {
         })
         .optional()
         .db(&self.path)
+    }
+
+    /// Where each of `ids` is stored, in one read transaction: the index's
+    /// blob id and the location, in the order of `ids`, with the key and
+    /// size of every blob pointed at. Stops at the first id it has no
+    /// location for (`missing`).
+    pub fn locate(&self, ids: &[ChunkId]) -> Result<Located> {
+        self.read_batch(|index| {
+            let mut found = Located {
+                at: Vec::with_capacity(ids.len()),
+                blobs: HashMap::new(),
+                missing: None,
+            };
+            for id in ids {
+                let Some((blob, loc)) = index.chunk_location(id)? else {
+                    found.missing = Some(*id);
+                    break;
+                };
+                if let std::collections::hash_map::Entry::Vacant(v) = found.blobs.entry(blob) {
+                    v.insert(index.blob(blob)?);
+                }
+                found.at.push((blob, loc));
+            }
+            Ok(found)
+        })
     }
 
     /// Run many reads in one read transaction (one lock and one check of

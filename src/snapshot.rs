@@ -271,16 +271,22 @@ impl MetaWriter {
         let mut rows = st.query([]).db(&self.path)?;
         while let Some(r) = rows.next().db(&self.path)? {
             for i in 0..10 {
-                let v: rusqlite::types::Value = r.get(i).db(&self.path)?;
-                let bytes: Vec<u8> = match v {
-                    rusqlite::types::Value::Null => b"N".to_vec(),
-                    rusqlite::types::Value::Integer(n) => n.to_le_bytes().to_vec(),
-                    rusqlite::types::Value::Blob(b) => b,
-                    rusqlite::types::Value::Text(t) => t.into_bytes(),
-                    rusqlite::types::Value::Real(f) => f.to_le_bytes().to_vec(),
+                use rusqlite::types::ValueRef;
+                let int;
+                let bytes: &[u8] = match r.get_ref(i).db(&self.path)? {
+                    ValueRef::Null => b"N",
+                    ValueRef::Integer(n) => {
+                        int = n.to_le_bytes();
+                        &int
+                    }
+                    ValueRef::Real(f) => {
+                        int = f.to_le_bytes();
+                        &int
+                    }
+                    ValueRef::Blob(b) | ValueRef::Text(b) => b,
                 };
                 h.update((bytes.len() as u64).to_le_bytes());
-                h.update(&bytes);
+                h.update(bytes);
             }
         }
         Ok(crate::chunk::hex(&h.finalize()))
@@ -337,32 +343,43 @@ impl MetaWriter {
         Ok(())
     }
 
-    /// Fill the chunk and blob tables from the index for every chunk the
-    /// entries reference. Returns the (key, size) of every blob needed.
-    /// The ids are gathered, sorted and deduplicated first: lookups and
-    /// inserts in key order touch each B-tree page once.
-    pub fn resolve_chunks(&self, index: &crate::index::Index) -> Result<Vec<(String, u64)>> {
+    /// Every chunk id the entries reference, sorted, without duplicates
+    /// (lookups and inserts in key order touch each B-tree page once).
+    pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
         let mut ids: Vec<ChunkId> = Vec::new();
-        {
-            let mut st = self
-                .conn
-                .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
-                .db(&self.path)?;
-            let mut rows = st.query([]).db(&self.path)?;
-            while let Some(row) = rows.next().db(&self.path)? {
-                let list = row
-                    .get_ref(0)
-                    .db(&self.path)?
-                    .as_blob()
-                    .map_err(|e| Error::corrupt(self.path.display().to_string(), e))?;
-                ids.extend(
-                    list.chunks_exact(32)
-                        .map(|c| ChunkId::from_slice(c).expect("chunks_exact(32)")),
-                );
-            }
+        let mut st = self
+            .conn
+            .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        while let Some(row) = rows.next().db(&self.path)? {
+            let list = row
+                .get_ref(0)
+                .db(&self.path)?
+                .as_blob()
+                .map_err(|e| Error::corrupt(self.path.display().to_string(), e))?;
+            ids.extend(
+                list.chunks_exact(32)
+                    .map(|c| ChunkId::from_slice(c).expect("chunks_exact(32)")),
+            );
         }
         ids.sort_unstable();
         ids.dedup();
+        Ok(ids)
+    }
+
+    /// Fill the chunk and blob tables for `ids` (from `chunk_ids`) with
+    /// where the index says they are. Returns the (key, size) of every
+    /// blob needed.
+    pub fn write_chunks(
+        &self,
+        ids: &[ChunkId],
+        found: &crate::index::Located,
+        index: &Path,
+    ) -> Result<Vec<(String, u64)>> {
+        if let Some(id) = &found.missing {
+            return Err(self.unlocated(index, id));
+        }
         let mut blobs: Vec<(String, u64)> = Vec::new();
         let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
         let mut ins_blob = self
@@ -375,42 +392,39 @@ impl MetaWriter {
                 "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .db(&self.path)?;
-        index.read_batch(|index| {
-            for id in &ids {
-                let Some((index_blob, loc)) = index.chunk_location(id)? else {
-                    return Err(self.unlocated(index, id));
-                };
-                let blob_id = match blob_ids.get(&index_blob) {
-                    Some(id) => *id,
-                    None => {
-                        let (key, size) = index.blob(index_blob)?;
-                        let next = blobs.len() as i64 + 1;
-                        ins_blob
-                            .execute(params![next, key, size as i64])
-                            .db(&self.path)?;
-                        blobs.push((key, size));
-                        blob_ids.insert(index_blob, next);
-                        next
-                    }
-                };
-                ins_chunk
-                    .execute(params![
-                        &id.0[..],
-                        blob_id,
-                        loc.offset as i64,
-                        loc.length as i64,
-                        loc.size as i64
-                    ])
-                    .db(&self.path)?;
-            }
-            Ok(())
-        })?;
+        for (id, (index_blob, loc)) in ids.iter().zip(&found.at) {
+            let blob_id = match blob_ids.get(index_blob) {
+                Some(id) => *id,
+                None => {
+                    let (key, size) = found
+                        .blobs
+                        .get(index_blob)
+                        .expect("locate() returns every blob it points at");
+                    let next = blobs.len() as i64 + 1;
+                    ins_blob
+                        .execute(params![next, key, *size as i64])
+                        .db(&self.path)?;
+                    blobs.push((key.clone(), *size));
+                    blob_ids.insert(*index_blob, next);
+                    next
+                }
+            };
+            ins_chunk
+                .execute(params![
+                    &id.0[..],
+                    blob_id,
+                    loc.offset as i64,
+                    loc.length as i64,
+                    loc.size as i64
+                ])
+                .db(&self.path)?;
+        }
         blobs.sort();
         Ok(blobs)
     }
 
     /// The error for a chunk the index has no blob for, naming a file.
-    fn unlocated(&self, index: &crate::index::Index, id: &ChunkId) -> Error {
+    fn unlocated(&self, index: &Path, id: &ChunkId) -> Error {
         let path: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -420,7 +434,7 @@ impl MetaWriter {
             )
             .ok();
         Error::corrupt(
-            format!("index {}", index.path().display()),
+            format!("index {}", index.display()),
             format!(
                 "chunk {} of {} is not recorded in any blob",
                 id.hex(),

@@ -68,12 +68,16 @@ pub fn walk(
     visit: &mut dyn FnMut(&Path, &Metadata) -> Result<()>,
     failed: &mut dyn FnMut(WalkError) -> Result<()>,
 ) -> Result<()> {
-    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
+    // Entries are stat'ed when their directory is listed, relative to the
+    // open directory (no path lookup per entry); a stat that failed there,
+    // or one skipped in a very large directory to bound memory, is redone
+    // by path when the entry is visited.
+    let mut stack: Vec<(PathBuf, Option<Metadata>)> = vec![(root.to_path_buf(), None)];
+    while let Some((path, pre)) = stack.pop() {
         if excludes.matches(&path) && path != root {
             continue;
         }
-        let meta = match fs::symlink_metadata(&path) {
+        let meta = match pre.map_or_else(|| fs::symlink_metadata(&path), Ok) {
             Ok(m) => m,
             // Listed by its directory, deleted since: nothing to back up.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && path != root => continue,
@@ -96,7 +100,14 @@ pub fn walk(
             let mut children = Vec::new();
             for entry in rd {
                 match entry {
-                    Ok(e) => children.push(e.path()),
+                    Ok(e) => {
+                        let m = if children.len() < PRESTAT_MAX {
+                            e.metadata().ok()
+                        } else {
+                            None
+                        };
+                        children.push((e.path(), m));
+                    }
                     Err(err) => {
                         failed(WalkError {
                             path: path.clone(),
@@ -106,12 +117,16 @@ pub fn walk(
                 }
             }
             // Sorted by raw bytes, pushed in reverse so they pop in order.
-            children.sort_by(|a, b| b.as_os_str().as_bytes().cmp(a.as_os_str().as_bytes()));
+            children.sort_by(|a, b| b.0.as_os_str().as_bytes().cmp(a.0.as_os_str().as_bytes()));
             stack.extend(children);
         }
     }
     Ok(())
 }
+
+/// Entries of one directory stat'ed while it is listed (~200 bytes each
+/// held until visited); the rest of a larger directory is stat'ed by path.
+const PRESTAT_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -328,6 +328,14 @@ impl Env {
             .unwrap()
     }
 
+    /// Wait until files just written are old enough for a run to trust
+    /// their stat next time: vaultik reads again, on the next run, files
+    /// whose ctime is within 100 ms of a run's start (file times tick
+    /// coarsely, so a later write could leave the same stat).
+    pub fn settle(&self) {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+
     pub fn create(&self) -> String {
         self.ok(&["snapshot", "create"])
     }
