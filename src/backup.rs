@@ -728,7 +728,9 @@ impl Backup<'_> {
         let (chunk_tx, chunk_rx) = channel::<NewChunk>();
         let budget = &Budget::new(CHUNK_QUEUE_BYTES);
         let (blob_tx, blob_rx) = sync_channel::<FinishedBlob>(1);
-        let blob_rx = Mutex::new(blob_rx);
+        // Shared by the uploaders; the first to fail drops it, so a packer
+        // waiting to hand over a blob is released instead of waiting forever.
+        let blob_rx = Mutex::new(Some(blob_rx));
         let finished = AtomicBool::new(false);
 
         std::thread::scope(|scope| {
@@ -768,6 +770,10 @@ impl Backup<'_> {
                         let r = self.upload(blob_rx, ev_tx, cancel);
                         if r.is_err() {
                             cancel.store(true, Ordering::Relaxed);
+                            blob_rx
+                                .lock()
+                                .expect("blob queue lock poisoned by a panic")
+                                .take();
                         }
                         r
                     })
@@ -917,15 +923,16 @@ impl Backup<'_> {
 
     fn upload(
         &self,
-        rx: &Mutex<Receiver<FinishedBlob>>,
+        rx: &Mutex<Option<Receiver<FinishedBlob>>>,
         ev_tx: Sender<Event>,
         cancel: &AtomicBool,
     ) -> Result<()> {
         loop {
-            let next = rx
-                .lock()
-                .expect("blob queue lock poisoned by a panic")
-                .recv();
+            let next = match &*rx.lock().expect("blob queue lock poisoned by a panic") {
+                Some(rx) => rx.recv(),
+                // Another uploader failed: the run is over.
+                None => return Err(Error::Cancelled),
+            };
             let Ok(blob) = next else { return Ok(()) };
             if cancel.load(Ordering::Relaxed) || self.aborted() {
                 return Err(Error::Cancelled);

@@ -33,8 +33,9 @@ pub enum Error {
     },
     /// An object is not in the store.
     NotFound { key: String },
-    /// The local index database failed.
-    Index {
+    /// A local SQLite database failed (the index, or a snapshot's
+    /// metadata being written or read).
+    Database {
         path: PathBuf,
         source: rusqlite::Error,
     },
@@ -93,7 +94,9 @@ impl fmt::Display for Error {
             }
             Error::Store { op, key, msg } => write!(f, "store {op} {key}: {msg}"),
             Error::NotFound { key } => write!(f, "object {key} is not in the store"),
-            Error::Index { path, source } => write!(f, "index {}: {source}", path.display()),
+            Error::Database { path, source } => {
+                write!(f, "database {}: {source}", path.display())
+            }
             Error::Corrupt { what, msg } => write!(
                 f,
                 "{what}: {msg} (the backup data is damaged; run `vaultik snapshot verify --deep`)"
@@ -160,7 +163,7 @@ pub trait DbContext<T> {
 
 impl<T> DbContext<T> for rusqlite::Result<T> {
     fn db(self, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Index {
+        self.map_err(|source| Error::Database {
             path: path.to_path_buf(),
             source,
         })

@@ -8,6 +8,8 @@ mod util;
 mod core;
 mod crash;
 mod daemon;
+mod disk;
+mod faults;
 mod hostile;
 mod leaks;
 mod ops;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod proxy;
 pub mod tree;
 
