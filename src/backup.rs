@@ -247,6 +247,7 @@ fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
         rdev: m.rdev(),
         target,
+        link: None,
     }))
 }
 
@@ -577,6 +578,9 @@ impl Backup<'_> {
                     }
                     Ok(())
                 };
+                // Files with more than one link: (device, inode) -> the
+                // path first seen, which later links point at.
+                let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
                 for root in roots.iter().filter(|r| kept.contains(r)) {
                     // A dirty subtree that is gone now simply has no entries.
                     if scoped && std::fs::symlink_metadata(root).is_err() {
@@ -587,7 +591,19 @@ impl Backup<'_> {
                             return Err(Error::Cancelled);
                         }
                         match entry_of(path, m)? {
-                            Some(e) => push(Walked::Entry(e, stat_of(m), None)),
+                            Some(mut e) => {
+                                if e.kind == Kind::File && m.nlink() > 1 {
+                                    match links.entry((m.dev(), m.ino())) {
+                                        std::collections::hash_map::Entry::Occupied(first) => {
+                                            e.link = Some(first.get().clone());
+                                        }
+                                        std::collections::hash_map::Entry::Vacant(v) => {
+                                            v.insert(e.path.clone());
+                                        }
+                                    }
+                                }
+                                push(Walked::Entry(e, stat_of(m), None))
+                            }
                             None => Ok(()),
                         }
                     };

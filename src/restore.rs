@@ -147,12 +147,20 @@ impl Restore<'_> {
         let mut blob_ids: HashMap<i64, usize> = HashMap::new();
         let mut per_blob: Vec<Vec<Job>> = Vec::new();
         let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
+        // Files recorded as further links of an earlier path: (entry, path).
+        let mut link_of: Vec<(usize, Box<[u8]>)> = Vec::new();
         {
+            // Snapshots made before hard links were recorded have no column.
+            let link = if conn.prepare("SELECT link FROM entries LIMIT 0").is_ok() {
+                "link"
+            } else {
+                "NULL"
+            };
             let mut st = conn
-                .prepare(
-                    "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
-                     FROM entries ORDER BY id",
-                )
+                .prepare(&format!(
+                    "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link}
+                     FROM entries ORDER BY id"
+                ))
                 .db(mpath)?;
             let mut q = conn
                 .prepare(
@@ -243,6 +251,9 @@ impl Restore<'_> {
                         ));
                         continue;
                     }
+                    if let Some(first) = r.get::<_, Option<Vec<u8>>>(10).db(mpath)? {
+                        link_of.push((entries.len(), first.into_boxed_slice()));
+                    }
                     let whole = located.len() == 1;
                     let mut offset = 0u64;
                     for &(chunk, bi, loc) in &located {
@@ -303,6 +314,34 @@ impl Restore<'_> {
             }
         }
 
+        // Hard links: a file recorded as a further link of an earlier path
+        // that is restored too becomes a link to it (its own chunks are not
+        // written); otherwise it is restored as a file of its own.
+        let mut as_link = vec![false; entries.len()];
+        let mut hard: Vec<(usize, usize)> = Vec::new();
+        if !link_of.is_empty() {
+            let is_link: HashSet<usize> = link_of.iter().map(|(i, _)| *i).collect();
+            let wanted: HashSet<&[u8]> = link_of.iter().map(|(_, p)| &**p).collect();
+            let mut first_of: HashMap<&[u8], usize> = HashMap::new();
+            for (j, e) in entries.iter().enumerate() {
+                if e.kind == Kind::File
+                    && !skip[j]
+                    && !is_link.contains(&j)
+                    && wanted.contains(&*e.src)
+                {
+                    first_of.entry(&e.src).or_insert(j);
+                }
+            }
+            for (i, p) in &link_of {
+                if let Some(&t) = first_of.get(&**p) {
+                    if t != *i && !skip[*i] {
+                        as_link[*i] = true;
+                        hard.push((*i, t));
+                    }
+                }
+            }
+        }
+
         // 3. Directories, then files (pre-sized, so holes stay holes).
         fs::create_dir_all(&self.target).at("create target directory", &self.target)?;
         let mut dirs_ok: HashSet<PathBuf> = HashSet::new();
@@ -319,7 +358,7 @@ impl Restore<'_> {
             }
         }
         for (i, e) in entries.iter().enumerate() {
-            if e.kind != Kind::File || skip[i] {
+            if e.kind != Kind::File || skip[i] || as_link[i] {
                 continue;
             }
             let dest = self.dest(e);
@@ -343,7 +382,7 @@ impl Restore<'_> {
         // 4. Plan read units and run them in parallel.
         let mut units: Vec<Unit> = Vec::new();
         for (bi, mut jobs) in per_blob.into_iter().enumerate() {
-            jobs.retain(|j| !skip[j.file]);
+            jobs.retain(|j| !skip[j.file] && !as_link[j.file]);
             jobs.sort_by_key(|j| (j.loc.offset, j.file, j.offset));
             let mut cur: Vec<Job> = Vec::new();
             for j in jobs {
@@ -409,7 +448,35 @@ impl Restore<'_> {
             ));
         }
 
-        // 5. Symlinks and special files.
+        // 5. Hard links to files now complete, then symlinks and special
+        // files.
+        for &(i, t) in &hard {
+            let (e, first) = (&entries[i], &entries[t]);
+            if skip[t] {
+                skip[i] = true;
+                failures.push(format!(
+                    "{}: not restored: it is a hard link of {}, which was not restored",
+                    String::from_utf8_lossy(&e.src),
+                    String::from_utf8_lossy(&first.src)
+                ));
+                continue;
+            }
+            let dest = self.dest(e);
+            let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                remove_existing(&dest)?;
+                fs::hard_link(self.dest(first), &dest).at("create hard link", &dest)
+            });
+            match made {
+                Ok(()) => {
+                    s.files += 1;
+                    s.bytes += e.size;
+                }
+                Err(err) => {
+                    skip[i] = true;
+                    failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
+                }
+            }
+        }
         let as_root = unsafe { libc::geteuid() } == 0;
         for (i, e) in entries.iter().enumerate() {
             if skip[i] || matches!(e.kind, Kind::File | Kind::Dir) {
@@ -472,7 +539,8 @@ impl Restore<'_> {
             entries
                 .par_iter()
                 .enumerate()
-                .filter(|(i, e)| !skip[*i] && e.kind != Kind::Dir)
+                // A hard link shares its inode with the first path.
+                .filter(|(i, e)| !skip[*i] && !as_link[*i] && e.kind != Kind::Dir)
                 .filter_map(|(_, e)| {
                     set_attrs(e, &self.dest(e), as_root)
                         .err()

@@ -66,7 +66,8 @@ CREATE TABLE entries(
     mtime_ns INTEGER NOT NULL,
     rdev INTEGER NOT NULL DEFAULT 0,
     target BLOB,
-    chunks BLOB
+    chunks BLOB,
+    link BLOB
 );
 CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
 CREATE TABLE chunks(
@@ -99,6 +100,10 @@ pub struct Entry {
     pub mtime_ns: i64,
     pub rdev: u64,
     pub target: Option<Vec<u8>>,
+    /// For a file with more than one link: the path of the first link seen
+    /// in this snapshot (the entry keeps its own chunk list, so it can also
+    /// be restored alone).
+    pub link: Option<Vec<u8>>,
 }
 
 /// The metadata database of a snapshot being written: a file next to the
@@ -264,13 +269,13 @@ impl MetaWriter {
         let mut st = self
             .conn
             .prepare(
-                "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
+                "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link
                  FROM entries ORDER BY path",
             )
             .db(&self.path)?;
         let mut rows = st.query([]).db(&self.path)?;
         while let Some(r) = rows.next().db(&self.path)? {
-            for i in 0..10 {
+            for i in 0..11 {
                 use rusqlite::types::ValueRef;
                 let int;
                 let bytes: &[u8] = match r.get_ref(i).db(&self.path)? {
@@ -306,8 +311,8 @@ impl MetaWriter {
         let mut st = self
             .conn
             .prepare_cached(
-                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .db(&self.path)?;
         st.execute(params![
@@ -320,7 +325,8 @@ impl MetaWriter {
             e.mtime_ns,
             e.rdev as i64,
             e.target,
-            chunks
+            chunks,
+            e.link
         ])
         .db(&self.path)?;
         Ok(self.conn.last_insert_rowid())

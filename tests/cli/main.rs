@@ -5,6 +5,7 @@
 #[macro_use]
 mod util;
 
+mod awkward;
 mod core;
 mod crash;
 mod daemon;
