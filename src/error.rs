@@ -84,7 +84,19 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// Always one line: control characters that came from outside (a
+    /// newline in a file name, a carriage return in a config file) are
+    /// escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        self.write_raw(&mut s)?;
+        f.write_str(&one_line(s))
+    }
+}
+
+impl Error {
+    fn write_raw(&self, f: &mut String) -> fmt::Result {
+        use std::fmt::Write;
         match self {
             Error::Usage(msg) => write!(f, "{msg} (see `vaultik --help`)"),
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
@@ -125,7 +137,11 @@ impl std::error::Error for Error {}
 /// A path for a one-line message: control characters (a newline in a file
 /// name) are escaped.
 pub fn shown(path: &Path) -> String {
-    let s = path.display().to_string();
+    one_line(path.display().to_string())
+}
+
+/// `s` with control characters escaped (`\n`, `\r`, `\u{1b}`).
+pub fn one_line(s: String) -> String {
     if s.chars().any(char::is_control) {
         s.chars()
             .flat_map(|c| {

@@ -7,6 +7,8 @@ mod cli;
 mod cmd;
 mod config;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod gc;
 mod index;
 mod keys;

@@ -641,8 +641,19 @@ impl Manifest {
             }
             blobs.push((key.to_string(), size));
         }
+        let id = s("id").ok_or_else(|| bad("no id"))?;
+        // The id names objects to read and delete: it must be the one the
+        // manifest is stored under.
+        if let Some(from_key) = key
+            .strip_prefix("metadata/")
+            .and_then(|k| k.strip_suffix("/manifest.json.zst"))
+        {
+            if from_key != id {
+                return Err(bad("id does not match its key"));
+            }
+        }
         Ok(Manifest {
-            id: s("id").ok_or_else(|| bad("no id"))?,
+            id,
             hostname: s("hostname").unwrap_or_default(),
             name: s("name").unwrap_or_default(),
             time: n("time").ok_or_else(|| bad("no time"))?,

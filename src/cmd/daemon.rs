@@ -44,7 +44,10 @@ fn install_signal_handlers() {
 }
 
 fn log(msg: &str) {
-    eprintln!("vaultik daemon: {msg}");
+    eprintln!(
+        "vaultik daemon: {}",
+        crate::error::one_line(msg.to_string())
+    );
 }
 
 /// When to run, from the config's intervals. Times are `Instant`s so tests

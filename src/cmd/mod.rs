@@ -199,7 +199,11 @@ fn system_hostname() -> String {
 }
 
 fn warn(msg: &str) {
-    eprintln!("vaultik: warning: {msg}");
+    // One line each, whatever the file names hold.
+    eprintln!(
+        "vaultik: warning: {}",
+        crate::error::one_line(msg.to_string())
+    );
 }
 
 /// The store for a command that only reads or maintains it (the config is

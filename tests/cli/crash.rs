@@ -12,17 +12,27 @@ use crate::core::restored;
 use crate::util::tree::{assert_same_tree, random_bytes};
 use crate::util::{Backend, Env, stderr};
 
-const ROUNDS: u64 = 32;
-const SEED: u64 = 0x5eed_0006;
+/// 32 rounds from a fixed seed in the test suite; `tests/soak.sh` sets
+/// VAULTIK_CRASH_ROUNDS and VAULTIK_CRASH_SEED for longer runs.
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 #[test]
 fn twenty_seeded_kills_lose_nothing() {
+    let (rounds, seed) = (
+        setting("VAULTIK_CRASH_ROUNDS", 32),
+        setting("VAULTIK_CRASH_SEED", 0x5eed_0006),
+    );
     let mut env = Env::new(Backend::S3);
     // Small blobs and chunks: every run has walk, packing, several uploads
     // and the metadata to go through, so the kills land in all of them.
     env.extra = vec!["blob_size_limit = 1MiB".into(), "chunk_size = 64KiB".into()];
     env.write_config();
-    let mut rng = SEED;
+    let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -53,7 +63,7 @@ fn twenty_seeded_kills_lose_nothing() {
     // (snapshot id, copy of the source as that run saw it)
     let mut published: Vec<(String, PathBuf)> = Vec::new();
     let (mut killed, mut finished, mut killed_after_upload) = (0, 0, 0);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         add(&format!("round{round:02}"), &mut next);
         let copy = env.path().join(format!("copy{round:02}"));
         let cp = Command::new("cp")
@@ -102,13 +112,13 @@ fn twenty_seeded_kills_lose_nothing() {
     );
     published.push((last, env.src()));
     eprintln!(
-        "crash rounds: {ROUNDS} (seed {SEED:#x}, a run takes {run_ms} ms): {killed} killed \
+        "crash rounds: {rounds} (seed {seed:#x}, a run takes {run_ms} ms): {killed} killed \
          ({killed_after_upload} after a blob was uploaded), {finished} finished first; \
          {} snapshots checked",
         published.len()
     );
     assert!(
-        killed >= ROUNDS / 2,
+        killed >= rounds / 2,
         "too few runs were interrupted: {killed}"
     );
     // Every published snapshot is intact and restores exactly what it saw.
