@@ -4,8 +4,8 @@
 #   tests/soak.sh [MINUTES]      (default 30)
 #
 # Splits the time between the seeded mutation fuzzers (config parser,
-# manifest reader) and the kill -9 crash test, each with a new seed per
-# round, until the time is up. Prints each round's seed: a failure is
+# manifest reader), restores of random forged metadata, and the kill -9
+# crash test, each with a new seed per round, until the time is up. Prints each round's seed: a failure is
 # reproduced with the same VAULTIK_FUZZ_SEED / VAULTIK_CRASH_SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   echo "round $round: fuzz seed $seed" >&2
   VAULTIK_FUZZ_SEED=$seed VAULTIK_FUZZ_ITERS=500000 \
     cargo test --locked --release --bin vaultik fuzz -- --quiet
+  echo "round $round: hostile metadata seed $seed" >&2
+  VAULTIK_HOSTILE_SEED=$seed VAULTIK_HOSTILE_ROUNDS=2000 \
+    cargo test --locked --release --test cli hostile::fuzzed -- --quiet
   echo "round $round: crash seed $seed" >&2
   VAULTIK_CRASH_SEED=$seed VAULTIK_CRASH_ROUNDS=100 \
     cargo test --locked --release --test cli crash:: -- --quiet
