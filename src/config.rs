@@ -9,7 +9,7 @@ use crate::error::{Error, IoContext, Result};
 
 pub const DEFAULT_CONFIG: &str = "/etc/vaultik/vaultik.conf";
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
-pub const DEFAULT_BLOB_SIZE_LIMIT: u64 = 1 << 30;
+pub const DEFAULT_BLOB_SIZE_LIMIT: u64 = 64 << 20;
 /// Single PUTs are limited to 5 GiB on S3; stay well below.
 pub const MAX_BLOB_SIZE_LIMIT: u64 = 4 << 30;
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
