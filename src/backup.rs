@@ -318,29 +318,9 @@ impl Backup<'_> {
         let (id, time) = loop {
             let time = crate::unix_now();
             let base = snapshot::make_id(&self.hostname, &snap.name, time);
-            let mut next = 0u32;
-            for o in self.store.list(&format!("metadata/{base}"))? {
-                let Some(rest) = o
-                    .key
-                    .strip_prefix("metadata/")
-                    .and_then(|k| k.split('/').next())
-                else {
-                    continue;
-                };
-                if rest == base {
-                    next = next.max(1);
-                } else if let Some(n) = rest
-                    .strip_prefix(base.as_str())
-                    .and_then(|r| r.strip_prefix('.'))
-                    .and_then(|n| n.parse::<u32>().ok())
-                {
-                    next = next.max(n + 1);
-                }
-            }
-            match next {
-                0 => break (base, time),
-                1..=9 => break (format!("{base}.{next}"), time),
-                _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+            match snapshot::next_free_id(self.store, &base)? {
+                Some(id) => break (id, time),
+                None => std::thread::sleep(std::time::Duration::from_millis(250)),
             }
         };
         let meta_path = self.tmp_dir.join(format!("{id}.sqlite"));
@@ -552,8 +532,8 @@ impl Backup<'_> {
         }
         let mut walk_warnings = 0u64;
         // The walk (directory reads, stat, readlink) runs on its own thread
-        // and hands entries over in batches; this thread does the index and
-        // metadata work. Two cores for a no-change run instead of one.
+        // and hands entries over in batches; this thread writes the
+        // metadata.
         let (wtx, walked) = sync_channel::<Vec<Walked>>(8);
         let (ltx, wrx) = sync_channel::<Vec<Walked>>(8);
         let result = std::thread::scope(|threads| -> Result<()> {
@@ -593,12 +573,11 @@ impl Backup<'_> {
                         match entry_of(path, m)? {
                             Some(mut e) => {
                                 if e.kind == Kind::File && m.nlink() > 1 {
-                                    match links.entry((m.dev(), m.ino())) {
-                                        std::collections::hash_map::Entry::Occupied(first) => {
-                                            e.link = Some(first.get().clone());
-                                        }
-                                        std::collections::hash_map::Entry::Vacant(v) => {
-                                            v.insert(e.path.clone());
+                                    let inode = (m.dev(), m.ino());
+                                    match links.get(&inode) {
+                                        Some(first) => e.link = Some(first.clone()),
+                                        None => {
+                                            links.insert(inode, e.path.clone());
                                         }
                                     }
                                 }

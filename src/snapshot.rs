@@ -719,6 +719,34 @@ fn time_part(id: &str) -> &str {
     id.rsplit('_').next().unwrap_or(id)
 }
 
+/// The id to use for a snapshot whose plain id for this second is `base`:
+/// `base` if no object uses it, else `base.N` one past the highest suffix
+/// stored (a purged id is never reused: ids only grow, and `latest` is the
+/// highest). `None` past `.9`: wait for the next second.
+pub fn next_free_id(store: &dyn Store, base: &str) -> Result<Option<String>> {
+    let mut next = 0u32;
+    for o in store.list(&format!("metadata/{base}"))? {
+        let id = o
+            .key
+            .strip_prefix("metadata/")
+            .and_then(|k| k.split('/').next());
+        let n = match id.and_then(|id| id.strip_prefix(base)) {
+            Some("") => 1,
+            Some(rest) => match rest.strip_prefix('.').and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) => n + 1,
+                None => continue,
+            },
+            None => continue,
+        };
+        next = next.max(n);
+    }
+    Ok(match next {
+        0 => Some(base.to_string()),
+        1..=9 => Some(format!("{base}.{next}")),
+        _ => None,
+    })
+}
+
 /// `<hostname>_<name>_<UTC time>`.
 pub fn make_id(hostname: &str, name: &str, unix: u64) -> String {
     format!("{}_{name}_{}", sanitize_host(hostname), compact_time(unix))

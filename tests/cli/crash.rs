@@ -10,19 +10,11 @@ use std::time::Duration;
 
 use crate::core::restored;
 use crate::util::tree::{assert_same_tree, random_bytes};
-use crate::util::{Backend, Env, stderr};
-
-/// 32 rounds from a fixed seed in the test suite; `tests/soak.sh` sets
-/// VAULTIK_CRASH_ROUNDS and VAULTIK_CRASH_SEED for longer runs.
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::util::{Backend, Env, setting, stderr};
 
 #[test]
 fn twenty_seeded_kills_lose_nothing() {
+    // 32 rounds from a fixed seed here; tests/soak.sh sets more.
     let (rounds, seed) = (
         setting("VAULTIK_CRASH_ROUNDS", 32),
         setting("VAULTIK_CRASH_SEED", 0x5eed_0006),

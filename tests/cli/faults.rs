@@ -67,12 +67,7 @@ fn transient_s3_faults_are_retried() {
         rule("GET", "blobs/", 1, Fault::Truncate),
         rule("GET", "blobs/", 1, Fault::ResetMidDownload),
     ]);
-    let out = env
-        .cmd()
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(["snapshot", "verify", "latest", "--deep"])
-        .output()
-        .unwrap();
+    let out = env.run_with_key(&["snapshot", "verify", "latest", "--deep"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(proxy.count(Fault::Truncate), 2);
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::str::FromStr;
 
-use crate::util::{Backend, Env, stderr};
+use crate::util::{Backend, Env, setting, stderr};
 
 struct Entry {
     path: Vec<u8>,
@@ -217,12 +217,6 @@ fn fuzzed_metadata_never_reaches_outside_the_target() {
         b"a".to_vec(),
     ];
     // 40 rounds in the suite; tests/soak.sh sets more and a new seed.
-    let setting = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let rounds = setting("VAULTIK_HOSTILE_ROUNDS", 40);
     let mut rng: u64 = 0x5eed_4057 ^ setting("VAULTIK_HOSTILE_SEED", 0);
     let mut next = move |n: u64| {

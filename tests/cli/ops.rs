@@ -166,12 +166,7 @@ fn purge_keeps_latest_and_collects_garbage_after_grace() {
     fs::write(env.src().join("gen0.bin"), random_bytes(400_000, 50)).unwrap();
     let out = env.create();
     assert!(figure(&out, "new chunks") >= 1, "{out}");
-    let out = env
-        .cmd()
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(["snapshot", "verify", "latest", "--deep"])
-        .output()
-        .unwrap();
+    let out = env.run_with_key(&["snapshot", "verify", "latest", "--deep"]);
     assert!(out.status.success(), "{}", stdout(&out));
 }
 

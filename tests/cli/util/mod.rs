@@ -286,6 +286,18 @@ impl Env {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Run with this test's private key in the environment.
+    pub fn run_with_key(&self, args: &[&str]) -> Output {
+        if !self.config_path().exists() {
+            self.write_config();
+        }
+        self.cmd()
+            .env("VAULTIK_PRIVATE_KEY", &self.identity)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Run and insist on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -409,6 +421,15 @@ impl Env {
             .filter(|k| k.starts_with("blobs/"))
             .collect()
     }
+}
+
+/// A number from the environment for longer runs (`tests/soak.sh`), or
+/// `default` in the test suite.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A figure from a `snapshot create` summary line, e.g. `new chunks`.
