@@ -524,6 +524,25 @@ fn decrypt_error(key: &str, e: age::DecryptError) -> Error {
     }
 }
 
+/// A reader of the plaintext of a stored encrypted object of `size` bytes,
+/// streamed with one ranged GET (reopened where it stopped if cut short):
+/// nothing of it is held whole in memory.
+pub fn open_sealed_stream<'a>(
+    store: &'a dyn Store,
+    key: &str,
+    size: u64,
+    identities: &[x25519::Identity],
+) -> Result<impl Read + 'a> {
+    let obj = RangedObject::new(store, key, size);
+    let mut w = obj.window.get();
+    w.end = size;
+    obj.window.set(w);
+    let dec = age::Decryptor::new(io::BufReader::with_capacity(AGE_CHUNK_ENC as usize, obj))
+        .map_err(|e| decrypt_error(key, e))?;
+    dec.decrypt(keys::as_identities(identities))
+        .map_err(|e| decrypt_error(key, e))
+}
+
 /// A reader of the plaintext of an encrypted object held in memory.
 pub fn open_sealed_reader<'a>(
     key: &str,

@@ -16,13 +16,13 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use age::x25519;
-use rayon::prelude::*;
-use rusqlite::OptionalExtension;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::blob::{BlobReader, Location};
 use crate::chunk::ChunkId;
@@ -40,6 +40,8 @@ const THREADS: usize = 6;
 const UNIT_BYTES: u64 = 4 << 20;
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
+/// Entries whose attributes are set by the threads at a time.
+const ATTR_BATCH: usize = 4096;
 
 pub struct Restore<'a> {
     pub store: &'a dyn Store,
@@ -62,32 +64,19 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-struct REntry {
-    /// Checked: absolute, no empty, `.` or `..` components (`dest_path`).
-    src: Box<[u8]>,
-    kind: Kind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime_ns: i64,
-    rdev: u64,
-    target: Option<Box<[u8]>>,
-    /// A file of one chunk: the writer creates it (saves an open).
-    single: bool,
-}
-
 /// One chunk to write somewhere.
-#[derive(Clone, Copy)]
 struct Job {
     loc: Location,
     chunk: ChunkId,
-    file: usize,
+    /// The entry's id in the metadata.
+    file: i64,
     offset: u64,
     /// The file is this one chunk: the writer creates it (saves an open).
     whole: bool,
+    dest: Arc<Path>,
 }
 
+/// Neighbouring chunks of one blob, read with one ranged GET.
 struct Unit {
     blob: usize,
     jobs: Vec<Job>,
@@ -125,30 +114,164 @@ fn under(path: &[u8], filter: &[u8]) -> bool {
         || (path.starts_with(filter) && (filter == b"/" || path.get(filter.len()) == Some(&b'/')))
 }
 
+/// The restore plan, kept in a scratch database attached to the spilled
+/// metadata (an unlinked 0600 file in the target), so that memory does not
+/// grow with the number of entries or chunks:
+/// - `state`: the entries to restore (a row is deleted when its entry
+///   fails), with the entry a further hard link is restored as a link to;
+/// - `paths`: every accepted path once (duplicates in forged metadata are
+///   refused, hard links find their first path);
+/// - `jobs`: every chunk to write, in blob and offset order (the primary
+///   key: rows are read back in order without a sort).
+const PLAN_SCHEMA: &str = "
+CREATE TABLE plan.state(
+    id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    link INTEGER,
+    depth INTEGER NOT NULL,
+    single INTEGER NOT NULL
+);
+CREATE INDEX plan.dirs ON state(depth) WHERE kind = 1;
+CREATE TABLE plan.paths(
+    path BLOB PRIMARY KEY,
+    id INTEGER NOT NULL,
+    first INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE plan.jobs(
+    blob INTEGER NOT NULL,
+    boffset INTEGER NOT NULL,
+    entry INTEGER NOT NULL,
+    foffset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    chunk BLOB NOT NULL,
+    whole INTEGER NOT NULL,
+    PRIMARY KEY (blob, boffset, entry, foffset)
+) WITHOUT ROWID;
+";
+
+/// The plan's queries that walk many rows. None of them sorts (checked by
+/// a test): each follows a primary key or index.
+const Q_DIRS_UP: &str =
+    "SELECT s.id, e.path FROM plan.state s JOIN main.entries e ON e.rowid = s.id
+     WHERE s.kind = 1 ORDER BY s.depth";
+const Q_FILES: &str = "SELECT s.id, e.path, e.size, s.single FROM plan.state s
+     JOIN main.entries e ON e.rowid = s.id WHERE s.kind = 2 AND s.link IS NULL ORDER BY s.id";
+const Q_JOBS: &str = "SELECT j.blob, j.boffset, j.length, j.size, j.chunk, j.entry, j.foffset,
+     j.whole, e.path FROM plan.jobs j JOIN plan.state s ON s.id = j.entry
+     JOIN main.entries e ON e.rowid = j.entry ORDER BY j.blob, j.boffset, j.entry, j.foffset";
+const Q_LINKS: &str = "SELECT s.id, e.path, e.size, t.path, ts.id IS NOT NULL FROM plan.state s
+     JOIN main.entries e ON e.rowid = s.id JOIN main.entries t ON t.rowid = s.link
+     LEFT JOIN plan.state ts ON ts.id = s.link WHERE s.link IS NOT NULL ORDER BY s.id";
+const Q_OTHER: &str = "SELECT s.id, e.path, e.kind, e.target, e.rdev FROM plan.state s
+     JOIN main.entries e ON e.rowid = s.id WHERE s.kind NOT IN (1, 2) ORDER BY s.id";
+const Q_ATTRS: &str = "SELECT e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns FROM plan.state s
+     JOIN main.entries e ON e.rowid = s.id WHERE s.kind != 1 AND s.link IS NULL ORDER BY s.id";
+const Q_DIRS_DOWN: &str =
+    "SELECT e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns FROM plan.state s
+     JOIN main.entries e ON e.rowid = s.id WHERE s.kind = 1 ORDER BY s.depth DESC";
+
+/// What `set_attrs` needs of an entry.
+struct Attrs {
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+}
+
+impl Attrs {
+    /// From the columns `kind, mode, uid, gid, mtime_ns` of `r`, from `at`.
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Attrs> {
+        Ok(Attrs {
+            kind: Kind::from_i64(r.get(at)?).unwrap_or(Kind::Socket),
+            mode: r.get::<_, i64>(at + 1)? as u32 & 0o7777,
+            uid: r.get::<_, i64>(at + 2)? as u32,
+            gid: r.get::<_, i64>(at + 3)? as u32,
+            mtime_ns: r.get(at + 4)?,
+        })
+    }
+}
+
+/// Directories known to exist under the target. Bounded: entries come in
+/// walk order, so a small cache catches nearly every parent.
+struct DirCache(HashSet<PathBuf>);
+
+impl DirCache {
+    const MAX: usize = 4096;
+
+    fn contains(&self, p: &Path) -> bool {
+        self.0.contains(p)
+    }
+
+    fn insert(&mut self, p: PathBuf) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(p);
+    }
+}
+
+/// Deletes of failed entries from the plan, applied between phases (never
+/// while a query over `state` is open).
+fn drop_failed(conn: &Connection, ids: &mut Vec<i64>) -> Result<()> {
+    let mpath = Path::new("restore plan");
+    let mut st = conn
+        .prepare_cached("DELETE FROM plan.state WHERE id = ?1")
+        .db(mpath)?;
+    for id in ids.drain(..) {
+        st.execute([id]).db(mpath)?;
+    }
+    Ok(())
+}
+
+/// Attach the plan database: a 0600 file in the target, unlinked at once.
+fn attach_plan(conn: &Connection, target: &Path) -> Result<()> {
+    let path = target.join(format!(".vaultik-plan-{}.sqlite", std::process::id()));
+    let made = (|| -> Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .at("create", &path)?;
+        conn.execute("ATTACH DATABASE ?1 AS plan", [path.as_os_str().as_bytes()])
+            .db(&path)?;
+        conn.execute_batch(
+            "PRAGMA plan.journal_mode=OFF; PRAGMA plan.synchronous=OFF;
+             PRAGMA plan.locking_mode=EXCLUSIVE; PRAGMA plan.cache_size=-2048;",
+        )
+        .db(&path)?;
+        conn.execute_batch(PLAN_SCHEMA).db(&path)
+    })();
+    let _ = fs::remove_file(&path);
+    made
+}
+
 impl Restore<'_> {
     pub fn run(&self, id: &str) -> Result<Summary> {
         let started = Instant::now();
         let conn =
             snapshot::open_metadata_at(self.store, id, &self.identities, Some(&self.target))?;
+        attach_plan(&conn, &self.target)?;
         let mpath = Path::new("snapshot metadata");
+        let ppath = Path::new("restore plan");
         let mut s = Summary {
             id: id.to_string(),
             ..Summary::default()
         };
         let mut failures: Vec<String> = Vec::new();
+        let mut failed: Vec<i64> = Vec::new();
+        let shown = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
 
-        // 1. Entries, checked and filtered; the chunks of each file located
-        //    (in the metadata) and queued per blob. Entries are kept slim:
-        //    destinations are derived from the checked source path on use.
+        // 1. Entries, checked and filtered, into the plan; the chunks of each
+        //    file located (in the metadata) and queued as jobs.
         let filters: Vec<Vec<u8>> = self.paths.iter().map(|p| normalize_filter(p)).collect();
         let mut matched = vec![false; filters.len()];
-        let mut entries: Vec<REntry> = Vec::new();
         let mut blobs: Vec<(String, u64)> = Vec::new();
         let mut blob_ids: HashMap<i64, usize> = HashMap::new();
-        let mut per_blob: Vec<Vec<Job>> = Vec::new();
         let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
-        // Files recorded as further links of an earlier path: (entry, path).
-        let mut link_of: Vec<(usize, Box<[u8]>)> = Vec::new();
+        conn.execute_batch("BEGIN").db(ppath)?;
         {
             // Snapshots made before hard links were recorded have no column.
             let link = if conn.prepare("SELECT link FROM entries LIMIT 0").is_ok() {
@@ -158,19 +281,37 @@ impl Restore<'_> {
             };
             let mut st = conn
                 .prepare(&format!(
-                    "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link}
-                     FROM entries ORDER BY id"
+                    "SELECT rowid, path, kind, size, chunks, {link} FROM main.entries ORDER BY rowid"
                 ))
                 .db(mpath)?;
             let mut q = conn
                 .prepare(
                     "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
-                     FROM chunks c JOIN blobs b ON b.id = c.blob WHERE c.id = ?1",
+                     FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
                 )
                 .db(mpath)?;
+            let mut add_path = conn
+                .prepare("INSERT OR IGNORE INTO plan.paths(path, id, first) VALUES (?1, ?2, ?3)")
+                .db(ppath)?;
+            let mut find_path = conn
+                .prepare("SELECT id, first FROM plan.paths WHERE path = ?1")
+                .db(ppath)?;
+            let mut add_state = conn
+                .prepare(
+                    "INSERT INTO plan.state(id, kind, link, depth, single)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db(ppath)?;
+            let mut add_job = conn
+                .prepare(
+                    "INSERT OR IGNORE INTO plan.jobs(blob, boffset, entry, foffset, length, size,
+                     chunk, whole) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .db(ppath)?;
             let mut rows = st.query([]).db(mpath)?;
             while let Some(r) = rows.next().db(mpath)? {
-                let src: Vec<u8> = r.get(0).db(mpath)?;
+                let rowid: i64 = r.get(0).db(mpath)?;
+                let src: Vec<u8> = r.get(1).db(mpath)?;
                 if !filters.is_empty() {
                     let mut any = false;
                     for (f, m) in filters.iter().zip(matched.iter_mut()) {
@@ -183,27 +324,30 @@ impl Restore<'_> {
                         continue;
                     }
                 }
-                let shown = || String::from_utf8_lossy(&src).into_owned();
                 if dest_path(&self.target, &src).is_none() {
                     failures.push(format!(
                         "{}: unsafe path in snapshot metadata, not restored",
-                        shown()
+                        shown(&src)
                     ));
                     continue;
                 }
-                let kind = Kind::from_i64(r.get(1).db(mpath)?).ok_or_else(|| {
+                let kind = Kind::from_i64(r.get(2).db(mpath)?).ok_or_else(|| {
                     Error::corrupt(
                         "snapshot metadata",
-                        format!("{}: unknown entry kind", shown()),
+                        format!("{}: unknown entry kind", shown(&src)),
                     )
                 })?;
-                let size: i64 = r.get(5).db(mpath)?;
-                let chunks: Option<Vec<u8>> = r.get(9).db(mpath)?;
+                let size: i64 = r.get(3).db(mpath)?;
+                let chunks: Option<Vec<u8>> = r.get(4).db(mpath)?;
                 let chunks = chunks.unwrap_or_default();
                 if size < 0 || chunks.len() % 32 != 0 {
-                    failures.push(format!("{}: malformed entry in snapshot metadata", shown()));
+                    failures.push(format!(
+                        "{}: malformed entry in snapshot metadata",
+                        shown(&src)
+                    ));
                     continue;
                 }
+                let link_path: Option<Vec<u8>> = r.get(5).db(mpath)?;
                 if kind == Kind::File {
                     located.clear();
                     for c in chunks.chunks_exact(32) {
@@ -235,7 +379,6 @@ impl Restore<'_> {
                                     ));
                                 }
                                 blobs.push((key, bsize));
-                                per_blob.push(Vec::new());
                                 blob_ids.insert(bid, blobs.len() - 1);
                                 blobs.len() - 1
                             }
@@ -247,316 +390,328 @@ impl Restore<'_> {
                     if sum != size as u64 {
                         failures.push(format!(
                             "{}: size {size} does not match its chunks ({sum}); not restored",
-                            shown()
+                            shown(&src)
                         ));
                         continue;
                     }
-                    if let Some(first) = r.get::<_, Option<Vec<u8>>>(10).db(mpath)? {
-                        link_of.push((entries.len(), first.into_boxed_slice()));
+                }
+                // Two entries for one path (forged metadata): only the first.
+                // Checked paths map one-to-one to destinations.
+                let first = kind == Kind::File && link_path.is_none();
+                if add_path.execute(params![src, rowid, first]).db(ppath)? == 0 {
+                    failures.push(format!(
+                        "{}: duplicate path in snapshot metadata, not restored",
+                        shown(&src)
+                    ));
+                    continue;
+                }
+                // Hard links: a file recorded as a further link of an
+                // earlier path that is restored too becomes a link to it (its
+                // own chunks are not written); otherwise it is restored as a
+                // file of its own.
+                let mut link_to: Option<i64> = None;
+                if let (Kind::File, Some(p)) = (kind, &link_path) {
+                    if let Some((t, true)) = find_path
+                        .query_row([p], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
+                        .optional()
+                        .db(ppath)?
+                    {
+                        link_to = Some(t);
                     }
+                }
+                let depth = src.split(|b| *b == b'/').count() as i64;
+                let single = kind == Kind::File && chunks.len() == 32;
+                add_state
+                    .execute(params![rowid, kind as i64, link_to, depth, single])
+                    .db(ppath)?;
+                if kind == Kind::File && link_to.is_none() {
                     let whole = located.len() == 1;
                     let mut offset = 0u64;
-                    for &(chunk, bi, loc) in &located {
-                        per_blob[bi].push(Job {
-                            loc,
-                            chunk,
-                            file: entries.len(),
-                            offset,
-                            whole,
-                        });
+                    for (chunk, bi, loc) in &located {
+                        add_job
+                            .execute(params![
+                                *bi as i64,
+                                loc.offset as i64,
+                                rowid,
+                                offset as i64,
+                                loc.length as i64,
+                                loc.size as i64,
+                                &chunk.0[..],
+                                whole
+                            ])
+                            .db(ppath)?;
                         offset += loc.size;
                     }
                 }
-                entries.push(REntry {
-                    src: src.into_boxed_slice(),
-                    kind,
-                    mode: r.get::<_, i64>(2).db(mpath)? as u32 & 0o7777,
-                    uid: r.get::<_, i64>(3).db(mpath)? as u32,
-                    gid: r.get::<_, i64>(4).db(mpath)? as u32,
-                    size: size as u64,
-                    mtime_ns: r.get(6).db(mpath)?,
-                    rdev: r.get::<_, i64>(7).db(mpath)? as u64,
-                    target: r
-                        .get::<_, Option<Vec<u8>>>(8)
-                        .db(mpath)?
-                        .map(Vec::into_boxed_slice),
-                    single: kind == Kind::File && chunks.len() == 32,
-                });
             }
         }
-        drop(conn);
+        conn.execute_batch("COMMIT").db(ppath)?;
         for (f, m) in self.paths.iter().zip(&matched) {
             if !m {
                 return Err(Error::Usage(format!("path {f} is not in snapshot {id}")));
             }
         }
 
-        // 2. Two entries for one path (forged metadata): only the first.
-        // Checked paths map one-to-one to destinations.
-        let mut skip: Vec<bool> = vec![false; entries.len()];
-        {
-            let mut order: Vec<u32> = (0..entries.len() as u32).collect();
-            order.sort_unstable_by(|&a, &b| {
-                entries[a as usize]
-                    .src
-                    .cmp(&entries[b as usize].src)
-                    .then(a.cmp(&b))
-            });
-            for w in order.windows(2) {
-                let (a, b) = (w[0] as usize, w[1] as usize);
-                if entries[a].src == entries[b].src {
-                    skip[b] = true;
-                    failures.push(format!(
-                        "{}: duplicate path in snapshot metadata, not restored",
-                        String::from_utf8_lossy(&entries[b].src)
-                    ));
-                }
-            }
-        }
-
-        // Hard links: a file recorded as a further link of an earlier path
-        // that is restored too becomes a link to it (its own chunks are not
-        // written); otherwise it is restored as a file of its own.
-        let mut as_link = vec![false; entries.len()];
-        let mut hard: Vec<(usize, usize)> = Vec::new();
-        if !link_of.is_empty() {
-            let is_link: HashSet<usize> = link_of.iter().map(|(i, _)| *i).collect();
-            let wanted: HashSet<&[u8]> = link_of.iter().map(|(_, p)| &**p).collect();
-            let mut first_of: HashMap<&[u8], usize> = HashMap::new();
-            for (j, e) in entries.iter().enumerate() {
-                if e.kind == Kind::File
-                    && !skip[j]
-                    && !is_link.contains(&j)
-                    && wanted.contains(&*e.src)
-                {
-                    first_of.entry(&e.src).or_insert(j);
-                }
-            }
-            for (i, p) in &link_of {
-                if let Some(&t) = first_of.get(&**p) {
-                    if t != *i && !skip[*i] {
-                        as_link[*i] = true;
-                        hard.push((*i, t));
-                    }
-                }
-            }
-        }
-
-        // 3. Directories, then files (pre-sized, so holes stay holes).
+        // 2. Directories, parents first, then files (pre-sized, so holes
+        //    stay holes).
         fs::create_dir_all(&self.target).at("create target directory", &self.target)?;
-        let mut dirs_ok: HashSet<PathBuf> = HashSet::new();
+        let mut dirs_ok = DirCache(HashSet::new());
         dirs_ok.insert(self.target.clone());
-        for (i, e) in entries.iter().enumerate() {
-            if e.kind != Kind::Dir || skip[i] {
-                continue;
-            }
-            if let Err(err) = self.ensure_dir(&self.dest(e), &mut dirs_ok) {
-                failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
-                skip[i] = true;
-            } else {
-                s.dirs += 1;
-            }
-        }
-        for (i, e) in entries.iter().enumerate() {
-            if e.kind != Kind::File || skip[i] || as_link[i] {
-                continue;
-            }
-            let dest = self.dest(e);
-            let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                if e.single {
-                    // One chunk: created when its chunk is written.
-                    return remove_existing(&dest);
+        {
+            let mut st = conn.prepare(Q_DIRS_UP).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            while let Some(r) = rows.next().db(ppath)? {
+                let (i, src): (i64, Vec<u8>) = (r.get(0).db(ppath)?, r.get(1).db(ppath)?);
+                if let Err(err) = self.ensure_dir(&self.dest(&src), &mut dirs_ok) {
+                    failures.push(format!("{}: {err}", shown(&src)));
+                    failed.push(i);
+                } else {
+                    s.dirs += 1;
                 }
-                let f = create_fresh(&dest)?;
-                f.set_len(e.size).at("size", &dest)
-            });
-            if let Err(err) = made {
-                failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
-                skip[i] = true;
-                continue;
             }
-            s.files += 1;
-            s.bytes += e.size;
         }
-
-        // 4. Plan read units and run them in parallel.
-        let mut units: Vec<Unit> = Vec::new();
-        for (bi, mut jobs) in per_blob.into_iter().enumerate() {
-            jobs.retain(|j| !skip[j.file] && !as_link[j.file]);
-            jobs.sort_by_key(|j| (j.loc.offset, j.file, j.offset));
-            let mut cur: Vec<Job> = Vec::new();
-            for j in jobs {
-                if let (Some(first), Some(last)) = (cur.first(), cur.last()) {
-                    let gap = j
-                        .loc
-                        .offset
-                        .saturating_sub(last.loc.offset + last.loc.length);
-                    let span = j.loc.offset + j.loc.length - first.loc.offset;
-                    if gap > MERGE_GAP || span > UNIT_BYTES {
-                        units.push(Unit {
-                            blob: bi,
-                            jobs: std::mem::take(&mut cur),
-                        });
+        drop_failed(&conn, &mut failed)?;
+        {
+            let mut st = conn.prepare(Q_FILES).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            while let Some(r) = rows.next().db(ppath)? {
+                let i: i64 = r.get(0).db(ppath)?;
+                let src: Vec<u8> = r.get(1).db(ppath)?;
+                let size = r.get::<_, i64>(2).db(ppath)? as u64;
+                let single: bool = r.get(3).db(ppath)?;
+                let dest = self.dest(&src);
+                let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                    if single {
+                        // One chunk: created when its chunk is written.
+                        return remove_existing(&dest);
                     }
-                }
-                cur.push(j);
-            }
-            if !cur.is_empty() {
-                units.push(Unit {
-                    blob: bi,
-                    jobs: cur,
+                    let f = create_fresh(&dest)?;
+                    f.set_len(size).at("size", &dest)
                 });
+                if let Err(err) = made {
+                    failures.push(format!("{}: {err}", shown(&src)));
+                    failed.push(i);
+                    continue;
+                }
+                s.files += 1;
+                s.bytes += size;
             }
         }
-        let failed_files: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
+        drop_failed(&conn, &mut failed)?;
+
+        // 3. Read units, planned as the jobs stream by in blob and offset
+        //    order, read by the threads as they come.
+        let failed_files: Mutex<HashMap<i64, String>> = Mutex::new(HashMap::new());
         let chunks_done = AtomicU64::new(0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(THREADS)
-            .build()
-            .map_err(|e| Error::Setup(format!("cannot start restore threads: {e}")))?;
         let fatal: Mutex<Option<Error>> = Mutex::new(None);
-        pool.install(|| {
-            units.par_iter().for_each(|u| {
-                if let Err(e) = self.read_unit(u, &blobs, &entries, &failed_files, &chunks_done) {
-                    // A wrong key fails every unit the same way: stop early.
-                    if matches!(e, Error::Key(_)) {
-                        fatal.lock().expect("lock").get_or_insert(e);
-                    } else {
-                        let mut ff = failed_files.lock().expect("lock");
-                        for j in &u.jobs {
-                            ff.entry(j.file).or_insert_with(|| e.to_string());
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = mpsc::sync_channel::<Unit>(THREADS);
+        let rx = Mutex::new(rx);
+        let planned = std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    loop {
+                        let next = rx.lock().expect("lock").recv();
+                        let Ok(u) = next else { break };
+                        if stop.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if let Err(e) = self.read_unit(&u, &blobs, &failed_files, &chunks_done) {
+                            // A wrong key fails every unit the same way: stop early.
+                            if matches!(e, Error::Key(_)) {
+                                stop.store(true, Ordering::Relaxed);
+                                fatal.lock().expect("lock").get_or_insert(e);
+                            } else {
+                                let mut ff = failed_files.lock().expect("lock");
+                                for j in &u.jobs {
+                                    ff.entry(j.file).or_insert_with(|| e.to_string());
+                                }
+                            }
                         }
                     }
-                }
-            })
+                });
+            }
+            let r = self.plan_units(&conn, &tx, &stop);
+            drop(tx);
+            r
         });
+        planned?;
         if let Some(e) = fatal.into_inner().expect("lock") {
             return Err(e);
         }
         s.chunks = chunks_done.load(Ordering::Relaxed);
-        let failed_files = failed_files.into_inner().expect("lock");
-        let mut bad: Vec<_> = failed_files.into_iter().collect();
+        let mut bad: Vec<_> = failed_files
+            .into_inner()
+            .expect("lock")
+            .into_iter()
+            .collect();
         bad.sort();
         for (i, msg) in bad {
-            let e = &entries[i];
-            let _ = fs::remove_file(self.dest(e));
-            skip[i] = true;
+            let src: Vec<u8> = conn
+                .query_row("SELECT path FROM main.entries WHERE rowid = ?1", [i], |r| {
+                    r.get(0)
+                })
+                .db(mpath)?;
+            let _ = fs::remove_file(self.dest(&src));
+            failed.push(i);
             s.files -= 1;
-            failures.push(format!(
-                "{}: {msg}; the file was not restored",
-                String::from_utf8_lossy(&e.src)
-            ));
+            failures.push(format!("{}: {msg}; the file was not restored", shown(&src)));
         }
+        drop_failed(&conn, &mut failed)?;
 
-        // 5. Hard links to files now complete, then symlinks and special
-        // files.
-        for &(i, t) in &hard {
-            let (e, first) = (&entries[i], &entries[t]);
-            if skip[t] {
-                skip[i] = true;
-                failures.push(format!(
-                    "{}: not restored: it is a hard link of {}, which was not restored",
-                    String::from_utf8_lossy(&e.src),
-                    String::from_utf8_lossy(&first.src)
-                ));
-                continue;
-            }
-            let dest = self.dest(e);
-            let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                remove_existing(&dest)?;
-                fs::hard_link(self.dest(first), &dest).at("create hard link", &dest)
-            });
-            match made {
-                Ok(()) => {
-                    s.files += 1;
-                    s.bytes += e.size;
-                }
-                Err(err) => {
-                    skip[i] = true;
-                    failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
-                }
-            }
-        }
-        let as_root = unsafe { libc::geteuid() } == 0;
-        for (i, e) in entries.iter().enumerate() {
-            if skip[i] || matches!(e.kind, Kind::File | Kind::Dir) {
-                continue;
-            }
-            let dest = self.dest(e);
-            let r = match e.kind {
-                Kind::Symlink => self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                    remove_existing(&dest)?;
-                    let t = e.target.as_deref().unwrap_or_default();
-                    std::os::unix::fs::symlink(OsStr::from_bytes(t), &dest)
-                        .at("create symlink", &dest)?;
-                    s.symlinks += 1;
-                    Ok(())
-                }),
-                Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
-                    if e.kind != Kind::Fifo && !as_root {
-                        (self.warn)(&format!(
-                            "{}: device node not restored (needs root)",
-                            String::from_utf8_lossy(&e.src)
-                        ));
-                        skip[i] = true;
-                        continue;
-                    }
-                    self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                        remove_existing(&dest)?;
-                        let fmt = match e.kind {
-                            Kind::Fifo => libc::S_IFIFO,
-                            Kind::CharDev => libc::S_IFCHR,
-                            _ => libc::S_IFBLK,
-                        };
-                        let c = cstr(&dest)?;
-                        // SAFETY: c is a valid NUL-terminated path.
-                        let rc =
-                            unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, e.rdev as libc::dev_t) };
-                        if rc != 0 {
-                            return Err(io::Error::last_os_error())
-                                .at("create special file", &dest);
-                        }
-                        s.other += 1;
-                        Ok(())
-                    })
-                }
-                // Sockets belong to the process that listens on them.
-                Kind::Socket => {
-                    skip[i] = true;
+        // 4. Hard links to files now complete, then symlinks and special
+        //    files.
+        {
+            let mut st = conn.prepare(Q_LINKS).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            while let Some(r) = rows.next().db(ppath)? {
+                let i: i64 = r.get(0).db(ppath)?;
+                let src: Vec<u8> = r.get(1).db(ppath)?;
+                let size = r.get::<_, i64>(2).db(ppath)? as u64;
+                let first: Vec<u8> = r.get(3).db(ppath)?;
+                let first_ok: bool = r.get(4).db(ppath)?;
+                if !first_ok {
+                    failed.push(i);
+                    failures.push(format!(
+                        "{}: not restored: it is a hard link of {}, which was not restored",
+                        shown(&src),
+                        shown(&first)
+                    ));
                     continue;
                 }
-                _ => continue,
-            };
-            if let Err(err) = r {
-                failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
-                skip[i] = true;
+                let dest = self.dest(&src);
+                let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                    remove_existing(&dest)?;
+                    fs::hard_link(self.dest(&first), &dest).at("create hard link", &dest)
+                });
+                match made {
+                    Ok(()) => {
+                        s.files += 1;
+                        s.bytes += size;
+                    }
+                    Err(err) => {
+                        failed.push(i);
+                        failures.push(format!("{}: {err}", shown(&src)));
+                    }
+                }
             }
         }
+        drop_failed(&conn, &mut failed)?;
+        let as_root = unsafe { libc::geteuid() } == 0;
+        {
+            let mut st = conn.prepare(Q_OTHER).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            while let Some(r) = rows.next().db(ppath)? {
+                let i: i64 = r.get(0).db(ppath)?;
+                let src: Vec<u8> = r.get(1).db(ppath)?;
+                let kind = Kind::from_i64(r.get(2).db(ppath)?).unwrap_or(Kind::Socket);
+                let target: Option<Vec<u8>> = r.get(3).db(ppath)?;
+                let rdev = r.get::<_, i64>(4).db(ppath)? as u64;
+                let dest = self.dest(&src);
+                let made = match kind {
+                    Kind::Symlink => self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                        remove_existing(&dest)?;
+                        let t = target.as_deref().unwrap_or_default();
+                        std::os::unix::fs::symlink(OsStr::from_bytes(t), &dest)
+                            .at("create symlink", &dest)?;
+                        s.symlinks += 1;
+                        Ok(())
+                    }),
+                    Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
+                        if kind != Kind::Fifo && !as_root {
+                            (self.warn)(&format!(
+                                "{}: device node not restored (needs root)",
+                                shown(&src)
+                            ));
+                            failed.push(i);
+                            continue;
+                        }
+                        self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
+                            remove_existing(&dest)?;
+                            let fmt = match kind {
+                                Kind::Fifo => libc::S_IFIFO,
+                                Kind::CharDev => libc::S_IFCHR,
+                                _ => libc::S_IFBLK,
+                            };
+                            let c = cstr(&dest)?;
+                            // SAFETY: c is a valid NUL-terminated path.
+                            let rc = unsafe {
+                                libc::mknod(c.as_ptr(), fmt | 0o600, rdev as libc::dev_t)
+                            };
+                            if rc != 0 {
+                                return Err(io::Error::last_os_error())
+                                    .at("create special file", &dest);
+                            }
+                            s.other += 1;
+                            Ok(())
+                        })
+                    }
+                    // Sockets belong to the process that listens on them.
+                    _ => {
+                        failed.push(i);
+                        continue;
+                    }
+                };
+                if let Err(err) = made {
+                    failures.push(format!("{}: {err}", shown(&src)));
+                    failed.push(i);
+                }
+            }
+        }
+        drop_failed(&conn, &mut failed)?;
 
-        // 6. Owners, modes and times; directories last, deepest first.
-        // Three syscalls per entry: spread them over the pool.
-        let attr_failures: Vec<String> = pool.install(|| {
-            entries
-                .par_iter()
-                .enumerate()
-                // A hard link shares its inode with the first path.
-                .filter(|(i, e)| !skip[*i] && !as_link[*i] && e.kind != Kind::Dir)
-                .filter_map(|(_, e)| {
-                    set_attrs(e, &self.dest(e), as_root)
-                        .err()
-                        .map(|err| format!("{}: {err}", String::from_utf8_lossy(&e.src)))
-                })
-                .collect()
-        });
-        failures.extend(attr_failures);
-        let mut dirs: Vec<usize> = (0..entries.len())
-            .filter(|&i| !skip[i] && entries[i].kind == Kind::Dir)
-            .collect();
-        dirs.sort_by_key(|&i| std::cmp::Reverse(entries[i].src.split(|b| *b == b'/').count()));
-        for i in dirs {
-            let e = &entries[i];
-            if let Err(err) = set_attrs(e, &self.dest(e), as_root) {
-                failures.push(format!("{}: {err}", String::from_utf8_lossy(&e.src)));
+        // 5. Owners, modes and times; directories last, deepest first.
+        // Three syscalls per entry: spread them over threads, a batch at a
+        // time.
+        {
+            let mut st = conn.prepare(Q_ATTRS).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            let mut batch: Vec<(Vec<u8>, Attrs)> = Vec::with_capacity(ATTR_BATCH);
+            loop {
+                let r = rows.next().db(ppath)?;
+                if let Some(r) = r {
+                    batch.push((r.get(0).db(ppath)?, Attrs::from_row(r, 1).db(ppath)?));
+                    if batch.len() < ATTR_BATCH {
+                        continue;
+                    }
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let errs: Vec<String> = std::thread::scope(|scope| {
+                    let per = batch.len().div_ceil(THREADS);
+                    let handles: Vec<_> = batch
+                        .chunks(per)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter()
+                                    .filter_map(|(src, a)| {
+                                        set_attrs(a, &self.dest(src), as_root)
+                                            .err()
+                                            .map(|err| format!("{}: {err}", shown(src)))
+                                    })
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("attribute threads do not panic"))
+                        .collect()
+                });
+                failures.extend(errs);
+                batch.clear();
+            }
+        }
+        {
+            let mut st = conn.prepare(Q_DIRS_DOWN).db(ppath)?;
+            let mut rows = st.query([]).db(ppath)?;
+            while let Some(r) = rows.next().db(ppath)? {
+                let src: Vec<u8> = r.get(0).db(ppath)?;
+                let a = Attrs::from_row(r, 1).db(ppath)?;
+                if let Err(err) = set_attrs(&a, &self.dest(&src), as_root) {
+                    failures.push(format!("{}: {err}", shown(&src)));
+                }
             }
         }
 
@@ -573,27 +728,96 @@ impl Restore<'_> {
         Ok(s)
     }
 
+    /// Stream the jobs in blob and offset order into read units: chunks of
+    /// one blob closer than `MERGE_GAP`, up to `UNIT_BYTES` per unit.
+    fn plan_units(
+        &self,
+        conn: &Connection,
+        tx: &SyncSender<Unit>,
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        let ppath = Path::new("restore plan");
+        let mut st = conn.prepare(Q_JOBS).db(ppath)?;
+        let mut rows = st.query([]).db(ppath)?;
+        let mut cur: Option<Unit> = None;
+        let mut last_dest: Option<(i64, Arc<Path>)> = None;
+        while let Some(r) = rows.next().db(ppath)? {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let blob = r.get::<_, i64>(0).db(ppath)? as usize;
+            let loc = Location {
+                offset: r.get::<_, i64>(1).db(ppath)? as u64,
+                length: r.get::<_, i64>(2).db(ppath)? as u64,
+                size: r.get::<_, i64>(3).db(ppath)? as u64,
+            };
+            let chunk: Vec<u8> = r.get(4).db(ppath)?;
+            let chunk = ChunkId::from_slice(&chunk)
+                .ok_or_else(|| Error::corrupt("restore plan", "chunk id of the wrong length"))?;
+            let file: i64 = r.get(5).db(ppath)?;
+            let offset = r.get::<_, i64>(6).db(ppath)? as u64;
+            let whole: bool = r.get(7).db(ppath)?;
+            let dest = match &last_dest {
+                Some((f, d)) if *f == file => d.clone(),
+                _ => {
+                    let src: Vec<u8> = r.get(8).db(ppath)?;
+                    let d: Arc<Path> = self.dest(&src).into();
+                    last_dest = Some((file, d.clone()));
+                    d
+                }
+            };
+            let job = Job {
+                loc,
+                chunk,
+                file,
+                offset,
+                whole,
+                dest,
+            };
+            if let Some(u) = &cur {
+                let (first, last) = (&u.jobs[0], u.jobs.last().expect("units are not empty"));
+                let gap = loc.offset.saturating_sub(last.loc.offset + last.loc.length);
+                let span = loc.offset + loc.length - first.loc.offset;
+                if u.blob != blob || gap > MERGE_GAP || span > UNIT_BYTES {
+                    let done = cur.take().expect("checked");
+                    if tx.send(done).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            cur.get_or_insert_with(|| Unit {
+                blob,
+                jobs: Vec::new(),
+            })
+            .jobs
+            .push(job);
+        }
+        if let Some(u) = cur {
+            let _ = tx.send(u);
+        }
+        Ok(())
+    }
+
     /// Where an entry goes (its source path was checked when loaded).
-    fn dest(&self, e: &REntry) -> PathBuf {
-        dest_path(&self.target, &e.src).expect("entry paths are checked when loaded")
+    fn dest(&self, src: &[u8]) -> PathBuf {
+        dest_path(&self.target, src).expect("entry paths are checked when loaded")
     }
 
     fn read_unit(
         &self,
         u: &Unit,
         blobs: &[(String, u64)],
-        entries: &[REntry],
-        failed: &Mutex<HashMap<usize, String>>,
+        failed: &Mutex<HashMap<i64, String>>,
         done: &AtomicU64,
     ) -> Result<()> {
         let (key, size) = &blobs[u.blob];
         let mut reader = BlobReader::open(self.store, key, *size, &self.identities)?;
         let last = u.jobs.last().expect("units are not empty");
         reader.plan_range(last.loc.offset + last.loc.length);
-        let mut open: Option<(usize, File)> = None;
+        let mut open: Option<(i64, File)> = None;
         let mut i = 0;
         while i < u.jobs.len() {
-            let j = u.jobs[i];
+            let j = &u.jobs[i];
             // Every job that wants this same chunk at this same place.
             let mut end = i + 1;
             while end < u.jobs.len() && u.jobs[end].loc.offset == j.loc.offset {
@@ -604,15 +828,15 @@ impl Restore<'_> {
                     done.fetch_add(1, Ordering::Relaxed);
                     let zero = is_zero(data);
                     for t in &u.jobs[i..end] {
-                        let dest = self.dest(&entries[t.file]);
+                        let dest = &*t.dest;
                         let w = (|| -> Result<()> {
                             if t.whole {
                                 // The file is this chunk: create it now.
-                                let f = create_fresh(&dest)?;
+                                let f = create_fresh(dest)?;
                                 return if zero {
-                                    f.set_len(data.len() as u64).at("size", &dest)
+                                    f.set_len(data.len() as u64).at("size", dest)
                                 } else {
-                                    f.write_all_at(data, 0).at("write", &dest)
+                                    f.write_all_at(data, 0).at("write", dest)
                                 };
                             }
                             if zero {
@@ -622,12 +846,12 @@ impl Restore<'_> {
                                 let f = OpenOptions::new()
                                     .write(true)
                                     .custom_flags(libc::O_NOFOLLOW)
-                                    .open(&dest)
-                                    .at("open", &dest)?;
+                                    .open(dest)
+                                    .at("open", dest)?;
                                 open = Some((t.file, f));
                             }
                             let (_, f) = open.as_ref().expect("just opened");
-                            f.write_all_at(data, t.offset).at("write", &dest)
+                            f.write_all_at(data, t.offset).at("write", dest)
                         })();
                         if let Err(err) = w {
                             failed
@@ -653,7 +877,7 @@ impl Restore<'_> {
 
     /// Create `dir` and its missing parents under the target, refusing to
     /// go through anything that is not a real directory.
-    fn ensure_dir(&self, dir: &Path, ok: &mut HashSet<PathBuf>) -> Result<()> {
+    fn ensure_dir(&self, dir: &Path, ok: &mut DirCache) -> Result<()> {
         if ok.contains(dir) {
             return Ok(());
         }
@@ -689,7 +913,7 @@ impl Restore<'_> {
         Ok(())
     }
 
-    fn ensure_parent(&self, path: &Path, ok: &mut HashSet<PathBuf>) -> Result<()> {
+    fn ensure_parent(&self, path: &Path, ok: &mut DirCache) -> Result<()> {
         match path.parent() {
             Some(p) if path != self.target => self.ensure_dir(p, ok),
             _ => Err(Error::Setup(format!(
@@ -736,7 +960,7 @@ fn cstr(p: &Path) -> Result<CString> {
     })
 }
 
-fn set_attrs(e: &REntry, dest: &Path, as_root: bool) -> Result<()> {
+fn set_attrs(e: &Attrs, dest: &Path, as_root: bool) -> Result<()> {
     // Never follow a symlink to something outside the target: what is at
     // the destination must be what this entry created.
     let m = fs::symlink_metadata(dest).at("inspect", dest)?;
@@ -818,6 +1042,41 @@ mod tests {
         assert!(!under(b"/etcetera", b"/etc"));
         assert!(under(b"/x", b"/"));
         assert_eq!(normalize_filter("etc/"), b"/etc".to_vec());
+    }
+
+    #[test]
+    fn the_plan_is_read_back_without_sorting() {
+        // A sort would build a temporary b-tree in memory (temp_store is
+        // MEMORY): memory would grow with the snapshot again.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::snapshot::META_SCHEMA).unwrap();
+        conn.execute_batch("ATTACH DATABASE ':memory:' AS plan")
+            .unwrap();
+        conn.execute_batch(PLAN_SCHEMA).unwrap();
+        for q in [
+            Q_DIRS_UP,
+            Q_FILES,
+            Q_JOBS,
+            Q_LINKS,
+            Q_OTHER,
+            Q_ATTRS,
+            Q_DIRS_DOWN,
+        ] {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {q}")).unwrap();
+            let plan: Vec<String> = st
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(
+                !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+                "{q}\n{plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|l| l.starts_with("SCAN e")),
+                "entries are looked up by rowid, never scanned: {q}\n{plan:#?}"
+            );
+        }
     }
 
     #[test]

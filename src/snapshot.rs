@@ -53,7 +53,7 @@ impl Kind {
     }
 }
 
-const META_SCHEMA: &str = "
+pub(crate) const META_SCHEMA: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries(
     id INTEGER PRIMARY KEY,
@@ -506,7 +506,7 @@ pub fn open_metadata(
 }
 
 /// Like `open_metadata`, but with `spill_dir`, the database is decrypted into
-/// a file there (mode 0600) that is opened read-only and unlinked at once: a
+/// a file there (mode 0600) that is opened read-write (the restore keeps its plan in it) and unlinked at once: a
 /// restore's memory then does not grow with the size of the snapshot's
 /// metadata. `spill_dir` is created if missing, only once the key has been
 /// found to match; restore passes its target, the one place plaintext may go.
@@ -517,32 +517,31 @@ pub fn open_metadata_at(
     spill_dir: Option<&Path>,
 ) -> Result<Connection> {
     let key = db_key(id);
-    let sealed = match store.get(&key) {
-        Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
-        r => r?,
-    };
-    // Decrypt and decompress as a stream.
-    let plain = crate::blob::open_sealed_reader(&key, &sealed, identities)?;
-    let mut dec = zstd::Decoder::new(plain).map_err(|e| Error::corrupt(&key, e))?;
-    let mut len = [0u8; 8];
-    dec.read_exact(&mut len)
-        .map_err(|e| Error::corrupt(&key, e))?;
-    let len = u64::from_le_bytes(len);
-    if len > (1 << 40) {
-        return Err(Error::corrupt(&key, "implausible database size"));
-    }
     let conn = match spill_dir {
         None => {
+            let sealed = match store.get(&key) {
+                Err(Error::NotFound { .. }) => return Err(Error::UnknownSnapshot(id.to_string())),
+                r => r?,
+            };
+            let plain = crate::blob::open_sealed_reader(&key, &sealed, identities)?;
+            let (mut dec, len) = metadata_stream(&key, plain)?;
             let mut conn = Connection::open_in_memory().db(Path::new(":memory:"))?;
             conn.deserialize_read_exact("main", &mut dec, len as usize, true)
                 .map_err(|e| Error::corrupt(&key, e))?;
             conn
         }
         Some(dir) => {
+            // Streamed from the store to the file: nothing is held whole.
+            let Some(size) = store.head(&key)? else {
+                return Err(Error::UnknownSnapshot(id.to_string()));
+            };
+            let plain = crate::blob::open_sealed_stream(store, &key, size, identities)?;
+            let (mut dec, len) = metadata_stream(&key, plain)?;
             std::fs::create_dir_all(dir).at("create directory", dir)?;
             let path = dir.join(format!(".vaultik-metadata-{}.sqlite", std::process::id()));
             let spilled = (|| -> Result<Connection> {
                 let mut f = std::fs::OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
@@ -553,20 +552,32 @@ pub fn open_metadata_at(
                 if copied != len {
                     return Err(Error::corrupt(&key, "metadata database cut short"));
                 }
+                // Bytes 18 and 19 of the header say "WAL mode" when 2: a
+                // forged database would then make SQLite create -wal and
+                // -shm files. Ours are never WAL: say "rollback" (1).
+                if len >= 20 {
+                    use std::os::unix::fs::FileExt;
+                    f.write_all_at(&[1, 1], 18).at("write", &path)?;
+                }
                 drop(f);
                 Connection::open_with_flags(
                     &path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .db(&path)
             })();
             let _ = std::fs::remove_file(&path);
             let conn = spilled?;
-            // Unlinked: the open descriptor is all that is left. No journal,
-            // no locks (nothing else can open it), a small page cache.
-            conn.execute_batch("PRAGMA query_only=1; PRAGMA cache_size=-2048;")
-                .db(&path)?;
+            // Unlinked: the open descriptor is all that is left. The restore
+            // keeps its plan in it too (see restore.rs). No journal, no sync,
+            // no locks (nothing else can open it), a small page cache, and
+            // any temporary structure in memory (never plaintext elsewhere).
+            conn.execute_batch(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;
+                 PRAGMA temp_store=MEMORY; PRAGMA cache_size=-2048; PRAGMA trusted_schema=OFF;",
+            )
+            .db(&path)?;
             conn
         }
     };
@@ -582,6 +593,23 @@ pub fn open_metadata_at(
         ));
     }
     Ok(conn)
+}
+
+/// The zstd stream of a metadata database and its length (the first 8
+/// bytes, little-endian).
+fn metadata_stream<R: Read>(
+    key: &str,
+    plain: R,
+) -> Result<(zstd::Decoder<'static, std::io::BufReader<R>>, u64)> {
+    let mut dec = zstd::Decoder::new(plain).map_err(|e| Error::corrupt(key, e))?;
+    let mut len = [0u8; 8];
+    dec.read_exact(&mut len)
+        .map_err(|e| Error::corrupt(key, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > (1 << 40) {
+        return Err(Error::corrupt(key, "implausible database size"));
+    }
+    Ok((dec, len))
 }
 
 /// The clear manifest of one snapshot.
