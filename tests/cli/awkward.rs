@@ -153,3 +153,30 @@ fn a_directory_of_200k_entries() {
     assert_eq!(fs::read(dest.join("199000")).unwrap(), b"x");
     assert_eq!(fs::read(dest.join("199001")).unwrap(), b"");
 }
+
+#[test]
+fn a_chunk_shared_by_thousands_of_files_restores_everywhere() {
+    // 2500 copies of one small file and of one two-chunk file: more jobs
+    // for one chunk than a read unit holds (1024), so the chunk is read
+    // by several units. Every copy must come back whole.
+    let env = Env::new(Backend::Local);
+    let src = env.src();
+    let small = crate::util::tree::random_bytes(3000, 5);
+    let big = crate::util::tree::random_bytes(3_000_000, 6);
+    for d in 0..5 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..500 {
+            fs::write(dir.join(format!("s{i}")), &small).unwrap();
+        }
+    }
+    for i in 0..20 {
+        fs::write(src.join(format!("big{i}")), &big).unwrap();
+    }
+    env.create();
+    let target = env.path().join("restore");
+    let out = env.restore_ok("latest", &target, &[]);
+    let dest = restored(&target, &src);
+    assert_same_tree(&src, &dest);
+    assert!(out.contains("2520 files"), "{out}");
+}
