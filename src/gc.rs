@@ -1,13 +1,28 @@
 //! Keyless store maintenance: what the store holds (from listings and the
 //! clear manifests), which snapshots a retention rule removes, and garbage
 //! collection of blobs no manifest references. Nothing here needs the
-//! private key, and nothing ever writes a lock object to the bucket: safety
-//! against a backup running elsewhere comes from the grace period (young
-//! blobs are never deleted), from re-reading the manifests just before
-//! deleting, and from `snapshot create` checking its blobs after it
-//! publishes a manifest.
+//! private key, and nothing ever writes a lock object to the bucket.
+//!
+//! Safety against backups running elsewhere (each with its own index, which
+//! may deduplicate against any blob it knows) comes from:
+//! - the grace period: blobs younger than it are never deleted (a run in
+//!   progress has uploaded them but not yet published its manifest);
+//! - two-phase deletion: an old unreferenced blob is first *marked* (a clear
+//!   object under `gc/pending/` lists it), and only a purge at least a grace
+//!   period later deletes it, if it is still unreferenced then. A backup
+//!   never deduplicates against a marked blob (it uploads the data again),
+//!   so once the mark is older than the longest run, no run in progress can
+//!   still publish a reference to it that the purge would not see;
+//! - re-reading the manifests just before deleting;
+//! - `snapshot create` checking its blobs after it publishes a manifest.
+//!
+//! With `grace_period = 0s` blobs are deleted at once (single-host setups
+//! and tests).
 
 use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Manifest};
@@ -155,10 +170,143 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
     c
 }
 
+/// Where marks of blobs awaiting deletion live.
+pub const PENDING_PREFIX: &str = "gc/pending/";
+
+/// One mark: blobs found unreferenced (and older than the grace period) by
+/// a purge at `time`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub key: String,
+    pub time: u64,
+    pub blobs: Vec<String>,
+}
+
+impl Mark {
+    pub fn new(time: u64, mut blobs: Vec<String>) -> Mark {
+        blobs.sort();
+        let mut m = Mark {
+            key: String::new(),
+            time,
+            blobs,
+        };
+        let h = Sha256::digest(m.to_bytes());
+        m.key = format!(
+            "{PENDING_PREFIX}{}-{}.json",
+            snapshot::compact_time(time),
+            crate::chunk::hex(&h[..8])
+        );
+        m
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let v = json!({"time": self.time, "blobs": self.blobs});
+        let mut out = serde_json::to_vec_pretty(&v).expect("JSON values serialize");
+        out.push(b'\n');
+        out
+    }
+
+    pub fn from_bytes(key: &str, data: &[u8]) -> Result<Mark> {
+        let bad = |why: &str| Error::corrupt(key, format!("not a deletion mark: {why}"));
+        let v: Value = serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
+        let time = v["time"].as_u64().ok_or_else(|| bad("no time"))?;
+        let blobs = v["blobs"]
+            .as_array()
+            .ok_or_else(|| bad("no blobs"))?
+            .iter()
+            .map(|b| {
+                b.as_str()
+                    .filter(|k| k.starts_with("blobs/") && !k.contains(".."))
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("a blob that is not a blob key"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Mark {
+            key: key.to_string(),
+            time,
+            blobs,
+        })
+    }
+}
+
+/// Every mark in the store. A mark that cannot be read is an error: purge
+/// then deletes nothing rather than guess.
+pub fn load_marks(store: &dyn Store) -> Result<Vec<Mark>> {
+    let mut out = Vec::new();
+    for o in store.list(PENDING_PREFIX)? {
+        match store.get(&o.key) {
+            Ok(data) => out.push(Mark::from_bytes(&o.key, &data)?),
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The blobs a backup must not deduplicate against: every marked blob. A
+/// mark that cannot be read is reported through `warn` and skipped (purge
+/// refuses to delete anything while it is there).
+pub fn marked_blobs(store: &dyn Store, warn: &dyn Fn(&str)) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for o in store.list(PENDING_PREFIX)? {
+        match store.get(&o.key).and_then(|d| Mark::from_bytes(&o.key, &d)) {
+            Ok(m) => out.extend(m.blobs),
+            Err(Error::NotFound { .. }) => continue,
+            Err(e @ Error::Corrupt { .. }) => warn(&e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What to do with the objects `plan` chose, given the marks: delete what a
+/// mark at least `grace` old names (and orphaned metadata, which no run
+/// reuses), mark the blobs no mark names yet, leave the rest waiting. With
+/// `grace` 0 everything is deleted at once.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub delete: Vec<ObjectInfo>,
+    pub mark: Vec<ObjectInfo>,
+    pub waiting: Vec<ObjectInfo>,
+    /// Marks that are ripe: removed once the deletions are done.
+    pub done_marks: Vec<String>,
+}
+
+pub fn stage(candidates: Vec<ObjectInfo>, marks: &[Mark], grace: u64, now: u64) -> Staged {
+    let ripe = |m: &&Mark| now.saturating_sub(m.time) >= grace;
+    let ripe_blobs: HashSet<&str> = marks
+        .iter()
+        .filter(ripe)
+        .flat_map(|m| m.blobs.iter().map(String::as_str))
+        .collect();
+    let marked: HashSet<&str> = marks
+        .iter()
+        .flat_map(|m| m.blobs.iter().map(String::as_str))
+        .collect();
+    let mut st = Staged {
+        done_marks: marks.iter().filter(ripe).map(|m| m.key.clone()).collect(),
+        ..Staged::default()
+    };
+    for o in candidates {
+        if grace == 0 || !o.key.starts_with("blobs/") || ripe_blobs.contains(o.key.as_str()) {
+            st.delete.push(o);
+        } else if marked.contains(o.key.as_str()) {
+            st.waiting.push(o);
+        } else {
+            st.mark.push(o);
+        }
+    }
+    st
+}
+
 /// Delete what `plan` chose, after reading the manifests once more: a
 /// snapshot published since the plan was made keeps every blob it names.
 /// Returns the objects actually deleted.
-pub fn collect(store: &dyn Store, view: &View, mut c: Collect) -> Result<Vec<ObjectInfo>> {
+pub fn collect(
+    store: &dyn Store,
+    view: &View,
+    mut delete: Vec<ObjectInfo>,
+) -> Result<Vec<ObjectInfo>> {
     let known: HashSet<&str> = view.manifests.iter().map(|m| m.id.as_str()).collect();
     let mut late: HashSet<String> = HashSet::new();
     for id in snapshot::list_ids(store)? {
@@ -176,10 +324,10 @@ pub fn collect(store: &dyn Store, view: &View, mut c: Collect) -> Result<Vec<Obj
             Err(e) => return Err(e),
         }
     }
-    c.delete.retain(|o| !late.contains(&o.key));
-    let keys: Vec<String> = c.delete.iter().map(|o| o.key.clone()).collect();
+    delete.retain(|o| !late.contains(&o.key));
+    let keys: Vec<String> = delete.iter().map(|o| o.key.clone()).collect();
     store.delete_many(&keys)?;
-    Ok(c.delete)
+    Ok(delete)
 }
 
 #[cfg(test)]
@@ -244,6 +392,49 @@ mod tests {
             keep_within: None,
         };
         assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
+    }
+
+    #[test]
+    fn deletion_waits_for_a_ripe_mark() {
+        let cands = vec![
+            obj("blobs/new-candidate", 1),
+            obj("blobs/marked-recently", 1),
+            obj("blobs/marked-long-ago", 1),
+            obj("metadata/orphan/db.zst.age", 1),
+        ];
+        let marks = vec![
+            Mark::new(950, vec!["blobs/marked-recently".into()]),
+            Mark::new(
+                800,
+                vec!["blobs/marked-long-ago".into(), "blobs/since-reused".into()],
+            ),
+        ];
+        let keys = |v: &[ObjectInfo]| v.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
+        let st = stage(cands.clone(), &marks, 100, 1000);
+        assert_eq!(
+            keys(&st.delete),
+            vec!["blobs/marked-long-ago", "metadata/orphan/db.zst.age"]
+        );
+        assert_eq!(keys(&st.mark), vec!["blobs/new-candidate"]);
+        assert_eq!(keys(&st.waiting), vec!["blobs/marked-recently"]);
+        assert_eq!(st.done_marks, vec![marks[1].key.clone()]);
+        // No grace: everything at once, every mark done.
+        let st = stage(cands, &marks, 0, 1000);
+        assert_eq!(st.delete.len(), 4);
+        assert!(st.mark.is_empty() && st.waiting.is_empty());
+        assert_eq!(st.done_marks.len(), 2);
+        // Marks round-trip and are checked.
+        let m = &marks[1];
+        assert_eq!(&Mark::from_bytes(&m.key, &m.to_bytes()).unwrap(), m);
+        assert!(m.key.starts_with("gc/pending/") && m.key.ends_with(".json"));
+        for bad in [
+            &b"{}"[..],
+            br#"{"time": 1, "blobs": ["metadata/x"]}"#,
+            br#"{"time": 1, "blobs": ["blobs/../x"]}"#,
+            b"garbage",
+        ] {
+            assert!(Mark::from_bytes("gc/pending/x", bad).is_err());
+        }
     }
 
     #[test]

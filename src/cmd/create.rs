@@ -68,12 +68,15 @@ impl Session {
         }
         blob::private_dir(&self.last_dir)?;
         // Never deduplicate against a blob that is no longer in the store
-        // (purged from another host, or lost).
+        // (purged from another host, or lost), nor against one a purge has
+        // marked for deletion (see gc.rs): its data is uploaded again.
+        let marked = crate::gc::marked_blobs(self.store.as_ref(), &warn)?;
         let present: Vec<String> = self
             .store
             .list("blobs/")?
             .into_iter()
             .map(|o| o.key)
+            .filter(|k| !marked.contains(k))
             .collect();
         let dropped = index.forget_missing_blobs(&present)?;
         Ok((lock, index, dropped))
@@ -181,7 +184,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
     let (_lock, index, dropped) = session.prepare()?;
     if dropped > 0 {
         warn(&format!(
-            "{dropped} blob(s) known to the index are gone from the store; their data will be uploaded again"
+            "{dropped} blob(s) known to the index are gone from the store or marked for deletion; their data will be uploaded again"
         ));
     }
     // SAFETY: isatty has no preconditions.

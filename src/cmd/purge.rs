@@ -24,6 +24,9 @@ pub struct Report {
     pub deleted: Vec<ObjectInfo>,
     /// Unreferenced objects kept because they are younger than the grace period.
     pub young: Vec<ObjectInfo>,
+    /// Unreferenced blobs marked for deletion (now or by an earlier purge),
+    /// deleted by a purge once the mark is older than the grace period.
+    pub marked: Vec<ObjectInfo>,
     pub grace: u64,
     pub index_note: Option<String>,
 }
@@ -58,6 +61,16 @@ impl Report {
             self.deleted.len(),
             human_bytes(Collect::bytes(&self.deleted))
         );
+        if !self.marked.is_empty() {
+            let verb = if self.dry_run { "would mark" } else { "marked" };
+            let _ = writeln!(
+                out,
+                "{verb} {} unreferenced blob(s), {}, for deletion by a purge at least {} from when they were marked",
+                self.marked.len(),
+                human_bytes(Collect::bytes(&self.marked)),
+                crate::human_duration(self.grace)
+            );
+        }
         if !self.young.is_empty() {
             let _ = writeln!(
                 out,
@@ -83,6 +96,8 @@ impl Report {
             "deleted_keys": self.deleted.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
             "young_objects": self.young.len(),
             "young_bytes": Collect::bytes(&self.young),
+            "marked_objects": self.marked.len(),
+            "marked_bytes": Collect::bytes(&self.marked),
             "grace_period_seconds": self.grace,
         })
     }
@@ -117,13 +132,19 @@ fn finish(
     index: Option<&mut Index>,
 ) -> Result<Report> {
     let ids: HashSet<&str> = removed.iter().map(|m| m.id.as_str()).collect();
-    let plan = gc::plan(&view, &ids, grace, unix_now());
+    let now = unix_now();
+    let plan = gc::plan(&view, &ids, grace, now);
+    let marks = gc::load_marks(store)?;
+    let staged = gc::stage(plan.delete, &marks, grace, now);
+    let mut marked = staged.mark.clone();
+    marked.extend(staged.waiting.iter().cloned());
     if dry_run {
         return Ok(Report {
             dry_run,
             removed,
-            deleted: plan.delete,
+            deleted: staged.delete,
             young: plan.young,
+            marked,
             grace,
             index_note: None,
         });
@@ -132,8 +153,15 @@ fn finish(
     if !id_list.is_empty() {
         gc::remove_snapshots(store, &id_list)?;
     }
-    let young = plan.young.clone();
-    let deleted = gc::collect(store, &view, plan)?;
+    if !staged.mark.is_empty() {
+        let m = gc::Mark::new(now, staged.mark.iter().map(|o| o.key.clone()).collect());
+        store.put_bytes(&m.key, &m.to_bytes())?;
+    }
+    let young = plan.young;
+    let deleted = gc::collect(store, &view, staged.delete)?;
+    // Every blob a ripe mark names is now deleted, referenced again, or
+    // gone: the mark has done its work.
+    store.delete_many(&staged.done_marks)?;
     let mut index_note = None;
     if let Some(index) = index {
         let gone: HashSet<&str> = deleted.iter().map(|o| o.key.as_str()).collect();
@@ -154,6 +182,7 @@ fn finish(
         removed,
         deleted,
         young,
+        marked,
         grace,
         index_note,
     })

@@ -526,3 +526,201 @@ fn request_counts_match_what_the_server_saw() {
         assert_eq!(sent_reported, util::human(sent), "{args:?}: {line}");
     }
 }
+
+/// A config for another host backing up `src` into the same bucket and
+/// prefix as `env`, with its own index.
+fn host_config(env: &Env, host: &str, src: &std::path::Path) -> PathBuf {
+    if !env.config_path().exists() {
+        env.write_config();
+    }
+    let text = fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace(
+            env.index_path().to_str().unwrap(),
+            env.path().join(host).join("index.sqlite").to_str().unwrap(),
+        )
+        .replace("hostname = testhost", &format!("hostname = {host}"))
+        .replace(
+            &format!("path = {}\n", env.src().display()),
+            &format!("path = {}\n", src.display()),
+        );
+    let path = env.path().join(format!("{host}.conf"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_as(env: &Env, conf: &std::path::Path, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .env("VAULTIK_CONFIG", conf)
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn purge_marks_old_blobs_first_and_backups_never_reuse_marked_ones() {
+    let mut env = Env::new(Backend::S3);
+    env.extra = vec!["chunk_size = 64KiB".into(), "grace_period = 2s".into()];
+    let a = env.src().join("a.bin");
+    let data = random_bytes(600_000, 78);
+    fs::write(&a, &data).unwrap();
+    env.create();
+    fs::remove_file(&a).unwrap();
+    fs::write(env.src().join("other.txt"), b"other").unwrap();
+    env.create();
+    // Old enough to be collected.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let purger = host_config(&env, "purger", &env.path().join("nothing"));
+    let out = run_as(
+        &env,
+        &purger,
+        &["snapshot", "purge", "--keep-latest", "--force"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("removed 1 snapshot(s)"), "{text}");
+    assert!(text.contains("deleted 0 unreferenced"), "{text}");
+    assert!(text.contains("marked 1 unreferenced blob(s)"), "{text}");
+    let blobs_before = env.blob_keys();
+    let marks = fs::read_dir(env.store_dir().join("host1/gc/pending")).unwrap();
+    assert_eq!(marks.count(), 1);
+
+    // This host's index knows the marked blob: it must not reuse it.
+    fs::write(&a, &data).unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("marked for deletion"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(figure(&stdout(&out), "new chunks") >= 5, "{}", stdout(&out));
+    let latest = env.snapshot_ids().pop().unwrap();
+    let reused: Vec<String> = manifest_blobs(&env, &latest)
+        .into_iter()
+        .filter(|k| blobs_before.contains(k))
+        .collect();
+
+    // Too early: the mark waits. Then it is ripe: the blob goes, the mark too.
+    let out = run_as(&env, &purger, &["prune"]);
+    assert!(
+        stdout(&out).contains("deleted 0 unreferenced"),
+        "{}",
+        stdout(&out)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = run_as(&env, &purger, &["prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["deleted_objects"], 1, "{v}");
+    assert_eq!(v["marked_objects"], 0, "{v}");
+    let gone: Vec<&str> = v["deleted_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(gone.iter().all(|k| !reused.iter().any(|r| r == k)));
+    let marks = fs::read_dir(env.store_dir().join("host1/gc/pending")).unwrap();
+    assert_eq!(marks.count(), 0);
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    let out = env.run_with_key(&["snapshot", "verify", "--deep", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn two_hosts_back_up_while_a_third_purges() {
+    // Host a and host b each flip their files between two versions and back
+    // up in a loop, so every run reuses blobs that the purger (keep-latest,
+    // in a loop, from its own host) has just made unreferenced. No run may
+    // fail, and every snapshot left must pass a deep verify.
+    let secs = util::setting("VAULTIK_RACE_SECONDS", 12);
+    let mut env = Env::new(Backend::S3);
+    env.extra = vec!["chunk_size = 64KiB".into(), "grace_period = 3s".into()];
+    let hosts: Vec<(String, PathBuf, PathBuf)> = ["hosta", "hostb"]
+        .iter()
+        .map(|h| {
+            let src = env.path().join(format!("src-{h}"));
+            fs::create_dir_all(&src).unwrap();
+            let conf = host_config(&env, h, &src);
+            (h.to_string(), src, conf)
+        })
+        .collect();
+    let purger = host_config(&env, "purger", &env.path().join("nothing"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (marked, deleted) = std::thread::scope(|s| {
+        for (i, (_, src, conf)) in hosts.iter().enumerate() {
+            let env = &env;
+            s.spawn(move || {
+                let mut round = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let v = round % 2;
+                    fs::write(
+                        src.join("big.bin"),
+                        random_bytes(400_000, 10 * i as u64 + v),
+                    )
+                    .unwrap();
+                    // One small file per round, replacing the last one,
+                    // so blobs fall out of use.
+                    if round > 0 {
+                        fs::remove_file(src.join(format!("r{}.txt", round - 1))).unwrap();
+                    }
+                    fs::write(src.join(format!("r{round}.txt")), format!("{round}")).unwrap();
+                    let out = run_as(env, conf, &["snapshot", "create"]);
+                    assert!(out.status.success(), "{}", stderr(&out));
+                    round += 1;
+                }
+            });
+        }
+        let (mut marked, mut deleted) = (0u64, 0u64);
+        while std::time::Instant::now() < deadline {
+            let out = run_as(
+                &env,
+                &purger,
+                &["snapshot", "purge", "--keep-latest", "--force", "--json"],
+            );
+            assert!(out.status.success(), "{}", stderr(&out));
+            let v = json(&out);
+            marked += v["marked_objects"].as_u64().unwrap();
+            deleted += v["deleted_objects"].as_u64().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        (marked, deleted)
+    });
+    assert!(
+        marked > 0 && deleted > 0,
+        "marked {marked}, deleted {deleted}"
+    );
+    for (h, src, conf) in &hosts {
+        let out = run_as(&env, conf, &["snapshot", "list", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ids: Vec<String> = json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .filter(|id| id.starts_with(&format!("{h}_")))
+            .collect();
+        assert!(!ids.is_empty());
+        for id in &ids {
+            let out = run_as(&env, conf, &["snapshot", "verify", "--deep", id]);
+            assert!(out.status.success(), "{id}: {}", stderr(&out));
+        }
+        let target = env.path().join(format!("restore-{h}"));
+        let out = run_as(
+            &env,
+            conf,
+            &[
+                "restore",
+                ids.last().unwrap(),
+                "--target",
+                target.to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(src, &restored(&target, src));
+    }
+}
