@@ -78,7 +78,9 @@ Usage: vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURAT
 Remove snapshots (no private key needed), per host and snapshot name, then
 delete the blobs no remaining snapshot needs. The newest snapshot of each
 host and name is always kept. Blobs younger than grace_period (default 24h)
-are never deleted. Asks for confirmation on a terminal unless --force.
+are never deleted; older unreferenced blobs are marked, and deleted by a
+purge at least grace_period later. Asks for confirmation on a terminal
+unless --force.
 
   --keep-latest            keep only the newest snapshot of each host and name
   --older-than DURATION    remove snapshots older than DURATION (30d, 6mo, 1y...)
@@ -99,7 +101,8 @@ pub const USAGE_PRUNE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
 
 Delete blobs that no snapshot references and that are older than
-grace_period (default 24h). No private key needed.
+grace_period (default 24h): marked first, deleted by a run at least
+grace_period later. No private key needed.
 
   --dry-run   show what would be deleted, delete nothing
   --json      print the report as JSON
