@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use fastcdc::v2020::{FastCDC, StreamCDC};
+use fastcdc::v2020::FastCDC;
 use sha2::{Digest, Sha256};
 
 use crate::error::{IoContext, Result};
@@ -107,30 +107,65 @@ pub fn split<R: Read>(
         }
         // The file grew past the in-memory limit while we read it: stream
         // the rest, starting with what is already in the buffer.
-        let head = std::mem::take(buf);
-        return stream(std::io::Cursor::new(head).chain(reader), path, p, sink);
+        let filled = buf.len();
+        return stream(reader, path, p, buf, filled, sink);
     }
-    stream(reader, path, p, sink)
+    buf.clear();
+    stream(reader, path, p, buf, 0, sink)
 }
 
+/// Cut a file too big to hold whole, through `buf` (the caller's, reused
+/// from file to file: `max` bytes, the most FastCDC looks ahead), of which
+/// the first `filled` bytes are already read. A chunk is passed on once
+/// its end is certain: a cut before the end of the buffered data, a cut at
+/// `max`, or the end of the file; the tail is moved to the front and the
+/// buffer filled again. The cuts are those of FastCDC over the whole file.
 fn stream<R: Read>(
-    reader: R,
+    mut reader: R,
     path: &Path,
     p: Params,
+    buf: &mut Vec<u8>,
+    mut filled: usize,
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
+    let cap = p.max.max(filled);
+    buf.resize(cap, 0);
     let mut total = 0u64;
-    for c in StreamCDC::new(reader, p.min, p.avg, p.max) {
-        let c = c
-            .map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(e) => e,
-                other => std::io::Error::other(other.to_string()),
-            })
-            .at("read", path)?;
-        sink(&c.data)?;
-        total += c.length as u64;
+    let mut eof = false;
+    loop {
+        while !eof && filled < cap {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).at("read", path),
+            }
+        }
+        let data = &buf[..filled];
+        let mut used = 0;
+        if eof && filled <= p.min {
+            if filled > 0 {
+                sink(data)?;
+            }
+            used = filled;
+        } else {
+            for c in FastCDC::new(data, p.min, p.avg, p.max) {
+                let end = c.offset + c.length;
+                // Cut only because the buffered data ends here: wait for more.
+                if !eof && end == filled && c.length < p.max {
+                    break;
+                }
+                sink(&data[c.offset..end])?;
+                used = end;
+            }
+        }
+        total += used as u64;
+        if eof && used == filled {
+            return Ok(total);
+        }
+        buf.copy_within(used..filled, 0);
+        filled -= used;
     }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -186,6 +221,57 @@ pub mod tests {
         })
         .unwrap();
         assert_eq!(whole, streamed);
+    }
+
+    /// Hands out at most `step` bytes per read (and sometimes none with
+    /// `Interrupted`), like a pipe or a slow disk.
+    struct Trickle<'a>(&'a [u8], usize, u32);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.2 += 1;
+            if self.2 % 7 == 0 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(self.1).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn streaming_in_small_reads_and_growing_files_cut_identically() {
+        let p = Params::new(4096);
+        for (n, seed) in [(0, 1), (100, 2), (p.max, 3), (p.max + 1, 4), (300_000, 5)] {
+            let mut data = pseudo_random(n, seed);
+            // Runs of zeros force cuts at the maximum size.
+            if n > 100_000 {
+                data[50_000..120_000].fill(0);
+            }
+            let whole = chunks_of(&data, p);
+            for step in [1000, 4093, 70_000] {
+                for hint in [u64::MAX, 0] {
+                    // hint 0: read whole, then found to have grown.
+                    let mut got = Vec::new();
+                    let mut buf = Vec::new();
+                    let read = split(
+                        Trickle(&data, step, 0),
+                        Path::new("t"),
+                        hint,
+                        p,
+                        &mut buf,
+                        |c| {
+                            got.push(c.to_vec());
+                            Ok(())
+                        },
+                    )
+                    .unwrap();
+                    assert_eq!(read, n as u64);
+                    assert_eq!(whole, got, "size {n}, reads of {step}, hint {hint}");
+                }
+            }
+        }
     }
 
     #[test]
