@@ -166,7 +166,7 @@ impl SealWriter {
     }
 
     /// Plaintext bytes written so far.
-    pub fn len(&self) -> u64 {
+    pub fn written(&self) -> u64 {
         self.plain_len
     }
 
@@ -209,7 +209,7 @@ impl BlobWriter {
 
     /// Append one chunk, already compressed as a single zstd frame.
     pub fn add(&mut self, id: ChunkId, frame: &[u8], size: u64) -> Result<()> {
-        let offset = self.seal.len();
+        let offset = self.seal.written();
         self.seal.write_all(frame)?;
         self.entries.push((
             id,
@@ -223,7 +223,7 @@ impl BlobWriter {
     }
 
     pub fn len(&self) -> u64 {
-        self.seal.len()
+        self.seal.written()
     }
 
     pub fn is_empty(&self) -> bool {

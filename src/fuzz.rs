@@ -3,9 +3,10 @@
 //! the bucket, or a typo, controls). Each run mutates valid seeds (bit
 //! flips, random bytes, inserted tokens, cut and repeated ranges, splices)
 //! and checks that the reader never panics and that every error is one
-//! line. `cargo fuzz` needs a nightly toolchain, which this project's
-//! machines do not have; this runs on stable, bounded in the test suite and
-//! for longer from `tests/soak.sh` (VAULTIK_FUZZ_ITERS, VAULTIK_FUZZ_SEED).
+//! line. This runs on stable, bounded in the test suite and for longer from
+//! `tests/soak.sh` (VAULTIK_FUZZ_ITERS, VAULTIK_FUZZ_SEED); the same
+//! properties are checked by the cargo-fuzz targets in `tests/fuzz`, which
+//! need a nightly toolchain and run from the soak script when one is there.
 
 use std::path::Path;
 

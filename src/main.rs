@@ -1,25 +1,8 @@
 //! vaultik: parse the command line, dispatch, report any error once, exit.
 
-mod backup;
-mod blob;
-mod chunk;
-mod cli;
-mod cmd;
-mod config;
-mod error;
-#[cfg(test)]
-mod fuzz;
-mod gc;
-mod index;
-mod keys;
-mod lock;
-mod restore;
-mod snapshot;
-mod store;
-mod walk;
-mod watch;
-
 use std::process::ExitCode;
+
+use vaultik::{cli, cmd};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -35,40 +18,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `90s`, `15m`, `24h`, `2d`
-pub fn human_duration(secs: u64) -> String {
-    match secs {
-        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-/// `1.5 MiB`
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
