@@ -845,8 +845,14 @@ impl Restore<'_> {
             let mut full = None;
             if let Some(u) = &c.cur {
                 let (first, last) = (&u.jobs[0], u.jobs.last().expect("units are not empty"));
-                let gap = loc.offset.saturating_sub(last.loc.offset + last.loc.length);
-                let span = loc.offset + loc.length - first.loc.offset;
+                // Forged offsets may be anything: never overflow.
+                let gap = loc
+                    .offset
+                    .saturating_sub(last.loc.offset.saturating_add(last.loc.length));
+                let span = loc
+                    .offset
+                    .saturating_add(loc.length)
+                    .saturating_sub(first.loc.offset);
                 if u.blob != blob
                     || gap > MERGE_GAP
                     || span > UNIT_BYTES
@@ -884,7 +890,7 @@ impl Restore<'_> {
         let (key, size) = &blobs[u.blob];
         let mut reader = BlobReader::open(self.store, key, *size, &self.identities)?;
         let last = u.jobs.last().expect("units are not empty");
-        reader.plan_range(last.loc.offset + last.loc.length);
+        reader.plan_range(last.loc.offset.saturating_add(last.loc.length));
         let mut open: Option<(i64, File)> = None;
         let mut i = 0;
         while i < u.jobs.len() {
