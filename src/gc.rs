@@ -229,34 +229,39 @@ impl Mark {
     }
 }
 
-/// Every mark in the store. A mark that cannot be read is an error: purge
-/// then deletes nothing rather than guess.
-pub fn load_marks(store: &dyn Store) -> Result<Vec<Mark>> {
+/// Every mark in the store; a mark that cannot be read goes to `bad`, which
+/// decides whether that is an error.
+fn read_marks(store: &dyn Store, bad: &dyn Fn(Error) -> Result<()>) -> Result<Vec<Mark>> {
     let mut out = Vec::new();
     for o in store.list(PENDING_PREFIX)? {
-        match store.get(&o.key) {
-            Ok(data) => out.push(Mark::from_bytes(&o.key, &data)?),
+        match store.get(&o.key).and_then(|d| Mark::from_bytes(&o.key, &d)) {
+            Ok(m) => out.push(m),
             Err(Error::NotFound { .. }) => continue,
+            Err(e @ Error::Corrupt { .. }) => bad(e)?,
             Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
+/// Every mark in the store. A mark that cannot be read is an error: purge
+/// then deletes nothing rather than guess.
+pub fn load_marks(store: &dyn Store) -> Result<Vec<Mark>> {
+    read_marks(store, &Err)
+}
+
 /// The blobs a backup must not deduplicate against: every marked blob. A
 /// mark that cannot be read is reported through `warn` and skipped (purge
 /// refuses to delete anything while it is there).
 pub fn marked_blobs(store: &dyn Store, warn: &dyn Fn(&str)) -> Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for o in store.list(PENDING_PREFIX)? {
-        match store.get(&o.key).and_then(|d| Mark::from_bytes(&o.key, &d)) {
-            Ok(m) => out.extend(m.blobs),
-            Err(Error::NotFound { .. }) => continue,
-            Err(e @ Error::Corrupt { .. }) => warn(&e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    let skip = |e: Error| {
+        warn(&e.to_string());
+        Ok(())
+    };
+    Ok(read_marks(store, &skip)?
+        .into_iter()
+        .flat_map(|m| m.blobs)
+        .collect())
 }
 
 /// What to do with the objects `plan` chose, given the marks: delete what a

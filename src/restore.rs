@@ -265,6 +265,32 @@ fn attach_plan(conn: &Connection, target: &Path) -> Result<()> {
     made
 }
 
+/// Run `produce` on this thread, handing items through a bounded channel to
+/// `THREADS` threads that each `work` on them as they come; returns what
+/// `produce` returned, once every item is done.
+fn fan_out<T: Send>(
+    produce: impl FnOnce(&SyncSender<T>) -> Result<()>,
+    work: impl Fn(T) + Sync,
+) -> Result<()> {
+    let (tx, rx) = mpsc::sync_channel::<T>(THREADS);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                loop {
+                    let next = rx.lock().expect("lock").recv();
+                    let Ok(item) = next else { break };
+                    work(item);
+                }
+            });
+        }
+        let r = produce(&tx);
+        // Closing the channel lets the threads finish.
+        drop(tx);
+        r
+    })
+}
+
 impl Restore<'_> {
     pub fn run(&self, id: &str) -> Result<Summary> {
         let started = Instant::now();
@@ -522,36 +548,26 @@ impl Restore<'_> {
         let chunks_done = AtomicU64::new(0);
         let fatal: Mutex<Option<Error>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
-        let (tx, rx) = mpsc::sync_channel::<Unit>(THREADS);
-        let rx = Mutex::new(rx);
-        let planned = std::thread::scope(|scope| -> Result<()> {
-            for _ in 0..THREADS {
-                scope.spawn(|| {
-                    loop {
-                        let next = rx.lock().expect("lock").recv();
-                        let Ok(u) = next else { break };
-                        if stop.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        if let Err(e) = self.read_unit(&u, &blobs, &failed_files, &chunks_done) {
-                            // A wrong key fails every unit the same way: stop early.
-                            if matches!(e, Error::Key(_)) {
-                                stop.store(true, Ordering::Relaxed);
-                                fatal.lock().expect("lock").get_or_insert(e);
-                            } else {
-                                let mut ff = failed_files.lock().expect("lock");
-                                for j in &u.jobs {
-                                    ff.entry(j.file).or_insert_with(|| e.to_string());
-                                }
-                            }
+        let planned = fan_out(
+            |tx| self.plan_units(&conn, tx, &stop),
+            |u: Unit| {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = self.read_unit(&u, &blobs, &failed_files, &chunks_done) {
+                    // A wrong key fails every unit the same way: stop early.
+                    if matches!(e, Error::Key(_)) {
+                        stop.store(true, Ordering::Relaxed);
+                        fatal.lock().expect("lock").get_or_insert(e);
+                    } else {
+                        let mut ff = failed_files.lock().expect("lock");
+                        for j in &u.jobs {
+                            ff.entry(j.file).or_insert_with(|| e.to_string());
                         }
                     }
-                });
-            }
-            let r = self.plan_units(&conn, &tx, &stop);
-            drop(tx);
-            r
-        });
+                }
+            },
+        );
         planned?;
         if let Some(e) = fatal.into_inner().expect("lock") {
             return Err(e);
@@ -680,42 +696,36 @@ impl Restore<'_> {
         // 5. Owners, modes and times; directories last, deepest first.
         // Three syscalls per entry: batches go to threads as they are read.
         {
-            let (tx, rx) = mpsc::sync_channel::<Vec<(Vec<u8>, Attrs)>>(THREADS);
-            let rx = Mutex::new(rx);
             let errs = Mutex::new(Vec::new());
-            let read = std::thread::scope(|scope| -> Result<()> {
-                for _ in 0..THREADS {
-                    scope.spawn(|| {
-                        loop {
-                            let next = rx.lock().expect("lock").recv();
-                            let Ok(batch) = next else { break };
-                            for (src, a) in batch {
-                                if let Err(err) = set_attrs(&a, &self.dest(&src), as_root) {
-                                    let msg = format!("{}: {err}", shown(&src));
-                                    errs.lock().expect("lock").push(msg);
-                                }
+            let read = fan_out(
+                |tx| {
+                    let mut st = conn.prepare(Q_ATTRS).db(ppath)?;
+                    let mut rows = st.query([]).db(ppath)?;
+                    let mut batch = Vec::with_capacity(ATTR_BATCH);
+                    while let Some(r) = rows.next().db(ppath)? {
+                        batch.push((r.get(0).db(ppath)?, Attrs::from_row(r, 1).db(ppath)?));
+                        if batch.len() == ATTR_BATCH {
+                            let full =
+                                std::mem::replace(&mut batch, Vec::with_capacity(ATTR_BATCH));
+                            if tx.send(full).is_err() {
+                                return Ok(());
                             }
                         }
-                    });
-                }
-                let mut st = conn.prepare(Q_ATTRS).db(ppath)?;
-                let mut rows = st.query([]).db(ppath)?;
-                let mut batch = Vec::with_capacity(ATTR_BATCH);
-                while let Some(r) = rows.next().db(ppath)? {
-                    batch.push((r.get(0).db(ppath)?, Attrs::from_row(r, 1).db(ppath)?));
-                    if batch.len() == ATTR_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(ATTR_BATCH));
-                        if tx.send(full).is_err() {
-                            break;
+                    }
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch);
+                    }
+                    Ok(())
+                },
+                |batch: Vec<(Vec<u8>, Attrs)>| {
+                    for (src, a) in batch {
+                        if let Err(err) = set_attrs(&a, &self.dest(&src), as_root) {
+                            let msg = format!("{}: {err}", shown(&src));
+                            errs.lock().expect("lock").push(msg);
                         }
                     }
-                }
-                if !batch.is_empty() {
-                    let _ = tx.send(batch);
-                }
-                drop(tx);
-                Ok(())
-            });
+                },
+            );
             read?;
             failures.extend(errs.into_inner().expect("lock"));
         }

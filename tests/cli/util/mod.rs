@@ -456,16 +456,5 @@ pub fn stderr(o: &Output) -> String {
 
 /// The same rendering as vaultik's summaries (`1.5 MiB`).
 pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    vaultik::human_bytes(n)
 }
