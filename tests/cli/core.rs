@@ -590,4 +590,5 @@ fn benchmark_smoke() {
     assert!(text.contains("| share | vaultik |"), "{text}");
     assert!(text.contains("| share | restic |"), "{text}");
     assert!(text.contains("ratios peer/vaultik"), "{text}");
+    assert!(text.contains("of the pipeline limit"), "{text}");
 }
