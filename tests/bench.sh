@@ -318,9 +318,9 @@ zst=$(find /usr/share/doc -type f -print0 2>/dev/null | head -z -n 3000 | xargs 
 limit=$(python3 -c "print(int(2 / (1/$sha + 1/${zst:-390})))")
 
 # --- the table -----------------------------------------------------------------
-python3 - "$WORK/results" "$WORK/datasets" "$SERVER_NAME" "$sha" "${zst:-?}" "$limit" "$TOOLS" <<'EOF'
+python3 - "$WORK/results" "$WORK/datasets" "$SERVER_NAME" "$sha" "${zst:-?}" "$limit" "$TOOLS" "$SCALE" <<'EOF'
 import sys, collections
-res, dsfile, server, sha, zst, limit, tools = sys.argv[1:8]
+res, dsfile, server, sha, zst, limit, tools, scale = sys.argv[1:9]
 tools = tools.split()
 t = collections.defaultdict(dict)
 for line in open(res):
@@ -361,5 +361,6 @@ for ds in sorted({k[0] for k in t}):
     v, size = t.get((ds, "vaultik")), t.get((ds, "-"), {}).get("bytes")
     if v and size and "initial" in v:
         mbs = int(size[0]) / 1e6 / float(v["initial"][0])
-        print(f"vaultik initial backup of {ds}: {mbs:.0f} MB/s, {100 * mbs / int(limit):.0f}% of the pipeline limit")
+        print(f"vaultik initial backup of {ds}: {mbs:.0f} MB/s, {100 * mbs / int(limit):.0f}% of the pipeline limit"
+              + (f" (but the {scale} copies are deduplicated: only one is compressed)" if scale != "1" else ""))
 EOF
