@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -74,8 +75,9 @@ struct Job {
     /// The entry's id in the metadata.
     file: i64,
     offset: u64,
-    /// The file is this one chunk: the writer creates it (saves an open).
-    whole: bool,
+    /// The file is this one chunk: the writer creates it and sets these
+    /// attributes through the open file (saves an open and four lookups).
+    whole: Option<Attrs>,
     dest: Arc<Path>,
 }
 
@@ -171,7 +173,8 @@ const Q_DIRS_UP: &str =
 const Q_FILES: &str = "SELECT s.id, e.path, e.size, s.single FROM plan.state s
      JOIN main.entries e ON e.rowid = s.id WHERE s.kind = 2 AND s.link IS NULL ORDER BY s.id";
 const Q_JOBS: &str = "SELECT j.blob, j.boffset, j.length, j.size, j.chunk, j.entry, j.foffset,
-     j.whole, e.path FROM plan.jobs j JOIN plan.state s ON s.id = j.entry
+     j.whole, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     FROM plan.jobs j JOIN plan.state s ON s.id = j.entry
      JOIN main.entries e ON e.rowid = j.entry
      WHERE (j.blob, j.boffset) >= (?1, ?2) AND (j.blob, j.boffset) < (?3, ?4)
      ORDER BY j.blob, j.boffset, j.entry, j.foffset";
@@ -182,8 +185,10 @@ const Q_LINKS: &str = "SELECT s.id, e.path, e.size, t.path, ts.id IS NOT NULL FR
      LEFT JOIN plan.state ts ON ts.id = s.link WHERE s.link IS NOT NULL ORDER BY s.id";
 const Q_OTHER: &str = "SELECT s.id, e.path, e.kind, e.target, e.rdev FROM plan.state s
      JOIN main.entries e ON e.rowid = s.id WHERE s.kind NOT IN (1, 2) ORDER BY s.id";
+/// (Files of one chunk had theirs set when written.)
 const Q_ATTRS: &str = "SELECT e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns FROM plan.state s
-     JOIN main.entries e ON e.rowid = s.id WHERE s.kind != 1 AND s.link IS NULL ORDER BY s.id";
+     JOIN main.entries e ON e.rowid = s.id WHERE s.kind != 1 AND s.link IS NULL AND NOT s.single
+     ORDER BY s.id";
 const Q_DIRS_DOWN: &str =
     "SELECT e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns FROM plan.state s
      JOIN main.entries e ON e.rowid = s.id WHERE s.kind = 1 ORDER BY s.depth DESC";
@@ -207,6 +212,15 @@ impl Attrs {
             gid: r.get::<_, i64>(at + 3)? as u32,
             mtime_ns: r.get(at + 4)?,
         })
+    }
+
+    /// Access and modification times for utimensat/futimens (both mtime).
+    fn times(&self) -> [libc::timespec; 2] {
+        let ts = libc::timespec {
+            tv_sec: self.mtime_ns.div_euclid(1_000_000_000) as _,
+            tv_nsec: self.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+        };
+        [ts, ts]
     }
 }
 
@@ -525,8 +539,9 @@ impl Restore<'_> {
                 let dest = self.dest(&src);
                 let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
                     if single {
-                        // One chunk: created when its chunk is written.
-                        return remove_existing(&dest);
+                        // One chunk: created (replacing what is there) when
+                        // its chunk is written.
+                        return Ok(());
                     }
                     let f = create_fresh(&dest)?;
                     f.set_len(size).at("size", &dest)
@@ -614,8 +629,8 @@ impl Restore<'_> {
                 }
                 let dest = self.dest(&src);
                 let made = self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                    remove_existing(&dest)?;
-                    fs::hard_link(self.dest(&first), &dest).at("create hard link", &dest)
+                    let first = self.dest(&first);
+                    replacing(&dest, "create hard link", || fs::hard_link(&first, &dest))
                 });
                 match made {
                     Ok(()) => {
@@ -643,10 +658,10 @@ impl Restore<'_> {
                 let dest = self.dest(&src);
                 let made = match kind {
                     Kind::Symlink => self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                        remove_existing(&dest)?;
-                        let t = target.as_deref().unwrap_or_default();
-                        std::os::unix::fs::symlink(OsStr::from_bytes(t), &dest)
-                            .at("create symlink", &dest)?;
+                        let t = OsStr::from_bytes(target.as_deref().unwrap_or_default());
+                        replacing(&dest, "create symlink", || {
+                            std::os::unix::fs::symlink(t, &dest)
+                        })?;
                         s.symlinks += 1;
                         Ok(())
                     }),
@@ -660,21 +675,23 @@ impl Restore<'_> {
                             continue;
                         }
                         self.ensure_parent(&dest, &mut dirs_ok).and_then(|_| {
-                            remove_existing(&dest)?;
                             let fmt = match kind {
                                 Kind::Fifo => libc::S_IFIFO,
                                 Kind::CharDev => libc::S_IFCHR,
                                 _ => libc::S_IFBLK,
                             };
                             let c = cstr(&dest)?;
-                            // SAFETY: c is a valid NUL-terminated path.
-                            let rc = unsafe {
-                                libc::mknod(c.as_ptr(), fmt | 0o600, rdev as libc::dev_t)
-                            };
-                            if rc != 0 {
-                                return Err(io::Error::last_os_error())
-                                    .at("create special file", &dest);
-                            }
+                            replacing(&dest, "create special file", || {
+                                // SAFETY: c is a valid NUL-terminated path.
+                                let rc = unsafe {
+                                    libc::mknod(c.as_ptr(), fmt | 0o600, rdev as libc::dev_t)
+                                };
+                                if rc == 0 {
+                                    Ok(())
+                                } else {
+                                    Err(io::Error::last_os_error())
+                                }
+                            })?;
                             s.other += 1;
                             Ok(())
                         })
@@ -834,7 +851,11 @@ impl Restore<'_> {
                 .ok_or_else(|| Error::corrupt("restore plan", "chunk id of the wrong length"))?;
             let file: i64 = r.get(5).db(ppath)?;
             let offset = r.get::<_, i64>(6).db(ppath)? as u64;
-            let whole: bool = r.get(7).db(ppath)?;
+            let whole = if r.get::<_, bool>(7).db(ppath)? {
+                Some(Attrs::from_row(r, 9).db(ppath)?)
+            } else {
+                None
+            };
             let dest = match &c.last_dest {
                 Some((f, d)) if *f == file => d.clone(),
                 _ => {
@@ -902,6 +923,7 @@ impl Restore<'_> {
         let last = u.jobs.last().expect("units are not empty");
         reader.plan_range(last.loc.offset.saturating_add(last.loc.length));
         let mut open: Option<(i64, File)> = None;
+        let as_root = unsafe { libc::geteuid() } == 0;
         let mut i = 0;
         while i < u.jobs.len() {
             let j = &u.jobs[i];
@@ -917,14 +939,15 @@ impl Restore<'_> {
                     for t in &u.jobs[i..end] {
                         let dest = &*t.dest;
                         let w = (|| -> Result<()> {
-                            if t.whole {
+                            if let Some(attrs) = &t.whole {
                                 // The file is this chunk: create it now.
                                 let f = create_fresh(dest)?;
-                                return if zero {
-                                    f.set_len(data.len() as u64).at("size", dest)
+                                if zero {
+                                    f.set_len(data.len() as u64).at("size", dest)?;
                                 } else {
-                                    f.write_all_at(data, 0).at("write", dest)
-                                };
+                                    f.write_all_at(data, 0).at("write", dest)?;
+                                }
+                                return set_file_attrs(attrs, &f, dest, as_root);
                             }
                             if zero {
                                 return Ok(());
@@ -977,23 +1000,22 @@ impl Restore<'_> {
             if ok.contains(&cur) {
                 continue;
             }
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    // A file or symlink in the way: replace it, never follow it.
-                    fs::remove_file(&cur).at("replace", &cur)?;
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&cur)
-                        .at("create directory", &cur)?;
+            let mkdir = || fs::DirBuilder::new().mode(0o700).create(&cur);
+            match mkdir() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    match fs::symlink_metadata(&cur) {
+                        Ok(m) if m.is_dir() => {}
+                        Ok(_) => {
+                            // A file or symlink in the way: replace it, never
+                            // follow it.
+                            fs::remove_file(&cur).at("replace", &cur)?;
+                            mkdir().at("create directory", &cur)?;
+                        }
+                        Err(e) => return Err(e).at("inspect", &cur),
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&cur)
-                        .at("create directory", &cur)?;
-                }
-                Err(e) => return Err(e).at("inspect", &cur),
+                Err(e) => return Err(e).at("create directory", &cur),
             }
             ok.insert(cur.clone());
         }
@@ -1022,16 +1044,30 @@ fn remove_existing(path: &Path) -> Result<()> {
     }
 }
 
-/// A new, empty regular file (whatever was there is replaced, never followed).
+/// Make `path` with `make`, which fails if the name exists (symlinks
+/// included, never followed); if it does, remove what is there and make it
+/// again. Into an empty target that is one syscall per entry, where an
+/// lstat first cost two.
+fn replacing<T>(path: &Path, what: &'static str, make: impl Fn() -> io::Result<T>) -> Result<T> {
+    match make() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            remove_existing(path)?;
+            make().at(what, path)
+        }
+        made => made.at(what, path),
+    }
+}
+
+/// A new, empty regular file (whatever was there is replaced).
 fn create_fresh(path: &Path) -> Result<File> {
-    remove_existing(path)?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .at("create", path)
+    replacing(path, "create", || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    })
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -1072,11 +1108,7 @@ fn set_attrs(e: &Attrs, dest: &Path, as_root: bool) -> Result<()> {
         fs::set_permissions(dest, fs::Permissions::from_mode(e.mode)).at("set mode of", dest)?;
     }
     let c = cstr(dest)?;
-    let ts = libc::timespec {
-        tv_sec: e.mtime_ns.div_euclid(1_000_000_000) as _,
-        tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
-    };
-    let times = [ts, ts];
+    let times = e.times();
     // SAFETY: c is a valid NUL-terminated path and times has two elements.
     let rc = unsafe {
         libc::utimensat(
@@ -1087,6 +1119,22 @@ fn set_attrs(e: &Attrs, dest: &Path, as_root: bool) -> Result<()> {
         )
     };
     if rc != 0 {
+        return Err(io::Error::last_os_error()).at("set times of", dest);
+    }
+    Ok(())
+}
+
+/// `set_attrs` for a regular file this restore has just created and
+/// written, through its open descriptor (no lookups, nothing to check).
+fn set_file_attrs(e: &Attrs, f: &File, dest: &Path, as_root: bool) -> Result<()> {
+    if as_root {
+        std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)).at("set owner of", dest)?;
+    }
+    f.set_permissions(fs::Permissions::from_mode(e.mode))
+        .at("set mode of", dest)?;
+    let times = e.times();
+    // SAFETY: the descriptor is open and times has two elements.
+    if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error()).at("set times of", dest);
     }
     Ok(())

@@ -178,6 +178,52 @@ fn restore_of_single_paths() {
     assert!(stderr(&out).contains("/no/such/path"), "{}", stderr(&out));
 }
 
+/// A target that already holds things of the wrong kind at the restored
+/// names: each is replaced (entries are created first and what is in the
+/// way removed only when the name is taken), and nothing outside the target
+/// is followed into. Then the same restore again, over its own result.
+#[test]
+fn restore_replaces_what_is_in_the_way_and_never_follows_it() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let env = Env::new(Backend::Local);
+    populate_all_kinds(&env.src());
+    fs::write(env.src().join("hard1"), b"linked").unwrap();
+    fs::hard_link(env.src().join("hard1"), env.src().join("hard2")).unwrap();
+    env.create();
+    let outside = env.path().join("outside");
+    fs::create_dir_all(outside.join("dir")).unwrap();
+    let canary = outside.join("canary.txt");
+    fs::write(&canary, b"untouched").unwrap();
+    fs::set_permissions(&canary, fs::Permissions::from_mode(0o640)).unwrap();
+    let target = env.path().join("restore");
+    let dest = restored(&target, &env.src());
+    fs::create_dir_all(&dest).unwrap();
+    // One-chunk file, multi-chunk file, empty file, symlink, directory,
+    // FIFO, hard link: each name taken by something else.
+    symlink(&canary, dest.join("hello.txt")).unwrap();
+    fs::create_dir(dest.join("large.bin")).unwrap();
+    symlink(&canary, dest.join("empty")).unwrap();
+    fs::write(dest.join("link-rel"), b"not a link").unwrap();
+    symlink(outside.join("dir"), dest.join("dir")).unwrap();
+    fs::write(dest.join("fifo"), b"not a fifo").unwrap();
+    fs::write(dest.join("hard2"), b"not linked").unwrap();
+    fs::write(dest.join("script.sh"), b"old").unwrap();
+    fs::set_permissions(dest.join("script.sh"), fs::Permissions::from_mode(0o777)).unwrap();
+    for round in 0..2 {
+        env.restore_ok("latest", &target, &[]);
+        assert_same_tree(&env.src(), &dest);
+        assert_eq!(fs::read(&canary).unwrap(), b"untouched", "round {round}");
+        let m = fs::metadata(&canary).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640, "round {round}");
+        assert_eq!(fs::read_dir(outside.join("dir")).unwrap().count(), 0);
+        let (a, b) = (
+            fs::metadata(dest.join("hard1")).unwrap(),
+            fs::metadata(dest.join("hard2")).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "round {round}");
+    }
+}
+
 #[test]
 fn restore_with_no_config_file() {
     let env = Env::new(Backend::S3);
