@@ -207,7 +207,7 @@ enum Walked {
     Failed(walk::WalkError),
 }
 
-fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
+fn entry_of(path: PathBuf, m: &std::fs::Metadata) -> Result<Option<Entry>> {
     let ft = m.file_type();
     let kind = if ft.is_dir() {
         Kind::Dir
@@ -228,8 +228,8 @@ fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
     };
     let target = if kind == Kind::Symlink {
         Some(
-            std::fs::read_link(path)
-                .at("read symlink", path)?
+            std::fs::read_link(&path)
+                .at("read symlink", &path)?
                 .as_os_str()
                 .as_bytes()
                 .to_vec(),
@@ -238,7 +238,7 @@ fn entry_of(path: &Path, m: &std::fs::Metadata) -> Result<Option<Entry>> {
         None
     };
     Ok(Some(Entry {
-        path: path.as_os_str().as_bytes().to_vec(),
+        path: std::os::unix::ffi::OsStringExt::into_vec(path.into_os_string()),
         kind,
         mode: m.mode() & 0o7777,
         uid: m.uid(),
@@ -566,7 +566,7 @@ impl Backup<'_> {
                     if scoped && std::fs::symlink_metadata(root).is_err() {
                         continue;
                     }
-                    let mut visit = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+                    let mut visit = |path: PathBuf, m: &std::fs::Metadata| -> Result<()> {
                         if cancel.load(Ordering::Relaxed) {
                             return Err(Error::Cancelled);
                         }

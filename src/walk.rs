@@ -42,14 +42,16 @@ impl Excludes {
     }
 
     pub fn matches(&self, path: &Path) -> bool {
-        let name_hit = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| self.names.iter().any(|p| p.matches_with(n, OPTS)));
+        let name_hit = !self.names.is_empty()
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| self.names.iter().any(|p| p.matches_with(n, OPTS)));
         name_hit
-            || path
-                .to_str()
-                .is_some_and(|s| self.paths.iter().any(|p| p.matches_with(s, OPTS)))
+            || !self.paths.is_empty()
+                && path
+                    .to_str()
+                    .is_some_and(|s| self.paths.iter().any(|p| p.matches_with(s, OPTS)))
     }
 }
 
@@ -60,12 +62,13 @@ pub struct WalkError {
 }
 
 /// Walk `root`, calling `visit` for every entry not excluded (root
-/// included) and `failed` for entries that cannot be read. Either callback
-/// may stop the walk by returning an error.
+/// included; the path is handed over, to keep without a copy) and `failed`
+/// for entries that cannot be read. Either callback may stop the walk by
+/// returning an error.
 pub fn walk(
     root: &Path,
     excludes: &Excludes,
-    visit: &mut dyn FnMut(&Path, &Metadata) -> Result<()>,
+    visit: &mut dyn FnMut(PathBuf, &Metadata) -> Result<()>,
     failed: &mut dyn FnMut(WalkError) -> Result<()>,
 ) -> Result<()> {
     // Entries are stat'ed when their directory is listed, relative to the
@@ -86,8 +89,10 @@ pub fn walk(
                 continue;
             }
         };
-        visit(&path, &meta)?;
-        if meta.is_dir() {
+        if !meta.is_dir() {
+            visit(path, &meta)?;
+        } else {
+            visit(path.clone(), &meta)?;
             let rd = match fs::read_dir(&path) {
                 Ok(rd) => rd,
                 // Deleted since its stat: recorded as it was, empty.
