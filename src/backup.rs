@@ -871,8 +871,10 @@ impl Backup<'_> {
             Err(e) => return Err(e),
         };
         // A file that changed while we read it is stored as read, but not
-        // remembered as unchanged, so the next run reads it again.
-        let changed = match std::fs::metadata(&t.path) {
+        // remembered as unchanged, so the next run reads it again. (The
+        // open file is asked, not the path: no lookup. A file renamed over
+        // meanwhile has a new inode, which the next run notices anyway.)
+        let changed = match file.metadata() {
             Ok(m) => {
                 let now = stat_of(&m);
                 now.size != t.stat.size || now.mtime_ns != t.stat.mtime_ns || read != t.stat.size
