@@ -198,6 +198,9 @@ impl Budget {
 
 /// Entries handed from the walk thread at a time.
 const WALK_BATCH: usize = 256;
+/// Batches of files to read (up to `WALK_BATCH` each) queued for the
+/// readers while the walk goes on.
+const TODO_BATCHES: usize = 4;
 
 /// What the walk thread found.
 enum Walked {
@@ -386,8 +389,10 @@ impl Backup<'_> {
         // files, while changed files are read, packed and uploaded by the
         // pipeline threads; their results are recorded here as they come.
         let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
-        let (todo_tx, todo_rx) = sync_channel::<Todo>(1024);
-        let (ev_tx, ev_rx) = channel::<Event>();
+        // Files and their results travel in batches (one per batch of walked
+        // entries): one wakeup per batch instead of two per file.
+        let (todo_tx, todo_rx) = sync_channel::<Vec<Todo>>(TODO_BATCHES);
+        let (ev_tx, ev_rx) = channel::<Vec<Event>>();
         let cancel = AtomicBool::new(false);
         let progress = Progress::default();
         let scoped = scope != Scope::Full;
@@ -416,7 +421,7 @@ impl Backup<'_> {
             drop(todo_tx);
             progress.walk_done.store(true, Ordering::Relaxed);
             let recorded = walked.and_then(|()| {
-                for ev in ev_rx.iter() {
+                for ev in ev_rx.iter().flatten() {
                     self.record(ev, &meta, &mut s)?;
                 }
                 Ok(())
@@ -515,8 +520,8 @@ impl Backup<'_> {
         scoped: bool,
         excludes: &Excludes,
         meta: &MetaWriter,
-        todo: &SyncSender<Todo>,
-        events: &Receiver<Event>,
+        todo: &SyncSender<Vec<Todo>>,
+        events: &Receiver<Vec<Event>>,
         cancel: &AtomicBool,
         progress: &Progress,
         s: &mut Summary,
@@ -600,8 +605,10 @@ impl Backup<'_> {
                     if cancel.load(Ordering::Relaxed) || self.aborted() {
                         return Err(Error::Cancelled);
                     }
-                    while let Ok(ev) = events.try_recv() {
-                        self.record(ev, meta, s)?;
+                    while let Ok(evs) = events.try_recv() {
+                        for ev in evs {
+                            self.record(ev, meta, s)?;
+                        }
                     }
                     self.note_batch(batch, meta, todo, progress, s, &mut walk_warnings)?;
                 }
@@ -621,15 +628,16 @@ impl Backup<'_> {
         &self,
         batch: Vec<Walked>,
         meta: &MetaWriter,
-        todo: &SyncSender<Todo>,
+        todo: &SyncSender<Vec<Todo>>,
         progress: &Progress,
         s: &mut Summary,
         walk_warnings: &mut u64,
     ) -> Result<()> {
+        let mut files = Vec::new();
         for w in batch {
             match w {
                 Walked::Entry(e, stat, reuse) => {
-                    self.note_entry(e, stat, reuse, meta, todo, progress, s)?
+                    self.note_entry(e, stat, reuse, meta, &mut files, progress, s)?
                 }
                 Walked::Failed(w) if self.skip_errors => {
                     *walk_warnings += 1;
@@ -643,6 +651,9 @@ impl Backup<'_> {
                     });
                 }
             }
+        }
+        if !files.is_empty() {
+            todo.send(files).map_err(|_| Error::Cancelled)?;
         }
         Ok(())
     }
@@ -665,7 +676,7 @@ impl Backup<'_> {
     }
 
     /// Add one walked entry to the metadata; a file the index does not know
-    /// unchanged goes to the pipeline.
+    /// unchanged goes to `files`, for the pipeline.
     #[allow(clippy::too_many_arguments)]
     fn note_entry(
         &self,
@@ -673,7 +684,7 @@ impl Backup<'_> {
         stat: FileStat,
         reuse: Option<Vec<u8>>,
         meta: &MetaWriter,
-        todo: &SyncSender<Todo>,
+        files: &mut Vec<Todo>,
         progress: &Progress,
         s: &mut Summary,
     ) -> Result<()> {
@@ -696,14 +707,13 @@ impl Backup<'_> {
                 let entry = meta.add(&e, None)?;
                 progress.total_files.fetch_add(1, Ordering::Relaxed);
                 progress.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
-                todo.send(Todo {
+                files.push(Todo {
                     entry,
                     path: PathBuf::from(
                         <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
                     ),
                     stat,
-                })
-                .map_err(|_| Error::Cancelled)?;
+                });
             }
         }
         Ok(())
@@ -712,8 +722,8 @@ impl Backup<'_> {
     /// Read, chunk, pack and upload the files that arrive on `todo`.
     fn pipeline(
         &self,
-        todo: Receiver<Todo>,
-        ev_tx: Sender<Event>,
+        todo: Receiver<Vec<Todo>>,
+        ev_tx: Sender<Vec<Event>>,
         cancel: &AtomicBool,
         done: &Progress,
     ) -> Result<()> {
@@ -737,12 +747,23 @@ impl Backup<'_> {
                 let ev_tx = ev_tx.clone();
                 let pending = &self.pending;
                 scope.spawn(move || {
-                    let r = todo
-                        .into_iter()
-                        .par_bridge()
-                        .try_for_each_with((chunk_tx, ev_tx), |(ctx, etx), t| {
-                            self.read_file(t, ctx, etx, budget, pending, cancel, done)
-                        });
+                    // A batch is spread over the threads too: one batch may
+                    // hold all the big files of a tree.
+                    let r = todo.into_iter().par_bridge().try_for_each_with(
+                        (chunk_tx, ev_tx),
+                        |(ctx, etx), files| {
+                            let events = files
+                                .into_par_iter()
+                                // One file per task: a few big files must
+                                // not end up queued behind one thread.
+                                .with_max_len(1)
+                                .map_with(ctx.clone(), |ctx, t| {
+                                    self.read_file(t, ctx, budget, pending, cancel, done)
+                                })
+                                .collect::<Result<Vec<Event>>>()?;
+                            etx.send(events).map_err(|_| Error::Cancelled)
+                        },
+                    );
                     if r.is_err() {
                         cancel.store(true, Ordering::Relaxed);
                     }
@@ -782,31 +803,28 @@ impl Backup<'_> {
         })
     }
 
-    /// Chunk one file; send its new chunks to the packer and its chunk list
-    /// to the recorder.
+    /// Chunk one file; send its new chunks to the packer, and return what
+    /// to record (its chunk list, or why it has none).
     #[allow(clippy::too_many_arguments)]
     fn read_file(
         &self,
         t: Todo,
         chunk_tx: &mut Sender<NewChunk>,
-        ev_tx: &mut Sender<Event>,
         budget: &Budget,
         pending: &Mutex<HashSet<ChunkId>>,
         cancel: &AtomicBool,
         done: &Progress,
-    ) -> Result<()> {
+    ) -> Result<Event> {
         if cancel.load(Ordering::Relaxed) || self.aborted() {
             return Err(Error::Cancelled);
         }
         let _counted = done.file_guard();
-        let skip = |ev_tx: &mut Sender<Event>, e: Error| -> Result<()> {
+        let skip = |e: Error| -> Result<Event> {
             if self.skip_errors {
-                ev_tx
-                    .send(Event::FileSkipped {
-                        entry: t.entry,
-                        msg: e.to_string(),
-                    })
-                    .map_err(|_| Error::Cancelled)
+                Ok(Event::FileSkipped {
+                    entry: t.entry,
+                    msg: e.to_string(),
+                })
             } else {
                 Err(e)
             }
@@ -814,22 +832,17 @@ impl Backup<'_> {
         let file = match std::fs::File::open(&t.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return ev_tx
-                    .send(Event::FileVanished {
-                        entry: t.entry,
-                        path: t.path,
-                    })
-                    .map_err(|_| Error::Cancelled);
+                return Ok(Event::FileVanished {
+                    entry: t.entry,
+                    path: t.path,
+                });
             }
             Err(e) => {
-                return skip(
-                    ev_tx,
-                    Error::Io {
-                        op: "open",
-                        path: t.path.clone(),
-                        source: e,
-                    },
-                );
+                return skip(Error::Io {
+                    op: "open",
+                    path: t.path.clone(),
+                    source: e,
+                });
             }
         };
         let mut list: Vec<u8> =
@@ -867,7 +880,7 @@ impl Backup<'_> {
         });
         let read = match result {
             Ok(n) => n,
-            Err(e @ Error::Io { .. }) => return skip(ev_tx, e),
+            Err(e @ Error::Io { .. }) => return skip(e),
             Err(e) => return Err(e),
         };
         // A file that changed while we read it is stored as read, but not
@@ -881,14 +894,12 @@ impl Backup<'_> {
             }
             Err(_) => true,
         };
-        ev_tx
-            .send(Event::FileDone {
-                todo: t,
-                read,
-                chunks: list,
-                changed,
-            })
-            .map_err(|_| Error::Cancelled)
+        Ok(Event::FileDone {
+            todo: t,
+            read,
+            chunks: list,
+            changed,
+        })
     }
 
     fn pack(
@@ -921,7 +932,7 @@ impl Backup<'_> {
     fn upload(
         &self,
         rx: &Mutex<Option<Receiver<FinishedBlob>>>,
-        ev_tx: Sender<Event>,
+        ev_tx: Sender<Vec<Event>>,
         cancel: &AtomicBool,
     ) -> Result<()> {
         loop {
@@ -936,11 +947,11 @@ impl Backup<'_> {
             }
             self.store.put_file(&blob.key, blob.file.temp.path())?;
             ev_tx
-                .send(Event::BlobStored {
+                .send(vec![Event::BlobStored {
                     key: blob.key,
                     size: blob.file.size,
                     entries: blob.entries,
-                })
+                }])
                 .map_err(|_| Error::Cancelled)?;
         }
     }
