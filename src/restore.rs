@@ -557,6 +557,9 @@ impl Restore<'_> {
         }
         drop_failed(&conn, &mut failed)?;
 
+        // Owners are restored only by root (phases 3 to 5).
+        let as_root = unsafe { libc::geteuid() } == 0;
+
         // 3. Read units, planned as the jobs stream by in blob and offset
         //    order, read by the threads as they come.
         let failed_files: Mutex<HashMap<i64, String>> = Mutex::new(HashMap::new());
@@ -569,7 +572,7 @@ impl Restore<'_> {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if let Err(e) = self.read_unit(&u, &blobs, &failed_files, &chunks_done) {
+                if let Err(e) = self.read_unit(&u, &blobs, as_root, &failed_files, &chunks_done) {
                     // A wrong key fails every unit the same way: stop early.
                     if matches!(e, Error::Key(_)) {
                         stop.store(true, Ordering::Relaxed);
@@ -645,7 +648,6 @@ impl Restore<'_> {
             }
         }
         drop_failed(&conn, &mut failed)?;
-        let as_root = unsafe { libc::geteuid() } == 0;
         {
             let mut st = conn.prepare(Q_OTHER).db(ppath)?;
             let mut rows = st.query([]).db(ppath)?;
@@ -915,6 +917,7 @@ impl Restore<'_> {
         &self,
         u: &Unit,
         blobs: &[(String, u64)],
+        as_root: bool,
         failed: &Mutex<HashMap<i64, String>>,
         done: &AtomicU64,
     ) -> Result<()> {
@@ -923,7 +926,6 @@ impl Restore<'_> {
         let last = u.jobs.last().expect("units are not empty");
         reader.plan_range(last.loc.offset.saturating_add(last.loc.length));
         let mut open: Option<(i64, File)> = None;
-        let as_root = unsafe { libc::geteuid() } == 0;
         let mut i = 0;
         while i < u.jobs.len() {
             let j = &u.jobs[i];
