@@ -446,23 +446,30 @@ impl Backup<'_> {
         })?;
         meta.drop_files()?;
 
-        // 4. Nothing changed? Then there is nothing to publish. The digest
-        // (metadata) and the chunk locations (index) are read at once.
+        // 4. Nothing changed? Then there is nothing to publish. Only a run
+        // that may skip an unchanged snapshot (the daemon) spends the time
+        // on the digest (metadata), read while the chunk locations (index)
+        // are; it is recorded, for the next run to compare with.
         let ids = meta.chunk_ids()?;
         let (digest, found) = std::thread::scope(|t| {
             let locating = t.spawn(|| self.index().locate(&ids));
-            let digest = meta.digest();
+            let digest = if skip_unchanged {
+                meta.digest().map(Some)
+            } else {
+                Ok(None)
+            };
             (digest, join(locating))
         });
         let (digest, found) = (digest?, found?);
-        if skip_unchanged
-            && snapshot::stored_digest(&last).as_deref() == Some(digest.as_str())
-            && self.last_still_stored(&last)?
-        {
-            s.unchanged = true;
-            return Ok(s);
+        if let Some(digest) = digest {
+            if snapshot::stored_digest(&last).as_deref() == Some(digest.as_str())
+                && self.last_still_stored(&last)?
+            {
+                s.unchanged = true;
+                return Ok(s);
+            }
+            meta.set_info("digest", &digest)?;
         }
-        meta.set_info("digest", &digest)?;
         if self.aborted() {
             return Err(Error::Cancelled);
         }

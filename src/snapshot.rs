@@ -264,37 +264,7 @@ impl MetaWriter {
     /// SHA-256 over every entry in path order: equal digests mean the
     /// snapshots would restore identically.
     pub fn digest(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link
-                 FROM entries ORDER BY path",
-            )
-            .db(&self.path)?;
-        let mut rows = st.query([]).db(&self.path)?;
-        while let Some(r) = rows.next().db(&self.path)? {
-            for i in 0..11 {
-                use rusqlite::types::ValueRef;
-                let int;
-                let bytes: &[u8] = match r.get_ref(i).db(&self.path)? {
-                    ValueRef::Null => b"N",
-                    ValueRef::Integer(n) => {
-                        int = n.to_le_bytes();
-                        &int
-                    }
-                    ValueRef::Real(f) => {
-                        int = f.to_le_bytes();
-                        &int
-                    }
-                    ValueRef::Blob(b) | ValueRef::Text(b) => b,
-                };
-                h.update((bytes.len() as u64).to_le_bytes());
-                h.update(bytes);
-            }
-        }
-        Ok(crate::chunk::hex(&h.finalize()))
+        digest_of(&self.conn, &self.path)
     }
 
     pub fn set_info(&self, key: &str, value: &str) -> Result<()> {
@@ -483,9 +453,57 @@ impl Write for SealSink {
     }
 }
 
-/// The digest recorded in a kept metadata database, if it can be read.
+/// The digest of a kept metadata database: recorded in it, or computed
+/// (once: it is then recorded) for one made without (`snapshot create`
+/// does not spend the time; only the daemon compares). `None` if it
+/// cannot be read.
 pub fn stored_digest(path: &Path) -> Option<String> {
-    stored_info(path, "digest")
+    if let Some(d) = stored_info(path, "digest") {
+        return Some(d);
+    }
+    let conn = Connection::open(path).ok()?;
+    let d = digest_of(&conn, path).ok()?;
+    // A cache: if it cannot be written, it is computed again next time.
+    let _ = conn.execute(
+        "INSERT OR REPLACE INTO info(key, value) VALUES ('digest', ?1)",
+        [&d],
+    );
+    Some(d)
+}
+
+/// SHA-256 over every entry in path order: equal digests mean the
+/// snapshots would restore identically.
+fn digest_of(conn: &Connection, path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut st = conn
+        .prepare(
+            "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link
+             FROM entries ORDER BY path",
+        )
+        .db(path)?;
+    let mut rows = st.query([]).db(path)?;
+    while let Some(r) = rows.next().db(path)? {
+        for i in 0..11 {
+            use rusqlite::types::ValueRef;
+            let int;
+            let bytes: &[u8] = match r.get_ref(i).db(path)? {
+                ValueRef::Null => b"N",
+                ValueRef::Integer(n) => {
+                    int = n.to_le_bytes();
+                    &int
+                }
+                ValueRef::Real(f) => {
+                    int = f.to_le_bytes();
+                    &int
+                }
+                ValueRef::Blob(b) | ValueRef::Text(b) => b,
+            };
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+    }
+    Ok(crate::chunk::hex(&h.finalize()))
 }
 
 /// A value from the info table of a kept metadata database.

@@ -153,6 +153,27 @@ fn a_change_makes_exactly_one_snapshot_after_the_settle_delay() {
 }
 
 #[test]
+fn the_daemon_sees_nothing_changed_since_a_snapshot_made_by_create() {
+    // `snapshot create` does not record a digest (only the daemon compares):
+    // the daemon's first scan computes the kept snapshot's, and finds it equal.
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    fs::write(env.src().join("f.txt"), b"one").unwrap();
+    env.write_config();
+    env.settle();
+    env.create();
+    assert_eq!(count_named(&env, "data"), 1);
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("nothing changed, no snapshot", Duration::from_secs(20));
+    assert_eq!(count_named(&env, "data"), 1, "{}", d.lines().join("\n"));
+    // A change after that is still a new snapshot.
+    fs::write(env.src().join("f.txt"), b"two").unwrap();
+    d.wait_log("run finished", Duration::from_secs(20));
+    assert_eq!(count_named(&env, "data"), 2, "{}", d.lines().join("\n"));
+    assert!(d.stop(Duration::from_secs(10)).success());
+}
+
+#[test]
 fn a_change_in_one_name_does_not_snapshot_another() {
     let mut env = Env::new(Backend::Local);
     fast(&mut env);
