@@ -196,6 +196,11 @@ impl Budget {
     }
 }
 
+/// Chunk locations handed from the index to the metadata at a time, and
+/// batches of them queued.
+const LOCATE_BATCH: usize = 2048;
+const LOCATE_BATCHES: usize = 4;
+
 /// Entries handed from the walk thread at a time.
 const WALK_BATCH: usize = 256;
 /// Batches of files to read (up to `WALK_BATCH` each) queued for the
@@ -448,35 +453,50 @@ impl Backup<'_> {
 
         // 4. Nothing changed? Then there is nothing to publish. Only a run
         // that may skip an unchanged snapshot (the daemon) spends the time
-        // on the digest (metadata), read while the chunk locations (index)
-        // are; it is recorded, for the next run to compare with.
+        // on the digest (metadata); it is recorded, for the next run to
+        // compare with.
+        // 5. Metadata, then the manifest that makes the snapshot visible.
+        // The chunk table is written as the index locates the chunks, on
+        // another thread.
         let ids = meta.chunk_ids()?;
-        let (digest, found) = std::thread::scope(|t| {
-            let locating = t.spawn(|| self.index().locate(&ids));
-            let digest = if skip_unchanged {
-                meta.digest().map(Some)
-            } else {
-                Ok(None)
-            };
-            (digest, join(locating))
+        let index_path = self.index().path().to_path_buf();
+        let (tx, rx) = sync_channel::<crate::index::Located>(LOCATE_BATCHES);
+        let (written, located) = std::thread::scope(|t| {
+            let ids = &ids;
+            let locating = t.spawn(move || {
+                self.index().locate(ids, LOCATE_BATCH, &mut |found| {
+                    tx.send(found).map_err(|_| Error::Cancelled)
+                })
+            });
+            let (meta, last) = (&meta, &last);
+            // Takes `rx`, dropped on return: a locating side still sending stops.
+            let written = (move || -> Result<Option<Vec<(String, u64)>>> {
+                if skip_unchanged {
+                    let digest = meta.digest()?;
+                    if snapshot::stored_digest(last).as_deref() == Some(digest.as_str())
+                        && self.last_still_stored(last)?
+                    {
+                        return Ok(None);
+                    }
+                    meta.set_info("digest", &digest)?;
+                }
+                if self.aborted() {
+                    return Err(Error::Cancelled);
+                }
+                meta.write_chunks(ids, rx, &index_path).map(Some)
+            })();
+            (written, join(locating))
         });
-        let (digest, found) = (digest?, found?);
-        if let Some(digest) = digest {
-            if snapshot::stored_digest(&last).as_deref() == Some(digest.as_str())
-                && self.last_still_stored(&last)?
-            {
+        let blobs = match (written, located) {
+            (Ok(Some(blobs)), _) => blobs,
+            (Ok(None), _) => {
                 s.unchanged = true;
                 return Ok(s);
             }
-            meta.set_info("digest", &digest)?;
-        }
-        if self.aborted() {
-            return Err(Error::Cancelled);
-        }
-
-        // 5. Metadata, then the manifest that makes the snapshot visible.
-        let blobs = meta.write_chunks(&ids, &found, self.index().path())?;
-        drop(found);
+            // The table ended early: why is the locating side's to say.
+            (Err(Error::Cancelled), Err(e)) => return Err(e),
+            (Err(e), _) => return Err(e),
+        };
         let sealed = meta.seal(&self.tmp_dir, &self.recipients, METADATA_LEVEL)?;
         self.store
             .put_file(&snapshot::db_key(id), sealed.temp.path())?;

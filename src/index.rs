@@ -4,7 +4,7 @@
 //! holds it is confirmed uploaded. The schema is versioned; a cache of
 //! another version or another store is dropped and rebuilt.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,10 +47,14 @@ CREATE TABLE snapshots(
 );
 ";
 
-/// Where a snapshot's chunks are, from `Index::locate`.
+/// Where a run of a snapshot's chunks are, from `Index::locate`.
+#[derive(Default)]
 pub struct Located {
+    /// The index's blob id and the location of each id, in order.
     pub at: Vec<(i64, Location)>,
-    pub blobs: HashMap<i64, (String, u64)>,
+    /// The index's id, key and size of each blob first pointed at here.
+    pub blobs: Vec<(i64, String, u64)>,
+    /// The first id with no location; nothing is located past it.
     pub missing: Option<ChunkId>,
 }
 
@@ -216,28 +220,47 @@ impl Index {
         .db(&self.path)
     }
 
-    /// Where each of `ids` is stored, in one read transaction: the index's
-    /// blob id and the location, in the order of `ids`, with the key and
-    /// size of every blob pointed at. Stops at the first id it has no
-    /// location for (`missing`).
-    pub fn locate(&self, ids: &[ChunkId]) -> Result<Located> {
+    /// Where each of `ids` is stored, in one read transaction, handed to
+    /// `each` in order, `batch` ids at a time (so that they can be written
+    /// elsewhere while the rest are looked up). Stops at the first id it
+    /// has no location for (`missing`).
+    pub fn locate(
+        &self,
+        ids: &[ChunkId],
+        batch: usize,
+        each: &mut dyn FnMut(Located) -> Result<()>,
+    ) -> Result<()> {
         self.read_batch(|index| {
-            let mut found = Located {
-                at: Vec::with_capacity(ids.len()),
-                blobs: HashMap::new(),
-                missing: None,
-            };
-            for id in ids {
-                let Some((blob, loc)) = index.chunk_location(id)? else {
-                    found.missing = Some(*id);
-                    break;
+            let mut chunk = index
+                .conn
+                .prepare_cached("SELECT blob, offset, length, size FROM chunks WHERE id=?1")
+                .db(&index.path)?;
+            let mut seen: HashSet<i64> = HashSet::new();
+            for part in ids.chunks(batch.max(1)) {
+                let mut found = Located {
+                    at: Vec::with_capacity(part.len()),
+                    ..Located::default()
                 };
-                if let std::collections::hash_map::Entry::Vacant(v) = found.blobs.entry(blob) {
-                    v.insert(index.blob(blob)?);
+                for id in part {
+                    let at = chunk
+                        .query_row([&id.0[..]], |r| {
+                            Ok((r.get::<_, i64>(0)?, Location::from_row(r, 1)?))
+                        })
+                        .optional()
+                        .db(&index.path)?;
+                    let Some((blob, loc)) = at else {
+                        found.missing = Some(*id);
+                        return each(found);
+                    };
+                    if seen.insert(blob) {
+                        let (key, size) = index.blob(blob)?;
+                        found.blobs.push((blob, key, size));
+                    }
+                    found.at.push((blob, loc));
                 }
-                found.at.push((blob, loc));
+                each(found)?;
             }
-            Ok(found)
+            Ok(())
         })
     }
 

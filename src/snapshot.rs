@@ -345,17 +345,15 @@ impl MetaWriter {
     }
 
     /// Fill the chunk and blob tables for `ids` (from `chunk_ids`) with
-    /// where the index says they are. Returns the (key, size) of every
-    /// blob needed.
+    /// where the index says they are, as `located` hands them over in
+    /// order. Returns the (key, size) of every blob needed; `Cancelled` if
+    /// `located` ends early (the error is the locating side's).
     pub fn write_chunks(
         &self,
         ids: &[ChunkId],
-        found: &crate::index::Located,
+        located: impl IntoIterator<Item = crate::index::Located>,
         index: &Path,
     ) -> Result<Vec<(String, u64)>> {
-        if let Some(id) = &found.missing {
-            return Err(self.unlocated(index, id));
-        }
         let mut blobs: Vec<(String, u64)> = Vec::new();
         let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
         let mut ins_blob = self
@@ -368,32 +366,42 @@ impl MetaWriter {
                 "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .db(&self.path)?;
-        for (id, (index_blob, loc)) in ids.iter().zip(&found.at) {
-            let blob_id = match blob_ids.get(index_blob) {
-                Some(id) => *id,
-                None => {
-                    let (key, size) = found
-                        .blobs
-                        .get(index_blob)
-                        .expect("locate() returns every blob it points at");
-                    let next = blobs.len() as i64 + 1;
-                    ins_blob
-                        .execute(params![next, key, *size as i64])
-                        .db(&self.path)?;
-                    blobs.push((key.clone(), *size));
-                    blob_ids.insert(*index_blob, next);
-                    next
-                }
-            };
-            ins_chunk
-                .execute(params![
-                    &id.0[..],
-                    blob_id,
-                    loc.offset as i64,
-                    loc.length as i64,
-                    loc.size as i64
-                ])
-                .db(&self.path)?;
+        let mut next_id = ids.iter();
+        for found in located {
+            for (index_blob, key, size) in found.blobs {
+                let id = blobs.len() as i64 + 1;
+                ins_blob
+                    .execute(params![id, key, size as i64])
+                    .db(&self.path)?;
+                blobs.push((key, size));
+                blob_ids.insert(index_blob, id);
+            }
+            for (index_blob, loc) in &found.at {
+                let id = next_id.next().ok_or_else(|| {
+                    Error::corrupt(
+                        format!("index {}", index.display()),
+                        "more chunk locations than chunks asked for",
+                    )
+                })?;
+                let blob_id = blob_ids
+                    .get(index_blob)
+                    .expect("locate() names each blob before pointing at it");
+                ins_chunk
+                    .execute(params![
+                        &id.0[..],
+                        blob_id,
+                        loc.offset as i64,
+                        loc.length as i64,
+                        loc.size as i64
+                    ])
+                    .db(&self.path)?;
+            }
+            if let Some(id) = &found.missing {
+                return Err(self.unlocated(index, id));
+            }
+        }
+        if next_id.next().is_some() {
+            return Err(Error::Cancelled);
         }
         blobs.sort();
         Ok(blobs)
@@ -433,6 +441,12 @@ impl MetaWriter {
         let len = src.metadata().at("stat", &path)?.len();
         let seal = SealWriter::create(tmp_dir, "metadata", recipients)?;
         let mut enc = zstd::Encoder::new(SealSink(seal), level).at("compress", &path)?;
+        // The last step of every run, with the cores otherwise idle:
+        // compress on worker threads while this one encrypts and writes.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if workers > 1 {
+            enc.multithread(workers as u32).at("compress", &path)?;
+        }
         enc.write_all(&len.to_le_bytes()).at("compress", &path)?;
         std::io::copy(&mut src, &mut enc).at("compress", &path)?;
         let SealSink(seal) = enc.finish().at("compress", &path)?;
