@@ -441,12 +441,6 @@ impl MetaWriter {
         let len = src.metadata().at("stat", &path)?.len();
         let seal = SealWriter::create(tmp_dir, "metadata", recipients)?;
         let mut enc = zstd::Encoder::new(SealSink(seal), level).at("compress", &path)?;
-        // The last step of every run, with the cores otherwise idle:
-        // compress on worker threads while this one encrypts and writes.
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        if workers > 1 {
-            enc.multithread(workers as u32).at("compress", &path)?;
-        }
         enc.write_all(&len.to_le_bytes()).at("compress", &path)?;
         std::io::copy(&mut src, &mut enc).at("compress", &path)?;
         let SealSink(seal) = enc.finish().at("compress", &path)?;
