@@ -986,11 +986,18 @@ impl Backup<'_> {
     /// Apply one pipeline event, on the thread that owns the metadata database.
     fn record(&self, ev: Event, meta: &MetaWriter, s: &mut Summary) -> Result<()> {
         match ev {
-            Event::BlobStored { key, size, entries } => {
+            Event::BlobStored {
+                key,
+                size,
+                mut entries,
+            } => {
                 s.blobs += 1;
                 s.blob_bytes += size;
                 s.new_chunks += entries.len() as u64;
                 s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
+                // In key order, each B-tree page is visited once: the
+                // readers wait for the index while this runs.
+                entries.sort_unstable_by_key(|(id, _)| *id);
                 self.index().add_blob(&key, size, &entries)?;
                 let mut p = self
                     .pending
