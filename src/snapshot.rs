@@ -219,9 +219,20 @@ impl MetaWriter {
             args.push(rusqlite::types::Value::Blob(under));
             args.push(rusqlite::types::Value::Integer(len));
         }
+        // Hard links stay links (a kept snapshot made before they were
+        // recorded has no such column).
+        let link = if self
+            .conn
+            .prepare("SELECT link FROM prev.entries LIMIT 0")
+            .is_ok()
+        {
+            "link"
+        } else {
+            "NULL"
+        };
         let sql = format!(
-            "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks)
-             SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks
+            "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
+             SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link}
              FROM prev.entries WHERE {cond} ORDER BY id"
         );
         let n = self

@@ -174,6 +174,39 @@ fn the_daemon_sees_nothing_changed_since_a_snapshot_made_by_create() {
 }
 
 #[test]
+fn hard_links_outside_the_changed_subtree_stay_links() {
+    // A change in b/ makes a run that walks only b/ and carries the rest
+    // over from the last snapshot: a/'s hard links must come with it.
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    let (a, b) = (env.src().join("a"), env.src().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    fs::write(a.join("f"), b"linked").unwrap();
+    fs::hard_link(a.join("f"), a.join("g")).unwrap();
+    fs::write(b.join("x"), b"one").unwrap();
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(20));
+    fs::write(b.join("x"), b"two").unwrap();
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    assert!(
+        d.lines().iter().any(|l| l.contains("1 changed subtree(s)")),
+        "the second run was not incremental:\n{}",
+        d.lines().join("\n")
+    );
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    let dest = restored(&target, &env.src());
+    assert_same_tree(&env.src(), &dest);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| fs::metadata(dest.join(p)).unwrap().ino();
+    assert_eq!(ino("a/f"), ino("a/g"), "a/g is no longer a link of a/f");
+    assert_eq!(fs::read(dest.join("b/x")).unwrap(), b"two");
+}
+
+#[test]
 fn a_change_in_one_name_does_not_snapshot_another() {
     let mut env = Env::new(Backend::Local);
     fast(&mut env);
