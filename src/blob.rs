@@ -43,6 +43,23 @@ impl Location {
             size: row.get::<_, i64>(at + 2)? as u64,
         })
     }
+
+    /// Run `insert`, a statement taking `(id, blob, offset, length, size)`:
+    /// a chunk row, the same in the index and in a snapshot's metadata.
+    pub fn insert_row(
+        &self,
+        insert: &mut rusqlite::Statement<'_>,
+        id: &ChunkId,
+        blob: i64,
+    ) -> rusqlite::Result<usize> {
+        insert.execute(rusqlite::params![
+            &id.0[..],
+            blob,
+            self.offset as i64,
+            self.length as i64,
+            self.size as i64
+        ])
+    }
 }
 
 pub fn blob_key(hash: &[u8; 32]) -> String {

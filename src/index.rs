@@ -302,14 +302,7 @@ impl Index {
                 )
                 .db(&self.path)?;
             for (id, loc) in chunks {
-                st.execute(params![
-                    &id.0[..],
-                    blob_id,
-                    loc.offset as i64,
-                    loc.length as i64,
-                    loc.size as i64
-                ])
-                .db(&self.path)?;
+                loc.insert_row(&mut st, id, blob_id).db(&self.path)?;
             }
         }
         tx.commit().db(&self.path)

@@ -397,14 +397,7 @@ impl MetaWriter {
                 let blob_id = blob_ids
                     .get(index_blob)
                     .expect("locate() names each blob before pointing at it");
-                ins_chunk
-                    .execute(params![
-                        &id.0[..],
-                        blob_id,
-                        loc.offset as i64,
-                        loc.length as i64,
-                        loc.size as i64
-                    ])
+                loc.insert_row(&mut ins_chunk, id, *blob_id)
                     .db(&self.path)?;
             }
             if let Some(id) = &found.missing {
