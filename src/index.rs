@@ -205,21 +205,6 @@ impl Index {
         st.exists([&id.0[..]]).db(&self.path)
     }
 
-    /// Where a chunk is stored: the index's blob id and the location.
-    /// (Two simple lookups: SQLite re-prepares the equivalent JOIN on
-    /// every call, which made resolving a snapshot's chunks 3x slower.)
-    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(i64, Location)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT blob, offset, length, size FROM chunks WHERE id=?1")
-            .db(&self.path)?;
-        st.query_row([&id.0[..]], |r| {
-            Ok((r.get::<_, i64>(0)?, Location::from_row(r, 1)?))
-        })
-        .optional()
-        .db(&self.path)
-    }
-
     /// Where each of `ids` is stored, in one read transaction, handed to
     /// `each` in order, `batch` ids at a time (so that they can be written
     /// elsewhere while the rest are looked up). Stops at the first id it
@@ -231,6 +216,8 @@ impl Index {
         each: &mut dyn FnMut(Located) -> Result<()>,
     ) -> Result<()> {
         self.read_batch(|index| {
+            // One prepared statement for every id, and two simple lookups
+            // (SQLite re-prepares the equivalent JOIN on every call).
             let mut chunk = index
                 .conn
                 .prepare_cached("SELECT blob, offset, length, size FROM chunks WHERE id=?1")

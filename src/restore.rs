@@ -330,12 +330,7 @@ impl Restore<'_> {
         let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
         conn.execute_batch("BEGIN").db(ppath)?;
         {
-            // Snapshots made before hard links were recorded have no column.
-            let link = if conn.prepare("SELECT link FROM entries LIMIT 0").is_ok() {
-                "link"
-            } else {
-                "NULL"
-            };
+            let link = crate::snapshot::link_column(&conn, "main");
             let mut st = conn
                 .prepare(&format!(
                     "SELECT rowid, path, kind, size, chunks, {link} FROM main.entries ORDER BY rowid"

@@ -219,17 +219,8 @@ impl MetaWriter {
             args.push(rusqlite::types::Value::Blob(under));
             args.push(rusqlite::types::Value::Integer(len));
         }
-        // Hard links stay links (a kept snapshot made before they were
-        // recorded has no such column).
-        let link = if self
-            .conn
-            .prepare("SELECT link FROM prev.entries LIMIT 0")
-            .is_ok()
-        {
-            "link"
-        } else {
-            "NULL"
-        };
+        // Hard links stay links.
+        let link = link_column(&self.conn, "prev");
         let sql = format!(
             "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
              SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link}
@@ -473,7 +464,10 @@ pub fn stored_digest(path: &Path) -> Option<String> {
     if let Some(d) = stored_info(path, "digest") {
         return Some(d);
     }
-    let conn = Connection::open(path).ok()?;
+    // Read-write to record it, but never created: a missing file is no
+    // snapshot (an empty one would be taken as the base of the next run).
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).ok()?;
     let d = digest_of(&conn, path).ok()?;
     // A cache: if it cannot be written, it is computed again next time.
     let _ = conn.execute(
@@ -516,6 +510,19 @@ fn digest_of(conn: &Connection, path: &Path) -> Result<String> {
         }
     }
     Ok(crate::chunk::hex(&h.finalize()))
+}
+
+/// The `link` column of `schema`'s entries, as an SQL expression: `NULL`
+/// in snapshots made before hard links were recorded, which have none.
+pub fn link_column(conn: &Connection, schema: &str) -> &'static str {
+    if conn
+        .prepare(&format!("SELECT link FROM {schema}.entries LIMIT 0"))
+        .is_ok()
+    {
+        "link"
+    } else {
+        "NULL"
+    }
 }
 
 /// A value from the info table of a kept metadata database.
@@ -863,6 +870,14 @@ fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_of_a_missing_snapshot_is_none_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.sqlite");
+        assert_eq!(stored_digest(&path), None);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn times_format() {
