@@ -25,7 +25,9 @@ use crate::chunk::{self, ChunkId, Params};
 use crate::config::SnapshotConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::index::{FileStat, Index};
-use crate::snapshot::{self, Entry, Kind, Manifest, MetaWriter};
+use crate::layout;
+use crate::manifest::{self, Manifest};
+use crate::snapshot::{self, Entry, Kind, MetaWriter};
 use crate::store::Store;
 use crate::walk::{self, Excludes};
 
@@ -272,7 +274,7 @@ impl Backup<'_> {
     /// store? (It may have been removed, and then nothing stands for now.)
     fn last_still_stored(&self, last: &Path) -> Result<bool> {
         match snapshot::stored_info(last, "id") {
-            Some(id) => Ok(self.store.head(&snapshot::manifest_key(&id))?.is_some()),
+            Some(id) => Ok(self.store.head(&layout::manifest(&id))?.is_some()),
             None => Ok(false),
         }
     }
@@ -324,9 +326,9 @@ impl Backup<'_> {
         // highest), which sorts after the plain id and before the next
         // second. Past `.9`, wait for the next second.
         let (id, time) = loop {
-            let time = crate::unix_now();
-            let base = snapshot::make_id(&self.hostname, &snap.name, time);
-            match snapshot::next_free_id(self.store, &base)? {
+            let time = crate::time::now();
+            let base = layout::make_id(&self.hostname, &snap.name, time);
+            match manifest::next_free_id(self.store, &base)? {
                 Some(id) => break (id, time),
                 None => std::thread::sleep(std::time::Duration::from_millis(250)),
             }
@@ -499,7 +501,7 @@ impl Backup<'_> {
         };
         let sealed = meta.seal(&self.tmp_dir, &self.recipients, METADATA_LEVEL)?;
         self.store
-            .put_file(&snapshot::db_key(id), sealed.temp.path())?;
+            .put_file(&layout::metadata(id), sealed.temp.path())?;
         let manifest = Manifest {
             id: id.to_string(),
             hostname: self.hostname.clone(),
@@ -507,15 +509,17 @@ impl Backup<'_> {
             time,
             blobs,
             metadata_size: sealed.size,
+            stored: 0,
         };
         self.store
-            .put_bytes(&snapshot::manifest_key(id), &manifest.to_bytes())?;
+            .put_bytes(&layout::manifest(id), &manifest.to_bytes()?)?;
 
         // A purge elsewhere may have deleted an old blob this snapshot
         // reuses before it was published: check, and withdraw it if so.
         let present: HashMap<String, u64> = self
             .store
-            .list("blobs/")?
+            .list(layout::BLOBS)?
+            .objects
             .into_iter()
             .map(|o| (o.key, o.size))
             .collect();

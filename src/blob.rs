@@ -250,7 +250,7 @@ impl BlobWriter {
     pub fn finish(self) -> Result<FinishedBlob> {
         let file = self.seal.finish()?;
         Ok(FinishedBlob {
-            key: blob_key(&file.hash),
+            key: crate::layout::blob(&file.hash),
             file,
             entries: self.entries,
         })
@@ -574,7 +574,7 @@ pub fn open_sealed_reader<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{LocalStore, ObjectInfo, Stats};
+    use crate::store::{LocalStore, Stats};
     use std::sync::Mutex;
 
     /// A local store whose first `cut` range answers end halfway.
@@ -596,8 +596,8 @@ mod tests {
         fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
             self.inner.put_bytes(key, data)
         }
-        fn get(&self, key: &str) -> Result<Vec<u8>> {
-            self.inner.get(key)
+        fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
+            self.inner.get(key, limit)
         }
         fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
             self.opened.lock().unwrap().push((start, len));
@@ -614,7 +614,7 @@ mod tests {
         fn head(&self, key: &str) -> Result<Option<u64>> {
             self.inner.head(key)
         }
-        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        fn list(&self, prefix: &str) -> Result<crate::store::Listing> {
             self.inner.list(prefix)
         }
         fn delete(&self, key: &str) -> Result<()> {

@@ -55,6 +55,9 @@ pub enum Error {
     Problems { count: usize, what: String },
     /// The run finished but some files were skipped or failed (exit code 1 or 2).
     Partial { failed: usize, what: &'static str },
+    /// A listing finished without some damaged objects, which were named
+    /// in warnings (exit code 1).
+    Damaged { count: usize, what: &'static str },
 }
 
 impl Error {
@@ -63,6 +66,7 @@ impl Error {
             Error::Partial {
                 what: "skipped", ..
             } => 1,
+            Error::Damaged { .. } => 1,
             _ => 2,
         }
     }
@@ -126,6 +130,10 @@ impl Error {
             ),
             Error::Problems { count, what } => write!(f, "{what}: {count} problem(s) found"),
             Error::Partial { failed, what } => write!(f, "{failed} file(s) {what}"),
+            Error::Damaged { count, what } => write!(
+                f,
+                "{what}: {count} damaged object(s) left out (named above; run `vaultik store info`)"
+            ),
         }
     }
 }

@@ -25,36 +25,74 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::snapshot::{self, Manifest};
+use crate::layout;
+use crate::manifest::{self, Manifest};
 use crate::store::{ObjectInfo, Store};
 
 /// Everything the store holds, from two listings and the manifests.
 pub struct View {
+    /// Every manifest that could be read, oldest first (dated ahead ones
+    /// included: their blobs are kept, but retention leaves them alone).
     pub manifests: Vec<Manifest>,
+    /// Manifests that could not be read: the key and why.
+    pub damaged: Vec<(String, String)>,
     pub blobs: Vec<ObjectInfo>,
     pub metadata: Vec<ObjectInfo>,
+    /// Objects under the store's areas that are not of the layout (the
+    /// first ones named, all counted); never read or deleted.
+    pub foreign: Vec<String>,
+    pub foreign_count: u64,
 }
 
 impl View {
     pub fn load(store: &dyn Store) -> Result<View> {
-        let metadata = store.list("metadata/")?;
+        let meta = store.list(layout::METADATA)?;
         let mut manifests = Vec::new();
-        for o in &metadata {
-            if o.key.ends_with("/manifest.json.zst") {
-                match store.get(&o.key) {
-                    Ok(data) => manifests.push(Manifest::from_bytes(&o.key, &data)?),
-                    Err(Error::NotFound { .. }) => continue,
-                    Err(e) => return Err(e),
+        let mut damaged = Vec::new();
+        for listed in manifest::snapshots_in(&meta.objects) {
+            match manifest::load(store, &listed) {
+                Ok(m) => manifests.push(m),
+                // Removed between the listing and now.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e @ Error::Corrupt { .. }) => {
+                    damaged.push((layout::manifest(&listed.id), e.to_string()))
                 }
+                Err(e) => return Err(e),
             }
         }
-        manifests.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        let blobs = store.list("blobs/")?;
+        let blobs = store.list(layout::BLOBS)?;
+        let marks = store.list(layout::MARKS)?;
+        let mut foreign = meta.foreign;
+        foreign.extend(blobs.foreign);
+        foreign.extend(marks.foreign);
+        foreign.truncate(crate::store::FOREIGN_SHOWN);
         Ok(View {
             manifests,
-            blobs,
-            metadata,
+            damaged,
+            blobs: blobs.objects,
+            metadata: meta.objects,
+            foreign,
+            foreign_count: meta.foreign_count + blobs.foreign_count + marks.foreign_count,
         })
+    }
+
+    /// Refuse to delete anything while a manifest cannot be read: the
+    /// blobs it names are unknown, and would look unreferenced.
+    pub fn check_deletable(&self, what: &str) -> Result<()> {
+        match self.damaged.first() {
+            None => Ok(()),
+            Some((key, why)) => Err(Error::Setup(format!(
+                "{what} deletes nothing while a manifest cannot be read ({} damaged): \
+                 {key}: {why}; remove that snapshot with `vaultik snapshot remove ID` \
+                 (its blobs are collected later) or repair the object",
+                self.damaged.len()
+            ))),
+        }
+    }
+
+    /// Snapshots that date themselves ahead of the store's clock.
+    pub fn dated_ahead(&self) -> impl Iterator<Item = &Manifest> {
+        self.manifests.iter().filter(|m| m.dated_ahead())
     }
 
     pub fn referenced(&self) -> HashSet<&str> {
@@ -68,6 +106,9 @@ impl View {
 /// Which snapshots to keep. A snapshot is kept when it is among the
 /// `keep_latest` newest of its host and name, or younger than `keep_within`
 /// seconds. The newest snapshot of each host and name is always kept.
+/// Snapshots dated ahead of the store's clock are neither kept nor
+/// removed: they take no rank (so a forged one from the future cannot push
+/// real ones out) and stay until removed by hand.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Retention {
     pub keep_latest: Option<usize>,
@@ -85,7 +126,10 @@ pub fn select<'a>(
 ) -> Vec<&'a Manifest> {
     let mut groups: HashMap<(&str, &str), Vec<&Manifest>> = HashMap::new();
     for m in manifests {
-        if name.is_some_and(|n| n != m.name) || host.is_some_and(|h| h != m.hostname) {
+        if name.is_some_and(|n| n != m.name)
+            || host.is_some_and(|h| h != m.hostname)
+            || m.dated_ahead()
+        {
             continue;
         }
         groups.entry((&m.hostname, &m.name)).or_default().push(m);
@@ -93,7 +137,7 @@ pub fn select<'a>(
     let mut out = Vec::new();
     for (_, mut group) in groups {
         // Newest first.
-        group.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+        group.sort_by(|a, b| manifest::order(b, a));
         for (rank, m) in group.into_iter().enumerate() {
             let by_count = rule.keep_latest.is_some_and(|n| rank < n.max(1));
             let by_age = rule
@@ -105,16 +149,16 @@ pub fn select<'a>(
             out.push(m);
         }
     }
-    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| manifest::order(a, b));
     out
 }
 
 /// Remove snapshots: the manifest first (the snapshot disappears at once),
 /// then the encrypted metadata.
 pub fn remove_snapshots(store: &dyn Store, ids: &[&str]) -> Result<()> {
-    let manifests: Vec<String> = ids.iter().map(|id| snapshot::manifest_key(id)).collect();
+    let manifests: Vec<String> = ids.iter().map(|id| layout::manifest(id)).collect();
     store.delete_many(&manifests)?;
-    let dbs: Vec<String> = ids.iter().map(|id| snapshot::db_key(id)).collect();
+    let dbs: Vec<String> = ids.iter().map(|id| layout::metadata(id)).collect();
     store.delete_many(&dbs)
 }
 
@@ -147,13 +191,13 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
         .map(|m| m.id.as_str())
         .collect();
     let mut c = Collect::default();
-    let orphans = view.metadata.iter().filter(|o| {
-        o.key.ends_with("/db.zst.age")
-            && o.key
-                .strip_prefix("metadata/")
-                .and_then(|k| k.strip_suffix("/db.zst.age"))
-                .is_some_and(|id| !live_ids.contains(id) && !removed.contains(id))
-    });
+    let orphans = view
+        .metadata
+        .iter()
+        .filter(|o| match layout::parse(&o.key) {
+            Some(layout::Key::Metadata(id)) => !live_ids.contains(id) && !removed.contains(id),
+            _ => false,
+        });
     for o in view
         .blobs
         .iter()
@@ -170,8 +214,11 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
     c
 }
 
-/// Where marks of blobs awaiting deletion live.
-pub const PENDING_PREFIX: &str = "gc/pending/";
+/// A mark is at most this big (about 300,000 blob keys); a purge that
+/// marks more writes several.
+pub const MARK_MAX: u64 = 32 << 20;
+/// Blobs per mark, well within `MARK_MAX`.
+pub const MARK_BLOBS: usize = 100_000;
 
 /// One mark: blobs found unreferenced (and older than the grace period) by
 /// a purge at `time`.
@@ -191,11 +238,7 @@ impl Mark {
             blobs,
         };
         let h = Sha256::digest(m.to_bytes());
-        m.key = format!(
-            "{PENDING_PREFIX}{}-{}.json",
-            snapshot::compact_time(time),
-            crate::chunk::hex(&h[..8])
-        );
+        m.key = layout::mark(time, &h);
         m
     }
 
@@ -216,7 +259,7 @@ impl Mark {
             .iter()
             .map(|b| {
                 b.as_str()
-                    .filter(|k| k.starts_with("blobs/") && !k.contains(".."))
+                    .filter(|k| layout::is_blob(k))
                     .map(str::to_string)
                     .ok_or_else(|| bad("a blob that is not a blob key"))
             })
@@ -233,8 +276,11 @@ impl Mark {
 /// decides whether that is an error.
 fn read_marks(store: &dyn Store, bad: &dyn Fn(Error) -> Result<()>) -> Result<Vec<Mark>> {
     let mut out = Vec::new();
-    for o in store.list(PENDING_PREFIX)? {
-        match store.get(&o.key).and_then(|d| Mark::from_bytes(&o.key, &d)) {
+    for o in store.list(layout::MARKS)?.objects {
+        match store
+            .get(&o.key, MARK_MAX)
+            .and_then(|d| Mark::from_bytes(&o.key, &d))
+        {
             Ok(m) => out.push(m),
             Err(Error::NotFound { .. }) => continue,
             Err(e @ Error::Corrupt { .. }) => bad(e)?,
@@ -293,7 +339,7 @@ pub fn stage(candidates: Vec<ObjectInfo>, marks: &[Mark], grace: u64, now: u64) 
         ..Staged::default()
     };
     for o in candidates {
-        if grace == 0 || !o.key.starts_with("blobs/") || ripe_blobs.contains(o.key.as_str()) {
+        if grace == 0 || !layout::is_blob(&o.key) || ripe_blobs.contains(o.key.as_str()) {
             st.delete.push(o);
         } else if marked.contains(o.key.as_str()) {
             st.waiting.push(o);
@@ -314,16 +360,15 @@ pub fn collect(
 ) -> Result<Vec<ObjectInfo>> {
     let known: HashSet<&str> = view.manifests.iter().map(|m| m.id.as_str()).collect();
     let mut late: HashSet<String> = HashSet::new();
-    for id in snapshot::list_ids(store)? {
-        if known.contains(id.as_str()) {
+    for listed in manifest::list(store)? {
+        if known.contains(listed.id.as_str()) {
             continue;
         }
-        let key = snapshot::manifest_key(&id);
-        match store.get(&key) {
-            Ok(data) => {
-                let m = Manifest::from_bytes(&key, &data)?;
+        // A manifest that cannot be read now stops the deletion.
+        match manifest::load(store, &listed) {
+            Ok(m) => {
                 late.extend(m.blobs.into_iter().map(|(k, _)| k));
-                late.insert(snapshot::db_key(&id));
+                late.insert(layout::metadata(&listed.id));
             }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
@@ -339,15 +384,33 @@ pub fn collect(
 mod tests {
     use super::*;
 
-    fn m(id: &str, host: &str, name: &str, time: u64, blobs: &[&str]) -> Manifest {
+    /// A snapshot called `short` of host `host` and name `name`, dated
+    /// `time` (its real id spells all of that).
+    fn m(short: &str, host: &str, name: &str, time: u64, blobs: &[&str]) -> Manifest {
         Manifest {
-            id: id.into(),
+            id: layout::make_id(host, &format!("{name}-{short}"), time),
             hostname: host.into(),
             name: name.into(),
             time,
-            blobs: blobs.iter().map(|b| (b.to_string(), 10)).collect(),
+            blobs: blobs.iter().map(|b| (k(b), 10)).collect(),
             metadata_size: 1,
+            stored: 1 << 40,
         }
+    }
+
+    /// The short name of a snapshot made by `m`.
+    fn short(m: &Manifest) -> String {
+        let p = layout::parse_id(&m.id).unwrap();
+        p.name.split_once('-').unwrap().1.to_string()
+    }
+
+    /// A blob key for a short name.
+    fn k(name: &str) -> String {
+        layout::blob(&Sha256::digest(name.as_bytes()).into())
+    }
+
+    fn meta(short: &str) -> String {
+        layout::metadata(&layout::make_id("h", &format!("a-{short}"), 1))
     }
 
     fn obj(key: &str, modified: u64) -> ObjectInfo {
@@ -360,14 +423,14 @@ mod tests {
 
     #[test]
     fn retention_rules() {
-        let ms = vec![
+        let mut ms = vec![
             m("a1", "h", "a", 100, &[]),
             m("a2", "h", "a", 200, &[]),
             m("a3", "h", "a", 300, &[]),
             m("b1", "h", "b", 100, &[]),
             m("x1", "other", "a", 50, &[]),
         ];
-        let ids = |v: Vec<&Manifest>| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let ids = |v: Vec<&Manifest>| v.iter().map(|m| short(m)).collect::<Vec<_>>();
         let latest = Retention {
             keep_latest: Some(1),
             keep_within: None,
@@ -397,31 +460,32 @@ mod tests {
             keep_within: None,
         };
         assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
+        // One dated far ahead of the store's clock takes no rank: the real
+        // newest stays the newest, and it is not removed either.
+        let mut ahead = m("evil", "h", "a", 4_000_000_000, &[]);
+        ahead.stored = 1000;
+        ms.push(ahead);
+        assert_eq!(ids(select(&ms, latest, None, None, 1000)), vec!["a1", "a2"]);
+        assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
     }
 
     #[test]
     fn deletion_waits_for_a_ripe_mark() {
         let cands = vec![
-            obj("blobs/new-candidate", 1),
-            obj("blobs/marked-recently", 1),
-            obj("blobs/marked-long-ago", 1),
-            obj("metadata/orphan/db.zst.age", 1),
+            obj(&k("new-candidate"), 1),
+            obj(&k("marked-recently"), 1),
+            obj(&k("marked-long-ago"), 1),
+            obj(&meta("orphan"), 1),
         ];
         let marks = vec![
-            Mark::new(950, vec!["blobs/marked-recently".into()]),
-            Mark::new(
-                800,
-                vec!["blobs/marked-long-ago".into(), "blobs/since-reused".into()],
-            ),
+            Mark::new(950, vec![k("marked-recently")]),
+            Mark::new(800, vec![k("marked-long-ago"), k("since-reused")]),
         ];
         let keys = |v: &[ObjectInfo]| v.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
         let st = stage(cands.clone(), &marks, 100, 1000);
-        assert_eq!(
-            keys(&st.delete),
-            vec!["blobs/marked-long-ago", "metadata/orphan/db.zst.age"]
-        );
-        assert_eq!(keys(&st.mark), vec!["blobs/new-candidate"]);
-        assert_eq!(keys(&st.waiting), vec!["blobs/marked-recently"]);
+        assert_eq!(keys(&st.delete), vec![k("marked-long-ago"), meta("orphan")]);
+        assert_eq!(keys(&st.mark), vec![k("new-candidate")]);
+        assert_eq!(keys(&st.waiting), vec![k("marked-recently")]);
         assert_eq!(st.done_marks, vec![marks[1].key.clone()]);
         // No grace: everything at once, every mark done.
         let st = stage(cands, &marks, 0, 1000);
@@ -431,46 +495,50 @@ mod tests {
         // Marks round-trip and are checked.
         let m = &marks[1];
         assert_eq!(&Mark::from_bytes(&m.key, &m.to_bytes()).unwrap(), m);
-        assert!(m.key.starts_with("gc/pending/") && m.key.ends_with(".json"));
+        assert_eq!(layout::parse(&m.key), Some(layout::Key::Mark));
+        let blob = k("x");
         for bad in [
-            &b"{}"[..],
-            br#"{"time": 1, "blobs": ["metadata/x"]}"#,
-            br#"{"time": 1, "blobs": ["blobs/../x"]}"#,
-            b"garbage",
+            "{}".to_string(),
+            r#"{"time": 1, "blobs": ["metadata/x"]}"#.to_string(),
+            r#"{"time": 1, "blobs": ["blobs/../x"]}"#.to_string(),
+            format!(
+                r#"{{"time": 1, "blobs": ["{}"]}}"#,
+                blob.replace("blobs/", "blobs/../")
+            ),
+            "garbage".to_string(),
         ] {
-            assert!(Mark::from_bytes("gc/pending/x", bad).is_err());
+            assert!(Mark::from_bytes(&m.key, bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn gc_keeps_referenced_and_young() {
+        let s1 = m("s1", "h", "a", 1, &["k"]);
+        let s2 = m("s2", "h", "a", 2, &["r"]);
         let view = View {
-            manifests: vec![
-                m("s1", "h", "a", 1, &["blobs/k"]),
-                m("s2", "h", "a", 2, &["blobs/r"]),
-            ],
             blobs: vec![
-                obj("blobs/k", 1),
-                obj("blobs/r", 1),
-                obj("blobs/old", 1),
-                obj("blobs/new", 990),
-                obj("blobs/unknown-age", 0),
+                obj(&k("k"), 1),
+                obj(&k("r"), 1),
+                obj(&k("old"), 1),
+                obj(&k("new"), 990),
+                obj(&k("unknown-age"), 0),
             ],
             metadata: vec![
-                obj("metadata/s1/db.zst.age", 1),
-                obj("metadata/s1/manifest.json.zst", 1),
-                obj("metadata/s2/db.zst.age", 1),
-                obj("metadata/orphan/db.zst.age", 1),
+                obj(&layout::metadata(&s1.id), 1),
+                obj(&layout::manifest(&s1.id), 1),
+                obj(&layout::metadata(&s2.id), 1),
+                obj(&meta("orphan"), 1),
             ],
+            manifests: vec![s1, s2.clone()],
+            damaged: Vec::new(),
+            foreign: Vec::new(),
+            foreign_count: 0,
         };
-        let removed: HashSet<&str> = ["s2"].into_iter().collect();
+        let removed: HashSet<&str> = [s2.id.as_str()].into_iter().collect();
         let c = plan(&view, &removed, 100, 1000);
-        let keys: Vec<_> = c.delete.iter().map(|o| o.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            vec!["blobs/r", "blobs/old", "metadata/orphan/db.zst.age"]
-        );
-        let young: Vec<_> = c.young.iter().map(|o| o.key.as_str()).collect();
-        assert_eq!(young, vec!["blobs/new", "blobs/unknown-age"]);
+        let keys: Vec<_> = c.delete.iter().map(|o| o.key.clone()).collect();
+        assert_eq!(keys, vec![k("r"), k("old"), meta("orphan")]);
+        let young: Vec<_> = c.young.iter().map(|o| o.key.clone()).collect();
+        assert_eq!(young, vec![k("new"), k("unknown-age")]);
     }
 }

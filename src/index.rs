@@ -276,7 +276,7 @@ impl Index {
         {
             tx.execute(
                 "INSERT OR IGNORE INTO blobs(key, size, created) VALUES (?1, ?2, ?3)",
-                params![key, size as i64, crate::unix_now() as i64],
+                params![key, size as i64, crate::time::now() as i64],
             )
             .db(&self.path)?;
             let blob_id: i64 = tx
@@ -425,7 +425,7 @@ impl Index {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO snapshots(id, name, finished) VALUES (?1, ?2, ?3)",
-                params![id, name, crate::unix_now() as i64],
+                params![id, name, crate::time::now() as i64],
             )
             .db(&self.path)?;
         Ok(())

@@ -15,20 +15,15 @@ mod fuzz;
 pub mod gc;
 pub mod index;
 pub mod keys;
+pub mod layout;
 pub mod lock;
+pub mod manifest;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod time;
 pub mod walk;
 pub mod watch;
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// `90s`, `15m`, `24h`, `2d`
 pub fn human_duration(secs: u64) -> String {

@@ -73,7 +73,8 @@ impl Session {
         let marked = crate::gc::marked_blobs(self.store.as_ref(), &warn)?;
         let present: Vec<String> = self
             .store
-            .list("blobs/")?
+            .list(crate::layout::BLOBS)?
+            .objects
             .into_iter()
             .map(|o| o.key)
             .filter(|k| !marked.contains(k))

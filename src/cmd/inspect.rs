@@ -8,20 +8,45 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde_json::json;
 
-use super::{json_report, open_existing_store};
+use super::{json_report, open_existing_store, warn};
 use crate::blob::{BlobReader, Location};
 use crate::chunk::ChunkId;
 use crate::cli::Global;
 use crate::config::DEFAULT_GRACE_PERIOD;
 use crate::error::{DbContext, Error, Result};
 use crate::gc::{self, View};
-use crate::snapshot::{self, Manifest};
+use crate::layout;
+use crate::manifest::{self, Manifest};
+use crate::snapshot;
 use crate::store::Store;
-use crate::{human_bytes, keys, unix_now};
+use crate::time::now as unix_now;
+use crate::{human_bytes, keys};
 
 pub fn list(g: &Global, json: bool) -> Result<()> {
     let (_, store) = open_existing_store(g)?;
-    let manifests = snapshot::list_manifests(store.as_ref())?;
+    let mut manifests = Vec::new();
+    let mut damaged = 0;
+    for listed in manifest::list(store.as_ref())? {
+        match manifest::load(store.as_ref(), &listed) {
+            Ok(m) => manifests.push(m),
+            // Removed between the listing and now.
+            Err(Error::NotFound { .. }) => {}
+            // One bad manifest never hides the others.
+            Err(e @ Error::Corrupt { .. }) => {
+                damaged += 1;
+                warn(&e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for m in manifests.iter().filter(|m| m.dated_ahead()) {
+        warn(&format!(
+            "snapshot {} claims a time after the store received it ({}); \
+             ignored by `latest` and retention",
+            m.id,
+            ahead_note(m)
+        ));
+    }
     let mut out = std::io::stdout().lock();
     if json {
         // A plain array of snapshots (see the man page).
@@ -32,10 +57,11 @@ pub fn list(g: &Global, json: bool) -> Result<()> {
                     "id": m.id,
                     "hostname": m.hostname,
                     "name": m.name,
-                    "time": snapshot::compact_time(m.time),
+                    "time": crate::time::compact(m.time),
                     "unix_time": m.time,
                     "size": m.total_size(),
                     "blobs": m.blobs.len(),
+                    "dated_ahead": m.dated_ahead(),
                 })
             })
             .collect();
@@ -53,17 +79,37 @@ pub fn list(g: &Global, json: bool) -> Result<()> {
             .max(2);
         let _ = writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE");
         for m in &manifests {
+            let flag = if m.dated_ahead() {
+                "  (dated ahead of the store: ignored by latest and retention)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "{:<w$}  {:<23}  {:>10}",
+                "{:<w$}  {:<23}  {:>10}{flag}",
                 m.id,
-                snapshot::display_time(m.time),
+                crate::time::display(m.time),
                 human_bytes(m.total_size())
             );
         }
         let _ = writeln!(out, "{}", store.stats().summary());
     }
+    if damaged > 0 {
+        return Err(Error::Damaged {
+            count: damaged,
+            what: "snapshot list",
+        });
+    }
     Ok(())
+}
+
+/// When the store received a manifest dated ahead of it.
+fn ahead_note(m: &Manifest) -> String {
+    if m.stored == 0 {
+        "the store gives no time for it".into()
+    } else {
+        format!("stored {}", crate::time::display(m.stored))
+    }
 }
 
 pub fn info(g: &Global, json: bool) -> Result<()> {
@@ -73,6 +119,29 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
         .map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period)
         .as_secs();
     let view = View::load(store.as_ref())?;
+    for (_, why) in &view.damaged {
+        warn(why);
+    }
+    for m in view.dated_ahead() {
+        warn(&format!(
+            "snapshot {} claims a time after the store received it ({}); \
+             ignored by `latest` and retention",
+            m.id,
+            ahead_note(m)
+        ));
+    }
+    if view.foreign_count > 0 {
+        warn(&format!(
+            "{} object(s) in the store are not vaultik's (left alone): {}{}",
+            view.foreign_count,
+            view.foreign.join(", "),
+            if view.foreign_count > view.foreign.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            }
+        ));
+    }
     let referenced = view.referenced();
     let sum = |it: &mut dyn Iterator<Item = u64>| it.sum::<u64>();
     let (ref_n, ref_b) = view
@@ -85,11 +154,15 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
         .delete
         .iter()
         .chain(&plan.young)
-        .filter(|o| o.key.starts_with("blobs/"))
+        .filter(|o| layout::is_blob(&o.key))
         .collect();
     let unref_b: u64 = unref.iter().map(|o| o.size).sum();
-    let hosts: std::collections::BTreeSet<&str> =
-        view.manifests.iter().map(|m| m.hostname.as_str()).collect();
+    // Host names come from the store: control characters are escaped.
+    let hosts: std::collections::BTreeSet<String> = view
+        .manifests
+        .iter()
+        .map(|m| crate::error::one_line(m.hostname.clone()))
+        .collect();
     let blob_b = sum(&mut view.blobs.iter().map(|o| o.size));
     let meta_b = sum(&mut view.metadata.iter().map(|o| o.size));
     let mut out = std::io::stdout().lock();
@@ -106,10 +179,13 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
             "unreferenced_bytes": unref_b,
             "metadata_objects": view.metadata.len(),
             "metadata_bytes": meta_b,
+            "damaged_manifests": view.damaged.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            "dated_ahead": view.dated_ahead().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            "foreign_objects": view.foreign_count,
         });
         let _ = writeln!(out, "{}", json_report(v, store.as_ref()));
     } else {
-        let hosts: Vec<&str> = hosts.into_iter().collect();
+        let hosts: Vec<String> = hosts.into_iter().collect();
         let _ = writeln!(out, "store:        {}", store.describe());
         let _ = writeln!(
             out,
@@ -141,7 +217,23 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
             view.metadata.len(),
             human_bytes(meta_b)
         );
+        if !view.damaged.is_empty() {
+            let _ = writeln!(out, "damaged:      {} manifest(s)", view.damaged.len());
+        }
+        let ahead = view.dated_ahead().count();
+        if ahead > 0 {
+            let _ = writeln!(out, "dated ahead:  {ahead} snapshot(s)");
+        }
+        if view.foreign_count > 0 {
+            let _ = writeln!(out, "foreign:      {} object(s)", view.foreign_count);
+        }
         let _ = writeln!(out, "{}", store.stats().summary());
+    }
+    if !view.damaged.is_empty() {
+        return Err(Error::Damaged {
+            count: view.damaged.len(),
+            what: "store info",
+        });
     }
     Ok(())
 }
@@ -171,14 +263,15 @@ pub fn verify(
         None
     };
     let (_, store) = open_existing_store(g)?;
-    let id = snapshot::resolve(store.as_ref(), id)?;
-    let mkey = snapshot::manifest_key(&id);
-    let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey)?)?;
+    let id = manifest::resolve(store.as_ref(), id)?;
+    let mkey = layout::manifest(&id);
+    let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
     let mut problems: Vec<Problem> = Vec::new();
 
     // Shallow: one listing answers for every blob.
     let present: HashMap<String, u64> = store
-        .list("blobs/")?
+        .list(layout::BLOBS)?
+        .objects
         .into_iter()
         .map(|o| (o.key, o.size))
         .collect();
@@ -201,7 +294,7 @@ pub fn verify(
         }
         bad_blobs.insert(key.clone());
     }
-    let dkey = snapshot::db_key(&id);
+    let dkey = layout::metadata(&id);
     if store.head(&dkey)?.is_none() {
         problems.push(Problem {
             kind: "missing",
@@ -333,7 +426,8 @@ pub fn verify(
             if !p.files.is_empty() {
                 let _ = writeln!(out, "  affects {} file(s):", p.files.len());
                 for f in &p.files {
-                    let _ = writeln!(out, "    {f}");
+                    // Paths from the metadata: control characters escaped.
+                    let _ = writeln!(out, "    {}", crate::error::one_line(f.clone()));
                 }
             }
         }

@@ -10,11 +10,12 @@ use crate::cli::Global;
 use crate::config::{Config, DEFAULT_GRACE_PERIOD};
 use crate::error::{Error, Result};
 use crate::gc::{self, Collect, Retention, View};
+use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
-use crate::snapshot::{self, Manifest};
+use crate::manifest::{self, Manifest};
 use crate::store::{ObjectInfo, Store};
-use crate::{human_bytes, unix_now};
+use crate::time::now as unix_now;
 
 /// What a purge or prune chose and did.
 pub struct Report {
@@ -29,6 +30,10 @@ pub struct Report {
     pub marked: Vec<ObjectInfo>,
     pub grace: u64,
     pub index_note: Option<String>,
+    /// Snapshots dated ahead of the store's clock, which retention leaves alone.
+    pub ahead: Vec<String>,
+    /// Objects that are not vaultik's, left alone.
+    pub foreign: u64,
 }
 
 impl Report {
@@ -45,7 +50,7 @@ impl Report {
                     out,
                     "  {}  {}  {}",
                     m.id,
-                    snapshot::display_time(m.time),
+                    crate::time::display(m.time),
                     human_bytes(m.total_size())
                 );
             }
@@ -80,6 +85,22 @@ impl Report {
                 crate::human_duration(self.grace)
             );
         }
+        if !self.ahead.is_empty() {
+            let _ = writeln!(
+                out,
+                "left alone {} snapshot(s) dated ahead of the store's clock \
+                 (remove them with `vaultik snapshot remove`): {}",
+                self.ahead.len(),
+                self.ahead.join(", ")
+            );
+        }
+        if self.foreign > 0 {
+            let _ = writeln!(
+                out,
+                "left alone {} object(s) that are not vaultik's (see `vaultik store info`)",
+                self.foreign
+            );
+        }
         if let Some(n) = &self.index_note {
             let _ = writeln!(out, "{n}");
         }
@@ -89,7 +110,7 @@ impl Report {
         json!({
             "dry_run": self.dry_run,
             "removed_snapshots": self.removed.iter().map(|m| json!({
-                "id": m.id, "time": snapshot::compact_time(m.time), "size": m.total_size(),
+                "id": m.id, "time": crate::time::compact(m.time), "size": m.total_size(),
             })).collect::<Vec<_>>(),
             "deleted_objects": self.deleted.len(),
             "deleted_bytes": Collect::bytes(&self.deleted),
@@ -99,6 +120,8 @@ impl Report {
             "marked_objects": self.marked.len(),
             "marked_bytes": Collect::bytes(&self.marked),
             "grace_period_seconds": self.grace,
+            "dated_ahead": self.ahead,
+            "foreign_objects": self.foreign,
         })
     }
 }
@@ -131,6 +154,7 @@ fn finish(
     dry_run: bool,
     index: Option<&mut Index>,
 ) -> Result<Report> {
+    view.check_deletable(if removed.is_empty() { "prune" } else { "purge" })?;
     let ids: HashSet<&str> = removed.iter().map(|m| m.id.as_str()).collect();
     let now = unix_now();
     let plan = gc::plan(&view, &ids, grace, now);
@@ -138,6 +162,8 @@ fn finish(
     let staged = gc::stage(plan.delete, &marks, grace, now);
     let mut marked = staged.mark.clone();
     marked.extend(staged.waiting.iter().cloned());
+    let ahead: Vec<String> = view.dated_ahead().map(|m| m.id.clone()).collect();
+    let foreign = view.foreign_count;
     if dry_run {
         return Ok(Report {
             dry_run,
@@ -147,14 +173,16 @@ fn finish(
             marked,
             grace,
             index_note: None,
+            ahead,
+            foreign,
         });
     }
     let id_list: Vec<&str> = removed.iter().map(|m| m.id.as_str()).collect();
     if !id_list.is_empty() {
         gc::remove_snapshots(store, &id_list)?;
     }
-    if !staged.mark.is_empty() {
-        let m = gc::Mark::new(now, staged.mark.iter().map(|o| o.key.clone()).collect());
+    for batch in staged.mark.chunks(gc::MARK_BLOBS) {
+        let m = gc::Mark::new(now, batch.iter().map(|o| o.key.clone()).collect());
         store.put_bytes(&m.key, &m.to_bytes())?;
     }
     let young = plan.young;
@@ -185,6 +213,8 @@ fn finish(
         marked,
         grace,
         index_note,
+        ahead,
+        foreign,
     })
 }
 
@@ -346,7 +376,7 @@ pub fn remove(g: &Global, snapshots: &[String]) -> Result<()> {
     let (_, store) = open_existing_store(g)?;
     let mut ids = Vec::new();
     for s in snapshots {
-        ids.push(snapshot::resolve(store.as_ref(), s)?);
+        ids.push(manifest::resolve(store.as_ref(), s)?);
     }
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     gc::remove_snapshots(store.as_ref(), &refs)?;

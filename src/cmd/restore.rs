@@ -7,7 +7,7 @@ use super::{open_existing_store, warn};
 use crate::cli::Global;
 use crate::error::Result;
 use crate::restore::Restore;
-use crate::{human_bytes, keys, snapshot};
+use crate::{human_bytes, keys, manifest};
 
 pub fn run(
     g: &Global,
@@ -18,7 +18,7 @@ pub fn run(
 ) -> Result<()> {
     let identities = keys::load_identities(identity)?;
     let (_, store) = open_existing_store(g)?;
-    let id = snapshot::resolve(store.as_ref(), id)?;
+    let id = manifest::resolve(store.as_ref(), id)?;
     let r = Restore {
         store: store.as_ref(),
         identities,

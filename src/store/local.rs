@@ -1,63 +1,181 @@
 //! A directory used as an object store (USB disk, NAS mount, the embedded
 //! default): one file per key, written to a temporary name and renamed into
 //! place so that an object is either absent or complete.
+//!
+//! Whoever else writes to the directory may be hostile: below the root,
+//! nothing is ever followed through a symlink. Every operation starts from
+//! the root's descriptor and opens one component at a time with
+//! `O_NOFOLLOW|O_DIRECTORY`; objects are opened with `O_NOFOLLOW|O_NONBLOCK`
+//! and must be regular files; temporary files are created with
+//! `O_EXCL|O_NOFOLLOW`; a listing descends only into real directories, no
+//! deeper than the layout goes, and reports everything else as foreign.
+//! (The root itself is the admin's choice and may be a symlink.)
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ObjectInfo, Op, Stats, Store};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::{Listing, Op, Stats, Store, check_key, too_large};
 use crate::error::{Error, IoContext, Result};
 
 const TMP_MARK: &str = ".vaultik-tmp-";
 
+/// Keys have at most this many `/`-separated parts (`blobs/aa/bb/<hash>`):
+/// a listing never descends deeper.
+const KEY_DEPTH: usize = 4;
+
 pub struct LocalStore {
-    root: PathBuf,
+    root_path: PathBuf,
+    root: OwnedFd,
     stats: Stats,
     seq: AtomicU64,
+}
+
+/// `O_NOFOLLOW|O_CLOEXEC`, and for reads `O_NONBLOCK|O_NOCTTY` too: a FIFO
+/// or device planted in the store is refused, never waited on.
+fn nofollow() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+fn open_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | nofollow(),
+        Mode::empty(),
+    )?)
+}
+
+/// ELOOP (a symlink) and ENOTDIR (a file) where a directory should be.
+fn not_a_dir(e: &io::Error) -> bool {
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::LOOP) | Some(Errno::NOTDIR)
+    )
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl LocalStore {
     pub fn open(root: &Path, create: bool) -> Result<LocalStore> {
         if create {
-            fs::create_dir_all(root).at("create store directory", root)?;
+            std::fs::create_dir_all(root).at("create store directory", root)?;
         } else if !root.is_dir() {
             return Err(Error::Setup(format!(
                 "store directory {} does not exist",
                 root.display()
             )));
         }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .at("open store directory", root)?;
         Ok(LocalStore {
-            root: root.to_path_buf(),
+            root_path: root.to_path_buf(),
+            root: fd,
             stats: Stats::default(),
             seq: AtomicU64::new(0),
         })
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+        self.root_path.join(key)
     }
 
+    /// The directory that holds `key`, opened one component at a time
+    /// without following symlinks (created when `create`), and the key's
+    /// last component.
+    fn parent<'k>(&self, key: &'k str, create: bool) -> io::Result<(OwnedFd, &'k str)> {
+        let (dir, name) = key
+            .rsplit_once('/')
+            .expect("keys of the layout have a directory");
+        let mut cur = open_dir(self.root.as_fd(), ".")?;
+        let mut walked = String::new();
+        for part in dir.split('/') {
+            walked.push_str(part);
+            let next = match open_dir(cur.as_fd(), part) {
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    match rustix::fs::mkdirat(cur.as_fd(), part, Mode::from_raw_mode(0o777)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    open_dir(cur.as_fd(), part)
+                }
+                r => r,
+            };
+            cur = next.map_err(|e| {
+                if not_a_dir(&e) {
+                    refused(format!(
+                        "{walked} is not a directory (a symlink or file is in its place; \
+                         the store never follows one)"
+                    ))
+                } else {
+                    e
+                }
+            })?;
+            walked.push('/');
+        }
+        Ok((cur, name))
+    }
+
+    /// Open the object `key` for reading: a regular file, never through a
+    /// symlink, never blocking on a FIFO. Its size too.
+    fn open_object(&self, key: &str) -> io::Result<(File, u64)> {
+        let (dir, name) = self.parent(key, false)?;
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::NONBLOCK | nofollow(),
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => refused("a symlink, not an object; the store never follows one".into()),
+            e => e.into(),
+        })?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(refused("not a regular file; refused".into()));
+        }
+        Ok((File::from(fd), st.st_size as u64))
+    }
+
+    /// Write an object under a temporary name (created exclusively, never
+    /// through a symlink) with `fill`, then rename it into place.
     fn write_atomically(
         &self,
         key: &str,
-        fill: impl FnOnce(&mut File) -> io::Result<u64>,
+        fill: impl FnOnce(&Path, &mut File) -> io::Result<u64>,
     ) -> Result<u64> {
         let dest = self.path(key);
-        let dir = dest.parent().expect("object keys have a parent directory");
-        fs::create_dir_all(dir).at("create directory", dir)?;
+        let (dir, name) = self.parent(key, true).at("write object", &dest)?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_MARK}{}-{n}", std::process::id()));
+        let tmp = format!("{TMP_MARK}{}-{n}", std::process::id());
         let result = (|| {
-            let mut f = File::create(&tmp)?;
-            let len = fill(&mut f)?;
+            let fd = rustix::fs::openat(
+                dir.as_fd(),
+                tmp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | nofollow(),
+                Mode::from_raw_mode(0o666),
+            )?;
+            let mut f = File::from(fd);
+            let len = fill(&dest, &mut f)?;
             f.sync_all()?;
-            fs::rename(&tmp, &dest)?;
+            rustix::fs::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)?;
             Ok(len)
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_str(), AtFlags::empty());
         }
         result.at("write object", &dest)
     }
@@ -65,66 +183,93 @@ impl LocalStore {
 
 impl Store for LocalStore {
     fn describe(&self) -> String {
-        format!("directory {}", self.root.display())
+        format!("directory {}", self.root_path.display())
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+        check_key("PUT", key)?;
         // Same file system: link the finished file in instead of copying it.
         let dest = self.path(key);
-        let dir = dest.parent().expect("object keys have a parent directory");
-        fs::create_dir_all(dir).at("create directory", dir)?;
+        let (dir, name) = self.parent(key, true).at("write object", &dest)?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_MARK}{}-{n}", std::process::id()));
-        if fs::hard_link(path, &tmp).is_ok() {
-            let done = File::open(&tmp)
+        let tmp = format!("{TMP_MARK}{}-{n}", std::process::id());
+        // `path` is this run's own temporary file, not a name from the store.
+        if rustix::fs::linkat(
+            rustix::fs::CWD,
+            path,
+            dir.as_fd(),
+            tmp.as_str(),
+            AtFlags::empty(),
+        )
+        .is_ok()
+        {
+            let done = File::open(path)
                 .and_then(|f| {
                     f.sync_all()?;
                     f.metadata().map(|m| m.len())
                 })
-                .and_then(|len| fs::rename(&tmp, &dest).map(|_| len));
+                .and_then(|len| {
+                    rustix::fs::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)?;
+                    Ok(len)
+                });
             match done {
                 Ok(len) => {
                     self.stats.count(Op::Put, len, 0);
                     return Ok(());
                 }
                 Err(_) => {
-                    let _ = fs::remove_file(&tmp);
+                    let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_str(), AtFlags::empty());
                 }
             }
         }
         let mut src = File::open(path).at("open", path)?;
-        let len = self.write_atomically(key, |f| io::copy(&mut src, f))?;
+        let len = self.write_atomically(key, |_, f| io::copy(&mut src, f))?;
         self.stats.count(Op::Put, len, 0);
         Ok(())
     }
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
-        self.write_atomically(key, |f| f.write_all(data).map(|_| data.len() as u64))?;
+        check_key("PUT", key)?;
+        self.write_atomically(key, |_, f| f.write_all(data).map(|_| data.len() as u64))?;
         self.stats.count(Op::Put, data.len() as u64, 0);
         Ok(())
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>> {
+    fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
+        check_key("GET", key)?;
         let path = self.path(key);
-        let data = match fs::read(&path) {
+        let (f, size) = match self.open_object(key) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.stats.count(Op::Get, 0, 0);
                 return Err(Error::NotFound { key: key.into() });
             }
             r => r.at("read object", &path)?,
         };
+        if size > limit {
+            self.stats.count(Op::Get, 0, 0);
+            return Err(too_large(key, size, limit));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        // Never more than the limit, even if the file grows meanwhile.
+        f.take(limit + 1)
+            .read_to_end(&mut data)
+            .at("read object", &path)?;
         self.stats.count(Op::Get, 0, data.len() as u64);
+        if data.len() as u64 > limit {
+            return Err(too_large(key, data.len() as u64, limit));
+        }
         Ok(data)
     }
 
     fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        check_key("GET", key)?;
         let path = self.path(key);
-        let mut f = match File::open(&path) {
+        let mut f = match self.open_object(key) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.stats.count(Op::Get, 0, 0);
                 return Err(Error::NotFound { key: key.into() });
             }
-            r => r.at("open object", &path)?,
+            r => r.at("open object", &path)?.0,
         };
         f.seek(SeekFrom::Start(start)).at("seek in object", &path)?;
         self.stats.count(Op::Get, 0, 0);
@@ -136,68 +281,138 @@ impl Store for LocalStore {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
+        check_key("HEAD", key)?;
         self.stats.count(Op::Head, 0, 0);
         let path = self.path(key);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
+        let stat = self.parent(key, false).and_then(|(dir, name)| {
+            Ok(rustix::fs::statat(
+                dir.as_fd(),
+                name,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?)
+        });
+        match stat {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                Ok(Some(st.st_size as u64))
+            }
+            Ok(_) => Err(refused("not a regular file; refused".into())).at("stat object", &path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at("stat object", &path),
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    fn list(&self, prefix: &str) -> Result<Listing> {
         self.stats.count(Op::List, 0, 0);
+        let mut out = Listing::default();
         // Walk from the deepest directory that the prefix names.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let mut out = Vec::new();
-        let mut stack = vec![(self.root.join(dir_part), dir_part.to_string())];
-        while let Some((dir, rel)) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).at("list", &dir),
+        let start = if dir_part.is_empty() {
+            open_dir(self.root.as_fd(), ".")
+        } else {
+            // A placeholder key below the directory, for `parent`.
+            let probe = format!("{dir_part}/x");
+            self.parent(&probe, false).map(|(fd, _)| fd)
+        };
+        let start = match start {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A symlink or file where a directory of the layout should be.
+                out.add_foreign(dir_part.to_string());
+                return Ok(out);
+            }
+            Err(e) => return Err(e).at("list", &self.path(dir_part)),
+        };
+        // Each pending directory holds its parent's descriptor (shared):
+        // open descriptors stay at most as many as the layout is deep.
+        let depth0 = if dir_part.is_empty() {
+            0
+        } else {
+            dir_part.split('/').count()
+        };
+        let mut stack: Vec<(Rc<OwnedFd>, Option<String>, String, usize)> =
+            vec![(Rc::new(start), None, dir_part.to_string(), depth0)];
+        while let Some((parent, name, rel, depth)) = stack.pop() {
+            let fd = match &name {
+                None => rustix::io::dup(&*parent).map_err(io::Error::from),
+                Some(n) => open_dir(parent.as_fd(), n),
             };
-            for entry in rd {
-                let entry = entry.at("list", &dir)?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
+            let fd = match fd {
+                Ok(fd) => Rc::new(fd),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if not_a_dir(&e) => {
+                    out.add_foreign(rel);
+                    continue;
+                }
+                Err(e) => return Err(e).at("list", &self.path(&rel)),
+            };
+            let mut entries = rustix::fs::Dir::read_from(&*fd)
+                .map_err(io::Error::from)
+                .at("list", &self.path(&rel))?;
+            while let Some(entry) = entries.read() {
+                let entry = entry
+                    .map_err(io::Error::from)
+                    .at("list", &self.path(&rel))?;
+                let raw = entry.file_name().to_bytes();
+                if raw == b"." || raw == b".." {
+                    continue;
+                }
+                let key_of = |n: &str| {
+                    if rel.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{rel}/{n}")
+                    }
+                };
+                let Ok(name) = std::str::from_utf8(raw) else {
+                    out.add_foreign(key_of(&String::from_utf8_lossy(raw)));
+                    continue;
+                };
                 if name.starts_with(TMP_MARK) {
                     continue;
                 }
-                let key = if rel.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{rel}/{name}")
+                let key = key_of(name);
+                if !key.starts_with(prefix) && !prefix.starts_with(&format!("{key}/")) {
+                    continue;
+                }
+                let st = match rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(io::Error::from(e)).at("stat", &self.path(&key)),
                 };
-                let ft = entry.file_type().at("list", &dir)?;
-                if ft.is_dir() {
-                    stack.push((entry.path(), key));
-                } else if ft.is_file() && key.starts_with(prefix) {
-                    let m = entry.metadata().at("stat", &entry.path())?;
-                    let modified = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs());
-                    out.push(ObjectInfo {
-                        key,
-                        size: m.len(),
-                        modified,
-                    });
+                let ft = FileType::from_raw_mode(st.st_mode);
+                if ft == FileType::Directory && depth + 1 < KEY_DEPTH {
+                    stack.push((fd.clone(), Some(name.to_string()), key, depth + 1));
+                } else if !key.starts_with(prefix) {
+                    // Beside the prefix, not under it.
+                } else if ft == FileType::RegularFile {
+                    let modified = u64::try_from(st.st_mtime).unwrap_or(0);
+                    out.add(key, st.st_size as u64, modified);
+                    if out.objects.len() > super::LIST_MAX {
+                        return Err(super::too_many(prefix));
+                    }
+                } else {
+                    // Symlinks, FIFOs, devices, directories deeper than any key.
+                    out.add_foreign(key);
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(out.sorted())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        check_key("DELETE", key)?;
         self.stats.count(Op::Delete, 0, 0);
         let path = self.path(key);
-        match fs::remove_file(&path) {
+        let r = self.parent(key, false).and_then(|(dir, name)| {
+            // unlinkat removes the name itself: a symlink there is removed,
+            // never followed.
+            Ok(rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty())?)
+        });
+        match r {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).at("delete object", &path),

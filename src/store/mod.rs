@@ -2,11 +2,18 @@
 //! implementations, S3 (`s3.rs`) and a local directory (`local.rs`), plus
 //! exact accounting of the requests each command makes.
 //!
-//! Contract: keys are relative to the store's prefix and use only
-//! `[A-Za-z0-9/._-]`; `put_*` is atomic (an object is either absent or
-//! complete); the reader from `open_range` gives exactly the bytes asked
-//! for or fails (`UnexpectedEof` if the answer ends early); `get` and
+//! Contract: keys are relative to the store's prefix and are keys of the
+//! layout (`layout.rs`): every operation refuses any other key, and a
+//! listing returns other objects apart, as foreign, never to be read or
+//! deleted. `put_*` is atomic (an object is either absent or complete);
+//! `get` refuses an object larger than its limit before reading more than
+//! that; the reader from `open_range` gives exactly the bytes asked for or
+//! fails (`UnexpectedEof` if the answer ends early); `get` and
 //! `open_range` of a missing key are `Error::NotFound`.
+//!
+//! The store is hostile (see the threat model in README.md): whatever it
+//! answers, an implementation never follows a name it chose through the
+//! local file system, never allocates what it claims, and never hangs.
 
 mod local;
 mod s3;
@@ -30,19 +37,105 @@ pub struct ObjectInfo {
     pub modified: u64,
 }
 
+/// What a listing found: objects of the layout, in key order, and the keys
+/// of anything else (left alone, reported).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub objects: Vec<ObjectInfo>,
+    /// The first `FOREIGN_SHOWN` foreign keys (control characters escaped).
+    pub foreign: Vec<String>,
+    /// How many foreign objects there are in all.
+    pub foreign_count: u64,
+}
+
+/// Foreign keys kept by a listing to be named; the rest are counted.
+pub const FOREIGN_SHOWN: usize = 100;
+
+/// Objects a listing holds at most (about 1.3 GB of memory; at the default
+/// blob size that is 640 TB of blobs): a store that lists more is refused
+/// rather than allowed to exhaust memory.
+pub const LIST_MAX: usize = 10_000_000;
+
+/// The error for a listing past `LIST_MAX`.
+pub fn too_many(prefix: &str) -> crate::error::Error {
+    crate::error::Error::store(
+        "LIST",
+        prefix,
+        format!("more than {LIST_MAX} objects; refusing to hold a larger listing"),
+    )
+}
+
+impl Listing {
+    /// Sort what was found into objects and foreign keys.
+    pub fn add(&mut self, key: String, size: u64, modified: u64) {
+        if crate::layout::parse(&key).is_some() {
+            self.objects.push(ObjectInfo {
+                key,
+                size,
+                modified,
+            });
+        } else {
+            self.add_foreign(key);
+        }
+    }
+
+    /// Something under the prefix that is not an object of the layout.
+    pub fn add_foreign(&mut self, key: String) {
+        self.foreign_count += 1;
+        if self.foreign.len() < FOREIGN_SHOWN {
+            self.foreign.push(crate::error::one_line(key));
+        }
+    }
+
+    fn sorted(mut self) -> Listing {
+        self.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        self.foreign.sort();
+        self
+    }
+}
+
+/// Refuse a key that is not of the layout (defence in depth: keys are
+/// built by `layout.rs` or come from listings and manifests that checked
+/// them).
+pub fn check_key<'k>(op: &'static str, key: &'k str) -> Result<&'k str> {
+    if crate::layout::parse(key).is_some() {
+        Ok(key)
+    } else {
+        Err(crate::error::Error::store(
+            op,
+            &crate::error::one_line(key.to_string()),
+            "not a key of vaultik's store layout; refused",
+        ))
+    }
+}
+
+/// The error for an object larger than its reader allows.
+pub fn too_large(key: &str, size: u64, limit: u64) -> crate::error::Error {
+    crate::error::Error::corrupt(
+        format!("object {key}"),
+        format!(
+            "{size} bytes, more than the {} such an object may have; not read",
+            crate::human_bytes(limit)
+        ),
+    )
+}
+
 pub trait Store: Send + Sync {
     /// Human-readable location, e.g. `s3://bucket/prefix at https://...`.
     fn describe(&self) -> String;
     fn put_file(&self, key: &str, path: &Path) -> Result<()>;
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
-    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// The whole object, if it has at most `limit` bytes (`too_large`
+    /// otherwise, before more than `limit` bytes are read).
+    fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>>;
     /// Stream `len` bytes from `start`: one request, read as it arrives, so
     /// that a large range costs no memory. Received bytes count as read.
     fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>>;
     /// Size of the object, or None when it does not exist.
     fn head(&self, key: &str) -> Result<Option<u64>>;
-    /// Every object whose key starts with `prefix`, in key order.
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Every object whose key starts with `prefix`, in key order, with
+    /// the keys that are not of the layout apart.
+    fn list(&self, prefix: &str) -> Result<Listing>;
     /// Deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// Delete many keys, in as few requests as the store allows.

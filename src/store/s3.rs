@@ -11,13 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::{ObjectInfo, Op, Stats, Store};
+use super::{Listing, Op, Stats, Store, check_key, too_large};
 use crate::config::S3Config;
 use crate::error::{Error, Result};
 
 /// Presigned URLs are used at once; an hour covers the slowest upload.
 const SIGN_FOR: Duration = Duration::from_secs(3600);
 const ATTEMPTS: u32 = 6;
+/// A ListObjectsV2 page (1000 keys) is about 300 KB of XML; a larger
+/// answer is refused, whatever the server says.
+const LIST_PAGE_MAX: u64 = 8 << 20;
 
 pub struct S3Store {
     bucket: Bucket,
@@ -87,6 +90,11 @@ impl S3Store {
 
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// The full key of `key`, which must be a key of the layout.
+    fn checked(&self, op: &'static str, key: &str) -> Result<String> {
+        check_key(op, key).map(|k| self.full_key(k))
     }
 
     /// Run `attempt` until it succeeds, fails permanently, or runs out of tries.
@@ -197,16 +205,31 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     Some(&s[start..end])
 }
 
-fn read_body(resp: ureq::http::Response<ureq::Body>, expect: Option<u64>) -> Attempt<Vec<u8>> {
-    let mut buf = Vec::with_capacity(expect.unwrap_or(0) as usize);
+/// The body of `resp`, at most `limit` bytes (a longer one is an error),
+/// and exactly `expect` bytes when the answer said so. The length the
+/// server claims is never allocated up front.
+fn read_body(
+    resp: ureq::http::Response<ureq::Body>,
+    expect: Option<u64>,
+    limit: u64,
+) -> Attempt<Vec<u8>> {
+    let mut buf = Vec::new();
     resp.into_body()
         .into_reader()
+        .take(limit.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| Failure {
             retry: true,
             not_found: false,
             msg: format!("reading the answer: {e}"),
         })?;
+    if buf.len() as u64 > limit {
+        return Err(Failure {
+            retry: false,
+            not_found: false,
+            msg: format!("answer longer than {limit} bytes; refused"),
+        });
+    }
     if let Some(n) = expect {
         if buf.len() as u64 != n {
             return Err(Failure {
@@ -230,7 +253,7 @@ impl Store for S3Store {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {
-        let full = self.full_key(key);
+        let full = self.checked("PUT", key)?;
         self.retry("PUT", &full, || {
             let file = File::open(path).map_err(|e| Failure {
                 retry: false,
@@ -251,7 +274,7 @@ impl Store for S3Store {
     }
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
-        let full = self.full_key(key);
+        let full = self.checked("PUT", key)?;
         self.retry("PUT", &full, || {
             let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Put, data.len() as u64, 0);
@@ -264,9 +287,10 @@ impl Store for S3Store {
         })
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let full = self.full_key(key);
-        self.retry("GET", &full, || {
+    fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
+        let full = self.checked("GET", key)?;
+        let mut large = None;
+        let r = self.retry("GET", &full, || {
             let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
             let mut resp = self.agent.get(&url).call().map_err(|e| {
                 self.stats.count(Op::Get, 0, 0);
@@ -277,16 +301,32 @@ impl Store for S3Store {
                 return Err(status_failure(&mut resp));
             }
             let expect = resp.body().content_length();
-            let body = read_body(resp, expect);
+            if let Some(n) = expect.filter(|n| *n > limit) {
+                self.stats.count(Op::Get, 0, 0);
+                large = Some(n);
+                return Err(Failure {
+                    retry: false,
+                    not_found: false,
+                    msg: String::new(),
+                });
+            }
+            let body = read_body(resp, expect, limit);
             let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
             self.stats.count(Op::Get, 0, got);
             body
-        })
+        });
+        match large {
+            Some(n) => Err(too_large(key, n, limit)),
+            None => r,
+        }
     }
 
     fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
-        let full = self.full_key(key);
-        let range = format!("bytes={}-{}", start, start + len.max(1) - 1);
+        let full = self.checked("GET", key)?;
+        let last = start
+            .checked_add(len.max(1) - 1)
+            .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
+        let range = format!("bytes={start}-{last}");
         let body = self.retry("GET", &full, || {
             let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
             let resp = self.agent.get(&url).header("Range", &range).call();
@@ -312,7 +352,7 @@ impl Store for S3Store {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
-        let full = self.full_key(key);
+        let full = self.checked("HEAD", key)?;
         let r = self.retry("HEAD", &full, || {
             let url = self.sign(&self.bucket.head_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Head, 0, 0);
@@ -336,9 +376,9 @@ impl Store for S3Store {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    fn list(&self, prefix: &str) -> Result<Listing> {
         let full_prefix = self.full_key(prefix);
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         let mut token: Option<String> = None;
         loop {
             let page = self.retry("LIST", &full_prefix, || {
@@ -356,7 +396,7 @@ impl Store for S3Store {
                     self.stats.count(Op::List, 0, 0);
                     return Err(status_failure(&mut resp));
                 }
-                let body = read_body(resp, None)?;
+                let body = read_body(resp, None, LIST_PAGE_MAX)?;
                 self.stats.count(Op::List, 0, body.len() as u64);
                 let text = String::from_utf8_lossy(&body);
                 ListObjectsV2::parse_response(&text).map_err(|e| Failure {
@@ -369,27 +409,28 @@ impl Store for S3Store {
                 let Some(key) = obj.key.strip_prefix(&self.prefix) else {
                     continue;
                 };
-                out.push(ObjectInfo {
-                    key: key.to_string(),
-                    size: obj.size.unwrap_or(0),
-                    modified: obj
-                        .last_modified
+                out.add(
+                    key.to_string(),
+                    obj.size.unwrap_or(0),
+                    obj.last_modified
                         .as_deref()
-                        .and_then(parse_s3_time)
+                        .and_then(crate::time::parse_s3)
                         .unwrap_or(0),
-                });
+                );
+                if out.objects.len() > super::LIST_MAX {
+                    return Err(super::too_many(&full_prefix));
+                }
             }
             match page.next_continuation_token {
                 Some(t) if !t.is_empty() => token = Some(t),
                 _ => break,
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(out.sorted())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        let full = self.full_key(key);
+        let full = self.checked("DELETE", key)?;
         let r = self.retry("DELETE", &full, || {
             let url = self.sign(&self.bucket.delete_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Delete, 0, 0);
@@ -410,8 +451,8 @@ impl Store for S3Store {
         for batch in keys.chunks(1000) {
             let ids: Vec<ObjectIdentifier> = batch
                 .iter()
-                .map(|k| ObjectIdentifier::new(self.full_key(k)))
-                .collect();
+                .map(|k| self.checked("DELETE", k).map(ObjectIdentifier::new))
+                .collect::<Result<_>>()?;
             let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
             self.retry("DELETE", &what, || {
                 let mut action =
@@ -430,7 +471,7 @@ impl Store for S3Store {
                 if !resp.status().is_success() {
                     return Err(status_failure(&mut resp));
                 }
-                let text = read_body(resp, None)?;
+                let text = read_body(resp, None, LIST_PAGE_MAX)?;
                 let parsed = DeleteObjectsResponse::parse(&String::from_utf8_lossy(&text));
                 match parsed {
                     Ok(r) if !r.errors.is_empty() => {
@@ -457,26 +498,6 @@ impl Store for S3Store {
     fn stats(&self) -> &Stats {
         &self.stats
     }
-}
-
-/// `2026-11-23T18:53:00.000Z` to seconds since the epoch.
-fn parse_s3_time(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // Howard Hinnant's days-from-civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 #[cfg(test)]
@@ -558,6 +579,9 @@ mod tests {
         (store, seen)
     }
 
+    /// A key of the layout (every store operation refuses others).
+    const K: &str = "metadata/h_n_2026-11-23T083015Z/manifest.json.zst";
+
     const NO_SUCH_KEY: &[u8] = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
 
     #[test]
@@ -567,7 +591,7 @@ mod tests {
             answer("503 Slow Down", b""),
             answer("200 OK", b"hello"),
         ]);
-        assert_eq!(s.get("k").unwrap(), b"hello");
+        assert_eq!(s.get(K, 1 << 20).unwrap(), b"hello");
         assert_eq!(seen.lock().unwrap().len(), 3);
         assert_eq!(s.stats().snapshot()[1], 3, "every attempt is counted");
     }
@@ -579,12 +603,12 @@ mod tests {
             answer("500 Internal Server Error", b""),
             answer("503 Service Unavailable", b""),
         ]);
-        let e = s.get("k").unwrap_err().to_string();
+        let e = s.get(K, 1 << 20).unwrap_err().to_string();
         assert!(
             e.contains("HTTP 503") && e.contains("after 3 attempts"),
             "{e}"
         );
-        assert!(e.contains("p/k"), "names the key: {e}");
+        assert!(e.contains(&format!("p/{K}")), "names the key: {e}");
     }
 
     #[test]
@@ -593,13 +617,13 @@ mod tests {
             body: b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>".to_vec(),
             ..answer("403 Forbidden", b"")
         }]);
-        let e = s.get("k").unwrap_err().to_string();
+        let e = s.get(K, 1 << 20).unwrap_err().to_string();
         assert!(e.contains("403 AccessDenied: no"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1);
         let (s, _) = fake(vec![answer("404 Not Found", NO_SUCH_KEY)]);
-        assert!(matches!(s.get("k"), Err(Error::NotFound { .. })));
+        assert!(matches!(s.get(K, 1 << 20), Err(Error::NotFound { .. })));
         let (s, _) = fake(vec![answer("404 Not Found", b"")]);
-        assert_eq!(s.head("k").unwrap(), None);
+        assert_eq!(s.head(K).unwrap(), None);
     }
 
     #[test]
@@ -626,9 +650,9 @@ mod tests {
 
     fn read_range(s: &S3Store, start: u64, len: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        s.open_range("k", start, len)?
+        s.open_range(K, start, len)?
             .read_to_end(&mut out)
-            .map_err(|e| Error::store("GET", "k", e.to_string()))?;
+            .map_err(|e| Error::store("GET", K, e.to_string()))?;
         Ok(out)
     }
 
@@ -652,7 +676,7 @@ mod tests {
             answer("500 Internal Server Error", b""),
             answer("200 OK", b""),
         ]);
-        s.put_bytes("k", b"data!").unwrap();
+        s.put_bytes(K, b"data!").unwrap();
         let heads = seen.lock().unwrap();
         assert_eq!(heads.len(), 2);
         for h in heads.iter() {
@@ -661,16 +685,5 @@ mod tests {
             assert!(h.contains("content-length: 5"), "{h}");
             assert!(!h.contains("transfer-encoding"), "{h}");
         }
-    }
-
-    #[test]
-    fn s3_times_parse() {
-        assert_eq!(parse_s3_time("1970-01-01T00:00:00.000Z"), Some(0));
-        assert_eq!(
-            parse_s3_time("2026-11-23T08:30:15.000Z"),
-            Some(1_795_422_615)
-        );
-        assert_eq!(parse_s3_time("2000-02-29T00:00:00Z"), Some(951_782_400));
-        assert_eq!(parse_s3_time("garbage"), None);
     }
 }

@@ -379,10 +379,17 @@ fn damaged_metadata_and_missing_blobs_are_named() {
     );
     fs::write(&blob_path, saved).unwrap();
 
-    // A manifest full of garbage: named by list; an unknown id is refused.
+    // A manifest full of garbage: named by list, which shows the rest and
+    // exits 1; an unknown id is refused.
     fs::write(&manifest, b"\x28\xb5\x2f\xfdgarbage").unwrap();
     let out = env.run(&["snapshot", "list"]);
-    one_line(&out, "manifest");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("manifest metadata/{id}/manifest.json.zst")),
+        "{err}"
+    );
+    assert!(err.lines().all(|l| l.starts_with("vaultik: ")), "{err}");
     let out = env.restore_to(
         "testhost_data_2001-01-01T000000Z",
         &env.path().join("t-x"),

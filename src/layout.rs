@@ -1,0 +1,291 @@
+//! The store's layout: every object key vaultik writes is built here, and
+//! every key read from a listing is parsed here. A key that does not parse
+//! is a foreign object: never read, never deleted, only reported.
+//!
+//! ```text
+//! blobs/aa/bb/<sha256 of the encrypted blob, 64 hex>    aa, bb: its first 4 hex digits
+//! metadata/<id>/db.zst.age                              encrypted metadata database
+//! metadata/<id>/manifest.json.zst                       clear manifest
+//! gc/pending/<compact time>-<16 hex>.json               deletion mark
+//! ```
+//!
+//! A snapshot id is `<host>_<name>_<compact UTC time>[.<1-9>]`: host and
+//! name use `[A-Za-z0-9.-]` only (no `/`, no `_`), so an id is one path
+//! segment and splits one way.
+
+use std::cmp::Ordering;
+
+use crate::chunk::hex;
+use crate::time;
+
+pub const BLOBS: &str = "blobs/";
+pub const METADATA: &str = "metadata/";
+pub const MARKS: &str = "gc/pending/";
+
+const DB_FILE: &str = "db.zst.age";
+const MANIFEST_FILE: &str = "manifest.json.zst";
+
+/// The longest host part of an id (Linux's HOST_NAME_MAX); longer host
+/// names are cut.
+const HOST_MAX: usize = 64;
+/// The longest snapshot name (the config refuses longer ones).
+pub const NAME_MAX: usize = 64;
+
+/// What a valid key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    Blob,
+    /// A snapshot's encrypted metadata database.
+    Metadata(&'a str),
+    /// A snapshot's clear manifest.
+    Manifest(&'a str),
+    /// A deletion mark.
+    Mark,
+}
+
+/// What `key` is, or None when it is not a key vaultik writes.
+pub fn parse(key: &str) -> Option<Key<'_>> {
+    if let Some(rest) = key.strip_prefix(BLOBS) {
+        return is_blob_tail(rest).then_some(Key::Blob);
+    }
+    if let Some(rest) = key.strip_prefix(METADATA) {
+        let (id, file) = rest.split_once('/')?;
+        parse_id(id)?;
+        return match file {
+            DB_FILE => Some(Key::Metadata(id)),
+            MANIFEST_FILE => Some(Key::Manifest(id)),
+            _ => None,
+        };
+    }
+    if let Some(rest) = key.strip_prefix(MARKS) {
+        // `<18-byte compact time>-<16 hex>`
+        let stem = rest.strip_suffix(".json")?;
+        let ok = stem.len() == 18 + 1 + 16
+            && stem.as_bytes()[18] == b'-'
+            && time::parse_compact(&stem[..18]).is_some()
+            && is_lower_hex(&stem.as_bytes()[19..]);
+        return ok.then_some(Key::Mark);
+    }
+    None
+}
+
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `aa/bb/<64 hex>` with aa and bb the first four digits.
+fn is_blob_tail(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    b.len() == 2 + 1 + 2 + 1 + 64
+        && b[2] == b'/'
+        && b[5] == b'/'
+        && is_lower_hex(&b[6..])
+        && b[0..2] == b[6..8]
+        && b[3..5] == b[8..10]
+}
+
+pub fn is_blob(key: &str) -> bool {
+    matches!(parse(key), Some(Key::Blob))
+}
+
+/// The key of the blob whose encrypted bytes hash to `hash`.
+pub fn blob(hash: &[u8; 32]) -> String {
+    let h = hex(hash);
+    format!("{BLOBS}{}/{}/{h}", &h[0..2], &h[2..4])
+}
+
+/// The SHA-256 a blob key claims for the blob's bytes.
+pub fn blob_hash(key: &str) -> Option<[u8; 32]> {
+    if !is_blob(key) {
+        return None;
+    }
+    let h = &key[key.len() - 64..];
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn metadata(id: &str) -> String {
+    format!("{METADATA}{id}/{DB_FILE}")
+}
+
+pub fn manifest(id: &str) -> String {
+    format!("{METADATA}{id}/{MANIFEST_FILE}")
+}
+
+/// A mark made at `time` whose content hashes to `digest` (8 bytes shown).
+pub fn mark(time: u64, digest: &[u8]) -> String {
+    format!(
+        "{MARKS}{}-{}.json",
+        time::compact(time),
+        hex(&digest[..8.min(digest.len())])
+    )
+}
+
+/// The parts of a snapshot id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotId<'a> {
+    pub host: &'a str,
+    pub name: &'a str,
+    /// The time the id claims (the writer's clock, not the store's).
+    pub time: u64,
+    /// The `.N` suffix of a second run within the same second (0: none).
+    pub seq: u32,
+}
+
+fn is_part(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// The parts of `id`, or None when it is not an id vaultik makes.
+pub fn parse_id(id: &str) -> Option<SnapshotId<'_>> {
+    let mut parts = id.split('_');
+    let (host, name, when) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !is_part(host, HOST_MAX) || !is_part(name, NAME_MAX) {
+        return None;
+    }
+    let (t, seq) = match when.split_once('.') {
+        None => (when, 0),
+        Some((t, n)) => match n.as_bytes() {
+            [d @ b'1'..=b'9'] => (t, u32::from(d - b'0')),
+            _ => return None,
+        },
+    };
+    Some(SnapshotId {
+        host,
+        name,
+        time: time::parse_compact(t)?,
+        seq,
+    })
+}
+
+/// The order of snapshots everywhere (`snapshot list`, `latest`,
+/// retention): by claimed time, then `.N`, then id.
+pub fn id_order(a: &str, b: &str) -> Ordering {
+    let key = |id| parse_id(id).map(|p| (p.time, p.seq));
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
+}
+
+/// `<host>_<name>_<UTC time>`.
+pub fn make_id(hostname: &str, name: &str, unix: u64) -> String {
+    format!("{}_{name}_{}", sanitize_host(hostname), time::compact(unix))
+}
+
+/// `base` with the suffix of the `n`th further run within its second.
+pub fn with_seq(base: &str, n: u32) -> String {
+    if n == 0 {
+        base.to_string()
+    } else {
+        format!("{base}.{n}")
+    }
+}
+
+/// A host name in the characters an id allows (`_` and the rest become
+/// `-`; a leading `.` too), at most `HOST_MAX` bytes.
+pub fn sanitize_host(h: &str) -> String {
+    let mut s: String = h
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(HOST_MAX)
+        .collect();
+    if s.starts_with('.') {
+        s.replace_range(0..1, "-");
+    }
+    if s.is_empty() { "host".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn keys_round_trip() {
+        let mut hash = [0u8; 32];
+        hash[0] = 0x01;
+        hash[1] = 0x23;
+        let b = blob(&hash);
+        assert!(b.starts_with("blobs/01/23/0123"));
+        assert_eq!(parse(&b), Some(Key::Blob));
+        assert_eq!(blob_hash(&b), Some(hash));
+        let id = make_id("web_1", "etc", 0);
+        assert_eq!(id, "web-1_etc_1970-01-01T000000Z");
+        assert_eq!(parse(&metadata(&id)), Some(Key::Metadata(&id)));
+        assert_eq!(parse(&manifest(&id)), Some(Key::Manifest(&id)));
+        let m = mark(1_795_422_615, &[0xab; 32]);
+        assert_eq!(m, "gc/pending/2026-11-23T083015Z-abababababababab.json");
+        assert_eq!(parse(&m), Some(Key::Mark));
+    }
+
+    #[test]
+    fn foreign_keys_are_refused() {
+        let good = format!("blobs/01/23/0123{}", &H[4..]);
+        assert!(is_blob(&good));
+        for bad in [
+            format!("blobs/01/24/0123{}", &H[4..]),
+            format!("blobs/01/23/0123{}", &H[3..]),
+            format!("blobs/01/23/0123{}/x", &H[4..]),
+            format!("blobs/01/23/0123{}", H[4..].to_uppercase()),
+            format!("blobs/01/23/../23/0123{}", &H[4..]),
+            "blobs/".into(),
+            "metadata/../x/db.zst.age".into(),
+            "metadata/a_b_1970-01-01T000000Z/other".into(),
+            "metadata/a_b_1970-01-01T000000Z/db.zst.age/x".into(),
+            "metadata/a/b_c_1970-01-01T000000Z/db.zst.age".into(),
+            "metadata/a_b_c_1970-01-01T000000Z/db.zst.age".into(),
+            "metadata/.a_b_1970-01-01T000000Z/db.zst.age".into(),
+            "metadata/a_b_1970-01-01T000000Z.0/db.zst.age".into(),
+            "metadata/a_b_1970-01-01T000000Z.10/db.zst.age".into(),
+            "metadata/a_b_1970-01-01T000000Z\u{1b}[2J/db.zst.age".into(),
+            "gc/pending/x.json".into(),
+            "gc/pending/2026-11-23T083015Z-abababababababab.json.tmp".into(),
+            "gc/pending/2026-11-23T083015Z-ababababababab.json".into(),
+            "gc/pending/../../blobs/x".into(),
+            "other/thing".into(),
+            "".into(),
+        ] {
+            assert_eq!(parse(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_parse_and_order() {
+        let p = parse_id("web1_etc_2026-11-23T083015Z.3").unwrap();
+        assert_eq!(
+            (p.host, p.name, p.time, p.seq),
+            ("web1", "etc", 1_795_422_615, 3)
+        );
+        let mut ids = vec![
+            "b_x_2026-11-23T083015Z.1",
+            "a_x_2026-11-23T083016Z",
+            "b_x_2026-11-23T083015Z",
+            "a_x_2026-11-23T083015Z",
+        ];
+        ids.sort_by(|a, b| id_order(a, b));
+        assert_eq!(
+            ids,
+            [
+                "a_x_2026-11-23T083015Z",
+                "b_x_2026-11-23T083015Z",
+                "b_x_2026-11-23T083015Z.1",
+                "a_x_2026-11-23T083016Z"
+            ]
+        );
+        assert_eq!(sanitize_host(".evil/../x"), "-evil-..-x");
+        assert_eq!(sanitize_host(&"h".repeat(300)).len(), HOST_MAX);
+        assert!(parse_id(&make_id(&"h".repeat(300), "n", 5)).is_some());
+    }
+}

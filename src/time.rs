@@ -1,0 +1,130 @@
+//! UTC calendar times as vaultik writes and reads them: the compact form in
+//! snapshot ids and deletion marks (`2026-11-23T083015Z`), the display form
+//! (`2026-11-23 08:30:15 UTC`), and S3's `LastModified`
+//! (`2026-11-23T08:30:15.000Z`). Seconds since the Unix epoch throughout.
+
+/// Seconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `2026-11-23T083015Z`
+pub fn compact(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// `2026-11-23 08:30:15 UTC`
+pub fn display(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// The inverse of `compact`, exactly (no other spelling is accepted, so a
+/// time read back from a key names one key).
+pub fn parse_compact(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 18 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[17] != b'Z' {
+        return None;
+    }
+    let t = from_fields(s, [0..4, 5..7, 8..10, 11..13, 13..15, 15..17])?;
+    (compact(t) == s).then_some(t)
+}
+
+/// S3's `2026-11-23T18:53:00.000Z` (fractions ignored).
+pub fn parse_s3(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    from_fields(s, [0..4, 5..7, 8..10, 11..13, 14..16, 17..19])
+}
+
+/// Seconds since the epoch from the year, month, day, hour, minute and
+/// second found at these byte ranges of `s` (all digits, in range).
+fn from_fields(s: &str, at: [std::ops::Range<usize>; 6]) -> Option<u64> {
+    let mut v = [0i64; 6];
+    for (slot, r) in v.iter_mut().zip(at) {
+        let field = s.get(r)?;
+        if !field.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        *slot = field.parse().ok()?;
+    }
+    let [y, m, d, hh, mm, ss] = v;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    u64::try_from(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+/// Howard Hinnant's days-from-civil.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Howard Hinnant's days-to-civil, with the time of day.
+fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(compact(0), "1970-01-01T000000Z");
+        assert_eq!(compact(1_795_422_615), "2026-11-23T083015Z");
+        assert_eq!(display(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn parses() {
+        assert_eq!(parse_s3("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_s3("2026-11-23T08:30:15.000Z"), Some(1_795_422_615));
+        assert_eq!(parse_s3("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_s3("garbage"), None);
+        assert_eq!(parse_s3("2000-0a-29T00:00:00Z"), None);
+        for t in [0, 951_782_400, 1_795_422_615, 4_102_444_800] {
+            assert_eq!(parse_compact(&compact(t)), Some(t));
+        }
+        for bad in [
+            "2026-11-23T083015",
+            "2026-13-23T083015Z",
+            "2026-02-30T083015Z",
+            "2026-11-23T246015Z",
+            "+026-11-23T083015Z",
+            "2026-11-23t083015Z",
+        ] {
+            assert_eq!(parse_compact(bad), None, "{bad}");
+        }
+    }
+}
