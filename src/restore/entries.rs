@@ -1,0 +1,352 @@
+//! The restore's entries, phase by phase, through `Target`: directories
+//! (parents first), files (made empty and sized, so holes stay holes),
+//! then — once the contents are in — failed files removed, hard links,
+//! symlinks and special files, and owners, modes and times last,
+//! directories deepest first.
+//!
+//! Every phase reads the plan in order and records each node it makes
+//! (`plan.made`); a node whose parent was not made fails with it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+
+use super::plan::{self, mpath, ppath, shown};
+use super::target::{self, Attrs, FileId, NodeInfo, Target};
+use super::{Summary, attrs_from_row, fan_out, node_info};
+use crate::error::{DbContext, Result};
+use crate::snapshot::Kind;
+
+/// Entries whose attributes a thread sets at a time.
+const ATTR_BATCH: usize = 256;
+
+/// The entry phases' shared state.
+pub struct Entries<'a> {
+    pub conn: &'a Connection,
+    pub target: Target,
+    pub summary: Summary,
+    /// One message per entry not restored.
+    pub failures: Vec<String>,
+    /// `(device node, path)` warnings that are not failures.
+    pub warn: &'a (dyn Fn(&str) + Sync),
+}
+
+impl Entries<'_> {
+    fn made(&self, node: i64, id: FileId) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO plan.made(node, dev, ino) VALUES (?1, ?2, ?3)")
+            .db(ppath())?
+            .execute(params![node, id.0 as i64, id.1 as i64])
+            .db(ppath())?;
+        Ok(())
+    }
+
+    fn unmade(&self, node: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM plan.made WHERE node = ?1")
+            .db(ppath())?
+            .execute([node])
+            .db(ppath())?;
+        Ok(())
+    }
+
+    /// The directory of node `parent`, or the reason it cannot be had.
+    fn dir(
+        &mut self,
+        parent: i64,
+        info: &mut dyn FnMut(i64) -> Result<NodeInfo>,
+    ) -> Result<target::Made<Arc<OwnedFd>>> {
+        self.target.dir(parent, info)
+    }
+
+    /// Directories, parents first (the target is node 0, made already).
+    pub fn dirs(&mut self) -> Result<()> {
+        let conn = self.conn;
+        self.made(0, self.target.root_id())?;
+        let mut st = conn.prepare(plan::Q_DIRS_UP).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            let node: i64 = r.get(0).db(ppath())?;
+            let parent: i64 = r.get(1).db(ppath())?;
+            let name: Vec<u8> = r.get(2).db(ppath())?;
+            let is_entry: bool = r.get(3).db(ppath())?;
+            let made = self
+                .dir(parent, &mut info)?
+                .and_then(|p| self.target.make_dir(node, &p, &name));
+            match made {
+                Ok(id) => {
+                    self.made(node, id)?;
+                    if is_entry {
+                        self.summary.dirs += 1;
+                    }
+                }
+                Err(err) => {
+                    let src: Vec<u8> = r.get(4).db(ppath())?;
+                    self.failures.push(format!("{}: {err}", shown(&src)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Files of more than one chunk (or none, or the first path of hard
+    /// links), made empty and sized; files of one chunk are counted here
+    /// and made with their chunk.
+    pub fn files(&mut self) -> Result<()> {
+        let conn = self.conn;
+        let mut st = conn.prepare(plan::Q_FILES).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            let node: i64 = r.get(0).db(ppath())?;
+            let parent: i64 = r.get(1).db(ppath())?;
+            let name: Vec<u8> = r.get(2).db(ppath())?;
+            let size = r.get::<_, i64>(3).db(ppath())? as u64;
+            let single: bool = r.get(4).db(ppath())?;
+            let made = if single {
+                Ok(None)
+            } else {
+                self.dir(parent, &mut info)?.and_then(|p| {
+                    let (f, id) = target::create_file(&p, &name)?;
+                    f.set_len(size)
+                        .map_err(|err| target::Fail { op: "size", err })?;
+                    Ok(Some(id))
+                })
+            };
+            match made {
+                Ok(id) => {
+                    if let Some(id) = id {
+                        self.made(node, id)?;
+                    }
+                    self.summary.files += 1;
+                    self.summary.bytes += size;
+                }
+                Err(err) => {
+                    let src: Vec<u8> = r.get(5).db(ppath())?;
+                    self.failures.push(format!("{}: {err}", shown(&src)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the files whose contents failed (nothing corrupt is left
+    /// looking good), naming each.
+    pub fn drop_failed(&mut self, failed: HashMap<i64, String>) -> Result<()> {
+        let conn = self.conn;
+        let mut bad: Vec<_> = failed.into_iter().collect();
+        bad.sort();
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        for (node, msg) in bad {
+            let (src, parent, name, id): (Vec<u8>, i64, Vec<u8>, Option<(i64, i64)>) = conn
+                .query_row(
+                    "SELECT e.path, n.parent, n.name, m.dev, m.ino FROM plan.nodes n
+                     JOIN main.entries e ON e.rowid = n.entry
+                     LEFT JOIN plan.made m ON m.node = n.id WHERE n.id = ?1",
+                    [node],
+                    |r| {
+                        let id = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?) {
+                            (Some(d), Some(i)) => Some((d, i)),
+                            _ => None,
+                        };
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, id))
+                    },
+                )
+                .db(mpath())?;
+            // One-chunk files were removed (or never made) by their thread.
+            if let Some((dev, ino)) = id {
+                if let Ok(p) = self.dir(parent, &mut info)? {
+                    let _ = target::remove_file(&p, &name, (dev as u64, ino as u64));
+                }
+                self.unmade(node)?;
+            }
+            self.summary.files -= 1;
+            self.failures
+                .push(format!("{}: {msg}; the file was not restored", shown(&src)));
+        }
+        Ok(())
+    }
+
+    /// Hard links to files now complete.
+    pub fn links(&mut self) -> Result<()> {
+        let conn = self.conn;
+        let mut st = conn.prepare(plan::Q_LINKS).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            let parent: i64 = r.get(1).db(ppath())?;
+            let name: Vec<u8> = r.get(2).db(ppath())?;
+            let size = r.get::<_, i64>(3).db(ppath())? as u64;
+            let src: Vec<u8> = r.get(4).db(ppath())?;
+            let first_parent: i64 = r.get(5).db(ppath())?;
+            let first_name: Vec<u8> = r.get(6).db(ppath())?;
+            let first_id = match (
+                r.get::<_, Option<i64>>(7).db(ppath())?,
+                r.get::<_, Option<i64>>(8).db(ppath())?,
+            ) {
+                (Some(d), Some(i)) => (d as u64, i as u64),
+                _ => {
+                    let first: Vec<u8> = r.get(9).db(ppath())?;
+                    self.failures.push(format!(
+                        "{}: not restored: it is a hard link of {}, which was not restored",
+                        shown(&src),
+                        shown(&first)
+                    ));
+                    continue;
+                }
+            };
+            let as_root = self.target.as_root;
+            let first_dir = self.dir(first_parent, &mut info)?;
+            let dir = self.dir(parent, &mut info)?;
+            let made = first_dir.and_then(|fp| {
+                dir.and_then(|p| target::hard_link(&fp, &first_name, first_id, &p, &name, as_root))
+            });
+            match made {
+                Ok(()) => {
+                    self.summary.files += 1;
+                    self.summary.bytes += size;
+                }
+                Err(err) => self.failures.push(format!("{}: {err}", shown(&src))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Symlinks and special files. (Single-threaded: special files are
+    /// made with the process umask at 0 for the call.)
+    pub fn others(&mut self) -> Result<()> {
+        let conn = self.conn;
+        let mut st = conn.prepare(plan::Q_OTHER).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            let node: i64 = r.get(0).db(ppath())?;
+            let parent: i64 = r.get(1).db(ppath())?;
+            let name: Vec<u8> = r.get(2).db(ppath())?;
+            let src: Vec<u8> = r.get(3).db(ppath())?;
+            let a = attrs_from_row(r, 4).db(ppath())?;
+            let to: Option<Vec<u8>> = r.get(9).db(ppath())?;
+            let rdev = r.get::<_, i64>(10).db(ppath())? as u64;
+            let made = match a.kind {
+                Kind::Symlink => self.dir(parent, &mut info)?.and_then(|p| {
+                    let id = target::symlink(&p, &name, to.as_deref().unwrap_or_default())?;
+                    Ok(Some(id))
+                }),
+                Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
+                    if a.kind != Kind::Fifo && !self.target.as_root {
+                        (self.warn)(&format!(
+                            "{}: device node not restored (needs root)",
+                            shown(&src)
+                        ));
+                        continue;
+                    }
+                    self.dir(parent, &mut info)?
+                        .and_then(|p| target::special(&p, &name, &a, rdev).map(Some))
+                }
+                // Sockets belong to the process that listens on them.
+                _ => Ok(None),
+            };
+            match made {
+                Ok(Some(id)) => {
+                    self.made(node, id)?;
+                    if a.kind == Kind::Symlink {
+                        self.summary.symlinks += 1;
+                    } else {
+                        self.summary.other += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => self.failures.push(format!("{}: {err}", shown(&src))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Owners, modes and times of everything but directories: batches go
+    /// to threads as they are read (a few system calls per entry), with
+    /// the directory each is in opened for them.
+    pub fn attrs(&mut self) -> Result<()> {
+        type Batch = Vec<(Arc<OwnedFd>, Vec<u8>, FileId, Vec<u8>, Attrs)>;
+        let conn = self.conn;
+        let errs = Mutex::new(Vec::new());
+        let as_root = self.target.as_root;
+        let target = &mut self.target;
+        let failures = &mut self.failures;
+        let read = fan_out(
+            |tx| {
+                let mut st = conn.prepare(plan::Q_ATTRS).db(ppath())?;
+                let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+                let mut info = |n: i64| node_info(&mut node_q, n);
+                let mut rows = st.query([]).db(ppath())?;
+                let mut batch: Batch = Vec::with_capacity(ATTR_BATCH);
+                while let Some(r) = rows.next().db(ppath())? {
+                    let parent: i64 = r.get(0).db(ppath())?;
+                    let name: Vec<u8> = r.get(1).db(ppath())?;
+                    let id = (
+                        r.get::<_, i64>(2).db(ppath())? as u64,
+                        r.get::<_, i64>(3).db(ppath())? as u64,
+                    );
+                    let src: Vec<u8> = r.get(4).db(ppath())?;
+                    let a = attrs_from_row(r, 5).db(ppath())?;
+                    match target.dir(parent, &mut info)? {
+                        Ok(p) => batch.push((p, name, id, src, a)),
+                        Err(err) => failures.push(format!("{}: {err}", shown(&src))),
+                    }
+                    if batch.len() == ATTR_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(ATTR_BATCH));
+                        if tx.send(full).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                Ok(())
+            },
+            |batch: Batch| {
+                for (parent, name, id, src, a) in batch {
+                    if let Err(err) = target::set_attrs(&parent, &name, id, &a, as_root) {
+                        let msg = format!("{}: {err}", shown(&src));
+                        errs.lock().expect("lock").push(msg);
+                    }
+                }
+            },
+        );
+        read?;
+        self.failures.extend(errs.into_inner().expect("lock"));
+        Ok(())
+    }
+
+    /// Owners, modes and times of directories, deepest first (the target
+    /// itself last, from the snapshot's `/`), each through its own
+    /// descriptor, reopened and checked if not at hand.
+    pub fn dir_attrs(&mut self) -> Result<()> {
+        let conn = self.conn;
+        let mut st = conn.prepare(plan::Q_DIRS_DOWN).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            let node: i64 = r.get(0).db(ppath())?;
+            let src: Vec<u8> = r.get(1).db(ppath())?;
+            let a = attrs_from_row(r, 2).db(ppath())?;
+            let set = self
+                .target
+                .dir(node, &mut info)?
+                .and_then(|fd| self.target.dir_attrs(&fd, &a));
+            if let Err(err) = set {
+                self.failures.push(format!("{}: {err}", shown(&src)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,549 @@
+//! The restore plan: the snapshot's entries, checked, as a tree of nodes
+//! (each a parent node and one name), with the chunks to write in blob and
+//! offset order. Kept in a scratch database attached to the spilled
+//! metadata (an unlinked 0600 file in the target), so that memory does
+//! not grow with the number of entries or chunks.
+//!
+//! Every entry is placed under a directory node: one the snapshot records,
+//! or one made for it as a parent (a restore of single paths, or forged
+//! metadata that lacks it). A path that is already a directory's (a
+//! parent of other entries) can only be that directory; a second entry
+//! for a path, or an entry below something that is not a directory, is
+//! refused and named. So the tree the restore builds is the plan's, with
+//! no entry able to turn a directory into something else after the fact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::blob::Location;
+use crate::chunk::ChunkId;
+use crate::error::{DbContext, Error, Result};
+use crate::layout;
+use crate::snapshot::Kind;
+
+/// - `nodes`: what to make, node 0 being the target itself; `entry` is the
+///   snapshot's row (NULL for a directory made only as a parent), `link`
+///   the node a further hard link links to; `single`: a file of one chunk
+///   (and no hard link's first path), made and finished by the thread that
+///   writes its chunk;
+/// - `paths`: every path once, with its node;
+/// - `made`: the identity (device, inode) of every node made so far;
+/// - `jobs`: every chunk to write, in blob and offset order (the primary
+///   key: read back in order without a sort).
+pub const SCHEMA: &str = "
+CREATE TABLE plan.nodes(
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    entry INTEGER,
+    link INTEGER,
+    depth INTEGER NOT NULL,
+    single INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX plan.dirs ON nodes(depth) WHERE kind = 1;
+CREATE TABLE plan.paths(
+    path BLOB PRIMARY KEY,
+    node INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    first INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE plan.made(
+    node INTEGER PRIMARY KEY,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL
+);
+CREATE TABLE plan.jobs(
+    blob INTEGER NOT NULL,
+    boffset INTEGER NOT NULL,
+    node INTEGER NOT NULL,
+    foffset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    chunk BLOB NOT NULL,
+    PRIMARY KEY (blob, boffset, node, foffset)
+) WITHOUT ROWID;
+INSERT INTO plan.nodes(id, parent, name, kind, depth, single, size) VALUES (0, 0, x'', 1, 0, 0, 0);
+INSERT INTO plan.paths(path, node, kind, first) VALUES (x'2f', 0, 1, 0);
+";
+
+/// The plan's queries that walk many rows. None of them sorts (checked by
+/// a test): each follows a primary key or index.
+pub const Q_DIRS_UP: &str = "SELECT n.id, n.parent, n.name, n.entry IS NOT NULL,
+     coalesce(e.path, x'') FROM plan.nodes n LEFT JOIN main.entries e ON e.rowid = n.entry
+     WHERE n.kind = 1 AND n.depth > 0 ORDER BY n.depth";
+pub const Q_FILES: &str = "SELECT n.id, n.parent, n.name, n.size, n.single, e.path
+     FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
+     WHERE n.kind = 2 AND n.link IS NULL ORDER BY n.id";
+pub const Q_JOBS: &str = "SELECT j.blob, j.boffset, j.length, j.size, j.chunk, j.node, j.foffset,
+     n.single, n.parent, n.name, m.dev, m.ino, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     FROM plan.jobs j JOIN plan.nodes n ON n.id = j.node
+     LEFT JOIN plan.made m ON m.node = j.node
+     JOIN main.entries e ON e.rowid = n.entry
+     WHERE (j.blob, j.boffset) >= (?1, ?2) AND (j.blob, j.boffset) < (?3, ?4)
+     ORDER BY j.blob, j.boffset, j.node, j.foffset";
+pub const Q_JOB_AT: &str =
+    "SELECT blob, boffset FROM plan.jobs ORDER BY blob, boffset, node, foffset LIMIT 1 OFFSET ?1";
+pub const Q_LINKS: &str = "SELECT n.id, n.parent, n.name, n.size, e.path,
+     f.parent, f.name, fm.dev, fm.ino, t.path
+     FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
+     JOIN plan.nodes f ON f.id = n.link JOIN main.entries t ON t.rowid = f.entry
+     LEFT JOIN plan.made fm ON fm.node = n.link
+     WHERE n.link IS NOT NULL ORDER BY n.id";
+pub const Q_OTHER: &str = "SELECT n.id, n.parent, n.name, e.path,
+     e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.target, e.rdev
+     FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
+     WHERE n.kind NOT IN (1, 2) ORDER BY n.id";
+/// (Files of one chunk had theirs set when written; hard links share
+/// their first path's.)
+pub const Q_ATTRS: &str = "SELECT n.parent, n.name, m.dev, m.ino, e.path,
+     e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
+     WHERE n.kind != 1 AND n.link IS NULL AND NOT n.single ORDER BY n.id";
+pub const Q_DIRS_DOWN: &str = "SELECT n.id, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
+     WHERE n.kind = 1 ORDER BY n.depth DESC";
+/// Where a directory node is, for reopening it.
+pub const Q_NODE: &str = "SELECT n.parent, n.name, m.dev, m.ino FROM plan.nodes n
+     LEFT JOIN plan.made m ON m.node = n.id WHERE n.id = ?1";
+
+pub const PLAN: &str = "restore plan";
+pub const META: &str = "snapshot metadata";
+
+pub fn ppath() -> &'static Path {
+    Path::new(PLAN)
+}
+
+pub fn mpath() -> &'static Path {
+    Path::new(META)
+}
+
+/// A snapshot path with control characters escaped, for messages.
+pub fn shown(p: &[u8]) -> String {
+    crate::error::one_line(String::from_utf8_lossy(p).into_owned())
+}
+
+/// Forged paths can be anything: at most this many components.
+const DEPTH_MAX: usize = 4096;
+
+/// The components of an absolute snapshot path, or None when the path
+/// could escape (`..`, `.`, empty components, NUL) or is too deep. `/` has
+/// none.
+pub fn components(src: &[u8]) -> Option<Vec<&[u8]>> {
+    // Snapshots record absolute paths only; anything else is forged.
+    let rel = src.strip_prefix(b"/")?;
+    if rel.is_empty() {
+        return Some(Vec::new());
+    }
+    let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
+    let bad = |c: &&[u8]| c.is_empty() || *c == b"." || *c == b".." || c.contains(&0);
+    if parts.iter().any(bad) || parts.len() > DEPTH_MAX {
+        return None;
+    }
+    Some(parts)
+}
+
+/// `p` (a `/`-separated path) without its last component.
+fn parent_of(p: &[u8]) -> &[u8] {
+    match p.iter().rposition(|b| *b == b'/') {
+        Some(0) => b"/",
+        Some(i) => &p[..i],
+        None => b"/",
+    }
+}
+
+fn normalize_filter(p: &str) -> Vec<u8> {
+    let mut v = p.as_bytes().to_vec();
+    while v.len() > 1 && v.ends_with(b"/") {
+        v.pop();
+    }
+    if !v.starts_with(b"/") {
+        v.insert(0, b'/');
+    }
+    v
+}
+
+fn under(path: &[u8], filter: &[u8]) -> bool {
+    path == filter
+        || (path.starts_with(filter) && (filter == b"/" || path.get(filter.len()) == Some(&b'/')))
+}
+
+/// What building the plan found.
+pub struct Built {
+    /// The blobs the jobs read, by index: key and size.
+    pub blobs: Vec<(String, u64)>,
+    /// Entries refused, with why.
+    pub failures: Vec<String>,
+}
+
+/// Build the plan from the metadata (every entry, in row order), keeping
+/// only what is under `paths` when any are given.
+pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
+    let (mpath, ppath) = (mpath(), ppath());
+    let filters: Vec<Vec<u8>> = paths.iter().map(|p| normalize_filter(p)).collect();
+    let mut matched = vec![false; filters.len()];
+    let mut blobs: Vec<(String, u64)> = Vec::new();
+    let mut blob_ids: HashMap<i64, usize> = HashMap::new();
+    let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
+    let mut failures = Vec::new();
+    conn.execute_batch("BEGIN").db(ppath)?;
+    {
+        let link = crate::snapshot::link_column(conn, "main");
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT rowid, path, kind, size, chunks, {link} FROM main.entries ORDER BY rowid"
+            ))
+            .db(mpath)?;
+        let mut q = conn
+            .prepare(
+                "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
+                 FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
+            )
+            .db(mpath)?;
+        let mut tree = Tree::new(conn)?;
+        let mut add_job = conn
+            .prepare(
+                "INSERT OR IGNORE INTO plan.jobs(blob, boffset, node, foffset, length, size, chunk)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .db(ppath)?;
+        let mut rows = st.query([]).db(mpath)?;
+        while let Some(r) = rows.next().db(mpath)? {
+            let rowid: i64 = r.get(0).db(mpath)?;
+            let src: Vec<u8> = r.get(1).db(mpath)?;
+            if !filters.is_empty() {
+                let mut any = false;
+                for (f, m) in filters.iter().zip(matched.iter_mut()) {
+                    if under(&src, f) {
+                        *m = true;
+                        any = true;
+                    }
+                }
+                if !any {
+                    continue;
+                }
+            }
+            let Some(parts) = components(&src) else {
+                failures.push(format!(
+                    "{}: unsafe path in snapshot metadata, not restored",
+                    shown(&src)
+                ));
+                continue;
+            };
+            let kind = Kind::from_i64(r.get(2).db(mpath)?).ok_or_else(|| {
+                Error::corrupt(META, format!("{}: unknown entry kind", shown(&src)))
+            })?;
+            let size: i64 = r.get(3).db(mpath)?;
+            let chunks: Option<Vec<u8>> = r.get(4).db(mpath)?;
+            let chunks = chunks.unwrap_or_default();
+            if size < 0 || chunks.len() % 32 != 0 {
+                failures.push(format!(
+                    "{}: malformed entry in snapshot metadata",
+                    shown(&src)
+                ));
+                continue;
+            }
+            let link_path: Option<Vec<u8>> = r.get(5).db(mpath)?;
+            if kind == Kind::File {
+                located.clear();
+                for c in chunks.chunks_exact(32) {
+                    let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
+                    let row = q
+                        .query_row([c], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                Location::from_row(r, 1)?,
+                                r.get::<_, String>(4)?,
+                                r.get::<_, i64>(5)?,
+                            ))
+                        })
+                        .optional()
+                        .db(mpath)?;
+                    let Some((bid, loc, key, bsize)) = row else {
+                        return Err(Error::corrupt(
+                            META,
+                            format!("chunk {} has no location", id.hex()),
+                        ));
+                    };
+                    let bi = match blob_ids.get(&bid) {
+                        Some(bi) => *bi,
+                        None => {
+                            if !layout::is_blob(&key) || bsize < 0 {
+                                return Err(Error::corrupt(
+                                    META,
+                                    format!("bad blob {}", crate::error::one_line(key)),
+                                ));
+                            }
+                            blobs.push((key, bsize as u64));
+                            blob_ids.insert(bid, blobs.len() - 1);
+                            blobs.len() - 1
+                        }
+                    };
+                    located.push((id, bi, loc));
+                }
+                // The size must be what the chunks add up to (no forged
+                // giants), and every chunk must lie inside its blob.
+                let sum = located
+                    .iter()
+                    .try_fold(0u64, |t, (_, _, l)| t.checked_add(l.size));
+                if sum != Some(size as u64) {
+                    failures.push(format!(
+                        "{}: size {size} does not match its chunks; not restored",
+                        shown(&src)
+                    ));
+                    continue;
+                }
+                if located.iter().any(|(_, bi, l)| {
+                    l.offset
+                        .checked_add(l.length)
+                        .is_none_or(|end| end > blobs[*bi].1)
+                }) {
+                    failures.push(format!(
+                        "{}: a chunk lies outside its blob; not restored",
+                        shown(&src)
+                    ));
+                    continue;
+                }
+            }
+            let placed = tree.place(
+                &src,
+                &parts,
+                kind,
+                rowid,
+                size as u64,
+                chunks.len() / 32,
+                link_path.as_deref(),
+            )?;
+            let (node, link_to) = match placed {
+                Ok(p) => p,
+                Err(why) => {
+                    failures.push(format!("{}: {why}, not restored", shown(&src)));
+                    continue;
+                }
+            };
+            if kind == Kind::File && link_to.is_none() {
+                let mut offset = 0u64;
+                for (chunk, bi, loc) in &located {
+                    add_job
+                        .execute(params![
+                            *bi as i64,
+                            loc.offset as i64,
+                            node,
+                            offset as i64,
+                            loc.length as i64,
+                            loc.size as i64,
+                            &chunk.0[..],
+                        ])
+                        .db(ppath)?;
+                    offset += loc.size;
+                }
+            }
+        }
+    }
+    conn.execute_batch("COMMIT").db(ppath)?;
+    for (f, m) in paths.iter().zip(&matched) {
+        if !m {
+            return Err(Error::Usage(format!(
+                "path {} is not in snapshot {id}",
+                crate::error::one_line(f.clone())
+            )));
+        }
+    }
+    Ok(Built { blobs, failures })
+}
+
+/// Places entries in the tree of nodes.
+struct Tree<'c> {
+    conn: &'c Connection,
+    find: rusqlite::Statement<'c>,
+    add_path: rusqlite::Statement<'c>,
+    add_node: rusqlite::Statement<'c>,
+    attach: rusqlite::Statement<'c>,
+    unsingle: rusqlite::Statement<'c>,
+}
+
+impl<'c> Tree<'c> {
+    fn new(conn: &'c Connection) -> Result<Tree<'c>> {
+        let p = ppath();
+        Ok(Tree {
+            conn,
+            find: conn
+                .prepare(
+                    "SELECT p.node, p.kind, p.first, n.entry IS NULL FROM plan.paths p
+                     JOIN plan.nodes n ON n.id = p.node WHERE p.path = ?1",
+                )
+                .db(p)?,
+            add_path: conn
+                .prepare("INSERT INTO plan.paths(path, node, kind, first) VALUES (?1, ?2, ?3, ?4)")
+                .db(p)?,
+            add_node: conn
+                .prepare(
+                    "INSERT INTO plan.nodes(parent, name, kind, entry, link, depth, single, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .db(p)?,
+            attach: conn
+                .prepare("UPDATE plan.nodes SET entry = ?2 WHERE id = ?1 AND entry IS NULL")
+                .db(p)?,
+            unsingle: conn
+                .prepare("UPDATE plan.nodes SET single = 0 WHERE id = ?1")
+                .db(p)?,
+        })
+    }
+
+    /// (node, kind, is the first path of a file, is a directory made only
+    /// as a parent) of `path`, if placed.
+    fn find(&mut self, path: &[u8]) -> Result<Option<(i64, i64, bool, bool)>> {
+        self.find
+            .query_row([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+            .db(ppath())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        path: &[u8],
+        parent: i64,
+        name: &[u8],
+        kind: Kind,
+        entry: Option<i64>,
+        link: Option<i64>,
+        depth: usize,
+        single: bool,
+        size: u64,
+    ) -> Result<i64> {
+        let p = ppath();
+        self.add_node
+            .execute(params![
+                parent,
+                name,
+                kind as i64,
+                entry,
+                link,
+                depth as i64,
+                single,
+                size as i64
+            ])
+            .db(p)?;
+        let node = self.conn.last_insert_rowid();
+        let first = kind == Kind::File && link.is_none() && entry.is_some();
+        self.add_path
+            .execute(params![path, node, kind as i64, first])
+            .db(p)?;
+        Ok(node)
+    }
+
+    /// The directory node of `dir` (a path whose components are `parts`),
+    /// made as a parent where the snapshot has none; Err when something
+    /// that is not a directory is there.
+    fn dir_node(
+        &mut self,
+        dir: &[u8],
+        parts: &[&[u8]],
+    ) -> Result<std::result::Result<i64, String>> {
+        // Up to the nearest placed ancestor, then down, making each.
+        let mut missing = 0;
+        let mut at = dir;
+        let mut node = loop {
+            match self.find(at)? {
+                Some((n, k, _, _)) if k == Kind::Dir as i64 => break n,
+                Some(_) => {
+                    return Ok(Err(format!(
+                        "{} is not a directory in this snapshot",
+                        shown(at)
+                    )));
+                }
+                None => {
+                    missing += 1;
+                    at = parent_of(at);
+                }
+            }
+        };
+        let depth = parts.len();
+        for k in (0..missing).rev() {
+            // The ancestor with `depth - k` components.
+            let n = depth - k;
+            let path = join(&parts[..n]);
+            node = self.add(
+                &path,
+                node,
+                parts[n - 1],
+                Kind::Dir,
+                None,
+                None,
+                n,
+                false,
+                0,
+            )?;
+        }
+        Ok(Ok(node))
+    }
+
+    /// Place one entry: its node, and the node a hard link links to.
+    /// Err(why) when it cannot be placed.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        src: &[u8],
+        parts: &[&[u8]],
+        kind: Kind,
+        entry: i64,
+        size: u64,
+        chunks: usize,
+        link_path: Option<&[u8]>,
+    ) -> Result<std::result::Result<(i64, Option<i64>), String>> {
+        if let Some((node, k, _, implicit)) = self.find(src)? {
+            // Only a directory made as a parent can become an entry, and
+            // only a directory entry.
+            if implicit && k == Kind::Dir as i64 && kind == Kind::Dir {
+                self.attach.execute(params![node, entry]).db(ppath())?;
+                return Ok(Ok((node, None)));
+            }
+            return Ok(Err("duplicate path in snapshot metadata".into()));
+        }
+        let Some((name, dirs)) = parts.split_last() else {
+            // `/` is placed from the start (node 0, the target).
+            return Ok(Err("duplicate path in snapshot metadata".into()));
+        };
+        let parent = match self.dir_node(parent_of(src), dirs)? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        // Hard links: a file recorded as a further link of an earlier path
+        // that is restored too becomes a link to it (its own chunks are
+        // not written); otherwise it is restored as a file of its own.
+        let mut link_to = None;
+        if let (Kind::File, Some(p)) = (kind, link_path) {
+            if let Some((first, _, true, _)) = self.find(p)? {
+                self.unsingle.execute([first]).db(ppath())?;
+                link_to = Some(first);
+            }
+        }
+        let single = kind == Kind::File && link_to.is_none() && chunks == 1;
+        let node = self.add(
+            src,
+            parent,
+            name,
+            kind,
+            Some(entry),
+            link_to,
+            parts.len(),
+            single,
+            size,
+        )?;
+        Ok(Ok((node, link_to)))
+    }
+}
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for c in parts {
+        p.push(b'/');
+        p.extend_from_slice(c);
+    }
+    p
+}
