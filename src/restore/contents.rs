@@ -333,9 +333,11 @@ impl Ctx<'_> {
         let mut i = 0;
         while i < u.jobs.len() {
             let j = &u.jobs[i];
-            // Every job that wants this same chunk at this same place.
+            // Every job that wants this same chunk at this same place
+            // (forged metadata may put another id there: it is read, and
+            // checked, on its own).
             let mut end = i + 1;
-            while end < u.jobs.len() && u.jobs[end].loc.offset == j.loc.offset {
+            while end < u.jobs.len() && u.jobs[end].loc == j.loc && u.jobs[end].chunk == j.chunk {
                 end += 1;
             }
             match reader.read_chunk(&j.chunk, &j.loc) {

@@ -144,25 +144,19 @@ impl Entries<'_> {
         let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
         let mut info = |n: i64| node_info(&mut node_q, n);
         for (node, msg) in bad {
-            let (src, parent, name, id): (Vec<u8>, i64, Vec<u8>, Option<(i64, i64)>) = conn
+            let src: Vec<u8> = conn
                 .query_row(
-                    "SELECT e.path, n.parent, n.name, m.dev, m.ino FROM plan.nodes n
-                     JOIN main.entries e ON e.rowid = n.entry
-                     LEFT JOIN plan.made m ON m.node = n.id WHERE n.id = ?1",
+                    "SELECT e.path FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
+                     WHERE n.id = ?1",
                     [node],
-                    |r| {
-                        let id = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?) {
-                            (Some(d), Some(i)) => Some((d, i)),
-                            _ => None,
-                        };
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, id))
-                    },
+                    |r| r.get(0),
                 )
                 .db(mpath())?;
             // One-chunk files were removed (or never made) by their thread.
-            if let Some((dev, ino)) = id {
+            let (parent, name, id) = info(node)?;
+            if let Some(id) = id {
                 if let Ok(p) = self.dir(parent, &mut info)? {
-                    let _ = target::remove_file(&p, &name, (dev as u64, ino as u64));
+                    let _ = target::remove_file(&p, &name, id);
                 }
                 self.unmade(node)?;
             }

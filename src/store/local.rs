@@ -423,3 +423,122 @@ impl Store for LocalStore {
         &self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    const KEY: &str = "metadata/h_n_2026-11-23T083015Z/manifest.json.zst";
+
+    fn store() -> (tempfile::TempDir, LocalStore, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let s = LocalStore::open(&root, true).unwrap();
+        (dir, s, root)
+    }
+
+    #[test]
+    fn a_temporary_name_taken_by_a_symlink_is_never_written_through() {
+        let (dir, s, root) = store();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let d = root.join("metadata/h_n_2026-11-23T083015Z");
+        std::fs::create_dir_all(&d).unwrap();
+        // The name the next write will use.
+        let tmp = format!("{TMP_MARK}{}-0", std::process::id());
+        symlink(&victim, d.join(&tmp)).unwrap();
+        assert!(s.put_bytes(KEY, b"data").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // The next name is free: the write goes where it belongs.
+        s.put_bytes(KEY, b"data").unwrap();
+        assert_eq!(s.get(KEY, 100).unwrap(), b"data");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn symlinked_directories_are_never_followed() {
+        let (dir, s, root) = store();
+        let victim = dir.path().join("victim");
+        let hash = "ab".repeat(32);
+        let key = format!("blobs/ab/ab/{hash}");
+        std::fs::create_dir_all(victim.join("ab")).unwrap();
+        std::fs::write(victim.join("ab").join(&hash), b"not ours").unwrap();
+        symlink(&victim, root.join("blobs")).unwrap();
+        let l = s.list("blobs/").unwrap();
+        assert!(l.objects.is_empty());
+        assert_eq!(l.foreign, vec!["blobs"]);
+        assert!(s.get(&key, 100).is_err());
+        assert!(s.head(&key).is_err());
+        s.delete(&key).unwrap_err();
+        assert!(victim.join("ab").join(&hash).exists());
+        let e = s.put_bytes(&key, b"x").unwrap_err().to_string();
+        assert!(e.contains("blobs is not a directory"), "{e}");
+        // Deeper down, the same.
+        std::fs::remove_file(root.join("blobs")).unwrap();
+        std::fs::create_dir_all(root.join("blobs")).unwrap();
+        symlink(&victim, root.join("blobs/ab")).unwrap();
+        let l = s.list("blobs/").unwrap();
+        assert!(l.objects.is_empty());
+        assert_eq!(l.foreign, vec!["blobs/ab"]);
+        assert!(s.get(&key, 100).is_err());
+        assert!(victim.join("ab").join(&hash).exists());
+    }
+
+    #[test]
+    fn objects_must_be_regular_files_and_fit_their_limit() {
+        let (dir, s, root) = store();
+        s.put_bytes(KEY, b"0123456789").unwrap();
+        let e = s.get(KEY, 5).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+        assert_eq!(s.get(KEY, 10).unwrap(), b"0123456789");
+        // A FIFO in place of the object: refused at once, not waited on.
+        let path = root.join(KEY);
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = s.get(KEY, 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(s.head(KEY).is_err());
+        let l = s.list("metadata/").unwrap();
+        assert!(l.objects.is_empty() && l.foreign_count == 1, "{l:?}");
+        // A symlink in place of the object.
+        std::fs::remove_file(&path).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"outside").unwrap();
+        symlink(&outside, &path).unwrap();
+        assert!(s.get(KEY, 100).is_err());
+        s.delete(KEY).unwrap();
+        assert!(outside.exists(), "only the link is removed");
+        // Keys outside the layout are refused by every operation.
+        for bad in ["../x", "blobs/../../x", "metadata/x/../../y/db.zst.age"] {
+            assert!(s.get(bad, 100).is_err());
+            assert!(s.put_bytes(bad, b"x").is_err());
+            assert!(s.delete(bad).is_err());
+        }
+        assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn listings_stay_within_the_layout() {
+        let (_dir, s, root) = store();
+        s.put_bytes(KEY, b"m").unwrap();
+        // Too deep, wrong names, not UTF-8.
+        let deep = root.join("blobs/ab/cd/ef/gh");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("x"), b"x").unwrap();
+        std::fs::write(root.join("blobs/ab/cd/notahash"), b"x").unwrap();
+        std::fs::write(
+            root.join(std::ffi::OsStr::from_bytes(b"metadata/\xff")),
+            b"x",
+        )
+        .unwrap();
+        let l = s.list("blobs/").unwrap();
+        assert!(l.objects.is_empty());
+        assert_eq!(l.foreign, vec!["blobs/ab/cd/ef", "blobs/ab/cd/notahash"]);
+        let l = s.list("metadata/").unwrap();
+        assert_eq!(l.objects.len(), 1);
+        assert_eq!(l.foreign, vec!["metadata/\u{fffd}"]);
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod forge;
 pub mod proxy;
 pub mod tree;
 
@@ -150,8 +151,13 @@ pub struct Env {
     pub snapshots: Vec<(String, Vec<PathBuf>, Vec<String>)>,
 }
 
+/// The binary under test: this build's, or `VAULTIK_TEST_BIN` (to check
+/// that a test fails on an older build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vaultik")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("VAULTIK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vaultik").into())
+    })
 }
 
 impl Env {

@@ -1,0 +1,332 @@
+//! A hostile store, for the keyless commands: a zstd bomb for a manifest,
+//! a snapshot dated far in the future, ids and host names made to break
+//! out of keys or paint the terminal, a directory store whose `blobs` is a
+//! symlink to someone else's files, objects that are FIFOs or symlinks.
+//! Nothing in the store may make vaultik allocate without bound, hang,
+//! delete outside the store, pick a forged snapshot over a real one, or
+//! print what the store chose raw.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::forge::{self, write_manifest};
+use crate::util::{Backend, Env, stderr};
+
+/// Run `cmd` to the end; its exit code, stdout, stderr and peak RSS (KiB).
+fn measured(mut cmd: Command, scratch: &Path) -> (i32, String, String, i64) {
+    let (out, err) = (scratch.join("m.out"), scratch.join("m.err"));
+    // Reaped by wait4 below (which also gives the peak RSS).
+    #[allow(clippy::zombie_processes)]
+    let child = cmd
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // A hang is a failure, not a stuck suite.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        if !watch.load(std::sync::atomic::Ordering::SeqCst) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_ne!(
+        std::process::ExitStatus::from_raw(status).signal(),
+        Some(libc::SIGKILL),
+        "killed after 60 s: it hung"
+    );
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .unwrap_or(-1);
+    (
+        code,
+        fs::read_to_string(out).unwrap(),
+        fs::read_to_string(err).unwrap(),
+        usage.ru_maxrss,
+    )
+}
+
+/// A zstd stream of `n` zero bytes, written in pieces (a bomb).
+fn zeros_compressed(n: u64) -> Vec<u8> {
+    let mut enc = zstd::Encoder::new(Vec::new(), 19).unwrap();
+    let piece = vec![0u8; 1 << 20];
+    for _ in 0..n / piece.len() as u64 {
+        enc.write_all(&piece).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+fn one_snapshot(env: &Env) -> String {
+    fs::write(env.src().join("f"), b"real data\n").unwrap();
+    env.create();
+    env.snapshot_ids().pop().unwrap()
+}
+
+/// The issue's third reproduction: a small manifest that decompresses to
+/// gigabytes of zeros. The keyless commands read at most 32 MiB of it,
+/// name it, and go on with the rest of the store.
+#[test]
+fn a_zstd_bomb_for_a_manifest() {
+    let mut env = Env::new(Backend::Local);
+    env.extra.push("grace_period = 0s".into());
+    let real = one_snapshot(&env);
+    let bomb = zeros_compressed(2 << 30);
+    assert!(bomb.len() < 200_000, "{}", bomb.len());
+    let id = "evil_x_2026-01-01T000000Z";
+    let dir = env.store_dir().join("metadata").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("manifest.json.zst"), &bomb).unwrap();
+    let mut cmd = env.cmd();
+    cmd.args(["snapshot", "list"]);
+    let (code, out, err, rss) = measured(cmd, env.path());
+    eprintln!(
+        "snapshot list with a {}-byte bomb: {rss} KiB peak",
+        bomb.len()
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(rss < 100 * 1024, "peak RSS {rss} KiB");
+    assert!(out.contains(&real), "the rest is listed: {out}");
+    assert!(
+        err.contains(id) && err.contains("more than 32.0 MiB"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+    // store info: the same; prune and purge delete nothing, and say why.
+    let out = env.run(&["store", "info"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let blobs = env.blob_keys();
+    for args in [
+        &["prune"][..],
+        &["snapshot", "purge", "--keep-latest", "--force"],
+    ] {
+        let out = env.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("deletes nothing") && err.contains(id), "{err}");
+    }
+    assert_eq!(env.blob_keys(), blobs);
+    // Removing the damaged snapshot by id makes the store whole again.
+    env.ok(&["snapshot", "remove", id]);
+    env.ok(&["prune"]);
+    assert_eq!(env.snapshot_ids(), vec![real]);
+    assert_eq!(env.blob_keys(), blobs);
+}
+
+/// A snapshot whose id and manifest claim 2099 for this host and name:
+/// shown flagged, never `latest`, and left out of retention, so it cannot
+/// push the real snapshots out.
+#[test]
+fn a_snapshot_dated_far_in_the_future() {
+    let mut env = Env::new(Backend::Local);
+    env.extra.push("grace_period = 0s".into());
+    fs::write(env.src().join("f"), b"first\n").unwrap();
+    env.create();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(env.src().join("f"), b"second\n").unwrap();
+    env.create();
+    let real = env.snapshot_ids();
+    assert_eq!(real.len(), 2);
+    let future = "testhost_data_2099-01-01T000000Z";
+    forge::forge(&env, future, &[forge::file(b"/f", 0o644)], None);
+    let out = env.ok(&["snapshot", "list"]);
+    let line = out.lines().find(|l| l.contains(future)).unwrap();
+    assert!(line.contains("dated ahead"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "list", "--json"])).unwrap();
+    let flagged: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["dated_ahead"] == true)
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(flagged, vec![future]);
+    // latest is the real newest.
+    let target = env.path().join("r");
+    env.restore_ok("latest", &target, &[]);
+    let f = crate::core::restored(&target, &env.src()).join("f");
+    assert_eq!(fs::read(f).unwrap(), b"second\n");
+    // Retention: keep the latest one; the future one takes no rank and
+    // is left alone (and said so).
+    let out = env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    assert!(
+        out.contains("left alone 1 snapshot(s) dated ahead"),
+        "{out}"
+    );
+    let left = env.snapshot_ids();
+    assert!(
+        left.contains(&real[1]) && left.contains(&future.to_string()),
+        "{left:?}"
+    );
+    assert!(!left.contains(&real[0]), "{left:?}");
+    // So does a backup with --prune.
+    env.extra.push("keep_latest = 1".into());
+    env.write_config();
+    std::thread::sleep(Duration::from_millis(1100));
+    env.ok(&["snapshot", "create", "--prune"]);
+    let left = env.snapshot_ids();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&future.to_string()), "{left:?}");
+}
+
+/// Ids and host names chosen to break out of keys or paint the terminal:
+/// keys that are not of the layout are foreign (never read or deleted,
+/// counted by store info); host names are printed escaped.
+#[test]
+fn ids_and_host_names_from_the_store_are_checked_and_escaped() {
+    let mut env = Env::new(Backend::Local);
+    env.extra.push("grace_period = 0s".into());
+    let real = one_snapshot(&env);
+    let store = env.store_dir();
+    let m = |id: &str| {
+        serde_json::json!({"format": 1, "id": id, "hostname": "h", "name": "n",
+                           "time": 1, "blobs": []})
+    };
+    let mut planted = 0;
+    for dir in [
+        "metadata/a/b_c_2026-01-01T000000Z",
+        "metadata/.._x_2026-01-01T000000Z",
+        "metadata/evil_x_2026-01-01T000000Z\x1b[2J",
+        "metadata/evil_x_2026-01-01T000000Z\n",
+        "metadata/evil_x_2026-13-01T000000Z",
+    ] {
+        let d = store.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        write_manifest(
+            &d.join("manifest.json.zst"),
+            &m(dir.rsplit('/').next().unwrap()),
+        );
+        planted += 1;
+    }
+    // A valid id whose host name paints the terminal.
+    let painted = "evil--2J--0-pwned-_x_2026-01-01T000000Z";
+    let d = store.join("metadata").join(painted);
+    fs::create_dir_all(&d).unwrap();
+    write_manifest(
+        &d.join("manifest.json.zst"),
+        &serde_json::json!({"format": 1, "id": painted, "hostname": "evil\x1b[2J\x1b]0;pwned\x07",
+                            "name": "x", "time": 1_767_225_600u64, "blobs": []}),
+    );
+    // Other objects a hostile writer left: files beside the layout.
+    fs::write(store.join("blobs/README"), b"x").unwrap();
+    fs::write(store.join("metadata/stray"), b"x").unwrap();
+    planted += 2;
+    let out = env.run(&["store", "info"]);
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{se}");
+    assert!(!so.contains('\x1b') && !se.contains('\x1b'), "{so}\n{se}");
+    assert!(so.contains("evil\\u{1b}[2J"), "{so}");
+    assert!(
+        so.contains(&format!("foreign:      {planted} object(s)")),
+        "{so}\n{se}"
+    );
+    assert!(se.contains("not vaultik's"), "{se}");
+    let out = env.ok(&["snapshot", "list"]);
+    assert!(!out.contains('\x1b'), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("_20")).count(),
+        2,
+        "{out}"
+    );
+    // Foreign objects are never deleted, whatever the command.
+    env.ok(&["prune"]);
+    env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    assert!(store.join("blobs/README").exists() && store.join("metadata/stray").exists());
+    assert!(
+        store
+            .join("metadata/a/b_c_2026-01-01T000000Z/manifest.json.zst")
+            .exists()
+    );
+    // A restore of such an id is refused, naming it escaped.
+    let out = env.restore_to(
+        "evil_x_2026-01-01T000000Z\x1b[2J",
+        &env.path().join("t"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains('\x1b'), "{}", stderr(&out));
+    assert!(env.snapshot_ids().contains(&real));
+}
+
+/// The issue's second reproduction: a directory store whose `blobs` was
+/// replaced by a symlink to someone else's directory. prune with no grace
+/// once deleted that directory's files; now they are foreign, never
+/// listed through, and the next backup fails clearly, writing nothing
+/// there.
+#[test]
+fn a_directory_store_whose_blobs_is_a_symlink() {
+    let mut env = Env::new(Backend::Local);
+    env.extra.push("grace_period = 0s".into());
+    one_snapshot(&env);
+    let store = env.store_dir();
+    let victim = env.path().join("victim");
+    fs::create_dir_all(victim.join("aa/bb")).unwrap();
+    let hash = "aa".repeat(32);
+    fs::write(victim.join("aa/bb").join(&hash), b"someone else's").unwrap();
+    fs::write(victim.join("precious"), b"precious").unwrap();
+    fs::rename(store.join("blobs"), env.path().join("blobs-moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, store.join("blobs")).unwrap();
+    let before = forge::census(&victim, &victim.join("none"));
+    let out = env.run(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deleted 0 unreferenced"), "{said}");
+    assert!(
+        said.contains("left alone 1 object(s) that are not vaultik's"),
+        "{said}"
+    );
+    let out = env.run(&["store", "info"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("foreign:      1 object(s)"));
+    fs::write(env.src().join("g"), b"more data\n").unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("blobs is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(forge::census(&victim, &victim.join("none")), before);
+}
+
+/// Objects that are symlinks or FIFOs in a directory store: never
+/// followed, never waited on.
+#[test]
+fn objects_that_are_symlinks_or_fifos() {
+    let env = Env::new(Backend::Local);
+    let id = one_snapshot(&env);
+    let store = env.store_dir();
+    let dir = store.join("metadata").join(&id);
+    // The metadata database replaced by a symlink to a readable file, the
+    // manifest by a FIFO nobody writes to.
+    let outside = env.path().join("outside.db");
+    fs::copy(dir.join("db.zst.age"), &outside).unwrap();
+    fs::remove_file(dir.join("db.zst.age")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("db.zst.age")).unwrap();
+    let out = env.restore_to(&id, &env.path().join("t"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    fs::remove_file(dir.join("manifest.json.zst")).unwrap();
+    let c = std::ffi::CString::new(dir.join("manifest.json.zst").as_os_str().as_encoded_bytes())
+        .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let mut cmd = env.cmd();
+    cmd.args(["store", "info"]);
+    let (code, out, err, _) = measured(cmd, env.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("foreign:      2 object(s)"), "{out}\n{err}");
+}

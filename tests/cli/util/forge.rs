@@ -1,0 +1,318 @@
+//! Forged snapshots, made as an attacker with write access to the store
+//! would: the public recipient key is on every host, so anyone can encrypt
+//! a metadata database to it and write a manifest beside it. Files can be
+//! given real content by pointing at chunks of a real snapshot (`Base`).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::Env;
+
+/// One forged entry, column for column.
+#[derive(Clone, Debug)]
+pub struct Forged {
+    pub path: Vec<u8>,
+    pub kind: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+    pub chunks: Option<Vec<u8>>,
+    pub link: Option<Vec<u8>>,
+}
+
+pub const DIR: i64 = 1;
+pub const FILE: i64 = 2;
+pub const SYMLINK: i64 = 3;
+pub const FIFO: i64 = 4;
+pub const CHARDEV: i64 = 5;
+pub const BLOCKDEV: i64 = 6;
+
+fn entry(path: &[u8], kind: i64, mode: u32) -> Forged {
+    Forged {
+        path: path.to_vec(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime_ns: 1_600_000_000_000_000_000,
+        rdev: 0,
+        target: None,
+        chunks: (kind == FILE).then(Vec::new),
+        link: None,
+    }
+}
+
+/// An empty file.
+pub fn file(path: &[u8], mode: u32) -> Forged {
+    entry(path, FILE, mode)
+}
+
+pub fn dir(path: &[u8]) -> Forged {
+    entry(path, DIR, 0o755)
+}
+
+pub fn symlink(path: &[u8], to: &[u8]) -> Forged {
+    Forged {
+        target: Some(to.to_vec()),
+        ..entry(path, SYMLINK, 0o777)
+    }
+}
+
+pub fn fifo(path: &[u8]) -> Forged {
+    entry(path, FIFO, 0o666)
+}
+
+/// A character device with `/dev/null`'s numbers (1, 3).
+pub fn chardev(path: &[u8]) -> Forged {
+    Forged {
+        rdev: rustix::fs::makedev(1, 3),
+        ..entry(path, CHARDEV, 0o666)
+    }
+}
+
+/// A block device with `/dev/loop0`'s numbers (7, 0).
+pub fn blockdev(path: &[u8]) -> Forged {
+    Forged {
+        rdev: rustix::fs::makedev(7, 0),
+        ..entry(path, BLOCKDEV, 0o666)
+    }
+}
+
+/// A further hard link of `first`.
+pub fn hard_link(path: &[u8], first: &[u8]) -> Forged {
+    Forged {
+        link: Some(first.to_vec()),
+        ..entry(path, FILE, 0o644)
+    }
+}
+
+impl Forged {
+    /// Give a file content: these chunks of `base`, in order.
+    pub fn with(mut self, base: &Base, chunks: &[usize]) -> Forged {
+        let mut list = Vec::new();
+        let mut size = 0;
+        for &i in chunks {
+            list.extend_from_slice(&base.chunks[i].0);
+            size += base.chunks[i].1;
+        }
+        self.chunks = Some(list);
+        self.size = size;
+        self
+    }
+
+    pub fn owned(mut self, uid: u32, gid: u32) -> Forged {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+}
+
+/// The chunks and blobs of a real snapshot, to give forged files real
+/// content (and, with `bad_chunk`, content that fails its check).
+pub struct Base {
+    /// (chunk id, plaintext size), in the order the snapshot lists them.
+    pub chunks: Vec<([u8; 32], u64)>,
+    /// (key, size) of its blobs.
+    blobs: Vec<(i64, String, i64)>,
+    /// (id, blob, offset, length, size) rows.
+    rows: Vec<(Vec<u8>, i64, i64, i64, i64)>,
+}
+
+impl Base {
+    /// The real snapshot `id` of `env` (a directory store).
+    pub fn of(env: &Env, id: &str) -> Base {
+        let store = vaultik::store::LocalStore::open(&env.store_dir(), false).unwrap();
+        let identity = age::x25519::Identity::from_str(&env.identity).unwrap();
+        let conn = vaultik::snapshot::open_metadata(&store, id, &[identity]).unwrap();
+        let blobs = conn
+            .prepare("SELECT id, key, size FROM blobs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let rows: Vec<(Vec<u8>, i64, i64, i64, i64)> = conn
+            .prepare("SELECT id, blob, offset, length, size FROM chunks ORDER BY blob, offset")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let chunks = rows
+            .iter()
+            .map(|(id, _, _, _, size)| (id.as_slice().try_into().unwrap(), *size as u64))
+            .collect();
+        Base {
+            chunks,
+            blobs,
+            rows,
+        }
+    }
+
+    /// A chunk id no blob holds the right data for: it is located where
+    /// chunk `i` is (so it is read and fails its SHA-256 check).
+    pub fn bad_chunk(&mut self, i: usize) -> usize {
+        let mut row = self.rows[i].clone();
+        row.0 = vec![0xee; 32];
+        row.0[0] = self.chunks.len() as u8;
+        self.chunks
+            .push((row.0.as_slice().try_into().unwrap(), row.4 as u64));
+        self.rows.push(row);
+        self.chunks.len() - 1
+    }
+}
+
+/// Write snapshot `id` with `entries` into `env`'s directory store, its
+/// metadata encrypted to `env`'s recipient like a real one, with a
+/// manifest whose host, name and time are those `id` spells (so that it
+/// is a valid snapshot to every keyless command). Chunks of `base` are
+/// located as in the real snapshot, and its blobs listed.
+pub fn forge(env: &Env, id: &str, entries: &[Forged], base: Option<&Base>) {
+    let db = metadata_db(env, entries, base);
+    let sealed = seal(env, &db);
+    let dir = env.store_dir().join("metadata").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("db.zst.age"), &sealed).unwrap();
+    let p = vaultik::layout::parse_id(id).unwrap_or_else(|| panic!("{id} is not an id"));
+    let blobs: Vec<serde_json::Value> = base
+        .map(|b| {
+            b.blobs
+                .iter()
+                .map(|(_, k, s)| serde_json::json!({"key": k, "size": s}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let manifest = serde_json::json!({
+        "format": 1, "id": id, "hostname": p.host, "name": p.name, "time": p.time,
+        "metadata_size": sealed.len(), "blobs": blobs,
+    });
+    write_manifest(&dir.join("manifest.json.zst"), &manifest);
+}
+
+pub fn write_manifest(path: &Path, manifest: &serde_json::Value) {
+    fs::write(
+        path,
+        zstd::bulk::compress(manifest.to_string().as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A metadata database holding `entries` (and `base`'s chunk locations).
+fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
+    let db_path: PathBuf = env.path().join("forged.sqlite");
+    let _ = fs::remove_file(&db_path);
+    {
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE entries(id INTEGER PRIMARY KEY, path BLOB NOT NULL, kind INTEGER NOT NULL,
+               mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB, chunks BLOB,
+               link BLOB);
+             CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
+             CREATE TABLE chunks(id BLOB PRIMARY KEY, blob INTEGER NOT NULL, offset INTEGER NOT NULL,
+               length INTEGER NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO info VALUES ('format', '1');",
+        )
+        .unwrap();
+        for e in entries {
+            conn.execute(
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                rusqlite::params![
+                    e.path,
+                    e.kind,
+                    e.mode,
+                    e.uid,
+                    e.gid,
+                    e.size as i64,
+                    e.mtime_ns,
+                    e.rdev as i64,
+                    e.target,
+                    e.chunks,
+                    e.link
+                ],
+            )
+            .unwrap();
+        }
+        if let Some(b) = base {
+            for (id, key, size) in &b.blobs {
+                conn.execute(
+                    "INSERT INTO blobs(id, key, size) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![id, key, size],
+                )
+                .unwrap();
+            }
+            for r in &b.rows {
+                conn.execute(
+                    "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![r.0, r.1, r.2, r.3, r.4],
+                )
+                .unwrap();
+            }
+        }
+    }
+    fs::read(&db_path).unwrap()
+}
+
+/// zstd(length + database), encrypted to `env`'s recipient.
+fn seal(env: &Env, db: &[u8]) -> Vec<u8> {
+    let mut plain = (db.len() as u64).to_le_bytes().to_vec();
+    plain.extend_from_slice(db);
+    let compressed = zstd::bulk::compress(&plain, 3).unwrap();
+    let recipient = age::x25519::Recipient::from_str(&env.recipient).unwrap();
+    let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+        .unwrap();
+    let mut sealed = Vec::new();
+    let mut w = enc.wrap_output(&mut sealed).unwrap();
+    w.write_all(&compressed).unwrap();
+    w.finish().unwrap();
+    sealed
+}
+
+/// Everything under `root` except `skip` (a path below it): relative path,
+/// kind, mode, owner, and content or symlink target, for "nothing outside
+/// the target changed".
+pub fn census(root: &Path, skip: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p == skip {
+            continue;
+        }
+        let m = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let what = if m.file_type().is_symlink() {
+            format!("-> {}", fs::read_link(&p).unwrap().display())
+        } else if m.is_file() {
+            format!("{:?}", fs::read(&p).unwrap())
+        } else {
+            format!("rdev {}", m.rdev())
+        };
+        out.push(format!(
+            "{rel} mode {:o} owner {}:{} nlink {} {what}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            if m.is_dir() { 0 } else { m.nlink() }
+        ));
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
