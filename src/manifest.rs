@@ -14,7 +14,6 @@
 //! left out of retention.
 
 use std::cmp::Ordering;
-use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
@@ -170,19 +169,15 @@ pub fn dated_ahead(claimed: u64, stored: u64) -> bool {
 /// Decompress zstd `data` into at most `limit` bytes; more is an error
 /// (after `limit` bytes, not after the whole bomb).
 pub fn decompress_bounded(data: &[u8], limit: u64) -> std::result::Result<Vec<u8>, String> {
-    let mut dec = zstd::Decoder::new(data).map_err(|e| format!("not zstd-compressed: {e}"))?;
-    let mut out = Vec::new();
-    (&mut dec)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("not zstd-compressed: {e}"))?;
-    if out.len() as u64 > limit {
-        return Err(format!(
-            "more than {} decompressed; not read",
-            crate::human_bytes(limit)
-        ));
-    }
-    Ok(out)
+    let dec = zstd::Decoder::new(data).map_err(|e| format!("not zstd-compressed: {e}"))?;
+    crate::store::read_bounded(dec, limit)
+        .map_err(|e| format!("not zstd-compressed: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "more than {} decompressed; not read",
+                crate::human_bytes(limit)
+            )
+        })
 }
 
 /// One snapshot as a listing shows it: its id and when its manifest was

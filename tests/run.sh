@@ -14,12 +14,14 @@ if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3SFS_VERSION" ]; then
 fi
 
 # Debian packages the tests use: restic (the benchmark's smoke test), socat
-# and openssl (a TLS endpoint with a test CA), musl-tools (the static build).
+# and openssl (a TLS endpoint with a test CA), musl-tools (the static build),
+# GNU time (peak memory of a run).
 missing=()
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+[ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -249,15 +249,13 @@ impl Store for LocalStore {
             self.stats.count(Op::Get, 0, 0);
             return Err(too_large(key, size, limit));
         }
-        let mut data = Vec::with_capacity(size as usize);
         // Never more than the limit, even if the file grows meanwhile.
-        f.take(limit + 1)
-            .read_to_end(&mut data)
-            .at("read object", &path)?;
+        let data = super::read_bounded(f, limit).at("read object", &path)?;
+        let Some(data) = data else {
+            self.stats.count(Op::Get, 0, limit);
+            return Err(too_large(key, limit + 1, limit));
+        };
         self.stats.count(Op::Get, 0, data.len() as u64);
-        if data.len() as u64 > limit {
-            return Err(too_large(key, data.len() as u64, limit));
-        }
         Ok(data)
     }
 

@@ -109,6 +109,27 @@ pub fn check_key<'k>(op: &'static str, key: &'k str) -> Result<&'k str> {
     }
 }
 
+/// Everything `r` gives, if that is at most `limit` bytes; None if it is
+/// more (after reading `limit + 1` bytes). Read through a small buffer so
+/// that memory is what was read, never a capacity grown ahead of it and
+/// zeroed (as `read_to_end` does for readers without `read_buf`).
+pub fn read_bounded(mut r: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(Some(out)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if (out.len() + n) as u64 > limit {
+            return Ok(None);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The error for an object larger than its reader allows.
 pub fn too_large(key: &str, size: u64, limit: u64) -> crate::error::Error {
     crate::error::Error::corrupt(

@@ -142,7 +142,39 @@ fn a_parent_that_changes_kind_after_its_child_was_made() {
     let b = &sc.base;
     // The repro: a symlink /a/x with no target (makes the
     // directory /a, then fails), /a -> ../../sentinel (once replaced the
-    // directory the cache already trusted), then /a/shadow as a FIFO.
+    // directory the cache already trusted), then /a/shadow as a FIFO: the
+    // sentinel's shadow was unlinked and a 0666 FIFO put in its place.
+    // As root, a character device there too.
+    let repro = |last: Forged| {
+        vec![
+            Forged {
+                target: None,
+                ..symlink(b"/a/x", b"")
+            },
+            symlink(b"/a", b"../../sentinel"),
+            last,
+        ]
+    };
+    let (code, err, t) = sc.restore(&env, "the issue's repro", &repro(fifo(b"/a/shadow")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/a: duplicate path"), "{err}");
+    assert!(
+        fs::symlink_metadata(t.join("a/shadow"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    if as_root {
+        let (code, err, t) = sc.restore(&env, "the repro, a device", &repro(chardev(b"/a/shadow")));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            fs::symlink_metadata(t.join("a/shadow"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+    // Then with every kind below such a parent, and more ways to change it.
     let mut entries = vec![
         Forged {
             target: None,

@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,44 +15,58 @@ use std::time::Duration;
 use crate::util::forge::{self, write_manifest};
 use crate::util::{Backend, Env, stderr};
 
-/// Run `cmd` to the end; its exit code, stdout, stderr and peak RSS (KiB).
-fn measured(mut cmd: Command, scratch: &Path) -> (i32, String, String, i64) {
-    let (out, err) = (scratch.join("m.out"), scratch.join("m.err"));
-    // Reaped by wait4 below (which also gives the peak RSS).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd
+/// Run `cmd` to the end under GNU time (installed by tests/run.sh); its
+/// exit code, stdout, stderr and peak RSS (KiB). (The rusage of a child of
+/// the test process itself would count the test process's memory: a fork
+/// carries its resident set, and exec keeps the high-water mark.)
+fn measured(cmd: Command, scratch: &Path) -> (i32, String, String, u64) {
+    let (out, err, rss) = (
+        scratch.join("m.out"),
+        scratch.join("m.err"),
+        scratch.join("m.rss"),
+    );
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    timed.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            timed.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        timed.current_dir(d);
+    }
+    let mut child = timed
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap())
         .stdin(Stdio::null())
         .spawn()
-        .unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
+        .expect("GNU time at /usr/bin/time (tests/run.sh installs it)");
     // A hang is a failure, not a stuck suite.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watch = done.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        if !watch.load(std::sync::atomic::Ordering::SeqCst) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
         }
-    });
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_ne!(
-        std::process::ExitStatus::from_raw(status).signal(),
-        Some(libc::SIGKILL),
-        "killed after 60 s: it hung"
-    );
-    let code = std::process::ExitStatus::from_raw(status)
-        .code()
-        .unwrap_or(-1);
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("killed after 60 s: it hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rss = fs::read_to_string(rss).unwrap();
+    let rss = rss.lines().last().unwrap().trim().parse().unwrap();
     (
-        code,
+        status.code().unwrap_or(-1),
         fs::read_to_string(out).unwrap(),
         fs::read_to_string(err).unwrap(),
-        usage.ru_maxrss,
+        rss,
     )
 }
 
