@@ -67,13 +67,32 @@ pub fn blob_key(hash: &[u8; 32]) -> String {
     format!("blobs/{}/{}/{h}", &h[0..2], &h[2..4])
 }
 
-/// Create `dir` (mode 0700) if needed.
+/// Create `dir` (mode 0700, and its missing parents) if needed; an
+/// existing one must be a directory of this user that no one else can
+/// enter or write (it holds the index, kept metadata and temporary
+/// files): anything looser is refused, not used as is.
 pub fn private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .at("create directory", dir)
+        .at("create directory", dir)?;
+    let st = rustix::fs::stat(dir)
+        .map_err(io::Error::from)
+        .at("inspect", dir)?;
+    let euid = rustix::process::geteuid().as_raw();
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != euid || mode & 0o077 != 0 {
+        let shown = crate::error::shown(dir);
+        return Err(Error::Setup(format!(
+            "{shown} is mode {mode:04o}, owned by uid {owner}: vaultik keeps its index and \
+             temporary files there and needs it private (owned by uid {euid}, no access for \
+             group or others); fix it with `chown {euid} {shown}; chmod 700 {shown}` or set \
+             index_path",
+            owner = st.st_uid
+        )));
+    }
+    Ok(())
 }
 
 /// Make sure `path` exists with mode 0600 before anything writes to it
@@ -329,9 +348,9 @@ impl<'a> RangedObject<'a> {
             let until = if self.pos < w.end && w.end != u64::MAX {
                 w.end
             } else {
-                self.pos + w.readahead
+                self.pos.saturating_add(w.readahead)
             };
-            let len = until.min(self.size) - self.pos;
+            let len = until.min(self.size).saturating_sub(self.pos);
             let reader = self
                 .store
                 .open_range(&self.key, self.pos, len)
@@ -517,7 +536,10 @@ impl<'a> BlobReader<'a> {
         let last = end.div_ceil(AGE_CHUNK);
         let mut w = self.window.get();
         w.readahead = AGE_CHUNK_ENC;
-        w.end = self.header_len + last * AGE_CHUNK_ENC;
+        // Forged offsets may be anything: never overflow.
+        w.end = self
+            .header_len
+            .saturating_add(last.saturating_mul(AGE_CHUNK_ENC));
         self.window.set(w);
     }
 

@@ -422,7 +422,14 @@ pub fn verify(
         let _ = writeln!(out, "{}", json_report(v, store.as_ref()));
     } else {
         for p in &problems {
-            let _ = writeln!(out, "{}: {} {}", p.kind, p.key, p.message);
+            // Keys and messages may come from forged metadata: escaped.
+            let _ = writeln!(
+                out,
+                "{}: {} {}",
+                p.kind,
+                crate::error::one_line(p.key.clone()),
+                crate::error::one_line(p.message.clone())
+            );
             if !p.files.is_empty() {
                 let _ = writeln!(out, "  affects {} file(s):", p.files.len());
                 for f in &p.files {
@@ -470,7 +477,10 @@ fn check_blob(
     let mut reader = BlobReader::open(store, key, size, identities)?;
     let mut bad = Vec::new();
     // One streamed GET for the whole blob (chunks come in offset order).
-    let end = chunks.iter().map(|(_, l)| l.offset + l.length).max();
+    let end = chunks
+        .iter()
+        .map(|(_, l)| l.offset.saturating_add(l.length))
+        .max();
     reader.plan_range(end.unwrap_or(0));
     for (cid, loc) in chunks {
         match reader.read_chunk(cid, loc) {

@@ -133,3 +133,43 @@ fn keyless_commands_work_and_no_secret_is_ever_printed() {
         }
     }
 }
+
+/// The index's directory is made 0700, or refused when it exists looser or
+/// owned by someone else: it holds the index (chunk hashes of the host's
+/// data) and temporary files.
+#[test]
+fn a_loose_or_foreign_index_directory_is_refused() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("f"), b"data").unwrap();
+    let state = env.index_path().parent().unwrap().to_path_buf();
+    fs::create_dir_all(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&state.display().to_string()) && err.contains("mode 0755"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!env.index_path().exists() && !env.store_dir().join("blobs").exists());
+    if rustix::process::geteuid().is_root() {
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        rustix::fs::chown(&state, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let out = env.run(&["snapshot", "create"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("owned by uid 65534"),
+            "{}",
+            stderr(&out)
+        );
+        rustix::fs::chown(&state, Some(rustix::fs::Uid::ROOT), None).unwrap();
+    }
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    env.create();
+    // A missing one is made private.
+    fs::remove_dir_all(&state).unwrap();
+    env.create();
+    let m = fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(m, 0o700);
+}
