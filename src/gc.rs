@@ -170,8 +170,9 @@ pub struct Collect {
 }
 
 impl Collect {
+    /// (Sizes come from listings: a forged one cannot overflow the sum.)
     pub fn bytes(list: &[ObjectInfo]) -> u64 {
-        list.iter().map(|o| o.size).sum()
+        list.iter().fold(0u64, |t, o| t.saturating_add(o.size))
     }
 }
 

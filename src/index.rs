@@ -439,7 +439,8 @@ mod tests {
     #[test]
     fn another_store_resets_a_full_index() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.sqlite");
+        // (The index's directory must be private: made so here.)
+        let path = dir.path().join("state/index.sqlite");
         let id = ChunkId::of(b"x");
         let loc = Location {
             offset: 0,
@@ -468,7 +469,7 @@ mod tests {
     #[test]
     fn forgetting_missing_blobs_drops_their_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut idx, _) = Index::open(&dir.path().join("i.sqlite"), "s").unwrap();
+        let (mut idx, _) = Index::open(&dir.path().join("state/i.sqlite"), "s").unwrap();
         let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
         let loc = Location {
             offset: 0,

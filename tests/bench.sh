@@ -236,7 +236,7 @@ for ds in $DATASETS; do
     bucket="b-$tool-$ds"
     make_bucket "$bucket"
     st="$WORK/state-$tool-$ds"
-    mkdir -p "$st"
+    mkdir -p -m 700 "$st"   # it holds the index: vaultik wants it private
     case "$tool" in
       vaultik)
         "$VAULTIK" keygen --output "$st/key" > "$st/pub"

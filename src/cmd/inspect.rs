@@ -143,12 +143,13 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
         ));
     }
     let referenced = view.referenced();
-    let sum = |it: &mut dyn Iterator<Item = u64>| it.sum::<u64>();
+    // Sizes come from the store: saturating, never overflowing.
+    let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
     let (ref_n, ref_b) = view
         .blobs
         .iter()
         .filter(|o| referenced.contains(o.key.as_str()))
-        .fold((0, 0), |(n, b), o| (n + 1, b + o.size));
+        .fold((0, 0u64), |(n, b), o| (n + 1, b.saturating_add(o.size)));
     let plan = gc::plan(&view, &HashSet::new(), grace, unix_now());
     let unref: Vec<_> = plan
         .delete
@@ -156,7 +157,7 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
         .chain(&plan.young)
         .filter(|o| layout::is_blob(&o.key))
         .collect();
-    let unref_b: u64 = unref.iter().map(|o| o.size).sum();
+    let unref_b: u64 = unref.iter().fold(0u64, |t, o| t.saturating_add(o.size));
     // Host names come from the store: control characters are escaped.
     let hosts: std::collections::BTreeSet<String> = view
         .manifests
@@ -405,7 +406,10 @@ pub fn verify(
         }
     }
 
-    let blob_bytes: u64 = manifest.blobs.iter().map(|(_, s)| s).sum();
+    let blob_bytes: u64 = manifest
+        .blobs
+        .iter()
+        .fold(0u64, |t, (_, s)| t.saturating_add(*s));
     let mut out = std::io::stdout().lock();
     if json {
         let v = json!({

@@ -1,15 +1,22 @@
 //! S3-compatible object storage: every request is presigned with rusty-s3
 //! and sent over one blocking ureq agent. Transient failures (transport
-//! errors, 429, 5xx) are retried with bounded exponential backoff and
-//! jitter; other answers fail at once with the S3 error code.
+//! errors, timeouts, 429, 5xx) are retried with bounded exponential backoff
+//! and jitter; other answers fail at once with the S3 error code.
+//!
+//! The server is not trusted (see `mod.rs`): no redirect is followed (a 3xx
+//! is a permanent error naming the endpoint), every answer is read within a
+//! size limit and within time bounds (`Bounds`), and a listing that repeats
+//! itself, goes backwards or strays outside its prefix is refused.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use sha2::{Digest, Sha256};
 
 use super::{Listing, Op, Stats, Store, check_key, too_large};
 use crate::config::S3Config;
@@ -21,6 +28,83 @@ const ATTEMPTS: u32 = 6;
 /// A ListObjectsV2 page (1000 keys) is about 300 KB of XML; a larger
 /// answer is refused, whatever the server says.
 const LIST_PAGE_MAX: u64 = 8 << 20;
+/// Pages a listing follows at most: ten times what `LIST_MAX` objects take
+/// at S3's 1000 keys a page (a page may hold fewer, even none), so that a
+/// server answering empty pages with ever new tokens cannot keep a listing
+/// going forever.
+const LIST_PAGES_MAX: usize = super::LIST_MAX / 100;
+/// Characters of a name the server chose (a Location, a key) that an error
+/// message shows.
+const SHOWN_MAX: usize = 200;
+
+/// Time bounds on one request, so that a server that stops answering, or
+/// answers a byte at a time, cannot hold vaultik forever (on top of the
+/// agent's 15 s to connect and 300 s to receive an answer's headers).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// The longest silence accepted: every read and write on the
+    /// connection (the wait for the answer's headers included) must move
+    /// something within it.
+    stall: Duration,
+    /// What every request is allowed whatever its size, beyond `rate`.
+    base: Duration,
+    /// The slowest transfer accepted, in bytes per second: a request
+    /// moving `n` bytes may take `base + n / rate` in all.
+    rate: u64,
+}
+
+/// A stall of 2 minutes: S3 sends an answer's headers within seconds (a
+/// PUT's once it has stored the body) and does not pause a transfer that
+/// long; a network outage that does is retried. A whole request may take
+/// 10 minutes (connecting and the headers, at most 315 s, with room to
+/// spare) plus a second per 4 KiB: 32 kbit/s, what each of the 2 uploads
+/// vaultik runs at once gets from a 64 kbit/s uplink, or each of its 6
+/// restore streams from 200 kbit/s. So a 64 MiB blob upload may take
+/// 4 h 43 min, a 4 MiB ranged download 27 min, a 32 MiB manifest 2 h 26 min,
+/// an 8 MiB listing page 44 min: bounds that stop a server that trickles,
+/// not a slow link.
+const BOUNDS: Bounds = Bounds {
+    stall: Duration::from_secs(120),
+    base: Duration::from_secs(600),
+    rate: 4 << 10,
+};
+
+/// No request is given more than this, whatever its size (a week: far
+/// beyond any real transfer, and far from overflowing a clock).
+const TOTAL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Bounds {
+    /// The whole time a request moving `bytes` may take.
+    fn total(&self, bytes: u64) -> Duration {
+        let secs = bytes / self.rate.max(1);
+        self.base
+            .saturating_add(Duration::from_secs(secs))
+            .min(TOTAL_MAX)
+    }
+
+    /// What a timeout of ureq means, in words.
+    fn explain(&self, t: ureq::Timeout) -> String {
+        match t {
+            ureq::Timeout::PerRead | ureq::Timeout::PerWrite => format!(
+                "the server stalled: nothing moved for {:?} (timeout)",
+                self.stall
+            ),
+            ureq::Timeout::Global => format!(
+                "not done in the time allowed (slower than {} per second; timeout)",
+                crate::human_bytes(self.rate)
+            ),
+            other => format!("timeout ({other})"),
+        }
+    }
+
+    /// An I/O error from reading an answer, in words.
+    fn io_message(&self, e: &io::Error) -> String {
+        match e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+            Some(ureq::Error::Timeout(t)) => self.explain(*t),
+            _ => e.to_string(),
+        }
+    }
+}
 
 pub struct S3Store {
     bucket: Bucket,
@@ -31,6 +115,8 @@ pub struct S3Store {
     stats: Stats,
     /// Tries per request for transient failures.
     attempts: u32,
+    /// Time bounds of every request (`BOUNDS`; shorter in tests).
+    bounds: Bounds,
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.
@@ -38,6 +124,24 @@ struct Failure {
     retry: bool,
     not_found: bool,
     msg: String,
+}
+
+impl Failure {
+    fn permanent(msg: String) -> Failure {
+        Failure {
+            retry: false,
+            not_found: false,
+            msg,
+        }
+    }
+
+    fn transient(msg: String) -> Failure {
+        Failure {
+            retry: true,
+            not_found: false,
+            msg,
+        }
+    }
 }
 
 type Attempt<T> = std::result::Result<T, Failure>;
@@ -68,6 +172,10 @@ impl S3Store {
         };
         let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A 3xx is returned as it is, and refused (`redirect`): followed,
+            // it would send a signed request wherever the server says,
+            // https to http included.
+            .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(300)));
         // TLS: the web PKI roots built into the binary (the same on every
@@ -85,6 +193,7 @@ impl S3Store {
             agent,
             stats: Stats::default(),
             attempts: ATTEMPTS,
+            bounds: BOUNDS,
         })
     }
 
@@ -104,12 +213,13 @@ impl S3Store {
         key: &str,
         mut attempt: impl FnMut() -> Attempt<T>,
     ) -> Result<T> {
+        let attempts = self.attempts.max(1);
         let mut delay = Duration::from_millis(200);
-        for n in 1..=self.attempts {
+        for n in 1..=attempts {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
-                Err(f) if !f.retry || n == self.attempts => {
+                Err(f) if !f.retry || n == attempts => {
                     let tries = if f.retry {
                         format!(" (after {n} attempts)")
                     } else {
@@ -128,6 +238,178 @@ impl S3Store {
 
     fn sign<'b>(&self, action: &impl S3Action<'b>) -> String {
         action.sign(SIGN_FOR).to_string()
+    }
+
+    /// `req` with the stall bound on every read and write, and, when the
+    /// request moves at most `bytes` (sent and received), a bound on the
+    /// whole of it. Without one (`open_range`, whose reader is handed to a
+    /// caller that may pause between reads), the body is read through
+    /// `Paced`.
+    fn bounded<B>(
+        &self,
+        req: ureq::RequestBuilder<B>,
+        bytes: Option<u64>,
+    ) -> ureq::RequestBuilder<B> {
+        req.config()
+            .timeout_per_read(Some(self.bounds.stall))
+            .timeout_per_write(Some(self.bounds.stall))
+            .timeout_global(bytes.map(|n| self.bounds.total(n)))
+            .build()
+    }
+
+    fn transport(&self, e: ureq::Error) -> Failure {
+        if let ureq::Error::Timeout(t) = e {
+            return Failure::transient(self.bounds.explain(t));
+        }
+        // A certificate the roots do not trust will not be trusted next time.
+        let msg = e.to_string();
+        let tls = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
+            || msg.contains("certificate");
+        Failure {
+            retry: !tls,
+            not_found: false,
+            msg,
+        }
+    }
+
+    /// Turn a non-success answer into a failure with S3's error code.
+    fn status_failure(&self, resp: &mut ureq::http::Response<ureq::Body>) -> Failure {
+        if resp.status().is_redirection() {
+            return self.redirect(resp);
+        }
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        // What fails here only leaves the code out of the message.
+        let _ = Paced::new(resp.body_mut().as_reader(), self.bounds, self.bounds.base)
+            .take(64 * 1024)
+            .read_to_end(&mut body);
+        let body = String::from_utf8_lossy(&body);
+        let code = between(&body, "<Code>", "</Code>").map_or(String::new(), shown);
+        let message = between(&body, "<Message>", "</Message>").map_or(String::new(), shown);
+        let msg = match (code.as_str(), message.as_str()) {
+            ("", _) => format!("HTTP {status}"),
+            (c, "") => format!("HTTP {status} {c}"),
+            (c, m) => format!("HTTP {status} {c}: {m}"),
+        };
+        Failure {
+            retry: status == 429 || status >= 500,
+            not_found: status == 404,
+            msg,
+        }
+    }
+
+    /// A 3xx: never followed (the endpoint or region is wrong, or the
+    /// server wants the request elsewhere), and not retried.
+    fn redirect(&self, resp: &ureq::http::Response<ureq::Body>) -> Failure {
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        // Without its query: that may be vaultik's own presigned one,
+        // signature included, which has no place in a log.
+        let to = match header("location") {
+            None => " without a Location".into(),
+            Some(l) => match l.split_once('?') {
+                Some((l, _)) => format!(" to {}?...", shown(l)),
+                None => format!(" to {}", shown(&l)),
+            },
+        };
+        let hint = match header("x-amz-bucket-region") {
+            Some(r) => format!("S3 says the bucket is in {}", shown(&r)),
+            None => "the bucket may be in another region".into(),
+        };
+        Failure::permanent(format!(
+            "the endpoint {} answered with a redirect (HTTP {status}{to}); vaultik never \
+             follows one: check `endpoint` and `region` (region is {}; {hint})",
+            self.endpoint,
+            self.bucket.region()
+        ))
+    }
+
+    /// The body of `resp`, at most `limit` bytes (a longer one is an error),
+    /// and exactly `expect` bytes when the answer said so. The length the
+    /// server claims is never allocated up front.
+    fn read_body(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+        expect: Option<u64>,
+        limit: u64,
+    ) -> Attempt<Vec<u8>> {
+        let buf = super::read_bounded(resp.into_body().into_reader(), limit)
+            .map_err(|e| {
+                Failure::transient(format!(
+                    "reading the answer: {}",
+                    self.bounds.io_message(&e)
+                ))
+            })?
+            .ok_or_else(|| {
+                Failure::permanent(format!("answer longer than {limit} bytes; refused"))
+            })?;
+        let got = buf.len() as u64;
+        if let Some(n) = expect {
+            if got != n {
+                return Err(Failure::transient(format!(
+                    "short answer: {got} of {n} bytes"
+                )));
+            }
+        }
+        Ok(buf)
+    }
+}
+
+/// A name the server chose, for a message: control characters escaped,
+/// at most `SHOWN_MAX` characters.
+fn shown(s: &str) -> String {
+    let mut t: String = s.chars().take(SHOWN_MAX).collect();
+    if t.len() < s.len() {
+        t.push_str("...");
+    }
+    crate::error::one_line(t)
+}
+
+/// An answer's body read within `budget` of time spent waiting for it. The
+/// time the caller spends between reads does not count (a restore writing
+/// to a slow disk is not the server being slow); each read is itself
+/// bounded by the stall bound (ureq's per-read timeout).
+struct Paced<R> {
+    inner: R,
+    bounds: Bounds,
+    budget: Duration,
+    waited: Duration,
+}
+
+impl<R> Paced<R> {
+    fn new(inner: R, bounds: Bounds, budget: Duration) -> Paced<R> {
+        Paced {
+            inner,
+            bounds,
+            budget,
+            waited: Duration::ZERO,
+        }
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.waited > self.budget {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                self.bounds.explain(ureq::Timeout::Global),
+            ));
+        }
+        let t = Instant::now();
+        let r = self.inner.read(out);
+        self.waited = self.waited.saturating_add(t.elapsed());
+        r.map_err(
+            |e| match e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+                Some(ureq::Error::Timeout(t)) => {
+                    io::Error::new(io::ErrorKind::TimedOut, self.bounds.explain(*t))
+                }
+                _ => e,
+            },
+        )
     }
 }
 
@@ -164,82 +446,15 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(frac)
 }
 
-fn transport(e: ureq::Error) -> Failure {
-    // A certificate the roots do not trust will not be trusted next time.
-    let msg = e.to_string();
-    let tls =
-        matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_)) || msg.contains("certificate");
-    Failure {
-        retry: !tls,
-        not_found: false,
-        msg,
-    }
-}
-
-/// Turn a non-success answer into a failure with S3's error code.
-fn status_failure(resp: &mut ureq::http::Response<ureq::Body>) -> Failure {
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_string()
-        .unwrap_or_default();
-    let code = between(&body, "<Code>", "</Code>").unwrap_or("");
-    let message = between(&body, "<Message>", "</Message>").unwrap_or("");
-    let msg = match (code, message) {
-        ("", _) => format!("HTTP {status}"),
-        (c, "") => format!("HTTP {status} {c}"),
-        (c, m) => format!("HTTP {status} {c}: {m}"),
-    };
-    Failure {
-        retry: status == 429 || status >= 500,
-        not_found: status == 404,
-        msg,
-    }
-}
-
 fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = s.find(open)? + open.len();
     let end = s[start..].find(close)? + start;
     Some(&s[start..end])
 }
 
-/// The body of `resp`, at most `limit` bytes (a longer one is an error),
-/// and exactly `expect` bytes when the answer said so. The length the
-/// server claims is never allocated up front.
-fn read_body(
-    resp: ureq::http::Response<ureq::Body>,
-    expect: Option<u64>,
-    limit: u64,
-) -> Attempt<Vec<u8>> {
-    let mut buf = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| Failure {
-            retry: true,
-            not_found: false,
-            msg: format!("reading the answer: {e}"),
-        })?;
-    if buf.len() as u64 > limit {
-        return Err(Failure {
-            retry: false,
-            not_found: false,
-            msg: format!("answer longer than {limit} bytes; refused"),
-        });
-    }
-    if let Some(n) = expect {
-        if buf.len() as u64 != n {
-            return Err(Failure {
-                retry: true,
-                not_found: false,
-                msg: format!("short answer: {} of {n} bytes", buf.len()),
-            });
-        }
-    }
-    Ok(buf)
+/// Why a listing is refused.
+fn list_error(prefix: &str, msg: String) -> Error {
+    Error::store("LIST", prefix, msg)
 }
 
 impl Store for S3Store {
@@ -255,20 +470,20 @@ impl Store for S3Store {
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         let full = self.checked("PUT", key)?;
         self.retry("PUT", &full, || {
-            let file = File::open(path).map_err(|e| Failure {
-                retry: false,
-                not_found: false,
-                msg: format!("cannot open {}: {e}", path.display()),
-            })?;
+            let file = File::open(path)
+                .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Put, len, 0);
             // ureq sends a File with its length as Content-Length (never chunked).
-            let mut resp = self.agent.put(&url).send(&file).map_err(transport)?;
+            let mut resp = self
+                .bounded(self.agent.put(&url), Some(len))
+                .send(&file)
+                .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(status_failure(&mut resp))
+                Err(self.status_failure(&mut resp))
             }
         })
     }
@@ -278,11 +493,14 @@ impl Store for S3Store {
         self.retry("PUT", &full, || {
             let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Put, data.len() as u64, 0);
-            let mut resp = self.agent.put(&url).send(data).map_err(transport)?;
+            let mut resp = self
+                .bounded(self.agent.put(&url), Some(data.len() as u64))
+                .send(data)
+                .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(status_failure(&mut resp))
+                Err(self.status_failure(&mut resp))
             }
         })
     }
@@ -292,25 +510,25 @@ impl Store for S3Store {
         let mut large = None;
         let r = self.retry("GET", &full, || {
             let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
-            let mut resp = self.agent.get(&url).call().map_err(|e| {
-                self.stats.count(Op::Get, 0, 0);
-                transport(e)
-            })?;
+            let mut resp = self
+                .bounded(self.agent.get(&url), Some(limit))
+                .call()
+                .map_err(|e| {
+                    self.stats.count(Op::Get, 0, 0);
+                    self.transport(e)
+                })?;
             if !resp.status().is_success() {
                 self.stats.count(Op::Get, 0, 0);
-                return Err(status_failure(&mut resp));
+                return Err(self.status_failure(&mut resp));
             }
             let expect = resp.body().content_length();
             if let Some(n) = expect.filter(|n| *n > limit) {
+                // Refused on the claim alone: not a byte of the body is read.
                 self.stats.count(Op::Get, 0, 0);
                 large = Some(n);
-                return Err(Failure {
-                    retry: false,
-                    not_found: false,
-                    msg: String::new(),
-                });
+                return Err(Failure::permanent(String::new()));
             }
-            let body = read_body(resp, expect, limit);
+            let body = self.read_body(resp, expect, limit);
             let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
             self.stats.count(Op::Get, 0, got);
             body
@@ -329,23 +547,21 @@ impl Store for S3Store {
         let range = format!("bytes={start}-{last}");
         let body = self.retry("GET", &full, || {
             let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
-            let resp = self.agent.get(&url).header("Range", &range).call();
+            let resp = self
+                .bounded(self.agent.get(&url).header("Range", &range), None)
+                .call();
             self.stats.count(Op::Get, 0, 0);
-            let mut resp = resp.map_err(transport)?;
+            let mut resp = resp.map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
                 206 => Ok(resp.into_body().into_reader()),
-                200 => Err(Failure {
-                    retry: true,
-                    not_found: false,
-                    msg: format!(
-                        "asked for {range}, got the whole object (HTTP 200): Range ignored"
-                    ),
-                }),
-                _ => Err(status_failure(&mut resp)),
+                200 => Err(Failure::transient(format!(
+                    "asked for {range}, got the whole object (HTTP 200): Range ignored"
+                ))),
+                _ => Err(self.status_failure(&mut resp)),
             }
         })?;
         Ok(Box::new(super::Exact {
-            inner: body,
+            inner: Paced::new(body, self.bounds, self.bounds.total(len)),
             remaining: len,
             received: &self.stats.bytes_received,
         }))
@@ -356,18 +572,27 @@ impl Store for S3Store {
         let r = self.retry("HEAD", &full, || {
             let url = self.sign(&self.bucket.head_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Head, 0, 0);
-            let mut resp = self.agent.head(&url).call().map_err(transport)?;
-            if resp.status().is_success() {
-                let len = resp
-                    .headers()
-                    .get("content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                Ok(len)
-            } else {
-                Err(status_failure(&mut resp))
+            let mut resp = self
+                .bounded(self.agent.head(&url), Some(0))
+                .call()
+                .map_err(|e| self.transport(e))?;
+            if !resp.status().is_success() {
+                return Err(self.status_failure(&mut resp));
             }
+            // The size is the server's word: parsed (a u64 or an error),
+            // never taken as 0 when missing.
+            let len = resp.headers().get("content-length");
+            len.and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Failure::permanent(match len {
+                        None => "answer without a Content-Length".into(),
+                        Some(v) => format!(
+                            "answer with an unreadable Content-Length `{}`",
+                            shown(&String::from_utf8_lossy(v.as_bytes()))
+                        ),
+                    })
+                })
         });
         match r {
             Ok(n) => Ok(Some(n)),
@@ -376,11 +601,26 @@ impl Store for S3Store {
         }
     }
 
+    /// Pages are followed while the server says there are more. A page
+    /// that repeats a token, a key at or before the last one (S3 lists in
+    /// key order, without repeats), or a key outside the prefix is a server
+    /// that lies or loops: the listing is refused rather than patched up.
     fn list(&self, prefix: &str) -> Result<Listing> {
         let full_prefix = self.full_key(prefix);
         let mut out = Listing::default();
         let mut token: Option<String> = None;
-        loop {
+        // Digests of the tokens followed (a token may be megabytes).
+        let mut tokens: HashSet<[u8; 32]> = HashSet::new();
+        let mut last: Option<String> = None;
+        for page_no in 1.. {
+            if page_no > LIST_PAGES_MAX {
+                return Err(list_error(
+                    &full_prefix,
+                    format!(
+                        "more than {LIST_PAGES_MAX} pages; refusing a listing that does not end"
+                    ),
+                ));
+            }
             let page = self.retry("LIST", &full_prefix, || {
                 let mut action = ListObjectsV2::new(&self.bucket, self.credentials.as_ref());
                 action.with_prefix(full_prefix.as_str());
@@ -388,29 +628,59 @@ impl Store for S3Store {
                     action.with_continuation_token(t.as_str());
                 }
                 let url = self.sign(&action);
-                let mut resp = self.agent.get(&url).call().map_err(|e| {
-                    self.stats.count(Op::List, 0, 0);
-                    transport(e)
-                })?;
+                let mut resp = self
+                    .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
+                    .call()
+                    .map_err(|e| {
+                        self.stats.count(Op::List, 0, 0);
+                        self.transport(e)
+                    })?;
                 if !resp.status().is_success() {
                     self.stats.count(Op::List, 0, 0);
-                    return Err(status_failure(&mut resp));
+                    return Err(self.status_failure(&mut resp));
                 }
-                let body = read_body(resp, None, LIST_PAGE_MAX)?;
+                let body = self.read_body(resp, None, LIST_PAGE_MAX)?;
                 self.stats.count(Op::List, 0, body.len() as u64);
                 let text = String::from_utf8_lossy(&body);
-                ListObjectsV2::parse_response(&text).map_err(|e| Failure {
-                    retry: false,
-                    not_found: false,
-                    msg: format!("unreadable listing: {e}"),
+                ListObjectsV2::parse_response(&text).map_err(|e| {
+                    let e = e.to_string();
+                    Failure::permanent(if e.contains("next_continuation_token") {
+                        format!(
+                            "page {page_no} says the listing goes on (IsTruncated) but gives \
+                             no NextContinuationToken (a server without ListObjectsV2?); \
+                             refusing an incomplete listing"
+                        )
+                    } else {
+                        format!("unreadable listing: {}", shown(&e))
+                    })
                 })
             })?;
             for obj in page.contents {
-                let Some(key) = obj.key.strip_prefix(&self.prefix) else {
-                    continue;
-                };
+                if let Some(l) = last.as_deref().filter(|l| obj.key.as_str() <= *l) {
+                    return Err(list_error(
+                        &full_prefix,
+                        format!(
+                            "page {page_no} lists {} after {}: keys out of order or repeated; \
+                             refusing the listing",
+                            shown(&obj.key),
+                            shown(l)
+                        ),
+                    ));
+                }
+                if !obj.key.starts_with(&full_prefix) {
+                    return Err(list_error(
+                        &full_prefix,
+                        format!(
+                            "page {page_no} lists {}, which is not under the prefix asked for; \
+                             refusing the listing",
+                            shown(&obj.key)
+                        ),
+                    ));
+                }
+                let key = obj.key[self.prefix.len()..].to_string();
+                last = Some(obj.key);
                 out.add(
-                    key.to_string(),
+                    key,
                     obj.size.unwrap_or(0),
                     obj.last_modified
                         .as_deref()
@@ -421,10 +691,20 @@ impl Store for S3Store {
                     return Err(super::too_many(&full_prefix));
                 }
             }
-            match page.next_continuation_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
+            // rusty-s3 gives a token only for a truncated page, never empty.
+            let Some(t) = page.next_continuation_token else {
+                break;
+            };
+            if !tokens.insert(Sha256::digest(t.as_bytes()).into()) {
+                return Err(list_error(
+                    &full_prefix,
+                    format!(
+                        "page {page_no} gives a continuation token an earlier page gave; \
+                         refusing a listing that loops"
+                    ),
+                ));
             }
+            token = Some(t);
         }
         Ok(out.sorted())
     }
@@ -434,11 +714,14 @@ impl Store for S3Store {
         let r = self.retry("DELETE", &full, || {
             let url = self.sign(&self.bucket.delete_object(self.credentials.as_ref(), &full));
             self.stats.count(Op::Delete, 0, 0);
-            let mut resp = self.agent.delete(&url).call().map_err(transport)?;
+            let mut resp = self
+                .bounded(self.agent.delete(&url), Some(0))
+                .call()
+                .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(status_failure(&mut resp))
+                Err(self.status_failure(&mut resp))
             }
         });
         match r {
@@ -461,34 +744,36 @@ impl Store for S3Store {
                 let url = self.sign(&action);
                 let (body, md5) = action.body_with_md5();
                 self.stats.count(Op::Delete, body.len() as u64, 0);
+                let moved = (body.len() as u64).saturating_add(LIST_PAGE_MAX);
                 let mut resp = self
-                    .agent
-                    .post(&url)
+                    .bounded(self.agent.post(&url), Some(moved))
                     .header("Content-MD5", &md5)
                     .header("Content-Type", "application/xml")
                     .send(body.as_bytes())
-                    .map_err(transport)?;
+                    .map_err(|e| self.transport(e))?;
                 if !resp.status().is_success() {
-                    return Err(status_failure(&mut resp));
+                    return Err(self.status_failure(&mut resp));
                 }
-                let text = read_body(resp, None, LIST_PAGE_MAX)?;
+                let text = self.read_body(resp, None, LIST_PAGE_MAX)?;
                 let parsed = DeleteObjectsResponse::parse(&String::from_utf8_lossy(&text));
                 match parsed {
                     Ok(r) if !r.errors.is_empty() => {
                         let e = &r.errors[0];
-                        Err(Failure {
-                            retry: false,
-                            not_found: false,
-                            msg: format!(
-                                "{} of them failed; {}: {} {}",
-                                r.errors.len(),
-                                e.key,
-                                e.code,
-                                e.message
-                            ),
-                        })
+                        Err(Failure::permanent(format!(
+                            "{} of them failed; {}: {} {}",
+                            r.errors.len(),
+                            shown(&e.key),
+                            shown(&e.code),
+                            shown(&e.message)
+                        )))
                     }
-                    _ => Ok(()),
+                    Ok(_) => Ok(()),
+                    // A 200 that cannot be read says nothing of what was
+                    // deleted: ask again (deleting is idempotent).
+                    Err(e) => Err(Failure::transient(format!(
+                        "unreadable answer: {}",
+                        shown(&e.to_string())
+                    ))),
                 }
             })?;
         }
@@ -514,6 +799,18 @@ mod tests {
         body: Vec<u8>,
         /// Claim this Content-Length (to send a truncated body).
         claim: Option<usize>,
+        /// Send no Content-Length: the body ends with the connection (or
+        /// as `headers` say: chunked).
+        no_length: bool,
+        /// After the body, hold the connection open without a word.
+        hold: bool,
+        /// Read the request's head only, then hold the connection open
+        /// without answering or reading its body.
+        silent: bool,
+        /// Send the body a byte at a time, this far apart.
+        trickle: Option<Duration>,
+        /// Send the body again and again, for as long as the client reads.
+        endless: bool,
     }
 
     fn answer(status: &'static str, body: &[u8]) -> Answer {
@@ -522,11 +819,25 @@ mod tests {
             headers: Vec::new(),
             body: body.to_vec(),
             claim: None,
+            no_length: false,
+            hold: false,
+            silent: false,
+            trickle: None,
+            endless: false,
         }
     }
 
+    /// Keep `c` open, silent, for longer than any test runs.
+    fn hold(c: std::net::TcpStream) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            drop(c);
+        });
+    }
+
     /// A fake S3 on 127.0.0.1 answering requests in order; records the
-    /// request heads it saw.
+    /// request heads it saw. Its store tries 3 times and gives up on a
+    /// stall of 5 s (tests of stalls shorten it).
     fn fake(answers: Vec<Answer>) -> (S3Store, Arc<Mutex<Vec<String>>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
@@ -548,21 +859,45 @@ mod tests {
                     }
                     head.push_str(&line);
                 }
+                seen2.lock().unwrap().push(head);
+                if a.silent {
+                    hold(c);
+                    continue;
+                }
                 let mut body = vec![0; len];
                 r.read_exact(&mut body).unwrap();
-                seen2.lock().unwrap().push(head);
-                let mut resp = format!(
-                    "HTTP/1.1 {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    a.status,
-                    a.claim.unwrap_or(a.body.len())
-                );
+                let mut resp = format!("HTTP/1.1 {}\r\nConnection: close\r\n", a.status);
+                if !a.no_length {
+                    let n = a.claim.unwrap_or(a.body.len());
+                    resp.push_str(&format!("Content-Length: {n}\r\n"));
+                }
                 for h in &a.headers {
                     resp.push_str(h);
                     resp.push_str("\r\n");
                 }
                 resp.push_str("\r\n");
-                let _ = c.write_all(resp.as_bytes());
-                let _ = c.write_all(&a.body);
+                // Written apart, so that a slow answer does not hold up
+                // the next request.
+                std::thread::spawn(move || {
+                    let _ = c.write_all(resp.as_bytes());
+                    match a.trickle {
+                        None if a.endless => while c.write_all(&a.body).is_ok() {},
+                        None => {
+                            let _ = c.write_all(&a.body);
+                        }
+                        Some(pause) => {
+                            for b in &a.body {
+                                if c.write_all(&[*b]).is_err() {
+                                    return;
+                                }
+                                std::thread::sleep(pause);
+                            }
+                        }
+                    }
+                    if a.hold {
+                        hold(c);
+                    }
+                });
             }
         });
         let mut store = S3Store::open(&S3Config {
@@ -576,11 +911,18 @@ mod tests {
         })
         .unwrap();
         store.attempts = 3;
+        store.bounds = Bounds {
+            stall: Duration::from_secs(5),
+            base: Duration::from_secs(30),
+            rate: 1 << 20,
+        };
         (store, seen)
     }
 
     /// A key of the layout (every store operation refuses others).
     const K: &str = "metadata/h_n_2026-11-23T083015Z/manifest.json.zst";
+    const K2: &str = "metadata/h_n_2026-11-23T083016Z/manifest.json.zst";
+    const K3: &str = "metadata/h_n_2026-11-23T083017Z/manifest.json.zst";
 
     const NO_SUCH_KEY: &[u8] = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
 
@@ -685,5 +1027,480 @@ mod tests {
             assert!(h.contains("content-length: 5"), "{h}");
             assert!(!h.contains("transfer-encoding"), "{h}");
         }
+    }
+
+    /// Run one store operation, by name.
+    fn run_op(s: &S3Store, op: &str) -> Result<()> {
+        match op {
+            "GET" => s.get(K, 1 << 20).map(drop),
+            "range" => read_range(s, 0, 10).map(drop),
+            "PUT" => s.put_bytes(K, b"data!"),
+            "HEAD" => s.head(K).map(drop),
+            "LIST" => s.list("").map(drop),
+            "DELETE" => s.delete(K),
+            "DELETE many" => s.delete_many(&[K.to_string()]),
+            _ => unreachable!("{op}"),
+        }
+    }
+
+    #[test]
+    fn redirects_are_never_followed() {
+        for op in [
+            "GET",
+            "range",
+            "PUT",
+            "HEAD",
+            "LIST",
+            "DELETE",
+            "DELETE many",
+        ] {
+            // Where the server would send vaultik: it must see no connection.
+            let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+            elsewhere.set_nonblocking(true).unwrap();
+            let to = format!("http://{}/b/p/{K}", elsewhere.local_addr().unwrap());
+            let (s, seen) = fake(vec![Answer {
+                headers: vec![format!("Location: {to}")],
+                ..answer("301 Moved Permanently", b"")
+            }]);
+            let e = run_op(&s, op).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "the endpoint {} answered with a redirect (HTTP 301 to {to}); vaultik \
+                     never follows one: check `endpoint` and `region` (region is us-east-1",
+                    s.endpoint
+                )),
+                "{op}: {e}"
+            );
+            assert!(e.starts_with("store "), "{op}: {e}");
+            assert!(!e.contains('\n'), "{op}: {e}");
+            assert_eq!(seen.lock().unwrap().len(), 1, "{op}: not retried");
+            let contacted = elsewhere.accept();
+            assert!(
+                matches!(&contacted, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "{op}: the redirect was followed: {contacted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirect_is_reported_on_one_line_with_s3s_hint() {
+        let (s, _) = fake(vec![Answer {
+            headers: vec![
+                "Location: https://evil.example/a\tb?X-Amz-Signature=0123abcd".into(),
+                "x-amz-bucket-region: eu-west-3".into(),
+            ],
+            ..answer("307 Temporary Redirect", b"")
+        }]);
+        let e = s.get(K, 100).unwrap_err().to_string();
+        assert!(
+            e.contains("(HTTP 307 to https://evil.example/a\\tb?...)"),
+            "control characters escaped: {e}"
+        );
+        assert!(e.contains("S3 says the bucket is in eu-west-3"), "{e}");
+        assert!(!e.contains("0123abcd"), "no query shown: {e}");
+        let (s, _) = fake(vec![answer("302 Found", b"")]);
+        let e = s.head(K).unwrap_err().to_string();
+        assert!(e.contains("(HTTP 302 without a Location)"), "{e}");
+    }
+
+    /// A ListObjectsV2 page holding `keys` (URL-encoded, as vaultik asks).
+    fn page(keys: &[&str], truncated: bool, token: Option<&str>) -> Answer {
+        let mut x = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Name>b</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys>\
+             <EncodingType>url</EncodingType>",
+        );
+        x.push_str(&format!("<IsTruncated>{truncated}</IsTruncated>"));
+        for k in keys {
+            let enc: String = k
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            x.push_str(&format!(
+                "<Contents><Key>{enc}</Key><LastModified>2026-11-23T08:30:15.000Z\
+                 </LastModified><Size>5</Size></Contents>"
+            ));
+        }
+        if let Some(t) = token {
+            x.push_str(&format!(
+                "<NextContinuationToken>{t}</NextContinuationToken>"
+            ));
+        }
+        x.push_str("</ListBucketResult>");
+        answer("200 OK", x.as_bytes())
+    }
+
+    fn keys(l: &Listing) -> Vec<&str> {
+        l.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn listings_follow_tokens_in_order() {
+        let (s, seen) = fake(vec![
+            page(&[&format!("p/{K}")], true, Some("t1")),
+            page(&[&format!("p/{K2}")], true, Some("t2")),
+            page(&[], true, Some("t3")),
+            page(&[&format!("p/{K3}")], false, None),
+        ]);
+        let l = s.list("").unwrap();
+        assert_eq!(keys(&l), [K, K2, K3]);
+        assert_eq!(l.foreign_count, 0);
+        let heads = seen.lock().unwrap();
+        assert!(heads[1].contains("continuation-token=t1"), "{}", heads[1]);
+        assert!(heads[3].contains("continuation-token=t3"), "{}", heads[3]);
+    }
+
+    #[test]
+    fn a_listing_that_repeats_a_token_is_refused() {
+        // Every page new keys, the same token: a server that would keep
+        // vaultik listing forever.
+        let (s, seen) = fake(vec![
+            page(&[&format!("p/{K}")], true, Some("again")),
+            page(&[&format!("p/{K2}")], true, Some("again")),
+            page(&[&format!("p/{K3}")], true, Some("again")),
+        ]);
+        let e = s.list("").unwrap_err().to_string();
+        assert!(
+            e.contains("store LIST p/: page 2 gives a continuation token an earlier page gave"),
+            "{e}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Empty pages going round two tokens.
+        let (s, _) = fake(vec![
+            page(&[], true, Some("a")),
+            page(&[], true, Some("b")),
+            page(&[], true, Some("a")),
+            page(&[], true, Some("b")),
+        ]);
+        let e = s.list("").unwrap_err().to_string();
+        assert!(e.contains("page 3 gives a continuation token"), "{e}");
+    }
+
+    #[test]
+    fn listed_keys_that_repeat_or_go_back_are_refused() {
+        let cases: Vec<Vec<Answer>> = vec![
+            // Backwards within a page.
+            vec![page(&[&format!("p/{K2}"), &format!("p/{K}")], false, None)],
+            // Repeated within a page.
+            vec![page(&[&format!("p/{K}"), &format!("p/{K}")], false, None)],
+            // The same page again, under a new token.
+            vec![
+                page(&[&format!("p/{K}")], true, Some("t1")),
+                page(&[&format!("p/{K}")], false, None),
+            ],
+            // Backwards across pages.
+            vec![
+                page(&[&format!("p/{K2}")], true, Some("t1")),
+                page(&[&format!("p/{K}")], false, None),
+            ],
+        ];
+        for (i, answers) in cases.into_iter().enumerate() {
+            let (s, _) = fake(answers);
+            let e = s.list("").unwrap_err().to_string();
+            assert!(
+                e.starts_with("store LIST p/: page ")
+                    && e.contains(&format!("lists p/{K} after p/"))
+                    && e.contains("keys out of order or repeated"),
+                "case {i}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_page_without_a_token_is_refused() {
+        for answers in [
+            vec![page(&[&format!("p/{K}")], true, None)],
+            vec![page(&[&format!("p/{K}")], true, Some(""))],
+            vec![
+                page(&[&format!("p/{K}")], true, Some("t1")),
+                page(&[&format!("p/{K2}")], true, None),
+            ],
+        ] {
+            let pages = answers.len();
+            let (s, _) = fake(answers);
+            let e = s.list("").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "store LIST p/: page {pages} says the listing goes on (IsTruncated) but \
+                     gives no NextContinuationToken"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn listed_keys_outside_the_prefix_are_refused() {
+        let (s, _) = fake(vec![page(&[K2, &format!("p/{K}")], false, None)]);
+        let e = s.list("").unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("lists {K2}, which is not under the prefix")),
+            "{e}"
+        );
+        // Under the store's prefix but not under the one listed.
+        let (s, _) = fake(vec![page(&[&format!("p/{K}")], false, None)]);
+        let e = s.list("blobs/").unwrap_err().to_string();
+        assert!(
+            e.contains("store LIST p/blobs/: page 1 lists p/metadata/"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn foreign_keys_are_listed_apart() {
+        // A key the URL library would turn into K if it were ever used in a
+        // request: `..` segments are resolved.
+        let dotted = "blobs/../metadata/h_n_2026-11-23T083015Z/manifest.json.zst";
+        let (s, seen) = fake(vec![page(
+            &{
+                let mut v = vec![
+                    format!("p/{K}"),
+                    format!("p/{dotted}"),
+                    "p/host1/../x".into(),
+                    "p/blobs/../../etc/passwd".into(),
+                    "p/metadata/h_n_2026-11-23T083015Z\u{1b}[2J/db.zst.age".into(),
+                    "p/gc/pending/x\n.json".into(),
+                ];
+                v.sort();
+                v
+            }
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+            false,
+            None,
+        )]);
+        let url = s.bucket.object_url(&format!("p/{dotted}"));
+        assert_eq!(url.path(), format!("/b/p/{K}"), "normalised");
+        let l = s.list("").unwrap();
+        assert_eq!(keys(&l), [K]);
+        assert_eq!(l.foreign_count, 5);
+        let mut want = vec![
+            dotted.to_string(),
+            "host1/../x".into(),
+            "blobs/../../etc/passwd".into(),
+            "metadata/h_n_2026-11-23T083015Z\\u{1b}[2J/db.zst.age".into(),
+            "gc/pending/x\\n.json".into(),
+        ];
+        want.sort();
+        assert_eq!(l.foreign, want);
+        // And none is ever asked for.
+        for k in [dotted, "host1/../x", "blobs/../../etc/passwd"] {
+            assert!(s.get(k, 100).is_err());
+            assert!(s.head(k).is_err());
+            assert!(s.delete(k).is_err());
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "no request for a foreign key"
+        );
+    }
+
+    #[test]
+    fn a_content_length_over_the_limit_is_refused_unread() {
+        let (s, seen) = fake(vec![Answer {
+            claim: Some(1 << 40),
+            hold: true,
+            ..answer("200 OK", &[7; 64 << 10])
+        }]);
+        let t = Instant::now();
+        let e = s.get(K, 1000).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("{} bytes, more than", 1u64 << 40)),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(s.stats.snapshot()[6], 0, "not a byte read");
+        assert_eq!(seen.lock().unwrap().len(), 1, "not retried");
+    }
+
+    #[test]
+    fn a_body_longer_than_its_limit_is_refused() {
+        let long = vec![b'x'; 5000];
+        // No Content-Length: the body runs to the end of the connection.
+        let (s, seen) = fake(vec![Answer {
+            no_length: true,
+            ..answer("200 OK", &long)
+        }]);
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(e.contains("answer longer than 1000 bytes; refused"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 1, "not retried");
+        // One that never ends: refused once the limit is passed, without
+        // reading on.
+        let (s, _) = fake(vec![Answer {
+            no_length: true,
+            endless: true,
+            ..answer("200 OK", &[b'y'; 64 << 10])
+        }]);
+        let t = Instant::now();
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(e.contains("answer longer than 1000 bytes; refused"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Chunked: no length until it ends.
+        let mut chunked = format!("{:x}\r\n", long.len()).into_bytes();
+        chunked.extend_from_slice(&long);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        let (s, _) = fake(vec![Answer {
+            no_length: true,
+            headers: vec!["Transfer-Encoding: chunked".into()],
+            ..answer("200 OK", &chunked)
+        }]);
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(e.contains("answer longer than 1000 bytes; refused"), "{e}");
+        // A Content-Length that says less than is sent: the body is what it
+        // says, the rest is not read.
+        let (s, _) = fake(vec![Answer {
+            claim: Some(10),
+            ..answer("200 OK", &long)
+        }]);
+        assert_eq!(s.get(K, 1000).unwrap(), &long[..10]);
+        // Both framings at once (a smuggling trick): refused either way,
+        // never more than the limit.
+        let (s, _) = fake(vec![Answer {
+            claim: Some(10),
+            headers: vec!["Transfer-Encoding: chunked".into()],
+            ..answer("200 OK", &chunked)
+        }]);
+        if let Ok(b) = s.get(K, 1000) {
+            assert!(b.len() <= 1000, "{}", b.len());
+        }
+        // A listing page past LIST_PAGE_MAX, without a length.
+        let (s, _) = fake(vec![Answer {
+            no_length: true,
+            ..answer("200 OK", &vec![b' '; LIST_PAGE_MAX as usize + 1])
+        }]);
+        let e = s.list("").unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("answer longer than {LIST_PAGE_MAX} bytes")),
+            "{e}"
+        );
+    }
+
+    /// The fake's store with a short stall bound.
+    fn impatient(answers: Vec<Answer>) -> S3Store {
+        let (mut s, _) = fake(answers);
+        s.bounds.stall = Duration::from_millis(300);
+        s
+    }
+
+    #[test]
+    fn a_stalled_answer_times_out() {
+        let stalled = || Answer {
+            claim: Some(100),
+            hold: true,
+            ..answer("200 OK", b"0123456789")
+        };
+        let s = impatient(vec![stalled(), stalled(), stalled()]);
+        let t = Instant::now();
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(
+            e.contains("the server stalled: nothing moved for 300ms")
+                && e.contains("after 3 attempts"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        // A range: the reader is handed out, then the body stops.
+        let s = impatient(vec![Answer {
+            status: "206 Partial Content",
+            ..stalled()
+        }]);
+        let t = Instant::now();
+        let e = read_range(&s, 0, 100).unwrap_err().to_string();
+        assert!(e.contains("the server stalled"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // No answer at all, to a GET and to a listing.
+        let silent = || Answer {
+            silent: true,
+            ..answer("200 OK", b"")
+        };
+        let s = impatient(vec![silent(), silent(), silent()]);
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(e.contains("the server stalled"), "{e}");
+        let s = impatient(vec![silent(), silent(), silent()]);
+        let e = s.list("").unwrap_err().to_string();
+        assert!(e.contains("store LIST p/: the server stalled"), "{e}");
+        // An upload the server stops reading.
+        let s = impatient(vec![silent(), silent(), silent()]);
+        let t = Instant::now();
+        let e = s.put_bytes(K, &vec![0; 32 << 20]).unwrap_err().to_string();
+        assert!(
+            e.contains("the server stalled") && e.contains("after 3 attempts"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_trickled_answer_hits_the_total_bound() {
+        // A byte every 50 ms never stalls, but would take 10 s.
+        let trickled = |status| Answer {
+            trickle: Some(Duration::from_millis(50)),
+            ..answer(status, &[b'x'; 200])
+        };
+        let (mut s, _) = fake(vec![trickled("200 OK")]);
+        s.attempts = 1;
+        s.bounds.base = Duration::from_millis(600);
+        let t = Instant::now();
+        let e = s.get(K, 1000).unwrap_err().to_string();
+        assert!(e.contains("not done in the time allowed"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        // A range, whose reader does not count the time between reads.
+        let (mut s, _) = fake(vec![trickled("206 Partial Content")]);
+        s.attempts = 1;
+        s.bounds.base = Duration::from_millis(600);
+        let t = Instant::now();
+        let e = read_range(&s, 0, 200).unwrap_err().to_string();
+        assert!(e.contains("not done in the time allowed"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        let (mut s, _) = fake(vec![answer("206 Partial Content", b"0123456789")]);
+        s.bounds.base = Duration::from_millis(300);
+        let mut r = s.open_range(K, 0, 10).unwrap();
+        let mut out = [0u8; 10];
+        r.read_exact(&mut out[..2]).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        r.read_exact(&mut out[2..]).unwrap();
+        assert_eq!(&out, b"0123456789", "a slow reader is not a slow server");
+    }
+
+    #[test]
+    fn sizes_from_the_server_are_checked() {
+        for claim in ["99999999999999999999999", "-1", "12abc"] {
+            let (s, _) = fake(vec![Answer {
+                no_length: true,
+                headers: vec![format!("Content-Length: {claim}")],
+                ..answer("200 OK", b"")
+            }]);
+            // An error, retried or not, never a panic nor a size.
+            assert!(s.head(K).is_err(), "{claim}");
+        }
+        let (s, _) = fake(vec![Answer {
+            no_length: true,
+            ..answer("200 OK", b"")
+        }]);
+        let e = s.head(K).unwrap_err().to_string();
+        assert!(e.contains("answer without a Content-Length"), "{e}");
+        let (s, _) = fake(vec![answer("200 OK", b"12345")]);
+        assert_eq!(s.head(K).unwrap(), Some(5));
+        let (s, _) = fake(vec![answer("200 OK", b"hi")]);
+        assert_eq!(s.get(K, u64::MAX).unwrap(), b"hi");
+        let (s, _) = fake(vec![]);
+        assert!(s.open_range(K, u64::MAX, 2).is_err());
+        assert_eq!(BOUNDS.total(u64::MAX), TOTAL_MAX);
+        assert_eq!(
+            BOUNDS.total(64 << 20),
+            Duration::from_secs(600 + (64 << 20) / (4 << 10))
+        );
+        let (mut s, _) = fake(vec![answer("200 OK", b"hi")]);
+        s.attempts = 0;
+        assert_eq!(s.get(K, 10).unwrap(), b"hi", "at least one attempt");
     }
 }

@@ -12,6 +12,7 @@ mod daemon;
 mod disk;
 mod faults;
 mod hostile;
+mod hostile_s3;
 mod hostile_store;
 mod leaks;
 mod ops;
