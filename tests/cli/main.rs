@@ -15,3 +15,4 @@ mod hostile;
 mod leaks;
 mod ops;
 mod rescue;
+mod swaps;
