@@ -175,6 +175,8 @@ enum Known {
 struct Pending {
     path: PathBuf,
     known: Known,
+    /// Device and inode of the directory it was listed in.
+    parent: (u64, u64),
 }
 
 /// Called with each entry: its path, stat and (a symlink's) target.
@@ -199,7 +201,8 @@ pub fn walk(
     failed: &mut dyn FnMut(WalkError) -> Result<()>,
     replaced: &mut dyn FnMut(Replaced) -> Result<()>,
 ) -> Result<()> {
-    let (st, target) = match root_entry(root, base) {
+    let (found, parent) = root_entry(root, base);
+    let (st, target) = match found {
         Found::Entry(st, target) => (st, target),
         Found::Gone => return Ok(()),
         Found::Replaced(now) => {
@@ -216,6 +219,10 @@ pub fn walk(
             });
         }
     };
+    if kind(&st) != FileType::Directory {
+        return visit(root.to_path_buf(), &st, target);
+    }
+    visit(root.to_path_buf(), &st, target)?;
     let mut w = Walker {
         root,
         excludes,
@@ -224,12 +231,13 @@ pub fn walk(
         buf: Vec::with_capacity(DIRENT_BUF),
     };
     let mut stack: Vec<Pending> = Vec::new();
-    if kind(&st) != FileType::Directory {
-        return visit(root.to_path_buf(), &st, target);
-    }
-    visit(root.to_path_buf(), &st, target)?;
-    w.list(root, &st, &mut stack)?;
-    while let Some(Pending { path, known }) = stack.pop() {
+    w.list(root, &st, parent, &mut stack)?;
+    while let Some(Pending {
+        path,
+        known,
+        parent,
+    }) = stack.pop()
+    {
         let (st, target) = match known {
             Known::Stat(st, target) => (st, target),
             Known::Later(dir) => {
@@ -257,22 +265,24 @@ pub fn walk(
             visit(path, &st, target)?;
         } else {
             visit(path.clone(), &st, target)?;
-            w.list(&path, &st, &mut stack)?;
+            w.list(&path, &st, Some(parent), &mut stack)?;
         }
     }
     Ok(())
 }
 
-/// The root's stat (see [`walk`]).
-fn root_entry(root: &Path, base: &Path) -> Found {
+/// The root's stat (see [`walk`]) and, for a subtree, the device and inode
+/// of the directory it was found in.
+fn root_entry(root: &Path, base: &Path) -> (Found, Option<(u64, u64)>) {
     let rel = match root.strip_prefix(base) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel,
         _ => {
-            return match look_up(CWD, root) {
+            let found = match look_up(CWD, root) {
                 // A configured path that is not there is an error.
                 Found::Gone => Found::Failed(std::io::ErrorKind::NotFound.into()),
                 found => found,
             };
+            return (found, None);
         }
     };
     let mut names: Vec<&OsStr> = Vec::new();
@@ -280,10 +290,9 @@ fn root_entry(root: &Path, base: &Path) -> Found {
         match c {
             Component::Normal(n) => names.push(n),
             _ => {
-                return Found::Failed(std::io::Error::other(format!(
-                    "not a plain path below {}",
-                    base.display()
-                )));
+                let err =
+                    std::io::Error::other(format!("not a plain path below {}", base.display()));
+                return (Found::Failed(err), None);
             }
         }
     }
@@ -292,8 +301,8 @@ fn root_entry(root: &Path, base: &Path) -> Found {
         .expect("a non-empty relative path has a component");
     let not_opened = |e: Errno| match e {
         // Deleted, or no longer a directory: this subtree is gone.
-        Errno::NOENT | Errno::NOTDIR | Errno::LOOP => Found::Gone,
-        e => Found::Failed(e.into()),
+        Errno::NOENT | Errno::NOTDIR | Errno::LOOP => (Found::Gone, None),
+        e => (Found::Failed(e.into()), None),
     };
     let mut dir = match rustix::fs::openat(CWD, base, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
@@ -305,7 +314,43 @@ fn root_entry(root: &Path, base: &Path) -> Found {
             Err(e) => return not_opened(e),
         };
     }
-    look_up(dir.as_fd(), last)
+    let found = look_up(dir.as_fd(), last);
+    let parent = match &found {
+        Found::Entry(st, _) if kind(st) == FileType::Directory => match rustix::fs::fstat(&dir) {
+            Ok(p) => Some(dev_ino(&p)),
+            Err(e) => return (Found::Failed(e.into()), None),
+        },
+        _ => None,
+    };
+    (found, parent)
+}
+
+/// Whether directory `fd` (opened at `path`), stat'ed as `now`, is a
+/// filesystem mounted since on the entry stat'ed as `st` in the
+/// directory `parent` (`None` for a configured path: the one above it,
+/// by path), over another one: an automount point (autofs, systemd)
+/// that opening it mounted. The walk crosses mount points, so that is
+/// where it goes, as it always did. Such a mount's `..` is the directory
+/// the entry is in: only a mount on that entry can be that, not a
+/// directory reached elsewhere through a replaced one above it.
+fn automounted(
+    path: &Path,
+    st: &Stat,
+    now: &Stat,
+    fd: BorrowedFd<'_>,
+    parent: Option<(u64, u64)>,
+) -> bool {
+    let parent = parent.or_else(|| {
+        let up = rustix::fs::statat(CWD, path.parent()?, AtFlags::empty());
+        up.ok().map(|p| dev_ino(&p))
+    });
+    let Some(parent) = parent else { return false };
+    let (dev, _) = parent;
+    st.st_dev != dev
+        && now.st_dev != dev
+        && now.st_dev != st.st_dev
+        && rustix::fs::statat(fd, c"..", AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|up| dev_ino(&up) == parent)
 }
 
 /// What the walk keeps between directories.
@@ -319,10 +364,17 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    /// Push the entries of directory `path`, stat'ed as `st`, onto `stack`
-    /// (sorted by raw bytes, in reverse, so they pop in order), unless it
-    /// was replaced since that stat.
-    fn list(&mut self, path: &Path, st: &Stat, stack: &mut Vec<Pending>) -> Result<()> {
+    /// Push the entries of directory `path`, stat'ed as `st` in the
+    /// directory `parent` (`None` for a configured path: the one above it,
+    /// by path), onto `stack` (sorted by raw bytes, in reverse, so they pop
+    /// in order), unless it was replaced since that stat.
+    fn list(
+        &mut self,
+        path: &Path,
+        st: &Stat,
+        parent: Option<(u64, u64)>,
+        stack: &mut Vec<Pending>,
+    ) -> Result<()> {
         test_pause(path);
         let fd = match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
@@ -343,8 +395,9 @@ impl Walker<'_> {
                 });
             }
         };
-        match rustix::fs::fstat(&fd) {
-            Ok(now) if dev_ino(&now) == dev_ino(st) => {}
+        let here = match rustix::fs::fstat(&fd) {
+            Ok(now) if dev_ino(&now) == dev_ino(st) => dev_ino(&now),
+            Ok(now) if automounted(path, st, &now, fd.as_fd(), parent) => dev_ino(&now),
             Ok(_) => {
                 return (self.replaced)(Replaced {
                     path: path.to_path_buf(),
@@ -358,7 +411,7 @@ impl Walker<'_> {
                     err: e.into(),
                 });
             }
-        }
+        };
         let fd = Rc::new(fd);
         let first = stack.len();
         let mut prestat = 0;
@@ -397,7 +450,11 @@ impl Walker<'_> {
             } else {
                 Known::Later(fd.clone())
             };
-            stack.push(Pending { path: child, known });
+            stack.push(Pending {
+                path: child,
+                known,
+                parent: here,
+            });
         }
         // Names are unique: an unstable sort, which moves these big items less.
         stack[first..].sort_unstable_by(|a, b| {
@@ -410,7 +467,7 @@ impl Walker<'_> {
     }
 }
 
-/// Entries of one directory stat'ed while it is listed (~200 bytes each,
+/// Entries of one directory stat'ed while it is listed (~220 bytes each,
 /// and a symlink's target, held until visited, up to `PRESTAT_TARGETS`
 /// bytes of targets); the rest of a larger directory is looked up when
 /// visited, relative to the directory, which stays open until then.

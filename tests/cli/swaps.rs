@@ -279,3 +279,57 @@ fn a_directory_replaced_by_another_directory_is_not_listed() {
     assert!(dest.join("sub").is_dir());
     assert_eq!(fs::read_dir(dest.join("sub")).unwrap().count(), 0);
 }
+
+/// Unmounts what it mounted, even when the test fails.
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn mount_tmpfs(at: &Path) -> bool {
+    let src = c"tmpfs";
+    let c = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::mount(src.as_ptr(), c.as_ptr(), src.as_ptr(), 0, std::ptr::null()) == 0 }
+}
+
+#[test]
+fn an_automount_point_mounted_by_the_walk_is_walked() {
+    // Not a swap: a directory stat'ed as the root of one filesystem (the
+    // autofs trigger) that is another once opened (what the open mounted).
+    // The walk crosses mount points, so it is listed, with no warning.
+    // Stood in for by two tmpfs mounts, the second made while the run is
+    // held before it opens the directory (needs CAP_SYS_ADMIN).
+    let env = Env::new(Backend::Local);
+    tree(&env);
+    let auto = env.src().join("auto");
+    fs::create_dir(&auto).unwrap();
+    let mut mounts = Mounts(Vec::new());
+    if !mount_tmpfs(&auto) {
+        eprintln!("cannot mount here (not privileged): automount case not checked");
+        return;
+    }
+    mounts.0.push(auto.clone());
+    let held = Held::start(&env, &auto);
+    assert!(mount_tmpfs(&auto));
+    mounts.0.push(auto.clone());
+    fs::write(auto.join("mounted.txt"), b"on the mounted filesystem").unwrap();
+    let out = held.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 warnings"),
+        "{}",
+        stderr(&out)
+    );
+    let dest = restore_checked(&env);
+    assert_eq!(
+        fs::read(dest.join("auto/mounted.txt")).unwrap(),
+        b"on the mounted filesystem"
+    );
+    drop(mounts);
+}
