@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
@@ -19,6 +18,7 @@ use std::time::Instant;
 
 use age::x25519;
 use rayon::prelude::*;
+use rustix::fs::{FileType, Stat};
 
 use crate::blob::{BlobWriter, FinishedBlob, Location};
 use crate::chunk::{self, ChunkId, Params};
@@ -126,6 +126,16 @@ enum Event {
         entry: i64,
         path: PathBuf,
     },
+    /// Replaced between the walk and its read (by a symlink, a FIFO,
+    /// another file...): treated like a file deleted meanwhile, since what
+    /// is at the path now is not what the walk recorded there (owner, mode,
+    /// size), and may be someone else's. Not an error, not in the snapshot;
+    /// the next run finds what is there then.
+    FileReplaced {
+        entry: i64,
+        path: PathBuf,
+        now: &'static str,
+    },
     BlobStored {
         key: String,
         size: u64,
@@ -133,14 +143,28 @@ enum Event {
     },
 }
 
-fn stat_of(m: &std::fs::Metadata) -> FileStat {
+fn stat_of(st: &Stat) -> FileStat {
+    let (dev, ino) = walk::dev_ino(st);
     FileStat {
-        size: m.len(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        ino: m.ino(),
-        dev: m.dev(),
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ino,
+        dev,
     }
+}
+
+/// The warning for an entry replaced between its stat and its read.
+fn replaced_warning(path: &Path, now: &str, dir: bool) -> String {
+    let what = if dir {
+        "its contents are not in this snapshot"
+    } else {
+        "not in this snapshot"
+    };
+    format!(
+        "{}: replaced during the backup (now {now}); {what}",
+        path.display()
+    )
 }
 
 /// zstd level for the metadata database: it is a small part of the bucket,
@@ -215,50 +239,34 @@ enum Walked {
     /// chunk list to reuse (looked up on the walk thread).
     Entry(Entry, FileStat, Option<Vec<u8>>),
     Failed(walk::WalkError),
+    Replaced(walk::Replaced),
 }
 
-fn entry_of(path: PathBuf, m: &std::fs::Metadata) -> Result<Option<Entry>> {
-    let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_file() {
-        Kind::File
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::CharDev
-    } else if ft.is_block_device() {
-        Kind::BlockDev
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        return Ok(None);
+/// The entry for a walked path, its stat and (a symlink's) target.
+fn entry_of(path: PathBuf, st: &Stat, target: Option<Vec<u8>>) -> Option<Entry> {
+    let kind = match walk::kind(st) {
+        FileType::Directory => Kind::Dir,
+        FileType::RegularFile => Kind::File,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        FileType::CharacterDevice => Kind::CharDev,
+        FileType::BlockDevice => Kind::BlockDev,
+        FileType::Socket => Kind::Socket,
+        FileType::Unknown => return None,
     };
-    let target = if kind == Kind::Symlink {
-        Some(
-            std::fs::read_link(&path)
-                .at("read symlink", &path)?
-                .as_os_str()
-                .as_bytes()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
-    Ok(Some(Entry {
+    let stat = stat_of(st);
+    Some(Entry {
         path: std::os::unix::ffi::OsStringExt::into_vec(path.into_os_string()),
         kind,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        size: if kind == Kind::File { m.len() } else { 0 },
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        rdev: m.rdev(),
-        target,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: if kind == Kind::File { stat.size } else { 0 },
+        mtime_ns: stat.mtime_ns,
+        rdev: st.st_rdev,
+        target: if kind == Kind::Symlink { target } else { None },
         link: None,
-    }))
+    })
 }
 
 impl Backup<'_> {
@@ -416,6 +424,7 @@ impl Backup<'_> {
             };
             let walked = self.walk_roots(
                 &walk_roots,
+                &snap.paths,
                 scoped,
                 &excludes,
                 &meta,
@@ -542,12 +551,14 @@ impl Backup<'_> {
         Ok(s)
     }
 
-    /// Walk `roots`, adding entries to `meta`; changed files go to `todo`.
-    /// Pipeline events are recorded between entries, so nothing piles up.
+    /// Walk `roots` (the configured `paths`, or subtrees of them), adding
+    /// entries to `meta`; changed files go to `todo`. Pipeline events are
+    /// recorded between entries, so nothing piles up.
     #[allow(clippy::too_many_arguments)]
     fn walk_roots(
         &self,
         roots: &[PathBuf],
+        paths: &[PathBuf],
         scoped: bool,
         excludes: &Excludes,
         meta: &MetaWriter,
@@ -602,28 +613,37 @@ impl Backup<'_> {
                     if scoped && std::fs::symlink_metadata(root).is_err() {
                         continue;
                     }
-                    let mut visit = |path: PathBuf, m: &std::fs::Metadata| -> Result<()> {
-                        if cancel.load(Ordering::Relaxed) {
-                            return Err(Error::Cancelled);
-                        }
-                        match entry_of(path, m)? {
-                            Some(mut e) => {
-                                if e.kind == Kind::File && m.nlink() > 1 {
-                                    let inode = (m.dev(), m.ino());
-                                    match links.get(&inode) {
-                                        Some(first) => e.link = Some(first.clone()),
-                                        None => {
-                                            links.insert(inode, e.path.clone());
+                    // Reached from the configured path that holds it, the one
+                    // a full walk goes through (the shortest).
+                    let base = paths
+                        .iter()
+                        .filter(|p| root.starts_with(p))
+                        .min_by_key(|p| p.as_os_str().len())
+                        .unwrap_or(root);
+                    let mut visit =
+                        |path: PathBuf, st: &Stat, target: Option<Vec<u8>>| -> Result<()> {
+                            if cancel.load(Ordering::Relaxed) {
+                                return Err(Error::Cancelled);
+                            }
+                            match entry_of(path, st, target) {
+                                Some(mut e) => {
+                                    if e.kind == Kind::File && st.st_nlink > 1 {
+                                        let inode = walk::dev_ino(st);
+                                        match links.get(&inode) {
+                                            Some(first) => e.link = Some(first.clone()),
+                                            None => {
+                                                links.insert(inode, e.path.clone());
+                                            }
                                         }
                                     }
+                                    push(Walked::Entry(e, stat_of(st), None))
                                 }
-                                push(Walked::Entry(e, stat_of(m), None))
+                                None => Ok(()),
                             }
-                            None => Ok(()),
-                        }
-                    };
+                        };
                     let mut failed = |w: walk::WalkError| push(Walked::Failed(w));
-                    walk::walk(root, excludes, &mut visit, &mut failed)?;
+                    let mut replaced = |r: walk::Replaced| push(Walked::Replaced(r));
+                    walk::walk(root, base, excludes, &mut visit, &mut failed, &mut replaced)?;
                 }
                 let rest = batch.into_inner();
                 if !rest.is_empty() {
@@ -680,6 +700,10 @@ impl Backup<'_> {
                         path: w.path,
                         source: w.err,
                     });
+                }
+                Walked::Replaced(r) => {
+                    s.warnings += 1;
+                    (self.warn)(&replaced_warning(&r.path, r.now, r.dir));
                 }
             }
         }
@@ -860,12 +884,21 @@ impl Backup<'_> {
                 Err(e)
             }
         };
-        let file = match std::fs::File::open(&t.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        // Only the file the walk stat'ed is read (never a FIFO, a symlink's
+        // target or another file put in its place).
+        let file = match walk::open_file(&t.path, (t.stat.dev, t.stat.ino)) {
+            Ok(walk::Opened::File(f)) => f,
+            Ok(walk::Opened::Gone) => {
                 return Ok(Event::FileVanished {
                     entry: t.entry,
                     path: t.path,
+                });
+            }
+            Ok(walk::Opened::Replaced(now)) => {
+                return Ok(Event::FileReplaced {
+                    entry: t.entry,
+                    path: t.path,
+                    now,
                 });
             }
             Err(e) => {
@@ -917,10 +950,11 @@ impl Backup<'_> {
         // A file that changed while we read it is stored as read, but not
         // remembered as unchanged, so the next run reads it again. (The
         // open file is asked, not the path: no lookup. A file renamed over
-        // meanwhile has a new inode, which the next run notices anyway.)
-        let changed = match file.metadata() {
-            Ok(m) => {
-                let now = stat_of(&m);
+        // once it was open does not matter: what was read is the walked
+        // file, and the next run notices the new inode.)
+        let changed = match rustix::fs::fstat(&file) {
+            Ok(st) => {
+                let now = stat_of(&st);
                 now.size != t.stat.size || now.mtime_ns != t.stat.mtime_ns || read != t.stat.size
             }
             Err(_) => true,
@@ -1042,6 +1076,11 @@ impl Backup<'_> {
                     "{}: deleted during the backup; not in this snapshot",
                     path.display()
                 ));
+                meta.remove(entry)?;
+            }
+            Event::FileReplaced { entry, path, now } => {
+                s.warnings += 1;
+                (self.warn)(&replaced_warning(&path, now, false));
                 meta.remove(entry)?;
             }
         }

@@ -17,3 +17,4 @@ mod hostile_store;
 mod leaks;
 mod ops;
 mod rescue;
+mod swaps;
