@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod testhook;
 pub mod time;
 pub mod walk;
 pub mod watch;

@@ -17,7 +17,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
-use std::sync::OnceLock;
 
 use glob::{MatchOptions, Pattern};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
@@ -375,7 +374,7 @@ impl Walker<'_> {
         parent: Option<(u64, u64)>,
         stack: &mut Vec<Pending>,
     ) -> Result<()> {
-        test_pause(path);
+        crate::testhook::pause_at(path);
         let fd = match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             // Deleted since its stat: recorded as it was, empty.
@@ -493,7 +492,7 @@ pub enum Opened {
 /// the device and inode check covers that too, since the walk stat'ed the
 /// file relative to its own directory, itself opened and checked.
 pub fn open_file(path: &Path, (dev, ino): (u64, u64)) -> std::io::Result<Opened> {
-    test_pause(path);
+    crate::testhook::pause_at(path);
     let mut waited = std::time::Duration::ZERO;
     let fd = loop {
         match rustix::fs::openat(CWD, path, FILE_FLAGS, Mode::empty()) {
@@ -528,32 +527,6 @@ pub fn open_file(path: &Path, (dev, ino): (u64, u64)) -> std::io::Result<Opened>
 
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Test hook, for the integration tests that swap entries during a backup
-/// (tests/cli/swaps.rs): with `VAULTIK_TEST_PAUSE_BEFORE_READ=<path>` set,
-/// the walk just before opening directory `<path>` to list it, and a
-/// reader just before opening file `<path>`, create `<path>.paused` and
-/// wait until it is removed (checked every 10 ms, for 30 s at most). Unset,
-/// it costs a look at a cached `None`.
-fn test_pause(path: &Path) {
-    static AT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let at =
-        AT.get_or_init(|| std::env::var_os("VAULTIK_TEST_PAUSE_BEFORE_READ").map(PathBuf::from));
-    let Some(at) = at else { return };
-    if path != at {
-        return;
-    }
-    let mut marker = at.clone().into_os_string();
-    marker.push(".paused");
-    let marker = PathBuf::from(marker);
-    if std::fs::write(&marker, b"").is_err() {
-        return;
-    }
-    let started = std::time::Instant::now();
-    while marker.exists() && started.elapsed() < std::time::Duration::from_secs(30) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -77,6 +77,9 @@ impl Restore<'_> {
         };
         run.dirs()?;
         run.files()?;
+        crate::testhook::pause_at(&self.target.join(".vaultik-pause"));
+        // Each phase reopens (and checks again) the directories it needs.
+        run.target.forget();
         let read = contents::read_all(
             &conn,
             &mut run.target,
@@ -85,10 +88,13 @@ impl Restore<'_> {
             &built.blobs,
         )?;
         run.summary.chunks = read.chunks;
+        run.target.forget();
         run.drop_failed(read.failed)?;
         run.links()?;
         run.others()?;
+        run.target.forget();
         run.attrs()?;
+        run.target.forget();
         run.dir_attrs()?;
 
         let mut s = run.summary;

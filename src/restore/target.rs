@@ -234,6 +234,13 @@ impl Target {
         Ok(Ok(base))
     }
 
+    /// Close the cached directories: each phase reopens what it needs,
+    /// checking every step again, so a directory moved away during a
+    /// phase is not written through in the next.
+    pub fn forget(&mut self) {
+        self.cache.clear();
+    }
+
     fn remember(&mut self, node: i64, fd: Arc<OwnedFd>) {
         if self.cache.len() >= CACHE_MAX {
             // Entries come in walk order: a small cache that starts over

@@ -688,3 +688,80 @@ fn damaged_metadata_and_missing_blobs_are_named() {
     );
     one_line(&out, "testhost_data_2001-01-01T000000Z");
 }
+
+/// A local user who owns a directory inside an existing target swaps a
+/// directory this restore made for a symlink out of the target, between
+/// the restore's phases: what the restore still has to write there is
+/// refused and named, never written through the symlink, nor into the
+/// directory moved away.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_restore() {
+    let env = Env::new(Backend::Local);
+    let sc = Scratch::new(&env);
+    let t = sc.root.join("targets/existing");
+    fs::create_dir_all(t.join("home/u")).unwrap();
+    if rustix::process::geteuid().is_root() {
+        rustix::fs::chown(
+            t.join("home/u"),
+            Some(rustix::fs::Uid::from_raw(65534)),
+            None,
+        )
+        .unwrap();
+    }
+    let b = &sc.base;
+    let entries = vec![
+        dir(b"/home"),
+        dir(b"/home/u"),
+        dir(b"/home/u/sub"),
+        file(b"/home/u/sub/one", 0o600).with(b, &[0]),
+        file(b"/home/u/sub/multi", 0o600).with(b, &[1, 2]),
+        fifo(b"/home/u/sub/pipe"),
+        symlink(b"/home/u/sub/l", b"one"),
+        dir(b"/home/u/sub/deeper"),
+        file(b"/home/u/sub/deeper/f", 0o600).with(b, &[0]),
+        file(b"/home/u/kept", 0o600).with(b, &[0]),
+    ];
+    let id = "evil_x_2026-02-01T000000Z";
+    forge::forge(&env, id, &entries, Some(b));
+    let pause = t.join(".vaultik-pause");
+    let marker = t.join(".vaultik-pause.paused");
+    let child = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .env("VAULTIK_TEST_PAUSE_AT", &pause)
+        .args(["restore", id, "--target", t.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed().as_secs() < 30, "the restore never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Directories and files of more than one chunk are made: move the
+    // directory out of the target, put a symlink out of it in its place.
+    let moved = sc.root.join("moved");
+    fs::rename(t.join("home/u/sub"), &moved).unwrap();
+    std::os::unix::fs::symlink(sc.sentinel(), t.join("home/u/sub")).unwrap();
+    let moved_then = census(&moved, &moved.join("none"));
+    fs::remove_file(&marker).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for named in [
+        "/home/u/sub/one: ",
+        "/home/u/sub/deeper/f: ",
+        "/home/u/sub/l: ",
+    ] {
+        assert!(err.contains(named), "{named}: {err}");
+    }
+    let mut now = census(&sc.root, &sc.root.join("targets"));
+    now.retain(|l| !l.starts_with("moved"));
+    assert_eq!(now, sc.before, "{err}");
+    assert_eq!(census(&moved, &moved.join("none")), moved_then, "{err}");
+    // The rest is restored.
+    assert_eq!(
+        fs::read(t.join("home/u/kept")).unwrap().len() as u64,
+        b.chunks[0].1
+    );
+}

@@ -2,7 +2,7 @@
 //! replaced by a FIFO, by a symlink or by another file, a directory
 //! replaced by a symlink or by another directory, between the walk's stat
 //! and the moment it is opened. The swap is made while the run is held at
-//! that moment by the binary's test hook (`VAULTIK_TEST_PAUSE_BEFORE_READ`,
+//! that moment by the binary's test hook (`VAULTIK_TEST_PAUSE_AT`,
 //! see `walk::test_pause`), not left to a race. Each is reported as a
 //! warning naming the path and left out of the snapshot; nothing else is
 //! read in its place, and the run neither hangs nor fails.
@@ -35,7 +35,7 @@ impl Held {
         }
         let child = env
             .cmd()
-            .env("VAULTIK_TEST_PAUSE_BEFORE_READ", at)
+            .env("VAULTIK_TEST_PAUSE_AT", at)
             .args(["snapshot", "create"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
