@@ -35,9 +35,30 @@ const UNIT_BYTES: u64 = 4 << 20;
 /// ...and hold at most this many jobs (a chunk shared by many files, or many
 /// copies of a tree, would otherwise make units as big as the snapshot).
 const UNIT_JOBS: usize = 1024;
-/// ...and write into at most this many directories: each unit in flight
-/// holds their descriptors open.
-const UNIT_DIRS: usize = 32;
+/// ...and write into at most this many directories (each unit in flight
+/// holds their descriptors open): what the open-file limit leaves for the
+/// units in flight (`2 * THREADS` of them), the rest kept for the cache
+/// and the store. With the usual hard limits (raised to, at start) that
+/// is 1024, as many as jobs; with a soft limit of 1024 alone, 60.
+fn unit_dirs() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
+        if max > cur {
+            // The hard limit is ours to use: ask for it (or keep what is).
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(max),
+                    maximum: Some(max),
+                },
+            );
+        }
+    }
+    let cur = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let per_unit = cur.saturating_sub(256) / (2 * THREADS as u64 + 1);
+    (per_unit as usize).clamp(8, UNIT_JOBS)
+}
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
 
@@ -144,7 +165,7 @@ pub fn read_all(
 
 /// Stream the jobs in blob and offset order into read units: chunks of
 /// one blob closer than `MERGE_GAP`, up to `UNIT_BYTES`, `UNIT_JOBS` and
-/// `UNIT_DIRS` per unit. The jobs are cut into `THREADS` ranges read side
+/// `unit_dirs()` per unit. The jobs are cut into `THREADS` ranges read side
 /// by side, one unit from each in turn, so that the threads work on
 /// different parts of the snapshot: neighbouring units write files into
 /// the same directories, and creating files in one directory from six
@@ -192,12 +213,13 @@ fn plan_units(
         });
     }
     let mut info = |node: i64| super::node_info(&mut node_q, node);
+    let max_dirs = unit_dirs();
     while cursors.iter().any(|c| !c.done) {
         for c in cursors.iter_mut().filter(|c| !c.done) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            match next_unit(c, target, &mut info, failed)? {
+            match next_unit(c, target, &mut info, failed, max_dirs)? {
                 Some(u) => {
                     if tx.send(u).is_err() {
                         return Ok(());
@@ -216,6 +238,7 @@ fn next_unit(
     target: &mut Target,
     info: &mut dyn FnMut(i64) -> Result<target::NodeInfo>,
     failed: &Mutex<HashMap<i64, String>>,
+    max_dirs: usize,
 ) -> Result<Option<Unit>> {
     let pp = ppath();
     while let Some(r) = c.rows.next().db(pp)? {
@@ -289,7 +312,7 @@ fn next_unit(
                 || gap > MERGE_GAP
                 || span > UNIT_BYTES
                 || u.jobs.len() >= UNIT_JOBS
-                || (new_dir && u.dirs >= UNIT_DIRS)
+                || (new_dir && u.dirs >= max_dirs)
             {
                 full = c.cur.take();
             }
@@ -378,7 +401,7 @@ impl Ctx<'_> {
         match &t.how {
             Reach::Make(attrs) => {
                 // The file is this chunk: make it now, and finish it.
-                let (f, id) = target::create_file(&t.parent, &t.name).map_err(|e| e.to_string())?;
+                let f = target::create_new(&t.parent, &t.name).map_err(|e| e.to_string())?;
                 let written = if zero {
                     f.set_len(data.len() as u64)
                         .map_err(|e| format!("cannot size: {e}"))
@@ -390,7 +413,11 @@ impl Ctx<'_> {
                     target::set_fd_attrs(&f, attrs, self.as_root).map_err(|e| e.to_string())
                 });
                 if written.is_err() {
-                    let _ = target::remove_file(&t.parent, &t.name, id);
+                    // Only now is its identity needed (to remove it, and
+                    // nothing else that took its name meanwhile).
+                    if let Ok(st) = rustix::fs::fstat(&f) {
+                        let _ = target::remove_file(&t.parent, &t.name, (st.st_dev, st.st_ino));
+                    }
                 }
                 written
             }

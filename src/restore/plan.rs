@@ -67,7 +67,7 @@ CREATE TABLE plan.jobs(
     PRIMARY KEY (blob, boffset, node, foffset)
 ) WITHOUT ROWID;
 INSERT INTO plan.nodes(id, parent, name, kind, depth, single, size) VALUES (0, 0, x'', 1, 0, 0, 0);
-INSERT INTO plan.paths(path, node, kind, first) VALUES (x'2f', 0, 1, 0);
+INSERT INTO plan.paths(path, node, kind, first) VALUES (x'2f', 0, 0, 0);
 ";
 
 /// The plan's queries that walk many rows. None of them sorts (checked by
@@ -362,8 +362,16 @@ struct Tree<'c> {
     add_path: rusqlite::Statement<'c>,
     add_node: rusqlite::Statement<'c>,
     attach: rusqlite::Statement<'c>,
+    attach_path: rusqlite::Statement<'c>,
     unsingle: rusqlite::Statement<'c>,
+    /// The directories on the way to the last one placed (path, node):
+    /// entries come in walk order, so an entry's parent is nearly always
+    /// one of them, without a lookup.
+    recent: Vec<(Vec<u8>, i64)>,
 }
+
+/// `paths.kind` of a directory made only as a parent.
+const IMPLICIT: i64 = 0;
 
 impl<'c> Tree<'c> {
     fn new(conn: &'c Connection) -> Result<Tree<'c>> {
@@ -371,10 +379,7 @@ impl<'c> Tree<'c> {
         Ok(Tree {
             conn,
             find: conn
-                .prepare(
-                    "SELECT p.node, p.kind, p.first, n.entry IS NULL FROM plan.paths p
-                     JOIN plan.nodes n ON n.id = p.node WHERE p.path = ?1",
-                )
+                .prepare("SELECT node, kind, first FROM plan.paths WHERE path = ?1")
                 .db(p)?,
             add_path: conn
                 .prepare("INSERT INTO plan.paths(path, node, kind, first) VALUES (?1, ?2, ?3, ?4)")
@@ -388,19 +393,51 @@ impl<'c> Tree<'c> {
             attach: conn
                 .prepare("UPDATE plan.nodes SET entry = ?2 WHERE id = ?1 AND entry IS NULL")
                 .db(p)?,
+            attach_path: conn
+                .prepare("UPDATE plan.paths SET kind = ?2 WHERE path = ?1")
+                .db(p)?,
             unsingle: conn
                 .prepare("UPDATE plan.nodes SET single = 0 WHERE id = ?1")
                 .db(p)?,
+            recent: Vec::new(),
         })
     }
 
     /// (node, kind, is the first path of a file, is a directory made only
     /// as a parent) of `path`, if placed.
     fn find(&mut self, path: &[u8]) -> Result<Option<(i64, i64, bool, bool)>> {
-        self.find
-            .query_row([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        let row = self
+            .find
+            .query_row([path], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
+            })
             .optional()
-            .db(ppath())
+            .db(ppath())?;
+        Ok(row.map(|(n, k, first)| {
+            let dir = Kind::Dir as i64;
+            (n, if k == IMPLICIT { dir } else { k }, first, k == IMPLICIT)
+        }))
+    }
+
+    /// The node of directory `dir` if it is one of `recent`.
+    fn recent_dir(&mut self, dir: &[u8]) -> Option<i64> {
+        while let Some((p, n)) = self.recent.last() {
+            if p == dir {
+                return Some(*n);
+            }
+            let below = dir.len() > p.len() && dir.starts_with(p) && dir[p.len()] == b'/';
+            if below || p == b"/" {
+                return None;
+            }
+            self.recent.pop();
+        }
+        None
+    }
+
+    /// A directory just placed: its entries come next.
+    fn entered(&mut self, dir: &[u8], node: i64) {
+        self.recent_dir(dir);
+        self.recent.push((dir.to_vec(), node));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -431,9 +468,15 @@ impl<'c> Tree<'c> {
             .db(p)?;
         let node = self.conn.last_insert_rowid();
         let first = kind == Kind::File && link.is_none() && entry.is_some();
-        self.add_path
-            .execute(params![path, node, kind as i64, first])
-            .db(p)?;
+        let k = if entry.is_none() {
+            IMPLICIT
+        } else {
+            kind as i64
+        };
+        self.add_path.execute(params![path, node, k, first]).db(p)?;
+        if kind == Kind::Dir {
+            self.entered(path, node);
+        }
         Ok(node)
     }
 
@@ -445,6 +488,9 @@ impl<'c> Tree<'c> {
         dir: &[u8],
         parts: &[&[u8]],
     ) -> Result<std::result::Result<i64, String>> {
+        if let Some(n) = self.recent_dir(dir) {
+            return Ok(Ok(n));
+        }
         // Up to the nearest placed ancestor, then down, making each.
         let mut missing = 0;
         let mut at = dir;
@@ -501,6 +547,10 @@ impl<'c> Tree<'c> {
             // only a directory entry.
             if implicit && k == Kind::Dir as i64 && kind == Kind::Dir {
                 self.attach.execute(params![node, entry]).db(ppath())?;
+                self.attach_path
+                    .execute(params![src, Kind::Dir as i64])
+                    .db(ppath())?;
+                self.entered(src, node);
                 return Ok(Ok((node, None)));
             }
             return Ok(Err("duplicate path in snapshot metadata".into()));

@@ -330,8 +330,8 @@ fn replacing<T>(
 }
 
 /// A new, empty regular file `name` in `parent` (whatever was there is
-/// replaced), mode 0600 until its attributes are set, and its identity.
-pub fn create_file(parent: &OwnedFd, name: &[u8]) -> Made<(File, FileId)> {
+/// replaced), mode 0600 until its attributes are set.
+pub fn create_new(parent: &OwnedFd, name: &[u8]) -> Made<File> {
     let fd = replacing(parent, name, "create", || {
         rustix::fs::openat(
             parent,
@@ -340,8 +340,14 @@ pub fn create_file(parent: &OwnedFd, name: &[u8]) -> Made<(File, FileId)> {
             Mode::from_raw_mode(0o600),
         )
     })?;
-    let st = rustix::fs::fstat(&fd).at("inspect")?;
-    Ok((File::from(fd), id_of(&st)))
+    Ok(File::from(fd))
+}
+
+/// `create_new`, and the file's identity.
+pub fn create_file(parent: &OwnedFd, name: &[u8]) -> Made<(File, FileId)> {
+    let f = create_new(parent, name)?;
+    let st = rustix::fs::fstat(&f).at("inspect")?;
+    Ok((f, id_of(&st)))
 }
 
 /// The regular file `name` in `parent` that this restore made as `id`,
