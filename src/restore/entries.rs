@@ -52,6 +52,28 @@ impl Entries<'_> {
         Ok(())
     }
 
+    /// Call `f` with every row of plan query `q`, and a way to find the
+    /// plan's directory nodes (for `Target::dir`).
+    fn each(
+        &mut self,
+        q: &str,
+        mut f: impl FnMut(
+            &mut Self,
+            &rusqlite::Row<'_>,
+            &mut dyn FnMut(i64) -> Result<NodeInfo>,
+        ) -> Result<()>,
+    ) -> Result<()> {
+        let conn = self.conn;
+        let mut st = conn.prepare(q).db(ppath())?;
+        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
+        let mut info = |n: i64| node_info(&mut node_q, n);
+        let mut rows = st.query([]).db(ppath())?;
+        while let Some(r) = rows.next().db(ppath())? {
+            f(self, r, &mut info)?;
+        }
+        Ok(())
+    }
+
     /// The directory of node `parent`, or the reason it cannot be had.
     fn dir(
         &mut self,
@@ -63,46 +85,36 @@ impl Entries<'_> {
 
     /// Directories, parents first (the target is node 0, made already).
     pub fn dirs(&mut self) -> Result<()> {
-        let conn = self.conn;
         self.made(0, self.target.root_id())?;
-        let mut st = conn.prepare(plan::Q_DIRS_UP).db(ppath())?;
-        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
-        let mut info = |n: i64| node_info(&mut node_q, n);
-        let mut rows = st.query([]).db(ppath())?;
-        while let Some(r) = rows.next().db(ppath())? {
+        self.each(plan::Q_DIRS_UP, |this, r, info| {
             let node: i64 = r.get(0).db(ppath())?;
             let parent: i64 = r.get(1).db(ppath())?;
             let name: Vec<u8> = r.get(2).db(ppath())?;
             let is_entry: bool = r.get(3).db(ppath())?;
-            let made = self
-                .dir(parent, &mut info)?
-                .and_then(|p| self.target.make_dir(node, &p, &name));
+            let made = this
+                .dir(parent, info)?
+                .and_then(|p| this.target.make_dir(node, &p, &name));
             match made {
                 Ok(id) => {
-                    self.made(node, id)?;
+                    this.made(node, id)?;
                     if is_entry {
-                        self.summary.dirs += 1;
+                        this.summary.dirs += 1;
                     }
                 }
                 Err(err) => {
                     let src: Vec<u8> = r.get(4).db(ppath())?;
-                    self.failures.push(format!("{}: {err}", shown(&src)));
+                    this.failures.push(format!("{}: {err}", shown(&src)));
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Files of more than one chunk (or none, or the first path of hard
     /// links), made empty and sized; files of one chunk are counted here
     /// and made with their chunk.
     pub fn files(&mut self) -> Result<()> {
-        let conn = self.conn;
-        let mut st = conn.prepare(plan::Q_FILES).db(ppath())?;
-        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
-        let mut info = |n: i64| node_info(&mut node_q, n);
-        let mut rows = st.query([]).db(ppath())?;
-        while let Some(r) = rows.next().db(ppath())? {
+        self.each(plan::Q_FILES, |this, r, info| {
             let node: i64 = r.get(0).db(ppath())?;
             let parent: i64 = r.get(1).db(ppath())?;
             let name: Vec<u8> = r.get(2).db(ppath())?;
@@ -111,7 +123,7 @@ impl Entries<'_> {
             let made = if single {
                 Ok(None)
             } else {
-                self.dir(parent, &mut info)?.and_then(|p| {
+                this.dir(parent, info)?.and_then(|p| {
                     let (f, id) = target::create_file(&p, &name)?;
                     f.set_len(size)
                         .map_err(|err| target::Fail { op: "size", err })?;
@@ -121,18 +133,18 @@ impl Entries<'_> {
             match made {
                 Ok(id) => {
                     if let Some(id) = id {
-                        self.made(node, id)?;
+                        this.made(node, id)?;
                     }
-                    self.summary.files += 1;
-                    self.summary.bytes += size;
+                    this.summary.files += 1;
+                    this.summary.bytes += size;
                 }
                 Err(err) => {
                     let src: Vec<u8> = r.get(5).db(ppath())?;
-                    self.failures.push(format!("{}: {err}", shown(&src)));
+                    this.failures.push(format!("{}: {err}", shown(&src)));
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Remove the files whose contents failed (nothing corrupt is left
@@ -169,12 +181,7 @@ impl Entries<'_> {
 
     /// Hard links to files now complete.
     pub fn links(&mut self) -> Result<()> {
-        let conn = self.conn;
-        let mut st = conn.prepare(plan::Q_LINKS).db(ppath())?;
-        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
-        let mut info = |n: i64| node_info(&mut node_q, n);
-        let mut rows = st.query([]).db(ppath())?;
-        while let Some(r) = rows.next().db(ppath())? {
+        self.each(plan::Q_LINKS, |this, r, info| {
             let parent: i64 = r.get(1).db(ppath())?;
             let name: Vec<u8> = r.get(2).db(ppath())?;
             let size = r.get::<_, i64>(3).db(ppath())? as u64;
@@ -188,40 +195,35 @@ impl Entries<'_> {
                 (Some(d), Some(i)) => (d as u64, i as u64),
                 _ => {
                     let first: Vec<u8> = r.get(9).db(ppath())?;
-                    self.failures.push(format!(
+                    this.failures.push(format!(
                         "{}: not restored: it is a hard link of {}, which was not restored",
                         shown(&src),
                         shown(&first)
                     ));
-                    continue;
+                    return Ok(());
                 }
             };
-            let as_root = self.target.as_root;
-            let first_dir = self.dir(first_parent, &mut info)?;
-            let dir = self.dir(parent, &mut info)?;
+            let as_root = this.target.as_root;
+            let first_dir = this.dir(first_parent, info)?;
+            let dir = this.dir(parent, info)?;
             let made = first_dir.and_then(|fp| {
                 dir.and_then(|p| target::hard_link(&fp, &first_name, first_id, &p, &name, as_root))
             });
             match made {
                 Ok(()) => {
-                    self.summary.files += 1;
-                    self.summary.bytes += size;
+                    this.summary.files += 1;
+                    this.summary.bytes += size;
                 }
-                Err(err) => self.failures.push(format!("{}: {err}", shown(&src))),
+                Err(err) => this.failures.push(format!("{}: {err}", shown(&src))),
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Symlinks and special files. (Single-threaded: special files are
     /// made with the process umask at 0 for the call.)
     pub fn others(&mut self) -> Result<()> {
-        let conn = self.conn;
-        let mut st = conn.prepare(plan::Q_OTHER).db(ppath())?;
-        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
-        let mut info = |n: i64| node_info(&mut node_q, n);
-        let mut rows = st.query([]).db(ppath())?;
-        while let Some(r) = rows.next().db(ppath())? {
+        self.each(plan::Q_OTHER, |this, r, info| {
             let node: i64 = r.get(0).db(ppath())?;
             let parent: i64 = r.get(1).db(ppath())?;
             let name: Vec<u8> = r.get(2).db(ppath())?;
@@ -230,19 +232,19 @@ impl Entries<'_> {
             let to: Option<Vec<u8>> = r.get(9).db(ppath())?;
             let rdev = r.get::<_, i64>(10).db(ppath())? as u64;
             let made = match a.kind {
-                Kind::Symlink => self.dir(parent, &mut info)?.and_then(|p| {
+                Kind::Symlink => this.dir(parent, info)?.and_then(|p| {
                     let id = target::symlink(&p, &name, to.as_deref().unwrap_or_default())?;
                     Ok(Some(id))
                 }),
                 Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
-                    if a.kind != Kind::Fifo && !self.target.as_root {
-                        (self.warn)(&format!(
+                    if a.kind != Kind::Fifo && !this.target.as_root {
+                        (this.warn)(&format!(
                             "{}: device node not restored (needs root)",
                             shown(&src)
                         ));
-                        continue;
+                        return Ok(());
                     }
-                    self.dir(parent, &mut info)?
+                    this.dir(parent, info)?
                         .and_then(|p| target::special(&p, &name, &a, rdev).map(Some))
                 }
                 // Sockets belong to the process that listens on them.
@@ -250,18 +252,18 @@ impl Entries<'_> {
             };
             match made {
                 Ok(Some(id)) => {
-                    self.made(node, id)?;
+                    this.made(node, id)?;
                     if a.kind == Kind::Symlink {
-                        self.summary.symlinks += 1;
+                        this.summary.symlinks += 1;
                     } else {
-                        self.summary.other += 1;
+                        this.summary.other += 1;
                     }
                 }
                 Ok(None) => {}
-                Err(err) => self.failures.push(format!("{}: {err}", shown(&src))),
+                Err(err) => this.failures.push(format!("{}: {err}", shown(&src))),
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Owners, modes and times of everything but directories: batches go
@@ -324,23 +326,18 @@ impl Entries<'_> {
     /// itself last, from the snapshot's `/`), each through its own
     /// descriptor, reopened and checked if not at hand.
     pub fn dir_attrs(&mut self) -> Result<()> {
-        let conn = self.conn;
-        let mut st = conn.prepare(plan::Q_DIRS_DOWN).db(ppath())?;
-        let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
-        let mut info = |n: i64| node_info(&mut node_q, n);
-        let mut rows = st.query([]).db(ppath())?;
-        while let Some(r) = rows.next().db(ppath())? {
+        self.each(plan::Q_DIRS_DOWN, |this, r, info| {
             let node: i64 = r.get(0).db(ppath())?;
             let src: Vec<u8> = r.get(1).db(ppath())?;
             let a = attrs_from_row(r, 2).db(ppath())?;
-            let set = self
+            let set = this
                 .target
-                .dir(node, &mut info)?
-                .and_then(|fd| self.target.dir_attrs(&fd, &a));
+                .dir(node, info)?
+                .and_then(|fd| this.target.dir_attrs(&fd, &a));
             if let Err(err) = set {
-                self.failures.push(format!("{}: {err}", shown(&src)));
+                this.failures.push(format!("{}: {err}", shown(&src)));
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

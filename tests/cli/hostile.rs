@@ -117,6 +117,13 @@ impl Scratch {
     }
 }
 
+/// Every one of `names` is in the restore's warnings.
+fn assert_named(err: &str, names: &[&str]) {
+    for named in names {
+        assert!(err.contains(named), "{named}: {err}");
+    }
+}
+
 fn root_or_skip(what: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
@@ -206,14 +213,15 @@ fn a_parent_that_changes_kind_after_its_child_was_made() {
     }
     let (code, err, t) = sc.restore(&env, "kind changes", &entries);
     assert_eq!(code, 2, "{err}");
-    for named in [
-        "/a: duplicate path",
-        "/d: duplicate path",
-        "/e/f: /e is not a directory",
-        "/: duplicate",
-    ] {
-        assert!(err.contains(named), "{named}: {err}");
-    }
+    assert_named(
+        &err,
+        &[
+            "/a: duplicate path",
+            "/d: duplicate path",
+            "/e/f: /e is not a directory",
+            "/: duplicate",
+        ],
+    );
     assert!(fs::symlink_metadata(t.join("a")).unwrap().is_dir());
     assert!(
         fs::symlink_metadata(t.join("a/shadow"))
@@ -287,14 +295,15 @@ fn duplicates_symlink_chains_and_links_outside() {
     }
     let (code, err, t) = sc.restore(&env, "duplicates and chains", &entries);
     assert_eq!(code, 2, "{err}");
-    for named in [
-        "/x: duplicate",
-        "/y: duplicate",
-        "/l1/f: /l1 is not a directory",
-        "/l3/pipe: /l3 is not",
-    ] {
-        assert!(err.contains(named), "{named}: {err}");
-    }
+    assert_named(
+        &err,
+        &[
+            "/x: duplicate",
+            "/y: duplicate",
+            "/l1/f: /l1 is not a directory",
+            "/l3/pipe: /l3 is not",
+        ],
+    );
     assert_eq!(fs::read(t.join("x")).unwrap().len() as u64, b.chunks[0].1);
     assert_eq!(
         fs::read_link(t.join("l4")).unwrap(),
@@ -375,19 +384,20 @@ fn entries_failing_at_every_step() {
     }
     let (code, err, t) = sc.restore(&env, "failures", &entries);
     assert_eq!(code, 2, "{err}");
-    for named in [
-        "/bad1: ",
-        "/bad3: ",
-        "fails its SHA-256 check",
-        "/bad1-link: not restored: it is a hard link of /bad1",
-        "/huge: size",
-        "/malformed: malformed",
-        "File name too long",
-        "a parent directory was not restored",
-        "/bad1: duplicate path",
-    ] {
-        assert!(err.contains(named), "{named}: {err}");
-    }
+    assert_named(
+        &err,
+        &[
+            "/bad1: ",
+            "/bad3: ",
+            "fails its SHA-256 check",
+            "/bad1-link: not restored: it is a hard link of /bad1",
+            "/huge: size",
+            "/malformed: malformed",
+            "File name too long",
+            "a parent directory was not restored",
+            "/bad1: duplicate path",
+        ],
+    );
     // Nothing failed is left looking good.
     assert!(
         !t.join("bad1").exists() && !t.join("bad3").exists(),
@@ -748,13 +758,14 @@ fn a_directory_swapped_for_a_symlink_mid_restore() {
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    for named in [
-        "/home/u/sub/one: ",
-        "/home/u/sub/deeper/f: ",
-        "/home/u/sub/l: ",
-    ] {
-        assert!(err.contains(named), "{named}: {err}");
-    }
+    assert_named(
+        &err,
+        &[
+            "/home/u/sub/one: ",
+            "/home/u/sub/deeper/f: ",
+            "/home/u/sub/l: ",
+        ],
+    );
     let mut now = census(&sc.root, &sc.root.join("targets"));
     now.retain(|l| !l.starts_with("moved"));
     assert_eq!(now, sc.before, "{err}");
