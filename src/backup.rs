@@ -1166,7 +1166,7 @@ fn first_error(results: Vec<Result<()>>) -> Result<()> {
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
     h.join()
-        .unwrap_or_else(|_| Err(Error::Setup("a worker thread panicked".into())))
+        .unwrap_or_else(|_| Err(Error::Panicked("a backup thread")))
 }
 
 thread_local! {

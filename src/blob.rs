@@ -83,14 +83,12 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     let euid = rustix::process::geteuid().as_raw();
     let mode = st.st_mode & 0o7777;
     if st.st_uid != euid || mode & 0o077 != 0 {
-        let shown = crate::error::shown(dir);
-        return Err(Error::Setup(format!(
-            "{shown} is mode {mode:04o}, owned by uid {owner}: vaultik keeps its index and \
-             temporary files there and needs it private (owned by uid {euid}, no access for \
-             group or others); fix it with `chown {euid} {shown}; chmod 700 {shown}` or set \
-             index_path",
-            owner = st.st_uid
-        )));
+        return Err(Error::NotPrivate {
+            path: dir.to_path_buf(),
+            mode,
+            owner: st.st_uid,
+            euid,
+        });
     }
     Ok(())
 }
@@ -186,7 +184,7 @@ impl SealWriter {
             len: 0,
         };
         let enc = age::Encryptor::with_recipients(keys::as_recipients(recipients))
-            .map_err(|e| Error::Setup(format!("cannot encrypt: {e}")))?;
+            .map_err(|e| Error::Key(format!("cannot encrypt to the recipients: {e}")))?;
         let writer = enc.wrap_output(inner).at("write", temp.path())?;
         Ok(SealWriter {
             temp,

@@ -1,5 +1,12 @@
-//! The one error type of vaultik: every failure carries the path, key or
-//! operation it happened on, and keeps its cause for the `caused by:` lines.
+//! The one error type of vaultik. Each variant is a condition a caller can
+//! branch on; every failure carries the path, key or operation it happened
+//! on and keeps its cause (`source()`), and where the user can act the
+//! message says how.
+//!
+//! An error's `Display` is the whole chain on one line (`cannot open
+//! /x: Permission denied`): whatever prints an error (main, a warning, a
+//! report) says everything, on one line, with control characters escaped.
+//! `source()` gives the same causes as values, for code.
 
 use std::fmt;
 use std::io;
@@ -17,7 +24,8 @@ pub enum Error {
         line: usize,
         msg: String,
     },
-    /// Configuration that is missing or inconsistent as a whole.
+    /// Settings that are missing or inconsistent as a whole (the message
+    /// names what to set).
     Setup(String),
     /// A local file system operation failed.
     Io {
@@ -29,7 +37,9 @@ pub enum Error {
     Store {
         op: &'static str,
         key: String,
-        msg: String,
+        cause: StoreCause,
+        /// Tries made, when the failure was worth trying again.
+        attempts: Option<u32>,
     },
     /// An object is not in the store.
     NotFound { key: String },
@@ -45,6 +55,17 @@ pub enum Error {
     Key(String),
     /// A snapshot id that is not in the store.
     UnknownSnapshot(String),
+    /// Another run holds the run lock of this index.
+    Locked { lock: PathBuf, pid: String },
+    /// A directory of local state that others could read or change.
+    NotPrivate {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        euid: u32,
+    },
+    /// A worker thread panicked (a bug: the run stops).
+    Panicked(&'static str),
     /// Stopped because another part of the same run failed, or on request.
     Cancelled,
     /// The last snapshot kept locally names chunks the store no longer has.
@@ -53,20 +74,97 @@ pub enum Error {
     BlobsVanished { id: String, missing: usize },
     /// A check found problems (verify).
     Problems { count: usize, what: String },
-    /// The run finished but some files were skipped or failed (exit code 1 or 2).
-    Partial { failed: usize, what: &'static str },
+    /// The run finished, but some files were left out.
+    Partial { failed: usize, kind: Partial },
     /// A listing finished without some damaged objects, which were named
     /// in warnings (exit code 1).
     Damaged { count: usize, what: &'static str },
+    /// Nothing is deleted while a manifest cannot be read.
+    Undeletable {
+        what: &'static str,
+        damaged: usize,
+        key: String,
+        why: String,
+    },
+}
+
+/// What a partial run left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// Backup: unreadable files skipped, as asked (exit code 1).
+    Skipped,
+    /// Restore: files that could not be restored, named and removed.
+    NotRestored,
+}
+
+/// Why a store request failed.
+#[derive(Debug)]
+pub enum StoreCause {
+    /// The server answered with this HTTP status (and S3's error code and
+    /// message, when it gave them).
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The TLS handshake failed: an untrusted certificate does not become
+    /// trusted by asking again.
+    Tls(String),
+    /// The server redirected; vaultik never follows one.
+    Redirect(String),
+    /// No answer, or one cut short or stalled.
+    Transport(String),
+    /// An answer vaultik refuses: too long, a listing that loops or lies,
+    /// a key outside the layout.
+    Refused(String),
+}
+
+impl fmt::Display for StoreCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreCause::Http {
+                status,
+                code,
+                message,
+            } => match (code.as_str(), message.as_str()) {
+                ("", _) => write!(f, "HTTP {status}"),
+                (c, "") => write!(f, "HTTP {status} {c}"),
+                (c, m) => write!(f, "HTTP {status} {c}: {m}"),
+            },
+            StoreCause::Tls(m)
+            | StoreCause::Redirect(m)
+            | StoreCause::Transport(m)
+            | StoreCause::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl StoreCause {
+    /// What the user can do about it, when there is something.
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            StoreCause::Http { status: 403, .. } => {
+                Some("check the access key, the secret and the bucket's policy")
+            }
+            StoreCause::Http { code, .. } if code == "NoSuchBucket" => {
+                Some("check the bucket name and the endpoint")
+            }
+            StoreCause::Tls(_) => {
+                Some("check the endpoint, or give the server's CA with ca_file or VAULTIK_CA_FILE")
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Partial {
-                what: "skipped", ..
-            } => 1,
-            Error::Damaged { .. } => 1,
+                kind: Partial::Skipped,
+                ..
+            }
+            | Error::Damaged { .. } => 1,
             _ => 2,
         }
     }
@@ -78,11 +176,14 @@ impl Error {
         }
     }
 
+    /// A store request refused by vaultik itself (a key outside the
+    /// layout, an answer it will not take).
     pub fn store(op: &'static str, key: &str, msg: impl fmt::Display) -> Error {
         Error::Store {
             op,
             key: key.to_string(),
-            msg: msg.to_string(),
+            cause: StoreCause::Refused(msg.to_string()),
+            attempts: None,
         }
     }
 }
@@ -108,7 +209,21 @@ impl Error {
             Error::Io { op, path, source } => {
                 write!(f, "cannot {op} {}: {source}", shown(path))
             }
-            Error::Store { op, key, msg } => write!(f, "store {op} {key}: {msg}"),
+            Error::Store {
+                op,
+                key,
+                cause,
+                attempts,
+            } => {
+                write!(f, "store {op} {key}: {cause}")?;
+                if let Some(n) = attempts {
+                    write!(f, " (after {n} attempts)")?;
+                }
+                if let Some(hint) = cause.hint() {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
             Error::NotFound { key } => write!(f, "object {key} is not in the store"),
             Error::Database { path, source } => {
                 write!(f, "database {}: {source}", path.display())
@@ -122,6 +237,27 @@ impl Error {
                 f,
                 "snapshot {id} is not in the store (see `vaultik snapshot list`)"
             ),
+            Error::Locked { lock, pid } => write!(
+                f,
+                "another vaultik run (pid {pid}) holds {}; try again when it has finished",
+                lock.display()
+            ),
+            Error::NotPrivate {
+                path,
+                mode,
+                owner,
+                euid,
+            } => {
+                let shown = shown(path);
+                write!(
+                    f,
+                    "{shown} is mode {mode:04o}, owned by uid {owner}: vaultik keeps its index and \
+                     temporary files there and needs it private (owned by uid {euid}, no access \
+                     for group or others); fix it with `chown {euid} {shown}; chmod 700 {shown}` \
+                     or set index_path"
+                )
+            }
+            Error::Panicked(what) => write!(f, "{what} panicked (a bug: please report it)"),
             Error::Cancelled => f.write_str("cancelled"),
             Error::StaleBase => f.write_str("the last snapshot kept locally is out of date"),
             Error::BlobsVanished { id, missing } => write!(
@@ -129,18 +265,38 @@ impl Error {
                 "{missing} blob(s) that snapshot {id} needs were deleted from the store while it was made; run it again"
             ),
             Error::Problems { count, what } => write!(f, "{what}: {count} problem(s) found"),
-            Error::Partial { failed, what } => write!(f, "{failed} file(s) {what}"),
+            Error::Partial { failed, kind } => match kind {
+                Partial::Skipped => write!(f, "{failed} file(s) skipped"),
+                Partial::NotRestored => write!(f, "{failed} file(s) could not be restored"),
+            },
             Error::Damaged { count, what } => write!(
                 f,
                 "{what}: {count} damaged object(s) left out (named above; run `vaultik store info`)"
+            ),
+            Error::Undeletable {
+                what,
+                damaged,
+                key,
+                why,
+            } => write!(
+                f,
+                "{what} deletes nothing while a manifest cannot be read ({damaged} damaged): \
+                 {key}: {why}; remove that snapshot with `vaultik snapshot remove ID` \
+                 (its blobs are collected later) or repair the object"
             ),
         }
     }
 }
 
-// The io and sqlite causes are printed as part of the message, so the default
-// `source()` of None keeps `caused by:` lines from repeating them.
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Database { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// A path for a one-line message: control characters (a newline in a file
 /// name) are escaped.
@@ -191,5 +347,53 @@ impl<T> DbContext<T> for rusqlite::Result<T> {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_cause_and_say_it_on_one_line() {
+        let e = Error::Io {
+            op: "open",
+            path: PathBuf::from("/x\ny"),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let s = e.to_string();
+        assert_eq!(s, "cannot open /x\\ny: permission denied");
+        let cause = std::error::Error::source(&e).expect("an io error keeps its cause");
+        assert_eq!(cause.to_string(), "permission denied");
+        let e = Error::Store {
+            op: "GET",
+            key: "k".into(),
+            cause: StoreCause::Http {
+                status: 403,
+                code: "AccessDenied".into(),
+                message: "no".into(),
+            },
+            attempts: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "store GET k: HTTP 403 AccessDenied: no; check the access key, the secret and the bucket's policy"
+        );
+        assert_eq!(
+            Error::Partial {
+                failed: 2,
+                kind: Partial::Skipped
+            }
+            .exit_code(),
+            1
+        );
+        assert_eq!(
+            Error::Partial {
+                failed: 2,
+                kind: Partial::NotRestored
+            }
+            .exit_code(),
+            2
+        );
     }
 }

@@ -78,15 +78,15 @@ impl View {
 
     /// Refuse to delete anything while a manifest cannot be read: the
     /// blobs it names are unknown, and would look unreferenced.
-    pub fn check_deletable(&self, what: &str) -> Result<()> {
+    pub fn check_deletable(&self, what: &'static str) -> Result<()> {
         match self.damaged.first() {
             None => Ok(()),
-            Some((key, why)) => Err(Error::Setup(format!(
-                "{what} deletes nothing while a manifest cannot be read ({} damaged): \
-                 {key}: {why}; remove that snapshot with `vaultik snapshot remove ID` \
-                 (its blobs are collected later) or repair the object",
-                self.damaged.len()
-            ))),
+            Some((key, why)) => Err(Error::Undeletable {
+                what,
+                damaged: self.damaged.len(),
+                key: key.clone(),
+                why: why.clone(),
+            }),
         }
     }
 

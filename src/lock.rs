@@ -33,11 +33,10 @@ impl RunLock {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
-                return Err(Error::Setup(format!(
-                    "another vaultik run (pid {}) holds {}; try again when it has finished",
-                    pid.trim(),
-                    path.display()
-                )));
+                return Err(Error::Locked {
+                    lock: path,
+                    pid: pid.trim().to_string(),
+                });
             }
             return Err(err).at("lock", &path);
         }

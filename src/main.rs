@@ -9,13 +9,9 @@ fn main() -> ExitCode {
     let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| cmd::run(&g, c));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The message is the whole chain of causes, on one line.
         Err(e) => {
             eprintln!("vaultik: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
             ExitCode::from(e.exit_code())
         }
     }

@@ -217,7 +217,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
     if skipped > 0 {
         return Err(Error::Partial {
             failed: skipped as usize,
-            what: "skipped",
+            kind: crate::error::Partial::Skipped,
         });
     }
     Ok(())

@@ -139,7 +139,7 @@ struct Job {
 fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Outcome {
     let (_lock, index, dropped) = match session.prepare() {
         Ok(x) => x,
-        Err(Error::Setup(msg)) if msg.contains("another vaultik run") => return Outcome::Busy,
+        Err(Error::Locked { .. }) => return Outcome::Busy,
         Err(e) => {
             log(&format!("error: run not started: {e}"));
             return Outcome::Failed(job.names.iter().map(|(i, _)| *i).collect());

@@ -105,7 +105,7 @@ impl Restore<'_> {
             }
             return Err(Error::Partial {
                 failed: run.failures.len(),
-                what: "could not be restored",
+                kind: crate::error::Partial::NotRestored,
             });
         }
         Ok(s)

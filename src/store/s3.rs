@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Listing, Op, Stats, Store, check_key, too_large};
 use crate::config::S3Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreCause};
 
 /// Presigned URLs are used at once; an hour covers the slowest upload.
 const SIGN_FOR: Duration = Duration::from_secs(3600);
@@ -123,23 +123,34 @@ pub struct S3Store {
 struct Failure {
     retry: bool,
     not_found: bool,
-    msg: String,
+    cause: StoreCause,
 }
 
 impl Failure {
+    /// An answer refused, not worth asking again.
     fn permanent(msg: String) -> Failure {
         Failure {
             retry: false,
             not_found: false,
-            msg,
+            cause: StoreCause::Refused(msg),
         }
     }
 
+    /// A redirect, never followed (nor asked again).
+    fn redirect(msg: String) -> Failure {
+        Failure {
+            retry: false,
+            not_found: false,
+            cause: StoreCause::Redirect(msg),
+        }
+    }
+
+    /// No answer, or a bad one: asked again.
     fn transient(msg: String) -> Failure {
         Failure {
             retry: true,
             not_found: false,
-            msg,
+            cause: StoreCause::Transport(msg),
         }
     }
 }
@@ -220,12 +231,12 @@ impl S3Store {
                 Ok(v) => return Ok(v),
                 Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
                 Err(f) if !f.retry || n == attempts => {
-                    let tries = if f.retry {
-                        format!(" (after {n} attempts)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(Error::store(op, key, format!("{}{tries}", f.msg)));
+                    return Err(Error::Store {
+                        op,
+                        key: key.to_string(),
+                        cause: f.cause,
+                        attempts: f.retry.then_some(n),
+                    });
                 }
                 Err(_) => {
                     std::thread::sleep(jitter(delay));
@@ -261,14 +272,25 @@ impl S3Store {
         if let ureq::Error::Timeout(t) = e {
             return Failure::transient(self.bounds.explain(t));
         }
-        // A certificate the roots do not trust will not be trusted next time.
+        // A certificate the roots do not trust will not be trusted next
+        // time. (rustls reports a failed handshake as an I/O error that
+        // carries its own error.)
+        let tls = match &e {
+            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()),
+            _ => false,
+        };
         let msg = e.to_string();
-        let tls = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
-            || msg.contains("certificate");
         Failure {
             retry: !tls,
             not_found: false,
-            msg,
+            cause: if tls {
+                StoreCause::Tls(msg)
+            } else {
+                StoreCause::Transport(msg)
+            },
         }
     }
 
@@ -286,15 +308,14 @@ impl S3Store {
         let body = String::from_utf8_lossy(&body);
         let code = between(&body, "<Code>", "</Code>").map_or(String::new(), shown);
         let message = between(&body, "<Message>", "</Message>").map_or(String::new(), shown);
-        let msg = match (code.as_str(), message.as_str()) {
-            ("", _) => format!("HTTP {status}"),
-            (c, "") => format!("HTTP {status} {c}"),
-            (c, m) => format!("HTTP {status} {c}: {m}"),
-        };
         Failure {
             retry: status == 429 || status >= 500,
             not_found: status == 404,
-            msg,
+            cause: StoreCause::Http {
+                status,
+                code,
+                message,
+            },
         }
     }
 
@@ -320,7 +341,7 @@ impl S3Store {
             Some(r) => format!("S3 says the bucket is in {}", shown(&r)),
             None => "the bucket may be in another region".into(),
         };
-        Failure::permanent(format!(
+        Failure::redirect(format!(
             "the endpoint {} answered with a redirect (HTTP {status}{to}); vaultik never \
              follows one: check `endpoint` and `region` (region is {}; {hint})",
             self.endpoint,
@@ -642,17 +663,19 @@ impl Store for S3Store {
                 let body = self.read_body(resp, None, LIST_PAGE_MAX)?;
                 self.stats.count(Op::List, 0, body.len() as u64);
                 let text = String::from_utf8_lossy(&body);
+                // Said before parsing, which would only report a missing field.
+                let token = between(&text, "<NextContinuationToken>", "</NextContinuationToken>");
+                if text.contains("<IsTruncated>true</IsTruncated>")
+                    && token.is_none_or(|t| t.trim().is_empty())
+                {
+                    return Err(Failure::permanent(format!(
+                        "page {page_no} says the listing goes on (IsTruncated) but gives \
+                         no NextContinuationToken (a server without ListObjectsV2?); \
+                         refusing an incomplete listing"
+                    )));
+                }
                 ListObjectsV2::parse_response(&text).map_err(|e| {
-                    let e = e.to_string();
-                    Failure::permanent(if e.contains("next_continuation_token") {
-                        format!(
-                            "page {page_no} says the listing goes on (IsTruncated) but gives \
-                             no NextContinuationToken (a server without ListObjectsV2?); \
-                             refusing an incomplete listing"
-                        )
-                    } else {
-                        format!("unreadable listing: {}", shown(&e))
-                    })
+                    Failure::permanent(format!("unreadable listing: {}", shown(&e.to_string())))
                 })
             })?;
             for obj in page.contents {
