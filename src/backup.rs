@@ -547,7 +547,6 @@ impl Backup<'_> {
                 missing,
             });
         }
-        self.index().record_snapshot(id, &snap.name)?;
         Ok(s)
     }
 

@@ -616,6 +616,9 @@ mod tests {
         fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
             self.inner.put_bytes(key, data)
         }
+        fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+            self.inner.put_new(key, data)
+        }
         fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
             self.inner.get(key, limit)
         }

@@ -13,15 +13,27 @@ use crate::blob::{Location, private_dir};
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Result};
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
+
+/// How `Index::open` found the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// It belongs to this store.
+    Kept,
+    /// It was made for this store before stores had identities: kept, and
+    /// keyed by the identity from now on.
+    Adopted,
+    /// Started empty: there was none, one of another schema, or one of
+    /// another store (whose identity, if it had one, is given).
+    Fresh(Option<String>),
+}
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    created INTEGER NOT NULL
+    size INTEGER NOT NULL
 );
 CREATE TABLE chunks(
     id BLOB PRIMARY KEY,
@@ -40,11 +52,6 @@ CREATE TABLE files(
     dev INTEGER NOT NULL,
     chunks BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE snapshots(
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    finished INTEGER NOT NULL
-);
 ";
 
 /// Where a run of a snapshot's chunks are, from `Index::locate`.
@@ -96,9 +103,11 @@ pub struct Index {
 }
 
 impl Index {
-    /// Open (creating if needed) the index at `path` for the store described
-    /// by `store_id`. Returns the index and whether it was (re)built empty.
-    pub fn open(path: &Path, store_id: &str) -> Result<(Index, bool)> {
+    /// Open (creating if needed) the index at `path` for the store whose
+    /// identity is `store_id`. An index made for `legacy` (how the store
+    /// was named before stores had identities) is adopted; one of another
+    /// store, or of another schema, is started afresh.
+    pub fn open(path: &Path, store_id: &str, legacy: &str) -> Result<(Index, Opened)> {
         if let Some(dir) = path.parent() {
             private_dir(dir)?;
         }
@@ -122,18 +131,30 @@ impl Index {
             path: path.to_path_buf(),
         };
         let version: Option<String> = idx.meta("schema_version")?;
+        if version.as_deref() == Some("1") {
+            idx.upgrade_from_1()?;
+        }
+        let version: Option<String> = idx.meta("schema_version")?;
         let store: Option<String> = idx.meta("store")?;
-        let fresh =
-            version.as_deref() != Some(SCHEMA_VERSION) || store.as_deref() != Some(store_id);
-        if fresh {
+        let opened = match store.as_deref() {
+            _ if version.as_deref() != Some(SCHEMA_VERSION) => Opened::Fresh(None),
+            Some(s) if s == store_id => Opened::Kept,
+            Some(s) if s == legacy => {
+                idx.set_meta("store", store_id)?;
+                Opened::Adopted
+            }
+            other => Opened::Fresh(other.map(str::to_string)),
+        };
+        if let Opened::Fresh(_) = opened {
             idx.reset(store_id)?;
         }
-        Ok((idx, fresh))
+        Ok((idx, opened))
     }
 
-    /// The index at `path` when it exists and belongs to `store_id`; never
-    /// creates or resets one (for maintenance commands).
-    pub fn open_existing(path: &Path, store_id: &str) -> Result<Option<Index>> {
+    /// The index at `path` when it exists and belongs to `store_id` (or,
+    /// not adopted yet, to `legacy`); never creates, resets or changes one
+    /// (for maintenance commands).
+    pub fn open_existing(path: &Path, store_id: &str, legacy: &str) -> Result<Option<Index>> {
         if !path.is_file() {
             return Ok(None);
         }
@@ -144,9 +165,36 @@ impl Index {
             conn,
             path: path.to_path_buf(),
         };
-        let ok = idx.meta("schema_version")?.as_deref() == Some(SCHEMA_VERSION)
-            && idx.meta("store")?.as_deref() == Some(store_id);
+        let version = idx.meta("schema_version")?;
+        let store = idx.meta("store")?;
+        let ok = matches!(version.as_deref(), Some("1") | Some(SCHEMA_VERSION))
+            && store
+                .as_deref()
+                .is_some_and(|s| s == store_id || s == legacy);
         Ok(ok.then_some(idx))
+    }
+
+    /// Schema 1 had a `snapshots` table and `blobs.created`, written and
+    /// never read: dropped, the rest kept.
+    fn upgrade_from_1(&mut self) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS snapshots;
+             ALTER TABLE blobs DROP COLUMN created;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .db(&self.path)?;
+        Ok(())
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
@@ -275,8 +323,8 @@ impl Index {
         let tx = self.conn.transaction().db(&self.path)?;
         {
             tx.execute(
-                "INSERT OR IGNORE INTO blobs(key, size, created) VALUES (?1, ?2, ?3)",
-                params![key, size as i64, crate::time::now() as i64],
+                "INSERT OR IGNORE INTO blobs(key, size) VALUES (?1, ?2)",
+                params![key, size as i64],
             )
             .db(&self.path)?;
             let blob_id: i64 = tx
@@ -420,16 +468,6 @@ impl Index {
         }
         tx.commit().db(&path)
     }
-
-    pub fn record_snapshot(&self, id: &str, name: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO snapshots(id, name, finished) VALUES (?1, ?2, ?3)",
-                params![id, name, crate::time::now() as i64],
-            )
-            .db(&self.path)?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -448,28 +486,74 @@ mod tests {
             size: 1,
         };
         {
-            let (mut idx, fresh) = Index::open(&path, "store a").unwrap();
-            assert!(fresh);
+            let (mut idx, opened) = Index::open(&path, "store a", "at a").unwrap();
+            assert_eq!(opened, Opened::Fresh(None));
             idx.add_blob("blobs/aa/bb/k", 10, &[(id, loc)]).unwrap();
             assert!(idx.has_chunk(&id).unwrap());
         }
-        let (idx, fresh) = Index::open(&path, "store a").unwrap();
-        assert!(!fresh);
+        let (idx, opened) = Index::open(&path, "store a", "elsewhere").unwrap();
+        assert_eq!(opened, Opened::Kept);
         assert!(idx.has_chunk(&id).unwrap());
         drop(idx);
-        let (idx, fresh) = Index::open(&path, "store b").unwrap();
-        assert!(fresh);
+        let (idx, opened) = Index::open(&path, "store b", "at a").unwrap();
+        assert_eq!(opened, Opened::Fresh(Some("store a".into())));
         assert!(!idx.has_chunk(&id).unwrap());
         // A run holds the index exclusively until it closes it.
         drop(idx);
-        assert!(Index::open_existing(&path, "store a").unwrap().is_none());
-        assert!(Index::open_existing(&path, "store b").unwrap().is_some());
+        assert!(
+            Index::open_existing(&path, "store a", "x")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Index::open_existing(&path, "store b", "x")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// An index of schema 1, keyed by how its store was reached: upgraded
+    /// in place and adopted by the store's identity, its contents kept.
+    #[test]
+    fn an_old_index_is_upgraded_and_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/index.sqlite");
+        crate::blob::private_dir(path.parent().unwrap()).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
+                   size INTEGER NOT NULL, created INTEGER NOT NULL);
+                 CREATE TABLE chunks(id BLOB PRIMARY KEY, blob INTEGER NOT NULL REFERENCES blobs(id),
+                   offset INTEGER NOT NULL, length INTEGER NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE INDEX chunks_blob ON chunks(blob);
+                 CREATE TABLE files(path BLOB PRIMARY KEY, size INTEGER NOT NULL,
+                   mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
+                   dev INTEGER NOT NULL, chunks BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE snapshots(id TEXT PRIMARY KEY, name TEXT NOT NULL, finished INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1'), ('store', 'directory /s');
+                 INSERT INTO blobs VALUES (1, 'blobs/aa/bb/k', 10, 5);
+                 INSERT INTO chunks VALUES (x'00', 1, 0, 1, 1);",
+            )
+            .unwrap();
+        }
+        let (idx, opened) = Index::open(&path, "0123", "directory /s").unwrap();
+        assert_eq!(opened, Opened::Adopted);
+        assert_eq!(
+            idx.meta("schema_version").unwrap().as_deref(),
+            Some(SCHEMA_VERSION)
+        );
+        assert_eq!(idx.blob(1).unwrap(), ("blobs/aa/bb/k".to_string(), 10));
+        drop(idx);
+        let (_, opened) = Index::open(&path, "0123", "directory /s").unwrap();
+        assert_eq!(opened, Opened::Kept);
     }
 
     #[test]
     fn forgetting_missing_blobs_drops_their_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut idx, _) = Index::open(&dir.path().join("state/i.sqlite"), "s").unwrap();
+        let (mut idx, _) = Index::open(&dir.path().join("state/i.sqlite"), "s", "s").unwrap();
         let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
         let loc = Location {
             offset: 0,

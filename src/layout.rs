@@ -7,6 +7,7 @@
 //! metadata/<id>/db.zst.age                              encrypted metadata database
 //! metadata/<id>/manifest.json.zst                       clear manifest
 //! gc/pending/<compact time>-<16 hex>.json               deletion mark
+//! store.json                                            the store's identity
 //! ```
 //!
 //! A snapshot id is `<host>_<name>_<compact UTC time>[.<1-9>]`: host and
@@ -21,6 +22,8 @@ use crate::time;
 pub const BLOBS: &str = "blobs/";
 pub const METADATA: &str = "metadata/";
 pub const MARKS: &str = "gc/pending/";
+/// The store's identity (`store/identity.rs`).
+pub const IDENTITY: &str = "store.json";
 
 const DB_FILE: &str = "db.zst.age";
 const MANIFEST_FILE: &str = "manifest.json.zst";
@@ -41,10 +44,15 @@ pub enum Key<'a> {
     Manifest(&'a str),
     /// A deletion mark.
     Mark,
+    /// The store's identity.
+    Identity,
 }
 
 /// What `key` is, or None when it is not a key vaultik writes.
 pub fn parse(key: &str) -> Option<Key<'_>> {
+    if key == IDENTITY {
+        return Some(Key::Identity);
+    }
     if let Some(rest) = key.strip_prefix(BLOBS) {
         return is_blob_tail(rest).then_some(Key::Blob);
     }

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::store::{ObjectInfo, Store};
 
-pub use crate::snapshot::FORMAT_VERSION;
+/// The manifest's format (unchanged since the first).
+pub const FORMAT_VERSION: u64 = 1;
 
 /// A manifest is at most this big, compressed and decompressed: 32 MiB is
 /// about 320,000 blobs (20 TB at the default blob size, 320 GB at the

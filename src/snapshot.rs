@@ -17,7 +17,14 @@ use crate::error::{DbContext, Error, IoContext, Result};
 use crate::layout;
 use crate::store::Store;
 
-pub const FORMAT_VERSION: u64 = 1;
+/// The metadata database's format, in its `info` table. Bumped whenever
+/// its schema changes; every older one is still read:
+/// - 1: the first; hard links (the `link` column) were added to it
+///   without a bump, so a format 1 database may or may not have them;
+/// - 2: `link` always there.
+pub const FORMAT_VERSION: u64 = 2;
+/// The oldest format still read.
+const OLDEST_FORMAT: u64 = 1;
 
 /// Entry kinds as stored in the metadata database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,12 +512,22 @@ fn digest_of(conn: &Connection, path: &Path) -> Result<String> {
     Ok(crate::chunk::hex(&h.finalize()))
 }
 
-/// The `link` column of `schema`'s entries, as an SQL expression: `NULL`
-/// in snapshots made before hard links were recorded, which have none.
+/// The `link` column of `schema`'s entries, as an SQL expression: always
+/// there from format 2; in format 1 only in databases made after hard
+/// links were recorded (`NULL` for the others, which have none).
 pub fn link_column(conn: &Connection, schema: &str) -> &'static str {
-    if conn
-        .prepare(&format!("SELECT link FROM {schema}.entries LIMIT 0"))
-        .is_ok()
+    let format: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {schema}.info WHERE key = 'format'"),
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    let v1 = format.as_deref().is_none_or(|f| f == "1");
+    if !v1
+        || conn
+            .prepare(&format!("SELECT link FROM {schema}.entries LIMIT 0"))
+            .is_ok()
     {
         "link"
     } else {
@@ -611,7 +628,10 @@ pub fn open_metadata_at(
             r.get(0)
         })
         .map_err(|e| Error::corrupt(&key, format!("not a vaultik metadata database: {e}")))?;
-    if v != FORMAT_VERSION.to_string() {
+    if !v
+        .parse::<u64>()
+        .is_ok_and(|v| (OLDEST_FORMAT..=FORMAT_VERSION).contains(&v))
+    {
         return Err(Error::corrupt(
             &key,
             format!("unsupported metadata format {v}"),

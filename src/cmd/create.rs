@@ -14,7 +14,7 @@ use crate::cli::Global;
 use crate::config::{Config, SnapshotConfig};
 use crate::error::{Error, Result};
 use crate::gc::Retention;
-use crate::index::Index;
+use crate::index::{Index, Opened};
 use crate::lock::RunLock;
 use crate::store::Store;
 use crate::{blob, human_bytes, keys, store};
@@ -59,10 +59,19 @@ impl Session {
     /// number of blobs the index forgot because the store lost them.
     pub fn prepare(&self) -> Result<(RunLock, Index, usize)> {
         let lock = RunLock::acquire(&self.index_path)?;
-        let (mut index, fresh) = Index::open(&self.index_path, &self.store.describe())?;
+        let identity = store::identity::ensure(self.store.as_ref())?;
+        let (mut index, opened) =
+            Index::open(&self.index_path, &identity.id, &self.store.describe())?;
+        if let Opened::Fresh(Some(other)) = &opened {
+            warn(&format!(
+                "the index {} was made for another store ({other}): started afresh, \
+                 everything is read and uploaded again",
+                self.index_path.display()
+            ));
+        }
         blob::private_dir(&self.tmp_dir)?;
         clean_dir(&self.tmp_dir);
-        if fresh {
+        if matches!(opened, Opened::Fresh(_)) {
             // Kept metadata belongs to the index it was made with.
             clean_dir(&self.last_dir);
         }

@@ -207,10 +207,17 @@ fn warn(msg: &str) {
 }
 
 /// The store for a command that only reads or maintains it (the config is
-/// optional when the store is given by flag or environment).
+/// optional when the store is given by flag or environment). Its identity
+/// is read: a store of a newer format is refused; a damaged identity only
+/// warned about (it keys local indexes, nothing these commands need).
 fn open_existing_store(g: &Global) -> Result<(Option<Config>, Box<dyn Store>)> {
     let cfg = load_config(g, false)?;
     let store = store::open(&store_config(g, cfg.as_ref())?, false)?;
+    match store::identity::read(store.as_ref()) {
+        Ok(_) => {}
+        Err(e @ Error::Corrupt { .. }) => warn(&e.to_string()),
+        Err(e) => return Err(e),
+    }
     Ok((cfg, store))
 }
 

@@ -14,7 +14,7 @@ use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
 use crate::manifest::{self, Manifest};
-use crate::store::{ObjectInfo, Store};
+use crate::store::{self, ObjectInfo, Store};
 use crate::time::now as unix_now;
 
 /// What a purge or prune chose and did.
@@ -247,7 +247,12 @@ fn local_index(
             );
         }
     };
-    match Index::open_existing(&path, &store.describe()) {
+    // A store without an identity yet is known by its description.
+    let id = match store::identity::read(store) {
+        Ok(Some(i)) => i.id,
+        _ => store.describe(),
+    };
+    match Index::open_existing(&path, &id, &store.describe()) {
         Ok(Some(i)) => (Some((i, lock)), None),
         _ => (None, None),
     }

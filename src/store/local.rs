@@ -97,10 +97,11 @@ impl LocalStore {
     /// without following symlinks (created when `create`), and the key's
     /// last component.
     fn parent<'k>(&self, key: &'k str, create: bool) -> io::Result<(OwnedFd, &'k str)> {
-        let (dir, name) = key
-            .rsplit_once('/')
-            .expect("keys of the layout have a directory");
         let mut cur = open_dir(self.root.as_fd(), ".")?;
+        let Some((dir, name)) = key.rsplit_once('/') else {
+            // At the root (the store's identity).
+            return Ok((cur, key));
+        };
         let mut walked = String::new();
         for part in dir.split('/') {
             walked.push_str(part);
@@ -151,12 +152,15 @@ impl LocalStore {
     }
 
     /// Write an object under a temporary name (created exclusively, never
-    /// through a symlink) with `fill`, then rename it into place.
+    /// through a symlink) with `fill`, then rename it into place; or, with
+    /// `new_only`, link it into place, which fails if the name is taken
+    /// (then the length is None).
     fn write_atomically(
         &self,
         key: &str,
+        new_only: bool,
         fill: impl FnOnce(&Path, &mut File) -> io::Result<u64>,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let dest = self.path(key);
         let (dir, name) = self.parent(key, true).at("write object", &dest)?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -171,8 +175,23 @@ impl LocalStore {
             let mut f = File::from(fd);
             let len = fill(&dest, &mut f)?;
             f.sync_all()?;
-            rustix::fs::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)?;
-            Ok(len)
+            if !new_only {
+                rustix::fs::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)?;
+                return Ok(Some(len));
+            }
+            let linked = rustix::fs::linkat(
+                dir.as_fd(),
+                tmp.as_str(),
+                dir.as_fd(),
+                name,
+                AtFlags::empty(),
+            );
+            let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_str(), AtFlags::empty());
+            match linked {
+                Ok(()) => Ok(Some(len)),
+                Err(Errno::EXIST) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         })();
         if result.is_err() {
             let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_str(), AtFlags::empty());
@@ -223,16 +242,27 @@ impl Store for LocalStore {
             }
         }
         let mut src = File::open(path).at("open", path)?;
-        let len = self.write_atomically(key, |_, f| io::copy(&mut src, f))?;
-        self.stats.count(Op::Put, len, 0);
+        let len = self.write_atomically(key, false, |_, f| io::copy(&mut src, f))?;
+        self.stats.count(Op::Put, len.unwrap_or(0), 0);
         Ok(())
     }
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
         check_key("PUT", key)?;
-        self.write_atomically(key, |_, f| f.write_all(data).map(|_| data.len() as u64))?;
+        self.write_atomically(key, false, |_, f| {
+            f.write_all(data).map(|_| data.len() as u64)
+        })?;
         self.stats.count(Op::Put, data.len() as u64, 0);
         Ok(())
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        check_key("PUT", key)?;
+        let made = self.write_atomically(key, true, |_, f| {
+            f.write_all(data).map(|_| data.len() as u64)
+        })?;
+        self.stats.count(Op::Put, data.len() as u64, 0);
+        Ok(made.is_some())
     }
 
     fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {

@@ -15,6 +15,7 @@
 //! answers, an implementation never follows a name it chose through the
 //! local file system, never allocates what it claims, and never hangs.
 
+pub mod identity;
 mod local;
 mod s3;
 
@@ -146,6 +147,8 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
     fn put_file(&self, key: &str, path: &Path) -> Result<()>;
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Write `key` only if no object has it: true if this call made it.
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
     /// The whole object, if it has at most `limit` bytes (`too_large`
     /// otherwise, before more than `limit` bytes are read).
     fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>>;

@@ -526,6 +526,26 @@ impl Store for S3Store {
         })
     }
 
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let full = self.checked("PUT", key)?;
+        self.retry("PUT", &full, || {
+            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Put, data.len() as u64, 0);
+            let mut resp = self
+                .bounded(self.agent.put(&url), Some(data.len() as u64))
+                .header("If-None-Match", "*")
+                .send(data)
+                .map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                // Taken (by another host, or by this request's own first
+                // attempt: the caller reads what is there).
+                412 => Ok(false),
+                s if (200..300).contains(&s) => Ok(true),
+                _ => Err(self.status_failure(&mut resp)),
+            }
+        })
+    }
+
     fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
         let full = self.checked("GET", key)?;
         let mut large = None;

@@ -149,7 +149,9 @@ fn files_changing_during_a_backup() {
     let mut env = Env::new(crate::util::Backend::S3);
     // A slow store holds the readers back (the packer queue fills, then
     // the uploads wait), so the walk is long done when files are read.
-    env.slow_store(Duration::from_millis(150));
+    // (Slow enough that a test thread delayed by a loaded machine still
+    // acts before the readers reach the last files.)
+    env.slow_store(Duration::from_millis(250));
     env.extra.push("blob_size_limit = 1MiB".into());
     env.random_files(48, 1_000_000, 900);
     env.write_config();

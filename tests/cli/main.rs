@@ -14,6 +14,7 @@ mod faults;
 mod hostile;
 mod hostile_s3;
 mod hostile_store;
+mod identity;
 mod leaks;
 mod ops;
 mod rescue;
