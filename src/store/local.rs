@@ -64,6 +64,12 @@ fn refused(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// A key whose object is a symlink, a FIFO or in a directory that is not
+/// one: a damaged store, as a corrupt object is.
+fn not_object(key: &str, e: io::Error) -> Error {
+    Error::corrupt(format!("object {key}"), e)
+}
+
 impl LocalStore {
     pub fn open(root: &Path, create: bool) -> Result<LocalStore> {
         if create {
@@ -273,6 +279,7 @@ impl Store for LocalStore {
                 self.stats.count(Op::Get, 0, 0);
                 return Err(Error::NotFound { key: key.into() });
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(not_object(key, e)),
             r => r.at("read object", &path)?,
         };
         if size > limit {
@@ -297,6 +304,7 @@ impl Store for LocalStore {
                 self.stats.count(Op::Get, 0, 0);
                 return Err(Error::NotFound { key: key.into() });
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(not_object(key, e)),
             r => r.at("open object", &path)?.0,
         };
         f.seek(SeekFrom::Start(start)).at("seek in object", &path)?;
@@ -323,7 +331,11 @@ impl Store for LocalStore {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
                 Ok(Some(st.st_size as u64))
             }
-            Ok(_) => Err(refused("not a regular file; refused".into())).at("stat object", &path),
+            Ok(_) => Err(not_object(
+                key,
+                refused("not a regular file; refused".into()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(not_object(key, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at("stat object", &path),
         }

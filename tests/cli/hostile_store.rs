@@ -343,3 +343,89 @@ fn objects_that_are_symlinks_or_fifos() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("foreign:      2 object(s)"), "{out}\n{err}");
 }
+
+/// The store's identity, forged, truncated, oversized, a symlink, or of a
+/// newer format: read bounded and checked; the keyless commands warn and
+/// go on, a backup (which keys its index by it) stops, naming it; nothing
+/// is written anywhere else.
+#[test]
+fn a_forged_store_identity() {
+    let env = Env::new(Backend::Local);
+    let real = one_snapshot(&env);
+    let path = env.store_dir().join("store.json");
+    let good = fs::read(&path).unwrap();
+    let outside = env.path().join("outside.json");
+    fs::write(&outside, &good).unwrap();
+    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "forged",
+            Box::new(|| {
+                fs::write(
+                    &path,
+                    br#"{"vaultik_store": 1, "id": "../../x", "created": 1}"#,
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|| fs::write(&path, &good[..good.len() / 2]).unwrap()),
+        ),
+        (
+            "oversized",
+            Box::new(|| fs::write(&path, vec![b' '; 5000]).unwrap()),
+        ),
+        (
+            "a symlink",
+            Box::new(|| std::os::unix::fs::symlink(&outside, &path).unwrap()),
+        ),
+    ];
+    for (what, make) in cases {
+        let _ = fs::remove_file(&path);
+        make();
+        let out = env.run(&["snapshot", "list"]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(err.contains("store.json"), "{what}: {err}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&real),
+            "{what}"
+        );
+        fs::write(env.src().join("more"), what).unwrap();
+        let out = env.run(&["snapshot", "create"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains("store.json") && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(
+        fs::read(&outside).unwrap(),
+        good,
+        "the symlink's target is untouched"
+    );
+    // A newer format: refused by every command, saying why.
+    fs::remove_file(&path).unwrap();
+    fs::write(
+        &path,
+        br#"{"vaultik_store": 7, "id": "0123456789abcdef0123456789abcdef", "created": 1}"#,
+    )
+    .unwrap();
+    for args in [
+        &["snapshot", "list"][..],
+        &["snapshot", "create"],
+        &["prune"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("newer vaultik"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Restored, everything works again.
+    fs::write(&path, &good).unwrap();
+    env.create();
+}
