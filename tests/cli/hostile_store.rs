@@ -356,7 +356,8 @@ fn a_forged_store_identity() {
     let good = fs::read(&path).unwrap();
     let outside = env.path().join("outside.json");
     fs::write(&outside, &good).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Damage<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Damage)> = vec![
         (
             "forged",
             Box::new(|| {
