@@ -114,7 +114,6 @@ impl Session {
             progress,
             last_dir: self.last_dir.clone(),
             abort,
-            pending: Mutex::new(Default::default()),
         }
     }
 

@@ -1,0 +1,156 @@
+//! Stage 3, chunk and compress (rayon workers): each changed file is
+//! opened as the walk saw it (`crate::walk::open_file`: never a FIFO, a
+//! symlink's target or another file put in its place), cut with FastCDC
+//! and hashed; each chunk that is new (`Dedup::claim`) is compressed into
+//! its own zstd frame and handed to the packer within the byte budget.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+
+use rayon::prelude::*;
+
+use super::pack::Budget;
+use super::walk::stat_of;
+use super::{Event, NewChunk, Shared, Todo};
+use crate::chunk::{self, ChunkId};
+use crate::error::{Error, IoContext, Result};
+use crate::walk;
+
+thread_local! {
+    static CHUNK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Shared<'_, '_> {
+    /// Read every file that arrives on `todo`, in parallel; new chunks go
+    /// to `to_pack`, what each file gave (its chunk list, or why it has
+    /// none) to `events`, a batch of files at a time.
+    pub fn chunk_all(
+        &self,
+        todo: Receiver<Vec<Todo>>,
+        to_pack: Sender<NewChunk>,
+        events: Sender<Vec<Event>>,
+        budget: &Budget,
+    ) -> Result<()> {
+        // A batch is spread over the threads too: one batch may hold all
+        // the big files of a tree.
+        todo.into_iter()
+            .par_bridge()
+            .try_for_each_with((to_pack, events), |(ctx, etx), files| {
+                let done = files
+                    .into_par_iter()
+                    // One file per task: a few big files must not end up
+                    // queued behind one thread.
+                    .with_max_len(1)
+                    .map_with(ctx.clone(), |ctx, t| self.read_file(t, ctx, budget))
+                    .collect::<Result<Vec<Event>>>()?;
+                etx.send(done).map_err(|_| Error::Cancelled)
+            })
+    }
+
+    /// Chunk one file; send its new chunks to the packer, and return what
+    /// to record.
+    fn read_file(&self, t: Todo, to_pack: &mut Sender<NewChunk>, budget: &Budget) -> Result<Event> {
+        self.cancel.check()?;
+        let _counted = self.progress.file_guard();
+        let skip = |e: Error| -> Result<Event> {
+            if self.backup.skip_errors {
+                Ok(Event::FileSkipped {
+                    entry: t.entry,
+                    msg: e.to_string(),
+                })
+            } else {
+                Err(e)
+            }
+        };
+        // Only the file the walk stat'ed is read (never a FIFO, a symlink's
+        // target or another file put in its place).
+        let file = match walk::open_file(&t.path, (t.stat.dev, t.stat.ino)) {
+            Ok(walk::Opened::File(f)) => f,
+            Ok(walk::Opened::Gone) => {
+                return Ok(Event::FileVanished {
+                    entry: t.entry,
+                    path: t.path,
+                });
+            }
+            Ok(walk::Opened::Replaced(now)) => {
+                return Ok(Event::FileReplaced {
+                    entry: t.entry,
+                    path: t.path,
+                    now,
+                });
+            }
+            Err(e) => {
+                return skip(Error::Io {
+                    op: "open",
+                    path: t.path.clone(),
+                    source: e,
+                });
+            }
+        };
+        let params = self.backup.params;
+        let mut list: Vec<u8> = Vec::with_capacity(32 * (t.stat.size as usize / params.avg + 1));
+        let result = CHUNK_BUF.with_borrow_mut(|buf| {
+            chunk::split(&file, &t.path, t.stat.size, params, buf, |data| {
+                self.cancel.check()?;
+                self.progress
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let id = ChunkId::of(data);
+                list.extend_from_slice(&id.0);
+                if let Some(claim) = self.dedup.claim(id)? {
+                    // An error from here on drops the claim: released.
+                    let frame = compress(data, self.backup.level).at("compress", &t.path)?;
+                    budget.take(frame.len() as u64)?;
+                    to_pack
+                        .send(NewChunk {
+                            id,
+                            frame,
+                            size: data.len() as u64,
+                        })
+                        .map_err(|_| Error::Cancelled)?;
+                    claim.handed_over();
+                }
+                Ok(())
+            })
+        });
+        let read = match result {
+            Ok(n) => n,
+            Err(e @ Error::Io { .. }) => return skip(e),
+            Err(e) => return Err(e),
+        };
+        // A file that changed while we read it is stored as read, but not
+        // remembered as unchanged, so the next run reads it again. (The
+        // open file is asked, not the path: no lookup. A file renamed over
+        // once it was open does not matter: what was read is the walked
+        // file, and the next run notices the new inode.)
+        let changed = match rustix::fs::fstat(&file) {
+            Ok(st) => {
+                let now = stat_of(&st);
+                now.size != t.stat.size || now.mtime_ns != t.stat.mtime_ns || read != t.stat.size
+            }
+            Err(_) => true,
+        };
+        Ok(Event::FileDone {
+            todo: t,
+            read,
+            chunks: list,
+            changed,
+        })
+    }
+}
+
+/// One zstd frame per chunk, with a per-thread reusable context.
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|c| {
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, comp) = c.as_mut().expect("compressor just set");
+        // The output is allocated at the worst-case bound: give back the rest.
+        let mut frame = comp.compress(data)?;
+        frame.shrink_to_fit();
+        Ok(frame)
+    })
+}

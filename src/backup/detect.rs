@@ -1,0 +1,45 @@
+//! Stage 2, change detection (its own thread, between the walk and the
+//! metadata): the chunk lists of files whose size, mtime, ctime, inode and
+//! device the index knows unchanged are looked up, one read transaction
+//! per batch, so that they are not read again. (The walk alone keeps a
+//! core busy, the metadata writes most of the other.)
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use super::walk::Walked;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::snapshot::Kind;
+
+/// Fill in the reusable chunk lists of every batch from `walked`, and hand
+/// it on to `out`.
+pub fn detect(
+    index: &Mutex<Index>,
+    walked: Receiver<Vec<Walked>>,
+    out: SyncSender<Vec<Walked>>,
+) -> Result<()> {
+    for mut batch in walked {
+        look_up(index, &mut batch)?;
+        out.send(batch).map_err(|_| Error::Cancelled)?;
+    }
+    Ok(())
+}
+
+/// Find the chunk lists of the files in `batch` that the index knows
+/// unchanged, in one read transaction.
+fn look_up(index: &Mutex<Index>, batch: &mut [Walked]) -> Result<()> {
+    let index = index.lock().expect("index lock poisoned by a panic");
+    index.read_batch(|index| {
+        for w in batch.iter_mut() {
+            if let Walked::Entry(e, stat, reuse) = w {
+                // The index only keeps file rows whose chunks it holds
+                // (forgetting a blob forgets the files), so this is safe.
+                if e.kind == Kind::File && stat.size > 0 {
+                    *reuse = index.unchanged_file(&e.path, stat)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}

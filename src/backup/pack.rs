@@ -1,0 +1,96 @@
+//! Stage 4, pack (one thread): new chunks, each already its own zstd
+//! frame, are appended to the current blob (one age stream, encrypted to
+//! an encrypted temporary file as it is written); a blob that reaches
+//! `blob_size_limit` is finished and handed to the uploaders. Chunks wait
+//! for the packer within a byte budget, not a count: many small chunks
+//! queue without stalling the workers, and a few big ones cannot pile up.
+
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Condvar, Mutex};
+
+use super::{NewChunk, Shared};
+use crate::blob::{BlobWriter, FinishedBlob};
+use crate::error::{Error, Result};
+
+/// Compressed chunks queued for the packer, at most.
+pub const CHUNK_QUEUE_BYTES: u64 = 16 << 20;
+
+/// A count of bytes in flight, shared by the workers (who take) and the
+/// packer (who gives back); closed when the packer stops, whatever the
+/// reason, so that no worker waits for room that will never come.
+pub struct Budget {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+    limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            state: Mutex::new((0, false)),
+            changed: Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Wait until `n` more bytes fit (one item always fits when nothing is
+    /// queued); `Cancelled` once the packer has stopped.
+    pub fn take(&self, n: u64) -> Result<()> {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        while !s.1 && s.0 > 0 && s.0 + n > self.limit {
+            s = self
+                .changed
+                .wait(s)
+                .expect("budget lock poisoned by a panic");
+        }
+        if s.1 {
+            return Err(Error::Cancelled);
+        }
+        s.0 += n;
+        Ok(())
+    }
+
+    fn give_back(&self, n: u64) {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        s.0 = s.0.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    pub fn close(&self) {
+        let mut s = self.state.lock().expect("budget lock poisoned by a panic");
+        s.1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl Shared<'_, '_> {
+    /// Pack what arrives on `chunks` into blobs, sent to `blobs` as each
+    /// is finished (the last one, however small, at the end).
+    pub fn pack(
+        &self,
+        chunks: Receiver<NewChunk>,
+        budget: &Budget,
+        blobs: SyncSender<FinishedBlob>,
+    ) -> Result<()> {
+        let b = self.backup;
+        let mut current: Option<BlobWriter> = None;
+        for c in chunks {
+            let w = match &mut current {
+                Some(w) => w,
+                None => current.insert(BlobWriter::create(&b.tmp_dir, &b.recipients)?),
+            };
+            w.add(c.id, &c.frame, c.size)?;
+            budget.give_back(c.frame.len() as u64);
+            if w.len() >= b.blob_limit {
+                let done = current.take().expect("current blob").finish()?;
+                blobs.send(done).map_err(|_| Error::Cancelled)?;
+            }
+        }
+        if let Some(w) = current {
+            if !w.is_empty() {
+                blobs.send(w.finish()?).map_err(|_| Error::Cancelled)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The metadata thread: the one owner of the snapshot's metadata database
+//! while a run goes on. It adds every walked entry (a file the index knows
+//! unchanged keeps its chunk list; a changed one is queued for the readers)
+//! and applies what the pipeline reports: each file's chunk list, files
+//! skipped, deleted or replaced meanwhile, and stored blobs, which the
+//! index then records (and `Dedup` settles).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+
+use super::walk::Walked;
+use super::{Event, Shared, Summary, Todo};
+use crate::error::{Error, Result};
+use crate::index::FileStat;
+use crate::snapshot::{Entry, Kind, MetaWriter};
+
+pub struct Recorder<'m, 's, 'r, 'a> {
+    shared: &'s Shared<'r, 'a>,
+    meta: &'m MetaWriter,
+    pub summary: Summary,
+}
+
+/// The warning for an entry replaced between its stat and its read.
+fn replaced_warning(path: &Path, now: &str, dir: bool) -> String {
+    let what = if dir {
+        "its contents are not in this snapshot"
+    } else {
+        "not in this snapshot"
+    };
+    format!(
+        "{}: replaced during the backup (now {now}); {what}",
+        path.display()
+    )
+}
+
+impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
+    pub fn new(
+        shared: &'s Shared<'r, 'a>,
+        meta: &'m MetaWriter,
+        summary: Summary,
+    ) -> Recorder<'m, 's, 'r, 'a> {
+        Recorder {
+            shared,
+            meta,
+            summary,
+        }
+    }
+
+    fn warn(&self, msg: &str) {
+        (self.shared.backup.warn)(msg)
+    }
+
+    /// Add one batch of walked entries; the changed files go to `todo`.
+    pub fn walked(&mut self, batch: Vec<Walked>, todo: &SyncSender<Vec<Todo>>) -> Result<()> {
+        let mut files = Vec::new();
+        for w in batch {
+            match w {
+                Walked::Entry(e, stat, reuse) => self.entry(e, stat, reuse, &mut files)?,
+                Walked::Failed(w) if self.shared.backup.skip_errors => {
+                    self.summary.warnings += 1;
+                    self.summary.skipped += 1;
+                    self.warn(&format!("skipped {}: {}", w.path.display(), w.err));
+                }
+                Walked::Failed(w) => {
+                    return Err(Error::Io {
+                        op: "read",
+                        path: w.path,
+                        source: w.err,
+                    });
+                }
+                Walked::Replaced(r) => {
+                    self.summary.warnings += 1;
+                    self.warn(&replaced_warning(&r.path, r.now, r.dir));
+                }
+            }
+        }
+        if !files.is_empty() {
+            todo.send(files).map_err(|_| Error::Cancelled)?;
+        }
+        Ok(())
+    }
+
+    /// Add one walked entry; a file the index does not know unchanged goes
+    /// to `files`, for the readers.
+    fn entry(
+        &mut self,
+        e: Entry,
+        stat: FileStat,
+        reuse: Option<Vec<u8>>,
+        files: &mut Vec<Todo>,
+    ) -> Result<()> {
+        let meta = self.meta;
+        let s = &mut self.summary;
+        s.entries += 1;
+        if e.kind != Kind::File {
+            meta.add(&e, None)?;
+            return Ok(());
+        }
+        s.files += 1;
+        s.bytes_scanned += e.size;
+        if stat.size == 0 {
+            meta.add(&e, Some(&[]))?;
+            return Ok(());
+        }
+        match reuse {
+            Some(list) => {
+                meta.add(&e, Some(&list))?;
+            }
+            None => {
+                let entry = meta.add(&e, None)?;
+                let p = self.shared.progress;
+                p.total_files.fetch_add(1, Ordering::Relaxed);
+                p.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
+                files.push(Todo {
+                    entry,
+                    path: PathBuf::from(
+                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
+                    ),
+                    stat,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one pipeline event.
+    pub fn event(&mut self, ev: Event) -> Result<()> {
+        let (shared, meta) = (self.shared, self.meta);
+        let warn = |msg: &str| (shared.backup.warn)(msg);
+        let s = &mut self.summary;
+        match ev {
+            Event::BlobStored {
+                key,
+                size,
+                mut entries,
+            } => {
+                s.blobs += 1;
+                s.blob_bytes += size;
+                s.new_chunks += entries.len() as u64;
+                s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
+                // In key order, each B-tree page is visited once: the
+                // readers wait for the index while this runs.
+                entries.sort_unstable_by_key(|(id, _)| *id);
+                shared
+                    .backup
+                    .index()
+                    .add_blob(&key, size, &entries)?;
+                shared.dedup.settle(entries.iter().map(|(id, _)| id));
+            }
+            Event::FileDone {
+                todo: t,
+                read,
+                chunks,
+                changed,
+            } => {
+                s.files_read += 1;
+                s.bytes_read += read;
+                meta.set_chunks(t.entry, read, &chunks)?;
+                if changed {
+                    s.warnings += 1;
+                    warn(&format!(
+                        "{} changed while it was read; stored as read",
+                        t.path.display()
+                    ));
+                } else {
+                    meta
+                        .note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                }
+            }
+            Event::FileSkipped { entry, msg } => {
+                s.warnings += 1;
+                s.skipped += 1;
+                warn(&format!("skipped: {msg}"));
+                meta.remove(entry)?;
+            }
+            Event::FileVanished { entry, path } => {
+                s.warnings += 1;
+                warn(&format!(
+                    "{}: deleted during the backup; not in this snapshot",
+                    path.display()
+                ));
+                meta.remove(entry)?;
+            }
+            Event::FileReplaced { entry, path, now } => {
+                s.warnings += 1;
+                warn(&replaced_warning(&path, now, false));
+                meta.remove(entry)?;
+            }
+        }
+        Ok(())
+    }
+}
