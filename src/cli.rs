@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use lexopt::prelude::*;
+use ArgRef::{Long, Short, Value};
 
 use crate::error::{Error, Result};
 
@@ -154,53 +154,58 @@ pub struct Global {
     pub region: Option<String>,
 }
 
+/// `snapshot create`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CreateArgs {
+    pub names: Vec<String>,
+    pub skip_errors: bool,
+    pub cron: bool,
+    pub prune: bool,
+    pub daemon: bool,
+}
+
+/// `snapshot verify`
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyArgs {
+    pub snapshot: String,
+    pub deep: bool,
+    pub identity: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// `snapshot purge`
+#[derive(Debug, Clone, PartialEq)]
+pub struct PurgeArgs {
+    pub keep_latest: bool,
+    pub older_than: Option<u64>,
+    pub name: Option<String>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub json: bool,
+}
+
+/// `restore`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreArgs {
+    pub snapshot: String,
+    pub target: PathBuf,
+    pub paths: Vec<String>,
+    pub identity: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Help(&'static str),
     Version,
-    SnapshotCreate {
-        names: Vec<String>,
-        skip_errors: bool,
-        cron: bool,
-        prune: bool,
-        daemon: bool,
-    },
-    SnapshotList {
-        json: bool,
-    },
-    SnapshotVerify {
-        snapshot: String,
-        deep: bool,
-        identity: Option<PathBuf>,
-        json: bool,
-    },
-    SnapshotPurge {
-        keep_latest: bool,
-        older_than: Option<u64>,
-        name: Option<String>,
-        dry_run: bool,
-        force: bool,
-        json: bool,
-    },
-    SnapshotRemove {
-        snapshots: Vec<String>,
-    },
-    Prune {
-        dry_run: bool,
-        json: bool,
-    },
-    StoreInfo {
-        json: bool,
-    },
-    Restore {
-        snapshot: String,
-        target: PathBuf,
-        paths: Vec<String>,
-        identity: Option<PathBuf>,
-    },
-    Keygen {
-        output: Option<PathBuf>,
-    },
+    SnapshotCreate(CreateArgs),
+    SnapshotList { json: bool },
+    SnapshotVerify(VerifyArgs),
+    SnapshotPurge(PurgeArgs),
+    SnapshotRemove { snapshots: Vec<String> },
+    Prune { dry_run: bool, json: bool },
+    StoreInfo { json: bool },
+    Restore(RestoreArgs),
+    Keygen { output: Option<PathBuf> },
 }
 
 fn usage(e: lexopt::Error) -> Error {
@@ -214,24 +219,79 @@ fn string(v: OsString, what: &str) -> Result<String> {
 
 const GLOBAL_FLAGS: [&str; 4] = ["config", "store", "endpoint", "region"];
 
-/// The long name of `arg` when it is a global flag.
-fn global_name(arg: &lexopt::Arg<'_>) -> Option<&'static str> {
-    match arg {
-        Long(n) => GLOBAL_FLAGS.iter().find(|g| *g == n).copied(),
-        _ => None,
+/// An argument that is not a global flag, owned (so that the parser can
+/// be asked for an option's value while it is matched).
+enum Arg {
+    /// `-h` or `--help`, for any command.
+    Help,
+    Short(char),
+    Long(String),
+    Value(OsString),
+}
+
+/// An `Arg` to match on (`Long("json")`).
+enum ArgRef<'a> {
+    Help,
+    Short(char),
+    Long(&'a str),
+    Value(&'a std::ffi::OsStr),
+}
+
+impl Arg {
+    fn get(&self) -> ArgRef<'_> {
+        match self {
+            Arg::Help => ArgRef::Help,
+            Arg::Short(c) => ArgRef::Short(*c),
+            Arg::Long(l) => ArgRef::Long(l),
+            Arg::Value(v) => ArgRef::Value(v),
+        }
+    }
+
+    fn unexpected(&self) -> Error {
+        usage(match self {
+            Arg::Help => lexopt::Error::UnexpectedOption("--help".into()),
+            Arg::Short(c) => lexopt::Error::UnexpectedOption(format!("-{c}")),
+            Arg::Long(l) => lexopt::Error::UnexpectedOption(format!("--{l}")),
+            Arg::Value(v) => lexopt::Error::UnexpectedArgument(v.clone()),
+        })
     }
 }
 
-/// Read the value of global flag `name`, wherever it appears.
-fn global_flag(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<()> {
-    let v = p.value().map_err(usage)?;
-    match name {
-        "config" => g.config = Some(v.into()),
-        "store" => g.store = Some(string(v, "--store")?),
-        "endpoint" => g.endpoint = Some(string(v, "--endpoint")?),
-        _ => g.region = Some(string(v, "--region")?),
+/// The next argument that is not a global flag: those may come anywhere,
+/// before or after the command words, and are read into `g` on the way.
+fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
+    loop {
+        let arg = match p.next().map_err(usage)? {
+            None => return Ok(None),
+            Some(lexopt::Arg::Short('h')) | Some(lexopt::Arg::Long("help")) => Arg::Help,
+            Some(lexopt::Arg::Short(c)) => Arg::Short(c),
+            Some(lexopt::Arg::Long(l)) => Arg::Long(l.to_string()),
+            Some(lexopt::Arg::Value(v)) => Arg::Value(v),
+        };
+        let global = match &arg {
+            Arg::Long(l) => GLOBAL_FLAGS.iter().find(|g| *g == l).copied(),
+            _ => None,
+        };
+        let Some(name) = global else {
+            return Ok(Some(arg));
+        };
+        let v = p.value().map_err(usage)?;
+        match name {
+            "config" => g.config = Some(v.into()),
+            "store" => g.store = Some(string(v, "--store")?),
+            "endpoint" => g.endpoint = Some(string(v, "--endpoint")?),
+            _ => g.region = Some(string(v, "--region")?),
+        }
     }
-    Ok(())
+}
+
+/// The value of the option just read.
+fn value(p: &mut lexopt::Parser, what: &str) -> Result<String> {
+    string(p.value().map_err(usage)?, what)
+}
+
+fn path_value(p: &mut lexopt::Parser) -> Result<PathBuf> {
+    Ok(PathBuf::from(p.value().map_err(usage)?))
 }
 
 fn help_for(words: &[String]) -> Result<&'static str> {
@@ -257,229 +317,167 @@ fn help_for(words: &[String]) -> Result<&'static str> {
     })
 }
 
+/// The word after `snapshot` or `store` (`help` is that group's help).
+fn sub_command(
+    p: &mut lexopt::Parser,
+    g: &mut Global,
+    group: &str,
+    help: &'static str,
+) -> Result<std::result::Result<String, Command>> {
+    match next(p, g)? {
+        None => Err(Error::Usage(format!(
+            "missing command after `{group}` ({})",
+            if group == "store" {
+                "info"
+            } else {
+                "create, list, verify, purge or remove"
+            }
+        ))),
+        Some(Arg::Help) => Ok(Err(Command::Help(help))),
+        Some(Arg::Value(v)) => Ok(Ok(string(v, "command")?)),
+        Some(a) => Err(a.unexpected()),
+    }
+}
+
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Command)> {
     let mut p = lexopt::Parser::from_args(args);
     let mut g = Global::default();
-    let cmd = loop {
-        let Some(arg) = p.next().map_err(usage)? else {
-            return Ok((g, Command::Help(USAGE)));
-        };
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, &mut p, &mut g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE))),
-            Short('V') | Long("version") => return Ok((g, Command::Version)),
-            Value(v) => break string(v, "command")?,
-            _ => return Err(usage(arg.unexpected())),
-        }
+    let Some(first) = next(&mut p, &mut g)? else {
+        return Ok((g, Command::Help(USAGE)));
     };
+    let cmd = match first.get() {
+        ArgRef::Help => return Ok((g, Command::Help(USAGE))),
+        Short('V') | Long("version") => return Ok((g, Command::Version)),
+        Value(v) => string(v.to_os_string(), "command")?,
+        _ => return Err(first.unexpected()),
+    };
+    let p = &mut p;
     let command = match cmd.as_str() {
         "help" => {
             let mut words = Vec::new();
-            while let Some(arg) = p.next().map_err(usage)? {
+            while let Some(arg) = next(p, &mut g)? {
                 match arg {
-                    Value(v) => words.push(string(v, "command")?),
-                    _ => return Err(usage(arg.unexpected())),
+                    Arg::Value(v) => words.push(string(v, "command")?),
+                    a => return Err(a.unexpected()),
                 }
             }
             Command::Help(help_for(&words)?)
         }
-        "snapshot" => {
-            let sub = loop {
-                match p.next().map_err(usage)? {
-                    None => {
-                        return Err(Error::Usage(
-                            "missing command after `snapshot` (create, list, verify, purge or remove)".into(),
-                        ));
-                    }
-                    Some(arg) => {
-                        if let Some(name) = global_name(&arg) {
-                            global_flag(name, &mut p, &mut g)?;
-                            continue;
-                        }
-                        match arg {
-                            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE))),
-                            Value(v) => break string(v, "command")?,
-                            _ => return Err(usage(arg.unexpected())),
-                        }
-                    }
-                }
-            };
-            match sub.as_str() {
-                "create" => parse_create(&mut p, &mut g)?,
-                "list" => parse_list(&mut p, &mut g)?,
-                "verify" => parse_verify(&mut p, &mut g)?,
-                "purge" => parse_purge(&mut p, &mut g)?,
-                "remove" => parse_remove(&mut p, &mut g)?,
+        "snapshot" => match sub_command(p, &mut g, "snapshot", USAGE)? {
+            Err(help) => help,
+            Ok(sub) => match sub.as_str() {
+                "create" => parse_create(p, &mut g)?,
+                "list" => parse_list(p, &mut g)?,
+                "verify" => parse_verify(p, &mut g)?,
+                "purge" => parse_purge(p, &mut g)?,
+                "remove" => parse_remove(p, &mut g)?,
                 other => return Err(Error::Usage(format!("unknown command `snapshot {other}`"))),
-            }
-        }
-        "store" => {
-            let sub = loop {
-                match p.next().map_err(usage)? {
-                    None => {
-                        return Err(Error::Usage("missing command after `store` (info)".into()));
-                    }
-                    Some(arg) => {
-                        if let Some(name) = global_name(&arg) {
-                            global_flag(name, &mut p, &mut g)?;
-                            continue;
-                        }
-                        match arg {
-                            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE_INFO))),
-                            Value(v) => break string(v, "command")?,
-                            _ => return Err(usage(arg.unexpected())),
-                        }
-                    }
-                }
-            };
-            match sub.as_str() {
-                "info" => {
-                    let mut json = false;
-                    while let Some(arg) = p.next().map_err(usage)? {
-                        if let Some(name) = global_name(&arg) {
-                            global_flag(name, &mut p, &mut g)?;
-                            continue;
-                        }
-                        match arg {
-                            Short('h') | Long("help") => return Ok((g, Command::Help(USAGE_INFO))),
-                            Long("json") => json = true,
-                            _ => return Err(usage(arg.unexpected())),
-                        }
-                    }
-                    Command::StoreInfo { json }
-                }
+            },
+        },
+        "store" => match sub_command(p, &mut g, "store", USAGE_INFO)? {
+            Err(help) => help,
+            Ok(sub) => match sub.as_str() {
+                "info" => parse_info(p, &mut g)?,
                 other => return Err(Error::Usage(format!("unknown command `store {other}`"))),
-            }
-        }
-        "prune" => parse_prune(&mut p, &mut g)?,
-        "restore" => parse_restore(&mut p, &mut g)?,
-        "keygen" => parse_keygen(&mut p, &mut g)?,
+            },
+        },
+        "prune" => parse_prune(p, &mut g)?,
+        "restore" => parse_restore(p, &mut g)?,
+        "keygen" => parse_keygen(p, &mut g)?,
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
     };
     Ok((g, command))
 }
 
 fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut names = Vec::new();
-    let mut skip_errors = false;
-    let mut cron = false;
-    let mut prune = false;
-    let mut daemon = false;
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_CREATE)),
-            Long("skip-errors") => skip_errors = true,
-            Long("cron") => cron = true,
-            Long("prune") => prune = true,
-            Long("daemon") => daemon = true,
-            Value(v) => names.push(string(v, "snapshot name")?),
-            _ => return Err(usage(arg.unexpected())),
+    let mut a = CreateArgs::default();
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_CREATE)),
+            Long("skip-errors") => a.skip_errors = true,
+            Long("cron") => a.cron = true,
+            Long("prune") => a.prune = true,
+            Long("daemon") => a.daemon = true,
+            Value(v) => a.names.push(string(v.to_os_string(), "snapshot name")?),
+            _ => return Err(arg.unexpected()),
         }
     }
-    if daemon && (prune || !names.is_empty()) {
+    if a.daemon && (a.prune || !a.names.is_empty()) {
         return Err(Error::Usage(
             "snapshot create --daemon backs up every configured snapshot and takes no NAME or --prune".into(),
         ));
     }
-    Ok(Command::SnapshotCreate {
-        names,
-        skip_errors,
-        cron,
-        prune,
-        daemon,
-    })
+    Ok(Command::SnapshotCreate(a))
 }
 
 fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut snapshot = None;
-    let mut deep = false;
-    let mut json = false;
-    let mut identity = None;
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_VERIFY)),
+    let (mut deep, mut json, mut identity) = (false, false, None);
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_VERIFY)),
             Long("deep") => deep = true,
             Long("json") => json = true,
-            Long("identity") => identity = Some(PathBuf::from(p.value().map_err(usage)?)),
-            Value(v) if snapshot.is_none() => snapshot = Some(string(v, "SNAPSHOT")?),
-            _ => return Err(usage(arg.unexpected())),
+            Long("identity") => identity = Some(path_value(p)?),
+            Value(v) if snapshot.is_none() => {
+                snapshot = Some(string(v.to_os_string(), "SNAPSHOT")?)
+            }
+            _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::SnapshotVerify {
+    Ok(Command::SnapshotVerify(VerifyArgs {
         snapshot: snapshot
             .ok_or_else(|| Error::Usage("snapshot verify: missing SNAPSHOT argument".into()))?,
         deep,
         identity,
         json,
-    })
+    }))
 }
 
 fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut keep_latest = false;
-    let mut older_than = None;
-    let mut name = None;
-    let (mut dry_run, mut force, mut json) = (false, false, false);
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(n) = global_name(&arg) {
-            global_flag(n, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_PURGE)),
-            Long("keep-latest") => keep_latest = true,
+    let mut a = PurgeArgs {
+        keep_latest: false,
+        older_than: None,
+        name: None,
+        dry_run: false,
+        force: false,
+        json: false,
+    };
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_PURGE)),
+            Long("keep-latest") => a.keep_latest = true,
             Long("older-than") => {
-                let v = string(p.value().map_err(usage)?, "--older-than")?;
+                let v = value(p, "--older-than")?;
                 let d = crate::config::parse_duration(&v).ok_or_else(|| {
                     Error::Usage(format!(
                         "--older-than `{v}`: expected a duration like 30d, 6mo or 1y"
                     ))
                 })?;
-                older_than = Some(d.as_secs());
+                a.older_than = Some(d.as_secs());
             }
-            Long("name") => name = Some(string(p.value().map_err(usage)?, "--name")?),
-            Long("dry-run") => dry_run = true,
-            Long("force") => force = true,
-            Long("json") => json = true,
-            _ => return Err(usage(arg.unexpected())),
+            Long("name") => a.name = Some(value(p, "--name")?),
+            Long("dry-run") => a.dry_run = true,
+            Long("force") => a.force = true,
+            Long("json") => a.json = true,
+            _ => return Err(arg.unexpected()),
         }
     }
-    if keep_latest == older_than.is_some() {
+    if a.keep_latest == a.older_than.is_some() {
         return Err(Error::Usage(
             "snapshot purge: give exactly one of --keep-latest and --older-than DURATION".into(),
         ));
     }
-    Ok(Command::SnapshotPurge {
-        keep_latest,
-        older_than,
-        name,
-        dry_run,
-        force,
-        json,
-    })
+    Ok(Command::SnapshotPurge(a))
 }
 
 fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut snapshots = Vec::new();
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(n) = global_name(&arg) {
-            global_flag(n, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_REMOVE)),
-            Value(v) => snapshots.push(string(v, "SNAPSHOT")?),
-            _ => return Err(usage(arg.unexpected())),
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_REMOVE)),
+            Value(v) => snapshots.push(string(v.to_os_string(), "SNAPSHOT")?),
+            _ => return Err(arg.unexpected()),
         }
     }
     if snapshots.is_empty() {
@@ -490,78 +488,78 @@ fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     Ok(Command::SnapshotRemove { snapshots })
 }
 
-fn parse_prune(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+/// Commands whose only options are some of `--dry-run` and `--json`.
+fn parse_flags(
+    p: &mut lexopt::Parser,
+    g: &mut Global,
+    help: &'static str,
+    dry_run_too: bool,
+) -> Result<std::result::Result<(bool, bool), Command>> {
     let (mut dry_run, mut json) = (false, false);
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(n) = global_name(&arg) {
-            global_flag(n, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_PRUNE)),
-            Long("dry-run") => dry_run = true,
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Err(Command::Help(help))),
+            Long("dry-run") if dry_run_too => dry_run = true,
             Long("json") => json = true,
-            _ => return Err(usage(arg.unexpected())),
+            _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Prune { dry_run, json })
+    Ok(Ok((dry_run, json)))
+}
+
+fn parse_prune(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    Ok(match parse_flags(p, g, USAGE_PRUNE, true)? {
+        Ok((dry_run, json)) => Command::Prune { dry_run, json },
+        Err(help) => help,
+    })
 }
 
 fn parse_list(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut json = false;
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_LIST)),
-            Long("json") => json = true,
-            _ => return Err(usage(arg.unexpected())),
-        }
-    }
-    Ok(Command::SnapshotList { json })
+    Ok(match parse_flags(p, g, USAGE_LIST, false)? {
+        Ok((_, json)) => Command::SnapshotList { json },
+        Err(help) => help,
+    })
+}
+
+fn parse_info(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    Ok(match parse_flags(p, g, USAGE_INFO, false)? {
+        Ok((_, json)) => Command::StoreInfo { json },
+        Err(help) => help,
+    })
 }
 
 fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut snapshot = None;
-    let mut target = None;
-    let mut identity = None;
+    let (mut snapshot, mut target, mut identity) = (None, None, None);
     let mut paths = Vec::new();
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_RESTORE)),
-            Long("target") => target = Some(PathBuf::from(p.value().map_err(usage)?)),
-            Long("identity") => identity = Some(PathBuf::from(p.value().map_err(usage)?)),
-            Value(v) if snapshot.is_none() => snapshot = Some(string(v, "SNAPSHOT")?),
-            Value(v) => paths.push(string(v, "PATH")?),
-            _ => return Err(usage(arg.unexpected())),
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_RESTORE)),
+            Long("target") => target = Some(path_value(p)?),
+            Long("identity") => identity = Some(path_value(p)?),
+            Value(v) if snapshot.is_none() => {
+                snapshot = Some(string(v.to_os_string(), "SNAPSHOT")?)
+            }
+            Value(v) => paths.push(string(v.to_os_string(), "PATH")?),
+            _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Restore {
+    Ok(Command::Restore(RestoreArgs {
         snapshot: snapshot
             .ok_or_else(|| Error::Usage("restore: missing SNAPSHOT argument".into()))?,
         target: target.ok_or_else(|| Error::Usage("restore: missing --target DIR".into()))?,
         paths,
         identity,
-    })
+    }))
 }
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut output = None;
-    while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(name) = global_name(&arg) {
-            global_flag(name, p, g)?;
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(USAGE_KEYGEN)),
-            Long("output") | Short('o') => output = Some(PathBuf::from(p.value().map_err(usage)?)),
-            _ => return Err(usage(arg.unexpected())),
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_KEYGEN)),
+            Long("output") => output = Some(path_value(p)?),
+            Short('o') => output = Some(path_value(p)?),
+            _ => return Err(arg.unexpected()),
         }
     }
     Ok(Command::Keygen { output })
@@ -581,56 +579,56 @@ mod tests {
         assert_eq!(g.config, Some(PathBuf::from("/c")));
         assert_eq!(
             c,
-            Command::SnapshotCreate {
+            Command::SnapshotCreate(CreateArgs {
                 names: vec!["etc".into(), "home".into()],
                 skip_errors: true,
                 cron: false,
                 prune: false,
                 daemon: false,
-            }
+            })
         );
         let (_, c) = parse_str("snapshot create --daemon --cron").unwrap();
         assert!(matches!(
             c,
-            Command::SnapshotCreate {
+            Command::SnapshotCreate(CreateArgs {
                 daemon: true,
                 cron: true,
                 ..
-            }
+            })
         ));
         assert!(parse_str("snapshot create --daemon etc").is_err());
         let (_, c) = parse_str("snapshot create --cron --prune").unwrap();
         assert!(matches!(
             c,
-            Command::SnapshotCreate {
+            Command::SnapshotCreate(CreateArgs {
                 cron: true,
                 prune: true,
                 ..
-            }
+            })
         ));
         let (_, c) =
             parse_str("snapshot purge --older-than 30d --name etc --dry-run --force --json")
                 .unwrap();
         assert_eq!(
             c,
-            Command::SnapshotPurge {
+            Command::SnapshotPurge(PurgeArgs {
                 keep_latest: false,
                 older_than: Some(30 * 86400),
                 name: Some("etc".into()),
                 dry_run: true,
                 force: true,
                 json: true
-            }
+            })
         );
         let (_, c) = parse_str("snapshot verify latest --deep --identity /k --json").unwrap();
         assert_eq!(
             c,
-            Command::SnapshotVerify {
+            Command::SnapshotVerify(VerifyArgs {
                 snapshot: "latest".into(),
                 deep: true,
                 identity: Some("/k".into()),
                 json: true
-            }
+            })
         );
         let (_, c) = parse_str("snapshot remove a b").unwrap();
         assert_eq!(
@@ -656,12 +654,12 @@ mod tests {
         let (_, c) = parse_str("restore latest --target /t /etc/hosts --identity /k").unwrap();
         assert_eq!(
             c,
-            Command::Restore {
+            Command::Restore(RestoreArgs {
                 snapshot: "latest".into(),
                 target: "/t".into(),
                 paths: vec!["/etc/hosts".into()],
                 identity: Some("/k".into())
-            }
+            })
         );
     }
 

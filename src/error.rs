@@ -79,6 +79,9 @@ pub enum Error {
     /// A listing finished without some damaged objects, which were named
     /// in warnings (exit code 1).
     Damaged { count: usize, what: &'static str },
+    /// Standard output or error could not be written (a full disk; a
+    /// closed pipe ends the command quietly, see `main`).
+    Output(io::Error),
     /// Nothing is deleted while a manifest cannot be read.
     Undeletable {
         what: &'static str,
@@ -167,6 +170,11 @@ impl Error {
             | Error::Damaged { .. } => 1,
             _ => 2,
         }
+    }
+
+    /// Output whose reader went away (`| head`): not worth a message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
     }
 
     pub fn corrupt(what: impl Into<String>, msg: impl fmt::Display) -> Error {
@@ -273,6 +281,7 @@ impl Error {
                 f,
                 "{what}: {count} damaged object(s) left out (named above; run `vaultik store info`)"
             ),
+            Error::Output(e) => write!(f, "cannot write the output: {e}"),
             Error::Undeletable {
                 what,
                 damaged,
@@ -293,6 +302,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Database { source, .. } => Some(source),
+            Error::Output(source) => Some(source),
             _ => None,
         }
     }

@@ -25,46 +25,39 @@ pub fn parse_recipients(list: &[String], config: &Path) -> Result<Vec<x25519::Re
         .collect()
 }
 
-/// The identities for a restore: `--identity FILE` wins over `VAULTIK_PRIVATE_KEY`.
-pub fn load_identities(file: Option<&Path>) -> Result<Vec<x25519::Identity>> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).at("read identity file", path)?;
-        let ids: Vec<_> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                x25519::Identity::from_str(l).map_err(|_| {
-                    Error::Key(format!(
-                        "{}: not an age identity file (expected AGE-SECRET-KEY-1... lines)",
-                        path.display()
-                    ))
-                })
+/// The identities in an age identity file.
+pub fn identities_from_file(path: &Path) -> Result<Vec<x25519::Identity>> {
+    let text = std::fs::read_to_string(path).at("read identity file", path)?;
+    let ids: Vec<_> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            x25519::Identity::from_str(l).map_err(|_| {
+                Error::Key(format!(
+                    "{}: not an age identity file (expected AGE-SECRET-KEY-1... lines)",
+                    path.display()
+                ))
             })
-            .collect::<Result<_>>()?;
-        if ids.is_empty() {
-            return Err(Error::Key(format!(
-                "{}: no AGE-SECRET-KEY-1... line found",
-                path.display()
-            )));
-        }
-        return Ok(ids);
+        })
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        return Err(Error::Key(format!(
+            "{}: no AGE-SECRET-KEY-1... line found",
+            path.display()
+        )));
     }
-    match std::env::var("VAULTIK_PRIVATE_KEY") {
-        Ok(v) if !v.trim().is_empty() => {
-            let id = x25519::Identity::from_str(v.trim()).map_err(|_| {
-                Error::Key(
-                    "VAULTIK_PRIVATE_KEY is not an age secret key (expected AGE-SECRET-KEY-1...)"
-                        .into(),
-                )
-            })?;
-            Ok(vec![id])
-        }
-        _ => Err(Error::Key(
-            "this command needs the private key: set VAULTIK_PRIVATE_KEY or pass --identity FILE"
-                .into(),
-        )),
-    }
+    Ok(ids)
+}
+
+/// The identity given in `VAULTIK_PRIVATE_KEY`.
+pub fn identity_from_env(key: &str) -> Result<Vec<x25519::Identity>> {
+    let id = x25519::Identity::from_str(key).map_err(|_| {
+        Error::Key(
+            "VAULTIK_PRIVATE_KEY is not an age secret key (expected AGE-SECRET-KEY-1...)".into(),
+        )
+    })?;
+    Ok(vec![id])
 }
 
 pub fn as_recipients(r: &[x25519::Recipient]) -> impl Iterator<Item = &dyn age::Recipient> {

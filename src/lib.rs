@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod store;
 pub mod testhook;
 pub mod time;
+pub mod verify;
 pub mod walk;
 pub mod watch;
 

@@ -9,6 +9,9 @@ fn main() -> ExitCode {
     let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| cmd::run(&g, c));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`vaultik snapshot list | head`) ends
+        // the command quietly, as if all of it had been read.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         // The message is the whole chain of causes, on one line.
         Err(e) => {
             eprintln!("vaultik: {e}");

@@ -38,7 +38,9 @@ impl<'i> Dedup<'i> {
     }
 
     fn pending(&self) -> MutexGuard<'_, HashSet<ChunkId>> {
-        self.pending.lock().expect("pending lock poisoned by a panic")
+        self.pending
+            .lock()
+            .expect("pending lock poisoned by a panic")
     }
 
     /// A claim on `id` if the chunk is new: neither stored nor on its way.

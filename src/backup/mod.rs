@@ -344,8 +344,7 @@ impl Shared<'_, '_> {
         let (ev_tx, ev_rx) = channel::<Vec<Event>>();
         let mut rec = Recorder::new(self, meta, s);
         std::thread::scope(|threads| -> Result<()> {
-            let pipe =
-                threads.spawn(move || self.cancel.on_error(self.pipeline(todo_rx, ev_tx)));
+            let pipe = threads.spawn(move || self.cancel.on_error(self.pipeline(todo_rx, ev_tx)));
             let walked = self.scan(roots, &mut rec, &todo_tx, &ev_rx);
             drop(todo_tx);
             self.progress.walk_done.store(true, Ordering::Relaxed);

@@ -111,7 +111,9 @@ impl Publish<'_, '_> {
                     }
                     self.meta.set_info("digest", &digest)?;
                 }
-                if b.abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) {
+                if b.abort
+                    .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+                {
                     return Err(Error::Cancelled);
                 }
                 self.meta.write_chunks(ids, rx, &index_path).map(Some)

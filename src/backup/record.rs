@@ -143,10 +143,7 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                 // In key order, each B-tree page is visited once: the
                 // readers wait for the index while this runs.
                 entries.sort_unstable_by_key(|(id, _)| *id);
-                shared
-                    .backup
-                    .index()
-                    .add_blob(&key, size, &entries)?;
+                shared.backup.index().add_blob(&key, size, &entries)?;
                 shared.dedup.settle(entries.iter().map(|(id, _)| id));
             }
             Event::FileDone {
@@ -165,8 +162,7 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                         t.path.display()
                     ));
                 } else {
-                    meta
-                        .note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                    meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
                 }
             }
             Event::FileSkipped { entry, msg } => {

@@ -133,7 +133,14 @@ pub fn walk(r: &Roots<'_>, cancel: &Cancel<'_>, out: SyncSender<Vec<Walked>>) ->
         };
         let mut failed = |w: walk::WalkError| push(Walked::Failed(w));
         let mut replaced = |w: walk::Replaced| push(Walked::Replaced(w));
-        walk::walk(root, base, r.excludes, &mut visit, &mut failed, &mut replaced)?;
+        walk::walk(
+            root,
+            base,
+            r.excludes,
+            &mut visit,
+            &mut failed,
+            &mut replaced,
+        )?;
     }
     let rest = batch.into_inner();
     if !rest.is_empty() {

@@ -7,10 +7,11 @@ use std::sync::atomic::AtomicBool;
 
 use age::x25519;
 
-use super::{default_index_path, load_config, store_config, system_hostname, warn};
+use super::settings::Settings;
+use super::{output, warn};
 use crate::backup::{Backup, Scope};
 use crate::chunk::Params;
-use crate::cli::Global;
+use crate::cli::CreateArgs;
 use crate::config::{Config, SnapshotConfig};
 use crate::error::{Error, Result};
 use crate::gc::Retention;
@@ -31,8 +32,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(g: &Global) -> Result<Session> {
-        let cfg = load_config(g, true)?.expect("a required config is loaded or an error");
+    pub fn open(settings: &Settings) -> Result<Session> {
+        let cfg = settings.config().clone();
         let recipients = keys::parse_recipients(&cfg.age_recipients, &cfg.path)?;
         if cfg.snapshots.is_empty() {
             return Err(Error::Setup(format!(
@@ -40,12 +41,12 @@ impl Session {
                 cfg.path.display()
             )));
         }
-        let store = store::open(&store_config(g, Some(&cfg))?, true)?;
-        let index_path = cfg.index_path.clone().unwrap_or_else(default_index_path);
+        let store = settings.open_store(true)?;
+        let index_path = settings.index_path.clone();
         let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         blob::private_dir(&state_dir)?;
         Ok(Session {
-            hostname: cfg.hostname.clone().unwrap_or_else(system_hostname),
+            hostname: settings.hostname.clone(),
             tmp_dir: state_dir.join("tmp"),
             last_dir: state_dir.join("last"),
             cfg,
@@ -119,16 +120,14 @@ impl Session {
 
     /// Purge this host's snapshots by the configured retention, then
     /// collect garbage, keeping `index` in step.
-    pub fn apply_retention(&self, index: &mut Index) -> Result<super::purge::Report> {
-        super::purge::purge_with(
-            self.store.as_ref(),
-            self.retention(),
-            None,
-            Some(&self.hostname),
-            self.cfg.grace_period.as_secs(),
-            false,
-            Some(index),
-        )
+    pub fn apply_retention(&self, index: &mut Index) -> Result<crate::gc::purge::Report> {
+        crate::gc::purge::Purge {
+            store: self.store.as_ref(),
+            grace: self.cfg.grace_period.as_secs(),
+            dry_run: false,
+            index: Some(index),
+        }
+        .by_rule(self.retention(), None, Some(&self.hostname))
     }
 
     pub fn retention(&self) -> Retention {
@@ -180,8 +179,16 @@ pub fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a SnapshotC
         .collect()
 }
 
-pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: bool) -> Result<()> {
-    let session = Session::open(g)?;
+pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
+    let CreateArgs {
+        names,
+        skip_errors,
+        cron,
+        prune,
+        ..
+    } = a;
+    let (skip_errors, cron, prune) = (*skip_errors, *cron, *prune);
+    let session = Session::open(settings)?;
     let retention = session.retention();
     if prune && retention == Retention::default() {
         return Err(Error::Setup(format!(
@@ -205,7 +212,7 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
         let s = backup.run(snap, Scope::Full, false)?;
         skipped += s.skipped;
         if !cron {
-            let _ = writeln!(out, "{}", summary_line(&s));
+            writeln!(out, "{}", summary_line(&s)).map_err(output)?;
         }
     }
 
@@ -216,11 +223,11 @@ pub fn run(g: &Global, names: &[String], skip_errors: bool, cron: bool, prune: b
             .expect("index lock poisoned by a panic");
         let report = session.apply_retention(&mut index)?;
         if !cron {
-            report.print_text(&mut out, true);
+            report.print_text(&mut out, true).map_err(output)?;
         }
     }
     if !cron {
-        let _ = writeln!(out, "{}", session.store.stats().summary());
+        writeln!(out, "{}", session.store.stats().summary()).map_err(output)?;
     }
     if skipped > 0 {
         return Err(Error::Partial {

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::create::{Session, summary_line};
+use super::settings::Settings;
 use crate::backup::Scope;
-use crate::cli::Global;
+use crate::cli::{CreateArgs, Global};
 use crate::error::{Error, Result};
 use crate::watch::{Changes, Dirty, Watcher};
 
@@ -220,9 +221,11 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
     }
 }
 
-pub fn run(g: &Global, quiet: bool) -> Result<()> {
+pub fn run(g: &Global, a: &CreateArgs) -> Result<()> {
+    let quiet = a.cron;
     install_signal_handlers();
-    let mut session = Session::open(g)?;
+    let open = || Session::open(&Settings::resolve(g, true)?);
+    let mut session = open()?;
     loop {
         match serve(&session, quiet)? {
             Exit::Stop => {
@@ -231,7 +234,7 @@ pub fn run(g: &Global, quiet: bool) -> Result<()> {
                 }
                 return Ok(());
             }
-            Exit::Reload => match Session::open(g) {
+            Exit::Reload => match open() {
                 Ok(s) => {
                     log("configuration reloaded");
                     session = s;

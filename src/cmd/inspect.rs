@@ -1,29 +1,24 @@
-//! `snapshot list`, `store info` and `snapshot verify`: reading the store.
-//! Only `verify --deep` needs the private key.
+//! `snapshot list`, `store info` and `snapshot verify` (whose checks are
+//! `verify.rs`'s): reading the store. Only `verify --deep` needs the
+//! private key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
-use std::sync::Mutex;
 
-use rayon::prelude::*;
 use serde_json::json;
 
-use super::{json_report, open_existing_store, warn};
-use crate::blob::{BlobReader, Location};
-use crate::chunk::ChunkId;
-use crate::cli::Global;
-use crate::config::DEFAULT_GRACE_PERIOD;
-use crate::error::{DbContext, Error, Result};
+use super::settings::{self, Settings};
+use super::{json_report, open_existing_store, output, warn};
+use crate::cli::{Global, VerifyArgs};
+use crate::error::{Error, Result};
 use crate::gc::{self, View};
+use crate::human_bytes;
 use crate::layout;
 use crate::manifest::{self, Manifest};
-use crate::snapshot;
-use crate::store::Store;
 use crate::time::now as unix_now;
-use crate::{human_bytes, keys};
 
-pub fn list(g: &Global, json: bool) -> Result<()> {
-    let (_, store) = open_existing_store(g)?;
+pub fn list(settings: &Settings, json: bool) -> Result<()> {
+    let store = open_existing_store(settings)?;
     let mut manifests = Vec::new();
     let mut damaged = 0;
     for listed in manifest::list(store.as_ref())? {
@@ -65,11 +60,12 @@ pub fn list(g: &Global, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&arr).expect("JSON values serialize")
-        );
+        )
+        .map_err(output)?;
     } else {
         let w = manifests
             .iter()
@@ -77,22 +73,23 @@ pub fn list(g: &Global, json: bool) -> Result<()> {
             .max()
             .unwrap_or(2)
             .max(2);
-        let _ = writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE");
+        writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE").map_err(output)?;
         for m in &manifests {
             let flag = if m.dated_ahead() {
                 "  (dated ahead of the store: ignored by latest and retention)"
             } else {
                 ""
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<w$}  {:<23}  {:>10}{flag}",
                 m.id,
                 crate::time::display(m.time),
                 human_bytes(m.total_size())
-            );
+            )
+            .map_err(output)?;
         }
-        let _ = writeln!(out, "{}", store.stats().summary());
+        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     if damaged > 0 {
         return Err(Error::Damaged {
@@ -112,12 +109,9 @@ fn ahead_note(m: &Manifest) -> String {
     }
 }
 
-pub fn info(g: &Global, json: bool) -> Result<()> {
-    let (cfg, store) = open_existing_store(g)?;
-    let grace = cfg
-        .as_ref()
-        .map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period)
-        .as_secs();
+pub fn info(settings: &Settings, json: bool) -> Result<()> {
+    let store = open_existing_store(settings)?;
+    let grace = settings.grace_period;
     let view = View::load(store.as_ref())?;
     for (_, why) in &view.damaged {
         warn(why);
@@ -184,11 +178,11 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
             "dated_ahead": view.dated_ahead().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             "foreign_objects": view.foreign_count,
         });
-        let _ = writeln!(out, "{}", json_report(v, store.as_ref()));
+        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
     } else {
         let hosts: Vec<String> = hosts.into_iter().collect();
-        let _ = writeln!(out, "store:        {}", store.describe());
-        let _ = writeln!(
+        writeln!(out, "store:        {}", store.describe()).map_err(output)?;
+        writeln!(
             out,
             "snapshots:    {} (hosts: {})",
             view.manifests.len(),
@@ -197,38 +191,42 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
             } else {
                 hosts.join(", ")
             }
-        );
-        let _ = writeln!(
+        )
+        .map_err(output)?;
+        writeln!(
             out,
             "blobs:        {}, {}",
             view.blobs.len(),
             human_bytes(blob_b)
-        );
-        let _ = writeln!(out, "referenced:   {ref_n}, {}", human_bytes(ref_b));
-        let _ = writeln!(
+        )
+        .map_err(output)?;
+        writeln!(out, "referenced:   {ref_n}, {}", human_bytes(ref_b)).map_err(output)?;
+        writeln!(
             out,
             "unreferenced: {}, {} (deleted by `vaultik prune` once older than {})",
             unref.len(),
             human_bytes(unref_b),
             crate::human_duration(grace)
-        );
-        let _ = writeln!(
+        )
+        .map_err(output)?;
+        writeln!(
             out,
             "metadata:     {} objects, {}",
             view.metadata.len(),
             human_bytes(meta_b)
-        );
+        )
+        .map_err(output)?;
         if !view.damaged.is_empty() {
-            let _ = writeln!(out, "damaged:      {} manifest(s)", view.damaged.len());
+            writeln!(out, "damaged:      {} manifest(s)", view.damaged.len()).map_err(output)?;
         }
         let ahead = view.dated_ahead().count();
         if ahead > 0 {
-            let _ = writeln!(out, "dated ahead:  {ahead} snapshot(s)");
+            writeln!(out, "dated ahead:  {ahead} snapshot(s)").map_err(output)?;
         }
         if view.foreign_count > 0 {
-            let _ = writeln!(out, "foreign:      {} object(s)", view.foreign_count);
+            writeln!(out, "foreign:      {} object(s)", view.foreign_count).map_err(output)?;
         }
-        let _ = writeln!(out, "{}", store.stats().summary());
+        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     if !view.damaged.is_empty() {
         return Err(Error::Damaged {
@@ -239,173 +237,19 @@ pub fn info(g: &Global, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A blob's key and size, and its chunks in offset order.
-type BlobChunks = (String, u64, Vec<(ChunkId, Location)>);
-
-/// One thing wrong with a snapshot.
-struct Problem {
-    kind: &'static str,
-    key: String,
-    message: String,
-    files: Vec<String>,
-}
-
-pub fn verify(
-    g: &Global,
-    id: &str,
-    deep: bool,
-    identity: Option<&std::path::Path>,
-    json: bool,
-) -> Result<()> {
+pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     // Ask for the key before any network work, and only for --deep.
-    let identities = if deep {
-        Some(keys::load_identities(identity)?)
+    let identities = if a.deep {
+        Some(settings::identities(a.identity.as_deref())?)
     } else {
         None
     };
-    let (_, store) = open_existing_store(g)?;
-    let id = manifest::resolve(store.as_ref(), id)?;
-    let mkey = layout::manifest(&id);
-    let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
-    let mut problems: Vec<Problem> = Vec::new();
-
-    // Shallow: one listing answers for every blob.
-    let present: HashMap<String, u64> = store
-        .list(layout::BLOBS)?
-        .objects
-        .into_iter()
-        .map(|o| (o.key, o.size))
-        .collect();
-    let mut bad_blobs: HashSet<String> = HashSet::new();
-    for (key, size) in &manifest.blobs {
-        match present.get(key) {
-            None => problems.push(Problem {
-                kind: "missing",
-                key: key.clone(),
-                message: "blob is missing from the store".into(),
-                files: Vec::new(),
-            }),
-            Some(s) if s != size => problems.push(Problem {
-                kind: "size",
-                key: key.clone(),
-                message: format!("blob has {s} bytes, the manifest records {size}"),
-                files: Vec::new(),
-            }),
-            Some(_) => continue,
-        }
-        bad_blobs.insert(key.clone());
-    }
-    let dkey = layout::metadata(&id);
-    if store.head(&dkey)?.is_none() {
-        problems.push(Problem {
-            kind: "missing",
-            key: dkey.clone(),
-            message: "snapshot metadata is missing from the store".into(),
-            files: Vec::new(),
-        });
-    }
-
-    let mut chunks_checked = 0u64;
-    if let Some(identities) = identities.filter(|_| !problems.iter().any(|p| p.key == dkey)) {
-        let conn = snapshot::open_metadata(store.as_ref(), &id, &identities)?;
-        let mpath = std::path::Path::new("snapshot metadata");
-        // Every chunk, grouped by blob, in offset order.
-        let mut blobs: Vec<BlobChunks> = Vec::new();
-        {
-            let mut st = conn
-                .prepare(
-                    "SELECT b.key, b.size, c.id, c.offset, c.length, c.size
-                     FROM chunks c JOIN blobs b ON b.id = c.blob ORDER BY b.key, c.offset",
-                )
-                .db(mpath)?;
-            let mut rows = st.query([]).db(mpath)?;
-            while let Some(r) = rows.next().db(mpath)? {
-                let key: String = r.get(0).db(mpath)?;
-                let id_bytes: Vec<u8> = r.get(2).db(mpath)?;
-                let cid = ChunkId::from_slice(&id_bytes)
-                    .ok_or_else(|| Error::corrupt("snapshot metadata", "malformed chunk id"))?;
-                let loc = Location::from_row(r, 3).db(mpath)?;
-                if blobs.last().is_none_or(|b| b.0 != key) {
-                    blobs.push((key, r.get::<_, i64>(1).db(mpath)? as u64, Vec::new()));
-                }
-                blobs.last_mut().expect("just pushed").2.push((cid, loc));
-            }
-        }
-        let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
-        for (key, _, _) in &blobs {
-            if !listed.contains(key.as_str()) {
-                problems.push(Problem {
-                    kind: "manifest",
-                    key: key.clone(),
-                    message: "blob is needed by the metadata but not listed in the manifest".into(),
-                    files: Vec::new(),
-                });
-            }
-        }
-        // Read every blob that is present, in parallel.
-        let failed: Mutex<Vec<(String, String, HashSet<ChunkId>)>> = Mutex::new(Vec::new());
-        let checked = std::sync::atomic::AtomicU64::new(0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .map_err(|e| Error::Setup(format!("cannot start threads: {e}")))?;
-        pool.install(|| {
-            blobs
-                .par_iter()
-                .filter(|(k, _, _)| !bad_blobs.contains(k))
-                .for_each(|(key, size, chunks)| {
-                    let mut bad = HashSet::new();
-                    let mut first_err = None;
-                    match check_blob(store.as_ref(), key, *size, chunks, &identities, &checked) {
-                        Ok(list) => {
-                            for (cid, e) in list {
-                                first_err.get_or_insert(e);
-                                bad.insert(cid);
-                            }
-                        }
-                        Err(e) => {
-                            first_err = Some(e.to_string());
-                            bad.extend(chunks.iter().map(|(c, _)| *c));
-                        }
-                    }
-                    if let Some(e) = first_err {
-                        failed.lock().expect("lock").push((key.clone(), e, bad));
-                    }
-                })
-        });
-        chunks_checked = checked.into_inner();
-        let mut failed = failed.into_inner().expect("lock");
-        failed.sort_by(|a, b| a.0.cmp(&b.0));
-        // Which files each failing blob affects.
-        if !failed.is_empty() {
-            let mut st = conn
-                .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
-                .db(mpath)?;
-            let mut rows = st.query([]).db(mpath)?;
-            let mut affected: Vec<Vec<String>> = vec![Vec::new(); failed.len()];
-            while let Some(r) = rows.next().db(mpath)? {
-                let path: Vec<u8> = r.get(0).db(mpath)?;
-                let list: Vec<u8> = r.get(1).db(mpath)?;
-                for (i, (_, _, bad)) in failed.iter().enumerate() {
-                    if list
-                        .chunks_exact(32)
-                        .any(|c| ChunkId::from_slice(c).is_some_and(|c| bad.contains(&c)))
-                    {
-                        affected[i].push(String::from_utf8_lossy(&path).into_owned());
-                    }
-                }
-            }
-            for ((key, msg, _), files) in failed.into_iter().zip(affected) {
-                problems.push(Problem {
-                    kind: "corrupt",
-                    key,
-                    message: msg,
-                    files,
-                });
-            }
-        }
-    }
-
+    let store = open_existing_store(&Settings::resolve(g, false)?)?;
+    let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
+    let r = crate::verify::verify(store.as_ref(), id, identities.as_deref())?;
+    let (id, manifest, chunks_checked, problems) =
+        (&r.id, &r.manifest, r.chunks_checked, &r.problems);
+    let (deep, json) = (a.deep, a.json);
     let blob_bytes: u64 = manifest
         .blobs
         .iter()
@@ -423,22 +267,23 @@ pub fn verify(
                 "kind": p.kind, "key": p.key, "message": p.message, "files": p.files,
             })).collect::<Vec<_>>(),
         });
-        let _ = writeln!(out, "{}", json_report(v, store.as_ref()));
+        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
     } else {
-        for p in &problems {
+        for p in problems {
             // Keys and messages may come from forged metadata: escaped.
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{}: {} {}",
                 p.kind,
                 crate::error::one_line(p.key.clone()),
                 crate::error::one_line(p.message.clone())
-            );
+            )
+            .map_err(output)?;
             if !p.files.is_empty() {
-                let _ = writeln!(out, "  affects {} file(s):", p.files.len());
+                writeln!(out, "  affects {} file(s):", p.files.len()).map_err(output)?;
                 for f in &p.files {
                     // Paths from the metadata: control characters escaped.
-                    let _ = writeln!(out, "    {}", crate::error::one_line(f.clone()));
+                    writeln!(out, "    {}", crate::error::one_line(f.clone())).map_err(output)?;
                 }
             }
         }
@@ -456,8 +301,8 @@ pub fn verify(
             )
         };
         let verdict = if problems.is_empty() { "ok" } else { "FAILED" };
-        let _ = writeln!(out, "snapshot {id}: {what} checked: {verdict}");
-        let _ = writeln!(out, "{}", store.stats().summary());
+        writeln!(out, "snapshot {id}: {what} checked: {verdict}").map_err(output)?;
+        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     if problems.is_empty() {
         Ok(())
@@ -467,33 +312,4 @@ pub fn verify(
             what: format!("snapshot verify {id}"),
         })
     }
-}
-
-/// Read every chunk of one blob; the chunks that fail, with why.
-fn check_blob(
-    store: &dyn Store,
-    key: &str,
-    size: u64,
-    chunks: &[(ChunkId, Location)],
-    identities: &[age::x25519::Identity],
-    checked: &std::sync::atomic::AtomicU64,
-) -> Result<Vec<(ChunkId, String)>> {
-    let mut reader = BlobReader::open(store, key, size, identities)?;
-    let mut bad = Vec::new();
-    // One streamed GET for the whole blob (chunks come in offset order).
-    let end = chunks
-        .iter()
-        .map(|(_, l)| l.offset.saturating_add(l.length))
-        .max();
-    reader.plan_range(end.unwrap_or(0));
-    for (cid, loc) in chunks {
-        match reader.read_chunk(cid, loc) {
-            Ok(_) => {
-                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e @ Error::Key(_)) => return Err(e),
-            Err(e) => bad.push((*cid, e.to_string())),
-        }
-    }
-    Ok(bad)
 }

@@ -1,58 +1,39 @@
 //! `snapshot purge`, `prune` and `snapshot remove`: keyless maintenance.
 
-use std::collections::HashSet;
 use std::io::{BufRead, Write};
 
 use serde_json::json;
 
-use super::{default_index_path, json_report, open_existing_store};
-use crate::cli::Global;
-use crate::config::{Config, DEFAULT_GRACE_PERIOD};
+use super::settings::Settings;
+use super::{json_report, open_existing_store, output};
+use crate::cli::PurgeArgs;
 use crate::error::{Error, Result};
+use crate::gc::purge::{Purge, Report};
 use crate::gc::{self, Collect, Retention, View};
 use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
 use crate::manifest::{self, Manifest};
-use crate::store::{self, ObjectInfo, Store};
+use crate::store::{self, Store};
 use crate::time::now as unix_now;
 
-/// What a purge or prune chose and did.
-pub struct Report {
-    pub dry_run: bool,
-    pub removed: Vec<Manifest>,
-    /// Blobs (and orphaned metadata) deleted, or that would be.
-    pub deleted: Vec<ObjectInfo>,
-    /// Unreferenced objects kept because they are younger than the grace period.
-    pub young: Vec<ObjectInfo>,
-    /// Unreferenced blobs marked for deletion (now or by an earlier purge),
-    /// deleted by a purge once the mark is older than the grace period.
-    pub marked: Vec<ObjectInfo>,
-    pub grace: u64,
-    pub index_note: Option<String>,
-    /// Snapshots dated ahead of the store's clock, which retention leaves alone.
-    pub ahead: Vec<String>,
-    /// Objects that are not vaultik's, left alone.
-    pub foreign: u64,
-}
-
 impl Report {
-    pub fn print_text(&self, out: &mut impl Write, purge: bool) {
+    pub fn print_text(&self, out: &mut impl Write, purge: bool) -> std::io::Result<()> {
         let verb = if self.dry_run {
             "would remove"
         } else {
             "removed"
         };
         if purge {
-            let _ = writeln!(out, "{verb} {} snapshot(s)", self.removed.len());
+            writeln!(out, "{verb} {} snapshot(s)", self.removed.len())?;
             for m in &self.removed {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "  {}  {}  {}",
                     m.id,
                     crate::time::display(m.time),
                     human_bytes(m.total_size())
-                );
+                )?;
             }
         }
         let verb = if self.dry_run {
@@ -60,50 +41,51 @@ impl Report {
         } else {
             "deleted"
         };
-        let _ = writeln!(
+        writeln!(
             out,
             "{verb} {} unreferenced object(s), {}",
             self.deleted.len(),
             human_bytes(Collect::bytes(&self.deleted))
-        );
+        )?;
         if !self.marked.is_empty() {
             let verb = if self.dry_run { "would mark" } else { "marked" };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{verb} {} unreferenced blob(s), {}, for deletion by a purge at least {} from when they were marked",
                 self.marked.len(),
                 human_bytes(Collect::bytes(&self.marked)),
                 crate::human_duration(self.grace)
-            );
+            )?;
         }
         if !self.young.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "kept {} unreferenced object(s), {}, younger than the grace period ({})",
                 self.young.len(),
                 human_bytes(Collect::bytes(&self.young)),
                 crate::human_duration(self.grace)
-            );
+            )?;
         }
         if !self.ahead.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "left alone {} snapshot(s) dated ahead of the store's clock \
                  (remove them with `vaultik snapshot remove`): {}",
                 self.ahead.len(),
                 self.ahead.join(", ")
-            );
+            )?;
         }
         if self.foreign > 0 {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "left alone {} object(s) that are not vaultik's (see `vaultik store info`)",
                 self.foreign
-            );
+            )?;
         }
         if let Some(n) = &self.index_note {
-            let _ = writeln!(out, "{n}");
+            writeln!(out, "{n}")?;
         }
+        Ok(())
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -126,116 +108,17 @@ impl Report {
     }
 }
 
-/// Remove the snapshots `rule` selects, then collect garbage, updating
-/// `index` (when given) so no later backup deduplicates against a deleted blob.
-pub fn purge_with(
-    store: &dyn Store,
-    rule: Retention,
-    name: Option<&str>,
-    host: Option<&str>,
-    grace: u64,
-    dry_run: bool,
-    index: Option<&mut Index>,
-) -> Result<Report> {
-    let view = View::load(store)?;
-    let now = unix_now();
-    let removed: Vec<Manifest> = gc::select(&view.manifests, rule, name, host, now)
-        .into_iter()
-        .cloned()
-        .collect();
-    finish(store, view, removed, grace, dry_run, index)
-}
-
-fn finish(
-    store: &dyn Store,
-    view: View,
-    removed: Vec<Manifest>,
-    grace: u64,
-    dry_run: bool,
-    index: Option<&mut Index>,
-) -> Result<Report> {
-    view.check_deletable(if removed.is_empty() { "prune" } else { "purge" })?;
-    let ids: HashSet<&str> = removed.iter().map(|m| m.id.as_str()).collect();
-    let now = unix_now();
-    let plan = gc::plan(&view, &ids, grace, now);
-    let marks = gc::load_marks(store)?;
-    let staged = gc::stage(plan.delete, &marks, grace, now);
-    let mut marked = staged.mark.clone();
-    marked.extend(staged.waiting.iter().cloned());
-    let ahead: Vec<String> = view.dated_ahead().map(|m| m.id.clone()).collect();
-    let foreign = view.foreign_count;
-    if dry_run {
-        return Ok(Report {
-            dry_run,
-            removed,
-            deleted: staged.delete,
-            young: plan.young,
-            marked,
-            grace,
-            index_note: None,
-            ahead,
-            foreign,
-        });
-    }
-    let id_list: Vec<&str> = removed.iter().map(|m| m.id.as_str()).collect();
-    if !id_list.is_empty() {
-        gc::remove_snapshots(store, &id_list)?;
-    }
-    for batch in staged.mark.chunks(gc::MARK_BLOBS) {
-        let m = gc::Mark::new(now, batch.iter().map(|o| o.key.clone()).collect());
-        store.put_bytes(&m.key, &m.to_bytes())?;
-    }
-    let young = plan.young;
-    let deleted = gc::collect(store, &view, staged.delete)?;
-    // Every blob a ripe mark names is now deleted, referenced again, or
-    // gone: the mark has done its work.
-    store.delete_many(&staged.done_marks)?;
-    let mut index_note = None;
-    if let Some(index) = index {
-        let gone: HashSet<&str> = deleted.iter().map(|o| o.key.as_str()).collect();
-        let mut left: Vec<String> = view
-            .blobs
-            .iter()
-            .filter(|o| !gone.contains(o.key.as_str()))
-            .map(|o| o.key.clone())
-            .collect();
-        left.sort();
-        let n = index.forget_missing_blobs(&left)?;
-        if n > 0 {
-            index_note = Some(format!("local index: forgot {n} deleted blob(s)"));
-        }
-    }
-    Ok(Report {
-        dry_run,
-        removed,
-        deleted,
-        young,
-        marked,
-        grace,
-        index_note,
-        ahead,
-        foreign,
-    })
-}
-
-fn grace_of(cfg: Option<&Config>) -> u64 {
-    cfg.map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period)
-        .as_secs()
-}
-
 /// The local index when this host has one for this store and no run holds
 /// it; maintenance never creates or resets an index.
 fn local_index(
-    cfg: Option<&Config>,
+    settings: &Settings,
     store: &dyn Store,
 ) -> (Option<(Index, RunLock)>, Option<String>) {
-    let path = cfg
-        .and_then(|c| c.index_path.clone())
-        .unwrap_or_else(default_index_path);
+    let path = &settings.index_path;
     if !path.is_file() {
         return (None, None);
     }
-    let lock = match RunLock::acquire(&path) {
+    let lock = match RunLock::acquire(path) {
         Ok(l) => l,
         Err(_) => {
             return (
@@ -252,133 +135,126 @@ fn local_index(
         Ok(Some(i)) => i.id,
         _ => store.describe(),
     };
-    match Index::open_existing(&path, &id, &store.describe()) {
+    match Index::open_existing(path, &id, &store.describe()) {
         Ok(Some(i)) => (Some((i, lock)), None),
         _ => (None, None),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn purge(
-    g: &Global,
-    keep_latest: bool,
-    older_than: Option<u64>,
-    name: Option<&str>,
-    dry_run: bool,
-    force: bool,
-    json: bool,
-) -> Result<()> {
-    let (cfg, store) = open_existing_store(g)?;
+pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
+    let store = open_existing_store(settings)?;
     let rule = Retention {
-        keep_latest: keep_latest.then_some(1),
-        keep_within: older_than,
+        keep_latest: a.keep_latest.then_some(1),
+        keep_within: a.older_than,
     };
-    let grace = grace_of(cfg.as_ref());
     let view = View::load(store.as_ref())?;
-    let removed: Vec<Manifest> = gc::select(&view.manifests, rule, name, None, unix_now())
-        .into_iter()
-        .cloned()
-        .collect();
-    let mut out = std::io::stdout().lock();
-    if !dry_run && !force && !removed.is_empty() {
-        // SAFETY: isatty has no preconditions.
-        if unsafe { libc::isatty(0) } != 1 {
-            return Err(Error::Usage(
-                "snapshot purge: standard input is not a terminal; pass --force to purge without confirmation"
-                    .into(),
-            ));
-        }
-        // The preview and the question go to stderr, so --json stays parseable.
-        let mut err = std::io::stderr().lock();
-        let preview = finish(
-            store.as_ref(),
-            View::load(store.as_ref())?,
-            removed.clone(),
-            grace,
-            true,
-            None,
-        )?;
-        preview.print_text(&mut err, true);
-        let _ = write!(err, "Remove these {} snapshot(s)? [y/N] ", removed.len());
-        let _ = err.flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
-            let _ = writeln!(err, "nothing removed");
-            let _ = writeln!(out, "{}", store.stats().summary());
-            return Ok(());
-        }
+    let removed: Vec<Manifest> =
+        gc::select(&view.manifests, rule, a.name.as_deref(), None, unix_now())
+            .into_iter()
+            .cloned()
+            .collect();
+    if !a.dry_run
+        && !a.force
+        && !removed.is_empty()
+        && !confirmed(settings, store.as_ref(), &removed)?
+    {
+        writeln!(std::io::stdout(), "{}", store.stats().summary()).map_err(output)?;
+        return Ok(());
     }
-    drop(out);
-    collect_and_report(
-        cfg.as_ref(),
-        store.as_ref(),
-        view,
-        removed,
-        grace,
-        dry_run,
-        json,
-        true,
-    )
+    let shown = Shown {
+        dry_run: a.dry_run,
+        json: a.json,
+        purge: true,
+    };
+    run_and_report(settings, store.as_ref(), view, removed, shown)
+}
+
+/// Ask on the terminal before removing `removed`. The preview and the
+/// question go to stderr, so that --json stays parseable.
+fn confirmed(settings: &Settings, store: &dyn Store, removed: &[Manifest]) -> Result<bool> {
+    // SAFETY: isatty has no preconditions.
+    if unsafe { libc::isatty(0) } != 1 {
+        return Err(Error::Usage(
+            "snapshot purge: standard input is not a terminal; pass --force to purge without confirmation"
+                .into(),
+        ));
+    }
+    let preview = Purge {
+        store,
+        grace: settings.grace_period,
+        dry_run: true,
+        index: None,
+    }
+    .snapshots(View::load(store)?, removed.to_vec())?;
+    let mut err = std::io::stderr().lock();
+    preview.print_text(&mut err, true).map_err(output)?;
+    write!(err, "Remove these {} snapshot(s)? [y/N] ", removed.len()).map_err(output)?;
+    err.flush().map_err(output)?;
+    let mut answer = String::new();
+    // No answer (end of input) is no.
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+        return Ok(true);
+    }
+    writeln!(err, "nothing removed").map_err(output)?;
+    Ok(false)
+}
+
+/// How a report is shown.
+struct Shown {
+    dry_run: bool,
+    json: bool,
+    /// A purge (its removed snapshots are listed), not a prune.
+    purge: bool,
 }
 
 /// Remove `removed`, collect garbage (updating this host's index when it
 /// is free), and print the report.
-#[allow(clippy::too_many_arguments)]
-fn collect_and_report(
-    cfg: Option<&Config>,
+fn run_and_report(
+    settings: &Settings,
     store: &dyn Store,
     view: View,
     removed: Vec<Manifest>,
-    grace: u64,
-    dry_run: bool,
-    json: bool,
-    purge: bool,
+    shown: Shown,
 ) -> Result<()> {
-    let (mut idx, note) = if dry_run {
+    let (mut idx, note) = if shown.dry_run {
         (None, None)
     } else {
-        local_index(cfg, store)
+        local_index(settings, store)
     };
-    let mut report = finish(
+    let mut report = Purge {
         store,
-        view,
-        removed,
-        grace,
-        dry_run,
-        idx.as_mut().map(|(i, _)| i),
-    )?;
+        grace: settings.grace_period,
+        dry_run: shown.dry_run,
+        index: idx.as_mut().map(|(i, _)| i),
+    }
+    .snapshots(view, removed)?;
     if report.index_note.is_none() {
         report.index_note = note;
     }
     let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(out, "{}", json_report(report.to_json(), store));
+    if shown.json {
+        writeln!(out, "{}", json_report(report.to_json(), store)).map_err(output)?;
     } else {
-        report.print_text(&mut out, purge);
-        let _ = writeln!(out, "{}", store.stats().summary());
+        report.print_text(&mut out, shown.purge).map_err(output)?;
+        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     Ok(())
 }
 
-pub fn prune(g: &Global, dry_run: bool, json: bool) -> Result<()> {
-    let (cfg, store) = open_existing_store(g)?;
-    let grace = grace_of(cfg.as_ref());
+pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
+    let store = open_existing_store(settings)?;
     let view = View::load(store.as_ref())?;
-    collect_and_report(
-        cfg.as_ref(),
-        store.as_ref(),
-        view,
-        Vec::new(),
-        grace,
+    let shown = Shown {
         dry_run,
         json,
-        false,
-    )
+        purge: false,
+    };
+    run_and_report(settings, store.as_ref(), view, Vec::new(), shown)
 }
 
-pub fn remove(g: &Global, snapshots: &[String]) -> Result<()> {
-    let (_, store) = open_existing_store(g)?;
+pub fn remove(settings: &Settings, snapshots: &[String]) -> Result<()> {
+    let store = open_existing_store(settings)?;
     let mut ids = Vec::new();
     for s in snapshots {
         ids.push(manifest::resolve(store.as_ref(), s)?);
@@ -387,12 +263,13 @@ pub fn remove(g: &Global, snapshots: &[String]) -> Result<()> {
     gc::remove_snapshots(store.as_ref(), &refs)?;
     let mut out = std::io::stdout().lock();
     for id in &ids {
-        let _ = writeln!(out, "removed {id}");
+        writeln!(out, "removed {id}").map_err(output)?;
     }
-    let _ = writeln!(
+    writeln!(
         out,
         "their blobs are deleted by `vaultik prune` once no snapshot needs them"
-    );
-    let _ = writeln!(out, "{}", store.stats().summary());
+    )
+    .map_err(output)?;
+    writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     Ok(())
 }

@@ -3,33 +3,30 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{open_existing_store, warn};
-use crate::cli::Global;
+use super::settings::{self, Settings};
+use super::{open_existing_store, output, warn};
+use crate::cli::{Global, RestoreArgs};
 use crate::error::Result;
 use crate::restore::Restore;
-use crate::{human_bytes, keys, manifest};
+use crate::{human_bytes, manifest};
 
-pub fn run(
-    g: &Global,
-    id: &str,
-    target: &Path,
-    paths: Vec<String>,
-    identity: Option<&Path>,
-) -> Result<()> {
-    let identities = keys::load_identities(identity)?;
-    let (_, store) = open_existing_store(g)?;
-    let id = manifest::resolve(store.as_ref(), id)?;
+pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
+    // The key first: no network work without it.
+    let identities = settings::identities(a.identity.as_deref())?;
+    let store = open_existing_store(&Settings::resolve(g, false)?)?;
+    let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
+    let target: &Path = &a.target;
     let r = Restore {
         store: store.as_ref(),
         identities,
         target: target.to_path_buf(),
-        paths,
+        paths: a.paths.clone(),
         warn: &warn,
     };
     let result = r.run(&id);
     let mut out = std::io::stdout().lock();
     if let Ok(s) = &result {
-        let _ = writeln!(
+        writeln!(
             out,
             "restored {} into {}: {} files ({}), {} directories, {} symlinks, {} other; {} chunks; {:.1}s",
             s.id,
@@ -41,8 +38,8 @@ pub fn run(
             s.other,
             s.chunks,
             s.seconds
-        );
+        ).map_err(output)?;
     }
-    let _ = writeln!(out, "{}", store.stats().summary());
+    writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     result.map(|_| ())
 }

@@ -24,7 +24,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{S3Config, StoreConfig};
+use crate::config::StoreConfig;
 use crate::error::Result;
 
 pub use local::LocalStore;
@@ -270,31 +270,13 @@ impl<R: Read> Read for Exact<'_, R> {
     }
 }
 
-/// Credentials (and `VAULTIK_CA_FILE`) are read from the environment first,
-/// then from the config.
-/// A local store directory is created only when `create` is set (backups);
-/// reading from a mistyped path is an error, not an empty store.
+/// The store `cfg` names (credentials already resolved: see
+/// `cmd/settings.rs`). A local store directory is created only when
+/// `create` is set (backups); reading from a mistyped path is an error,
+/// not an empty store.
 pub fn open(cfg: &StoreConfig, create: bool) -> Result<Box<dyn Store>> {
     match cfg {
         StoreConfig::Local { path } => Ok(Box::new(LocalStore::open(path, create)?)),
-        StoreConfig::S3(s3) => Ok(Box::new(S3Store::open(&with_env_credentials(s3))?)),
+        StoreConfig::S3(s3) => Ok(Box::new(S3Store::open(s3)?)),
     }
-}
-
-fn with_env_credentials(s3: &S3Config) -> S3Config {
-    let mut s3 = s3.clone();
-    if let Some(v) = std::env::var_os("VAULTIK_CA_FILE").filter(|v| !v.is_empty()) {
-        s3.ca_file = Some(v.into());
-    }
-    if let Ok(v) = std::env::var("AWS_ACCESS_KEY_ID") {
-        if !v.is_empty() {
-            s3.access_key_id = Some(v);
-        }
-    }
-    if let Ok(v) = std::env::var("AWS_SECRET_ACCESS_KEY") {
-        if !v.is_empty() {
-            s3.secret_access_key = Some(v);
-        }
-    }
-    s3
 }

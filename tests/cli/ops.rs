@@ -724,3 +724,40 @@ fn two_hosts_back_up_while_a_third_purges() {
         assert_same_tree(src, &restored(&target, src));
     }
 }
+
+/// Output that cannot be written is an error (a full disk: exit 2, said on
+/// stderr), except a reader that went away (`| head`), which ends the
+/// command quietly.
+#[test]
+fn output_errors_are_errors_and_a_closed_pipe_is_quiet() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("f"), b"x").unwrap();
+    env.create();
+    for args in [
+        &["snapshot", "list", "--json"][..],
+        &["store", "info"],
+        &["snapshot", "list"],
+    ] {
+        let out = env
+            .cmd()
+            .args(args)
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("cannot write the output"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A pipe whose reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = env
+        .cmd()
+        .args(["snapshot", "list"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}

@@ -19,6 +19,8 @@
 //! With `grace_period = 0s` blobs are deleted at once (single-host setups
 //! and tests).
 
+pub mod purge;
+
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};

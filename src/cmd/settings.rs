@@ -1,0 +1,212 @@
+//! Every setting a command uses, resolved once, in one place: flags, then
+//! the environment, then the config file, then defaults. Commands get a
+//! `Settings` and their own arguments; nothing below reads the
+//! environment.
+
+use std::path::{Path, PathBuf};
+
+use age::x25519;
+
+use crate::cli::Global;
+use crate::config::{self, Config, DEFAULT_GRACE_PERIOD, S3Config, StoreConfig};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::store::{self, Store};
+
+pub struct Settings {
+    /// The config file, when there is one (backups require it).
+    pub config: Option<Config>,
+    /// Where the store is, with its credentials and CA.
+    pub store: StoreConfig,
+    pub index_path: PathBuf,
+    pub hostname: String,
+    /// Seconds an unreferenced blob is kept, and a mark waits.
+    pub grace_period: u64,
+}
+
+impl Settings {
+    /// The settings of a command; `config_required` for backups.
+    pub fn resolve(g: &Global, config_required: bool) -> Result<Settings> {
+        let config = load_config(g, config_required)?;
+        let store = with_env_credentials(store_config(g, config.as_ref())?);
+        let c = config.as_ref();
+        Ok(Settings {
+            index_path: c
+                .and_then(|c| c.index_path.clone())
+                .unwrap_or_else(default_index_path),
+            hostname: c
+                .and_then(|c| c.hostname.clone())
+                .unwrap_or_else(system_hostname),
+            grace_period: c.map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period).as_secs(),
+            store,
+            config,
+        })
+    }
+
+    /// The config file a backup needs.
+    pub fn config(&self) -> &Config {
+        self.config
+            .as_ref()
+            .expect("resolved with the config required")
+    }
+
+    pub fn open_store(&self, create: bool) -> Result<Box<dyn Store>> {
+        store::open(&self.store, create)
+    }
+}
+
+/// The private key: `--identity FILE` wins over `$VAULTIK_PRIVATE_KEY`.
+pub fn identities(file: Option<&Path>) -> Result<Vec<x25519::Identity>> {
+    if let Some(path) = file {
+        return keys::identities_from_file(path);
+    }
+    match std::env::var("VAULTIK_PRIVATE_KEY") {
+        Ok(v) if !v.trim().is_empty() => keys::identity_from_env(v.trim()),
+        _ => Err(Error::Key(
+            "this command needs the private key: set VAULTIK_PRIVATE_KEY or pass --identity FILE"
+                .into(),
+        )),
+    }
+}
+
+/// Credentials (and `VAULTIK_CA_FILE`) from the environment win over the
+/// config.
+fn with_env_credentials(cfg: StoreConfig) -> StoreConfig {
+    let StoreConfig::S3(mut s3) = cfg else {
+        return cfg;
+    };
+    if let Some(v) = std::env::var_os("VAULTIK_CA_FILE").filter(|v| !v.is_empty()) {
+        s3.ca_file = Some(v.into());
+    }
+    if let Some(v) = env("AWS_ACCESS_KEY_ID") {
+        s3.access_key_id = Some(v);
+    }
+    if let Some(v) = env("AWS_SECRET_ACCESS_KEY") {
+        s3.secret_access_key = Some(v);
+    }
+    StoreConfig::S3(s3)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Load the config: `--config`, else `$VAULTIK_CONFIG`, else the default
+/// path. A missing default file is only an error when `required`.
+fn load_config(g: &Global, required: bool) -> Result<Option<Config>> {
+    let (path, explicit) = match (&g.config, env("VAULTIK_CONFIG")) {
+        (Some(p), _) => (p.clone(), true),
+        (None, Some(p)) => (PathBuf::from(p), true),
+        (None, None) => (PathBuf::from(config::DEFAULT_CONFIG), false),
+    };
+    if !explicit && !required && !path.exists() {
+        return Ok(None);
+    }
+    if !path.exists() {
+        return Err(Error::Setup(format!(
+            "config file {} does not exist (give --config PATH or set VAULTIK_CONFIG)",
+            path.display()
+        )));
+    }
+    Config::load(&path).map(Some)
+}
+
+/// The store from `--store`/`$VAULTIK_STORE`, else from the config;
+/// `--endpoint`/`--region` (and their variables) override either.
+fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
+    let spec = g.store.clone().or_else(|| env("VAULTIK_STORE"));
+    let Some(spec) = spec else {
+        let from_cfg = cfg.and_then(|c| c.store.clone()).ok_or_else(|| {
+            Error::Setup(match cfg {
+                Some(c) => format!(
+                    "{}: no store configured (add an [s3] or [local] section, or give --store)",
+                    c.path.display()
+                ),
+                None => format!(
+                    "no config file at {} and no --store given (or set VAULTIK_STORE)",
+                    config::DEFAULT_CONFIG
+                ),
+            })
+        })?;
+        return Ok(match from_cfg {
+            StoreConfig::S3(mut s) => {
+                if let Some(e) = g.endpoint.clone().or_else(|| env("VAULTIK_S3_ENDPOINT")) {
+                    s.endpoint = e;
+                }
+                if let Some(r) = g.region.clone().or_else(|| env("VAULTIK_S3_REGION")) {
+                    s.region = r;
+                }
+                StoreConfig::S3(s)
+            }
+            local => local,
+        });
+    };
+    if let Some(rest) = spec.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Usage(format!("--store {spec}: missing bucket name")));
+        }
+        let mut prefix = prefix.to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        config::check_prefix(&prefix).map_err(|m| Error::Usage(format!("--store: {m}")))?;
+        let from_cfg = match cfg.and_then(|c| c.store.as_ref()) {
+            Some(StoreConfig::S3(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let region = g
+            .region
+            .clone()
+            .or_else(|| env("VAULTIK_S3_REGION"))
+            .or_else(|| from_cfg.as_ref().map(|s| s.region.clone()))
+            .unwrap_or_else(|| "us-east-1".into());
+        let endpoint = g
+            .endpoint
+            .clone()
+            .or_else(|| env("VAULTIK_S3_ENDPOINT"))
+            .or_else(|| from_cfg.as_ref().map(|s| s.endpoint.clone()))
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        Ok(StoreConfig::S3(S3Config {
+            endpoint,
+            bucket: bucket.to_string(),
+            prefix,
+            region,
+            access_key_id: from_cfg.as_ref().and_then(|s| s.access_key_id.clone()),
+            secret_access_key: from_cfg.as_ref().and_then(|s| s.secret_access_key.clone()),
+            ca_file: from_cfg.and_then(|s| s.ca_file),
+        }))
+    } else {
+        let path = spec.strip_prefix("file://").unwrap_or(&spec);
+        Ok(StoreConfig::Local {
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+fn default_index_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/vaultik/index.sqlite");
+    }
+    let state = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("vaultik/index.sqlite")
+}
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "localhost".into()
+}

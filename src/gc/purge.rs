@@ -1,0 +1,120 @@
+//! A purge: remove the snapshots a retention rule selects (or none: a
+//! prune), then collect the garbage they leave, in two phases (see the
+//! module above), keeping this host's index in step so that no later
+//! backup deduplicates against a deleted blob.
+
+use std::collections::HashSet;
+
+use super::{Retention, View};
+use crate::error::Result;
+use crate::index::Index;
+use crate::manifest::Manifest;
+use crate::store::{ObjectInfo, Store};
+use crate::time::now as unix_now;
+
+/// What a purge or prune chose and did.
+pub struct Report {
+    pub dry_run: bool,
+    pub removed: Vec<Manifest>,
+    /// Blobs (and orphaned metadata) deleted, or that would be.
+    pub deleted: Vec<ObjectInfo>,
+    /// Unreferenced objects kept because they are younger than the grace period.
+    pub young: Vec<ObjectInfo>,
+    /// Unreferenced blobs marked for deletion (now or by an earlier purge),
+    /// deleted by a purge once the mark is older than the grace period.
+    pub marked: Vec<ObjectInfo>,
+    pub grace: u64,
+    pub index_note: Option<String>,
+    /// Snapshots dated ahead of the store's clock, which retention leaves alone.
+    pub ahead: Vec<String>,
+    /// Objects that are not vaultik's, left alone.
+    pub foreign: u64,
+}
+
+/// How a purge is to run.
+pub struct Purge<'p> {
+    pub store: &'p dyn Store,
+    /// Seconds unreferenced objects and marks wait.
+    pub grace: u64,
+    /// Decide and report, but change nothing.
+    pub dry_run: bool,
+    /// This host's index, when no run holds it.
+    pub index: Option<&'p mut Index>,
+}
+
+impl Purge<'_> {
+    /// Remove the snapshots `rule` selects among those of `name` and
+    /// `host` (when given), then collect garbage.
+    pub fn by_rule(
+        self,
+        rule: Retention,
+        name: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Report> {
+        let view = View::load(self.store)?;
+        let removed: Vec<Manifest> = super::select(&view.manifests, rule, name, host, unix_now())
+            .into_iter()
+            .cloned()
+            .collect();
+        self.snapshots(view, removed)
+    }
+
+    /// Remove `removed` (chosen from `view`), then collect garbage.
+    pub fn snapshots(self, view: View, removed: Vec<Manifest>) -> Result<Report> {
+        let Purge {
+            store,
+            grace,
+            dry_run,
+            index,
+        } = self;
+        view.check_deletable(if removed.is_empty() { "prune" } else { "purge" })?;
+        let ids: HashSet<&str> = removed.iter().map(|m| m.id.as_str()).collect();
+        let now = unix_now();
+        let plan = super::plan(&view, &ids, grace, now);
+        let marks = super::load_marks(store)?;
+        let staged = super::stage(plan.delete, &marks, grace, now);
+        let mut marked = staged.mark.clone();
+        marked.extend(staged.waiting.iter().cloned());
+        let mut report = Report {
+            dry_run,
+            removed,
+            deleted: staged.delete.clone(),
+            young: plan.young,
+            marked,
+            grace,
+            index_note: None,
+            ahead: view.dated_ahead().map(|m| m.id.clone()).collect(),
+            foreign: view.foreign_count,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let id_list: Vec<&str> = report.removed.iter().map(|m| m.id.as_str()).collect();
+        if !id_list.is_empty() {
+            super::remove_snapshots(store, &id_list)?;
+        }
+        for batch in staged.mark.chunks(super::MARK_BLOBS) {
+            let m = super::Mark::new(now, batch.iter().map(|o| o.key.clone()).collect());
+            store.put_bytes(&m.key, &m.to_bytes())?;
+        }
+        report.deleted = super::collect(store, &view, staged.delete)?;
+        // Every blob a ripe mark names is now deleted, referenced again, or
+        // gone: the mark has done its work.
+        store.delete_many(&staged.done_marks)?;
+        if let Some(index) = index {
+            let gone: HashSet<&str> = report.deleted.iter().map(|o| o.key.as_str()).collect();
+            let mut left: Vec<String> = view
+                .blobs
+                .iter()
+                .filter(|o| !gone.contains(o.key.as_str()))
+                .map(|o| o.key.clone())
+                .collect();
+            left.sort();
+            let n = index.forget_missing_blobs(&left)?;
+            if n > 0 {
+                report.index_note = Some(format!("local index: forgot {n} deleted blob(s)"));
+            }
+        }
+        Ok(report)
+    }
+}

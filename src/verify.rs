@@ -1,0 +1,224 @@
+//! Checking a snapshot. Shallow (no key): every blob its manifest lists
+//! is in the store with the size it records, and its metadata exists.
+//! Deep (the private key): every chunk of every blob is read back through
+//! age and zstd and checked against its SHA-256; failing blobs are named
+//! with the files they affect.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use age::x25519;
+use rayon::prelude::*;
+
+use crate::blob::{BlobReader, Location};
+use crate::chunk::ChunkId;
+use crate::error::{DbContext, Error, Result};
+use crate::layout;
+use crate::manifest::{self, Manifest};
+use crate::snapshot;
+use crate::store::Store;
+
+/// A blob's key and size, and its chunks in offset order.
+type BlobChunks = (String, u64, Vec<(ChunkId, Location)>);
+
+/// One thing wrong with a snapshot.
+pub struct Problem {
+    /// `missing`, `size`, `manifest` or `corrupt`.
+    pub kind: &'static str,
+    pub key: String,
+    pub message: String,
+    /// The files a corrupt blob affects (deep checks).
+    pub files: Vec<String>,
+}
+
+/// What a check found.
+pub struct Report {
+    pub id: String,
+    pub manifest: Manifest,
+    pub chunks_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Check snapshot `id` (a full id); deep when `identities` are given.
+pub fn verify(
+    store: &dyn Store,
+    id: String,
+    identities: Option<&[x25519::Identity]>,
+) -> Result<Report> {
+    let mkey = layout::manifest(&id);
+    let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
+    let mut problems: Vec<Problem> = Vec::new();
+
+    // Shallow: one listing answers for every blob.
+    let present: HashMap<String, u64> = store
+        .list(layout::BLOBS)?
+        .objects
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
+    let mut bad_blobs: HashSet<String> = HashSet::new();
+    for (key, size) in &manifest.blobs {
+        match present.get(key) {
+            None => problems.push(Problem {
+                kind: "missing",
+                key: key.clone(),
+                message: "blob is missing from the store".into(),
+                files: Vec::new(),
+            }),
+            Some(s) if s != size => problems.push(Problem {
+                kind: "size",
+                key: key.clone(),
+                message: format!("blob has {s} bytes, the manifest records {size}"),
+                files: Vec::new(),
+            }),
+            Some(_) => continue,
+        }
+        bad_blobs.insert(key.clone());
+    }
+    let dkey = layout::metadata(&id);
+    if store.head(&dkey)?.is_none() {
+        problems.push(Problem {
+            kind: "missing",
+            key: dkey.clone(),
+            message: "snapshot metadata is missing from the store".into(),
+            files: Vec::new(),
+        });
+    }
+
+    let mut chunks_checked = 0u64;
+    if let Some(identities) = identities.filter(|_| !problems.iter().any(|p| p.key == dkey)) {
+        let conn = snapshot::open_metadata(store, &id, identities)?;
+        let mpath = std::path::Path::new("snapshot metadata");
+        // Every chunk, grouped by blob, in offset order.
+        let mut blobs: Vec<BlobChunks> = Vec::new();
+        {
+            let mut st = conn
+                .prepare(
+                    "SELECT b.key, b.size, c.id, c.offset, c.length, c.size
+                     FROM chunks c JOIN blobs b ON b.id = c.blob ORDER BY b.key, c.offset",
+                )
+                .db(mpath)?;
+            let mut rows = st.query([]).db(mpath)?;
+            while let Some(r) = rows.next().db(mpath)? {
+                let key: String = r.get(0).db(mpath)?;
+                let id_bytes: Vec<u8> = r.get(2).db(mpath)?;
+                let cid = ChunkId::from_slice(&id_bytes)
+                    .ok_or_else(|| Error::corrupt("snapshot metadata", "malformed chunk id"))?;
+                let loc = Location::from_row(r, 3).db(mpath)?;
+                if blobs.last().is_none_or(|b| b.0 != key) {
+                    blobs.push((key, r.get::<_, i64>(1).db(mpath)? as u64, Vec::new()));
+                }
+                blobs.last_mut().expect("just pushed").2.push((cid, loc));
+            }
+        }
+        let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
+        for (key, _, _) in &blobs {
+            if !listed.contains(key.as_str()) {
+                problems.push(Problem {
+                    kind: "manifest",
+                    key: key.clone(),
+                    message: "blob is needed by the metadata but not listed in the manifest".into(),
+                    files: Vec::new(),
+                });
+            }
+        }
+        // Read every blob that is present, in parallel.
+        let failed: Mutex<Vec<(String, String, HashSet<ChunkId>)>> = Mutex::new(Vec::new());
+        let checked = std::sync::atomic::AtomicU64::new(0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .map_err(|e| Error::Setup(format!("cannot start threads: {e}")))?;
+        pool.install(|| {
+            blobs
+                .par_iter()
+                .filter(|(k, _, _)| !bad_blobs.contains(k))
+                .for_each(|(key, size, chunks)| {
+                    let mut bad = HashSet::new();
+                    let mut first_err = None;
+                    match check_blob(store, key, *size, chunks, identities, &checked) {
+                        Ok(list) => {
+                            for (cid, e) in list {
+                                first_err.get_or_insert(e);
+                                bad.insert(cid);
+                            }
+                        }
+                        Err(e) => {
+                            first_err = Some(e.to_string());
+                            bad.extend(chunks.iter().map(|(c, _)| *c));
+                        }
+                    }
+                    if let Some(e) = first_err {
+                        failed.lock().expect("lock").push((key.clone(), e, bad));
+                    }
+                })
+        });
+        chunks_checked = checked.into_inner();
+        let mut failed = failed.into_inner().expect("lock");
+        failed.sort_by(|a, b| a.0.cmp(&b.0));
+        // Which files each failing blob affects.
+        if !failed.is_empty() {
+            let mut st = conn
+                .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
+                .db(mpath)?;
+            let mut rows = st.query([]).db(mpath)?;
+            let mut affected: Vec<Vec<String>> = vec![Vec::new(); failed.len()];
+            while let Some(r) = rows.next().db(mpath)? {
+                let path: Vec<u8> = r.get(0).db(mpath)?;
+                let list: Vec<u8> = r.get(1).db(mpath)?;
+                for (i, (_, _, bad)) in failed.iter().enumerate() {
+                    if list
+                        .chunks_exact(32)
+                        .any(|c| ChunkId::from_slice(c).is_some_and(|c| bad.contains(&c)))
+                    {
+                        affected[i].push(String::from_utf8_lossy(&path).into_owned());
+                    }
+                }
+            }
+            for ((key, msg, _), files) in failed.into_iter().zip(affected) {
+                problems.push(Problem {
+                    kind: "corrupt",
+                    key,
+                    message: msg,
+                    files,
+                });
+            }
+        }
+    }
+
+    Ok(Report {
+        id,
+        manifest,
+        chunks_checked,
+        problems,
+    })
+}
+
+/// Read every chunk of one blob; the chunks that fail, with why.
+fn check_blob(
+    store: &dyn Store,
+    key: &str,
+    size: u64,
+    chunks: &[(ChunkId, Location)],
+    identities: &[age::x25519::Identity],
+    checked: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<(ChunkId, String)>> {
+    let mut reader = BlobReader::open(store, key, size, identities)?;
+    let mut bad = Vec::new();
+    // One streamed GET for the whole blob (chunks come in offset order).
+    let end = chunks
+        .iter()
+        .map(|(_, l)| l.offset.saturating_add(l.length))
+        .max();
+    reader.plan_range(end.unwrap_or(0));
+    for (cid, loc) in chunks {
+        match reader.read_chunk(cid, loc) {
+            Ok(_) => {
+                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e @ Error::Key(_)) => return Err(e),
+            Err(e) => bad.push((*cid, e.to_string())),
+        }
+    }
+    Ok(bad)
+}
