@@ -179,40 +179,34 @@ pub struct Built {
     pub failures: Vec<String>,
 }
 
+/// One entry of the snapshot, as read.
+struct Row {
+    rowid: i64,
+    src: Vec<u8>,
+    kind: Kind,
+    size: i64,
+    chunks: Vec<u8>,
+    /// A further hard link's first path.
+    link: Option<Vec<u8>>,
+}
+
 /// Build the plan from the metadata (every entry, in row order), keeping
 /// only what is under `paths` when any are given.
 pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
     let (mpath, ppath) = (mpath(), ppath());
     let filters: Vec<Vec<u8>> = paths.iter().map(|p| normalize_filter(p)).collect();
     let mut matched = vec![false; filters.len()];
-    let mut blobs: Vec<(String, u64)> = Vec::new();
-    let mut blob_ids: HashMap<i64, usize> = HashMap::new();
-    let mut located: Vec<(ChunkId, usize, Location)> = Vec::new();
-    let mut failures = Vec::new();
     conn.execute_batch("BEGIN").db(ppath)?;
-    {
+    let built = {
         let link = crate::snapshot::link_column(conn, "main");
         let mut st = conn
             .prepare(&format!(
                 "SELECT rowid, path, kind, size, chunks, {link} FROM main.entries ORDER BY rowid"
             ))
             .db(mpath)?;
-        let mut q = conn
-            .prepare(
-                "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
-                 FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
-            )
-            .db(mpath)?;
-        let mut tree = Tree::new(conn)?;
-        let mut add_job = conn
-            .prepare(
-                "INSERT OR IGNORE INTO plan.jobs(blob, boffset, node, foffset, length, size, chunk)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .db(ppath)?;
+        let mut planner = Planner::new(conn)?;
         let mut rows = st.query([]).db(mpath)?;
         while let Some(r) = rows.next().db(mpath)? {
-            let rowid: i64 = r.get(0).db(mpath)?;
             let src: Vec<u8> = r.get(1).db(mpath)?;
             if !filters.is_empty() {
                 let mut any = false;
@@ -226,123 +220,24 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
                     continue;
                 }
             }
-            let Some(parts) = components(&src) else {
-                failures.push(format!(
-                    "{}: unsafe path in snapshot metadata, not restored",
-                    shown(&src)
-                ));
-                continue;
-            };
             let kind = Kind::from_i64(r.get(2).db(mpath)?).ok_or_else(|| {
                 Error::corrupt(META, format!("{}: unknown entry kind", shown(&src)))
             })?;
-            let size: i64 = r.get(3).db(mpath)?;
             let chunks: Option<Vec<u8>> = r.get(4).db(mpath)?;
-            let chunks = chunks.unwrap_or_default();
-            if size < 0 || chunks.len() % 32 != 0 {
-                failures.push(format!(
-                    "{}: malformed entry in snapshot metadata",
-                    shown(&src)
-                ));
-                continue;
-            }
-            let link_path: Option<Vec<u8>> = r.get(5).db(mpath)?;
-            if kind == Kind::File {
-                located.clear();
-                for c in chunks.chunks_exact(32) {
-                    let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-                    let row = q
-                        .query_row([c], |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                Location::from_row(r, 1)?,
-                                r.get::<_, String>(4)?,
-                                r.get::<_, i64>(5)?,
-                            ))
-                        })
-                        .optional()
-                        .db(mpath)?;
-                    let Some((bid, loc, key, bsize)) = row else {
-                        return Err(Error::corrupt(
-                            META,
-                            format!("chunk {} has no location", id.hex()),
-                        ));
-                    };
-                    let bi = match blob_ids.get(&bid) {
-                        Some(bi) => *bi,
-                        None => {
-                            if !layout::is_blob(&key) || bsize < 0 {
-                                return Err(Error::corrupt(
-                                    META,
-                                    format!("bad blob {}", crate::error::one_line(key)),
-                                ));
-                            }
-                            blobs.push((key, bsize as u64));
-                            blob_ids.insert(bid, blobs.len() - 1);
-                            blobs.len() - 1
-                        }
-                    };
-                    located.push((id, bi, loc));
-                }
-                // The size must be what the chunks add up to (no forged
-                // giants), and every chunk must lie inside its blob.
-                let sum = located
-                    .iter()
-                    .try_fold(0u64, |t, (_, _, l)| t.checked_add(l.size));
-                if sum != Some(size as u64) {
-                    failures.push(format!(
-                        "{}: size {size} does not match its chunks; not restored",
-                        shown(&src)
-                    ));
-                    continue;
-                }
-                if located.iter().any(|(_, bi, l)| {
-                    l.offset
-                        .checked_add(l.length)
-                        .is_none_or(|end| end > blobs[*bi].1)
-                }) {
-                    failures.push(format!(
-                        "{}: a chunk lies outside its blob; not restored",
-                        shown(&src)
-                    ));
-                    continue;
-                }
-            }
-            let placed = tree.place(
-                &src,
-                &parts,
+            planner.entry(Row {
+                rowid: r.get(0).db(mpath)?,
+                src,
                 kind,
-                rowid,
-                size as u64,
-                chunks.len() / 32,
-                link_path.as_deref(),
-            )?;
-            let (node, link_to) = match placed {
-                Ok(p) => p,
-                Err(why) => {
-                    failures.push(format!("{}: {why}, not restored", shown(&src)));
-                    continue;
-                }
-            };
-            if kind == Kind::File && link_to.is_none() {
-                let mut offset = 0u64;
-                for (chunk, bi, loc) in &located {
-                    add_job
-                        .execute(params![
-                            *bi as i64,
-                            loc.offset as i64,
-                            node,
-                            offset as i64,
-                            loc.length as i64,
-                            loc.size as i64,
-                            &chunk.0[..],
-                        ])
-                        .db(ppath)?;
-                    offset += loc.size;
-                }
-            }
+                size: r.get(3).db(mpath)?,
+                chunks: chunks.unwrap_or_default(),
+                link: r.get(5).db(mpath)?,
+            })?;
         }
-    }
+        Built {
+            blobs: planner.blobs,
+            failures: planner.failures,
+        }
+    };
     conn.execute_batch("COMMIT").db(ppath)?;
     for (f, m) in paths.iter().zip(&matched) {
         if !m {
@@ -352,7 +247,152 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
             )));
         }
     }
-    Ok(Built { blobs, failures })
+    Ok(built)
+}
+
+/// Places entries and queues their chunks.
+struct Planner<'c> {
+    tree: Tree<'c>,
+    /// Where a chunk is: its blob (the snapshot's id, key, size) and place.
+    locate: rusqlite::Statement<'c>,
+    add_job: rusqlite::Statement<'c>,
+    blobs: Vec<(String, u64)>,
+    /// The snapshot's blob ids, as indexes into `blobs`.
+    blob_ids: HashMap<i64, usize>,
+    /// The chunks of the file being planned.
+    located: Vec<(ChunkId, usize, Location)>,
+    failures: Vec<String>,
+}
+
+impl<'c> Planner<'c> {
+    fn new(conn: &'c Connection) -> Result<Planner<'c>> {
+        Ok(Planner {
+            tree: Tree::new(conn)?,
+            locate: conn
+                .prepare(
+                    "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
+                     FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
+                )
+                .db(mpath())?,
+            add_job: conn
+                .prepare(
+                    "INSERT OR IGNORE INTO plan.jobs(blob, boffset, node, foffset, length, size, chunk)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .db(ppath())?,
+            blobs: Vec::new(),
+            blob_ids: HashMap::new(),
+            located: Vec::new(),
+            failures: Vec::new(),
+        })
+    }
+
+    fn refuse(&mut self, src: &[u8], why: &str) {
+        self.failures.push(format!("{}: {why}", shown(src)));
+    }
+
+    /// Check, place and queue one entry.
+    fn entry(&mut self, e: Row) -> Result<()> {
+        let Some(parts) = components(&e.src) else {
+            self.refuse(&e.src, "unsafe path in snapshot metadata, not restored");
+            return Ok(());
+        };
+        if e.size < 0 || e.chunks.len() % 32 != 0 {
+            self.refuse(&e.src, "malformed entry in snapshot metadata");
+            return Ok(());
+        }
+        if e.kind == Kind::File && !self.locate_chunks(&e)? {
+            return Ok(());
+        }
+        let (node, link_to) = match self.tree.place(&e, &parts)? {
+            Ok(p) => p,
+            Err(why) => {
+                self.refuse(&e.src, &format!("{why}, not restored"));
+                return Ok(());
+            }
+        };
+        if e.kind == Kind::File && link_to.is_none() {
+            let mut offset = 0u64;
+            for (chunk, bi, loc) in &self.located {
+                self.add_job
+                    .execute(params![
+                        *bi as i64,
+                        loc.offset as i64,
+                        node,
+                        offset as i64,
+                        loc.length as i64,
+                        loc.size as i64,
+                        &chunk.0[..],
+                    ])
+                    .db(ppath())?;
+                offset += loc.size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where each chunk of file `e` is (into `located`); false when the
+    /// file is refused (named in `failures`).
+    fn locate_chunks(&mut self, e: &Row) -> Result<bool> {
+        self.located.clear();
+        for c in e.chunks.chunks_exact(32) {
+            let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
+            let row = self
+                .locate
+                .query_row([c], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        Location::from_row(r, 1)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .optional()
+                .db(mpath())?;
+            let Some((bid, loc, key, bsize)) = row else {
+                return Err(Error::corrupt(
+                    META,
+                    format!("chunk {} has no location", id.hex()),
+                ));
+            };
+            let bi = match self.blob_ids.get(&bid) {
+                Some(bi) => *bi,
+                None => {
+                    if !layout::is_blob(&key) || bsize < 0 {
+                        return Err(Error::corrupt(
+                            META,
+                            format!("bad blob {}", crate::error::one_line(key)),
+                        ));
+                    }
+                    self.blobs.push((key, bsize as u64));
+                    self.blob_ids.insert(bid, self.blobs.len() - 1);
+                    self.blobs.len() - 1
+                }
+            };
+            self.located.push((id, bi, loc));
+        }
+        // The size must be what the chunks add up to (no forged giants),
+        // and every chunk must lie inside its blob.
+        let sum = self
+            .located
+            .iter()
+            .try_fold(0u64, |t, (_, _, l)| t.checked_add(l.size));
+        if sum != Some(e.size as u64) {
+            let why = format!("size {} does not match its chunks; not restored", e.size);
+            self.refuse(&e.src, &why);
+            return Ok(false);
+        }
+        let blobs = &self.blobs;
+        if self.located.iter().any(|(_, bi, l)| {
+            l.offset
+                .checked_add(l.length)
+                .is_none_or(|end| end > blobs[*bi].1)
+        }) {
+            self.refuse(&e.src, "a chunk lies outside its blob; not restored");
+            return Ok(false);
+        }
+        Ok(true)
+    }
 }
 
 /// Places entries in the tree of nodes.
@@ -440,20 +480,19 @@ impl<'c> Tree<'c> {
         self.recent.push((dir.to_vec(), node));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn add(
-        &mut self,
-        path: &[u8],
-        parent: i64,
-        name: &[u8],
-        kind: Kind,
-        entry: Option<i64>,
-        link: Option<i64>,
-        depth: usize,
-        single: bool,
-        size: u64,
-    ) -> Result<i64> {
+    /// Add node `n` at `path`.
+    fn add(&mut self, path: &[u8], n: NewNode<'_>) -> Result<i64> {
         let p = ppath();
+        let NewNode {
+            parent,
+            name,
+            kind,
+            entry,
+            link,
+            depth,
+            single,
+            size,
+        } = n;
         self.add_node
             .execute(params![
                 parent,
@@ -514,39 +553,34 @@ impl<'c> Tree<'c> {
             // The ancestor with `depth - k` components.
             let n = depth - k;
             let path = join(&parts[..n]);
-            node = self.add(
-                &path,
-                node,
-                parts[n - 1],
-                Kind::Dir,
-                None,
-                None,
-                n,
-                false,
-                0,
-            )?;
+            let made = NewNode {
+                parent: node,
+                name: parts[n - 1],
+                kind: Kind::Dir,
+                entry: None,
+                link: None,
+                depth: n,
+                single: false,
+                size: 0,
+            };
+            node = self.add(&path, made)?;
         }
         Ok(Ok(node))
     }
 
-    /// Place one entry: its node, and the node a hard link links to.
-    /// Err(why) when it cannot be placed.
-    #[allow(clippy::too_many_arguments)]
+    /// Place entry `e` (its path's components are `parts`): its node, and
+    /// the node a hard link links to. Err(why) when it cannot be placed.
     fn place(
         &mut self,
-        src: &[u8],
+        e: &Row,
         parts: &[&[u8]],
-        kind: Kind,
-        entry: i64,
-        size: u64,
-        chunks: usize,
-        link_path: Option<&[u8]>,
     ) -> Result<std::result::Result<(i64, Option<i64>), String>> {
+        let (src, kind) = (e.src.as_slice(), e.kind);
         if let Some((node, k, _, implicit)) = self.find(src)? {
             // Only a directory made as a parent can become an entry, and
             // only a directory entry.
             if implicit && k == Kind::Dir as i64 && kind == Kind::Dir {
-                self.attach.execute(params![node, entry]).db(ppath())?;
+                self.attach.execute(params![node, e.rowid]).db(ppath())?;
                 self.attach_path
                     .execute(params![src, Kind::Dir as i64])
                     .db(ppath())?;
@@ -567,26 +601,41 @@ impl<'c> Tree<'c> {
         // that is restored too becomes a link to it (its own chunks are
         // not written); otherwise it is restored as a file of its own.
         let mut link_to = None;
-        if let (Kind::File, Some(p)) = (kind, link_path) {
+        if let (Kind::File, Some(p)) = (kind, &e.link) {
             if let Some((first, _, true, _)) = self.find(p)? {
                 self.unsingle.execute([first]).db(ppath())?;
                 link_to = Some(first);
             }
         }
-        let single = kind == Kind::File && link_to.is_none() && chunks == 1;
         let node = self.add(
             src,
-            parent,
-            name,
-            kind,
-            Some(entry),
-            link_to,
-            parts.len(),
-            single,
-            size,
+            NewNode {
+                parent,
+                name,
+                kind,
+                entry: Some(e.rowid),
+                link: link_to,
+                depth: parts.len(),
+                single: kind == Kind::File && link_to.is_none() && e.chunks.len() == 32,
+                size: e.size as u64,
+            },
         )?;
         Ok(Ok((node, link_to)))
     }
+}
+
+/// A node to add to the plan.
+struct NewNode<'n> {
+    parent: i64,
+    name: &'n [u8],
+    kind: Kind,
+    /// The snapshot's entry (None: a directory made as a parent).
+    entry: Option<i64>,
+    /// The node a further hard link links to.
+    link: Option<i64>,
+    depth: usize,
+    single: bool,
+    size: u64,
 }
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
