@@ -115,19 +115,15 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
-        let mut cfg = Config {
-            path: path.to_path_buf(),
-            ..Config::default()
+        let mut p = Parsing {
+            cfg: Config {
+                path: path.to_path_buf(),
+                ..Config::default()
+            },
+            section: Section::Global,
+            s3: None,
+            local: None,
         };
-        let mut section = Section::Global;
-        let mut s3: Option<(usize, S3Config)> = None;
-        let mut local: Option<(usize, Option<PathBuf>)> = None;
-        let err = |line: usize, msg: String| Error::Config {
-            path: path.to_path_buf(),
-            line,
-            msg,
-        };
-
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
             let line = strip_comment(raw).trim();
@@ -135,211 +131,275 @@ impl Config {
                 continue;
             }
             if let Some(rest) = line.strip_prefix('[') {
-                let inner = rest
-                    .strip_suffix(']')
-                    .ok_or_else(|| err(n, format!("unterminated section header `{line}`")))?
-                    .trim();
-                let mut words = inner.split_whitespace();
-                section = match (words.next(), words.next(), words.next()) {
-                    (Some("s3"), None, _) => {
-                        if s3.is_some() {
-                            return Err(err(n, "duplicate [s3] section".into()));
-                        }
-                        s3 = Some((n, S3Config::default()));
-                        Section::S3
-                    }
-                    (Some("local"), None, _) => {
-                        if local.is_some() {
-                            return Err(err(n, "duplicate [local] section".into()));
-                        }
-                        local = Some((n, None));
-                        Section::Local
-                    }
-                    (Some("snapshot"), Some(name), None) => {
-                        check_snapshot_name(name).map_err(|m| err(n, m))?;
-                        if cfg.snapshots.iter().any(|s| s.name == name) {
-                            return Err(err(n, format!("duplicate [snapshot {name}] section")));
-                        }
-                        cfg.snapshots.push(SnapshotConfig {
-                            name: name.to_string(),
-                            paths: Vec::new(),
-                            exclude: Vec::new(),
-                        });
-                        Section::Snapshot(cfg.snapshots.len() - 1)
-                    }
-                    (Some("snapshot"), None, _) => {
-                        return Err(err(n, "[snapshot] needs a name: [snapshot NAME]".into()));
-                    }
-                    _ => {
-                        return Err(err(
-                            n,
-                            format!(
-                                "unknown section [{inner}] (expected [s3], [local] or [snapshot NAME])"
-                            ),
-                        ));
-                    }
-                };
+                p.section = p.section_header(n, line, rest)?;
                 continue;
             }
             let (key, value) = line
                 .split_once('=')
                 // The line itself is not echoed: it could hold a secret.
-                .ok_or_else(|| err(n, "expected `key = value`".to_string()))?;
-            let key = key.trim();
-            let value = unquote(value.trim());
-            if value.is_empty() {
-                return Err(err(n, format!("`{key}` has an empty value")));
+                .ok_or_else(|| p.err(n, "expected `key = value`".to_string()))?;
+            let l = Line {
+                path,
+                n,
+                key: key.trim(),
+                value: unquote(value.trim()),
+            };
+            if l.value.is_empty() {
+                return Err(l.err(format!("`{}` has an empty value", l.key)));
             }
-            let bad = |what: &str| err(n, format!("`{key}`: {what}, found `{value}`"));
-            match section {
-                Section::Global => match key {
-                    "age_recipient" => {
-                        if <age::x25519::Recipient as std::str::FromStr>::from_str(value).is_err() {
-                            return Err(bad("expected an age X25519 recipient (age1...)"));
-                        }
-                        cfg.age_recipients.push(value.to_string());
-                    }
-                    "index_path" => cfg.index_path = Some(PathBuf::from(value)),
-                    "hostname" => cfg.hostname = Some(value.to_string()),
-                    "chunk_size" => {
-                        let v =
-                            parse_size(value).ok_or_else(|| bad("expected a size like 1MiB"))?;
-                        if !(4096..=(4 << 20)).contains(&v) {
-                            return Err(bad("must be between 4KiB and 4MiB"));
-                        }
-                        cfg.chunk_size = v;
-                    }
-                    "blob_size_limit" => {
-                        let v =
-                            parse_size(value).ok_or_else(|| bad("expected a size like 1GiB"))?;
-                        if !((1 << 20)..=MAX_BLOB_SIZE_LIMIT).contains(&v) {
-                            return Err(bad("must be between 1MiB and 4GiB"));
-                        }
-                        cfg.blob_size_limit = v;
-                    }
-                    "compression_level" => {
-                        cfg.compression_level = value
-                            .parse()
-                            .ok()
-                            .filter(|l| (1..=22).contains(l))
-                            .ok_or_else(|| bad("expected a zstd level from 1 to 22"))?;
-                    }
-                    "exclude" => {
-                        check_glob(value).map_err(|m| err(n, m))?;
-                        cfg.exclude.push(value.to_string());
-                    }
-                    "keep_latest" => {
-                        cfg.keep_latest =
-                            Some(value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                                bad("expected a number of snapshots, at least 1")
-                            })?);
-                    }
-                    "keep_within" => {
-                        cfg.keep_within = Some(
-                            parse_duration(value)
-                                .ok_or_else(|| bad("expected a duration like 30d"))?,
-                        );
-                    }
-                    "grace_period" => {
-                        cfg.grace_period = parse_duration(value)
-                            .ok_or_else(|| bad("expected a duration like 24h"))?;
-                    }
-                    "backup_interval"
-                    | "min_time_between_run"
-                    | "full_scan_interval"
-                    | "settle_delay"
-                    | "stop_timeout" => {
-                        let d = parse_duration(value)
-                            .ok_or_else(|| bad("expected a duration like 15m"))?;
-                        *match key {
-                            "backup_interval" => &mut cfg.backup_interval,
-                            "min_time_between_run" => &mut cfg.min_time_between_run,
-                            "full_scan_interval" => &mut cfg.full_scan_interval,
-                            "settle_delay" => &mut cfg.settle_delay,
-                            _ => &mut cfg.stop_timeout,
-                        } = d;
-                    }
-                    _ => return Err(err(n, format!("unknown key `{key}`"))),
+            match p.section {
+                Section::Global => p.global_key(&l)?,
+                Section::S3 => p.s3_key(&l)?,
+                Section::Local => match l.key {
+                    "path" => p.local.as_mut().expect("inside [local]").1 = Some(l.value.into()),
+                    _ => return Err(l.err(format!("unknown key `{}` in [local]", l.key))),
                 },
-                Section::S3 => {
-                    let s = &mut s3.as_mut().expect("inside [s3]").1;
-                    match key {
-                        "endpoint" => {
-                            if !(value.starts_with("http://") || value.starts_with("https://")) {
-                                return Err(bad("expected an http:// or https:// URL"));
-                            }
-                            s.endpoint = value.to_string();
-                        }
-                        "bucket" => s.bucket = value.to_string(),
-                        "prefix" => {
-                            // Keys are `<prefix>blobs/...`: the prefix is a folder.
-                            let mut p = value.to_string();
-                            if !p.ends_with('/') {
-                                p.push('/');
-                            }
-                            check_prefix(&p).map_err(|m| err(n, m))?;
-                            s.prefix = p;
-                        }
-                        "region" => s.region = value.to_string(),
-                        "access_key_id" => s.access_key_id = Some(value.to_string()),
-                        "secret_access_key" => s.secret_access_key = Some(value.to_string()),
-                        "ca_file" => s.ca_file = Some(PathBuf::from(value)),
-                        _ => return Err(err(n, format!("unknown key `{key}` in [s3]"))),
-                    }
-                }
-                Section::Local => match key {
-                    "path" => local.as_mut().expect("inside [local]").1 = Some(value.into()),
-                    _ => return Err(err(n, format!("unknown key `{key}` in [local]"))),
-                },
-                Section::Snapshot(idx) => {
-                    let snap = &mut cfg.snapshots[idx];
-                    match key {
-                        "path" => {
-                            if !value.starts_with('/') {
-                                return Err(bad("expected an absolute path"));
-                            }
-                            snap.paths.push(PathBuf::from(value));
-                        }
-                        "exclude" => {
-                            check_glob(value).map_err(|m| err(n, m))?;
-                            snap.exclude.push(value.to_string());
-                        }
-                        _ => {
-                            return Err(err(
-                                n,
-                                format!("unknown key `{key}` in [snapshot {}]", snap.name),
-                            ));
-                        }
-                    }
-                }
+                Section::Snapshot(idx) => p.snapshot_key(idx, &l)?,
             }
         }
+        p.finish(text)
+    }
+}
 
-        match (s3, local) {
+/// A config file being read.
+struct Parsing {
+    cfg: Config,
+    section: Section,
+    /// The [s3] section (where it starts) once seen.
+    s3: Option<(usize, S3Config)>,
+    /// The [local] section and its path once seen.
+    local: Option<(usize, Option<PathBuf>)>,
+}
+
+/// One `key = value` line.
+struct Line<'l> {
+    path: &'l Path,
+    n: usize,
+    key: &'l str,
+    value: &'l str,
+}
+
+impl Line<'_> {
+    fn err(&self, msg: String) -> Error {
+        Error::Config {
+            path: self.path.to_path_buf(),
+            line: self.n,
+            msg,
+        }
+    }
+
+    /// The value is not what `key` takes.
+    fn bad(&self, what: &str) -> Error {
+        self.err(format!("`{}`: {what}, found `{}`", self.key, self.value))
+    }
+
+    fn size(
+        &self,
+        example: &str,
+        range: std::ops::RangeInclusive<u64>,
+        within: &str,
+    ) -> Result<u64> {
+        let v = parse_size(self.value)
+            .ok_or_else(|| self.bad(&format!("expected a size like {example}")))?;
+        if !range.contains(&v) {
+            return Err(self.bad(within));
+        }
+        Ok(v)
+    }
+
+    fn duration(&self, example: &str) -> Result<Duration> {
+        parse_duration(self.value)
+            .ok_or_else(|| self.bad(&format!("expected a duration like {example}")))
+    }
+}
+
+impl Parsing {
+    fn err(&self, line: usize, msg: String) -> Error {
+        Error::Config {
+            path: self.cfg.path.clone(),
+            line,
+            msg,
+        }
+    }
+
+    /// `[s3]`, `[local]` or `[snapshot NAME]` (`rest` follows the `[`).
+    fn section_header(&mut self, n: usize, line: &str, rest: &str) -> Result<Section> {
+        let inner = rest
+            .strip_suffix(']')
+            .ok_or_else(|| self.err(n, format!("unterminated section header `{line}`")))?
+            .trim();
+        let mut words = inner.split_whitespace();
+        Ok(match (words.next(), words.next(), words.next()) {
+            (Some("s3"), None, _) => {
+                if self.s3.is_some() {
+                    return Err(self.err(n, "duplicate [s3] section".into()));
+                }
+                self.s3 = Some((n, S3Config::default()));
+                Section::S3
+            }
+            (Some("local"), None, _) => {
+                if self.local.is_some() {
+                    return Err(self.err(n, "duplicate [local] section".into()));
+                }
+                self.local = Some((n, None));
+                Section::Local
+            }
+            (Some("snapshot"), Some(name), None) => {
+                check_snapshot_name(name).map_err(|m| self.err(n, m))?;
+                if self.cfg.snapshots.iter().any(|s| s.name == name) {
+                    return Err(self.err(n, format!("duplicate [snapshot {name}] section")));
+                }
+                self.cfg.snapshots.push(SnapshotConfig {
+                    name: name.to_string(),
+                    paths: Vec::new(),
+                    exclude: Vec::new(),
+                });
+                Section::Snapshot(self.cfg.snapshots.len() - 1)
+            }
+            (Some("snapshot"), None, _) => {
+                return Err(self.err(n, "[snapshot] needs a name: [snapshot NAME]".into()));
+            }
+            _ => {
+                return Err(self.err(
+                    n,
+                    format!(
+                        "unknown section [{inner}] (expected [s3], [local] or [snapshot NAME])"
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn global_key(&mut self, l: &Line<'_>) -> Result<()> {
+        let (cfg, value) = (&mut self.cfg, l.value);
+        match l.key {
+            "age_recipient" => {
+                if <age::x25519::Recipient as std::str::FromStr>::from_str(value).is_err() {
+                    return Err(l.bad("expected an age X25519 recipient (age1...)"));
+                }
+                cfg.age_recipients.push(value.to_string());
+            }
+            "index_path" => cfg.index_path = Some(PathBuf::from(value)),
+            "hostname" => cfg.hostname = Some(value.to_string()),
+            "chunk_size" => {
+                cfg.chunk_size =
+                    l.size("1MiB", 4096..=(4 << 20), "must be between 4KiB and 4MiB")?;
+            }
+            "blob_size_limit" => {
+                cfg.blob_size_limit = l.size(
+                    "1GiB",
+                    (1 << 20)..=MAX_BLOB_SIZE_LIMIT,
+                    "must be between 1MiB and 4GiB",
+                )?;
+            }
+            "compression_level" => {
+                cfg.compression_level = value
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..=22).contains(v))
+                    .ok_or_else(|| l.bad("expected a zstd level from 1 to 22"))?;
+            }
+            "exclude" => {
+                check_glob(value).map_err(|m| l.err(m))?;
+                cfg.exclude.push(value.to_string());
+            }
+            "keep_latest" => {
+                cfg.keep_latest = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|v| *v >= 1)
+                        .ok_or_else(|| l.bad("expected a number of snapshots, at least 1"))?,
+                );
+            }
+            "keep_within" => cfg.keep_within = Some(l.duration("30d")?),
+            "grace_period" => cfg.grace_period = l.duration("24h")?,
+            "backup_interval" => cfg.backup_interval = l.duration("15m")?,
+            "min_time_between_run" => cfg.min_time_between_run = l.duration("15m")?,
+            "full_scan_interval" => cfg.full_scan_interval = l.duration("15m")?,
+            "settle_delay" => cfg.settle_delay = l.duration("15m")?,
+            "stop_timeout" => cfg.stop_timeout = l.duration("15m")?,
+            key => return Err(l.err(format!("unknown key `{key}`"))),
+        }
+        Ok(())
+    }
+
+    fn s3_key(&mut self, l: &Line<'_>) -> Result<()> {
+        let s = &mut self.s3.as_mut().expect("inside [s3]").1;
+        let value = l.value;
+        match l.key {
+            "endpoint" => {
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(l.bad("expected an http:// or https:// URL"));
+                }
+                s.endpoint = value.to_string();
+            }
+            "bucket" => s.bucket = value.to_string(),
+            "prefix" => {
+                // Keys are `<prefix>blobs/...`: the prefix is a folder.
+                let mut p = value.to_string();
+                if !p.ends_with('/') {
+                    p.push('/');
+                }
+                check_prefix(&p).map_err(|m| l.err(m))?;
+                s.prefix = p;
+            }
+            "region" => s.region = value.to_string(),
+            "access_key_id" => s.access_key_id = Some(value.to_string()),
+            "secret_access_key" => s.secret_access_key = Some(value.to_string()),
+            "ca_file" => s.ca_file = Some(PathBuf::from(value)),
+            key => return Err(l.err(format!("unknown key `{key}` in [s3]"))),
+        }
+        Ok(())
+    }
+
+    fn snapshot_key(&mut self, idx: usize, l: &Line<'_>) -> Result<()> {
+        let snap = &mut self.cfg.snapshots[idx];
+        match l.key {
+            "path" => {
+                if !l.value.starts_with('/') {
+                    return Err(l.bad("expected an absolute path"));
+                }
+                snap.paths.push(PathBuf::from(l.value));
+            }
+            "exclude" => {
+                check_glob(l.value).map_err(|m| l.err(m))?;
+                snap.exclude.push(l.value.to_string());
+            }
+            key => {
+                return Err(l.err(format!("unknown key `{key}` in [snapshot {}]", snap.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store, and the checks of the file as a whole.
+    fn finish(mut self, text: &str) -> Result<Config> {
+        match (self.s3.take(), self.local.take()) {
             (Some(_), Some((n, _))) => {
-                return Err(err(n, "[local] and [s3] cannot both be configured".into()));
+                return Err(self.err(n, "[local] and [s3] cannot both be configured".into()));
             }
             (Some((n, s)), None) => {
                 if s.bucket.is_empty() {
-                    return Err(err(n, "[s3] needs `bucket`".into()));
+                    return Err(self.err(n, "[s3] needs `bucket`".into()));
                 }
                 if s.endpoint.is_empty() {
-                    return Err(err(n, "[s3] needs `endpoint`".into()));
+                    return Err(self.err(n, "[s3] needs `endpoint`".into()));
                 }
                 let region = if s.region.is_empty() {
                     "us-east-1".to_string()
                 } else {
                     s.region.clone()
                 };
-                cfg.store = Some(StoreConfig::S3(S3Config { region, ..s }));
+                self.cfg.store = Some(StoreConfig::S3(S3Config { region, ..s }));
             }
             (None, Some((n, path))) => {
-                let path = path.ok_or_else(|| err(n, "[local] needs `path`".into()))?;
-                cfg.store = Some(StoreConfig::Local { path });
+                let path = path.ok_or_else(|| self.err(n, "[local] needs `path`".into()))?;
+                self.cfg.store = Some(StoreConfig::Local { path });
             }
             (None, None) => {}
         }
-        for s in &cfg.snapshots {
+        for s in &self.cfg.snapshots {
             if s.paths.is_empty() {
                 let line = text
                     .lines()
@@ -351,10 +411,10 @@ impl Config {
                             == Some(s.name.as_str())
                     })
                     .map_or(0, |i| i + 1);
-                return Err(err(line, format!("[snapshot {}] has no `path`", s.name)));
+                return Err(self.err(line, format!("[snapshot {}] has no `path`", s.name)));
             }
         }
-        Ok(cfg)
+        Ok(self.cfg)
     }
 }
 
