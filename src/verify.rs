@@ -47,9 +47,46 @@ pub fn verify(
 ) -> Result<Report> {
     let mkey = layout::manifest(&id);
     let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
-    let mut problems: Vec<Problem> = Vec::new();
+    let (mut problems, bad_blobs) = shallow(store, &id, &manifest)?;
+    let mut chunks_checked = 0u64;
+    let dkey = layout::metadata(&id);
+    if let Some(identities) = identities.filter(|_| !problems.iter().any(|p| p.key == dkey)) {
+        let conn = snapshot::open_metadata(store, &id, identities)?;
+        let blobs = blob_chunks(&conn)?;
+        let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
+        for (key, _, _) in &blobs {
+            if !listed.contains(key.as_str()) {
+                problems.push(Problem {
+                    kind: "manifest",
+                    key: key.clone(),
+                    message: "blob is needed by the metadata but not listed in the manifest".into(),
+                    files: Vec::new(),
+                });
+            }
+        }
+        let present: Vec<&BlobChunks> =
+            blobs.iter().filter(|b| !bad_blobs.contains(&b.0)).collect();
+        let (checked, failed) = read_blobs(store, &present, identities)?;
+        chunks_checked = checked;
+        problems.extend(affected(&conn, failed)?);
+    }
+    Ok(Report {
+        id,
+        manifest,
+        chunks_checked,
+        problems,
+    })
+}
 
-    // Shallow: one listing answers for every blob.
+/// Without the key: every blob the manifest lists is in the store with the
+/// size it records (one listing answers for all), and the metadata is
+/// there. The problems, and the blobs not to read.
+fn shallow(
+    store: &dyn Store,
+    id: &str,
+    manifest: &Manifest,
+) -> Result<(Vec<Problem>, HashSet<String>)> {
+    let mut problems = Vec::new();
     let present: HashMap<String, u64> = store
         .list(layout::BLOBS)?
         .objects
@@ -75,123 +112,118 @@ pub fn verify(
         }
         bad_blobs.insert(key.clone());
     }
-    let dkey = layout::metadata(&id);
+    let dkey = layout::metadata(id);
     if store.head(&dkey)?.is_none() {
         problems.push(Problem {
             kind: "missing",
-            key: dkey.clone(),
+            key: dkey,
             message: "snapshot metadata is missing from the store".into(),
             files: Vec::new(),
         });
     }
+    Ok((problems, bad_blobs))
+}
 
-    let mut chunks_checked = 0u64;
-    if let Some(identities) = identities.filter(|_| !problems.iter().any(|p| p.key == dkey)) {
-        let conn = snapshot::open_metadata(store, &id, identities)?;
-        let mpath = std::path::Path::new("snapshot metadata");
-        // Every chunk, grouped by blob, in offset order.
-        let mut blobs: Vec<BlobChunks> = Vec::new();
-        {
-            let mut st = conn
-                .prepare(
-                    "SELECT b.key, b.size, c.id, c.offset, c.length, c.size
-                     FROM chunks c JOIN blobs b ON b.id = c.blob ORDER BY b.key, c.offset",
-                )
-                .db(mpath)?;
-            let mut rows = st.query([]).db(mpath)?;
-            while let Some(r) = rows.next().db(mpath)? {
-                let key: String = r.get(0).db(mpath)?;
-                let id_bytes: Vec<u8> = r.get(2).db(mpath)?;
-                let cid = ChunkId::from_slice(&id_bytes)
-                    .ok_or_else(|| Error::corrupt("snapshot metadata", "malformed chunk id"))?;
-                let loc = Location::from_row(r, 3).db(mpath)?;
-                if blobs.last().is_none_or(|b| b.0 != key) {
-                    blobs.push((key, r.get::<_, i64>(1).db(mpath)? as u64, Vec::new()));
-                }
-                blobs.last_mut().expect("just pushed").2.push((cid, loc));
-            }
+/// Every chunk of the snapshot, grouped by blob, in offset order.
+fn blob_chunks(conn: &rusqlite::Connection) -> Result<Vec<BlobChunks>> {
+    let mpath = std::path::Path::new("snapshot metadata");
+    let mut blobs: Vec<BlobChunks> = Vec::new();
+    let mut st = conn
+        .prepare(
+            "SELECT b.key, b.size, c.id, c.offset, c.length, c.size
+             FROM chunks c JOIN blobs b ON b.id = c.blob ORDER BY b.key, c.offset",
+        )
+        .db(mpath)?;
+    let mut rows = st.query([]).db(mpath)?;
+    while let Some(r) = rows.next().db(mpath)? {
+        let key: String = r.get(0).db(mpath)?;
+        let id_bytes: Vec<u8> = r.get(2).db(mpath)?;
+        let cid = ChunkId::from_slice(&id_bytes)
+            .ok_or_else(|| Error::corrupt("snapshot metadata", "malformed chunk id"))?;
+        let loc = Location::from_row(r, 3).db(mpath)?;
+        if blobs.last().is_none_or(|b| b.0 != key) {
+            blobs.push((key, r.get::<_, i64>(1).db(mpath)? as u64, Vec::new()));
         }
-        let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
-        for (key, _, _) in &blobs {
-            if !listed.contains(key.as_str()) {
-                problems.push(Problem {
-                    kind: "manifest",
-                    key: key.clone(),
-                    message: "blob is needed by the metadata but not listed in the manifest".into(),
-                    files: Vec::new(),
-                });
-            }
-        }
-        // Read every blob that is present, in parallel.
-        let failed: Mutex<Vec<(String, String, HashSet<ChunkId>)>> = Mutex::new(Vec::new());
-        let checked = std::sync::atomic::AtomicU64::new(0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .map_err(|e| Error::Setup(format!("cannot start threads: {e}")))?;
-        pool.install(|| {
-            blobs
-                .par_iter()
-                .filter(|(k, _, _)| !bad_blobs.contains(k))
-                .for_each(|(key, size, chunks)| {
-                    let mut bad = HashSet::new();
-                    let mut first_err = None;
-                    match check_blob(store, key, *size, chunks, identities, &checked) {
-                        Ok(list) => {
-                            for (cid, e) in list {
-                                first_err.get_or_insert(e);
-                                bad.insert(cid);
-                            }
-                        }
-                        Err(e) => {
-                            first_err = Some(e.to_string());
-                            bad.extend(chunks.iter().map(|(c, _)| *c));
-                        }
-                    }
-                    if let Some(e) = first_err {
-                        failed.lock().expect("lock").push((key.clone(), e, bad));
-                    }
-                })
-        });
-        chunks_checked = checked.into_inner();
-        let mut failed = failed.into_inner().expect("lock");
-        failed.sort_by(|a, b| a.0.cmp(&b.0));
-        // Which files each failing blob affects.
-        if !failed.is_empty() {
-            let mut st = conn
-                .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
-                .db(mpath)?;
-            let mut rows = st.query([]).db(mpath)?;
-            let mut affected: Vec<Vec<String>> = vec![Vec::new(); failed.len()];
-            while let Some(r) = rows.next().db(mpath)? {
-                let path: Vec<u8> = r.get(0).db(mpath)?;
-                let list: Vec<u8> = r.get(1).db(mpath)?;
-                for (i, (_, _, bad)) in failed.iter().enumerate() {
-                    if list
-                        .chunks_exact(32)
-                        .any(|c| ChunkId::from_slice(c).is_some_and(|c| bad.contains(&c)))
-                    {
-                        affected[i].push(String::from_utf8_lossy(&path).into_owned());
+        blobs.last_mut().expect("just pushed").2.push((cid, loc));
+    }
+    Ok(blobs)
+}
+
+/// A blob that failed: its key, the first error, and its failing chunks.
+type Failed = (String, String, HashSet<ChunkId>);
+
+/// Read `blobs` (four at a time) and check every chunk: how many passed,
+/// and the blobs that failed, in key order.
+fn read_blobs(
+    store: &dyn Store,
+    blobs: &[&BlobChunks],
+    identities: &[x25519::Identity],
+) -> Result<(u64, Vec<Failed>)> {
+    let failed: Mutex<Vec<Failed>> = Mutex::new(Vec::new());
+    let checked = std::sync::atomic::AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .map_err(|e| Error::Setup(format!("cannot start threads: {e}")))?;
+    pool.install(|| {
+        blobs.par_iter().for_each(|(key, size, chunks)| {
+            let mut bad = HashSet::new();
+            let mut first_err = None;
+            match check_blob(store, key, *size, chunks, identities, &checked) {
+                Ok(list) => {
+                    for (cid, e) in list {
+                        first_err.get_or_insert(e);
+                        bad.insert(cid);
                     }
                 }
+                Err(e) => {
+                    first_err = Some(e.to_string());
+                    bad.extend(chunks.iter().map(|(c, _)| *c));
+                }
             }
-            for ((key, msg, _), files) in failed.into_iter().zip(affected) {
-                problems.push(Problem {
-                    kind: "corrupt",
-                    key,
-                    message: msg,
-                    files,
-                });
+            if let Some(e) = first_err {
+                failed.lock().expect("lock").push((key.clone(), e, bad));
+            }
+        })
+    });
+    let mut failed = failed.into_inner().expect("lock");
+    failed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((checked.into_inner(), failed))
+}
+
+/// The problems of the failed blobs, with the files each affects.
+fn affected(conn: &rusqlite::Connection, failed: Vec<Failed>) -> Result<Vec<Problem>> {
+    if failed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mpath = std::path::Path::new("snapshot metadata");
+    let mut st = conn
+        .prepare("SELECT path, chunks FROM entries WHERE chunks IS NOT NULL")
+        .db(mpath)?;
+    let mut rows = st.query([]).db(mpath)?;
+    let mut files: Vec<Vec<String>> = vec![Vec::new(); failed.len()];
+    while let Some(r) = rows.next().db(mpath)? {
+        let path: Vec<u8> = r.get(0).db(mpath)?;
+        let list: Vec<u8> = r.get(1).db(mpath)?;
+        for (i, (_, _, bad)) in failed.iter().enumerate() {
+            if list
+                .chunks_exact(32)
+                .any(|c| ChunkId::from_slice(c).is_some_and(|c| bad.contains(&c)))
+            {
+                files[i].push(String::from_utf8_lossy(&path).into_owned());
             }
         }
     }
-
-    Ok(Report {
-        id,
-        manifest,
-        chunks_checked,
-        problems,
-    })
+    Ok(failed
+        .into_iter()
+        .zip(files)
+        .map(|((key, message, _), files)| Problem {
+            kind: "corrupt",
+            key,
+            message,
+            files,
+        })
+        .collect())
 }
 
 /// Read every chunk of one blob; the chunks that fail, with why.

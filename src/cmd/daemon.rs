@@ -268,9 +268,12 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
             cfg.snapshots.len()
         ));
     }
-    let mut dirty: HashMap<usize, Dirty> =
-        (0..cfg.snapshots.len()).map(|i| (i, Dirty::Full)).collect();
-    let mut sched = Schedule::new(cfg, Instant::now());
+    let mut st = State {
+        cfg,
+        quiet,
+        dirty: (0..cfg.snapshots.len()).map(|i| (i, Dirty::Full)).collect(),
+        sched: Schedule::new(cfg, Instant::now()),
+    };
     let abort = AtomicBool::new(false);
 
     std::thread::scope(|scope| {
@@ -280,60 +283,10 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
         let mut in_job: Vec<usize> = Vec::new();
         let mut stop_asked: Option<Instant> = None;
         loop {
-            // 1. Wait for events, a signal, or the next deadline.
-            let now = Instant::now();
-            let mut wait = Duration::from_millis(500);
-            if running.is_none() {
-                if let Some(next) = sched.next() {
-                    wait = wait.min(next.saturating_duration_since(now));
-                }
-            }
-            let mut pfd = libc::pollfd {
-                fd: watcher.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(500) as libc::c_int) };
-
-            // 2. Events become dirty subtrees.
-            let mut ch = Changes::default();
-            if let Err(e) = watcher.read(&mut ch) {
-                log(&format!(
-                    "error: reading inotify: {e}; falling back to a full scan"
-                ));
-                ch.overflow = true;
-            }
-            let now = Instant::now();
-            if ch.overflow {
-                log(
-                    "warning: inotify queue overflowed (events were lost): the next run scans everything",
-                );
-                for i in 0..cfg.snapshots.len() {
-                    dirty.insert(i, Dirty::Full);
-                }
-                sched.changed(now);
-            }
-            for (i, p) in ch.dirty {
-                dirty
-                    .entry(i)
-                    .or_insert_with(|| Dirty::Paths(BTreeSet::new()))
-                    .add(&p);
-                sched.changed(now);
-            }
-            // Full scans: on schedule, and always when watches ran out.
-            let degraded_due = watcher.exhausted
-                && now.duration_since(sched.last_full_scan) >= sched.backup_interval;
-            if sched.full_scan_due(now) || degraded_due {
-                for i in 0..cfg.snapshots.len() {
-                    dirty.insert(i, Dirty::Full);
-                }
-                if sched.next().is_none() {
-                    sched.asap(now);
-                }
-                sched.last_full_scan = now;
-                sched.last_activity = now;
-            }
+            // 1. Wait for events, a signal, or the next deadline; 2. events
+            // become dirty subtrees.
+            st.wait(&watcher, running.is_some());
+            st.take_events(&mut watcher);
 
             // 3. A finished run.
             if running.as_ref().is_some_and(|h| h.is_finished()) {
@@ -342,26 +295,7 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
                     .expect("checked above")
                     .join()
                     .unwrap_or_else(|_| Outcome::Failed(in_job.clone()));
-                let now = Instant::now();
-                sched.finished(now);
-                match outcome {
-                    Outcome::Done => {}
-                    Outcome::Busy => {
-                        if !quiet {
-                            log("another vaultik run holds the lock; trying again shortly");
-                        }
-                        for &i in &in_job {
-                            dirty.insert(i, Dirty::Full);
-                        }
-                        sched.asap(now);
-                    }
-                    Outcome::Failed(names) => {
-                        for i in names {
-                            dirty.insert(i, Dirty::Full);
-                        }
-                        sched.changed(now);
-                    }
-                }
+                st.finished(outcome, &in_job);
             }
 
             // 4. Signals.
@@ -392,25 +326,124 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
 
             // 5. Start a run when one is due.
             if running.is_none() && !RELOAD.load(Ordering::SeqCst) {
-                if let Some(next) = sched.next() {
-                    if Instant::now() >= next {
-                        let names: Vec<(usize, Dirty)> = dirty.drain().collect();
-                        let full = names.iter().all(|(_, d)| *d == Dirty::Full)
-                            && names.len() == cfg.snapshots.len();
-                        sched.started(full, Instant::now());
-                        if names.is_empty() {
-                            // Nothing changed, however long it has been.
-                            continue;
-                        }
-                        in_job = names.iter().map(|(i, _)| *i).collect();
-                        let job = Job { names };
-                        let abort = &abort;
-                        running = Some(scope.spawn(move || run_job(session, &job, quiet, abort)));
-                    }
+                if let Some(job) = st.due_job() {
+                    in_job = job.names.iter().map(|(i, _)| *i).collect();
+                    let abort = &abort;
+                    running = Some(scope.spawn(move || run_job(session, &job, quiet, abort)));
                 }
             }
         }
     })
+}
+
+/// What the daemon keeps between turns of its loop.
+struct State<'c> {
+    cfg: &'c crate::config::Config,
+    quiet: bool,
+    /// What changed, by snapshot name, since it was last backed up.
+    dirty: HashMap<usize, Dirty>,
+    sched: Schedule,
+}
+
+impl State<'_> {
+    /// Wait for events, a signal, or the next deadline (at most 500 ms).
+    fn wait(&self, watcher: &Watcher, running: bool) {
+        let now = Instant::now();
+        let mut wait = Duration::from_millis(500);
+        if !running {
+            if let Some(next) = self.sched.next() {
+                wait = wait.min(next.saturating_duration_since(now));
+            }
+        }
+        let mut pfd = libc::pollfd {
+            fd: watcher.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(500) as libc::c_int) };
+    }
+
+    fn all_dirty(&mut self) {
+        for i in 0..self.cfg.snapshots.len() {
+            self.dirty.insert(i, Dirty::Full);
+        }
+    }
+
+    /// Turn the events read into dirty subtrees; schedule full scans.
+    fn take_events(&mut self, watcher: &mut Watcher) {
+        let mut ch = Changes::default();
+        if let Err(e) = watcher.read(&mut ch) {
+            log(&format!(
+                "error: reading inotify: {e}; falling back to a full scan"
+            ));
+            ch.overflow = true;
+        }
+        let now = Instant::now();
+        if ch.overflow {
+            log(
+                "warning: inotify queue overflowed (events were lost): the next run scans everything",
+            );
+            self.all_dirty();
+            self.sched.changed(now);
+        }
+        for (i, p) in ch.dirty {
+            self.dirty
+                .entry(i)
+                .or_insert_with(|| Dirty::Paths(BTreeSet::new()))
+                .add(&p);
+            self.sched.changed(now);
+        }
+        // Full scans: on schedule, and always when watches ran out.
+        let degraded_due = watcher.exhausted
+            && now.duration_since(self.sched.last_full_scan) >= self.sched.backup_interval;
+        if self.sched.full_scan_due(now) || degraded_due {
+            self.all_dirty();
+            if self.sched.next().is_none() {
+                self.sched.asap(now);
+            }
+            self.sched.last_full_scan = now;
+            self.sched.last_activity = now;
+        }
+    }
+
+    /// A run ended: what it did not back up is dirty again.
+    fn finished(&mut self, outcome: Outcome, in_job: &[usize]) {
+        let now = Instant::now();
+        self.sched.finished(now);
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Busy => {
+                if !self.quiet {
+                    log("another vaultik run holds the lock; trying again shortly");
+                }
+                for &i in in_job {
+                    self.dirty.insert(i, Dirty::Full);
+                }
+                self.sched.asap(now);
+            }
+            Outcome::Failed(names) => {
+                for i in names {
+                    self.dirty.insert(i, Dirty::Full);
+                }
+                self.sched.changed(now);
+            }
+        }
+    }
+
+    /// The job to run now, if one is due and something changed.
+    fn due_job(&mut self) -> Option<Job> {
+        let next = self.sched.next()?;
+        if Instant::now() < next {
+            return None;
+        }
+        let names: Vec<(usize, Dirty)> = self.dirty.drain().collect();
+        let full =
+            names.iter().all(|(_, d)| *d == Dirty::Full) && names.len() == self.cfg.snapshots.len();
+        self.sched.started(full, Instant::now());
+        // Nothing changed, however long it has been: no job.
+        (!names.is_empty()).then_some(Job { names })
+    }
 }
 
 #[cfg(test)]
