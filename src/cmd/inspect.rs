@@ -111,8 +111,31 @@ fn ahead_note(m: &Manifest) -> String {
 
 pub fn info(settings: &Settings, json: bool) -> Result<()> {
     let store = open_existing_store(settings)?;
-    let grace = settings.grace_period;
     let view = View::load(store.as_ref())?;
+    warn_about(&view);
+    let totals = Totals::of(&view, settings.grace_period);
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = totals.to_json(&view, store.describe());
+        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
+    } else {
+        totals
+            .write_text(&mut out, &view, store.describe(), settings.grace_period)
+            .map_err(output)?;
+        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
+    }
+    if !view.damaged.is_empty() {
+        return Err(Error::Damaged {
+            count: view.damaged.len(),
+            what: "store info",
+        });
+    }
+    Ok(())
+}
+
+/// Warnings about what the listing found: damaged manifests, snapshots
+/// dated after the store received them, objects that are not vaultik's.
+fn warn_about(view: &View) {
     for (_, why) in &view.damaged {
         warn(why);
     }
@@ -136,52 +159,77 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
             }
         ));
     }
-    let referenced = view.referenced();
-    // Sizes come from the store: saturating, never overflowing.
-    let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
-    let (ref_n, ref_b) = view
-        .blobs
-        .iter()
-        .filter(|o| referenced.contains(o.key.as_str()))
-        .fold((0, 0u64), |(n, b), o| (n + 1, b.saturating_add(o.size)));
-    let plan = gc::plan(&view, &HashSet::new(), grace, unix_now());
-    let unref: Vec<_> = plan
-        .delete
-        .iter()
-        .chain(&plan.young)
-        .filter(|o| layout::is_blob(&o.key))
-        .collect();
-    let unref_b: u64 = unref.iter().fold(0u64, |t, o| t.saturating_add(o.size));
-    // Host names come from the store: control characters are escaped.
-    let hosts: std::collections::BTreeSet<String> = view
-        .manifests
-        .iter()
-        .map(|m| crate::error::one_line(m.hostname.clone()))
-        .collect();
-    let blob_b = sum(&mut view.blobs.iter().map(|o| o.size));
-    let meta_b = sum(&mut view.metadata.iter().map(|o| o.size));
-    let mut out = std::io::stdout().lock();
-    if json {
-        let v = json!({
-            "store": store.describe(),
+}
+
+/// What `store info` reports, summed from a listing. Sizes come from the
+/// store: every sum saturates, never overflows.
+struct Totals {
+    hosts: std::collections::BTreeSet<String>,
+    blob_bytes: u64,
+    referenced: (u64, u64),
+    unreferenced: (usize, u64),
+    metadata_bytes: u64,
+}
+
+impl Totals {
+    fn of(view: &View, grace: u64) -> Totals {
+        let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
+        let referenced = view.referenced();
+        let mut in_use = view
+            .blobs
+            .iter()
+            .filter(|o| referenced.contains(o.key.as_str()));
+        let ref_n = in_use.clone().count() as u64;
+        let ref_b = sum(&mut in_use.by_ref().map(|o| o.size));
+        let plan = gc::plan(view, &HashSet::new(), grace, unix_now());
+        let unref: Vec<_> = plan
+            .delete
+            .iter()
+            .chain(&plan.young)
+            .filter(|o| layout::is_blob(&o.key))
+            .collect();
+        Totals {
+            // Host names come from the store: control characters are escaped.
+            hosts: view
+                .manifests
+                .iter()
+                .map(|m| crate::error::one_line(m.hostname.clone()))
+                .collect(),
+            blob_bytes: sum(&mut view.blobs.iter().map(|o| o.size)),
+            referenced: (ref_n, ref_b),
+            unreferenced: (unref.len(), sum(&mut unref.iter().map(|o| o.size))),
+            metadata_bytes: sum(&mut view.metadata.iter().map(|o| o.size)),
+        }
+    }
+
+    fn to_json(&self, view: &View, store: String) -> serde_json::Value {
+        json!({
+            "store": store,
             "snapshots": view.manifests.len(),
-            "hosts": hosts,
+            "hosts": self.hosts,
             "blobs": view.blobs.len(),
-            "blob_bytes": blob_b,
-            "referenced_blobs": ref_n,
-            "referenced_bytes": ref_b,
-            "unreferenced_blobs": unref.len(),
-            "unreferenced_bytes": unref_b,
+            "blob_bytes": self.blob_bytes,
+            "referenced_blobs": self.referenced.0,
+            "referenced_bytes": self.referenced.1,
+            "unreferenced_blobs": self.unreferenced.0,
+            "unreferenced_bytes": self.unreferenced.1,
             "metadata_objects": view.metadata.len(),
-            "metadata_bytes": meta_b,
+            "metadata_bytes": self.metadata_bytes,
             "damaged_manifests": view.damaged.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             "dated_ahead": view.dated_ahead().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             "foreign_objects": view.foreign_count,
-        });
-        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
-    } else {
-        let hosts: Vec<String> = hosts.into_iter().collect();
-        writeln!(out, "store:        {}", store.describe()).map_err(output)?;
+        })
+    }
+
+    fn write_text(
+        &self,
+        out: &mut dyn Write,
+        view: &View,
+        store: String,
+        grace: u64,
+    ) -> std::io::Result<()> {
+        let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
+        writeln!(out, "store:        {store}")?;
         writeln!(
             out,
             "snapshots:    {} (hosts: {})",
@@ -191,50 +239,40 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
             } else {
                 hosts.join(", ")
             }
-        )
-        .map_err(output)?;
+        )?;
         writeln!(
             out,
             "blobs:        {}, {}",
             view.blobs.len(),
-            human_bytes(blob_b)
-        )
-        .map_err(output)?;
-        writeln!(out, "referenced:   {ref_n}, {}", human_bytes(ref_b)).map_err(output)?;
+            human_bytes(self.blob_bytes)
+        )?;
+        let (ref_n, ref_b) = self.referenced;
+        writeln!(out, "referenced:   {ref_n}, {}", human_bytes(ref_b))?;
         writeln!(
             out,
             "unreferenced: {}, {} (deleted by `vaultik prune` once older than {})",
-            unref.len(),
-            human_bytes(unref_b),
+            self.unreferenced.0,
+            human_bytes(self.unreferenced.1),
             crate::human_duration(grace)
-        )
-        .map_err(output)?;
+        )?;
         writeln!(
             out,
             "metadata:     {} objects, {}",
             view.metadata.len(),
-            human_bytes(meta_b)
-        )
-        .map_err(output)?;
+            human_bytes(self.metadata_bytes)
+        )?;
         if !view.damaged.is_empty() {
-            writeln!(out, "damaged:      {} manifest(s)", view.damaged.len()).map_err(output)?;
+            writeln!(out, "damaged:      {} manifest(s)", view.damaged.len())?;
         }
         let ahead = view.dated_ahead().count();
         if ahead > 0 {
-            writeln!(out, "dated ahead:  {ahead} snapshot(s)").map_err(output)?;
+            writeln!(out, "dated ahead:  {ahead} snapshot(s)")?;
         }
         if view.foreign_count > 0 {
-            writeln!(out, "foreign:      {} object(s)", view.foreign_count).map_err(output)?;
+            writeln!(out, "foreign:      {} object(s)", view.foreign_count)?;
         }
-        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
+        Ok(())
     }
-    if !view.damaged.is_empty() {
-        return Err(Error::Damaged {
-            count: view.damaged.len(),
-            what: "store info",
-        });
-    }
-    Ok(())
 }
 
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
