@@ -172,17 +172,9 @@ fn stream<R: Read>(
 pub mod tests {
     use super::*;
 
-    /// Deterministic incompressible bytes (xorshift), for tests.
+    /// Deterministic incompressible bytes, for tests.
     pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::testhook::Rng::new(seed).bytes(n)
     }
 
     fn chunks_of(data: &[u8], p: Params) -> Vec<Vec<u8>> {

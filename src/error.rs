@@ -27,6 +27,12 @@ pub enum Error {
     /// Settings that are missing or inconsistent as a whole (the message
     /// names what to set).
     Setup(String),
+    /// The system refused a resource the run needs (threads, inotify,
+    /// randomness).
+    System {
+        op: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A local file system operation failed.
     Io {
         op: &'static str,
@@ -214,6 +220,7 @@ impl Error {
             Error::Usage(msg) => write!(f, "{msg} (see `vaultik --help`)"),
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
             Error::Setup(msg) => f.write_str(msg),
+            Error::System { op, source } => write!(f, "cannot {op}: {source}"),
             Error::Io { op, path, source } => {
                 write!(f, "cannot {op} {}: {source}", shown(path))
             }
@@ -301,6 +308,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::System { source, .. } => Some(source.as_ref()),
             Error::Database { source, .. } => Some(source),
             Error::Output(source) => Some(source),
             _ => None,

@@ -12,23 +12,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::manifest::Manifest;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::testhook::Rng;
 
 /// Bytes that matter to the formats under test.
 const TOKENS: &[&[u8]] = &[
@@ -153,7 +137,7 @@ fn fuzz_config_parser() {
     for s in &seeds {
         assert!(Config::parse(path, std::str::from_utf8(s).expect("utf-8")).is_ok());
     }
-    let mut rng = Rng(seed());
+    let mut rng = Rng::new(seed());
     let mut errors = 0u64;
     let n = iterations(20_000);
     for _ in 0..n {
@@ -188,7 +172,7 @@ fn fuzz_manifest_reader() {
     let json = zstd::stream::decode_all(&packed[..]).expect("a manifest is zstd");
     let key = "metadata/web1_etc_2026-11-23T083015Z/manifest.json.zst";
     assert!(Manifest::from_bytes(key, &packed).is_ok());
-    let mut rng = Rng(seed() ^ 0x9e37_79b9);
+    let mut rng = Rng::new(seed() ^ 0x9e37_79b9);
     let n = iterations(20_000);
     let (mut ok, mut errors) = (0u64, 0u64);
     for i in 0..n {

@@ -1,4 +1,7 @@
-//! The one test hook: lets the integration tests act at a chosen moment of
+//! Test support, shipped so the integration tests can share it: a seeded
+//! generator ([`Rng`]) and the one test hook.
+//!
+//! The hook: lets the integration tests act at a chosen moment of
 //! a run (swap an entry during a backup or a restore). With
 //! `VAULTIK_TEST_PAUSE_AT=<path>` set, `pause_at(<path>)` creates
 //! `<path>.paused` and waits until it is removed (checked every 10 ms, for
@@ -27,5 +30,47 @@ pub fn pause_at(path: &Path) {
     let started = Instant::now();
     while marker.exists() && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A seeded xorshift64 generator: deterministic, fast, not for secrets. The
+/// one source of pseudo-random test data (unit tests, fuzzing, the
+/// integration tests' files and schedules).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // xorshift stays at zero forever from zero.
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    #[allow(clippy::should_implement_trait)] // not an Iterator: it never ends
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// `n` incompressible bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
     }
 }

@@ -164,7 +164,10 @@ fn read_blobs(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
         .build()
-        .map_err(|e| Error::Setup(format!("cannot start threads: {e}")))?;
+        .map_err(|e| Error::System {
+            op: "start threads",
+            source: Box::new(e),
+        })?;
     pool.install(|| {
         blobs.par_iter().for_each(|(key, size, chunks)| {
             let mut bad = HashSet::new();

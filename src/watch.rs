@@ -79,8 +79,10 @@ impl Watcher {
         global_excludes: &[String],
         log: fn(&str),
     ) -> Result<Watcher> {
-        let inotify = Inotify::init()
-            .map_err(|e| crate::error::Error::Setup(format!("cannot start inotify: {e}")))?;
+        let inotify = Inotify::init().map_err(|e| crate::error::Error::System {
+            op: "start inotify",
+            source: Box::new(e),
+        })?;
         let mut w = Watcher {
             inotify,
             dirs: HashMap::new(),

@@ -47,7 +47,10 @@ impl Identity {
                 &mut bytes[filled..],
                 rustix::rand::GetRandomFlags::empty(),
             )
-            .map_err(|e| Error::Setup(format!("cannot draw a random store id: {e}")))?;
+            .map_err(|e| Error::System {
+                op: "draw a random store id",
+                source: Box::new(std::io::Error::from(e)),
+            })?;
         }
         Ok(Identity {
             id: crate::chunk::hex(&bytes),

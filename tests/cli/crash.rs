@@ -24,13 +24,8 @@ fn twenty_seeded_kills_lose_nothing() {
     // and the metadata to go through, so the kills land in all of them.
     env.extra = vec!["blob_size_limit = 1MiB".into(), "chunk_size = 64KiB".into()];
     env.write_config();
-    let mut rng = seed;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = vaultik::testhook::Rng::new(seed);
+    let mut next = move || rng.next();
     // How long one run takes here, on the same amount of new data: the kills
     // land anywhere from the start to past the end of a run (some runs finish
     // first; their snapshots are checked like the rest).

@@ -521,13 +521,8 @@ fn fuzzed_metadata_never_reaches_outside_the_target() {
     ];
     // 40 rounds in the suite; tests/soak.sh sets more and a new seed.
     let rounds = setting("VAULTIK_HOSTILE_ROUNDS", 40);
-    let mut rng: u64 = 0x5eed_4057 ^ setting("VAULTIK_HOSTILE_SEED", 0);
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n.max(1)
-    };
+    let mut rng = vaultik::testhook::Rng::new(0x5eed_4057 ^ setting("VAULTIK_HOSTILE_SEED", 0));
+    let mut next = move |n: u64| rng.below(n as usize) as u64;
     let (mut clean, mut refused, mut restored_any, mut entries_total) = (0, 0, 0, 0);
     for round in 0..rounds {
         let mut entries: Vec<Forged> = Vec::new();

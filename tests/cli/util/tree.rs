@@ -9,16 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Deterministic pseudo-random bytes (incompressible).
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
+    vaultik::testhook::Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).bytes(n)
 }
 
 pub fn set_mtime(p: &Path, secs: i64, nsec: i64) {
