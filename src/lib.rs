@@ -1,7 +1,77 @@
 //! vaultik: encrypted, deduplicating, incremental backups to S3-compatible
 //! storage with age public-key encryption. The binary (`main.rs`) is a thin
 //! shell over these modules; the library exists so that the fuzz targets
-//! (`tests/fuzz`) can reach the parsers.
+//! (`tests/fuzz`) and the integration tests can reach them.
+//!
+//! # Module map
+//!
+//! The rooms, one module per concept, named for what it owns:
+//!
+//! | room | modules |
+//! |------|---------|
+//! | the command line | `main.rs`, `cli` (arguments into structs), `cmd/` (glue: one file per group of commands), `cmd/settings` (flags > environment > config > defaults, resolved once), `config` (the file) |
+//! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
+//! | what a snapshot is | `snapshot` (the encrypted metadata database), `manifest` (the clear manifest, and the order of snapshots) |
+//! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
+//! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
+//! | the restore | `restore/` (plan, entries, contents, target) |
+//! | keyless maintenance | `gc/` (listing view, retention, garbage collection; `purge`), `verify` |
+//! | the daemon | `cmd/daemon` (the poll loop), `watch` (raw inotify) |
+//! | shared | `error` (the one error type), `keys` (age), `time`, `testhook` |
+//!
+//! # A chunk's path, walk to bucket (`snapshot create`)
+//!
+//! `cmd/create` -> `backup/mod.rs` (the run: lock, index, pipeline) ->
+//! `backup/walk.rs` (entries with their stat; `walk.rs` opens nothing but
+//! what it stat'ed) -> `backup/detect.rs` (unchanged files keep their
+//! chunk lists, from `index`) -> `backup/record.rs` (every entry into the
+//! snapshot's metadata, `snapshot::MetaWriter`; changed files queued) ->
+//! `backup/chunk.rs` (read, cut by `chunk`, hashed; new chunks claimed
+//! from `backup/dedup.rs` and compressed) -> `backup/pack.rs` (frames
+//! into a `blob::BlobWriter`, encrypted as written) -> `backup/upload.rs`
+//! (the blob put under `layout`'s key by a `store`) -> `backup/record.rs`
+//! again (once stored, the index records its chunks) ->
+//! `backup/publish.rs` (metadata sealed and uploaded, then the manifest:
+//! the snapshot now exists).
+//!
+//! # And back (`restore`)
+//!
+//! `cmd/restore` -> `restore/mod.rs` (which snapshot: `manifest`; its
+//! metadata fetched and decrypted: `snapshot`) -> `restore/plan.rs` (every
+//! path checked and placed in a tree; chunks located, ordered by blob and
+//! offset) -> `restore/entries.rs` (directories, empty files) ->
+//! `restore/contents.rs` (ranged reads through `blob`, every chunk's
+//! SHA-256 checked) -> `restore/entries.rs` (links, special files, owners,
+//! modes, times) — every write through `restore/target.rs`.
+//!
+//! # Where each invariant lives
+//!
+//! - Nothing a restore writes lands outside the target; no name from a
+//!   snapshot is resolved as a path: `restore/target.rs`.
+//! - File contents never touch the disk in the clear outside a restore
+//!   target: a blob is encrypted as it is written to its temporary file
+//!   (`blob`).
+//! - A chunk is in the index only once the blob holding it is confirmed
+//!   stored: `backup/upload.rs` reports, `backup/record.rs` records.
+//! - A claimed chunk id is either handed to the packer or released:
+//!   `backup/dedup.rs` (`Claim`).
+//! - A snapshot exists only once its manifest does, and its manifest is
+//!   uploaded last: `backup/publish.rs`.
+//! - Every key vaultik reads or writes is one of the layout's; any other
+//!   object is foreign, never read or deleted: `layout`, enforced by
+//!   `store`.
+//! - Everything read from the store is bounded and checked: `store`
+//!   (sizes, time bounds, listings), `manifest`, `store/identity`, `gc`
+//!   (marks), `snapshot` (metadata), `blob` (chunk hashes).
+//! - The index belongs to one store (its identity, not its address):
+//!   `index`, `store/identity`.
+//! - Nothing is deleted younger than the grace period, or while a manifest
+//!   cannot be read; deletion is marked, then done a grace period later:
+//!   `gc`.
+//! - One run per index at a time: `lock`.
+//! - One way to stop a backup early: `backup/cancel.rs`.
+//! - Errors carry what they happened on and keep their cause; exit codes
+//!   come from the variant, never from the text: `error`.
 
 pub mod backup;
 pub mod blob;
