@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use age::x25519;
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{ChunkId, hex};
+use crate::chunk::ChunkId;
 use crate::error::{Error, IoContext, Result};
 use crate::keys;
 use crate::store::Store;
@@ -60,11 +60,6 @@ impl Location {
             self.size as i64
         ])
     }
-}
-
-pub fn blob_key(hash: &[u8; 32]) -> String {
-    let h = hex(hash);
-    format!("blobs/{}/{}/{h}", &h[0..2], &h[2..4])
 }
 
 /// Create `dir` (mode 0700, and its missing parents) if needed; an

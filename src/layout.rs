@@ -34,18 +34,38 @@ const HOST_MAX: usize = 64;
 /// The longest snapshot name (the config refuses longer ones).
 pub const NAME_MAX: usize = 64;
 
-/// What a valid key names.
+/// An object key of the layout, typed: built with [`Key::to_key`], read
+/// back with [`parse`], the two written once, here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key<'a> {
-    Blob,
+    /// A blob, named by the SHA-256 of its encrypted bytes.
+    Blob([u8; 32]),
     /// A snapshot's encrypted metadata database.
     Metadata(&'a str),
     /// A snapshot's clear manifest.
     Manifest(&'a str),
-    /// A deletion mark.
-    Mark,
+    /// A deletion mark: when it was made, and the first 8 bytes of the
+    /// SHA-256 of its content.
+    Mark { time: u64, tag: [u8; 8] },
     /// The store's identity.
     Identity,
+}
+
+impl Key<'_> {
+    /// The key as stored. A snapshot id that is not one (`parse_id`) makes
+    /// a key that does not parse, which every store operation refuses.
+    pub fn to_key(&self) -> String {
+        match self {
+            Key::Blob(hash) => {
+                let h = hex(hash);
+                format!("{BLOBS}{}/{}/{h}", &h[0..2], &h[2..4])
+            }
+            Key::Metadata(id) => format!("{METADATA}{id}/{DB_FILE}"),
+            Key::Manifest(id) => format!("{METADATA}{id}/{MANIFEST_FILE}"),
+            Key::Mark { time, tag } => format!("{MARKS}{}-{}.json", time::compact(*time), hex(tag)),
+            Key::Identity => IDENTITY.to_string(),
+        }
+    }
 }
 
 /// What `key` is, or None when it is not a key vaultik writes.
@@ -54,7 +74,18 @@ pub fn parse(key: &str) -> Option<Key<'_>> {
         return Some(Key::Identity);
     }
     if let Some(rest) = key.strip_prefix(BLOBS) {
-        return is_blob_tail(rest).then_some(Key::Blob);
+        // `aa/bb/<64 hex>` with aa and bb the first four digits.
+        let b = rest.as_bytes();
+        let ok = b.len() == 2 + 1 + 2 + 1 + 64
+            && b[2] == b'/'
+            && b[5] == b'/'
+            && b[0..2] == b[6..8]
+            && b[3..5] == b[8..10];
+        return if ok {
+            unhex(&b[6..]).map(Key::Blob)
+        } else {
+            None
+        };
     }
     if let Some(rest) = key.strip_prefix(METADATA) {
         let (id, file) = rest.split_once('/')?;
@@ -66,70 +97,57 @@ pub fn parse(key: &str) -> Option<Key<'_>> {
         };
     }
     if let Some(rest) = key.strip_prefix(MARKS) {
-        // `<18-byte compact time>-<16 hex>`
+        // `<18-byte compact time>-<16 hex>.json`
         let stem = rest.strip_suffix(".json")?;
-        let ok = stem.len() == 18 + 1 + 16
-            && stem.as_bytes()[18] == b'-'
-            && time::parse_compact(&stem[..18]).is_some()
-            && is_lower_hex(&stem.as_bytes()[19..]);
-        return ok.then_some(Key::Mark);
+        if stem.len() != 18 + 1 + 16 || stem.as_bytes()[18] != b'-' {
+            return None;
+        }
+        let time = time::parse_compact(&stem[..18])?;
+        let tag = unhex(&stem.as_bytes()[19..])?;
+        return Some(Key::Mark { time, tag });
     }
     None
 }
 
-fn is_lower_hex(s: &[u8]) -> bool {
-    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// `aa/bb/<64 hex>` with aa and bb the first four digits.
-fn is_blob_tail(rest: &str) -> bool {
-    let b = rest.as_bytes();
-    b.len() == 2 + 1 + 2 + 1 + 64
-        && b[2] == b'/'
-        && b[5] == b'/'
-        && is_lower_hex(&b[6..])
-        && b[0..2] == b[6..8]
-        && b[3..5] == b[8..10]
-}
-
-pub fn is_blob(key: &str) -> bool {
-    matches!(parse(key), Some(Key::Blob))
-}
-
-/// The key of the blob whose encrypted bytes hash to `hash`.
-pub fn blob(hash: &[u8; 32]) -> String {
-    let h = hex(hash);
-    format!("{BLOBS}{}/{}/{h}", &h[0..2], &h[2..4])
-}
-
-/// The SHA-256 a blob key claims for the blob's bytes.
-pub fn blob_hash(key: &str) -> Option<[u8; 32]> {
-    if !is_blob(key) {
+/// `N` bytes from exactly `2N` lower-case hex digits.
+fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if s.len() != 2 * N {
         return None;
     }
-    let h = &key[key.len() - 64..];
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
 
+pub fn is_blob(key: &str) -> bool {
+    matches!(parse(key), Some(Key::Blob(_)))
+}
+
+/// The key of the blob whose encrypted bytes hash to `hash`.
+pub fn blob(hash: &[u8; 32]) -> String {
+    Key::Blob(*hash).to_key()
+}
+
 pub fn metadata(id: &str) -> String {
-    format!("{METADATA}{id}/{DB_FILE}")
+    Key::Metadata(id).to_key()
 }
 
 pub fn manifest(id: &str) -> String {
-    format!("{METADATA}{id}/{MANIFEST_FILE}")
+    Key::Manifest(id).to_key()
 }
 
-/// A mark made at `time` whose content hashes to `digest` (8 bytes shown).
-pub fn mark(time: u64, digest: &[u8]) -> String {
-    format!(
-        "{MARKS}{}-{}.json",
-        time::compact(time),
-        hex(&digest[..8.min(digest.len())])
-    )
+/// A mark made at `time` whose content hashes to `digest`.
+pub fn mark(time: u64, digest: &[u8; 32]) -> String {
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&digest[..8]);
+    Key::Mark { time, tag }.to_key()
 }
 
 /// The parts of a snapshot id.
@@ -225,17 +243,27 @@ mod tests {
         let mut hash = [0u8; 32];
         hash[0] = 0x01;
         hash[1] = 0x23;
+        hash[31] = 0xfe;
         let b = blob(&hash);
         assert!(b.starts_with("blobs/01/23/0123"));
-        assert_eq!(parse(&b), Some(Key::Blob));
-        assert_eq!(blob_hash(&b), Some(hash));
+        assert_eq!(parse(&b), Some(Key::Blob(hash)));
         let id = make_id("web_1", "etc", 0);
         assert_eq!(id, "web-1_etc_1970-01-01T000000Z");
-        assert_eq!(parse(&metadata(&id)), Some(Key::Metadata(&id)));
-        assert_eq!(parse(&manifest(&id)), Some(Key::Manifest(&id)));
         let m = mark(1_795_422_615, &[0xab; 32]);
         assert_eq!(m, "gc/pending/2026-11-23T083015Z-abababababababab.json");
-        assert_eq!(parse(&m), Some(Key::Mark));
+        for key in [
+            Key::Blob(hash),
+            Key::Metadata(&id),
+            Key::Manifest(&id),
+            Key::Mark {
+                time: 1_795_422_615,
+                tag: [0xab, 0, 1, 2, 3, 4, 5, 0xff],
+            },
+            Key::Identity,
+        ] {
+            let k = key.to_key();
+            assert_eq!(parse(&k), Some(key), "{k}");
+        }
     }
 
     #[test]

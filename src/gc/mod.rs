@@ -241,7 +241,7 @@ impl Mark {
             blobs,
         };
         let h = Sha256::digest(m.to_bytes());
-        m.key = layout::mark(time, &h);
+        m.key = layout::mark(time, &h.into());
         m
     }
 
@@ -498,7 +498,10 @@ mod tests {
         // Marks round-trip and are checked.
         let m = &marks[1];
         assert_eq!(&Mark::from_bytes(&m.key, &m.to_bytes()).unwrap(), m);
-        assert_eq!(layout::parse(&m.key), Some(layout::Key::Mark));
+        assert!(matches!(
+            layout::parse(&m.key),
+            Some(layout::Key::Mark { .. })
+        ));
         let blob = k("x");
         for bad in [
             "{}".to_string(),
