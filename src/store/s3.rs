@@ -251,6 +251,28 @@ impl S3Store {
         action.sign(SIGN_FOR).to_string()
     }
 
+    /// PUT of a small object from memory; with `only_new`, only if there is
+    /// no object at `key` yet (`If-None-Match: *`): false when there was.
+    fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
+        let full = self.checked("PUT", key)?;
+        self.retry("PUT", &full, || {
+            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Put, data.len() as u64, 0);
+            let mut req = self.bounded(self.agent.put(&url), Some(data.len() as u64));
+            if only_new {
+                req = req.header("If-None-Match", "*");
+            }
+            let mut resp = req.send(data).map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                // Taken (by another host, or by this request's own first
+                // attempt: the caller reads what is there).
+                412 if only_new => Ok(false),
+                s if (200..300).contains(&s) => Ok(true),
+                _ => Err(self.status_failure(&mut resp)),
+            }
+        })
+    }
+
     /// `req` with the stall bound on every read and write, and, when the
     /// request moves at most `bytes` (sent and received), a bound on the
     /// whole of it. Without one (`open_range`, whose reader is handed to a
@@ -510,40 +532,11 @@ impl Store for S3Store {
     }
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
-        let full = self.checked("PUT", key)?;
-        self.retry("PUT", &full, || {
-            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
-            self.stats.count(Op::Put, data.len() as u64, 0);
-            let mut resp = self
-                .bounded(self.agent.put(&url), Some(data.len() as u64))
-                .send(data)
-                .map_err(|e| self.transport(e))?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(self.status_failure(&mut resp))
-            }
-        })
+        self.put_small(key, data, false).map(|_| ())
     }
 
     fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
-        let full = self.checked("PUT", key)?;
-        self.retry("PUT", &full, || {
-            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
-            self.stats.count(Op::Put, data.len() as u64, 0);
-            let mut resp = self
-                .bounded(self.agent.put(&url), Some(data.len() as u64))
-                .header("If-None-Match", "*")
-                .send(data)
-                .map_err(|e| self.transport(e))?;
-            match resp.status().as_u16() {
-                // Taken (by another host, or by this request's own first
-                // attempt: the caller reads what is there).
-                412 => Ok(false),
-                s if (200..300).contains(&s) => Ok(true),
-                _ => Err(self.status_failure(&mut resp)),
-            }
-        })
+        self.put_small(key, data, true)
     }
 
     fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
