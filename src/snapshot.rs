@@ -685,4 +685,31 @@ mod tests {
         assert_eq!(stored_digest(&path), None);
         assert!(!path.exists());
     }
+
+    /// Format 1 databases are still read: the `link` column is there in
+    /// some (NULL for the others), in format 2 it always is.
+    #[test]
+    fn older_formats_are_read() {
+        let db = |format: &str, with_link: bool| {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO info VALUES ('format', '{format}');
+                 CREATE TABLE entries(path BLOB{});",
+                if with_link { ", link BLOB" } else { "" }
+            ))
+            .unwrap();
+            conn
+        };
+        assert_eq!(link_column(&db("1", false), "main"), "NULL");
+        assert_eq!(link_column(&db("1", true), "main"), "link");
+        assert_eq!(link_column(&db("2", true), "main"), "link");
+        assert_eq!(FORMAT_VERSION, 2);
+        // What a backup writes today has it.
+        let w = Connection::open_in_memory().unwrap();
+        w.execute_batch(META_SCHEMA).unwrap();
+        w.execute("INSERT INTO info VALUES ('format', '2')", [])
+            .unwrap();
+        w.prepare("SELECT link FROM entries").unwrap();
+    }
 }
