@@ -112,6 +112,13 @@ impl Manifest {
         let v: Json =
             serde_json::from_slice(&text).map_err(|e| bad(&format!("not a manifest: {e}")))?;
         drop(text);
+        if v.format > FORMAT_VERSION {
+            return Err(bad(&format!(
+                "format {}, newer than this vaultik reads ({FORMAT_VERSION}): \
+                 upgrade vaultik if a newer one made it",
+                v.format
+            )));
+        }
         if v.format != FORMAT_VERSION {
             return Err(bad(&format!("unsupported format {}", v.format)));
         }
@@ -328,6 +335,12 @@ mod tests {
                 .to_string();
             assert!(e.contains(KEY), "{e}");
         }
+        // A newer format says so (and is damaged here: nothing is deleted
+        // while it cannot be read).
+        let newer = r#"{"format":2,"id":"h_n_1970-01-01T000005Z","hostname":"h","name":"n","time":5,"blobs":[]}"#;
+        let e = Manifest::from_bytes(KEY, &packed(newer)).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("upgrade vaultik"), "{e}");
         // A host name is checked through what an id makes of it.
         let ok = r#"{"format":1,"id":"h-x_n_1970-01-01T000005Z","hostname":"h x","name":"n","time":5,"blobs":[]}"#;
         let k = "metadata/h-x_n_1970-01-01T000005Z/manifest.json.zst";

@@ -623,21 +623,32 @@ pub fn open_metadata_at(
             conn
         }
     };
+    check_format(&conn, &key)?;
+    Ok(conn)
+}
+
+/// A metadata database of a format this build reads (the one it writes,
+/// or an older one).
+fn check_format(conn: &Connection, key: &str) -> Result<()> {
     let v: String = conn
         .query_row("SELECT value FROM info WHERE key='format'", [], |r| {
             r.get(0)
         })
-        .map_err(|e| Error::corrupt(&key, format!("not a vaultik metadata database: {e}")))?;
-    if !v
-        .parse::<u64>()
-        .is_ok_and(|v| (OLDEST_FORMAT..=FORMAT_VERSION).contains(&v))
-    {
-        return Err(Error::corrupt(
-            &key,
+        .map_err(|e| Error::corrupt(key, format!("not a vaultik metadata database: {e}")))?;
+    match v.parse::<u64>() {
+        Ok(n) if (OLDEST_FORMAT..=FORMAT_VERSION).contains(&n) => Ok(()),
+        Ok(n) if n > FORMAT_VERSION => Err(Error::corrupt(
+            key,
+            format!(
+                "metadata format {n}, newer than this vaultik reads \
+                 ({OLDEST_FORMAT} to {FORMAT_VERSION}): upgrade vaultik if a newer one made it"
+            ),
+        )),
+        _ => Err(Error::corrupt(
+            key,
             format!("unsupported metadata format {v}"),
-        ));
+        )),
     }
-    Ok(conn)
 }
 
 /// A metadata database is at most this many times the size of its sealed
@@ -701,6 +712,15 @@ mod tests {
             .unwrap();
             conn
         };
+        for ok in ["1", "2"] {
+            check_format(&db(ok, true), "k").unwrap();
+        }
+        let e = check_format(&db("3", true), "k").unwrap_err().to_string();
+        assert!(e.contains("newer") && e.contains("upgrade vaultik"), "{e}");
+        for bad in ["0", "x", "-1", ""] {
+            let e = check_format(&db(bad, true), "k").unwrap_err().to_string();
+            assert!(e.contains("unsupported metadata format"), "{e}");
+        }
         assert_eq!(link_column(&db("1", false), "main"), "NULL");
         assert_eq!(link_column(&db("1", true), "main"), "link");
         assert_eq!(link_column(&db("2", true), "main"), "link");
