@@ -605,8 +605,13 @@ mod tests {
         fn describe(&self) -> String {
             self.inner.describe()
         }
-        fn put_file(&self, key: &str, path: &Path) -> Result<()> {
-            self.inner.put_file(key, path)
+        fn put_file(
+            &self,
+            key: &str,
+            path: &Path,
+            class: crate::store::class::StorageClass,
+        ) -> Result<()> {
+            self.inner.put_file(key, path, class)
         }
         fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
             self.inner.put_bytes(key, data)
@@ -652,7 +657,9 @@ mod tests {
             w.add(ChunkId::of(c), &frame, c.len() as u64).unwrap();
         }
         let done = w.finish().unwrap();
-        store.put_file(&done.key, done.file.temp.path()).unwrap();
+        store
+            .put_file(&done.key, done.file.temp.path(), Default::default())
+            .unwrap();
         (done.key, done.file.size, done.entries)
     }
 

@@ -7,25 +7,31 @@ use std::path::PathBuf;
 use ArgRef::{Long, Short, Value};
 
 use crate::error::{Error, Result};
+use crate::store::class::Tier;
 
 pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
 
 Usage:
   vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
+  vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune]
   vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
   vaultik [GLOBAL FLAGS] snapshot list [--json]
-  vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--deep] [--identity FILE] [--json]
+  vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
+                                         [--identity FILE] [--json]
   vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
                                         [--name NAME] [--dry-run] [--force] [--json]
   vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
   vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
   vaultik [GLOBAL FLAGS] store info [--json]
-  vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [PATH...]
+  vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS] [PATH...]
+  vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS] [PATH]
   vaultik keygen [--output FILE]
   vaultik help [COMMAND]
 
 Only restore and `snapshot verify --deep` need the private key.
+Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
+(see `vaultik help restore`).
 
 Global flags:
   --config PATH      config file (default: $VAULTIK_CONFIG, else /etc/vaultik/vaultik.conf)
@@ -41,14 +47,20 @@ VAULTIK_S3_REGION, VAULTIK_CA_FILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. Se
 
 pub const USAGE_CREATE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
+       vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune]
        vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
 
-Back up every configured snapshot, or only the NAMEs given.
+Back up every configured snapshot (walks of `path`s and `command`s), or only
+the NAMEs given.
 
+  --stdin NAME    back up standard input as the one file /stdin/NAME of
+                  snapshot NAME (zfs send ... | vaultik snapshot create
+                  --stdin NAME); no [snapshot NAME] section is needed
   --daemon        stay in the foreground: back up everything once, then watch
                   the configured paths with inotify and snapshot the names
                   whose paths changed (see backup_interval, settle_delay,
-                  min_time_between_run, full_scan_interval, stop_timeout)
+                  min_time_between_run, full_scan_interval, stop_timeout);
+                  `command` snapshots run every full_scan_interval
   --cron          print nothing unless there is a warning or an error
   --prune         afterwards, purge this host's snapshots by the configured
                   retention (keep_latest, keep_within) and collect garbage
@@ -58,15 +70,23 @@ Exit codes: 0 ok, 1 completed with skipped files, 2 failed.
 ";
 
 pub const USAGE_VERIFY: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--deep] [--identity FILE] [--json]
+Usage: vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
+                                              [--identity FILE] [--json]
 
 Check a snapshot (a full id, or `latest`). Without --deep (no private key):
 every blob its manifest lists is in the store with the recorded size, and its
-metadata exists. With --deep (needs the private key): download and decrypt
+metadata exists. With --checksums (no private key, nothing downloaded, works
+on cold blobs): also the SHA-256 the server stored for each blob matches the
+blob's name. With --deep (needs the private key): download and decrypt
 everything and check every chunk's SHA-256; report failing blobs and the
-files they affect. Exit code 2 when anything is wrong.
+files they affect (blobs in GLACIER or DEEP_ARCHIVE: see the thaw flags of
+`vaultik help restore`). Exit code 2 when anything is wrong, 3 while a thaw
+is under way.
 
+  --checksums       compare the server's stored SHA-256 of every blob with its key
   --deep            download and check every chunk
+  --thaw[=TIER] --thaw-days N --wait
+                    as for restore
   --identity FILE   age identity file (else $VAULTIK_PRIVATE_KEY), for --deep
   --json            print the report as JSON
 ";
@@ -126,14 +146,31 @@ List the complete snapshots in the store (no private key needed).
 ";
 
 pub const USAGE_RESTORE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [PATH...]
+Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS] [PATH...]
+       vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS] [PATH]
 
 Restore a snapshot (a full id, or `latest`) into DIR, or only the PATHs given
-(source paths such as /etc/hosts or /home/alice). Needs the private key:
-$VAULTIK_PRIVATE_KEY, or --identity FILE.
+(source paths such as /etc/hosts or /home/alice); or write one file's content
+to standard output (PATH may be left out for a snapshot of one file, such as
+a stream's). Needs the private key: $VAULTIK_PRIVATE_KEY, or --identity FILE.
+
+Blobs in GLACIER or DEEP_ARCHIVE must be thawed first: the restore prints
+its plan (blobs, bytes, time and estimated cost per tier) and, with --thaw,
+asks S3 to thaw exactly the blobs it needs. Without --wait it then exits
+with code 3; run the same command again later to go on.
 
   --target DIR        where to restore (created if missing)
+  --stdout            write the file's content to standard output, in order,
+                      every chunk checked; a chunk that fails its check stops
+                      the stream (exit code 2: the reader got a truncated stream)
   --identity FILE     age identity file (as written by age-keygen or vaultik keygen)
+  --thaw[=TIER]       request the thaw of the cold blobs needed: TIER is
+                      Expedited, Standard (the default) or Bulk
+  --thaw-days N       keep thawed copies readable N days (default 7)
+  --wait              wait until every needed blob is readable, then go on
+  --json              print the thaw plan as JSON (on standard error with --stdout)
+
+Exit codes: 0 ok, 2 failed, 3 thaw requested or under way (run again later).
 ";
 
 pub const USAGE_KEYGEN: &str = "\
@@ -162,6 +199,29 @@ pub struct CreateArgs {
     pub cron: bool,
     pub prune: bool,
     pub daemon: bool,
+    /// `--stdin NAME`: standard input as snapshot NAME's one file.
+    pub stdin: Option<String>,
+}
+
+/// How to treat blobs in a cold storage class (restore, verify --deep).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThawArgs {
+    /// `--thaw[=TIER]`: request thaws at this tier.
+    pub tier: Option<Tier>,
+    /// `--thaw-days N`
+    pub days: u32,
+    /// `--wait`
+    pub wait: bool,
+}
+
+impl Default for ThawArgs {
+    fn default() -> ThawArgs {
+        ThawArgs {
+            tier: None,
+            days: 7,
+            wait: false,
+        }
+    }
 }
 
 /// `snapshot verify`
@@ -169,8 +229,10 @@ pub struct CreateArgs {
 pub struct VerifyArgs {
     pub snapshot: String,
     pub deep: bool,
+    pub checksums: bool,
     pub identity: Option<PathBuf>,
     pub json: bool,
+    pub thaw: ThawArgs,
 }
 
 /// `snapshot purge`
@@ -188,9 +250,20 @@ pub struct PurgeArgs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoreArgs {
     pub snapshot: String,
-    pub target: PathBuf,
+    pub to: RestoreTo,
     pub paths: Vec<String>,
     pub identity: Option<PathBuf>,
+    pub thaw: ThawArgs,
+    pub json: bool,
+}
+
+/// Where a restore writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoreTo {
+    /// `--target DIR`
+    Target(PathBuf),
+    /// `--stdout`: one file's content.
+    Stdout,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -398,25 +471,72 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("cron") => a.cron = true,
             Long("prune") => a.prune = true,
             Long("daemon") => a.daemon = true,
+            Long("stdin") => {
+                let name = value(p, "--stdin")?;
+                crate::config::check_snapshot_name(&name)
+                    .map_err(|m| Error::Usage(format!("--stdin: {m}")))?;
+                a.stdin = Some(name);
+            }
             Value(v) => a.names.push(string(v.to_os_string(), "snapshot name")?),
             _ => return Err(arg.unexpected()),
         }
     }
-    if a.daemon && (a.prune || !a.names.is_empty()) {
+    if a.daemon && (a.prune || !a.names.is_empty() || a.stdin.is_some()) {
         return Err(Error::Usage(
-            "snapshot create --daemon backs up every configured snapshot and takes no NAME or --prune".into(),
+            "snapshot create --daemon backs up every configured snapshot and takes no NAME, --stdin or --prune".into(),
+        ));
+    }
+    if a.stdin.is_some() && (!a.names.is_empty() || a.skip_errors) {
+        return Err(Error::Usage(
+            "snapshot create --stdin NAME backs up standard input only: no other NAME, no --skip-errors".into(),
         ));
     }
     Ok(Command::SnapshotCreate(a))
 }
 
+/// `--thaw[=TIER]`, `--thaw-days N` and `--wait` into `t`: false when
+/// `arg` is none of them.
+fn thaw_flag(p: &mut lexopt::Parser, arg: &Arg, t: &mut ThawArgs) -> Result<bool> {
+    match arg.get() {
+        Long("thaw") => {
+            t.tier = Some(match p.optional_value() {
+                None => Tier::default(),
+                Some(v) => {
+                    let v = string(v, "--thaw")?;
+                    Tier::parse(&v).ok_or_else(|| {
+                        Error::Usage(format!("--thaw={v}: expected Expedited, Standard or Bulk"))
+                    })?
+                }
+            });
+        }
+        Long("thaw-days") => {
+            let v = value(p, "--thaw-days")?;
+            t.days = v
+                .parse()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| {
+                    Error::Usage(format!("--thaw-days `{v}`: expected days from 1 to 3650"))
+                })?;
+        }
+        Long("wait") => t.wait = true,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut snapshot = None;
-    let (mut deep, mut json, mut identity) = (false, false, None);
+    let (mut deep, mut checksums, mut json, mut identity) = (false, false, false, None);
+    let mut thaw = ThawArgs::default();
     while let Some(arg) = next(p, g)? {
+        if thaw_flag(p, &arg, &mut thaw)? {
+            continue;
+        }
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_VERIFY)),
             Long("deep") => deep = true,
+            Long("checksums") => checksums = true,
             Long("json") => json = true,
             Long("identity") => identity = Some(path_value(p)?),
             Value(v) if snapshot.is_none() => {
@@ -425,12 +545,24 @@ fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             _ => return Err(arg.unexpected()),
         }
     }
+    if deep && checksums {
+        return Err(Error::Usage(
+            "snapshot verify: --checksums and --deep are two different checks; give one".into(),
+        ));
+    }
+    if !deep && thaw != ThawArgs::default() {
+        return Err(Error::Usage(
+            "snapshot verify: --thaw, --thaw-days and --wait go with --deep".into(),
+        ));
+    }
     Ok(Command::SnapshotVerify(VerifyArgs {
         snapshot: snapshot
             .ok_or_else(|| Error::Usage("snapshot verify: missing SNAPSHOT argument".into()))?,
         deep,
+        checksums,
         identity,
         json,
+        thaw,
     }))
 }
 
@@ -530,11 +662,18 @@ fn parse_info(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut snapshot, mut target, mut identity) = (None, None, None);
+    let (mut stdout, mut json) = (false, false);
+    let mut thaw = ThawArgs::default();
     let mut paths = Vec::new();
     while let Some(arg) = next(p, g)? {
+        if thaw_flag(p, &arg, &mut thaw)? {
+            continue;
+        }
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_RESTORE)),
             Long("target") => target = Some(path_value(p)?),
+            Long("stdout") => stdout = true,
+            Long("json") => json = true,
             Long("identity") => identity = Some(path_value(p)?),
             Value(v) if snapshot.is_none() => {
                 snapshot = Some(string(v.to_os_string(), "SNAPSHOT")?)
@@ -543,12 +682,33 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             _ => return Err(arg.unexpected()),
         }
     }
+    let to = match (target, stdout) {
+        (Some(t), false) => RestoreTo::Target(t),
+        (None, true) if paths.len() <= 1 => RestoreTo::Stdout,
+        (None, true) => {
+            return Err(Error::Usage(
+                "restore --stdout writes one file: give at most one PATH".into(),
+            ));
+        }
+        (Some(_), true) => {
+            return Err(Error::Usage(
+                "restore: give either --target DIR or --stdout, not both".into(),
+            ));
+        }
+        (None, false) => {
+            return Err(Error::Usage(
+                "restore: missing --target DIR (or --stdout for one file)".into(),
+            ));
+        }
+    };
     Ok(Command::Restore(RestoreArgs {
         snapshot: snapshot
             .ok_or_else(|| Error::Usage("restore: missing SNAPSHOT argument".into()))?,
-        target: target.ok_or_else(|| Error::Usage("restore: missing --target DIR".into()))?,
+        to,
         paths,
         identity,
+        thaw,
+        json,
     }))
 }
 
@@ -585,8 +745,21 @@ mod tests {
                 cron: false,
                 prune: false,
                 daemon: false,
+                stdin: None,
             })
         );
+        let (_, c) = parse_str("snapshot create --stdin db --cron").unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotCreate(CreateArgs {
+                stdin: Some("db".into()),
+                cron: true,
+                ..CreateArgs::default()
+            })
+        );
+        assert!(parse_str("snapshot create --stdin db etc").is_err());
+        assert!(parse_str("snapshot create --stdin a_b").is_err());
+        assert!(parse_str("snapshot create --daemon --stdin db").is_err());
         let (_, c) = parse_str("snapshot create --daemon --cron").unwrap();
         assert!(matches!(
             c,
@@ -626,10 +799,26 @@ mod tests {
             Command::SnapshotVerify(VerifyArgs {
                 snapshot: "latest".into(),
                 deep: true,
+                checksums: false,
                 identity: Some("/k".into()),
-                json: true
+                json: true,
+                thaw: ThawArgs::default(),
             })
         );
+        let (_, c) = parse_str("snapshot verify latest --deep --thaw=bulk --wait").unwrap();
+        let Command::SnapshotVerify(v) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            v.thaw,
+            ThawArgs {
+                tier: Some(Tier::Bulk),
+                days: 7,
+                wait: true
+            }
+        );
+        assert!(parse_str("snapshot verify latest --checksums --deep").is_err());
+        assert!(parse_str("snapshot verify latest --thaw").is_err());
         let (_, c) = parse_str("snapshot remove a b").unwrap();
         assert_eq!(
             c,
@@ -656,11 +845,33 @@ mod tests {
             c,
             Command::Restore(RestoreArgs {
                 snapshot: "latest".into(),
-                target: "/t".into(),
+                to: RestoreTo::Target("/t".into()),
                 paths: vec!["/etc/hosts".into()],
-                identity: Some("/k".into())
+                identity: Some("/k".into()),
+                thaw: ThawArgs::default(),
+                json: false,
             })
         );
+        let (_, c) = parse_str("restore latest --stdout --thaw --thaw-days 3").unwrap();
+        assert_eq!(
+            c,
+            Command::Restore(RestoreArgs {
+                snapshot: "latest".into(),
+                to: RestoreTo::Stdout,
+                paths: vec![],
+                identity: None,
+                thaw: ThawArgs {
+                    tier: Some(Tier::Standard),
+                    days: 3,
+                    wait: false
+                },
+                json: false,
+            })
+        );
+        assert!(parse_str("restore latest --stdout /a /b").is_err());
+        assert!(parse_str("restore latest --stdout --target /t").is_err());
+        assert!(parse_str("restore latest --target /t --thaw=Slow").is_err());
+        assert!(parse_str("restore latest --target /t --thaw-days 0").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::class::StorageClass;
 
 pub const DEFAULT_CONFIG: &str = "/etc/vaultik/vaultik.conf";
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -62,13 +63,55 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// PEM roots to trust instead of the built-in web PKI roots (a private CA).
     pub ca_file: Option<PathBuf>,
+    /// The storage class of blobs (metadata, manifests and marks are
+    /// always STANDARD).
+    pub storage_class: StorageClass,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotConfig {
     pub name: String,
+    /// The paths walked; none for a stream (`command`, or `--stdin`).
     pub paths: Vec<PathBuf>,
     pub exclude: Vec<String>,
+    /// A command whose standard output is the snapshot's one file, split
+    /// into words as a shell would (run without a shell).
+    pub command: Option<Vec<String>>,
+    /// The storage class of this snapshot's new blobs, over `[s3]`'s.
+    pub storage_class: Option<StorageClass>,
+}
+
+impl SnapshotConfig {
+    /// A section for `snapshot create --stdin NAME` when the file has none.
+    pub fn stream(name: &str) -> SnapshotConfig {
+        SnapshotConfig {
+            name: name.to_string(),
+            paths: Vec::new(),
+            exclude: Vec::new(),
+            command: None,
+            storage_class: None,
+        }
+    }
+
+    /// What backs this snapshot up.
+    pub fn source(&self) -> Source<'_> {
+        match &self.command {
+            Some(argv) => Source::Command(argv),
+            None if self.paths.is_empty() => Source::Stdin,
+            None => Source::Paths(&self.paths),
+        }
+    }
+}
+
+/// Where a snapshot's content comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source<'c> {
+    /// A walk of these paths.
+    Paths(&'c [PathBuf]),
+    /// A command's standard output, as one file.
+    Command(&'c [String]),
+    /// Standard input (`snapshot create --stdin NAME`), as one file.
+    Stdin,
 }
 
 impl Default for Config {
@@ -143,6 +186,7 @@ impl Config {
                 n,
                 key: key.trim(),
                 value: unquote(value.trim()),
+                raw: value.trim(),
             };
             if l.value.is_empty() {
                 return Err(l.err(format!("`{}` has an empty value", l.key)));
@@ -176,7 +220,10 @@ struct Line<'l> {
     path: &'l Path,
     n: usize,
     key: &'l str,
+    /// The value, without quotes around the whole of it.
     value: &'l str,
+    /// The value as written (a command keeps its quotes).
+    raw: &'l str,
 }
 
 impl Line<'_> {
@@ -205,6 +252,15 @@ impl Line<'_> {
             return Err(self.bad(within));
         }
         Ok(v)
+    }
+
+    fn storage_class(&self) -> Result<StorageClass> {
+        StorageClass::parse(self.value).ok_or_else(|| {
+            self.bad(&format!(
+                "expected one of {}",
+                StorageClass::NAMES.join(", ")
+            ))
+        })
     }
 
     fn duration(&self, example: &str) -> Result<Duration> {
@@ -249,11 +305,7 @@ impl Parsing {
                 if self.cfg.snapshots.iter().any(|s| s.name == name) {
                     return Err(self.err(n, format!("duplicate [snapshot {name}] section")));
                 }
-                self.cfg.snapshots.push(SnapshotConfig {
-                    name: name.to_string(),
-                    paths: Vec::new(),
-                    exclude: Vec::new(),
-                });
+                self.cfg.snapshots.push(SnapshotConfig::stream(name));
                 Section::Snapshot(self.cfg.snapshots.len() - 1)
             }
             (Some("snapshot"), None, _) => {
@@ -348,6 +400,7 @@ impl Parsing {
             "access_key_id" => s.access_key_id = Some(value.to_string()),
             "secret_access_key" => s.secret_access_key = Some(value.to_string()),
             "ca_file" => s.ca_file = Some(PathBuf::from(value)),
+            "storage_class" => s.storage_class = l.storage_class()?,
             key => return Err(l.err(format!("unknown key `{key}` in [s3]"))),
         }
         Ok(())
@@ -366,6 +419,14 @@ impl Parsing {
                 check_glob(l.value).map_err(|m| l.err(m))?;
                 snap.exclude.push(l.value.to_string());
             }
+            "command" => {
+                if snap.command.is_some() {
+                    return Err(l.err(format!("[snapshot {}] has two `command`s", snap.name)));
+                }
+                let argv = crate::stream::split_command(l.raw).map_err(|m| l.bad(&m))?;
+                snap.command = Some(argv);
+            }
+            "storage_class" => snap.storage_class = Some(l.storage_class()?),
             key => {
                 return Err(l.err(format!("unknown key `{key}` in [snapshot {}]", snap.name)));
             }
@@ -400,22 +461,41 @@ impl Parsing {
             (None, None) => {}
         }
         for s in &self.cfg.snapshots {
-            if s.paths.is_empty() {
-                let line = text
-                    .lines()
-                    .position(|l| {
-                        let l = strip_comment(l).trim();
-                        l.strip_prefix("[snapshot")
-                            .and_then(|r| r.strip_suffix(']'))
-                            .map(str::trim)
-                            == Some(s.name.as_str())
-                    })
-                    .map_or(0, |i| i + 1);
-                return Err(self.err(line, format!("[snapshot {}] has no `path`", s.name)));
+            let line = || section_line(text, &s.name);
+            if s.command.is_some() && !s.paths.is_empty() {
+                return Err(self.err(
+                    line(),
+                    format!(
+                        "[snapshot {}] has both `path` and `command`: a snapshot is a walk of paths or one command's output",
+                        s.name
+                    ),
+                ));
+            }
+            if s.paths.is_empty() && !s.exclude.is_empty() {
+                return Err(self.err(
+                    line(),
+                    format!(
+                        "[snapshot {}] has no `path` (a stream's section, for `command` or --stdin, takes no `exclude`)",
+                        s.name
+                    ),
+                ));
             }
         }
         Ok(self.cfg)
     }
+}
+
+/// The line of `[snapshot NAME]` in `text` (0 when not found).
+fn section_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = strip_comment(l).trim();
+            l.strip_prefix("[snapshot")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::trim)
+                == Some(name)
+        })
+        .map_or(0, |i| i + 1)
 }
 
 fn strip_comment(line: &str) -> &str {

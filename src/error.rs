@@ -88,6 +88,19 @@ pub enum Error {
     /// Standard output or error could not be written (a full disk; a
     /// closed pipe ends the command quietly, see `main`).
     Output(io::Error),
+    /// A stream (standard input, a command's output) failed: no snapshot.
+    Stream { what: String, msg: String },
+    /// Blobs the command needs are in a cold storage class and not yet
+    /// readable: a thaw was requested or is under way (exit code 3).
+    ThawPending {
+        blobs: usize,
+        bytes: u64,
+        /// Thaws this run requested (the rest were already under way).
+        requested: usize,
+    },
+    /// Blobs the command needs are frozen in a cold storage class and no
+    /// thaw was asked for (`--thaw`).
+    ThawNeeded { blobs: usize, bytes: u64 },
     /// Nothing is deleted while a manifest cannot be read.
     Undeletable {
         what: &'static str,
@@ -174,6 +187,7 @@ impl Error {
                 ..
             }
             | Error::Damaged { .. } => 1,
+            Error::ThawPending { .. } => 3,
             _ => 2,
         }
     }
@@ -289,6 +303,23 @@ impl Error {
                 "{what}: {count} damaged object(s) left out (named above; run `vaultik store info`)"
             ),
             Error::Output(e) => write!(f, "cannot write the output: {e}"),
+            Error::Stream { what, msg } => write!(f, "{what}: {msg}"),
+            Error::ThawNeeded { blobs, bytes } => write!(
+                f,
+                "{blobs} blob(s) ({}) must be thawed before they can be read: run the same \
+                 command with --thaw[=Expedited|Standard|Bulk] (and --wait to wait for it)",
+                crate::human_bytes(*bytes)
+            ),
+            Error::ThawPending {
+                blobs,
+                bytes,
+                requested,
+            } => write!(
+                f,
+                "{blobs} blob(s) ({}) are being thawed ({requested} thaw request(s) sent now); \
+                 run the same command again later (or with --wait) to go on",
+                crate::human_bytes(*bytes)
+            ),
             Error::Undeletable {
                 what,
                 damaged,

@@ -10,7 +10,7 @@
 //! | room | modules |
 //! |------|---------|
 //! | the command line | `main.rs`, `cli` (arguments into structs), `cmd/` (glue: one file per group of commands), `cmd/settings` (flags > environment > config > defaults, resolved once), `config` (the file) |
-//! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
+//! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `stream` (standard input or a command's output as one file), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
 //! | what a snapshot is | `snapshot` (the encrypted metadata database), `manifest` (the clear manifest, and the order of snapshots) |
 //! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
 //! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
@@ -91,7 +91,9 @@ pub mod manifest;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 pub mod testhook;
+pub mod thaw;
 pub mod time;
 pub mod verify;
 pub mod walk;

@@ -1,8 +1,10 @@
 //! Checking a snapshot. Shallow (no key): every blob its manifest lists
 //! is in the store with the size it records, and its metadata exists.
-//! Deep (the private key): every chunk of every blob is read back through
-//! age and zstd and checked against its SHA-256; failing blobs are named
-//! with the files they affect.
+//! Checksums (no key, nothing downloaded, cold blobs too): also the SHA-256
+//! the server stored with each blob is the one its key names. Deep (the
+//! private key): every chunk of every blob is read back through age and
+//! zstd and checked against its SHA-256; failing blobs are named with the
+//! files they affect.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -37,20 +39,56 @@ pub struct Report {
     pub manifest: Manifest,
     pub chunks_checked: u64,
     pub problems: Vec<Problem>,
+    /// With checksums: blobs whose stored SHA-256 matched their key, and
+    /// blobs the server kept none for.
+    pub checksums: Option<Checksums>,
 }
 
-/// Check snapshot `id` (a full id); deep when `identities` are given.
-pub fn verify(
-    store: &dyn Store,
-    id: String,
-    identities: Option<&[x25519::Identity]>,
-) -> Result<Report> {
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Checksums {
+    pub matched: usize,
+    pub missing: usize,
+    /// Whether the store keeps checksums at all.
+    pub kept: bool,
+}
+
+/// How deep a check goes.
+pub enum Depth<'a> {
+    /// Sizes, from one listing.
+    Shallow,
+    /// Sizes, and the SHA-256 the server stored with each blob.
+    Checksums,
+    /// Every chunk, read with the key; `gate` first sees the blobs to
+    /// read (the thaw of cold ones).
+    Deep {
+        identities: &'a [x25519::Identity],
+        gate: crate::thaw::Gate<'a>,
+    },
+}
+
+/// Check snapshot `id` (a full id) as deep as `depth` says.
+pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report> {
     let mkey = layout::manifest(&id);
     let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
     let (mut problems, bad_blobs) = shallow(store, &id, &manifest)?;
     let mut chunks_checked = 0u64;
+    let mut checksums = None;
     let dkey = layout::metadata(&id);
-    if let Some(identities) = identities.filter(|_| !problems.iter().any(|p| p.key == dkey)) {
+    if let Depth::Checksums = depth {
+        let (sums, found) = check_sums(store, &manifest, &bad_blobs)?;
+        checksums = Some(sums);
+        problems.extend(found);
+    }
+    if let Depth::Deep { identities, gate } = depth {
+        if problems.iter().any(|p| p.key == dkey) {
+            return Ok(Report {
+                id,
+                manifest,
+                chunks_checked,
+                problems,
+                checksums,
+            });
+        }
         let conn = snapshot::open_metadata(store, &id, identities)?;
         let blobs = blob_chunks(&conn)?;
         let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
@@ -66,6 +104,8 @@ pub fn verify(
         }
         let present: Vec<&BlobChunks> =
             blobs.iter().filter(|b| !bad_blobs.contains(&b.0)).collect();
+        let needed: Vec<(String, u64)> = present.iter().map(|b| (b.0.clone(), b.1)).collect();
+        gate(&needed)?;
         let (checked, failed) = read_blobs(store, &present, identities)?;
         chunks_checked = checked;
         problems.extend(affected(&conn, failed)?);
@@ -75,7 +115,54 @@ pub fn verify(
         manifest,
         chunks_checked,
         problems,
+        checksums,
     })
+}
+
+/// Ask the server for the SHA-256 it stored with each blob of the
+/// manifest (one HEAD each, nothing downloaded) and compare it with the
+/// blob's key; blobs already found missing or of the wrong size are left
+/// out.
+fn check_sums(
+    store: &dyn Store,
+    manifest: &Manifest,
+    bad: &HashSet<String>,
+) -> Result<(Checksums, Vec<Problem>)> {
+    let mut sums = Checksums {
+        kept: store.keeps_checksums(),
+        ..Checksums::default()
+    };
+    let blobs: Vec<&(String, u64)> = manifest
+        .blobs
+        .iter()
+        .filter(|(k, _)| !bad.contains(k))
+        .collect();
+    if !sums.kept {
+        sums.missing = blobs.len();
+        return Ok((sums, Vec::new()));
+    }
+    let metas = crate::store::parallel(&blobs, |(key, _)| store.stat(key, true));
+    let mut problems = Vec::new();
+    for ((key, _), meta) in blobs.into_iter().zip(metas) {
+        let Some(layout::Key::Blob(hash)) = layout::parse(key) else {
+            continue;
+        };
+        match meta?.and_then(|m| m.sha256) {
+            Some(sum) if sum == hash => sums.matched += 1,
+            Some(sum) => problems.push(Problem {
+                kind: "checksum",
+                key: key.clone(),
+                message: format!(
+                    "the server's SHA-256 of this blob is {}, not the one its name records: \
+                     it was replaced or damaged",
+                    crate::chunk::hex(&sum)
+                ),
+                files: Vec::new(),
+            }),
+            None => sums.missing += 1,
+        }
+    }
+    Ok((sums, problems))
 }
 
 /// Without the key: every blob the manifest lists is in the store with the

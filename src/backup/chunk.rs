@@ -4,6 +4,8 @@
 //! and hashed; each chunk that is new (`Dedup::claim`) is compressed into
 //! its own zstd frame and handed to the packer within the byte budget.
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 
@@ -14,6 +16,7 @@ use super::walk::stat_of;
 use super::{Event, NewChunk, Shared, Todo};
 use crate::chunk::{self, ChunkId};
 use crate::error::{Error, IoContext, Result};
+use crate::stream::Stream;
 use crate::walk;
 
 thread_local! {
@@ -51,9 +54,17 @@ impl Shared<'_, '_> {
 
     /// Chunk one file; send its new chunks to the packer, and return what
     /// to record.
-    fn read_file(&self, t: Todo, to_pack: &mut Sender<NewChunk>, budget: &Budget) -> Result<Event> {
+    fn read_file(
+        &self,
+        mut t: Todo,
+        to_pack: &mut Sender<NewChunk>,
+        budget: &Budget,
+    ) -> Result<Event> {
         self.cancel.check()?;
         let _counted = self.progress.file_guard();
+        if let Some(stream) = t.stream.take() {
+            return self.read_stream(t, *stream, to_pack, budget);
+        }
         let skip = |e: Error| -> Result<Event> {
             if self.backup.skip_errors {
                 Ok(Event::FileSkipped {
@@ -89,34 +100,9 @@ impl Shared<'_, '_> {
                 });
             }
         };
-        let params = self.backup.params;
-        let mut list: Vec<u8> = Vec::with_capacity(32 * (t.stat.size as usize / params.avg + 1));
-        let result = CHUNK_BUF.with_borrow_mut(|buf| {
-            chunk::split(&file, &t.path, t.stat.size, params, buf, |data| {
-                self.cancel.check()?;
-                self.progress
-                    .bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let id = ChunkId::of(data);
-                list.extend_from_slice(&id.0);
-                if let Some(claim) = self.dedup.claim(id)? {
-                    // An error from here on drops the claim: released.
-                    let frame = compress(data, self.backup.level).at("compress", &t.path)?;
-                    budget.take(frame.len() as u64)?;
-                    to_pack
-                        .send(NewChunk {
-                            id,
-                            frame,
-                            size: data.len() as u64,
-                        })
-                        .map_err(|_| Error::Cancelled)?;
-                    claim.handed_over();
-                }
-                Ok(())
-            })
-        });
-        let read = match result {
-            Ok(n) => n,
+        let result = self.chunk_into(&file, &t.path, t.stat.size, to_pack, budget);
+        let (read, list) = match result {
+            Ok(r) => r,
             Err(e @ Error::Io { .. }) => return skip(e),
             Err(e) => return Err(e),
         };
@@ -137,6 +123,83 @@ impl Shared<'_, '_> {
             read,
             chunks: list,
             changed,
+        })
+    }
+}
+
+impl Shared<'_, '_> {
+    /// Cut what `reader` gives (the file at `path`, `size` bytes by its
+    /// stat: only the strategy depends on it) into chunks; send the new
+    /// ones to the packer. Returns the bytes read and the chunk list.
+    fn chunk_into(
+        &self,
+        reader: impl Read,
+        path: &Path,
+        size: u64,
+        to_pack: &mut Sender<NewChunk>,
+        budget: &Budget,
+    ) -> Result<(u64, Vec<u8>)> {
+        let params = self.backup.params;
+        // (A stream's size is unknown: its list grows as it is read.)
+        let expected = match size {
+            u64::MAX => 1,
+            n => usize::try_from(n / params.avg as u64 + 1).unwrap_or(1),
+        };
+        let mut list: Vec<u8> = Vec::with_capacity(32 * expected.min(1 << 16));
+        let read = CHUNK_BUF.with_borrow_mut(|buf| {
+            chunk::split(reader, path, size, params, buf, |data| {
+                self.cancel.check()?;
+                self.progress
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let id = ChunkId::of(data);
+                list.extend_from_slice(&id.0);
+                if let Some(claim) = self.dedup.claim(id)? {
+                    // An error from here on drops the claim: released.
+                    let frame = compress(data, self.backup.level).at("compress", path)?;
+                    budget.take(frame.len() as u64)?;
+                    to_pack
+                        .send(NewChunk {
+                            id,
+                            frame,
+                            size: data.len() as u64,
+                        })
+                        .map_err(|_| Error::Cancelled)?;
+                    claim.handed_over();
+                }
+                Ok(())
+            })
+        })?;
+        Ok((read, list))
+    }
+
+    /// Read a stream to its end as one file (cut as a file too big to hold
+    /// whole: memory stays bounded whatever its length), then ask it how
+    /// it ended. Any failure fails the run: a stream cannot be skipped,
+    /// nor read again.
+    fn read_stream(
+        &self,
+        t: Todo,
+        mut stream: Stream,
+        to_pack: &mut Sender<NewChunk>,
+        budget: &Budget,
+    ) -> Result<Event> {
+        let result = self.chunk_into(&mut stream, &t.path, u64::MAX, to_pack, budget);
+        let what = stream.what.clone();
+        let (read, chunks) = result.map_err(|e| match e {
+            Error::Io { source, .. } => Error::Stream {
+                what: what.clone(),
+                msg: format!("cannot read it: {source}; no snapshot was made"),
+            },
+            e => e,
+        })?;
+        let said = stream.finish()?;
+        Ok(Event::StreamDone {
+            entry: t.entry,
+            what,
+            read,
+            chunks,
+            said,
         })
     }
 }

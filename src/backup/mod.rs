@@ -1,7 +1,8 @@
 //! The backup pipeline for one snapshot, one stage per file in the order
 //! the data flows:
 //!
-//! 1. `walk`: the walk (a thread) finds every entry with its stat;
+//! 1. `walk`: the walk (a thread) finds every entry with its stat (for a
+//!    stream, `stream` records its one entry instead);
 //! 2. `detect`: change detection (a thread) finds the chunk lists of files
 //!    the index knows unchanged; `record`, on this thread (the owner of the
 //!    snapshot's metadata), adds every entry and queues the changed files;
@@ -24,6 +25,7 @@ mod pack;
 mod progress;
 mod publish;
 mod record;
+mod stream;
 mod upload;
 mod walk;
 
@@ -44,6 +46,7 @@ use crate::layout;
 use crate::manifest;
 use crate::snapshot::{self, MetaWriter};
 use crate::store::Store;
+use crate::store::class::StorageClass;
 use crate::walk::Excludes;
 
 use cancel::Cancel;
@@ -65,6 +68,8 @@ pub struct Backup<'a> {
     pub params: Params,
     pub level: i32,
     pub blob_limit: u64,
+    /// The storage class of new blobs, unless a snapshot says otherwise.
+    pub blob_class: StorageClass,
     pub global_excludes: Vec<String>,
     pub skip_errors: bool,
     /// Called with each warning (skipped or changing files).
@@ -120,6 +125,8 @@ struct Todo {
     entry: i64,
     path: PathBuf,
     stat: FileStat,
+    /// A stream instead of the file at `path`.
+    stream: Option<Box<crate::stream::Stream>>,
 }
 
 /// A new chunk, compressed (`chunk` -> `pack`).
@@ -140,6 +147,15 @@ enum Event {
     FileSkipped {
         entry: i64,
         msg: String,
+    },
+    /// A stream read to its end, and ended well.
+    StreamDone {
+        entry: i64,
+        what: String,
+        read: u64,
+        chunks: Vec<u8>,
+        /// What its command said on standard error (warnings).
+        said: Vec<String>,
     },
     /// Deleted between the walk and its read: not an error, not in the
     /// snapshot.
@@ -174,6 +190,8 @@ struct Shared<'r, 'a> {
     cancel: &'r Cancel<'a>,
     dedup: &'r Dedup<'r>,
     progress: &'r Progress,
+    /// The storage class of this run's blobs.
+    class: StorageClass,
 }
 
 impl Backup<'_> {
@@ -207,7 +225,7 @@ impl Backup<'_> {
         let mut attempt = 1;
         let mut scope = scope;
         loop {
-            match self.run_once(snap, scope, skip_unchanged) {
+            match self.run_once(snap, Input::Walk(scope), skip_unchanged) {
                 Err(Error::StaleBase) => {
                     // The last snapshot names chunks that are gone: walk everything.
                     scope = Scope::Full;
@@ -224,10 +242,22 @@ impl Backup<'_> {
         }
     }
 
+    /// Back up `stream` as the one file of snapshot `snap` (`/stdin/NAME`).
+    /// A stream cannot be read twice: blobs vanishing meanwhile fail the
+    /// run (nothing is published) instead of making it again.
+    pub fn run_stream(
+        &self,
+        snap: &SnapshotConfig,
+        stream: crate::stream::Stream,
+        skip_unchanged: bool,
+    ) -> Result<Summary> {
+        self.run_once(snap, Input::Stream(Box::new(stream)), skip_unchanged)
+    }
+
     fn run_once(
         &self,
         snap: &SnapshotConfig,
-        scope: Scope<'_>,
+        input: Input<'_>,
         skip_unchanged: bool,
     ) -> Result<Summary> {
         let started = Instant::now();
@@ -245,7 +275,7 @@ impl Backup<'_> {
             }
         };
         let meta_path = self.tmp_dir.join(format!("{id}.sqlite"));
-        let result = self.run_inner(snap, &id, time, &meta_path, scope, skip_unchanged);
+        let result = self.run_inner(snap, &id, time, &meta_path, input, skip_unchanged);
         if result.as_ref().is_ok_and(|s| !s.unchanged) {
             // Keep it as the base of the next incremental run.
             let last = self.last_path(&snap.name);
@@ -265,7 +295,7 @@ impl Backup<'_> {
         id: &str,
         time: u64,
         meta_path: &Path,
-        scope: Scope<'_>,
+        input: Input<'_>,
         skip_unchanged: bool,
     ) -> Result<Summary> {
         let started_ns = std::time::SystemTime::now()
@@ -278,6 +308,10 @@ impl Backup<'_> {
             ..Summary::default()
         };
         // Incremental: keep what lies outside the dirty subtrees.
+        let scope = match &input {
+            Input::Walk(scope) => *scope,
+            Input::Stream(_) => Scope::Full,
+        };
         let walk_roots: Vec<PathBuf> = match scope {
             Scope::Dirty(dirty) if last.is_file() => {
                 let (n, files, bytes) = meta.carry_over(&last, dirty)?;
@@ -318,8 +352,16 @@ impl Backup<'_> {
             cancel: &cancel,
             dedup: &dedup,
             progress: &progress,
+            class: snap.storage_class.unwrap_or(self.blob_class),
         };
-        let s = shared.back_up(&roots, &meta, s)?;
+        let s = match input {
+            Input::Walk(_) => shared.back_up(&meta, s, |rec, todo, events| {
+                shared.scan(&roots, rec, todo, events)
+            })?,
+            Input::Stream(stream) => shared.back_up(&meta, s, |rec, todo, _| {
+                stream::feed(rec, &snap.name, time, stream, todo)
+            })?,
+        };
         publish::Publish {
             backup: self,
             meta,
@@ -334,10 +376,28 @@ impl Backup<'_> {
     }
 }
 
+/// What a run backs up.
+enum Input<'s> {
+    /// A walk of the snapshot's paths (or some of them).
+    Walk(Scope<'s>),
+    /// A stream, as one file.
+    Stream(Box<crate::stream::Stream>),
+}
+
 impl Shared<'_, '_> {
-    /// Stages 1 to 5: walk, detect and record on this thread's side, read,
-    /// pack and upload on the pipeline's; events are recorded as they come.
-    fn back_up(&self, roots: &Roots<'_>, meta: &MetaWriter, s: Summary) -> Result<Summary> {
+    /// Stages 1 to 5: `feed` (the walk, detection and records, or a
+    /// stream's one entry) on this thread's side, read, pack and upload on
+    /// the pipeline's; events are recorded as they come.
+    fn back_up(
+        &self,
+        meta: &MetaWriter,
+        s: Summary,
+        feed: impl FnOnce(
+            &mut Recorder<'_, '_, '_, '_>,
+            &SyncSender<Vec<Todo>>,
+            &Receiver<Vec<Event>>,
+        ) -> Result<()>,
+    ) -> Result<Summary> {
         // Files and their results travel in batches (one per batch of
         // walked entries): one wakeup per batch instead of two per file.
         let (todo_tx, todo_rx) = sync_channel::<Vec<Todo>>(TODO_BATCHES);
@@ -345,7 +405,7 @@ impl Shared<'_, '_> {
         let mut rec = Recorder::new(self, meta, s);
         std::thread::scope(|threads| -> Result<()> {
             let pipe = threads.spawn(move || self.cancel.on_error(self.pipeline(todo_rx, ev_tx)));
-            let walked = self.scan(roots, &mut rec, &todo_tx, &ev_rx);
+            let walked = feed(&mut rec, &todo_tx, &ev_rx);
             drop(todo_tx);
             self.progress.walk_done.store(true, Ordering::Relaxed);
             let recorded = walked.and_then(|()| {

@@ -16,6 +16,7 @@ use crate::index::Located;
 use crate::layout;
 use crate::manifest::Manifest;
 use crate::snapshot::{self, MetaWriter};
+use crate::store::class::StorageClass;
 
 /// zstd level for the metadata database: it is a small part of the bucket,
 /// and compressing it is on the critical path of every run (level 1: 30 ms
@@ -51,8 +52,11 @@ impl Publish<'_, '_> {
         };
         let b = self.backup;
         let sealed = self.meta.seal(&b.tmp_dir, &b.recipients, METADATA_LEVEL)?;
-        b.store
-            .put_file(&layout::metadata(self.id), sealed.temp.path())?;
+        b.store.put_file(
+            &layout::metadata(self.id),
+            sealed.temp.path(),
+            StorageClass::Standard,
+        )?;
         let manifest = Manifest {
             id: self.id.to_string(),
             hostname: b.hostname.clone(),

@@ -52,6 +52,13 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
         (self.shared.backup.warn)(msg)
     }
 
+    /// Add a stream's one entry; its chunks come with `StreamDone`.
+    pub fn stream_entry(&mut self, e: &Entry) -> Result<i64> {
+        self.summary.entries += 1;
+        self.summary.files += 1;
+        self.meta.add(e, None)
+    }
+
     /// Add one batch of walked entries; the changed files go to `todo`.
     pub fn walked(&mut self, batch: Vec<Walked>, todo: &SyncSender<Vec<Todo>>) -> Result<()> {
         let mut files = Vec::new();
@@ -119,6 +126,7 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                         <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
                     ),
                     stat,
+                    stream: None,
                 });
             }
         }
@@ -163,6 +171,29 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                     ));
                 } else {
                     meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                }
+            }
+            Event::StreamDone {
+                entry,
+                what,
+                read,
+                chunks,
+                said,
+            } => {
+                s.files_read += 1;
+                s.bytes_read += read;
+                s.bytes_scanned += read;
+                meta.set_chunks(entry, read, &chunks)?;
+                for line in said {
+                    s.warnings += 1;
+                    warn(&format!("{what} said: {line}"));
+                }
+                if read == 0 {
+                    s.warnings += 1;
+                    warn(&format!(
+                        "{what} was empty: snapshot {} holds an empty file",
+                        s.id
+                    ));
                 }
             }
             Event::FileSkipped { entry, msg } => {

@@ -30,7 +30,7 @@ impl Shared<'_, '_> {
             self.cancel.check()?;
             self.backup
                 .store
-                .put_file(&blob.key, blob.file.temp.path())?;
+                .put_file(&blob.key, blob.file.temp.path(), self.class)?;
             events
                 .send(vec![Event::BlobStored {
                     key: blob.key,

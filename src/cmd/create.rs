@@ -12,12 +12,14 @@ use super::{output, warn};
 use crate::backup::{Backup, Scope};
 use crate::chunk::Params;
 use crate::cli::CreateArgs;
-use crate::config::{Config, SnapshotConfig};
+use crate::config::{Config, SnapshotConfig, Source};
 use crate::error::{Error, Result};
 use crate::gc::Retention;
 use crate::index::{Index, Opened};
 use crate::lock::RunLock;
 use crate::store::Store;
+use crate::store::class::StorageClass;
+use crate::stream::Stream;
 use crate::{blob, human_bytes, keys, store};
 
 /// Everything a backup run needs that does not change between runs.
@@ -29,23 +31,24 @@ pub struct Session {
     pub last_dir: PathBuf,
     pub hostname: String,
     pub recipients: Vec<x25519::Recipient>,
+    /// The storage class of new blobs (`[s3] storage_class`).
+    pub blob_class: StorageClass,
 }
 
 impl Session {
     pub fn open(settings: &Settings) -> Result<Session> {
         let cfg = settings.config().clone();
         let recipients = keys::parse_recipients(&cfg.age_recipients, &cfg.path)?;
-        if cfg.snapshots.is_empty() {
-            return Err(Error::Setup(format!(
-                "{}: no [snapshot NAME] section configured",
-                cfg.path.display()
-            )));
-        }
         let store = settings.open_store(true)?;
         let index_path = settings.index_path.clone();
         let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         blob::private_dir(&state_dir)?;
+        let blob_class = match &settings.store {
+            crate::config::StoreConfig::S3(s3) => s3.storage_class,
+            crate::config::StoreConfig::Local { .. } => StorageClass::Standard,
+        };
         Ok(Session {
+            blob_class,
             hostname: settings.hostname.clone(),
             tmp_dir: state_dir.join("tmp"),
             last_dir: state_dir.join("last"),
@@ -109,6 +112,7 @@ impl Session {
             params: Params::new(self.cfg.chunk_size),
             level: self.cfg.compression_level,
             blob_limit: self.cfg.blob_size_limit,
+            blob_class: self.blob_class,
             global_excludes: self.cfg.exclude.clone(),
             skip_errors,
             warn: &warn,
@@ -128,6 +132,35 @@ impl Session {
             index: Some(index),
         }
         .by_rule(self.retention(), None, Some(&self.hostname))
+    }
+
+    /// A configured snapshot is needed (the daemon, and `snapshot create`
+    /// without `--stdin`).
+    pub fn require_snapshots(&self) -> Result<()> {
+        if self.cfg.snapshots.is_empty() {
+            return Err(Error::Setup(format!(
+                "{}: no [snapshot NAME] section configured",
+                self.cfg.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Back up one configured snapshot (a walk, or its command's output);
+    /// None for a section fed by `--stdin` only, which has nothing to run.
+    pub fn run_one(
+        &self,
+        backup: &Backup<'_>,
+        snap: &SnapshotConfig,
+        scope: Scope<'_>,
+        skip_unchanged: bool,
+    ) -> Option<Result<crate::backup::Summary>> {
+        Some(match snap.source() {
+            Source::Paths(_) => backup.run(snap, scope, skip_unchanged),
+            Source::Command(argv) => Stream::spawn(argv)
+                .and_then(|stream| backup.run_stream(snap, stream, skip_unchanged)),
+            Source::Stdin => return None,
+        })
     }
 
     pub fn retention(&self) -> Retention {
@@ -196,7 +229,31 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
             session.cfg.path.display()
         )));
     }
-    let selected = select(&session.cfg, names)?;
+    // What to back up: standard input as one snapshot (checked before
+    // anything is locked or listed), or configured snapshots.
+    let stdin = match &a.stdin {
+        Some(name) => Some((stdin_snapshot(&session.cfg, name)?, Stream::stdin()?)),
+        None => None,
+    };
+    let selected = match &stdin {
+        Some(_) => Vec::new(),
+        None => {
+            session.require_snapshots()?;
+            let selected = select(&session.cfg, names)?;
+            if let Some(s) = selected.iter().find(|s| s.source() == Source::Stdin) {
+                if !names.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "[snapshot {}] in {} has no `path` or `command`: feed it with \
+                         `snapshot create --stdin {}`",
+                        s.name,
+                        session.cfg.path.display(),
+                        s.name
+                    )));
+                }
+            }
+            selected
+        }
+    };
     let (_lock, index, dropped) = session.prepare()?;
     if dropped > 0 {
         warn(&format!(
@@ -208,14 +265,22 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     let backup = session.backup(index, skip_errors, terminal && !cron, None);
     let mut skipped = 0;
     let mut out = std::io::stdout().lock();
-    for snap in selected {
-        let s = backup.run(snap, Scope::Full, false)?;
+    let mut done = |s: crate::backup::Summary| -> Result<()> {
         skipped += s.skipped;
         if !cron {
             writeln!(out, "{}", summary_line(&s)).map_err(output)?;
         }
+        Ok(())
+    };
+    if let Some((snap, stream)) = stdin {
+        done(backup.run_stream(&snap, stream, false)?)?;
     }
-
+    for snap in selected {
+        // Sections fed by --stdin are left to the command lines that feed them.
+        if let Some(s) = session.run_one(&backup, snap, Scope::Full, false) {
+            done(s?)?;
+        }
+    }
     if prune {
         let mut index = backup
             .index
@@ -236,6 +301,26 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The snapshot `snapshot create --stdin NAME` makes: the config's
+/// section, which must then have neither `path` nor `command`, or one made
+/// for it.
+fn stdin_snapshot(cfg: &Config, name: &str) -> Result<SnapshotConfig> {
+    match cfg.snapshots.iter().find(|s| s.name == name) {
+        None => Ok(SnapshotConfig::stream(name)),
+        Some(s) if s.source() == Source::Stdin => Ok(s.clone()),
+        Some(s) => Err(Error::Usage(format!(
+            "--stdin {name}: [snapshot {name}] in {} has `{}`; a snapshot fed by --stdin \
+             is configured without `path` or `command` (or not at all)",
+            cfg.path.display(),
+            if s.command.is_some() {
+                "command"
+            } else {
+                "path"
+            }
+        ))),
+    }
 }
 
 /// Remove files left in `dir` by a killed run (we hold the run lock).

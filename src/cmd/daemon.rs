@@ -171,7 +171,10 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             };
             log(&format!("run started: {} ({what})", snap.name));
         }
-        match backup.run(snap, scope, true) {
+        let Some(result) = session.run_one(&backup, snap, scope, true) else {
+            continue;
+        };
+        match result {
             Ok(s) if s.unchanged => {
                 if !quiet {
                     log(&format!("{}: nothing changed, no snapshot", snap.name));
@@ -224,7 +227,11 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
 pub fn run(g: &Global, a: &CreateArgs) -> Result<()> {
     let quiet = a.cron;
     install_signal_handlers();
-    let open = || Session::open(&Settings::resolve(g, true)?);
+    let open = || {
+        let session = Session::open(&Settings::resolve(g, true)?)?;
+        session.require_snapshots()?;
+        Ok::<_, Error>(session)
+    };
     let mut session = open()?;
     loop {
         match serve(&session, quiet)? {
@@ -271,7 +278,7 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
     let mut st = State {
         cfg,
         quiet,
-        dirty: (0..cfg.snapshots.len()).map(|i| (i, Dirty::Full)).collect(),
+        dirty: runnable(cfg).map(|i| (i, Dirty::Full)).collect(),
         sched: Schedule::new(cfg, Instant::now()),
     };
     let abort = AtomicBool::new(false);
@@ -336,6 +343,17 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
     })
 }
 
+/// The snapshots the daemon backs up: walks and commands (a command has
+/// nothing to watch: it runs with each full scan, at start and every
+/// full_scan_interval), not those fed by `--stdin`.
+fn runnable(cfg: &crate::config::Config) -> impl Iterator<Item = usize> + '_ {
+    cfg.snapshots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.source() != crate::config::Source::Stdin)
+        .map(|(i, _)| i)
+}
+
 /// What the daemon keeps between turns of its loop.
 struct State<'c> {
     cfg: &'c crate::config::Config,
@@ -365,7 +383,7 @@ impl State<'_> {
     }
 
     fn all_dirty(&mut self) {
-        for i in 0..self.cfg.snapshots.len() {
+        for i in runnable(self.cfg) {
             self.dirty.insert(i, Dirty::Full);
         }
     }
@@ -438,8 +456,8 @@ impl State<'_> {
             return None;
         }
         let names: Vec<(usize, Dirty)> = self.dirty.drain().collect();
-        let full =
-            names.iter().all(|(_, d)| *d == Dirty::Full) && names.len() == self.cfg.snapshots.len();
+        let full = names.iter().all(|(_, d)| *d == Dirty::Full)
+            && names.len() == runnable(self.cfg).count();
         self.sched.started(full, Instant::now());
         // Nothing changed, however long it has been: no job.
         (!names.is_empty()).then_some(Job { names })

@@ -16,6 +16,7 @@ use crate::human_bytes;
 use crate::layout;
 use crate::manifest::{self, Manifest};
 use crate::time::now as unix_now;
+use crate::verify::Depth;
 
 pub fn list(settings: &Settings, json: bool) -> Result<()> {
     let store = open_existing_store(settings)?;
@@ -169,6 +170,8 @@ struct Totals {
     referenced: (u64, u64),
     unreferenced: (usize, u64),
     metadata_bytes: u64,
+    /// Objects and bytes per storage class.
+    classes: std::collections::BTreeMap<crate::store::class::StorageClass, (u64, u64)>,
 }
 
 impl Totals {
@@ -199,6 +202,15 @@ impl Totals {
             referenced: (ref_n, ref_b),
             unreferenced: (unref.len(), sum(&mut unref.iter().map(|o| o.size))),
             metadata_bytes: sum(&mut view.metadata.iter().map(|o| o.size)),
+            classes: view.blobs.iter().chain(&view.metadata).fold(
+                Default::default(),
+                |mut m, o| {
+                    let e: &mut (u64, u64) = m.entry(o.class).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.saturating_add(o.size);
+                    m
+                },
+            ),
         }
     }
 
@@ -215,6 +227,9 @@ impl Totals {
             "unreferenced_bytes": self.unreferenced.1,
             "metadata_objects": view.metadata.len(),
             "metadata_bytes": self.metadata_bytes,
+            "classes": self.classes.iter().map(|(c, (n, b))| {
+                (c.name().to_string(), json!({"objects": n, "bytes": b}))
+            }).collect::<serde_json::Map<String, serde_json::Value>>(),
             "damaged_manifests": view.damaged.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             "dated_ahead": view.dated_ahead().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             "foreign_objects": view.foreign_count,
@@ -261,6 +276,15 @@ impl Totals {
             view.metadata.len(),
             human_bytes(self.metadata_bytes)
         )?;
+        // Only where something is not STANDARD: most stores are.
+        if self.classes.keys().any(|c| *c != Default::default()) {
+            let per: Vec<String> = self
+                .classes
+                .iter()
+                .map(|(c, (n, b))| format!("{c} {n} objects, {}", human_bytes(*b)))
+                .collect();
+            writeln!(out, "classes:      {}", per.join("; "))?;
+        }
         if !view.damaged.is_empty() {
             writeln!(out, "damaged:      {} manifest(s)", view.damaged.len())?;
         }
@@ -284,7 +308,27 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     };
     let store = open_existing_store(&Settings::resolve(g, false)?)?;
     let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
-    let r = crate::verify::verify(store.as_ref(), id, identities.as_deref())?;
+    let report: std::sync::Mutex<Box<dyn Write + Send>> =
+        std::sync::Mutex::new(Box::new(std::io::stdout()));
+    let thaw = crate::thaw::Thaw {
+        store: store.as_ref(),
+        args: a.thaw,
+        what: format!("snapshot verify --deep {id}"),
+        json: a.json,
+        out: &report,
+        // SAFETY: isatty has no preconditions.
+        progress: unsafe { libc::isatty(2) } == 1,
+    };
+    let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
+    let depth = match &identities {
+        Some(identities) => Depth::Deep {
+            identities,
+            gate: &gate,
+        },
+        None if a.checksums => Depth::Checksums,
+        None => Depth::Shallow,
+    };
+    let r = crate::verify::verify(store.as_ref(), id, depth)?;
     let (id, manifest, chunks_checked, problems) =
         (&r.id, &r.manifest, r.chunks_checked, &r.problems);
     let (deep, json) = (a.deep, a.json);
@@ -300,6 +344,9 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
             "blobs": manifest.blobs.len(),
             "blob_bytes": blob_bytes,
             "chunks_checked": chunks_checked,
+            "checksums": r.checksums.map(|c| json!({
+                "matched": c.matched, "missing": c.missing, "kept_by_store": c.kept,
+            })),
             "ok": problems.is_empty(),
             "problems": problems.iter().map(|p| json!({
                 "kind": p.kind, "key": p.key, "message": p.message, "files": p.files,
@@ -338,6 +385,26 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
                 human_bytes(blob_bytes)
             )
         };
+        if let Some(c) = r.checksums {
+            let note = if !c.kept {
+                " (this store keeps no checksums: sizes checked only; --deep reads everything)"
+                    .to_string()
+            } else if c.missing > 0 && c.matched == 0 {
+                " (the server gave no SHA-256 for any blob: a server without checksum \
+                 support, or blobs uploaded before vaultik sent them; sizes checked only)"
+                    .to_string()
+            } else if c.missing > 0 {
+                " (blobs uploaded before vaultik sent checksums have none)".to_string()
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "checksums: {} blob(s) match their names, {} without a stored checksum{note}",
+                c.matched, c.missing
+            )
+            .map_err(output)?;
+        }
         let verdict = if problems.is_empty() { "ok" } else { "FAILED" };
         writeln!(out, "snapshot {id}: {what} checked: {verdict}").map_err(output)?;
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;

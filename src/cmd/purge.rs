@@ -82,6 +82,18 @@ impl Report {
                 self.foreign
             )?;
         }
+        for e in self.early_deletions(crate::time::now()) {
+            writeln!(
+                out,
+                "warning: {} {} object(s), {}, {} before the class's minimum storage duration \
+                 of {} days: the provider bills them as if kept that long",
+                e.objects,
+                e.class,
+                human_bytes(e.bytes),
+                if self.dry_run { "would go" } else { "go" },
+                e.class.min_days()
+            )?;
+        }
         if let Some(n) = &self.index_note {
             writeln!(out, "{n}")?;
         }
@@ -104,6 +116,10 @@ impl Report {
             "grace_period_seconds": self.grace,
             "dated_ahead": self.ahead,
             "foreign_objects": self.foreign,
+            "early_deletions": self.early_deletions(crate::time::now()).iter().map(|e| json!({
+                "class": e.class.name(), "objects": e.objects, "bytes": e.bytes,
+                "minimum_days": e.class.min_days(),
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -1,13 +1,17 @@
-//! `restore SNAPSHOT --target DIR [--identity FILE] [PATH...]`
+//! `restore SNAPSHOT (--target DIR | --stdout) [--identity FILE] [--thaw[=TIER]]
+//! [--thaw-days N] [--wait] [--json] [PATH...]`
 
 use std::io::Write;
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::sync::Mutex;
 
 use super::settings::{self, Settings};
 use super::{open_existing_store, output, warn};
-use crate::cli::{Global, RestoreArgs};
-use crate::error::Result;
+use crate::cli::{Global, RestoreArgs, RestoreTo};
+use crate::error::{Error, Result};
 use crate::restore::Restore;
+use crate::store::Store;
+use crate::thaw::Thaw;
 use crate::{human_bytes, manifest};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
@@ -15,22 +19,44 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     let identities = settings::identities(a.identity.as_deref())?;
     let store = open_existing_store(&Settings::resolve(g, false)?)?;
     let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
-    let target: &Path = &a.target;
+    // With --stdout, standard output is the file's: everything else goes
+    // to standard error.
+    let to_stdout = a.to == RestoreTo::Stdout;
+    let report: Mutex<Box<dyn Write + Send>> = Mutex::new(if to_stdout {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    });
+    let thaw = thaw_for(store.as_ref(), a, &id, &report);
+    let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
     let r = Restore {
         store: store.as_ref(),
         identities,
-        target: target.to_path_buf(),
+        target: match &a.to {
+            RestoreTo::Target(t) => t.clone(),
+            RestoreTo::Stdout => std::env::temp_dir(),
+        },
         paths: a.paths.clone(),
         warn: &warn,
+        gate: &gate,
     };
-    let result = r.run(&id);
-    let mut out = std::io::stdout().lock();
+    let result = match &a.to {
+        RestoreTo::Target(_) => r.run(&id),
+        RestoreTo::Stdout => {
+            let mut out = raw_stdout()?;
+            r.to_stdout(&id, a.paths.first().map(String::as_str), &mut out)
+        }
+    };
+    let mut out = report.lock().expect("report lock");
     if let Ok(s) = &result {
+        let into = match &a.to {
+            RestoreTo::Target(t) => format!("into {}", t.display()),
+            RestoreTo::Stdout => "to standard output".into(),
+        };
         writeln!(
             out,
-            "restored {} into {}: {} files ({}), {} directories, {} symlinks, {} other; {} chunks; {:.1}s",
+            "restored {} {into}: {} files ({}), {} directories, {} symlinks, {} other; {} chunks; {:.1}s",
             s.id,
-            target.display(),
             s.files,
             human_bytes(s.bytes),
             s.dirs,
@@ -38,8 +64,40 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
             s.other,
             s.chunks,
             s.seconds
-        ).map_err(output)?;
+        )
+        .map_err(output)?;
     }
     writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     result.map(|_| ())
+}
+
+/// How this restore treats cold blobs.
+fn thaw_for<'t>(
+    store: &'t dyn Store,
+    a: &RestoreArgs,
+    id: &str,
+    report: &'t Mutex<Box<dyn Write + Send>>,
+) -> Thaw<'t> {
+    Thaw {
+        store,
+        args: a.thaw,
+        what: format!("restore of {id}"),
+        json: a.json,
+        out: report,
+        // SAFETY: isatty has no preconditions.
+        progress: unsafe { libc::isatty(2) } == 1,
+    }
+}
+
+/// Standard output as a plain file: large writes go straight to the
+/// descriptor (std's stdout looks for newlines in everything written).
+fn raw_stdout() -> Result<std::fs::File> {
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Stream {
+            what: "standard output".into(),
+            msg: format!("cannot use it: {e}"),
+        })?;
+    Ok(std::fs::File::from(fd))
 }

@@ -174,6 +174,10 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
             region,
             access_key_id: from_cfg.as_ref().and_then(|s| s.access_key_id.clone()),
             secret_access_key: from_cfg.as_ref().and_then(|s| s.secret_access_key.clone()),
+            storage_class: from_cfg
+                .as_ref()
+                .map(|s| s.storage_class)
+                .unwrap_or_default(),
             ca_file: from_cfg.and_then(|s| s.ca_file),
         }))
     } else {

@@ -418,6 +418,7 @@ mod tests {
 
     fn obj(key: &str, modified: u64) -> ObjectInfo {
         ObjectInfo {
+            class: Default::default(),
             key: key.into(),
             size: 10,
             modified,

@@ -3,12 +3,13 @@
 //! module above), keeping this host's index in step so that no later
 //! backup deduplicates against a deleted blob.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use super::{Retention, View};
 use crate::error::Result;
 use crate::index::Index;
 use crate::manifest::Manifest;
+use crate::store::class::StorageClass;
 use crate::store::{ObjectInfo, Store};
 use crate::time::now as unix_now;
 
@@ -29,6 +30,39 @@ pub struct Report {
     pub ahead: Vec<String>,
     /// Objects that are not vaultik's, left alone.
     pub foreign: u64,
+}
+
+/// Objects of one storage class deleted (or to be) before the class's
+/// minimum storage duration: billed as if kept that long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Early {
+    pub class: StorageClass,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+impl Report {
+    /// Of what this purge deletes now or marks for deletion, the objects
+    /// younger than their class's minimum storage duration, per class.
+    pub fn early_deletions(&self, now: u64) -> Vec<Early> {
+        let mut by: BTreeMap<StorageClass, Early> = BTreeMap::new();
+        for o in self.deleted.iter().chain(&self.marked) {
+            let min = o.class.min_days() * 86_400;
+            // A time from the store may be anything: 0 (unknown) counts
+            // as old, so that nothing is claimed without evidence.
+            if min == 0 || o.modified == 0 || now.saturating_sub(o.modified) >= min {
+                continue;
+            }
+            let e = by.entry(o.class).or_insert(Early {
+                class: o.class,
+                objects: 0,
+                bytes: 0,
+            });
+            e.objects += 1;
+            e.bytes = e.bytes.saturating_add(o.size);
+        }
+        by.into_values().collect()
+    }
 }
 
 /// How a purge is to run.

@@ -16,9 +16,11 @@
 mod contents;
 mod entries;
 mod plan;
+mod stdout;
 mod target;
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,9 @@ pub struct Restore<'a> {
     /// Only these source paths (and what is below them), when not empty.
     pub paths: Vec<String>,
     pub warn: &'a (dyn Fn(&str) + Sync),
+    /// Called with the blobs the restore needs (key, size) once they are
+    /// known and before anything is written: the thaw of cold blobs.
+    pub gate: crate::thaw::Gate<'a>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +69,7 @@ impl Restore<'_> {
             snapshot::open_metadata_at(self.store, id, &self.identities, Some(&self.target))?;
         attach_plan(&conn, &self.target)?;
         let built = plan::build(&conn, &self.paths, id)?;
+        (self.gate)(&built.blobs)?;
         let target = Target::open(&self.target).at("open target directory", &self.target)?;
         let mut run = entries::Entries {
             conn: &conn,
@@ -109,6 +115,30 @@ impl Restore<'_> {
             });
         }
         Ok(s)
+    }
+}
+
+impl Restore<'_> {
+    /// Write one file's content to `out` (`restore --stdout [PATH]`): the
+    /// file at `path`, or the snapshot's only one. The metadata is spilled
+    /// to the temporary directory (an unlinked 0600 file: names, never
+    /// file contents), as there is no target.
+    pub fn to_stdout(&self, id: &str, path: Option<&str>, out: &mut dyn Write) -> Result<Summary> {
+        let started = Instant::now();
+        let spill = std::env::temp_dir();
+        let conn = snapshot::open_metadata_at(self.store, id, &self.identities, Some(&spill))?;
+        let file = stdout::find(&conn, path, id)?;
+        let located = stdout::locate(&conn, &file)?;
+        (self.gate)(&located.blobs)?;
+        let written = stdout::write(self.store, &self.identities, &file, &located, out)?;
+        Ok(Summary {
+            id: id.to_string(),
+            files: 1,
+            bytes: written.bytes,
+            chunks: written.chunks,
+            seconds: started.elapsed().as_secs_f64(),
+            ..Summary::default()
+        })
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::class::StorageClass;
 use super::{Listing, Op, Stats, Store, check_key, too_large};
 use crate::error::{Error, IoContext, Result};
 
@@ -211,7 +212,7 @@ impl Store for LocalStore {
         format!("directory {}", self.root_path.display())
     }
 
-    fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+    fn put_file(&self, key: &str, path: &Path, _class: StorageClass) -> Result<()> {
         check_key("PUT", key)?;
         // Same file system: link the finished file in instead of copying it.
         let dest = self.path(key);
@@ -430,7 +431,7 @@ impl Store for LocalStore {
                     // Beside the prefix, not under it.
                 } else if ft == FileType::RegularFile {
                     let modified = u64::try_from(st.st_mtime).unwrap_or(0);
-                    out.add(key, st.st_size as u64, modified);
+                    out.add(key, st.st_size as u64, modified, StorageClass::Standard);
                     if out.objects.len() > super::LIST_MAX {
                         return Err(super::too_many(prefix));
                     }

@@ -15,6 +15,7 @@
 //! answers, an implementation never follows a name it chose through the
 //! local file system, never allocates what it claims, and never hangs.
 
+pub mod class;
 pub mod identity;
 mod local;
 mod s3;
@@ -22,10 +23,12 @@ mod s3;
 use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::StoreConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use class::{StorageClass, Tier};
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -36,6 +39,33 @@ pub struct ObjectInfo {
     pub size: u64,
     /// Last modification, seconds since the epoch (0 when unknown).
     pub modified: u64,
+    /// As the listing says (STANDARD when it says nothing).
+    pub class: StorageClass,
+}
+
+/// What a HEAD says of an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub class: StorageClass,
+    pub thaw: ThawState,
+    /// The SHA-256 the server stored with the object, when asked for and
+    /// the server keeps one.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Whether an object can be read, as far as its storage class goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThawState {
+    /// Not in a cold class (or tier): readable.
+    NotNeeded,
+    /// Cold, and no thawed copy: a GET fails until a thaw is requested
+    /// and done.
+    Frozen,
+    /// A thaw is under way.
+    Ongoing,
+    /// A thawed copy is readable (until it expires).
+    Thawed,
 }
 
 /// What a listing found: objects of the layout, in key order, and the keys
@@ -68,12 +98,13 @@ pub fn too_many(prefix: &str) -> crate::error::Error {
 
 impl Listing {
     /// Sort what was found into objects and foreign keys.
-    pub fn add(&mut self, key: String, size: u64, modified: u64) {
+    pub fn add(&mut self, key: String, size: u64, modified: u64, class: StorageClass) {
         if crate::layout::parse(&key).is_some() {
             self.objects.push(ObjectInfo {
                 key,
                 size,
                 modified,
+                class,
             });
         } else {
             self.add_foreign(key);
@@ -145,7 +176,9 @@ pub fn too_large(key: &str, size: u64, limit: u64) -> crate::error::Error {
 pub trait Store: Send + Sync {
     /// Human-readable location, e.g. `s3://bucket/prefix at https://...`.
     fn describe(&self) -> String;
-    fn put_file(&self, key: &str, path: &Path) -> Result<()>;
+    /// Put the file at `path` in storage class `class` (a store without
+    /// classes ignores it).
+    fn put_file(&self, key: &str, path: &Path, class: StorageClass) -> Result<()>;
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
     /// Write `key` only if no object has it: true if this call made it.
     fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
@@ -157,6 +190,37 @@ pub trait Store: Send + Sync {
     fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>>;
     /// Size of the object, or None when it does not exist.
     fn head(&self, key: &str) -> Result<Option<u64>>;
+    /// What a HEAD says of the object (with the SHA-256 the server stored,
+    /// when `checksum`), or None when it does not exist. A store without
+    /// classes or checksums says STANDARD and no checksum.
+    fn stat(&self, key: &str, checksum: bool) -> Result<Option<ObjectMeta>> {
+        let _ = checksum;
+        Ok(self.head(key)?.map(|size| ObjectMeta {
+            size,
+            class: StorageClass::Standard,
+            thaw: ThawState::NotNeeded,
+            sha256: None,
+        }))
+    }
+    /// Whether objects here have storage classes (cold ones among them).
+    fn has_classes(&self) -> bool {
+        false
+    }
+    /// Whether the store keeps the SHA-256 sent with each PUT, for `stat`.
+    fn keeps_checksums(&self) -> bool {
+        false
+    }
+    /// Ask for a thawed copy of the cold object `key`, readable `days`
+    /// days, at `tier`: true if this asked anew, false if a thaw was
+    /// already under way or done (S3 then only extends the copy's days).
+    fn request_thaw(&self, key: &str, days: u32, tier: Tier) -> Result<bool> {
+        let _ = (days, tier);
+        Err(Error::store(
+            "RESTORE",
+            key,
+            "this store has no cold storage classes",
+        ))
+    }
     /// Every object whose key starts with `prefix`, in key order, with
     /// the keys that are not of the layout apart.
     fn list(&self, prefix: &str) -> Result<Listing>;
@@ -178,6 +242,8 @@ pub struct Stats {
     pub head: AtomicU64,
     pub list: AtomicU64,
     pub delete: AtomicU64,
+    /// RestoreObject requests (thaws).
+    pub restore: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
 }
@@ -189,6 +255,7 @@ pub enum Op {
     Head,
     List,
     Delete,
+    Restore,
 }
 
 impl Stats {
@@ -199,6 +266,7 @@ impl Stats {
             Op::Head => &self.head,
             Op::List => &self.list,
             Op::Delete => &self.delete,
+            Op::Restore => &self.restore,
         };
         c.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
@@ -224,8 +292,16 @@ impl Stats {
         let mut s = String::new();
         let _ = write!(
             s,
-            "requests: {put} PUT, {get} GET, {head} HEAD, {list} LIST, {delete} DELETE; \
-             sent {}, received {}",
+            "requests: {put} PUT, {get} GET, {head} HEAD, {list} LIST, {delete} DELETE"
+        );
+        // Thaws only where there were some: most stores have none.
+        let restore = self.restore.load(Ordering::Relaxed);
+        if restore > 0 {
+            let _ = write!(s, ", {restore} RESTORE");
+        }
+        let _ = write!(
+            s,
+            "; sent {}, received {}",
             crate::human_bytes(sent),
             crate::human_bytes(recv)
         );
@@ -236,6 +312,7 @@ impl Stats {
         let [put, get, head, list, delete, sent, recv] = self.snapshot();
         serde_json::json!({
             "put": put, "get": get, "head": head, "list": list, "delete": delete,
+            "restore": self.restore.load(Ordering::Relaxed),
             "bytes_sent": sent, "bytes_received": recv,
         })
     }
@@ -268,6 +345,39 @@ impl<R: Read> Read for Exact<'_, R> {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// Requests of one kind sent at once (HEADs, thaws): they wait on the
+/// network, not on the machine.
+const PARALLEL: usize = 8;
+
+/// Run `f` over `items`, `PARALLEL` at a time (small requests, each its
+/// own round trip); the results in order.
+pub fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = Mutex::new(0usize);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next.lock().expect("a request thread panicked");
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    out.lock().expect("a request thread panicked")[i] = Some(r);
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .expect("a request thread panicked")
+        .into_iter()
+        .map(|r| r.expect("every item done"))
+        .collect()
 }
 
 /// The store `cfg` names (credentials already resolved: see

@@ -18,7 +18,8 @@ use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ListObjectsV2, Obj
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
 
-use super::{Listing, Op, Stats, Store, check_key, too_large};
+use super::class::{StorageClass, Tier};
+use super::{Listing, ObjectMeta, Op, Stats, Store, ThawState, check_key, too_large};
 use crate::config::S3Config;
 use crate::error::{Error, Result, StoreCause};
 
@@ -118,6 +119,9 @@ pub struct S3Store {
     /// Time bounds of every request (`BOUNDS`; shorter in tests).
     bounds: Bounds,
 }
+
+/// Headers signed with a request and sent with it (lower-case names).
+type Headers = Vec<(&'static str, String)>;
 
 /// Why one attempt failed, and whether another attempt may succeed.
 struct Failure {
@@ -251,14 +255,52 @@ impl S3Store {
         action.sign(SIGN_FOR).to_string()
     }
 
+    /// A presigned PUT of `full` with `headers` signed.
+    fn sign_put(&self, full: &str, headers: &Headers) -> String {
+        let mut action = self.bucket.put_object(self.credentials.as_ref(), full);
+        for (name, value) in headers {
+            action.headers_mut().insert(*name, value.as_str());
+        }
+        self.sign(&action)
+    }
+
+    /// A presigned POST of `full` with `query` (one name, no value, as
+    /// `?restore`), for actions rusty-s3 does not have.
+    fn sign_post(&self, full: &str, query: &'static str) -> String {
+        let mut url = self.bucket.object_url(full);
+        match &self.credentials {
+            Some(c) => rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Post,
+                url,
+                c.key(),
+                c.secret(),
+                c.token(),
+                self.bucket.region(),
+                SIGN_FOR.as_secs(),
+                std::iter::once((query, "")),
+                std::iter::empty(),
+            )
+            .to_string(),
+            None => {
+                url.set_query(Some(query));
+                url.to_string()
+            }
+        }
+    }
+
     /// PUT of a small object from memory; with `only_new`, only if there is
     /// no object at `key` yet (`If-None-Match: *`): false when there was.
     fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
         let full = self.checked("PUT", key)?;
+        let headers = put_headers(Sha256::digest(data).into(), StorageClass::Standard);
         self.retry("PUT", &full, || {
-            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            let url = self.sign_put(&full, &headers);
             self.stats.count(Op::Put, data.len() as u64, 0);
             let mut req = self.bounded(self.agent.put(&url), Some(data.len() as u64));
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
             if only_new {
                 req = req.header("If-None-Match", "*");
             }
@@ -496,6 +538,124 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
 }
 
 /// Why a listing is refused.
+/// The headers of a PUT: the SHA-256 of the body (the server checks it
+/// and keeps it) and, past STANDARD, the storage class.
+fn put_headers(sha256: [u8; 32], class: StorageClass) -> Headers {
+    let mut h = vec![("x-amz-checksum-sha256", base64(&sha256))];
+    if class != StorageClass::Standard {
+        h.push(("x-amz-storage-class", class.name().to_string()));
+    }
+    h
+}
+
+/// The SHA-256 of the file at `path` (a run's own temporary file).
+fn file_sha256(path: &Path) -> Result<[u8; 32]> {
+    let mut f = File::open(path).map_err(|e| Error::Io {
+        op: "open",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize().into()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+/// What a HEAD's headers say: the size (required), the class (absent:
+/// STANDARD), where a thaw stands, the stored SHA-256. The server chose
+/// every byte: values that cannot be read are errors (the size) or left
+/// out (a checksum that is not 32 bytes of base64 is none).
+fn object_meta(h: &ureq::http::HeaderMap) -> std::result::Result<ObjectMeta, String> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let len = h.get("content-length");
+    let size = get("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| match len {
+            None => "answer without a Content-Length".to_string(),
+            Some(v) => format!(
+                "answer with an unreadable Content-Length `{}`",
+                shown(&String::from_utf8_lossy(v.as_bytes()))
+            ),
+        })?;
+    let class = StorageClass::from_server(get("x-amz-storage-class"));
+    let archived = matches!(
+        get("x-amz-archive-status"),
+        Some("ARCHIVE_ACCESS" | "DEEP_ARCHIVE_ACCESS")
+    );
+    let thaw = match get("x-amz-restore") {
+        Some(r) if r.contains("ongoing-request=\"true\"") => ThawState::Ongoing,
+        Some(r) if r.contains("ongoing-request=\"false\"") => ThawState::Thawed,
+        _ if class.is_cold() || archived => ThawState::Frozen,
+        _ => ThawState::NotNeeded,
+    };
+    let sha256 = get("x-amz-checksum-sha256")
+        .and_then(unbase64)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    Ok(ObjectMeta {
+        size,
+        class,
+        thaw,
+        sha256,
+    })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (S3's checksum headers).
+pub fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of standard base64 with padding, or None.
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 || s.len() > 4096 {
+        return None;
+    }
+    let val = |c: u8| B64.iter().position(|b| *b == c).map(|v| v as u32);
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, q) in s.chunks(4).enumerate() {
+        let last = i + 1 == s.len() / 4;
+        let pad = q.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = (n << 6) | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
 fn list_error(prefix: &str, msg: String) -> Error {
     Error::store("LIST", prefix, msg)
 }
@@ -510,19 +670,28 @@ impl Store for S3Store {
         )
     }
 
-    fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+    fn put_file(&self, key: &str, path: &Path, class: StorageClass) -> Result<()> {
         let full = self.checked("PUT", key)?;
+        // A blob's key is the SHA-256 of its bytes; anything else is hashed
+        // here. The server refuses bytes that do not match, and keeps the
+        // sum (`verify --checksums`). Only blobs take the configured class.
+        let (sha, class) = match crate::layout::parse(key) {
+            Some(crate::layout::Key::Blob(hash)) => (hash, class),
+            _ => (file_sha256(path)?, StorageClass::Standard),
+        };
+        let headers = put_headers(sha, class);
         self.retry("PUT", &full, || {
             let file = File::open(path)
                 .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let url = self.sign(&self.bucket.put_object(self.credentials.as_ref(), &full));
+            let url = self.sign_put(&full, &headers);
             self.stats.count(Op::Put, len, 0);
+            let mut req = self.bounded(self.agent.put(&url), Some(len));
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
             // ureq sends a File with its length as Content-Length (never chunked).
-            let mut resp = self
-                .bounded(self.agent.put(&url), Some(len))
-                .send(&file)
-                .map_err(|e| self.transport(e))?;
+            let mut resp = req.send(&file).map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {
@@ -602,37 +771,78 @@ impl Store for S3Store {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.stat(key, false)?.map(|m| m.size))
+    }
+
+    fn stat(&self, key: &str, checksum: bool) -> Result<Option<ObjectMeta>> {
         let full = self.checked("HEAD", key)?;
         let r = self.retry("HEAD", &full, || {
-            let url = self.sign(&self.bucket.head_object(self.credentials.as_ref(), &full));
+            let mut action = self.bucket.head_object(self.credentials.as_ref(), &full);
+            if checksum {
+                action
+                    .headers_mut()
+                    .insert("x-amz-checksum-mode", "ENABLED");
+            }
+            let url = self.sign(&action);
             self.stats.count(Op::Head, 0, 0);
-            let mut resp = self
-                .bounded(self.agent.head(&url), Some(0))
-                .call()
-                .map_err(|e| self.transport(e))?;
+            let mut req = self.bounded(self.agent.head(&url), Some(0));
+            if checksum {
+                req = req.header("x-amz-checksum-mode", "ENABLED");
+            }
+            let mut resp = req.call().map_err(|e| self.transport(e))?;
             if !resp.status().is_success() {
                 return Err(self.status_failure(&mut resp));
             }
-            // The size is the server's word: parsed (a u64 or an error),
-            // never taken as 0 when missing.
-            let len = resp.headers().get("content-length");
-            len.and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Failure::permanent(match len {
-                        None => "answer without a Content-Length".into(),
-                        Some(v) => format!(
-                            "answer with an unreadable Content-Length `{}`",
-                            shown(&String::from_utf8_lossy(v.as_bytes()))
-                        ),
-                    })
-                })
+            object_meta(resp.headers()).map_err(Failure::permanent)
         });
         match r {
-            Ok(n) => Ok(Some(n)),
+            Ok(m) => Ok(Some(m)),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn has_classes(&self) -> bool {
+        true
+    }
+
+    fn keeps_checksums(&self) -> bool {
+        true
+    }
+
+    fn request_thaw(&self, key: &str, days: u32, tier: Tier) -> Result<bool> {
+        let full = self.checked("RESTORE", key)?;
+        let body = format!(
+            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Days>{days}</Days><GlacierJobParameters><Tier>{}</Tier></GlacierJobParameters>\
+             </RestoreRequest>",
+            tier.name()
+        );
+        self.retry("RESTORE", &full, || {
+            let url = self.sign_post(&full, "restore");
+            self.stats.count(Op::Restore, body.len() as u64, 0);
+            let mut resp = self
+                .bounded(self.agent.post(&url), Some(body.len() as u64))
+                .header("Content-Type", "application/xml")
+                .send(body.as_bytes())
+                .map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                // Accepted: a thaw is under way.
+                202 => Ok(true),
+                // Already thawed: S3 only sets the copy's new expiry.
+                200 => Ok(false),
+                _ => {
+                    let f = self.status_failure(&mut resp);
+                    match &f.cause {
+                        // Already under way (another run asked).
+                        StoreCause::Http {
+                            status: 409, code, ..
+                        } if code == "RestoreAlreadyInProgress" => Ok(false),
+                        _ => Err(f),
+                    }
+                }
+            }
+        })
     }
 
     /// Pages are followed while the server says there are more. A page
@@ -722,6 +932,7 @@ impl Store for S3Store {
                         .as_deref()
                         .and_then(crate::time::parse_s3)
                         .unwrap_or(0),
+                    StorageClass::from_server(obj.storage_class.as_deref()),
                 );
                 if out.objects.len() > super::LIST_MAX {
                     return Err(super::too_many(&full_prefix));
@@ -944,6 +1155,7 @@ mod tests {
             access_key_id: Some("k".into()),
             secret_access_key: Some("s".into()),
             ca_file: None,
+            storage_class: StorageClass::Standard,
         })
         .unwrap();
         store.attempts = 3;

@@ -1,0 +1,398 @@
+//! `restore SNAPSHOT --stdout [PATH]`: one file's content to standard
+//! output, in order, every chunk checked, in bounded memory (made for
+//! `vaultik restore latest --stdout | zfs receive -F pool/fs`).
+//!
+//! The file's chunks are cut into segments (neighbouring chunks of one
+//! blob, read with one ranged GET, at most `SEGMENT_BYTES`); `THREADS`
+//! threads fetch, decrypt and check segments, at most `WINDOW` ahead of
+//! the one being written; this thread writes them in order. A chunk that
+//! fails its check stops the stream once everything before it is written:
+//! the reader has a truncated stream, and the error names the offset.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, channel, sync_channel};
+
+use age::x25519;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::plan::{META, mpath, shown};
+use crate::blob::{BlobReader, Location};
+use crate::chunk::ChunkId;
+use crate::error::{DbContext, Error, Result};
+use crate::layout;
+use crate::snapshot::Kind;
+use crate::store::Store;
+
+/// Threads fetching segments.
+const THREADS: usize = 4;
+/// Plaintext a segment holds at most (one chunk may take it past this).
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// Segments in flight (fetched, being fetched, or waiting to be written):
+/// memory stays under `WINDOW * (SEGMENT_BYTES + the largest chunk)`.
+const WINDOW: usize = 2 * THREADS;
+
+/// The file to write.
+pub struct File {
+    pub path: Vec<u8>,
+    pub size: u64,
+    chunks: Vec<u8>,
+}
+
+/// An entry's path, kind, size and chunk list.
+type EntryRow = (Vec<u8>, i64, i64, Option<Vec<u8>>);
+
+/// Which file of the snapshot: `path`, or its only regular file.
+pub fn find(conn: &Connection, path: Option<&str>, id: &str) -> Result<File> {
+    let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<EntryRow> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    };
+    let (path, kind, size, chunks) = match path {
+        Some(p) => {
+            let mut wanted = p.as_bytes().to_vec();
+            while wanted.len() > 1 && wanted.ends_with(b"/") {
+                wanted.pop();
+            }
+            conn.query_row(
+                "SELECT path, kind, size, chunks FROM entries WHERE path = ?1",
+                [&wanted],
+                row,
+            )
+            .optional()
+            .db(mpath())?
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "path {} is not in snapshot {id}",
+                    crate::error::one_line(p.to_string())
+                ))
+            })?
+        }
+        None => {
+            let mut st = conn
+                .prepare("SELECT path, kind, size, chunks FROM entries WHERE kind = 2 LIMIT 2")
+                .db(mpath())?;
+            let files: Vec<_> = st
+                .query_map([], row)
+                .db(mpath())?
+                .collect::<rusqlite::Result<_>>()
+                .db(mpath())?;
+            match files.len() {
+                1 => files.into_iter().next().expect("one"),
+                0 => {
+                    return Err(Error::Usage(format!(
+                        "snapshot {id} holds no file to write to standard output"
+                    )));
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "snapshot {id} holds more than one file: name the one to write \
+                         (restore {id} --stdout PATH)"
+                    )));
+                }
+            }
+        }
+    };
+    if Kind::from_i64(kind) != Some(Kind::File) {
+        return Err(Error::Usage(format!(
+            "{} in snapshot {id} is not a regular file; --stdout writes one file's content",
+            shown(&path)
+        )));
+    }
+    let chunks = chunks.unwrap_or_default();
+    if size < 0 || chunks.len() % 32 != 0 {
+        return Err(Error::corrupt(
+            META,
+            format!("{}: malformed entry", shown(&path)),
+        ));
+    }
+    Ok(File {
+        path,
+        size: size as u64,
+        chunks,
+    })
+}
+
+/// One chunk of the file, located.
+#[derive(Clone, Copy)]
+struct Piece {
+    id: ChunkId,
+    blob: usize,
+    loc: Location,
+    /// Where it goes in the file.
+    at: u64,
+}
+
+/// Neighbouring chunks of one blob, read with one request.
+struct Segment {
+    seq: usize,
+    pieces: Vec<Piece>,
+}
+
+/// Where the chunks of `file` are: the blobs they need (key, size), and
+/// each chunk's blob (an index into them) and place in it, checked (every
+/// chunk inside its blob, sizes adding up to the file's).
+pub struct Located {
+    pub blobs: Vec<(String, u64)>,
+    pieces: Vec<(usize, Location)>,
+}
+
+pub fn locate(conn: &Connection, file: &File) -> Result<Located> {
+    let mut st = conn
+        .prepare(
+            "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
+             FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
+        )
+        .db(mpath())?;
+    let mut blob_ids: std::collections::HashMap<i64, usize> = Default::default();
+    let mut out = Located {
+        blobs: Vec::new(),
+        pieces: Vec::with_capacity(file.chunks.len() / 32),
+    };
+    let mut total = 0u64;
+    for c in file.chunks.chunks_exact(32) {
+        let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
+        let row = st
+            .query_row([c], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Location::from_row(r, 1)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()
+            .db(mpath())?;
+        let Some((bid, loc, key, bsize)) = row else {
+            return Err(Error::corrupt(
+                META,
+                format!("chunk {} has no location", id.hex()),
+            ));
+        };
+        let bi = match blob_ids.get(&bid) {
+            Some(bi) => *bi,
+            None => {
+                if !layout::is_blob(&key) || bsize < 0 {
+                    return Err(Error::corrupt(
+                        META,
+                        format!("bad blob {}", crate::error::one_line(key)),
+                    ));
+                }
+                out.blobs.push((key, bsize as u64));
+                blob_ids.insert(bid, out.blobs.len() - 1);
+                out.blobs.len() - 1
+            }
+        };
+        if loc
+            .offset
+            .checked_add(loc.length)
+            .is_none_or(|end| end > out.blobs[bi].1)
+        {
+            return Err(Error::corrupt(
+                META,
+                format!("chunk {} lies outside its blob", id.hex()),
+            ));
+        }
+        total = total.saturating_add(loc.size);
+        out.pieces.push((bi, loc));
+    }
+    if total != file.size {
+        return Err(Error::corrupt(
+            META,
+            format!(
+                "{}: size {} does not match its chunks ({total})",
+                shown(&file.path),
+                file.size
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// What writing the file did.
+pub struct Written {
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// Write `file` to `out`, in order.
+pub fn write(
+    store: &dyn Store,
+    identities: &[x25519::Identity],
+    file: &File,
+    located: &Located,
+    out: &mut dyn Write,
+) -> Result<Written> {
+    let (work_tx, work_rx) = sync_channel::<Segment>(WINDOW);
+    let work: Mutex<Receiver<Segment>> = Mutex::new(work_rx);
+    let (done_tx, done_rx) = channel::<(usize, Result<Vec<u8>>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let done_tx = done_tx.clone();
+            let work = &work;
+            scope.spawn(move || {
+                loop {
+                    let next = work.lock().expect("a fetching thread panicked").recv();
+                    let Ok(seg) = next else { break };
+                    let r = fetch(store, identities, file, located, &seg);
+                    if done_tx.send((seg.seq, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let r = Writer {
+            out,
+            file,
+            written: Written {
+                bytes: 0,
+                chunks: 0,
+            },
+            ready: BTreeMap::new(),
+            next: 0,
+        }
+        .run(segments(file, located), &work_tx, &done_rx);
+        // Closing the queue lets the threads finish.
+        drop(work_tx);
+        r
+    })
+}
+
+/// The file's chunks cut into segments, in file order.
+fn segments<'a>(file: &'a File, located: &'a Located) -> impl Iterator<Item = Segment> + 'a {
+    let mut pieces = file
+        .chunks
+        .chunks_exact(32)
+        .zip(&located.pieces)
+        .scan(0u64, |at, (c, (blob, loc))| {
+            let p = Piece {
+                id: ChunkId::from_slice(c).expect("chunks_exact(32)"),
+                blob: *blob,
+                loc: *loc,
+                at: *at,
+            };
+            *at += loc.size;
+            Some(p)
+        })
+        .peekable();
+    let mut seq = 0;
+    std::iter::from_fn(move || {
+        let first = pieces.next()?;
+        let mut seg = Segment {
+            seq,
+            pieces: vec![first],
+        };
+        seq += 1;
+        let mut bytes = first.loc.size;
+        let mut end = first.loc.offset + first.loc.length;
+        while let Some(p) = pieces.peek() {
+            // The same blob, further on, and not too much at once.
+            if p.blob != first.blob || p.loc.offset < end || bytes >= SEGMENT_BYTES {
+                break;
+            }
+            bytes += p.loc.size;
+            end = p.loc.offset + p.loc.length;
+            seg.pieces.push(*p);
+            pieces.next();
+        }
+        Some(seg)
+    })
+}
+
+/// Fetch, decrypt and check one segment: its plaintext, or the error
+/// naming the chunk's offset in the file.
+fn fetch(
+    store: &dyn Store,
+    identities: &[x25519::Identity],
+    file: &File,
+    located: &Located,
+    seg: &Segment,
+) -> Result<Vec<u8>> {
+    let first = seg.pieces[0];
+    let (key, size) = &located.blobs[first.blob];
+    let at_fault = |p: &Piece, e: Error| Error::Corrupt {
+        what: format!("{} at offset {}", shown(&file.path), p.at),
+        msg: format!("{e}; the output stops there: whoever reads it got a truncated stream"),
+    };
+    let mut reader =
+        BlobReader::open(store, key, *size, identities).map_err(|e| at_fault(&first, e))?;
+    let last = seg.pieces[seg.pieces.len() - 1];
+    reader.plan_range(last.loc.offset + last.loc.length);
+    let total: u64 = seg.pieces.iter().map(|p| p.loc.size).sum();
+    let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for p in &seg.pieces {
+        let chunk = reader
+            .read_chunk(&p.id, &p.loc)
+            .map_err(|e| at_fault(p, e))?;
+        data.extend_from_slice(chunk);
+    }
+    Ok(data)
+}
+
+/// Writes the segments in order as they arrive.
+struct Writer<'w> {
+    out: &'w mut dyn Write,
+    file: &'w File,
+    written: Written,
+    /// Segments fetched ahead of the one to write next.
+    ready: BTreeMap<usize, Result<Vec<u8>>>,
+    next: usize,
+}
+
+impl Writer<'_> {
+    fn run(
+        mut self,
+        mut segments: impl Iterator<Item = Segment>,
+        work: &std::sync::mpsc::SyncSender<Segment>,
+        done: &Receiver<(usize, Result<Vec<u8>>)>,
+    ) -> Result<Written> {
+        let mut sent = 0;
+        let mut exhausted = false;
+        loop {
+            // Keep `WINDOW` segments in flight past the one to write.
+            while !exhausted && sent < self.next + WINDOW {
+                match segments.next() {
+                    Some(seg) => {
+                        work.send(seg)
+                            .map_err(|_| Error::Panicked("a fetching thread"))?;
+                        sent += 1;
+                    }
+                    None => exhausted = true,
+                }
+            }
+            if self.next == sent && exhausted {
+                break;
+            }
+            let (seq, r) = done
+                .recv()
+                .map_err(|_| Error::Panicked("a fetching thread"))?;
+            self.ready.insert(seq, r);
+            while let Some(r) = self.ready.remove(&self.next) {
+                let data = r?;
+                self.out
+                    .write_all(&data)
+                    .map_err(|e| self.cannot_write(e))?;
+                self.written.bytes += data.len() as u64;
+                self.next += 1;
+            }
+        }
+        self.out.flush().map_err(|e| self.cannot_write(e))?;
+        self.written.chunks = (self.file.chunks.len() / 32) as u64;
+        Ok(self.written)
+    }
+
+    /// The reader went away (`zfs receive` failed) or the disk is full: an
+    /// error, never a quiet end, since the restore did not complete.
+    fn cannot_write(&self, e: std::io::Error) -> Error {
+        Error::Stream {
+            what: "standard output".into(),
+            msg: format!(
+                "cannot write {} after {} of its {} bytes: {e}; the restore did not complete",
+                shown(&self.file.path),
+                self.written.bytes,
+                self.file.size
+            ),
+        }
+    }
+}
