@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite: installs what the tests need when it is missing
-# (the test S3 server s3s-fs, a few Debian packages, the musl target), builds
+# (the test S3 servers s3s-fs and moto, a few Debian packages, the musl target), builds
 # the static binary, then runs every unit and integration test. The integration tests
 # start their own s3s-fs on 127.0.0.1 (one per test binary, a bucket per test).
 set -euo pipefail
@@ -12,6 +12,18 @@ if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3SFS_VERSION" ]; then
   echo "installing s3s-fs $S3SFS_VERSION (about 2 minutes, once)" >&2
   cargo install s3s-fs --version "$S3SFS_VERSION" --features binary --locked
 fi
+
+# moto's S3 server (storage classes, thaws, checksums: the cold-storage
+# tests), pinned, in a virtualenv of its own.
+MOTO_VERSION=5.2.5
+MOTO_VENV="${VAULTIK_MOTO_VENV:-$HOME/.cache/vaultik/moto-$MOTO_VERSION}"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  echo "installing moto[server] $MOTO_VERSION into $MOTO_VENV (about 30 seconds, once)" >&2
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+fi
+export VAULTIK_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 
 # Debian packages the tests use: restic (the benchmark's smoke test), socat
 # and openssl (a TLS endpoint with a test CA), musl-tools (the static build),

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use class::{StorageClass, Tier};
 
 pub use local::LocalStore;
-pub use s3::S3Store;
+pub use s3::{S3Store, base64};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectInfo {

@@ -539,9 +539,14 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
 
 /// Why a listing is refused.
 /// The headers of a PUT: the SHA-256 of the body (the server checks it
-/// and keeps it) and, past STANDARD, the storage class.
+/// and keeps it; some servers, moto among them, keep it only when the
+/// algorithm is named too, as the AWS SDKs do) and, past STANDARD, the
+/// storage class.
 fn put_headers(sha256: [u8; 32], class: StorageClass) -> Headers {
-    let mut h = vec![("x-amz-checksum-sha256", base64(&sha256))];
+    let mut h = vec![
+        ("x-amz-checksum-sha256", base64(&sha256)),
+        ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
+    ];
     if class != StorageClass::Standard {
         h.push(("x-amz-storage-class", class.name().to_string()));
     }

@@ -6,6 +6,7 @@
 mod util;
 
 mod awkward;
+mod cold;
 mod core;
 mod crash;
 mod daemon;
@@ -18,4 +19,5 @@ mod identity;
 mod leaks;
 mod ops;
 mod rescue;
+mod streams;
 mod swaps;

@@ -6,6 +6,7 @@
 
 pub mod faults;
 pub mod forge;
+pub mod moto;
 pub mod proxy;
 pub mod tree;
 
@@ -136,6 +137,8 @@ static BUCKETS: AtomicUsize = AtomicUsize::new(0);
 pub enum Backend {
     S3,
     Local,
+    /// moto's S3 server (storage classes, thaws, checksums).
+    Moto,
 }
 
 /// One test's world: scratch dir, key pair, source tree, store, index.
@@ -148,7 +151,11 @@ pub struct Env {
     pub endpoint: String,
     /// Extra lines for the global section of the config.
     pub extra: Vec<String>,
+    /// Extra lines for the `[s3]` section.
+    pub s3_extra: Vec<String>,
     pub snapshots: Vec<(String, Vec<PathBuf>, Vec<String>)>,
+    /// Lines for the end of the config (sections of their own).
+    pub raw: Vec<String>,
 }
 
 /// The binary under test: this build's, or `VAULTIK_TEST_BIN` (to check
@@ -168,12 +175,17 @@ impl Env {
             .unwrap();
         let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
         let bucket = format!("b{}-{n}", std::process::id());
-        let endpoint = if backend == Backend::S3 {
-            let s = server();
-            std::fs::create_dir_all(s.root.join(&bucket)).unwrap();
-            s.endpoint.clone()
-        } else {
-            String::new()
+        let endpoint = match backend {
+            Backend::S3 => {
+                let s = server();
+                std::fs::create_dir_all(s.root.join(&bucket)).unwrap();
+                s.endpoint.clone()
+            }
+            Backend::Moto => {
+                moto::create_bucket(&bucket);
+                moto::moto().endpoint.clone()
+            }
+            Backend::Local => String::new(),
         };
         let out = Command::new(bin()).arg("keygen").output().unwrap();
         assert!(out.status.success());
@@ -196,7 +208,9 @@ impl Env {
             recipient,
             endpoint,
             extra: Vec::new(),
+            s3_extra: Vec::new(),
             snapshots: Vec::new(),
+            raw: Vec::new(),
         };
         std::fs::create_dir_all(env.src()).unwrap();
         env
@@ -224,13 +238,14 @@ impl Env {
         match self.backend {
             Backend::S3 => server().root.join(&self.bucket),
             Backend::Local => self.path().join("store"),
+            Backend::Moto => panic!("moto keeps its objects in memory: use util::moto::keys"),
         }
     }
 
     /// `--store` value that reaches this test's store without a config.
     pub fn store_spec(&self) -> String {
         match self.backend {
-            Backend::S3 => format!("s3://{}/host1/", self.bucket),
+            Backend::S3 | Backend::Moto => format!("s3://{}/host1/", self.bucket),
             Backend::Local => self.store_dir().display().to_string(),
         }
     }
@@ -246,16 +261,22 @@ impl Env {
             c.push('\n');
         }
         match self.backend {
-            Backend::S3 => c.push_str(&format!(
-                "[s3]\nendpoint = {}\nbucket = {}\nprefix = host1/\nregion = us-east-1\n\
-                 access_key_id = {ACCESS}\nsecret_access_key = {SECRET}\n",
-                self.endpoint, self.bucket
-            )),
+            Backend::S3 | Backend::Moto => {
+                c.push_str(&format!(
+                    "[s3]\nendpoint = {}\nbucket = {}\nprefix = host1/\nregion = us-east-1\n\
+                     access_key_id = {ACCESS}\nsecret_access_key = {SECRET}\n",
+                    self.endpoint, self.bucket
+                ));
+                for l in &self.s3_extra {
+                    c.push_str(l);
+                    c.push('\n');
+                }
+            }
             Backend::Local => {
                 c.push_str(&format!("[local]\npath = {}\n", self.store_dir().display()))
             }
         }
-        if self.snapshots.is_empty() {
+        if self.snapshots.is_empty() && self.raw.is_empty() {
             c.push_str(&format!(
                 "[snapshot data]\npath = {}\n",
                 self.src().display()
@@ -269,6 +290,10 @@ impl Env {
             for e in excludes {
                 c.push_str(&format!("exclude = {e}\n"));
             }
+        }
+        for l in &self.raw {
+            c.push_str(l);
+            c.push('\n');
         }
         std::fs::write(self.config_path(), c).unwrap();
     }
@@ -398,7 +423,7 @@ impl Env {
     /// Every object in the store: (key relative to the prefix, bytes).
     pub fn objects(&self) -> Vec<(String, Vec<u8>)> {
         let base = match self.backend {
-            Backend::S3 => self.store_dir().join("host1"),
+            Backend::S3 | Backend::Moto => self.store_dir().join("host1"),
             Backend::Local => self.store_dir(),
         };
         let mut out = Vec::new();
