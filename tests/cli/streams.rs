@@ -50,8 +50,7 @@ fn restore_stdout(env: &Env, snapshot: &str, path: Option<&str>) -> std::process
 fn id_of(env: &Env, name: &str) -> String {
     env.snapshot_ids()
         .into_iter()
-        .filter(|id| id.starts_with(&format!("testhost_{name}_")))
-        .last()
+        .rfind(|id| id.starts_with(&format!("testhost_{name}_")))
         .unwrap_or_else(|| panic!("no snapshot named {name}"))
 }
 
