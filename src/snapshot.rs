@@ -479,16 +479,26 @@ pub fn stored_digest(path: &Path) -> Option<String> {
 
 /// SHA-256 over every entry in path order: equal digests mean the
 /// snapshots would restore identically.
+///
+/// A stream's snapshot (`info` has `stream`) is dated by when it was read:
+/// its entry's time is left out, so that the same output twice is the
+/// same snapshot.
 fn digest_of(conn: &Connection, path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    let stream: bool = conn
+        .query_row("SELECT count(*) FROM info WHERE key = 'stream'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .db(path)?
+        > 0;
     let mut st = conn
         .prepare(
-            "SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link
-             FROM entries ORDER BY path",
+            "SELECT path, kind, mode, uid, gid, size, CASE WHEN ?1 THEN 0 ELSE mtime_ns END,
+             rdev, target, chunks, link FROM entries ORDER BY path",
         )
         .db(path)?;
-    let mut rows = st.query([]).db(path)?;
+    let mut rows = st.query([stream]).db(path)?;
     while let Some(r) = rows.next().db(path)? {
         for i in 0..11 {
             use rusqlite::types::ValueRef;

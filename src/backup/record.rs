@@ -52,10 +52,12 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
         (self.shared.backup.warn)(msg)
     }
 
-    /// Add a stream's one entry; its chunks come with `StreamDone`.
-    pub fn stream_entry(&mut self, e: &Entry) -> Result<i64> {
+    /// Add a stream's one entry (`what` the stream is: standard input, a
+    /// command); its chunks come with `StreamDone`.
+    pub fn stream_entry(&mut self, e: &Entry, what: &str) -> Result<i64> {
         self.summary.entries += 1;
         self.summary.files += 1;
+        self.meta.set_info("stream", what)?;
         self.meta.add(e, None)
     }
 

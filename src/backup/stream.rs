@@ -35,7 +35,7 @@ pub fn feed(
         target: None,
         link: None,
     };
-    let entry = rec.stream_entry(&e)?;
+    let entry = rec.stream_entry(&e, &input.what)?;
     let t = Todo {
         entry,
         path: PathBuf::from(path),

@@ -311,9 +311,19 @@ fn fetch(
 ) -> Result<Vec<u8>> {
     let first = seg.pieces[0];
     let (key, size) = &located.blobs[first.blob];
-    let at_fault = |p: &Piece, e: Error| Error::Corrupt {
-        what: format!("{} at offset {}", shown(&file.path), p.at),
-        msg: format!("{e}; the output stops there: whoever reads it got a truncated stream"),
+    // The error names the file and the offset; the cause keeps its words
+    // (once: a damaged object's advice is added by the outer error).
+    let at_fault = |p: &Piece, e: Error| {
+        let cause = match e {
+            Error::Corrupt { what, msg } => format!("{what}: {msg}"),
+            e => e.to_string(),
+        };
+        Error::Corrupt {
+            what: format!("{} at offset {}", shown(&file.path), p.at),
+            msg: format!(
+                "{cause}; the output stops there: whoever reads it got a truncated stream"
+            ),
+        }
     };
     let mut reader =
         BlobReader::open(store, key, *size, identities).map_err(|e| at_fault(&first, e))?;

@@ -1756,4 +1756,176 @@ mod tests {
         s.attempts = 0;
         assert_eq!(s.get(K, 10).unwrap(), b"hi", "at least one attempt");
     }
+
+    fn with_headers(headers: &[&str]) -> Answer {
+        Answer {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            ..answer("200 OK", b"12345")
+        }
+    }
+
+    #[test]
+    fn what_a_head_says_is_read_defensively() {
+        let stat = |headers: &[&str]| {
+            let (s, _) = fake(vec![with_headers(headers)]);
+            s.stat(K, true)
+                .unwrap_or_else(|e| panic!("{headers:?}: {e}"))
+                .unwrap()
+        };
+        let m = stat(&[]);
+        assert_eq!(
+            (m.size, m.class, m.thaw, m.sha256),
+            (5, StorageClass::Standard, ThawState::NotNeeded, None)
+        );
+        let m = stat(&["x-amz-storage-class: DEEP_ARCHIVE"]);
+        assert_eq!(
+            (m.class, m.thaw),
+            (StorageClass::DeepArchive, ThawState::Frozen)
+        );
+        let m = stat(&[
+            "x-amz-storage-class: GLACIER",
+            "x-amz-restore: ongoing-request=\"true\"",
+        ]);
+        assert_eq!(m.thaw, ThawState::Ongoing);
+        let m = stat(&[
+            "x-amz-storage-class: GLACIER",
+            "x-amz-restore: ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"",
+        ]);
+        assert_eq!(m.thaw, ThawState::Thawed);
+        let m = stat(&[
+            "x-amz-storage-class: INTELLIGENT_TIERING",
+            "x-amz-archive-status: DEEP_ARCHIVE_ACCESS",
+        ]);
+        assert_eq!(m.thaw, ThawState::Frozen);
+        // A class vaultik does not know, a restore header that says
+        // nothing: readable, as a GET will tell otherwise.
+        let m = stat(&[
+            "x-amz-storage-class: REDUCED_REDUNDANCY",
+            "x-amz-restore: maybe",
+        ]);
+        assert_eq!(
+            (m.class, m.thaw),
+            (StorageClass::Standard, ThawState::NotNeeded)
+        );
+        // A header that paints the terminal: the answer is refused whole.
+        let (s, _) = fake(vec![with_headers(&[
+            "x-amz-storage-class: \u{1b}[31mPAINT",
+        ])]);
+        assert!(s.stat(K, true).is_err());
+        // Checksums: 32 bytes of base64, or none.
+        let sum = base64(&[7u8; 32]);
+        assert_eq!(
+            stat(&[&format!("x-amz-checksum-sha256: {sum}")]).sha256,
+            Some([7u8; 32])
+        );
+        for bad in [
+            "x-amz-checksum-sha256: not base64!".to_string(),
+            format!("x-amz-checksum-sha256: {}", base64(&[7u8; 31])),
+            format!("x-amz-checksum-sha256: {sum}-3"),
+            format!("x-amz-checksum-sha256: {}", "A".repeat(4000)),
+        ] {
+            assert_eq!(stat(&[&bad]).sha256, None, "{bad}");
+        }
+        // A header past what the HTTP client takes: an error, never a value.
+        let (s, _) = fake(vec![with_headers(&[&format!(
+            "x-amz-checksum-sha256: {}",
+            "A".repeat(100_000)
+        )])]);
+        assert!(s.stat(K, true).is_err());
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..70 {
+            let data: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(unbase64(&base64(&data)).unwrap(), data, "{n}");
+        }
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        for bad in ["a", "aGVsbG8", "aGV=bG8=", "a===", "aGVsbG8*"] {
+            assert_eq!(unbase64(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn thaw_requests_say_what_s3_answered() {
+        let (s, heads) = fake(vec![answer("202 Accepted", b"")]);
+        assert!(s.request_thaw(K, 3, Tier::Bulk).unwrap(), "a new thaw");
+        let h = heads.lock().unwrap()[0].clone();
+        assert!(h.starts_with("POST "), "{h}");
+        assert!(h.contains("restore="), "{h}");
+        let (s, _) = fake(vec![answer("200 OK", b"")]);
+        assert!(!s.request_thaw(K, 3, Tier::Bulk).unwrap(), "already thawed");
+        let (s, _) = fake(vec![answer(
+            "409 Conflict",
+            b"<Error><Code>RestoreAlreadyInProgress</Code></Error>",
+        )]);
+        assert!(!s.request_thaw(K, 3, Tier::Bulk).unwrap(), "under way");
+        let (s, _) = fake(vec![answer(
+            "403 Forbidden",
+            b"<Error><Code>InvalidObjectState</Code></Error>",
+        )]);
+        let e = s.request_thaw(K, 3, Tier::Bulk).unwrap_err().to_string();
+        assert!(
+            e.contains("store RESTORE") && e.contains("InvalidObjectState"),
+            "{e}"
+        );
+        assert_eq!(
+            s.stats().restore.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn puts_carry_their_checksum_and_blobs_their_class() {
+        let (s, heads) = fake(vec![answer("200 OK", b""), answer("200 OK", b"")]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b");
+        std::fs::write(&f, b"blob bytes").unwrap();
+        let hash: [u8; 32] = Sha256::digest(b"blob bytes").into();
+        let key = crate::layout::Key::Blob(hash).to_key();
+        s.put_file(&key, &f, StorageClass::DeepArchive).unwrap();
+        s.put_bytes(crate::layout::IDENTITY, b"{}").unwrap();
+        let heads = heads.lock().unwrap();
+        let low = |i: usize| heads[i].to_ascii_lowercase();
+        assert!(
+            low(0).contains(&format!(
+                "x-amz-checksum-sha256: {}",
+                base64(&hash).to_ascii_lowercase()
+            )),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            low(0).contains("x-amz-storage-class: deep_archive"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            low(0).contains("x-amz-sdk-checksum-algorithm: sha256"),
+            "{}",
+            heads[0]
+        );
+        // Signed: the names are in the presigned URL's SignedHeaders.
+        let signed = low(0)
+            .split("x-amz-signedheaders=")
+            .nth(1)
+            .and_then(|r| r.split(['&', ' ']).next())
+            .map(str::to_string)
+            .unwrap_or_default();
+        for name in [
+            "x-amz-checksum-sha256",
+            "x-amz-sdk-checksum-algorithm",
+            "x-amz-storage-class",
+        ] {
+            assert!(signed.contains(name), "{name} not in {signed}");
+        }
+        // Everything else stays STANDARD, and carries its own checksum.
+        assert!(!low(1).contains("x-amz-storage-class"), "{}", heads[1]);
+        let sum = base64(&Sha256::digest(b"{}")).to_ascii_lowercase();
+        assert!(
+            low(1).contains(&format!("x-amz-checksum-sha256: {sum}")),
+            "{}",
+            heads[1]
+        );
+    }
 }

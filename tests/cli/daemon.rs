@@ -420,3 +420,44 @@ fn sigterm_during_a_backup_leaves_everything_consistent() {
     env.restore_ok("latest", &target, &[]);
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
+
+#[test]
+fn command_snapshots_run_with_each_full_scan() {
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    env.extra.retain(|l| !l.starts_with("full_scan_interval"));
+    env.extra.push("full_scan_interval = 3s".into());
+    let dump = env.path().join("dump");
+    fs::write(&dump, "one").unwrap();
+    fs::write(env.src().join("f.txt"), b"files").unwrap();
+    env.raw.extend([
+        "[snapshot data]".to_string(),
+        format!("path = {}", env.src().display()),
+        "[snapshot db]".to_string(),
+        format!("command = cat {}", dump.display()),
+        // Fed by --stdin from elsewhere: never run by the daemon.
+        "[snapshot fed]".to_string(),
+    ]);
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    assert_eq!(count_named(&env, "db"), 1);
+    // The next full scan: the same output, no snapshot.
+    d.wait_log("db: nothing changed, no snapshot", Duration::from_secs(20));
+    assert_eq!(count_named(&env, "db"), 1);
+    // Another output: a snapshot, with no inotify event to tell.
+    fs::write(&dump, "two").unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while count_named(&env, "db") < 2 {
+        assert!(Instant::now() < end, "{}", d.lines().join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count_named(&env, "fed"), 0);
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let out = env.run_with_key(&["restore", "latest", "--stdout", "/stdin/db"]);
+    assert!(out.status.success());
+    let ids = env.snapshot_ids();
+    let db = ids.iter().rfind(|i| i.starts_with("testhost_db_")).unwrap();
+    let out = env.run_with_key(&["restore", db, "--stdout"]);
+    assert_eq!(out.stdout, b"two");
+}

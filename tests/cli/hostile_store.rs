@@ -430,3 +430,138 @@ fn a_forged_store_identity() {
     fs::write(&path, &good).unwrap();
     env.create();
 }
+
+/// `restore --stdout` of forged snapshots: a malformed chunk list, a size
+/// that does not add up (a terabyte claimed), a chunk placed past its
+/// blob, a path that is not a file; then a truncated blob and a blob that
+/// is a symlink to someone else's copy. Each is refused with status 2,
+/// naming what is wrong; nothing is written but the verified bytes before
+/// a bad chunk; the spilled metadata leaves nothing in TMPDIR; nothing
+/// outside changes.
+#[test]
+fn forged_streams_for_restore_to_stdout() {
+    let mut env = Env::new(Backend::Local);
+    env.write_config();
+    let data = crate::util::tree::random_bytes(3 << 20, 21);
+    let mut child = env
+        .cmd()
+        .args(["snapshot", "create", "--stdin", "img"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    assert!(child.wait().unwrap().success());
+    let real = env.snapshot_ids().pop().unwrap();
+    let base = forge::Base::of(&env, &real);
+    let all: Vec<usize> = (0..base.chunks.len()).collect();
+    let tmp = env.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let outside = env.path().join("outside");
+    fs::write(&outside, b"someone else's").unwrap();
+    let run = |id: &str, path: Option<&str>| {
+        let mut args = vec!["restore", id, "--stdout"];
+        args.extend(path);
+        let out = env
+            .cmd()
+            .env("VAULTIK_PRIVATE_KEY", &env.identity)
+            .env("TMPDIR", &tmp)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing left in TMPDIR"
+        );
+        assert_eq!(fs::read(&outside).unwrap(), b"someone else's");
+        out
+    };
+    let t = 1_700_000_000u64;
+    let mut n = 0;
+    let mut next_id = || {
+        n += 1;
+        vaultik::layout::make_id("forger", "img", t + n)
+    };
+    let file = |chunks: Option<Vec<u8>>, size: u64| forge::Forged {
+        chunks,
+        size,
+        ..forge::file(b"/stdin/img", 0o600)
+    };
+    let refused = |id: &str, path: Option<&str>, why: &str| {
+        let out = run(id, path);
+        assert_eq!(out.status.code(), Some(2), "{id}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{id}: {}", stderr(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "{id}: wrote {} bytes",
+            out.stdout.len()
+        );
+    };
+
+    // A chunk list that is not whole ids.
+    let id = next_id();
+    let good = file(None, 0).with(&base, &all);
+    let mut list = good.chunks.clone().unwrap();
+    list.pop();
+    forge::forge(&env, &id, &[file(Some(list), good.size)], Some(&base));
+    refused(&id, None, "malformed entry");
+    // A terabyte claimed for one chunk.
+    let id = next_id();
+    let one = file(None, 0).with(&base, &[0]);
+    forge::forge(&env, &id, &[file(one.chunks.clone(), 1 << 40)], Some(&base));
+    refused(&id, None, "does not match its chunks");
+    // A chunk past the end of its blob.
+    let id = next_id();
+    let mut moved = forge::Base::of(&env, &real);
+    moved.misplace(0, 1 << 40);
+    forge::forge(&env, &id, &[file(None, 0).with(&moved, &all)], Some(&moved));
+    refused(&id, None, "lies outside its blob");
+    // Paths that are not one regular file.
+    let id = next_id();
+    forge::forge(
+        &env,
+        &id,
+        &[
+            forge::dir(b"/stdin"),
+            forge::symlink(b"/stdin/img", b"/etc/shadow"),
+        ],
+        None,
+    );
+    refused(&id, None, "no file");
+    refused(&id, Some("/stdin/img"), "not a regular file");
+    refused(&id, Some("/stdin"), "not a regular file");
+    // The real one still restores whole.
+    let out = run(&real, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data);
+
+    // Its blob truncated: what comes out is a checked prefix, then status 2.
+    let key = env.blob_keys().pop().unwrap();
+    let blob = env.store_dir().join(&key);
+    let whole = fs::read(&blob).unwrap();
+    fs::write(&blob, &whole[..whole.len() / 2]).unwrap();
+    let out = run(&real, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("truncated stream"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.len() < data.len() && out.stdout == data[..out.stdout.len()]);
+    // Its blob a symlink to a good copy elsewhere: never followed.
+    let copy = env.path().join("copy");
+    fs::write(&copy, &whole).unwrap();
+    fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink(&copy, &blob).unwrap();
+    refused(&real, None, "a symlink, not an object");
+    assert_eq!(fs::read(&copy).unwrap(), whole);
+    // And an oversized object where the blob was: read only as far as asked.
+    fs::remove_file(&blob).unwrap();
+    let mut big = whole.clone();
+    big.resize(whole.len() + (64 << 20), 0);
+    fs::write(&blob, &big).unwrap();
+    let out = run(&real, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data);
+}

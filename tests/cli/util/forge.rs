@@ -158,6 +158,14 @@ impl Base {
         }
     }
 
+    /// Place chunk `i` at `offset` in its blob (past its end, say).
+    pub fn misplace(&mut self, i: usize, offset: i64) {
+        let id = self.chunks[i].0.to_vec();
+        for row in self.rows.iter_mut().filter(|r| r.0 == id) {
+            row.2 = offset;
+        }
+    }
+
     /// A chunk id no blob holds the right data for: it is located where
     /// chunk `i` is (so it is read and fails its SHA-256 check).
     pub fn bad_chunk(&mut self, i: usize) -> usize {
