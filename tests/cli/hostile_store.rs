@@ -440,7 +440,7 @@ fn a_forged_store_identity() {
 /// outside changes.
 #[test]
 fn forged_streams_for_restore_to_stdout() {
-    let mut env = Env::new(Backend::Local);
+    let env = Env::new(Backend::Local);
     env.write_config();
     let data = crate::util::tree::random_bytes(3 << 20, 21);
     let mut child = env
