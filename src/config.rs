@@ -711,6 +711,56 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let cfg = parse(include_str!("../vaultik.example.conf")).unwrap();
+        assert!(cfg.snapshots.iter().any(|s| s.name == "etc"));
+        let pg = cfg.snapshots.iter().find(|s| s.name == "pg").unwrap();
+        assert_eq!(pg.source(), Source::Stdin, "commented out");
+    }
+
+    #[test]
+    fn streams_and_classes() {
+        let cfg = parse(
+            "[s3]\nendpoint = http://x\nbucket = b\nstorage_class = glacier\n\
+             [snapshot db]\ncommand = sh -c 'pg_dumpall | gzip'  # nightly\n\
+             storage_class = DEEP_ARCHIVE\n[snapshot fed]\n",
+        )
+        .unwrap();
+        match cfg.store.as_ref().unwrap() {
+            StoreConfig::S3(s) => assert_eq!(s.storage_class, StorageClass::Glacier),
+            other => panic!("{other:?}"),
+        }
+        let db = &cfg.snapshots[0];
+        assert_eq!(
+            db.source(),
+            Source::Command(&["sh".into(), "-c".into(), "pg_dumpall | gzip".into()])
+        );
+        assert_eq!(db.storage_class, Some(StorageClass::DeepArchive));
+        assert_eq!(cfg.snapshots[1].source(), Source::Stdin);
+        for (text, want) in [
+            (
+                "[snapshot a]\npath = /x\ncommand = true\n",
+                ":1: [snapshot a] has both",
+            ),
+            (
+                "[snapshot a]\ncommand = 'open\n",
+                ":2: `command`: unterminated",
+            ),
+            (
+                "[snapshot a]\ncommand = x\ncommand = y\n",
+                ":3: [snapshot a] has two",
+            ),
+            (
+                "[s3]\nstorage_class = COLD\n",
+                ":2: `storage_class`: expected one of STANDARD",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("512"), Some(512));
         assert_eq!(parse_size("1MiB"), Some(1 << 20));

@@ -131,10 +131,10 @@ impl Plan {
                 match self.estimate(tier, days) {
                     Some(e) => writeln!(
                         out,
-                        "    --thaw={:<9}  {}, about ${:.2}",
+                        "    --thaw={:<9}  {}, {}",
                         tier.name(),
                         hours_text(e.hours),
-                        e.dollars
+                        dollars_text(e.dollars)
                     )?,
                     None => writeln!(
                         out,
@@ -190,6 +190,14 @@ pub struct Estimate {
     pub tier: Tier,
     pub hours: (f64, f64),
     pub dollars: f64,
+}
+
+fn dollars_text(d: f64) -> String {
+    if d < 0.005 {
+        "under $0.01".to_string()
+    } else {
+        format!("about ${d:.2}")
+    }
 }
 
 fn hours_text((lo, hi): (f64, f64)) -> String {
