@@ -35,6 +35,10 @@ const HEAD_MAX: usize = 100;
 /// `POLL_MAX` (thaws take minutes to days).
 const POLL_FIRST: Duration = Duration::from_secs(60);
 const POLL_MAX: Duration = Duration::from_secs(15 * 60);
+/// `--wait` gives up after this long: twice the slowest tier (DEEP_ARCHIVE
+/// Bulk, up to 48 hours), so that a store that says "under way" forever
+/// cannot hold a command forever.
+const WAIT_MAX: Duration = Duration::from_secs(96 * 3600);
 
 /// One needed blob that is cold.
 #[derive(Debug, Clone)]
@@ -366,6 +370,17 @@ impl Thaw<'_> {
                     eprint!("\r\x1b[K");
                 }
                 return Ok(());
+            }
+            if started.elapsed() >= WAIT_MAX {
+                let bytes: u64 = pending.iter().map(|(_, s)| s).sum();
+                if self.progress {
+                    eprintln!();
+                }
+                return Err(Error::ThawPending {
+                    blobs: pending.len(),
+                    bytes,
+                    requested: 0,
+                });
             }
             if self.progress {
                 let bytes: u64 = pending.iter().map(|(_, s)| s).sum();

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::sync::Mutex;
 
 use serde_json::json;
 
@@ -308,17 +309,9 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     };
     let store = open_existing_store(&Settings::resolve(g, false)?)?;
     let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
-    let report: std::sync::Mutex<Box<dyn Write + Send>> =
-        std::sync::Mutex::new(Box::new(std::io::stdout()));
-    let thaw = crate::thaw::Thaw {
-        store: store.as_ref(),
-        args: a.thaw,
-        what: format!("snapshot verify --deep {id}"),
-        json: a.json,
-        out: &report,
-        // SAFETY: isatty has no preconditions.
-        progress: unsafe { libc::isatty(2) } == 1,
-    };
+    let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
+    let what = format!("snapshot verify --deep {id}");
+    let thaw = super::thaw(store.as_ref(), a.thaw, what, a.json, &report);
     let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
     let depth = match &identities {
         Some(identities) => Depth::Deep {
@@ -329,92 +322,99 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         None => Depth::Shallow,
     };
     let r = crate::verify::verify(store.as_ref(), id, depth)?;
-    let (id, manifest, chunks_checked, problems) =
-        (&r.id, &r.manifest, r.chunks_checked, &r.problems);
-    let (deep, json) = (a.deep, a.json);
-    let blob_bytes: u64 = manifest
-        .blobs
-        .iter()
-        .fold(0u64, |t, (_, s)| t.saturating_add(*s));
     let mut out = std::io::stdout().lock();
-    if json {
-        let v = json!({
-            "snapshot": id,
-            "deep": deep,
-            "blobs": manifest.blobs.len(),
-            "blob_bytes": blob_bytes,
-            "chunks_checked": chunks_checked,
-            "checksums": r.checksums.map(|c| json!({
-                "matched": c.matched, "missing": c.missing, "kept_by_store": c.kept,
-            })),
-            "ok": problems.is_empty(),
-            "problems": problems.iter().map(|p| json!({
-                "kind": p.kind, "key": p.key, "message": p.message, "files": p.files,
-            })).collect::<Vec<_>>(),
-        });
+    if a.json {
+        let v = verify_json(&r, a.deep);
         writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
     } else {
-        for p in problems {
-            // Keys and messages may come from forged metadata: escaped.
-            writeln!(
-                out,
-                "{}: {} {}",
-                p.kind,
-                crate::error::one_line(p.key.clone()),
-                crate::error::one_line(p.message.clone())
-            )
-            .map_err(output)?;
-            if !p.files.is_empty() {
-                writeln!(out, "  affects {} file(s):", p.files.len()).map_err(output)?;
-                for f in &p.files {
-                    // Paths from the metadata: control characters escaped.
-                    writeln!(out, "    {}", crate::error::one_line(f.clone())).map_err(output)?;
-                }
-            }
-        }
-        let what = if deep {
-            format!(
-                "{} blobs ({}), {chunks_checked} chunks",
-                manifest.blobs.len(),
-                human_bytes(blob_bytes)
-            )
-        } else {
-            format!(
-                "{} blobs ({})",
-                manifest.blobs.len(),
-                human_bytes(blob_bytes)
-            )
-        };
-        if let Some(c) = r.checksums {
-            let note = if !c.kept {
-                " (this store keeps no checksums: sizes checked only; --deep reads everything)"
-                    .to_string()
-            } else if c.missing > 0 && c.matched == 0 {
-                " (the server gave no SHA-256 for any blob: a server without checksum \
-                 support, or blobs uploaded before vaultik sent them; sizes checked only)"
-                    .to_string()
-            } else if c.missing > 0 {
-                " (blobs uploaded before vaultik sent checksums have none)".to_string()
-            } else {
-                String::new()
-            };
-            writeln!(
-                out,
-                "checksums: {} blob(s) match their names, {} without a stored checksum{note}",
-                c.matched, c.missing
-            )
-            .map_err(output)?;
-        }
-        let verdict = if problems.is_empty() { "ok" } else { "FAILED" };
-        writeln!(out, "snapshot {id}: {what} checked: {verdict}").map_err(output)?;
+        write_verify_text(&mut out, &r, a.deep).map_err(output)?;
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
-    if problems.is_empty() {
+    if r.problems.is_empty() {
         Ok(())
     } else {
         Err(Error::Problems {
-            count: problems.len(),
-            what: format!("snapshot verify {id}"),
+            count: r.problems.len(),
+            what: format!("snapshot verify {}", r.id),
         })
     }
+}
+
+fn blob_bytes(r: &crate::verify::Report) -> u64 {
+    r.manifest
+        .blobs
+        .iter()
+        .fold(0u64, |t, (_, s)| t.saturating_add(*s))
+}
+
+fn verify_json(r: &crate::verify::Report, deep: bool) -> serde_json::Value {
+    json!({
+        "snapshot": r.id,
+        "deep": deep,
+        "blobs": r.manifest.blobs.len(),
+        "blob_bytes": blob_bytes(r),
+        "chunks_checked": r.chunks_checked,
+        "checksums": r.checksums.map(|c| json!({
+            "matched": c.matched, "missing": c.missing, "kept_by_store": c.kept,
+        })),
+        "ok": r.problems.is_empty(),
+        "problems": r.problems.iter().map(|p| json!({
+            "kind": p.kind, "key": p.key, "message": p.message, "files": p.files,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn write_verify_text(
+    out: &mut dyn Write,
+    r: &crate::verify::Report,
+    deep: bool,
+) -> std::io::Result<()> {
+    for p in &r.problems {
+        // Keys and messages may come from forged metadata: escaped.
+        writeln!(
+            out,
+            "{}: {} {}",
+            p.kind,
+            crate::error::one_line(p.key.clone()),
+            crate::error::one_line(p.message.clone())
+        )?;
+        if !p.files.is_empty() {
+            writeln!(out, "  affects {} file(s):", p.files.len())?;
+            for f in &p.files {
+                // Paths from the metadata: control characters escaped.
+                writeln!(out, "    {}", crate::error::one_line(f.clone()))?;
+            }
+        }
+    }
+    let mut what = format!(
+        "{} blobs ({})",
+        r.manifest.blobs.len(),
+        human_bytes(blob_bytes(r))
+    );
+    if deep {
+        what.push_str(&format!(", {} chunks", r.chunks_checked));
+    }
+    if let Some(c) = r.checksums {
+        let note = if !c.kept {
+            " (this store keeps no checksums: sizes checked only; --deep reads everything)"
+        } else if c.missing > 0 && c.matched == 0 {
+            " (the server gave no SHA-256 for any blob: a server without checksum \
+             support, or blobs uploaded before vaultik sent them; sizes checked only)"
+        } else if c.missing > 0 {
+            " (blobs uploaded before vaultik sent checksums have none)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "checksums: {} blob(s) match their names, {} without a stored checksum{note}",
+            c.matched, c.missing
+        )?;
+    }
+    let verdict = if r.problems.is_empty() {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    writeln!(out, "snapshot {}: {what} checked: {verdict}", r.id)
 }

@@ -75,6 +75,26 @@ fn open_existing_store(settings: &Settings) -> Result<Box<dyn Store>> {
     Ok(store)
 }
 
+/// How a command that reads blobs treats cold ones (`--thaw`, `--thaw-days`,
+/// `--wait`), its plan written to `out`, progress on a terminal.
+fn thaw<'t>(
+    store: &'t dyn Store,
+    args: crate::cli::ThawArgs,
+    what: String,
+    json: bool,
+    out: &'t std::sync::Mutex<Box<dyn Write + Send>>,
+) -> crate::thaw::Thaw<'t> {
+    crate::thaw::Thaw {
+        store,
+        args,
+        what,
+        json,
+        out,
+        // SAFETY: isatty has no preconditions.
+        progress: unsafe { libc::isatty(2) } == 1,
+    }
+}
+
 /// The `requests` object of every `--json` report.
 fn json_report(mut v: serde_json::Value, store: &dyn Store) -> String {
     v["requests"] = store.stats().to_json();

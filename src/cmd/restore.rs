@@ -10,8 +10,6 @@ use super::{open_existing_store, output, warn};
 use crate::cli::{Global, RestoreArgs, RestoreTo};
 use crate::error::{Error, Result};
 use crate::restore::Restore;
-use crate::store::Store;
-use crate::thaw::Thaw;
 use crate::{human_bytes, manifest};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
@@ -27,7 +25,13 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     } else {
         Box::new(std::io::stdout())
     });
-    let thaw = thaw_for(store.as_ref(), a, &id, &report);
+    let thaw = super::thaw(
+        store.as_ref(),
+        a.thaw,
+        format!("restore of {id}"),
+        a.json,
+        &report,
+    );
     let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
     let r = Restore {
         store: store.as_ref(),
@@ -69,24 +73,6 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     }
     writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     result.map(|_| ())
-}
-
-/// How this restore treats cold blobs.
-fn thaw_for<'t>(
-    store: &'t dyn Store,
-    a: &RestoreArgs,
-    id: &str,
-    report: &'t Mutex<Box<dyn Write + Send>>,
-) -> Thaw<'t> {
-    Thaw {
-        store,
-        args: a.thaw,
-        what: format!("restore of {id}"),
-        json: a.json,
-        out: report,
-        // SAFETY: isatty has no preconditions.
-        progress: unsafe { libc::isatty(2) } == 1,
-    }
 }
 
 /// Standard output as a plain file: large writes go straight to the
