@@ -234,7 +234,7 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
             })?;
         }
         Built {
-            blobs: planner.blobs,
+            blobs: planner.locator.blobs,
             failures: planner.failures,
         }
     };
@@ -250,15 +250,81 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
     Ok(built)
 }
 
+/// Where the chunks of a snapshot are, as its metadata says: each chunk's
+/// blob (an index into `blobs`, checked to be a blob's key) and place in
+/// it. Forged metadata may say anything: a chunk without a location or in
+/// a blob that is not one is an error; `inside` tells whether a chunk lies
+/// within its blob.
+pub struct Locator<'c> {
+    st: rusqlite::Statement<'c>,
+    /// The blobs met so far: key and size.
+    pub blobs: Vec<(String, u64)>,
+    /// The snapshot's blob ids, as indexes into `blobs`.
+    ids: HashMap<i64, usize>,
+}
+
+impl<'c> Locator<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Locator<'c>> {
+        Ok(Locator {
+            st: conn
+                .prepare(
+                    "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
+                     FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
+                )
+                .db(mpath())?,
+            blobs: Vec::new(),
+            ids: HashMap::new(),
+        })
+    }
+
+    /// The blob (index) and place of chunk `id`.
+    pub fn locate(&mut self, id: &ChunkId) -> Result<(usize, Location)> {
+        let row = self
+            .st
+            .query_row([&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Location::from_row(r, 1)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()
+            .db(mpath())?;
+        let Some((bid, loc, key, bsize)) = row else {
+            return Err(Error::corrupt(
+                META,
+                format!("chunk {} has no location", id.hex()),
+            ));
+        };
+        if let Some(bi) = self.ids.get(&bid) {
+            return Ok((*bi, loc));
+        }
+        if !layout::is_blob(&key) || bsize < 0 {
+            return Err(Error::corrupt(
+                META,
+                format!("bad blob {}", crate::error::one_line(key)),
+            ));
+        }
+        self.blobs.push((key, bsize as u64));
+        self.ids.insert(bid, self.blobs.len() - 1);
+        Ok((self.blobs.len() - 1, loc))
+    }
+
+    /// Whether `loc` lies within blob `bi` (forged offsets may be anything:
+    /// never overflow).
+    pub fn inside(&self, bi: usize, loc: &Location) -> bool {
+        loc.offset
+            .checked_add(loc.length)
+            .is_some_and(|end| end <= self.blobs[bi].1)
+    }
+}
+
 /// Places entries and queues their chunks.
 struct Planner<'c> {
     tree: Tree<'c>,
-    /// Where a chunk is: its blob (the snapshot's id, key, size) and place.
-    locate: rusqlite::Statement<'c>,
+    locator: Locator<'c>,
     add_job: rusqlite::Statement<'c>,
-    blobs: Vec<(String, u64)>,
-    /// The snapshot's blob ids, as indexes into `blobs`.
-    blob_ids: HashMap<i64, usize>,
     /// The chunks of the file being planned.
     located: Vec<(ChunkId, usize, Location)>,
     failures: Vec<String>,
@@ -268,20 +334,13 @@ impl<'c> Planner<'c> {
     fn new(conn: &'c Connection) -> Result<Planner<'c>> {
         Ok(Planner {
             tree: Tree::new(conn)?,
-            locate: conn
-                .prepare(
-                    "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
-                     FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
-                )
-                .db(mpath())?,
+            locator: Locator::new(conn)?,
             add_job: conn
                 .prepare(
                     "INSERT OR IGNORE INTO plan.jobs(blob, boffset, node, foffset, length, size, chunk)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .db(ppath())?,
-            blobs: Vec::new(),
-            blob_ids: HashMap::new(),
             located: Vec::new(),
             failures: Vec::new(),
         })
@@ -337,38 +396,7 @@ impl<'c> Planner<'c> {
         self.located.clear();
         for c in e.chunks.chunks_exact(32) {
             let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-            let row = self
-                .locate
-                .query_row([c], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        Location::from_row(r, 1)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ))
-                })
-                .optional()
-                .db(mpath())?;
-            let Some((bid, loc, key, bsize)) = row else {
-                return Err(Error::corrupt(
-                    META,
-                    format!("chunk {} has no location", id.hex()),
-                ));
-            };
-            let bi = match self.blob_ids.get(&bid) {
-                Some(bi) => *bi,
-                None => {
-                    if !layout::is_blob(&key) || bsize < 0 {
-                        return Err(Error::corrupt(
-                            META,
-                            format!("bad blob {}", crate::error::one_line(key)),
-                        ));
-                    }
-                    self.blobs.push((key, bsize as u64));
-                    self.blob_ids.insert(bid, self.blobs.len() - 1);
-                    self.blobs.len() - 1
-                }
-            };
+            let (bi, loc) = self.locator.locate(&id)?;
             self.located.push((id, bi, loc));
         }
         // The size must be what the chunks add up to (no forged giants),
@@ -382,12 +410,12 @@ impl<'c> Planner<'c> {
             self.refuse(&e.src, &why);
             return Ok(false);
         }
-        let blobs = &self.blobs;
-        if self.located.iter().any(|(_, bi, l)| {
-            l.offset
-                .checked_add(l.length)
-                .is_none_or(|end| end > blobs[*bi].1)
-        }) {
+        let locator = &self.locator;
+        if self
+            .located
+            .iter()
+            .any(|(_, bi, l)| !locator.inside(*bi, l))
+        {
             self.refuse(&e.src, "a chunk lies outside its blob; not restored");
             return Ok(false);
         }

@@ -17,11 +17,10 @@ use std::sync::mpsc::{Receiver, channel, sync_channel};
 use age::x25519;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::plan::{META, mpath, shown};
+use super::plan::{Locator, META, mpath, shown};
 use crate::blob::{BlobReader, Location};
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, Result};
-use crate::layout;
 use crate::snapshot::Kind;
 use crate::store::Store;
 
@@ -138,63 +137,20 @@ pub struct Located {
 }
 
 pub fn locate(conn: &Connection, file: &File) -> Result<Located> {
-    let mut st = conn
-        .prepare(
-            "SELECT c.blob, c.offset, c.length, c.size, b.key, b.size
-             FROM main.chunks c JOIN main.blobs b ON b.id = c.blob WHERE c.id = ?1",
-        )
-        .db(mpath())?;
-    let mut blob_ids: std::collections::HashMap<i64, usize> = Default::default();
-    let mut out = Located {
-        blobs: Vec::new(),
-        pieces: Vec::with_capacity(file.chunks.len() / 32),
-    };
+    let mut locator = Locator::new(conn)?;
+    let mut pieces = Vec::with_capacity(file.chunks.len() / 32);
     let mut total = 0u64;
     for c in file.chunks.chunks_exact(32) {
         let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-        let row = st
-            .query_row([c], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    Location::from_row(r, 1)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .optional()
-            .db(mpath())?;
-        let Some((bid, loc, key, bsize)) = row else {
-            return Err(Error::corrupt(
-                META,
-                format!("chunk {} has no location", id.hex()),
-            ));
-        };
-        let bi = match blob_ids.get(&bid) {
-            Some(bi) => *bi,
-            None => {
-                if !layout::is_blob(&key) || bsize < 0 {
-                    return Err(Error::corrupt(
-                        META,
-                        format!("bad blob {}", crate::error::one_line(key)),
-                    ));
-                }
-                out.blobs.push((key, bsize as u64));
-                blob_ids.insert(bid, out.blobs.len() - 1);
-                out.blobs.len() - 1
-            }
-        };
-        if loc
-            .offset
-            .checked_add(loc.length)
-            .is_none_or(|end| end > out.blobs[bi].1)
-        {
+        let (bi, loc) = locator.locate(&id)?;
+        if !locator.inside(bi, &loc) {
             return Err(Error::corrupt(
                 META,
                 format!("chunk {} lies outside its blob", id.hex()),
             ));
         }
         total = total.saturating_add(loc.size);
-        out.pieces.push((bi, loc));
+        pieces.push((bi, loc));
     }
     if total != file.size {
         return Err(Error::corrupt(
@@ -206,7 +162,10 @@ pub fn locate(conn: &Connection, file: &File) -> Result<Located> {
             ),
         ));
     }
-    Ok(out)
+    Ok(Located {
+        blobs: locator.blobs,
+        pieces,
+    })
 }
 
 /// What writing the file did.
