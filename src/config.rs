@@ -27,6 +27,12 @@ pub struct Config {
     pub blob_size_limit: u64,
     pub compression_level: i32,
     pub exclude: Vec<String>,
+    /// Directories holding a file of one of these names keep only it.
+    pub exclude_if_present: Vec<String>,
+    /// Directories holding a valid CACHEDIR.TAG keep only it.
+    pub exclude_caches: bool,
+    /// No mount point below a configured path is crossed.
+    pub one_file_system: bool,
     /// Retention for `snapshot create --prune`: keep this many newest per name.
     pub keep_latest: Option<usize>,
     /// Retention for `snapshot create --prune`: keep everything younger than this.
@@ -74,6 +80,10 @@ pub struct SnapshotConfig {
     /// The paths walked; none for a stream (`command`, or `--stdin`).
     pub paths: Vec<PathBuf>,
     pub exclude: Vec<String>,
+    /// Over the global settings of the same names (the tag names add up).
+    pub exclude_if_present: Vec<String>,
+    pub exclude_caches: Option<bool>,
+    pub one_file_system: Option<bool>,
     /// A command whose standard output is the snapshot's one file, split
     /// into words as a shell would (run without a shell).
     pub command: Option<Vec<String>>,
@@ -88,6 +98,9 @@ impl SnapshotConfig {
             name: name.to_string(),
             paths: Vec::new(),
             exclude: Vec::new(),
+            exclude_if_present: Vec::new(),
+            exclude_caches: None,
+            one_file_system: None,
             command: None,
             storage_class: None,
         }
@@ -125,6 +138,9 @@ impl Default for Config {
             blob_size_limit: DEFAULT_BLOB_SIZE_LIMIT,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             exclude: Vec::new(),
+            exclude_if_present: Vec::new(),
+            exclude_caches: false,
+            one_file_system: false,
             keep_latest: None,
             keep_within: None,
             grace_period: DEFAULT_GRACE_PERIOD,
@@ -254,6 +270,54 @@ impl Line<'_> {
         Ok(v)
     }
 
+    fn boolean(&self) -> Result<bool> {
+        match self.value {
+            "true" | "yes" | "on" => Ok(true),
+            "false" | "no" | "off" => Ok(false),
+            _ => Err(self.bad("expected true or false")),
+        }
+    }
+
+    /// A file name (no `/`), as `exclude_if_present` takes.
+    fn tag_name(&self) -> Result<String> {
+        if self.value.contains('/') || self.value == "." || self.value == ".." {
+            return Err(self.bad("expected a file name, without `/`"));
+        }
+        Ok(self.value.to_string())
+    }
+
+    /// The patterns of the file `exclude_from` names: one a line; empty
+    /// lines and lines starting with `#` are skipped. Errors name that
+    /// file and its line.
+    fn exclude_file(&self) -> Result<Vec<String>> {
+        let path = Path::new(self.value);
+        let text = std::fs::read(path).map_err(|e| {
+            self.err(format!(
+                "`exclude_from`: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let text = String::from_utf8(text).map_err(|_| Error::Config {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "the file is not valid UTF-8".into(),
+        })?;
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let p = line.trim();
+            if p.is_empty() || p.starts_with('#') {
+                continue;
+            }
+            check_glob(p).map_err(|msg| Error::Config {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg,
+            })?;
+            out.push(p.to_string());
+        }
+        Ok(out)
+    }
+
     fn storage_class(&self) -> Result<StorageClass> {
         StorageClass::parse(self.value).ok_or_else(|| {
             self.bad(&format!(
@@ -355,6 +419,10 @@ impl Parsing {
                 check_glob(value).map_err(|m| l.err(m))?;
                 cfg.exclude.push(value.to_string());
             }
+            "exclude_from" => cfg.exclude.extend(l.exclude_file()?),
+            "exclude_if_present" => cfg.exclude_if_present.push(l.tag_name()?),
+            "exclude_caches" => cfg.exclude_caches = l.boolean()?,
+            "one_file_system" => cfg.one_file_system = l.boolean()?,
             "keep_latest" => {
                 cfg.keep_latest = Some(
                     value
@@ -419,6 +487,10 @@ impl Parsing {
                 check_glob(l.value).map_err(|m| l.err(m))?;
                 snap.exclude.push(l.value.to_string());
             }
+            "exclude_from" => snap.exclude.extend(l.exclude_file()?),
+            "exclude_if_present" => snap.exclude_if_present.push(l.tag_name()?),
+            "exclude_caches" => snap.exclude_caches = Some(l.boolean()?),
+            "one_file_system" => snap.one_file_system = Some(l.boolean()?),
             "command" => {
                 if snap.command.is_some() {
                     return Err(l.err(format!("[snapshot {}] has two `command`s", snap.name)));
@@ -471,11 +543,16 @@ impl Parsing {
                     ),
                 ));
             }
-            if s.paths.is_empty() && !s.exclude.is_empty() {
+            if s.paths.is_empty()
+                && (!s.exclude.is_empty()
+                    || !s.exclude_if_present.is_empty()
+                    || s.exclude_caches.is_some()
+                    || s.one_file_system.is_some())
+            {
                 return Err(self.err(
                     line(),
                     format!(
-                        "[snapshot {}] has no `path` (a stream's section, for `command` or --stdin, takes no `exclude`)",
+                        "[snapshot {}] has no `path` (a stream's section, for `command` or --stdin, takes no `exclude` or other walk settings)",
                         s.name
                     ),
                 ));

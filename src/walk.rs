@@ -1,9 +1,15 @@
 //! The directory walk: pre-order (a directory before its contents), sorted
-//! by name, never following symlinks, applying glob excludes.
+//! by name, never following symlinks, leaving out what [`Excludes`] says.
 //!
 //! Exclude patterns without a `/` match an entry's name at any depth
 //! (`*.log`); patterns with a `/` match the whole absolute path
-//! (`/var/cache/*`). An excluded directory is not descended into.
+//! (`/var/cache/*`). An excluded directory is not descended into. A
+//! directory holding a tag file (`exclude_if_present`, or a valid
+//! `CACHEDIR.TAG` with `exclude_caches`) keeps only the tag file, as GNU
+//! tar's `--exclude-tag` does. Mount points below a configured path are
+//! recorded but not descended into when `one_file_system` is set, and
+//! never when they hold a pseudo-filesystem (proc, sysfs, devtmpfs...),
+//! whatever the setting; a configured path itself is always walked.
 //!
 //! What is listed and read is what was stat'ed: every directory is opened
 //! without following a symlink or blocking, and the open directory must be
@@ -24,9 +30,158 @@ use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 
+/// The global settings of what a walk leaves out; a snapshot's own add to
+/// them (patterns, tag names) or override them (the switches).
+#[derive(Debug, Clone, Default)]
+pub struct WalkDefaults {
+    pub exclude: Vec<String>,
+    pub exclude_if_present: Vec<String>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+}
+
+impl WalkDefaults {
+    pub fn of(cfg: &crate::config::Config) -> WalkDefaults {
+        WalkDefaults {
+            exclude: cfg.exclude.clone(),
+            exclude_if_present: cfg.exclude_if_present.clone(),
+            exclude_caches: cfg.exclude_caches,
+            one_file_system: cfg.one_file_system,
+        }
+    }
+
+    /// What a walk of snapshot `snap` leaves out.
+    pub fn excludes_for(&self, snap: &crate::config::SnapshotConfig) -> Result<Excludes> {
+        let tags: Vec<String> = self
+            .exclude_if_present
+            .iter()
+            .chain(&snap.exclude_if_present)
+            .cloned()
+            .collect();
+        Ok(
+            Excludes::new(self.exclude.iter().chain(&snap.exclude))?.with_rules(
+                &tags,
+                snap.exclude_caches.unwrap_or(self.exclude_caches),
+                snap.one_file_system.unwrap_or(self.one_file_system),
+            ),
+        )
+    }
+}
+
+/// What a walk leaves out.
 pub struct Excludes {
     names: Vec<Pattern>,
     paths: Vec<Pattern>,
+    /// `exclude_if_present`: names of tag files.
+    tags: Vec<Vec<u8>>,
+    /// `exclude_caches`: directories with a valid `CACHEDIR.TAG`.
+    caches: bool,
+    /// `one_file_system`: no mount point below a configured path is crossed.
+    one_file_system: bool,
+    /// Each mounted device's filesystem type.
+    mounts: Mounts,
+}
+
+/// Why the walk did not descend into a directory (which it recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Another filesystem, with `one_file_system`.
+    OtherFilesystem,
+    /// A pseudo-filesystem (its type), never walked.
+    PseudoFilesystem(String),
+    /// It holds this tag file (kept, the rest left out).
+    Tagged(String),
+}
+
+/// What a walk reports besides the entries it visits.
+pub enum Note {
+    /// Something the walk could not read; the caller decides whether it
+    /// is fatal.
+    Failed(WalkError),
+    /// An entry replaced since its stat.
+    Replaced(Replaced),
+    /// A directory recorded but not descended into, and why.
+    LeftOut(PathBuf, LeftOut),
+    /// An entry matching an exclude pattern (not recorded).
+    Excluded(PathBuf),
+}
+
+/// Filesystems that hold no data of their own, by the name the kernel
+/// gives their type, and the `f_type` of `statfs` (when the mount table
+/// cannot be read: no /proc in a rescue chroot).
+const PSEUDO: &[(&str, i64)] = &[
+    ("proc", 0x9fa0),
+    ("sysfs", 0x6265_6572),
+    ("devtmpfs", -1),
+    ("devpts", 0x1cd1),
+    ("cgroup", 0x0027_e0eb),
+    ("cgroup2", 0x6367_7270),
+    ("tracefs", 0x7472_6163),
+    ("debugfs", 0x6462_6720),
+    ("securityfs", 0x7363_6673),
+    ("pstore", 0x6165_676c),
+    ("bpf", 0xcafe_4a11),
+    ("configfs", 0x6265_6570),
+    ("fusectl", 0x6573_5543),
+    ("mqueue", 0x1980_0202),
+    ("hugetlbfs", 0x9584_58f6),
+    ("efivarfs", 0xde5e_81e4),
+    ("binfmt_misc", 0x4249_4e4d),
+    ("nsfs", 0x6e73_6673),
+    ("selinuxfs", 0xf97c_ff8c),
+    ("rpc_pipefs", 0x6765_6173),
+];
+
+/// The first bytes of a valid `CACHEDIR.TAG` (the Cache Directory Tagging
+/// Specification, https://bford.info/cachedir/).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// The filesystem type of each mounted device, from /proc/self/mountinfo
+/// (empty when it cannot be read).
+#[derive(Default)]
+pub struct Mounts(std::collections::HashMap<u64, String>);
+
+impl Mounts {
+    pub fn load() -> Mounts {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| Mounts::parse(&t))
+            .unwrap_or_default()
+    }
+
+    /// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`:
+    /// the device is the third field, the type the first after ` - `.
+    fn parse(text: &str) -> Mounts {
+        let mut m = std::collections::HashMap::new();
+        for line in text.lines() {
+            let dev = line.split(' ').nth(2).and_then(|d| {
+                let (a, b) = d.split_once(':')?;
+                Some(rustix::fs::makedev(a.parse().ok()?, b.parse().ok()?))
+            });
+            let fstype = line
+                .split_once(" - ")
+                .and_then(|(_, r)| r.split(' ').next());
+            if let (Some(dev), Some(t)) = (dev, fstype) {
+                m.insert(dev, t.to_string());
+            }
+        }
+        Mounts(m)
+    }
+
+    /// The pseudo-filesystem on `dev`, if it is one.
+    fn pseudo(&self, dev: u64) -> Option<&'static str> {
+        let t = self.0.get(&dev)?;
+        PSEUDO.iter().find(|(n, _)| n == t).map(|(n, _)| *n)
+    }
+}
+
+/// The pseudo-filesystem an open directory is on, by `statfs` (for when
+/// the mount table says nothing of its device).
+fn pseudo_by_statfs(fd: BorrowedFd<'_>) -> Option<&'static str> {
+    let f_type = rustix::fs::fstatfs(fd).ok()?.f_type as i64;
+    PSEUDO
+        .iter()
+        .find(|(_, magic)| *magic == f_type)
+        .map(|(n, _)| *n)
 }
 
 const OPTS: MatchOptions = MatchOptions {
@@ -40,6 +195,10 @@ impl Excludes {
         let mut ex = Excludes {
             names: Vec::new(),
             paths: Vec::new(),
+            tags: Vec::new(),
+            caches: false,
+            one_file_system: false,
+            mounts: Mounts::default(),
         };
         for p in patterns {
             let pat = Pattern::new(p).map_err(|e| Error::Setup(format!("exclude `{p}`: {e}")))?;
@@ -50,6 +209,48 @@ impl Excludes {
             }
         }
         Ok(ex)
+    }
+
+    /// Also leave out the contents of directories holding one of `tags`
+    /// (or a valid `CACHEDIR.TAG`, with `caches`), and, with
+    /// `one_file_system`, the mount points below a configured path.
+    pub fn with_rules(mut self, tags: &[String], caches: bool, one_file_system: bool) -> Excludes {
+        self.tags = tags.iter().map(|t| t.as_bytes().to_vec()).collect();
+        self.caches = caches;
+        self.one_file_system = one_file_system;
+        self.mounts = Mounts::load();
+        self
+    }
+
+    /// Why the directory stat'ed as `st`, listed in a directory on device
+    /// `parent_dev`, is not to be descended into (a mount point: another
+    /// filesystem with `one_file_system`, or a pseudo-filesystem); None
+    /// when it is to be walked.
+    fn mount_left_out(&self, st: &Stat, parent_dev: u64) -> Option<LeftOut> {
+        self.mount_left_out_dev(st.st_dev, parent_dev)
+    }
+
+    /// The same for a directory on device `dev` (the daemon's watches).
+    pub fn mount_left_out_dev(&self, dev: u64, parent_dev: u64) -> Option<LeftOut> {
+        if dev == parent_dev {
+            return None;
+        }
+        if self.one_file_system {
+            return Some(LeftOut::OtherFilesystem);
+        }
+        self.mounts
+            .pseudo(dev)
+            .map(|t| LeftOut::PseudoFilesystem(t.to_string()))
+    }
+
+    /// The tag file in directory `dir` that leaves its other contents out.
+    fn tag_in(&self, dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        for tag in &self.tags {
+            if rustix::fs::statat(dir, tag.as_slice(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                return Some(tag.clone());
+            }
+        }
+        (self.caches && valid_cachedir_tag(dir)).then(|| b"CACHEDIR.TAG".to_vec())
     }
 
     pub fn matches(&self, path: &Path) -> bool {
@@ -64,6 +265,27 @@ impl Excludes {
                     .to_str()
                     .is_some_and(|s| self.paths.iter().any(|p| p.matches_with(s, OPTS)))
     }
+}
+
+/// Whether `dir` holds a `CACHEDIR.TAG` that is a regular file starting
+/// with the specification's signature (opened without following a symlink
+/// or blocking).
+fn valid_cachedir_tag(dir: BorrowedFd<'_>) -> bool {
+    let Ok(fd) = rustix::fs::openat(dir, "CACHEDIR.TAG", FILE_FLAGS, Mode::empty()) else {
+        return false;
+    };
+    if !rustix::fs::fstat(&fd).is_ok_and(|st| kind(&st) == FileType::RegularFile) {
+        return false;
+    }
+    let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+    let mut got = 0;
+    while got < head.len() {
+        match rustix::io::read(&fd, &mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    head[..got] == *CACHEDIR_SIGNATURE
 }
 
 /// Something the walk could not read; the caller decides whether it is fatal.
@@ -181,11 +403,15 @@ struct Pending {
 /// Called with each entry: its path, stat and (a symlink's) target.
 pub type Visit<'a> = dyn FnMut(PathBuf, &Stat, Option<Vec<u8>>) -> Result<()> + 'a;
 
+/// Called with what the walk has to say besides entries.
+pub type Notes<'a> = dyn FnMut(Note) -> Result<()> + 'a;
+
 /// Walk `root`, calling `visit` for every entry not excluded (root
 /// included; the path is handed over, to keep without a copy; a symlink
-/// comes with its target), `failed` for entries that cannot be read and
-/// `replaced` for entries found replaced since their stat. Any callback
-/// may stop the walk by returning an error.
+/// comes with its target), and `note` for entries that cannot be read,
+/// entries found replaced since their stat, directories not descended
+/// into and entries excluded. Either callback may stop the walk by
+/// returning an error.
 ///
 /// `base` is the configured path that holds `root` (`root` itself for a
 /// full walk). A configured path is stat'ed by path: where it leads is the
@@ -197,36 +423,40 @@ pub fn walk(
     base: &Path,
     excludes: &Excludes,
     visit: &mut Visit<'_>,
-    failed: &mut dyn FnMut(WalkError) -> Result<()>,
-    replaced: &mut dyn FnMut(Replaced) -> Result<()>,
+    note: &mut Notes<'_>,
 ) -> Result<()> {
     let (found, parent) = root_entry(root, base);
     let (st, target) = match found {
         Found::Entry(st, target) => (st, target),
         Found::Gone => return Ok(()),
         Found::Replaced(now) => {
-            return replaced(Replaced {
+            return note(Note::Replaced(Replaced {
                 path: root.to_path_buf(),
                 now,
                 dir: false,
-            });
+            }));
         }
         Found::Failed(err) => {
-            return failed(WalkError {
+            return note(Note::Failed(WalkError {
                 path: root.to_path_buf(),
                 err,
-            });
+            }));
         }
     };
     if kind(&st) != FileType::Directory {
         return visit(root.to_path_buf(), &st, target);
     }
+    // A subtree (the daemon's) that is itself a mount point below its
+    // configured path is left out as the full walk leaves it out.
+    if let Some(why) = parent.and_then(|(dev, _)| excludes.mount_left_out(&st, dev)) {
+        visit(root.to_path_buf(), &st, target)?;
+        return note(Note::LeftOut(root.to_path_buf(), why));
+    }
     visit(root.to_path_buf(), &st, target)?;
     let mut w = Walker {
         root,
         excludes,
-        failed,
-        replaced,
+        note,
         buf: Vec::with_capacity(DIRENT_BUF),
     };
     let mut stack: Vec<Pending> = Vec::new();
@@ -246,15 +476,15 @@ pub fn walk(
                     // Listed by its directory, deleted since: nothing to back up.
                     Found::Gone => continue,
                     Found::Replaced(now) => {
-                        (w.replaced)(Replaced {
+                        (w.note)(Note::Replaced(Replaced {
                             path,
                             now,
                             dir: false,
-                        })?;
+                        }))?;
                         continue;
                     }
                     Found::Failed(err) => {
-                        (w.failed)(WalkError { path, err })?;
+                        (w.note)(Note::Failed(WalkError { path, err }))?;
                         continue;
                     }
                 }
@@ -262,6 +492,9 @@ pub fn walk(
         };
         if kind(&st) != FileType::Directory {
             visit(path, &st, target)?;
+        } else if let Some(why) = excludes.mount_left_out(&st, parent.0) {
+            visit(path.clone(), &st, target)?;
+            (w.note)(Note::LeftOut(path, why))?;
         } else {
             visit(path.clone(), &st, target)?;
             w.list(&path, &st, Some(parent), &mut stack)?;
@@ -356,8 +589,7 @@ fn automounted(
 struct Walker<'a> {
     root: &'a Path,
     excludes: &'a Excludes,
-    failed: &'a mut dyn FnMut(WalkError) -> Result<()>,
-    replaced: &'a mut dyn FnMut(Replaced) -> Result<()>,
+    note: &'a mut Notes<'a>,
     /// For getdents, reused from directory to directory.
     buf: Vec<u8>,
 }
@@ -381,36 +613,54 @@ impl Walker<'_> {
             Err(Errno::NOENT) if path != self.root => return Ok(()),
             // A symlink or something else now, in its place or above it.
             Err(Errno::NOTDIR | Errno::LOOP) => {
-                return (self.replaced)(Replaced {
+                return (self.note)(Note::Replaced(Replaced {
                     path: path.to_path_buf(),
                     now: now_at(CWD, path),
                     dir: true,
-                });
+                }));
             }
             Err(e) => {
-                return (self.failed)(WalkError {
+                return (self.note)(Note::Failed(WalkError {
                     path: path.to_path_buf(),
                     err: e.into(),
-                });
+                }));
             }
         };
         let here = match rustix::fs::fstat(&fd) {
             Ok(now) if dev_ino(&now) == dev_ino(st) => dev_ino(&now),
             Ok(now) if automounted(path, st, &now, fd.as_fd(), parent) => dev_ino(&now),
             Ok(_) => {
-                return (self.replaced)(Replaced {
+                return (self.note)(Note::Replaced(Replaced {
                     path: path.to_path_buf(),
                     now: "another directory",
                     dir: true,
-                });
+                }));
             }
             Err(e) => {
-                return (self.failed)(WalkError {
+                return (self.note)(Note::Failed(WalkError {
                     path: path.to_path_buf(),
                     err: e.into(),
-                });
+                }));
             }
         };
+        // A pseudo-filesystem the mount table did not name (no /proc), or
+        // mounted on opening (an automount point): left out now.
+        if parent.is_some_and(|(dev, _)| dev != here.0) {
+            if let Some(t) = pseudo_by_statfs(fd.as_fd()) {
+                return (self.note)(Note::LeftOut(
+                    path.to_path_buf(),
+                    LeftOut::PseudoFilesystem(t.to_string()),
+                ));
+            }
+        }
+        // A tagged directory keeps its tag file only.
+        let tag = self.excludes.tag_in(fd.as_fd());
+        if let Some(tag) = &tag {
+            (self.note)(Note::LeftOut(
+                path.to_path_buf(),
+                LeftOut::Tagged(String::from_utf8_lossy(tag).into_owned()),
+            ))?;
+        }
         let fd = Rc::new(fd);
         let first = stack.len();
         let mut prestat = 0;
@@ -420,10 +670,10 @@ impl Walker<'_> {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    (self.failed)(WalkError {
+                    (self.note)(Note::Failed(WalkError {
                         path: path.to_path_buf(),
                         err: e.into(),
-                    })?;
+                    }))?;
                     break;
                 }
             };
@@ -431,8 +681,15 @@ impl Walker<'_> {
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
+            if tag
+                .as_ref()
+                .is_some_and(|t| t.as_slice() != name.to_bytes())
+            {
+                continue;
+            }
             let child = path.join(OsStr::from_bytes(name.to_bytes()));
             if self.excludes.matches(&child) {
+                (self.note)(Note::Excluded(child))?;
                 continue;
             }
             let known = if prestat < PRESTAT_MAX && targets < PRESTAT_TARGETS {
@@ -561,8 +818,11 @@ mod tests {
                 out.push((p, kind(st), t));
                 Ok(())
             },
-            &mut |w| panic!("{}: {}", w.path.display(), w.err),
-            &mut |r| panic!("{} replaced by {}", r.path.display(), r.now),
+            &mut |n| match n {
+                Note::Failed(w) => panic!("{}: {}", w.path.display(), w.err),
+                Note::Replaced(r) => panic!("{} replaced by {}", r.path.display(), r.now),
+                Note::LeftOut(..) | Note::Excluded(_) => Ok(()),
+            },
         )
         .unwrap();
         out
@@ -659,5 +919,143 @@ mod tests {
         let got = visits(&sub, &sub, &[]);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].0, sub.join("theirs"));
+    }
+
+    fn walk_with(root: &Path, ex: &Excludes) -> (Vec<PathBuf>, Vec<(PathBuf, LeftOut)>, usize) {
+        let (mut seen, mut left, mut excluded) = (Vec::new(), Vec::new(), 0);
+        walk(
+            root,
+            root,
+            ex,
+            &mut |p, _, _| {
+                seen.push(p.strip_prefix(root).unwrap().to_path_buf());
+                Ok(())
+            },
+            &mut |n| {
+                match n {
+                    Note::LeftOut(p, why) => {
+                        left.push((p.strip_prefix(root).unwrap().to_path_buf(), why))
+                    }
+                    Note::Excluded(_) => excluded += 1,
+                    Note::Failed(w) => panic!("{}: {}", w.path.display(), w.err),
+                    Note::Replaced(r) => panic!("{}", r.path.display()),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        (seen, left, excluded)
+    }
+
+    #[test]
+    fn tagged_directories_keep_only_their_tag() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["build", "cache", "fake-cache", "linked", "plain"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("data"), b"x").unwrap();
+        }
+        std::fs::write(root.join("build/.nobackup"), b"").unwrap();
+        let mut tag = CACHEDIR_SIGNATURE.to_vec();
+        tag.extend_from_slice(b"\n# This file is a cache directory tag.\n");
+        std::fs::write(root.join("cache/CACHEDIR.TAG"), &tag).unwrap();
+        // An invalid signature, and a symlink to a valid tag: not caches.
+        std::fs::write(root.join("fake-cache/CACHEDIR.TAG"), b"Signature: 0000").unwrap();
+        std::os::unix::fs::symlink(
+            root.join("cache/CACHEDIR.TAG"),
+            root.join("linked/CACHEDIR.TAG"),
+        )
+        .unwrap();
+        let pats: Vec<String> = vec!["*.tmp".into()];
+        std::fs::write(root.join("plain/x.tmp"), b"").unwrap();
+        let ex = Excludes::new(pats.iter())
+            .unwrap()
+            .with_rules(&[".nobackup".into()], true, false);
+        let (seen, left, excluded) = walk_with(root, &ex);
+        let seen: Vec<String> = seen.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            seen,
+            [
+                "",
+                "build",
+                "build/.nobackup",
+                "cache",
+                "cache/CACHEDIR.TAG",
+                "fake-cache",
+                "fake-cache/CACHEDIR.TAG",
+                "fake-cache/data",
+                "linked",
+                "linked/CACHEDIR.TAG",
+                "linked/data",
+                "plain",
+                "plain/data"
+            ]
+        );
+        assert_eq!(
+            left,
+            [
+                (PathBuf::from("build"), LeftOut::Tagged(".nobackup".into())),
+                (
+                    PathBuf::from("cache"),
+                    LeftOut::Tagged("CACHEDIR.TAG".into())
+                ),
+            ]
+        );
+        assert_eq!(excluded, 1);
+        // Without the rules, everything.
+        let ex = Excludes::new(std::iter::empty()).unwrap();
+        assert_eq!(walk_with(root, &ex).0.len(), 16);
+    }
+
+    #[test]
+    fn the_mount_table_names_pseudo_filesystems() {
+        let m = Mounts::parse(
+            "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+             23 1 0:22 / /sys rw - sysfs sysfs rw\n\
+             24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+             25 1 0:5 / /dev rw - devtmpfs udev rw\n\
+             26 1 0:40 / /tmp rw - tmpfs tmpfs rw\n\
+             garbage line\n",
+        );
+        let dev = |a, b| rustix::fs::makedev(a, b);
+        assert_eq!(m.pseudo(dev(0, 21)), Some("proc"));
+        assert_eq!(m.pseudo(dev(0, 22)), Some("sysfs"));
+        assert_eq!(m.pseudo(dev(0, 5)), Some("devtmpfs"));
+        assert_eq!(m.pseudo(dev(8, 1)), None);
+        assert_eq!(m.pseudo(dev(0, 40)), None, "tmpfs holds data");
+        assert_eq!(m.pseudo(dev(9, 9)), None);
+        let ex = Excludes {
+            mounts: m,
+            ..Excludes::new(std::iter::empty()).unwrap()
+        };
+        assert_eq!(
+            ex.mount_left_out_dev(dev(0, 21), dev(8, 1)),
+            Some(LeftOut::PseudoFilesystem("proc".into()))
+        );
+        assert_eq!(ex.mount_left_out_dev(dev(0, 40), dev(8, 1)), None);
+        assert_eq!(ex.mount_left_out_dev(dev(8, 1), dev(8, 1)), None);
+        let ex = Excludes {
+            one_file_system: true,
+            ..ex
+        };
+        assert_eq!(
+            ex.mount_left_out_dev(dev(0, 40), dev(8, 1)),
+            Some(LeftOut::OtherFilesystem)
+        );
+        // This machine's own: /proc is proc.
+        if let Ok(st) = rustix::fs::stat("/proc") {
+            if let Ok(root) = rustix::fs::stat("/") {
+                if st.st_dev != root.st_dev {
+                    let ex =
+                        Excludes::new(std::iter::empty())
+                            .unwrap()
+                            .with_rules(&[], false, false);
+                    assert_eq!(
+                        ex.mount_left_out(&st, root.st_dev),
+                        Some(LeftOut::PseudoFilesystem("proc".into()))
+                    );
+                }
+            }
+        }
     }
 }

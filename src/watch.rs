@@ -76,7 +76,7 @@ fn mask() -> WatchMask {
 impl Watcher {
     pub fn new(
         snapshots: &[SnapshotConfig],
-        global_excludes: &[String],
+        cfg: &crate::config::Config,
         log: fn(&str),
     ) -> Result<Watcher> {
         let inotify = Inotify::init().map_err(|e| crate::error::Error::System {
@@ -91,10 +91,11 @@ impl Watcher {
             exhausted_logged: false,
             log,
         };
+        let defaults = crate::walk::WalkDefaults::of(cfg);
         for s in snapshots {
             w.snaps.push(Watched {
                 roots: s.paths.clone(),
-                excludes: Excludes::new(global_excludes.iter().chain(&s.exclude))?,
+                excludes: defaults.excludes_for(s)?,
             });
         }
         let roots: Vec<PathBuf> = w.snaps.iter().flat_map(|s| s.roots.clone()).collect();
@@ -140,10 +141,23 @@ impl Watcher {
 
     /// Watch `root` and every directory below it that some snapshot covers.
     fn add_tree(&mut self, root: &Path) {
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
+        use std::os::unix::fs::MetadataExt;
+        let dev_of = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.dev());
+        let mut stack = vec![(root.to_path_buf(), None::<u64>)];
+        while let Some((dir, parent_dev)) = stack.pop() {
             if !self.covered_by_any(&dir) {
                 continue;
+            }
+            // What the walk does not descend into is not watched either (the
+            // mount point itself is, through its parent).
+            let dev = dev_of(&dir);
+            if let (Some(dev), Some(parent)) = (dev, parent_dev) {
+                if self.snaps.iter().any(|s| {
+                    s.roots.iter().any(|r| dir.starts_with(r))
+                        && s.excludes.mount_left_out_dev(dev, parent).is_some()
+                }) {
+                    continue;
+                }
             }
             match self.inotify.watches().add(&dir, mask()) {
                 Ok(wd) => {
@@ -168,7 +182,7 @@ impl Watcher {
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
                     if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
+                        stack.push((e.path(), dev));
                     }
                 }
             }

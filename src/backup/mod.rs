@@ -47,7 +47,6 @@ use crate::manifest;
 use crate::snapshot::{self, MetaWriter};
 use crate::store::Store;
 use crate::store::class::StorageClass;
-use crate::walk::Excludes;
 
 use cancel::Cancel;
 use dedup::Dedup;
@@ -70,7 +69,8 @@ pub struct Backup<'a> {
     pub blob_limit: u64,
     /// The storage class of new blobs, unless a snapshot says otherwise.
     pub blob_class: StorageClass,
-    pub global_excludes: Vec<String>,
+    /// What walks leave out, unless a snapshot says more.
+    pub walk: crate::walk::WalkDefaults,
     pub skip_errors: bool,
     /// Called with each warning (skipped or changing files).
     pub warn: &'a (dyn Fn(&str) + Sync),
@@ -115,6 +115,14 @@ pub struct Summary {
     pub unchanged: bool,
     /// Entries carried over from the last snapshot without a walk.
     pub carried: u64,
+    /// Entries an exclude pattern left out.
+    pub excluded: u64,
+    /// Directories whose contents a tag file left out (`exclude_if_present`,
+    /// `exclude_caches`).
+    pub tagged: u64,
+    /// Mount points not descended into (`one_file_system`, or a
+    /// pseudo-filesystem).
+    pub mounts: u64,
     pub seconds: f64,
 }
 
@@ -337,7 +345,7 @@ impl Backup<'_> {
         meta.set_info("name", &snap.name)?;
         meta.set_info("time", &time.to_string())?;
 
-        let excludes = Excludes::new(self.global_excludes.iter().chain(&snap.exclude))?;
+        let excludes = self.walk.excludes_for(snap)?;
         let roots = Roots {
             roots: &walk_roots,
             paths: &snap.paths,

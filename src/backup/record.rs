@@ -15,6 +15,7 @@ use super::{Event, Shared, Summary, Todo};
 use crate::error::{Error, Result};
 use crate::index::FileStat;
 use crate::snapshot::{Entry, Kind, MetaWriter};
+use crate::walk::LeftOut;
 
 pub struct Recorder<'m, 's, 'r, 'a> {
     shared: &'s Shared<'r, 'a>,
@@ -83,6 +84,9 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                     self.summary.warnings += 1;
                     self.warn(&replaced_warning(&r.path, r.now, r.dir));
                 }
+                Walked::LeftOut(LeftOut::Tagged(_)) => self.summary.tagged += 1,
+                Walked::LeftOut(_) => self.summary.mounts += 1,
+                Walked::Excluded => self.summary.excluded += 1,
             }
         }
         if !files.is_empty() {

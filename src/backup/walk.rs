@@ -24,6 +24,10 @@ pub enum Walked {
     Entry(Entry, FileStat, Option<Vec<u8>>),
     Failed(walk::WalkError),
     Replaced(walk::Replaced),
+    /// A directory recorded, its contents left out, and why.
+    LeftOut(walk::LeftOut),
+    /// An entry an exclude pattern left out.
+    Excluded,
 }
 
 /// What a run walks.
@@ -131,16 +135,15 @@ pub fn walk(r: &Roots<'_>, cancel: &Cancel<'_>, out: SyncSender<Vec<Walked>>) ->
                 None => Ok(()),
             }
         };
-        let mut failed = |w: walk::WalkError| push(Walked::Failed(w));
-        let mut replaced = |w: walk::Replaced| push(Walked::Replaced(w));
-        walk::walk(
-            root,
-            base,
-            r.excludes,
-            &mut visit,
-            &mut failed,
-            &mut replaced,
-        )?;
+        let mut note = |n: walk::Note| {
+            push(match n {
+                walk::Note::Failed(w) => Walked::Failed(w),
+                walk::Note::Replaced(w) => Walked::Replaced(w),
+                walk::Note::LeftOut(_, why) => Walked::LeftOut(why),
+                walk::Note::Excluded(_) => Walked::Excluded,
+            })
+        };
+        walk::walk(root, base, r.excludes, &mut visit, &mut note)?;
     }
     let rest = batch.into_inner();
     if !rest.is_empty() {

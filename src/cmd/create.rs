@@ -113,7 +113,7 @@ impl Session {
             level: self.cfg.compression_level,
             blob_limit: self.cfg.blob_size_limit,
             blob_class: self.blob_class,
-            global_excludes: self.cfg.exclude.clone(),
+            walk: crate::walk::WalkDefaults::of(&self.cfg),
             skip_errors,
             warn: &warn,
             progress,
@@ -172,9 +172,25 @@ impl Session {
 }
 
 pub fn summary_line(s: &crate::backup::Summary) -> String {
+    // What the walk left out, where it left something out.
+    let mut left = Vec::new();
+    for (n, what) in [
+        (s.excluded, "excluded by pattern"),
+        (s.tagged, "tagged directories (contents)"),
+        (s.mounts, "mount points not crossed"),
+    ] {
+        if n > 0 {
+            left.push(format!("{n} {what}"));
+        }
+    }
+    let left = if left.is_empty() {
+        String::new()
+    } else {
+        format!("left out: {}; ", left.join(", "))
+    };
     format!(
         "snapshot {}: {} entries, {} files ({}) scanned; {} files ({}) read; \
-         {} new chunks ({}) in {} blobs ({} uploaded); {} warnings; {:.1}s",
+         {} new chunks ({}) in {} blobs ({} uploaded); {} warnings; {left}{:.1}s",
         s.id,
         s.entries,
         s.files,

@@ -262,7 +262,7 @@ enum Exit {
 /// Watch and back up until a signal says stop or reload.
 fn serve(session: &Session, quiet: bool) -> Result<Exit> {
     let cfg = &session.cfg;
-    let mut watcher = Watcher::new(&cfg.snapshots, &cfg.exclude, log)?;
+    let mut watcher = Watcher::new(&cfg.snapshots, cfg, log)?;
     if !quiet {
         log(&format!(
             "watching {} director{} for {} snapshot name(s)",

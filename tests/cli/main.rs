@@ -21,3 +21,4 @@ mod ops;
 mod rescue;
 mod streams;
 mod swaps;
+mod system;
