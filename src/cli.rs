@@ -19,8 +19,7 @@ Usage:
   vaultik [GLOBAL FLAGS] snapshot list [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
                                          [--identity FILE] [--json]
-  vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
-                                        [--name NAME] [--dry-run] [--force] [--json]
+  vaultik [GLOBAL FLAGS] snapshot purge RULES [--name NAME] [--dry-run] [--force] [--json]
   vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
   vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
   vaultik [GLOBAL FLAGS] store info [--json]
@@ -92,18 +91,27 @@ is under way.
 ";
 
 pub const USAGE_PURGE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot purge (--keep-latest | --older-than DURATION)
-                                             [--name NAME] [--dry-run] [--force] [--json]
+Usage: vaultik [GLOBAL FLAGS] snapshot purge RULES [--name NAME] [--dry-run] [--force] [--json]
 
 Remove snapshots (no private key needed), per host and snapshot name, then
-delete the blobs no remaining snapshot needs. The newest snapshot of each
-host and name is always kept. Blobs younger than grace_period (default 24h)
-are never deleted; older unreferenced blobs are marked, and deleted by a
-purge at least grace_period later. Asks for confirmation on a terminal
-unless --force.
+delete the blobs no remaining snapshot needs. A snapshot is kept when any of
+the RULES keeps it; the newest snapshot of each host and name is always kept.
+Blobs younger than grace_period (default 24h) are never deleted; older
+unreferenced blobs are marked, and deleted by a purge at least grace_period
+later. Asks for confirmation on a terminal unless --force. --dry-run shows,
+for every snapshot, whether it is kept and by which rule.
 
+RULES, at least one:
   --keep-latest            keep only the newest snapshot of each host and name
   --older-than DURATION    remove snapshots older than DURATION (30d, 6mo, 1y...)
+  --keep-hourly N          keep the newest snapshot of each of the last N hours
+  --keep-daily N           ... days,
+  --keep-weekly N          ... ISO weeks (Monday to Sunday),
+  --keep-monthly N         ... months,
+  --keep-yearly N          ... years that have snapshots
+  --timezone ZONE          take hours, days... in ZONE (e.g. Europe/Berlin; default
+                           the config's retention_timezone, else UTC)
+
   --name NAME              only snapshots named NAME
   --dry-run                show what would be removed, remove nothing
   --force                  do not ask for confirmation
@@ -236,10 +244,16 @@ pub struct VerifyArgs {
 }
 
 /// `snapshot purge`
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PurgeArgs {
     pub keep_latest: bool,
     pub older_than: Option<u64>,
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_yearly: Option<usize>,
+    pub timezone: Option<String>,
     pub name: Option<String>,
     pub dry_run: bool,
     pub force: bool,
@@ -567,13 +581,14 @@ fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut a = PurgeArgs {
-        keep_latest: false,
-        older_than: None,
-        name: None,
-        dry_run: false,
-        force: false,
-        json: false,
+    let mut a = PurgeArgs::default();
+    let count = |p: &mut lexopt::Parser, flag: &str| -> Result<Option<usize>> {
+        let v = value(p, flag)?;
+        v.parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| Error::Usage(format!("{flag} `{v}`: expected a number, at least 1")))
     };
     while let Some(arg) = next(p, g)? {
         match arg.get() {
@@ -588,6 +603,12 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
                 })?;
                 a.older_than = Some(d.as_secs());
             }
+            Long("keep-hourly") => a.keep_hourly = count(p, "--keep-hourly")?,
+            Long("keep-daily") => a.keep_daily = count(p, "--keep-daily")?,
+            Long("keep-weekly") => a.keep_weekly = count(p, "--keep-weekly")?,
+            Long("keep-monthly") => a.keep_monthly = count(p, "--keep-monthly")?,
+            Long("keep-yearly") => a.keep_yearly = count(p, "--keep-yearly")?,
+            Long("timezone") => a.timezone = Some(value(p, "--timezone")?),
             Long("name") => a.name = Some(value(p, "--name")?),
             Long("dry-run") => a.dry_run = true,
             Long("force") => a.force = true,
@@ -595,9 +616,20 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             _ => return Err(arg.unexpected()),
         }
     }
-    if a.keep_latest == a.older_than.is_some() {
+    let calendar = [
+        a.keep_hourly,
+        a.keep_daily,
+        a.keep_weekly,
+        a.keep_monthly,
+        a.keep_yearly,
+    ]
+    .iter()
+    .any(Option::is_some);
+    if !(a.keep_latest || a.older_than.is_some() || calendar) {
         return Err(Error::Usage(
-            "snapshot purge: give exactly one of --keep-latest and --older-than DURATION".into(),
+            "snapshot purge: give a rule: --keep-latest, --older-than DURATION, or \
+             --keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly N"
+                .into(),
         ));
     }
     Ok(Command::SnapshotPurge(a))
@@ -790,9 +822,24 @@ mod tests {
                 name: Some("etc".into()),
                 dry_run: true,
                 force: true,
-                json: true
+                json: true,
+                ..PurgeArgs::default()
             })
         );
+        let (_, c) =
+            parse_str("snapshot purge --keep-daily 7 --keep-weekly 4 --timezone Europe/Berlin")
+                .unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotPurge(PurgeArgs {
+                keep_daily: Some(7),
+                keep_weekly: Some(4),
+                timezone: Some("Europe/Berlin".into()),
+                ..PurgeArgs::default()
+            })
+        );
+        assert!(parse_str("snapshot purge --keep-daily 0").is_err());
+        assert!(parse_str("snapshot purge --dry-run").is_err());
         let (_, c) = parse_str("snapshot verify latest --deep --identity /k --json").unwrap();
         assert_eq!(
             c,

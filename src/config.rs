@@ -37,6 +37,15 @@ pub struct Config {
     pub keep_latest: Option<usize>,
     /// Retention for `snapshot create --prune`: keep everything younger than this.
     pub keep_within: Option<Duration>,
+    /// Retention by the calendar: the newest snapshot of each of the last N
+    /// hours, days, ISO weeks, months, years that have snapshots.
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_yearly: Option<usize>,
+    /// The zone those periods are taken in (UTC when unset).
+    pub retention_timezone: Option<String>,
     /// Garbage collection never deletes blobs younger than this.
     pub grace_period: Duration,
     /// Daemon: back up dirty snapshots at this interval.
@@ -143,6 +152,12 @@ impl Default for Config {
             one_file_system: false,
             keep_latest: None,
             keep_within: None,
+            keep_hourly: None,
+            keep_daily: None,
+            keep_weekly: None,
+            keep_monthly: None,
+            keep_yearly: None,
+            retention_timezone: None,
             grace_period: DEFAULT_GRACE_PERIOD,
             backup_interval: Duration::from_secs(3600),
             min_time_between_run: Duration::from_secs(15 * 60),
@@ -268,6 +283,15 @@ impl Line<'_> {
             return Err(self.bad(within));
         }
         Ok(v)
+    }
+
+    /// A number of periods to keep, at least 1.
+    fn count(&self) -> Result<usize> {
+        self.value
+            .parse()
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| self.bad("expected a number, at least 1"))
     }
 
     fn boolean(&self) -> Result<bool> {
@@ -423,16 +447,21 @@ impl Parsing {
             "exclude_if_present" => cfg.exclude_if_present.push(l.tag_name()?),
             "exclude_caches" => cfg.exclude_caches = l.boolean()?,
             "one_file_system" => cfg.one_file_system = l.boolean()?,
-            "keep_latest" => {
-                cfg.keep_latest = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|v| *v >= 1)
-                        .ok_or_else(|| l.bad("expected a number of snapshots, at least 1"))?,
-                );
-            }
+            "keep_latest" => cfg.keep_latest = Some(l.count()?),
             "keep_within" => cfg.keep_within = Some(l.duration("30d")?),
+            "keep_hourly" => cfg.keep_hourly = Some(l.count()?),
+            "keep_daily" => cfg.keep_daily = Some(l.count()?),
+            "keep_weekly" => cfg.keep_weekly = Some(l.count()?),
+            "keep_monthly" => cfg.keep_monthly = Some(l.count()?),
+            "keep_yearly" => cfg.keep_yearly = Some(l.count()?),
+            "retention_timezone" => {
+                let r = crate::gc::Retention {
+                    timezone: Some(value.to_string()),
+                    ..Default::default()
+                };
+                r.zone().map_err(|e| l.err(e.to_string()))?;
+                cfg.retention_timezone = Some(value.to_string());
+            }
             "grace_period" => cfg.grace_period = l.duration("24h")?,
             "backup_interval" => cfg.backup_interval = l.duration("15m")?,
             "min_time_between_run" => cfg.min_time_between_run = l.duration("15m")?,

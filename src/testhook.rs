@@ -9,6 +9,12 @@
 //! to list it, a reader just before it opens a file (both at that path), a
 //! restore just before it writes contents (`<target>/.vaultik-pause`).
 //! Unset, a call costs a look at a cached `None`.
+//!
+//! And one clock: with `VAULTIK_TEST_TIME=<unix seconds>`, a backup dates
+//! its snapshot then ([`snapshot_time`]), so that tests of calendar
+//! retention can make real snapshots at chosen times (a time before the
+//! store's own, as any writer to the store may claim; see the threat
+//! model).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -31,6 +37,14 @@ pub fn pause_at(path: &Path) {
     while marker.exists() && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The time a new snapshot is dated: now, or `VAULTIK_TEST_TIME`.
+pub fn snapshot_time() -> u64 {
+    std::env::var("VAULTIK_TEST_TIME")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(crate::time::now)
 }
 
 /// A seeded xorshift64 generator: deterministic, fast, not for secrets. The

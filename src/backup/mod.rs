@@ -275,7 +275,7 @@ impl Backup<'_> {
         // highest), which sorts after the plain id and before the next
         // second. Past `.9`, wait for the next second.
         let (id, time) = loop {
-            let time = crate::time::now();
+            let time = crate::testhook::snapshot_time();
             let base = layout::make_id(&self.hostname, &snap.name, time);
             match manifest::next_free_id(self.store, &base)? {
                 Some(id) => break (id, time),

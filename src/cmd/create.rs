@@ -131,7 +131,7 @@ impl Session {
             dry_run: false,
             index: Some(index),
         }
-        .by_rule(self.retention(), None, Some(&self.hostname))
+        .by_rule(&self.retention(), None, Some(&self.hostname))
     }
 
     /// A configured snapshot is needed (the daemon, and `snapshot create`
@@ -164,9 +164,16 @@ impl Session {
     }
 
     pub fn retention(&self) -> Retention {
+        let c = &self.cfg;
         Retention {
-            keep_latest: self.cfg.keep_latest,
-            keep_within: self.cfg.keep_within.map(|d| d.as_secs()),
+            keep_latest: c.keep_latest,
+            keep_within: c.keep_within.map(|d| d.as_secs()),
+            keep_hourly: c.keep_hourly,
+            keep_daily: c.keep_daily,
+            keep_weekly: c.keep_weekly,
+            keep_monthly: c.keep_monthly,
+            keep_yearly: c.keep_yearly,
+            timezone: c.retention_timezone.clone(),
         }
     }
 }
@@ -239,9 +246,10 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     let (skip_errors, cron, prune) = (*skip_errors, *cron, *prune);
     let session = Session::open(settings)?;
     let retention = session.retention();
-    if prune && retention == Retention::default() {
+    if prune && !retention.is_set() {
         return Err(Error::Setup(format!(
-            "{}: --prune needs a retention policy: set keep_latest and/or keep_within",
+            "{}: --prune needs a retention policy: set keep_latest, keep_within or \
+             keep_hourly/daily/weekly/monthly/yearly",
             session.cfg.path.display()
         )));
     }

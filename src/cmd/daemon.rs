@@ -202,7 +202,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
     }
     // The configured retention, as `snapshot create --prune` applies it.
     let retention = session.retention();
-    if published && failed.is_empty() && retention != crate::gc::Retention::default() {
+    if published && failed.is_empty() && retention.is_set() {
         let mut index = backup
             .index
             .into_inner()

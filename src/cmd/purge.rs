@@ -9,7 +9,7 @@ use super::{json_report, open_existing_store, output};
 use crate::cli::PurgeArgs;
 use crate::error::{Error, Result};
 use crate::gc::purge::{Purge, Report};
-use crate::gc::{self, Collect, Retention, View};
+use crate::gc::{self, Collect, Decision, Retention, View};
 use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
@@ -158,17 +158,35 @@ fn local_index(
 }
 
 pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
-    let store = open_existing_store(settings)?;
     let rule = Retention {
         keep_latest: a.keep_latest.then_some(1),
         keep_within: a.older_than,
+        keep_hourly: a.keep_hourly,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_yearly: a.keep_yearly,
+        timezone: a
+            .timezone
+            .clone()
+            .or_else(|| settings.retention_timezone.clone()),
     };
+    // A zone that does not exist is refused before the store is asked.
+    rule.zone()?;
+    let store = open_existing_store(settings)?;
     let view = View::load(store.as_ref())?;
-    let removed: Vec<Manifest> =
-        gc::select(&view.manifests, rule, a.name.as_deref(), None, unix_now())
-            .into_iter()
-            .cloned()
-            .collect();
+    let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
+    let mut removed: Vec<Manifest> = decisions
+        .iter()
+        .filter(|(_, d)| *d == Decision::Remove)
+        .map(|(m, _)| (*m).clone())
+        .collect();
+    removed.sort_by(manifest::order);
+    if a.dry_run && !a.json {
+        print_decisions(&decisions).map_err(output)?;
+    }
+    let decisions_json: Vec<serde_json::Value> =
+        decisions.iter().map(|(m, d)| decision_json(m, d)).collect();
     if !a.dry_run
         && !a.force
         && !removed.is_empty()
@@ -181,8 +199,43 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
         dry_run: a.dry_run,
         json: a.json,
         purge: true,
+        decisions: Some(decisions_json),
     };
     run_and_report(settings, store.as_ref(), view, removed, shown)
+}
+
+/// For every snapshot the rules looked at, newest first: kept (and by
+/// which rules), removed, or left alone.
+fn print_decisions(decisions: &[(&Manifest, Decision)]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut all: Vec<&(&Manifest, Decision)> = decisions.iter().collect();
+    all.sort_by(|a, b| manifest::order(b.0, a.0));
+    for (m, d) in all {
+        let (verb, why) = match d {
+            Decision::Keep(why) => (
+                "keep",
+                why.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+            ),
+            Decision::Remove => ("remove", String::new()),
+            Decision::Ahead => ("leave", "dated ahead of the store's clock".to_string()),
+        };
+        writeln!(
+            out,
+            "{verb:<6}  {}  {}  {why}",
+            m.id,
+            crate::time::display(m.time)
+        )?;
+    }
+    Ok(())
+}
+
+fn decision_json(m: &Manifest, d: &Decision) -> serde_json::Value {
+    let (keep, rules): (Option<bool>, Vec<&str>) = match d {
+        Decision::Keep(why) => (Some(true), why.iter().map(|k| k.name()).collect()),
+        Decision::Remove => (Some(false), Vec::new()),
+        Decision::Ahead => (None, Vec::new()),
+    };
+    json!({"id": m.id, "time": crate::time::compact(m.time), "keep": keep, "rules": rules})
 }
 
 /// Ask on the terminal before removing `removed`. The preview and the
@@ -222,6 +275,8 @@ struct Shown {
     json: bool,
     /// A purge (its removed snapshots are listed), not a prune.
     purge: bool,
+    /// A purge's decision for every snapshot, for the JSON report.
+    decisions: Option<Vec<serde_json::Value>>,
 }
 
 /// Remove `removed`, collect garbage (updating this host's index when it
@@ -250,7 +305,11 @@ fn run_and_report(
     }
     let mut out = std::io::stdout().lock();
     if shown.json {
-        writeln!(out, "{}", json_report(report.to_json(), store)).map_err(output)?;
+        let mut v = report.to_json();
+        if let Some(d) = shown.decisions {
+            v["snapshots"] = serde_json::Value::Array(d);
+        }
+        writeln!(out, "{}", json_report(v, store)).map_err(output)?;
     } else {
         report.print_text(&mut out, shown.purge).map_err(output)?;
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;
@@ -265,6 +324,7 @@ pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
         dry_run,
         json,
         purge: false,
+        decisions: None,
     };
     run_and_report(settings, store.as_ref(), view, Vec::new(), shown)
 }

@@ -22,6 +22,8 @@ pub struct Settings {
     pub hostname: String,
     /// Seconds an unreferenced blob is kept, and a mark waits.
     pub grace_period: u64,
+    /// The zone retention's calendar periods are taken in.
+    pub retention_timezone: Option<String>,
 }
 
 impl Settings {
@@ -38,6 +40,7 @@ impl Settings {
                 .and_then(|c| c.hostname.clone())
                 .unwrap_or_else(system_hostname),
             grace_period: c.map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period).as_secs(),
+            retention_timezone: c.and_then(|c| c.retention_timezone.clone()),
             store,
             config,
         })

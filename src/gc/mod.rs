@@ -20,8 +20,11 @@
 //! and tests).
 
 pub mod purge;
+pub mod retention;
 
-use std::collections::{HashMap, HashSet};
+pub use retention::{Decision, Keep, Retention};
+
+use std::collections::HashSet;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -105,54 +108,24 @@ impl View {
     }
 }
 
-/// Which snapshots to keep. A snapshot is kept when it is among the
-/// `keep_latest` newest of its host and name, or younger than `keep_within`
-/// seconds. The newest snapshot of each host and name is always kept.
-/// Snapshots dated ahead of the store's clock are neither kept nor
-/// removed: they take no rank (so a forged one from the future cannot push
-/// real ones out) and stay until removed by hand.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Retention {
-    pub keep_latest: Option<usize>,
-    pub keep_within: Option<u64>,
-}
-
 /// The snapshots `rule` removes, oldest first. Only snapshots whose name is
-/// `name` (when given) and whose host is `host` (when given) are considered.
+/// `name` (when given) and whose host is `host` (when given) are considered
+/// (see `retention`).
 pub fn select<'a>(
     manifests: &'a [Manifest],
-    rule: Retention,
+    rule: &Retention,
     name: Option<&str>,
     host: Option<&str>,
     now: u64,
-) -> Vec<&'a Manifest> {
-    let mut groups: HashMap<(&str, &str), Vec<&Manifest>> = HashMap::new();
-    for m in manifests {
-        if name.is_some_and(|n| n != m.name)
-            || host.is_some_and(|h| h != m.hostname)
-            || m.dated_ahead()
-        {
-            continue;
-        }
-        groups.entry((&m.hostname, &m.name)).or_default().push(m);
-    }
-    let mut out = Vec::new();
-    for (_, mut group) in groups {
-        // Newest first.
-        group.sort_by(|a, b| manifest::order(b, a));
-        for (rank, m) in group.into_iter().enumerate() {
-            let by_count = rule.keep_latest.is_some_and(|n| rank < n.max(1));
-            let by_age = rule
-                .keep_within
-                .is_some_and(|w| now.saturating_sub(m.time) < w);
-            if rank == 0 || by_count || by_age {
-                continue;
-            }
-            out.push(m);
-        }
-    }
+) -> Result<Vec<&'a Manifest>> {
+    let mut out: Vec<&Manifest> = rule
+        .decide(manifests, name, host, now)?
+        .into_iter()
+        .filter(|(_, d)| *d == Decision::Remove)
+        .map(|(m, _)| m)
+        .collect();
     out.sort_by(|a, b| manifest::order(a, b));
-    out
+    Ok(out)
 }
 
 /// Remove snapshots: the manifest first (the snapshot disappears at once),
@@ -435,42 +408,58 @@ mod tests {
             m("x1", "other", "a", 50, &[]),
         ];
         let ids = |v: Vec<&Manifest>| v.iter().map(|m| short(m)).collect::<Vec<_>>();
-        let latest = Retention {
+        let latest = &Retention {
             keep_latest: Some(1),
             keep_within: None,
+            ..Retention::default()
         };
-        assert_eq!(ids(select(&ms, latest, None, None, 1000)), vec!["a1", "a2"]);
         assert_eq!(
-            ids(select(&ms, latest, Some("b"), None, 1000)),
+            ids(select(&ms, latest, None, None, 1000).unwrap()),
+            vec!["a1", "a2"]
+        );
+        assert_eq!(
+            ids(select(&ms, latest, Some("b"), None, 1000).unwrap()),
             Vec::<String>::new()
         );
-        let older = Retention {
+        let older = &Retention {
             keep_latest: None,
             keep_within: Some(150),
+            ..Retention::default()
         };
         // a3 (age 700) is the newest of its group: always kept.
-        assert_eq!(ids(select(&ms, older, None, None, 1000)), vec!["a1", "a2"]);
-        assert_eq!(ids(select(&ms, older, None, None, 320)), vec!["a1"]);
-        let both = Retention {
+        assert_eq!(
+            ids(select(&ms, older, None, None, 1000).unwrap()),
+            vec!["a1", "a2"]
+        );
+        assert_eq!(
+            ids(select(&ms, older, None, None, 320).unwrap()),
+            vec!["a1"]
+        );
+        let both = &Retention {
             keep_latest: Some(2),
             keep_within: Some(950),
+            ..Retention::default()
         };
         assert_eq!(
-            ids(select(&ms, both, None, Some("h"), 1000)),
+            ids(select(&ms, both, None, Some("h"), 1000).unwrap()),
             Vec::<String>::new()
         );
-        let two = Retention {
+        let two = &Retention {
             keep_latest: Some(2),
             keep_within: None,
+            ..Retention::default()
         };
-        assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
+        assert_eq!(ids(select(&ms, two, None, None, 1000).unwrap()), vec!["a1"]);
         // One dated far ahead of the store's clock takes no rank: the real
         // newest stays the newest, and it is not removed either.
         let mut ahead = m("evil", "h", "a", 4_000_000_000, &[]);
         ahead.stored = 1000;
         ms.push(ahead);
-        assert_eq!(ids(select(&ms, latest, None, None, 1000)), vec!["a1", "a2"]);
-        assert_eq!(ids(select(&ms, two, None, None, 1000)), vec!["a1"]);
+        assert_eq!(
+            ids(select(&ms, latest, None, None, 1000).unwrap()),
+            vec!["a1", "a2"]
+        );
+        assert_eq!(ids(select(&ms, two, None, None, 1000).unwrap()), vec!["a1"]);
     }
 
     #[test]

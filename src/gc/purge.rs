@@ -81,12 +81,12 @@ impl Purge<'_> {
     /// `host` (when given), then collect garbage.
     pub fn by_rule(
         self,
-        rule: Retention,
+        rule: &Retention,
         name: Option<&str>,
         host: Option<&str>,
     ) -> Result<Report> {
         let view = View::load(self.store)?;
-        let removed: Vec<Manifest> = super::select(&view.manifests, rule, name, host, unix_now())
+        let removed: Vec<Manifest> = super::select(&view.manifests, rule, name, host, unix_now())?
             .into_iter()
             .cloned()
             .collect();

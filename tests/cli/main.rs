@@ -19,6 +19,7 @@ mod identity;
 mod leaks;
 mod ops;
 mod rescue;
+mod retention;
 mod streams;
 mod swaps;
 mod system;
