@@ -261,7 +261,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|e| std::cmp::Reverse(e.0));
         out.into_iter().map(|(_, t, w)| (t, w)).collect()
     }
 
