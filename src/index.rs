@@ -57,8 +57,12 @@ CREATE TABLE files(
 /// Where a run of a snapshot's chunks are, from `Index::locate`.
 #[derive(Default)]
 pub struct Located {
+    /// The ids located, in order.
+    pub ids: Vec<ChunkId>,
     /// The index's blob id and the location of each id, in order.
     pub at: Vec<(i64, Location)>,
+    /// The last batch: every id asked for was located.
+    pub last: bool,
     /// The index's id, key and size of each blob first pointed at here.
     pub blobs: Vec<(i64, String, u64)>,
     /// The first id with no location; nothing is located past it.
@@ -255,11 +259,11 @@ impl Index {
 
     /// Where each of `ids` is stored, in one read transaction, handed to
     /// `each` in order, `batch` ids at a time (so that they can be written
-    /// elsewhere while the rest are looked up). Stops at the first id it
-    /// has no location for (`missing`).
+    /// elsewhere while the rest are looked up), the last batch saying so.
+    /// Stops at the first id it has no location for (`missing`).
     pub fn locate(
         &self,
-        ids: &[ChunkId],
+        ids: impl Iterator<Item = Result<ChunkId>>,
         batch: usize,
         each: &mut dyn FnMut(Located) -> Result<()>,
     ) -> Result<()> {
@@ -271,12 +275,16 @@ impl Index {
                 .prepare_cached("SELECT blob, offset, length, size FROM chunks WHERE id=?1")
                 .db(&index.path)?;
             let mut seen: HashSet<i64> = HashSet::new();
-            for part in ids.chunks(batch.max(1)) {
+            let mut ids = ids.peekable();
+            loop {
                 let mut found = Located {
-                    at: Vec::with_capacity(part.len()),
+                    at: Vec::with_capacity(batch.max(1)),
+                    ids: Vec::with_capacity(batch.max(1)),
                     ..Located::default()
                 };
-                for id in part {
+                while found.ids.len() < batch.max(1) {
+                    let Some(id) = ids.next() else { break };
+                    let id = id?;
                     let at = chunk
                         .query_row([&id.0[..]], |r| {
                             Ok((r.get::<_, i64>(0)?, Location::from_row(r, 1)?))
@@ -284,18 +292,23 @@ impl Index {
                         .optional()
                         .db(&index.path)?;
                     let Some((blob, loc)) = at else {
-                        found.missing = Some(*id);
+                        found.missing = Some(id);
                         return each(found);
                     };
                     if seen.insert(blob) {
                         let (key, size) = index.blob(blob)?;
                         found.blobs.push((blob, key, size));
                     }
+                    found.ids.push(id);
                     found.at.push((blob, loc));
                 }
+                found.last = ids.peek().is_none();
+                let last = found.last;
                 each(found)?;
+                if last {
+                    return Ok(());
+                }
             }
-            Ok(())
         })
     }
 

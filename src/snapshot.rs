@@ -246,20 +246,13 @@ impl MetaWriter {
 
     /// Every chunk id the entries reference that `has` says is missing.
     pub fn missing_chunks(&self, has: impl Fn(&ChunkId) -> Result<bool>) -> Result<u64> {
-        let mut st = self
-            .conn
-            .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
-            .db(&self.path)?;
-        let mut rows = st.query([]).db(&self.path)?;
         let mut missing = 0;
-        while let Some(r) = rows.next().db(&self.path)? {
-            let list: Vec<u8> = r.get(0).db(&self.path)?;
-            for c in list.chunks_exact(32) {
-                if !has(&ChunkId::from_slice(c).expect("chunks_exact(32)"))? {
-                    missing += 1;
-                }
+        self.each_chunk_id(&mut |id| {
+            if !has(&id)? {
+                missing += 1;
             }
-        }
+            Ok(())
+        })?;
         Ok(missing)
     }
 
@@ -321,10 +314,9 @@ impl MetaWriter {
         Ok(())
     }
 
-    /// Every chunk id the entries reference, sorted, without duplicates
-    /// (lookups and inserts in key order touch each B-tree page once).
-    pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
-        let mut ids: Vec<ChunkId> = Vec::new();
+    /// Call `f` with every chunk id the entries reference (in no order,
+    /// repeats included).
+    pub fn each_chunk_id(&self, f: &mut dyn FnMut(ChunkId) -> Result<()>) -> Result<()> {
         let mut st = self
             .conn
             .prepare("SELECT chunks FROM entries WHERE chunks IS NOT NULL")
@@ -336,23 +328,20 @@ impl MetaWriter {
                 .db(&self.path)?
                 .as_blob()
                 .map_err(|e| Error::corrupt(self.path.display().to_string(), e))?;
-            ids.extend(
-                list.chunks_exact(32)
-                    .map(|c| ChunkId::from_slice(c).expect("chunks_exact(32)")),
-            );
+            for c in list.chunks_exact(32) {
+                f(ChunkId::from_slice(c).expect("chunks_exact(32)"))?;
+            }
         }
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        Ok(())
     }
 
-    /// Fill the chunk and blob tables for `ids` (from `chunk_ids`) with
-    /// where the index says they are, as `located` hands them over in
-    /// order. Returns the (key, size) of every blob needed; `Cancelled` if
-    /// `located` ends early (the error is the locating side's).
+    /// Fill the chunk and blob tables with where the index says the
+    /// snapshot's chunks are, as `located` hands them over (every id once,
+    /// in order). Returns the (key, size) of every blob needed; `Cancelled`
+    /// if `located` ends before `done` is said (the error is the locating
+    /// side's).
     pub fn write_chunks(
         &self,
-        ids: &[ChunkId],
         located: impl IntoIterator<Item = crate::index::Located>,
         index: &Path,
     ) -> Result<Vec<(String, u64)>> {
@@ -368,7 +357,7 @@ impl MetaWriter {
                 "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .db(&self.path)?;
-        let mut next_id = ids.iter();
+        let mut done = false;
         for found in located {
             for (index_blob, key, size) in found.blobs {
                 let id = blobs.len() as i64 + 1;
@@ -378,13 +367,7 @@ impl MetaWriter {
                 blobs.push((key, size));
                 blob_ids.insert(index_blob, id);
             }
-            for (index_blob, loc) in &found.at {
-                let id = next_id.next().ok_or_else(|| {
-                    Error::corrupt(
-                        format!("index {}", index.display()),
-                        "more chunk locations than chunks asked for",
-                    )
-                })?;
+            for (id, (index_blob, loc)) in found.ids.iter().zip(&found.at) {
                 let blob_id = blob_ids
                     .get(index_blob)
                     .expect("locate() names each blob before pointing at it");
@@ -394,8 +377,9 @@ impl MetaWriter {
             if let Some(id) = &found.missing {
                 return Err(self.unlocated(index, id));
             }
+            done |= found.last;
         }
-        if next_id.next().is_some() {
+        if !done {
             return Err(Error::Cancelled);
         }
         blobs.sort();

@@ -3,11 +3,15 @@
 # the same data, the same machine and the same local S3 server.
 #
 #   tests/bench.sh [--rustic] [--garage] [--scale N] [--quick] [--datasets "share lib"]
+#                  [--files "100000 1000000"]
 #
 # Datasets are copies of files already on the machine: `share` (/usr/share,
 # ~43k mostly small files) and `lib` (the Rust toolchain's lib/, large
 # binaries). --scale N makes N copies of each (to show memory stays flat).
 # --quick uses small datasets (the smoke version the test suite runs).
+# --files "N M..." measures generated trees of N, M... small unique text
+# files instead (0-4 KiB, 1000 to a directory, the same tree for a given N):
+# time and peak RSS per phase, and how each grows from one size to the next.
 # Every tool gets a fresh copy of the dataset and a fresh bucket; caches are
 # dropped (when root) and the inputs read back before each timed step.
 # Nothing is deleted between tools: on ext4 without a journal (this
@@ -29,7 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-RUSTIC=0 GARAGE=0 SCALE=1 QUICK=0 DATASETS="share lib" NOCHANGE_RUNS=3
+RUSTIC=0 GARAGE=0 SCALE=1 QUICK=0 DATASETS="share lib" NOCHANGE_RUNS=3 FILES=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rustic) RUSTIC=1 ;;
@@ -37,10 +41,16 @@ while [ $# -gt 0 ]; do
     --scale) SCALE="$2"; shift ;;
     --quick) QUICK=1; NOCHANGE_RUNS=1 ;;
     --datasets) DATASETS="$2"; shift ;;
+    --files) FILES="$2"; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
+
+if [ -n "$FILES" ]; then
+  DATASETS=""
+  for n in $FILES; do DATASETS="$DATASETS files$n"; done
+fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need restic; then
@@ -158,9 +168,28 @@ ENDPOINT="http://$UPSTREAM"
 
 # --- datasets --------------------------------------------------------------
 SYSROOT_LIB="$(rustc --print sysroot)/lib"
+# N small unique text files, 1000 to a directory: the same tree for a given N.
+make_files() {  # dir n
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+x = 0x9E3779B97F4A7C15
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:05d}")
+    if i % 1000 == 0:
+        os.makedirs(d)
+    x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+    size = (x >> 33) % 4097
+    line = f"{i:08d} {x:016x} a small unique text file\n".encode()
+    with open(os.path.join(d, f"f{i % 1000:03d}.txt"), "wb") as f:
+        f.write((line * (size // len(line) + 1))[:size])
+PY
+}
+
 make_dataset() {  # name dir
   local name=$1 dir=$2 src
   case "$name" in
+    files*) make_files "$dir" "${name#files}"; return ;;
     share) src=/usr/share ;;
     lib) src=$SYSROOT_LIB ;;
   esac
@@ -304,10 +333,12 @@ EOF
     [ -d "$restored" ] || restored="$rdir"
     diff -r --no-dereference "$src" "$restored" > /dev/null || { echo "RESTORE DIFFERS: $tool $ds" >&2; exit 1; }
     one=$(pick_file "$src")
-    before=$(cat "$WORK/fetched")
-    drop_caches
-    timed "$ds $tool one" bash -c "$restore_one" _ "$one"
-    echo "$ds $tool fetched $(fetched_since "$before") $(stat -c %s "$one")" >> "$WORK/results"
+    if [ -n "$one" ]; then
+      before=$(cat "$WORK/fetched")
+      drop_caches
+      timed "$ds $tool one" bash -c "$restore_one" _ "$one"
+      echo "$ds $tool fetched $(fetched_since "$before") $(stat -c %s "$one")" >> "$WORK/results"
+    fi
   done
   rm -rf "$WORK/pristine-$ds" "$WORK/src-$ds-"* "$WORK/restore-$ds-"* "$WORK/one-$ds-"*
   sync
@@ -374,6 +405,28 @@ for ds in sorted({k[0] for k in t}):
         rp = max(int(p[c][1]) for c, _ in cols if c in p)
         parts.append(f"peak RSS {rp / rv:.1f}x")
         print(f"  {ds} {tool}/vaultik: " + ", ".join(parts))
+# Generated trees: peak RSS per phase, and growth from one size to the next.
+fsets = sorted((ds for ds in {k[0] for k in t} if ds.startswith("files")), key=lambda d: int(d[5:]))
+phases = [("initial", "initial"), ("nochange", "no change"), ("restore", "restore")]
+if fsets:
+    print()
+    print("| files | tool | " + " | ".join(f"{n} s / peak RSS" for _, n in phases) + " |")
+    print("|---" * (len(phases) + 2) + "|")
+    for ds in fsets:
+        for tool in tools:
+            r = t.get((ds, tool), {})
+            cells = [f"{float(r[c][0]):.2f} s / {int(r[c][1]) // 1024} MB" if c in r else "-" for c, _ in phases]
+            print(f"| {int(ds[5:]):,} | {tool} | " + " | ".join(cells) + " |")
+    for a, b in zip(fsets, fsets[1:]):
+        k = int(b[5:]) / int(a[5:])
+        print()
+        print(f"growth from {int(a[5:]):,} to {int(b[5:]):,} files ({k:.0f}x the files):")
+        for tool in tools:
+            ra, rb = t.get((a, tool), {}), t.get((b, tool), {})
+            parts = [f"{n} {float(rb[c][0]) / max(float(ra[c][0]), 0.01):.1f}x time, "
+                     f"{int(rb[c][1]) / max(int(ra[c][1]), 1):.1f}x RSS"
+                     for c, n in phases if c in ra and c in rb]
+            print(f"  {tool}: " + "; ".join(parts))
 print()
 for ds in sorted({k[0] for k in t}):
     v, size = t.get((ds, "vaultik")), t.get((ds, "-"), {}).get("bytes")

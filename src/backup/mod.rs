@@ -21,6 +21,7 @@ mod cancel;
 mod chunk;
 mod dedup;
 mod detect;
+mod ids;
 mod pack;
 mod progress;
 mod publish;

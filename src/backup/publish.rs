@@ -94,11 +94,12 @@ impl Publish<'_, '_> {
     /// digest; it is recorded, for the next run to compare with.
     fn chunk_table(&self) -> Result<Option<Vec<(String, u64)>>> {
         let b = self.backup;
-        let ids = self.meta.chunk_ids()?;
+        let mut sorter = super::ids::Sorter::new(&b.tmp_dir);
+        self.meta.each_chunk_id(&mut |id| sorter.push(id))?;
+        let ids = sorter.sorted()?;
         let index_path = b.index().path().to_path_buf();
         let (tx, rx) = sync_channel::<Located>(LOCATE_BATCHES);
         let (written, located) = std::thread::scope(|t| {
-            let ids = &ids;
             let locating = t.spawn(move || {
                 b.index().locate(ids, LOCATE_BATCH, &mut |found| {
                     tx.send(found).map_err(|_| Error::Cancelled)
@@ -120,7 +121,7 @@ impl Publish<'_, '_> {
                 {
                     return Err(Error::Cancelled);
                 }
-                self.meta.write_chunks(ids, rx, &index_path).map(Some)
+                self.meta.write_chunks(rx, &index_path).map(Some)
             })();
             (written, join(locating))
         });
