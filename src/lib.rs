@@ -75,6 +75,7 @@
 
 pub mod backup;
 pub mod blob;
+pub mod browse;
 pub mod chunk;
 pub mod cli;
 pub mod cmd;
