@@ -35,7 +35,7 @@ use crate::error::{DbContext, Error, Result};
 use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
-pub use show::{entry_json, entry_line, implied_json, implied_line, kind_name, shown};
+pub use show::{entry_json, entry_line, implied_json, implied_line, json_line, kind_name, shown};
 
 const META: &str = "snapshot metadata";
 

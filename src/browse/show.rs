@@ -109,6 +109,27 @@ pub fn implied_line(path: &[u8]) -> String {
     )
 }
 
+/// A JSON value on one line, with every control character escaped:
+/// serde_json escapes those below U+0020 but leaves DEL and the C1
+/// controls (U+0080 to U+009F; U+009B starts an escape sequence on some
+/// terminals) as they are. They can only be inside strings, where
+/// `\u00XX` means the same.
+pub fn json_line(v: &Value) -> String {
+    let text = v.to_string();
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `"path"` lossy, and `"path_hex"` with the exact bytes when they are
 /// not UTF-8 (likewise for `target` and `link`).
 fn put_bytes(v: &mut Value, key: &str, b: &[u8]) {
@@ -226,8 +247,15 @@ mod tests {
         let v = entry_json(&l);
         assert_eq!(v["path_hex"], "2f781b5b33316dff");
         assert_eq!(v["target"], "a\nb");
-        let text = v.to_string();
+        let text = json_line(&v);
         assert!(!text.chars().any(char::is_control), "{text}");
+        // DEL and C1 controls too, which serde_json leaves raw.
+        let c1 = entry_json(&entry("/a\u{9b}2J\u{7f}".as_bytes(), Kind::File, 0));
+        let text = json_line(&c1);
+        assert!(text.contains(r"/a\u009b2J\u007f"), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["path"], "/a\u{9b}2J\u{7f}");
+        assert!(entry_line(&entry("/a\u{9b}".as_bytes(), Kind::File, 0)).ends_with(r"/a\u{9b}"));
 
         let mut d = entry(b"/dev/null", Kind::CharDev, 0o666);
         d.rdev = rustix::fs::makedev(1, 3);

@@ -10,7 +10,9 @@ use super::{open_existing_store, output, warn};
 use crate::browse::diff::{self, Change};
 use crate::browse::find::{self, Matcher, Selection};
 use crate::browse::ls::{self, Item};
-use crate::browse::{Scope, Snapshot, entry_json, entry_line, implied_json, implied_line};
+use crate::browse::{
+    Scope, Snapshot, entry_json, entry_line, implied_json, implied_line, json_line,
+};
 use crate::cli::{DiffArgs, FindArgs, Global, LsArgs};
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -43,9 +45,9 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
         ls::list(&snap, scope, a.recursive, &mut |item| {
             let text = match (&item, a.json) {
                 (Item::Entry(e), false) => entry_line(e),
-                (Item::Entry(e), true) => entry_json(e).to_string(),
+                (Item::Entry(e), true) => json_line(&entry_json(e)),
                 (Item::Implied(p), false) => implied_line(p),
-                (Item::Implied(p), true) => implied_json(p).to_string(),
+                (Item::Implied(p), true) => json_line(&implied_json(p)),
             };
             writeln!(out, "{text}").map_err(output)
         })?;
@@ -98,7 +100,7 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
                     v["snapshot"] = id.as_str().into();
                     v["time"] = crate::time::compact(time).into();
                     v["unix_time"] = time.into();
-                    writeln!(out, "{v}").map_err(output)
+                    writeln!(out, "{}", json_line(&v)).map_err(output)
                 } else {
                     if found == 1 {
                         writeln!(out, "{id}  {}", crate::time::display(time)).map_err(output)?;
@@ -148,14 +150,14 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
     let mut out = stdout();
     let sum = diff::diff(&old, &new, &scope, &mut |c: Change| {
         let text = if a.json {
-            diff::change_json(&c).to_string()
+            json_line(&diff::change_json(&c))
         } else {
             diff::change_line(&c)
         };
         writeln!(out, "{text}").map_err(output)
     })?;
     if a.json {
-        writeln!(out, "{}", sum.to_json(&id_a, &id_b)).map_err(output)?;
+        writeln!(out, "{}", json_line(&sum.to_json(&id_a, &id_b))).map_err(output)?;
     } else {
         writeln!(out, "{id_a} -> {id_b}: {}", sum.line()).map_err(output)?;
     }

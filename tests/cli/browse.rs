@@ -754,6 +754,7 @@ fn forged_metadata_is_shown_escaped() {
             file(b"/etc/\x1b[2J\x1b]0;owned\x07title"),
             file(b"/etc/not-utf8-\xff\xfe"),
             file(b"/etc/new\nline"),
+            file(b"/etc/c1-\xc2\x9b2J\x7f"),
             forge::symlink(b"/etc/link", b"/target\nwith newline\x1b[31m"),
             forge::hard_link(b"/etc/hard", b"/etc/\x1b[1mfirst"),
             forge::chardev(b"/etc/null"),
@@ -790,12 +791,13 @@ fn forged_metadata_is_shown_escaped() {
         o
     };
     let text = checked(&run(&["ls", &forged, "-R"]), &["ls forged"], 0);
-    assert_eq!(text.lines().count(), 8, "{text}");
+    assert_eq!(text.lines().count(), 9, "{text}");
     for want in [
         "/etc/../../outside",
         "/etc/\\u{1b}[2J\\u{1b}]0;owned\\u{7}title",
         "/etc/not-utf8-\u{fffd}\u{fffd}",
         "/etc/new\\nline",
+        "/etc/c1-\\u{9b}2J\\u{7f}",
         "/etc/link -> /target\\nwith newline\\u{1b}[31m",
         "/etc/hard (hard link of /etc/\\u{1b}[1mfirst)",
         "1, 3 ",
@@ -807,7 +809,8 @@ fn forged_metadata_is_shown_escaped() {
         &["ls forged --json"],
         0,
     ));
-    assert_eq!(v.len(), 8);
+    assert_eq!(v.len(), 9);
+    assert!(v.iter().any(|e| e["path"] == "/etc/c1-\u{9b}2J\u{7f}"));
     assert!(
         v.iter()
             .any(|e| e["target"] == "/target\nwith newline\u{1b}[31m")
@@ -823,12 +826,12 @@ fn forged_metadata_is_shown_escaped() {
         &["find forged"],
         0,
     );
-    assert_eq!(found.lines().count(), 9, "{found}");
+    assert_eq!(found.lines().count(), 10, "{found}");
     // Garbage chunk lists are compared as they are, never parsed.
     let diffed = checked(&run(&["diff", &real, &forged]), &["diff forged"], 0);
     assert!(diffed.contains("+ /etc/\\u{1b}[2J"), "{diffed}");
     assert!(
-        diffed.ends_with("8 added (64 B), 2 removed (4 B), 0 changed, 0 unchanged\n"),
+        diffed.ends_with("9 added (80 B), 2 removed (4 B), 0 changed, 0 unchanged\n"),
         "{diffed}"
     );
 
