@@ -162,12 +162,17 @@ both!(ls_shows_what_the_tree_holds, |b| {
     let src = env.src();
     populate_all_kinds(&src);
     env.create();
-    let s = src.to_str().unwrap();
+    ls_recursive_json_is_the_tree(&env, &src);
+    ls_of_a_directory_is_its_children(&env, &src);
+    ls_of_files_paths_and_nothing(&env, &src);
+});
 
-    // Recursive, as JSON: every entry, in byte order, with its kind, mode,
-    // owner, size, mtime and target as the tree has them.
-    let listed = json_lines(&ok(&env, &["ls", "latest", s, "--recursive", "--json"]));
-    let want = tree_paths(&src);
+/// Recursive, as JSON: every entry, in byte order, with its kind, mode,
+/// owner, size, mtime and target as the tree has them.
+fn ls_recursive_json_is_the_tree(env: &Env, src: &Path) {
+    let s = src.to_str().unwrap();
+    let listed = json_lines(&ok(env, &["ls", "latest", s, "--recursive", "--json"]));
+    let want = tree_paths(src);
     let got: Vec<Vec<u8>> = listed.iter().map(|v| json_bytes(v, "path")).collect();
     assert_eq!(got, want.iter().map(|p| bytes(p)).collect::<Vec<_>>());
     for (v, p) in listed.iter().zip(&want) {
@@ -200,13 +205,14 @@ both!(ls_shows_what_the_tree_holds, |b| {
             .unwrap()
             .ends_with("not-utf8-\u{fffd}\u{fffd}.txt")
     );
+}
 
-    // A directory, as text: its direct children, like ls -l.
-    let text = ok(&env, &["ls", "latest", s]);
-    let children: Vec<&PathBuf> = want
-        .iter()
-        .filter(|p| p.parent() == Some(src.as_path()))
-        .collect();
+/// A directory, as text: its direct children, like ls -l.
+fn ls_of_a_directory_is_its_children(env: &Env, src: &Path) {
+    let s = src.to_str().unwrap();
+    let want = tree_paths(src);
+    let text = ok(env, &["ls", "latest", s]);
+    let children: Vec<&PathBuf> = want.iter().filter(|p| p.parent() == Some(src)).collect();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), children.len(), "{text}");
     for (line, p) in lines.iter().zip(&children) {
@@ -230,7 +236,7 @@ both!(ls_shows_what_the_tree_holds, |b| {
         assert_eq!(rest, path, "{line}");
     }
     let hello = src.join("hello.txt");
-    let line = ok(&env, &["ls", "latest", hello.to_str().unwrap()]);
+    let line = ok(env, &["ls", "latest", hello.to_str().unwrap()]);
     assert_eq!(
         fields(line.trim_end())[3..5],
         ["2020-09-13", "12:26"],
@@ -249,14 +255,17 @@ both!(ls_shows_what_the_tree_holds, |b| {
             .any(|l| l.starts_with("prw-r-----") && l.ends_with("/fifo")),
         "{text}"
     );
-    let dir = ok(&env, &["ls", "latest", &format!("{s}/dir/")]);
+    let dir = ok(env, &["ls", "latest", &format!("{s}/dir/")]);
     assert!(
         dir.lines()
             .any(|l| l.starts_with("drwxr-x---") && l.ends_with("/dir/sub")),
         "{dir}"
     );
+}
 
-    // A file, by a name that is not UTF-8: the entry itself.
+/// A file (by a name that is not UTF-8), a subtree, `/`, a path not there.
+fn ls_of_files_paths_and_nothing(env: &Env, src: &Path) {
+    let s = src.to_str().unwrap();
     let odd = src.join(OsStr::from_bytes(b"not-utf8-\xff\xfe.txt"));
     let o = env
         .cmd()
@@ -274,7 +283,7 @@ both!(ls_shows_what_the_tree_holds, |b| {
     );
 
     // Recursive below a directory: it and all 41 below it.
-    let deep = ok(&env, &["ls", "latest", &format!("{s}/deep"), "-R"]);
+    let deep = ok(env, &["ls", "latest", &format!("{s}/deep"), "-R"]);
     assert_eq!(deep.lines().count(), 42, "{deep}");
     assert!(
         deep.lines()
@@ -291,13 +300,13 @@ both!(ls_shows_what_the_tree_holds, |b| {
         .as_os_str()
         .to_str()
         .unwrap();
-    let root = ok(&env, &["ls", "latest"]);
+    let root = ok(env, &["ls", "latest"]);
     assert_eq!(root.lines().count(), 1, "{root}");
     assert!(
         root.starts_with("d?????????") && root.ends_with(&format!(" /{top}\n")),
         "{root}"
     );
-    let v = json_lines(&ok(&env, &["ls", "latest", "--json"]));
+    let v = json_lines(&ok(env, &["ls", "latest", "--json"]));
     assert_eq!(v[0]["implied"], true);
 
     // A path the snapshot does not hold.
@@ -317,7 +326,7 @@ both!(ls_shows_what_the_tree_holds, |b| {
         "{}",
         stderr(&o)
     );
-});
+}
 
 both!(find_which_snapshots_hold_a_file, |b| {
     let mut env = Env::new(b);
@@ -474,7 +483,30 @@ both!(diff_shows_added_removed_and_changed, |b| {
         format!("{a} -> {b}: 3 added (6 B), 1 removed (13 B), 3 changed, 4 unchanged")
     );
 
-    let v = json_lines(&ok(&env, &["diff", &a, &b, "--json"]));
+    diff_json_says_the_same(&env, &a, &b);
+
+    // Below a path; a snapshot against itself; a path in neither.
+    let one = ok(&env, &["diff", &a, &b, &format!("{s}/newdir")]);
+    assert_eq!(one.lines().count(), 3, "{one}");
+    assert!(
+        one.ends_with("2 added (2 B), 0 removed (0 B), 0 changed, 0 unchanged\n"),
+        "{one}"
+    );
+    let same = ok(&env, &["diff", &a, &a]);
+    assert_eq!(
+        same,
+        format!("{a} -> {a}: 0 added (0 B), 0 removed (0 B), 0 changed, 8 unchanged\n")
+    );
+    let o = env.run_with_key(&["diff", &a, &b, "/nowhere"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is in neither"), "{}", stderr(&o));
+});
+
+/// `diff --json` of the same two snapshots as
+/// `diff_shows_added_removed_and_changed`: one object per difference,
+/// then the summary.
+fn diff_json_says_the_same(env: &Env, a: &str, b: &str) {
+    let v = json_lines(&ok(env, &["diff", a, b, "--json"]));
     assert_eq!(v.len(), 8);
     let kinds: Vec<(&str, String)> = v[..7]
         .iter()
@@ -510,10 +542,7 @@ both!(diff_shows_added_removed_and_changed, |b| {
     assert_eq!(v[2]["new"]["target"], "keep.txt");
     assert_eq!(v[1]["entry"]["size"], 13);
     let sum = &v[7]["summary"];
-    assert_eq!(
-        (sum["a"].as_str(), sum["b"].as_str()),
-        (Some(a.as_str()), Some(b.as_str()))
-    );
+    assert_eq!((sum["a"].as_str(), sum["b"].as_str()), (Some(a), Some(b)));
     for (k, n) in [
         ("added", 3),
         ("added_bytes", 6),
@@ -524,23 +553,7 @@ both!(diff_shows_added_removed_and_changed, |b| {
     ] {
         assert_eq!(sum[k], n, "{k}: {sum}");
     }
-
-    // Below a path; a snapshot against itself; a path in neither.
-    let one = ok(&env, &["diff", &a, &b, &format!("{s}/newdir")]);
-    assert_eq!(one.lines().count(), 3, "{one}");
-    assert!(
-        one.ends_with("2 added (2 B), 0 removed (0 B), 0 changed, 0 unchanged\n"),
-        "{one}"
-    );
-    let same = ok(&env, &["diff", &a, &a]);
-    assert_eq!(
-        same,
-        format!("{a} -> {a}: 0 added (0 B), 0 removed (0 B), 0 changed, 8 unchanged\n")
-    );
-    let o = env.run_with_key(&["diff", &a, &b, "/nowhere"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is in neither"), "{}", stderr(&o));
-});
+}
 
 /// A config for host `host` backing up `src` into `env`'s store, with its
 /// own index (as `ops.rs` makes them).
@@ -724,30 +737,49 @@ fn ls_recursive_of_200k_entries_in_bounded_memory() {
     assert!(rss < 48 * 1024, "diff peaked at {rss} KiB");
 }
 
-/// Forged metadata (anyone with the public key can write it): paths with
-/// `..`, escape sequences, bytes that are not UTF-8, a symlink target
-/// with a newline, a chunk list that is garbage, no index on `path`.
-/// `ls`, `find` and `diff` print it escaped, never crash, and leave
-/// nothing in TMPDIR or anywhere else; a snapshot of the wrong types is
-/// an error for `ls` and a warning for `find`, which searches the rest.
-#[test]
-fn forged_metadata_is_shown_escaped() {
-    let env = Env::new(Backend::Local);
-    fs::write(env.src().join("real.txt"), "real").unwrap();
-    env.create();
-    let real = newest_id(&env);
-    let tmp = env.path().join("tmp");
-    fs::create_dir(&tmp).unwrap();
-    let t = 1_700_000_000u64;
-    let forged = vaultik::layout::make_id("forger", "x", t);
+/// Run `args` with the key and `tmp` as TMPDIR; insist that nothing is
+/// left there, nothing under `env` changed, and nothing raw was printed.
+fn run_in(env: &Env, tmp: &Path, args: &[&str]) -> Output {
+    let before = forge::census(env.path(), tmp);
+    let o = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .env("TMPDIR", tmp)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        fs::read_dir(tmp).unwrap().count(),
+        0,
+        "nothing left in TMPDIR"
+    );
+    assert_eq!(
+        forge::census(env.path(), tmp),
+        before,
+        "nothing outside TMPDIR changed"
+    );
+    for (what, text) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: raw control characters on {what}: {text:?}"
+        );
+    }
+    o
+}
+
+/// Forge snapshot `id` of odd names (nine entries below `/`, and one
+/// relative path no listing of `/` reaches), every file's chunk list
+/// garbage, and no index on `path` (forge makes none).
+fn forge_odd_names(env: &Env, id: &str) {
     let file = |path: &[u8]| Forged {
         chunks: Some(b"not a chunk list".to_vec()),
         size: 16,
         ..forge::file(path, 0o644)
     };
     forge::forge(
-        &env,
-        &forged,
+        env,
+        id,
         &[
             forge::dir(b"/etc"),
             file(b"/etc/../../outside"),
@@ -762,34 +794,24 @@ fn forged_metadata_is_shown_escaped() {
         ],
         None,
     );
-    let run = |args: &[&str]| {
-        let before = forge::census(env.path(), &tmp);
-        let o = env
-            .cmd()
-            .env("VAULTIK_PRIVATE_KEY", &env.identity)
-            .env("TMPDIR", &tmp)
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            fs::read_dir(&tmp).unwrap().count(),
-            0,
-            "nothing left in TMPDIR"
-        );
-        assert_eq!(
-            forge::census(env.path(), &tmp),
-            before,
-            "nothing outside TMPDIR changed"
-        );
-        for (what, text) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
-            let text = String::from_utf8_lossy(text);
-            assert!(
-                !text.chars().any(|c| c.is_control() && c != '\n'),
-                "{args:?}: raw control characters on {what}: {text:?}"
-            );
-        }
-        o
-    };
+}
+
+/// Forged metadata (anyone with the public key can write it): paths with
+/// `..`, escape sequences, DEL and C1 controls, bytes that are not UTF-8,
+/// a symlink target with a newline, chunk lists that are garbage, no
+/// index on `path`. `ls`, `find` and `diff` print it escaped, never
+/// crash, and leave nothing in TMPDIR or anywhere else.
+#[test]
+fn forged_metadata_is_shown_escaped() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("real.txt"), "real").unwrap();
+    env.create();
+    let real = newest_id(&env);
+    let tmp = env.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let forged = vaultik::layout::make_id("forger", "x", 1_700_000_000);
+    forge_odd_names(&env, &forged);
+    let run = |args: &[&str]| run_in(&env, &tmp, args);
     let text = checked(&run(&["ls", &forged, "-R"]), &["ls forged"], 0);
     assert_eq!(text.lines().count(), 9, "{text}");
     for want in [
@@ -834,10 +856,22 @@ fn forged_metadata_is_shown_escaped() {
         diffed.ends_with("9 added (80 B), 2 removed (4 B), 0 changed, 0 unchanged\n"),
         "{diffed}"
     );
+}
 
-    // A kind this build does not know is shown as `?` (columns of the
-    // wrong type are an error naming the entry: see the unit tests).
-    let broken = vaultik::layout::make_id("forger", "y", t + 1);
+/// A kind this build does not know is shown as `?` (columns of the wrong
+/// type are an error naming the entry: see the unit tests); metadata that
+/// cannot be read is an error for `ls`, and for `find` a warning naming
+/// the snapshot, the others searched, exit status 1.
+#[test]
+fn unreadable_snapshots_are_named_and_the_rest_searched() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.src().join("real.txt"), "real").unwrap();
+    env.create();
+    let real = newest_id(&env);
+    let tmp = env.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let run = |args: &[&str]| run_in(&env, &tmp, args);
+    let broken = vaultik::layout::make_id("forger", "y", 1_700_000_001);
     let mut odd = forge::file(b"/\x1b[5mbad", 0o644);
     odd.kind = 0;
     forge::forge(&env, &broken, &[odd], None);
