@@ -41,7 +41,7 @@ Usage:
 
 Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
 SNAPSHOT is a full id or `latest`: the newest snapshot of any host and name.
-Latest flags narrow it: --host HOST (this host's newest) --name NAME.
+Latest flags narrow it: --host HOST (HOST's newest), --name NAME.
 Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
 (see `vaultik help restore`).
 
@@ -193,8 +193,8 @@ Exit codes: 0 ok, 2 failed, 3 thaw requested or under way (run again later).
 ";
 
 pub const USAGE_LS: &str = "\
-Usage: vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json] [--identity FILE]
-                                [--host HOST] [--name NAME]
+Usage: vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json]
+                                [--identity FILE] [--host HOST] [--name NAME]
 
 List a snapshot's entries like `ls -l`, without restoring anything: type and
 mode, owner and group (numeric, as recorded), size, mtime (UTC) and path, with
