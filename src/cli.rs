@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use ArgRef::{Long, Short, Value};
 
+use crate::browse::find::When;
 use crate::error::{Error, Result};
+use crate::manifest::Narrow;
 use crate::store::class::Tier;
 
 pub const USAGE: &str = "\
@@ -18,17 +20,27 @@ Usage:
   vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
   vaultik [GLOBAL FLAGS] snapshot list [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
-                                         [--identity FILE] [--json]
+                                         [--identity FILE] [--json] [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] snapshot purge RULES [--name NAME] [--dry-run] [--force] [--json]
   vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
   vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
   vaultik [GLOBAL FLAGS] store info [--json]
-  vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS] [PATH...]
-  vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS] [PATH]
+  vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
+                                [LATEST FLAGS] [PATH...]
+  vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
+                                [LATEST FLAGS] [PATH]
+  vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json] [--identity FILE]
+                           [LATEST FLAGS]
+  vaultik [GLOBAL FLAGS] find PATTERN [--snapshot ID]... [--host HOST] [--name NAME]
+                             [--newer TIME] [--older TIME] [--json] [--identity FILE]
+  vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
+                             [LATEST FLAGS]
   vaultik keygen [--output FILE]
   vaultik help [COMMAND]
 
-Only restore and `snapshot verify --deep` need the private key.
+Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
+SNAPSHOT is a full id or `latest`: the newest snapshot of any host and name.
+Latest flags narrow it: --host HOST (HOST's newest), --name NAME.
 Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
 (see `vaultik help restore`).
 
@@ -71,8 +83,9 @@ Exit codes: 0 ok, 1 completed with skipped files, 2 failed.
 pub const USAGE_VERIFY: &str = "\
 Usage: vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
                                               [--identity FILE] [--json]
+                                              [--host HOST] [--name NAME]
 
-Check a snapshot (a full id, or `latest`). Without --deep (no private key):
+Check a snapshot (a full id, or `latest`: the newest of any host). Without --deep (no private key):
 every blob its manifest lists is in the store with the recorded size, and its
 metadata exists. With --checksums (no private key, nothing downloaded, works
 on cold blobs): also the SHA-256 the server stored for each blob matches the
@@ -88,6 +101,8 @@ is under way.
                     as for restore
   --identity FILE   age identity file (else $VAULTIK_PRIVATE_KEY), for --deep
   --json            print the report as JSON
+  --host HOST       `latest` is the newest snapshot of HOST (a full id must be of it)
+  --name NAME       `latest` is the newest snapshot named NAME
 ";
 
 pub const USAGE_PURGE: &str = "\
@@ -154,10 +169,12 @@ List the complete snapshots in the store (no private key needed).
 ";
 
 pub const USAGE_RESTORE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS] [PATH...]
-       vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS] [PATH]
+Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
+                                     [--host HOST] [--name NAME] [PATH...]
+       vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
+                                     [--host HOST] [--name NAME] [PATH]
 
-Restore a snapshot (a full id, or `latest`) into DIR, or only the PATHs given
+Restore a snapshot (a full id, or `latest`: the newest of any host) into DIR, or only the PATHs given
 (source paths such as /etc/hosts or /home/alice); or write one file's content
 to standard output (PATH may be left out for a snapshot of one file, such as
 a stream's). Needs the private key: $VAULTIK_PRIVATE_KEY, or --identity FILE.
@@ -177,8 +194,70 @@ with code 3; run the same command again later to go on.
   --thaw-days N       keep thawed copies readable N days (default 7)
   --wait              wait until every needed blob is readable, then go on
   --json              print the thaw plan as JSON (on standard error with --stdout)
+  --host HOST         `latest` is the newest snapshot of HOST (a full id must be of it)
+  --name NAME         `latest` is the newest snapshot named NAME
 
 Exit codes: 0 ok, 2 failed, 3 thaw requested or under way (run again later).
+";
+
+pub const USAGE_LS: &str = "\
+Usage: vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json]
+                                [--identity FILE] [--host HOST] [--name NAME]
+
+List a snapshot's entries like `ls -l`, without restoring anything: type and
+mode, owner and group (numeric, as recorded), size, mtime (UTC) and path, with
+symlink targets and hard links. PATH (default /) is a source path such as
+/etc: a directory's entries are listed, anything else is shown itself;
+directories the snapshot only implies (the parents of a backed-up path) show
+as d?????????. Needs the private key. Memory stays flat whatever the size of
+the snapshot.
+
+  -R, --recursive     everything below PATH, PATH included, in path order
+  --json              one JSON object per entry, one per line
+  --identity FILE     age identity file (else $VAULTIK_PRIVATE_KEY)
+  --host HOST         `latest` is the newest snapshot of HOST
+  --name NAME         `latest` is the newest snapshot named NAME
+";
+
+pub const USAGE_FIND: &str = "\
+Usage: vaultik [GLOBAL FLAGS] find PATTERN [--snapshot ID]... [--host HOST] [--name NAME]
+                                  [--newer TIME] [--older TIME] [--json] [--identity FILE]
+
+Which snapshots hold a path matching PATTERN, newest first, with each hit's
+size and mtime. PATTERN is a glob, as for excludes: without a / it matches a
+name at any depth (nginx.conf, *.key), with a / the whole path
+(/etc/nginx/*.conf, /home/**/id_rsa); * never matches a /. Every snapshot in
+the store is searched (never one dated ahead, unless named), or only those
+the flags leave. Needs the private key.
+
+  --snapshot ID     search only this snapshot (repeatable; `latest` allowed)
+  --host HOST       only snapshots of HOST
+  --name NAME       only snapshots named NAME
+  --newer TIME      only snapshots made at or after TIME
+  --older TIME      only snapshots made before TIME
+  --json            one JSON object per hit, one per line
+  --identity FILE   age identity file (else $VAULTIK_PRIVATE_KEY)
+
+TIME: a day (2026-11-20, its midnight UTC), a time (2026-11-20T08:00, UTC) or a
+duration that long ago (7d, 12h, 2w).
+Exit codes: 0 something matched, 1 nothing matched (or a snapshot could not be
+read: named in a warning, the others searched), 2 failed.
+";
+
+pub const USAGE_DIFF: &str = "\
+Usage: vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
+                                  [--host HOST] [--name NAME]
+
+What changed from SNAPSHOT_A to SNAPSHOT_B (below PATH, if given), in path
+order: `+ PATH` added, `- PATH` removed, `M PATH (what)` changed (type,
+content, size, mode, owner, symlink target, device, mtime; a directory's mtime
+alone is not a change), then a summary line. Needs the private key. Exit code
+0 whether or not anything changed.
+
+  --json              one JSON object per difference, one per line, then a summary
+  --identity FILE     age identity file (else $VAULTIK_PRIVATE_KEY)
+  --host HOST         `latest` is the newest snapshot of HOST
+  --name NAME         `latest` is the newest snapshot named NAME
 ";
 
 pub const USAGE_KEYGEN: &str = "\
@@ -241,6 +320,8 @@ pub struct VerifyArgs {
     pub identity: Option<PathBuf>,
     pub json: bool,
     pub thaw: ThawArgs,
+    /// `--host`, `--name`: which `latest`.
+    pub narrow: Narrow,
 }
 
 /// `snapshot purge`
@@ -269,6 +350,45 @@ pub struct RestoreArgs {
     pub identity: Option<PathBuf>,
     pub thaw: ThawArgs,
     pub json: bool,
+    /// `--host`, `--name`: which `latest`.
+    pub narrow: Narrow,
+}
+
+/// `ls`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LsArgs {
+    pub snapshot: String,
+    /// Source paths, as given (bytes: a name need not be UTF-8).
+    pub paths: Vec<Vec<u8>>,
+    pub recursive: bool,
+    pub json: bool,
+    pub identity: Option<PathBuf>,
+    pub narrow: Narrow,
+}
+
+/// `find`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FindArgs {
+    pub pattern: String,
+    /// `--snapshot ID`, repeatable.
+    pub snapshots: Vec<String>,
+    /// `--host`, `--name`: which snapshots (and which `latest`).
+    pub narrow: Narrow,
+    pub newer: Option<When>,
+    pub older: Option<When>,
+    pub json: bool,
+    pub identity: Option<PathBuf>,
+}
+
+/// `diff`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DiffArgs {
+    pub a: String,
+    pub b: String,
+    pub path: Option<Vec<u8>>,
+    pub json: bool,
+    pub identity: Option<PathBuf>,
+    pub narrow: Narrow,
 }
 
 /// Where a restore writes.
@@ -292,6 +412,9 @@ pub enum Command {
     Prune { dry_run: bool, json: bool },
     StoreInfo { json: bool },
     Restore(RestoreArgs),
+    Ls(LsArgs),
+    Find(FindArgs),
+    Diff(DiffArgs),
     Keygen { output: Option<PathBuf> },
 }
 
@@ -394,6 +517,9 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["prune"] => USAGE_PRUNE,
         ["store"] | ["store", "info"] | ["info"] => USAGE_INFO,
         ["restore"] => USAGE_RESTORE,
+        ["ls"] => USAGE_LS,
+        ["find"] => USAGE_FIND,
+        ["diff"] => USAGE_DIFF,
         ["keygen"] => USAGE_KEYGEN,
         _ => {
             return Err(Error::Usage(format!(
@@ -470,6 +596,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         },
         "prune" => parse_prune(p, &mut g)?,
         "restore" => parse_restore(p, &mut g)?,
+        "ls" => parse_ls(p, &mut g)?,
+        "find" => parse_find(p, &mut g)?,
+        "diff" => parse_diff(p, &mut g)?,
         "keygen" => parse_keygen(p, &mut g)?,
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
     };
@@ -539,12 +668,23 @@ fn thaw_flag(p: &mut lexopt::Parser, arg: &Arg, t: &mut ThawArgs) -> Result<bool
     Ok(true)
 }
 
+/// `--host HOST` and `--name NAME` into `n`: false when `arg` is neither.
+fn narrow_flag(p: &mut lexopt::Parser, arg: &Arg, n: &mut Narrow) -> Result<bool> {
+    match arg.get() {
+        Long("host") => n.host = Some(value(p, "--host")?),
+        Long("name") => n.name = Some(value(p, "--name")?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut snapshot = None;
     let (mut deep, mut checksums, mut json, mut identity) = (false, false, false, None);
     let mut thaw = ThawArgs::default();
+    let mut narrow = Narrow::default();
     while let Some(arg) = next(p, g)? {
-        if thaw_flag(p, &arg, &mut thaw)? {
+        if thaw_flag(p, &arg, &mut thaw)? || narrow_flag(p, &arg, &mut narrow)? {
             continue;
         }
         match arg.get() {
@@ -577,6 +717,7 @@ fn parse_verify(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         identity,
         json,
         thaw,
+        narrow,
     }))
 }
 
@@ -696,9 +837,10 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut snapshot, mut target, mut identity) = (None, None, None);
     let (mut stdout, mut json) = (false, false);
     let mut thaw = ThawArgs::default();
+    let mut narrow = Narrow::default();
     let mut paths = Vec::new();
     while let Some(arg) = next(p, g)? {
-        if thaw_flag(p, &arg, &mut thaw)? {
+        if thaw_flag(p, &arg, &mut thaw)? || narrow_flag(p, &arg, &mut narrow)? {
             continue;
         }
         match arg.get() {
@@ -741,7 +883,95 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         identity,
         thaw,
         json,
+        narrow,
     }))
+}
+
+/// A PATH argument as bytes (a name in a snapshot need not be UTF-8).
+fn path_bytes(v: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    v.as_bytes().to_vec()
+}
+
+fn parse_ls(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = LsArgs::default();
+    let mut snapshot = None;
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_LS)),
+            Long("recursive") | Short('R') => a.recursive = true,
+            Long("json") => a.json = true,
+            Long("identity") => a.identity = Some(path_value(p)?),
+            Value(v) if snapshot.is_none() => {
+                snapshot = Some(string(v.to_os_string(), "SNAPSHOT")?)
+            }
+            Value(v) => a.paths.push(path_bytes(v)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    a.snapshot = snapshot.ok_or_else(|| Error::Usage("ls: missing SNAPSHOT argument".into()))?;
+    Ok(Command::Ls(a))
+}
+
+/// `--newer TIME`, `--older TIME`
+fn time_value(p: &mut lexopt::Parser, flag: &str) -> Result<When> {
+    let v = value(p, flag)?;
+    When::parse(&v).ok_or_else(|| {
+        Error::Usage(format!(
+            "{flag} `{v}`: expected a day (2026-11-20), a time (2026-11-20T08:00, UTC) \
+             or a duration (7d, 12h)"
+        ))
+    })
+}
+
+fn parse_find(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = FindArgs::default();
+    let mut pattern = None;
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_FIND)),
+            Long("snapshot") => a.snapshots.push(value(p, "--snapshot")?),
+            Long("newer") => a.newer = Some(time_value(p, "--newer")?),
+            Long("older") => a.older = Some(time_value(p, "--older")?),
+            Long("json") => a.json = true,
+            Long("identity") => a.identity = Some(path_value(p)?),
+            Value(v) if pattern.is_none() => pattern = Some(string(v.to_os_string(), "PATTERN")?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    a.pattern = pattern.ok_or_else(|| Error::Usage("find: missing PATTERN argument".into()))?;
+    Ok(Command::Find(a))
+}
+
+fn parse_diff(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = DiffArgs::default();
+    let mut snapshots = Vec::new();
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_DIFF)),
+            Long("json") => a.json = true,
+            Long("identity") => a.identity = Some(path_value(p)?),
+            Value(v) if snapshots.len() < 2 => {
+                snapshots.push(string(v.to_os_string(), "SNAPSHOT")?)
+            }
+            Value(v) if a.path.is_none() => a.path = Some(path_bytes(v)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let [x, y]: [String; 2] = snapshots
+        .try_into()
+        .map_err(|_| Error::Usage("diff: give two snapshots, SNAPSHOT_A and SNAPSHOT_B".into()))?;
+    (a.a, a.b) = (x, y);
+    Ok(Command::Diff(a))
 }
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -850,6 +1080,7 @@ mod tests {
                 identity: Some("/k".into()),
                 json: true,
                 thaw: ThawArgs::default(),
+                narrow: Narrow::default(),
             })
         );
         let (_, c) = parse_str("snapshot verify latest --deep --thaw=bulk --wait").unwrap();
@@ -897,6 +1128,7 @@ mod tests {
                 identity: Some("/k".into()),
                 thaw: ThawArgs::default(),
                 json: false,
+                narrow: Narrow::default(),
             })
         );
         let (_, c) = parse_str("restore latest --stdout --thaw --thaw-days 3").unwrap();
@@ -913,12 +1145,89 @@ mod tests {
                     wait: false
                 },
                 json: false,
+                narrow: Narrow::default(),
             })
         );
         assert!(parse_str("restore latest --stdout /a /b").is_err());
         assert!(parse_str("restore latest --stdout --target /t").is_err());
         assert!(parse_str("restore latest --target /t --thaw=Slow").is_err());
         assert!(parse_str("restore latest --target /t --thaw-days 0").is_err());
+    }
+
+    #[test]
+    fn browsing_commands_and_latest_narrowed() {
+        let (_, c) = parse_str("ls latest /etc -R --json --host web1 --name etc /var").unwrap();
+        assert_eq!(
+            c,
+            Command::Ls(LsArgs {
+                snapshot: "latest".into(),
+                paths: vec![b"/etc".to_vec(), b"/var".to_vec()],
+                recursive: true,
+                json: true,
+                identity: None,
+                narrow: Narrow {
+                    host: Some("web1".into()),
+                    name: Some("etc".into()),
+                },
+            })
+        );
+        let (_, c) = parse_str(
+            "find nginx.conf --snapshot a --snapshot latest --newer 2026-11-20 --older 7d --json",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Find(FindArgs {
+                pattern: "nginx.conf".into(),
+                snapshots: vec!["a".into(), "latest".into()],
+                newer: Some(When::At(1_795_132_800)),
+                older: Some(When::Ago(7 * 86_400)),
+                json: true,
+                ..FindArgs::default()
+            })
+        );
+        let (_, c) = parse_str("diff a latest /etc --host h --identity /k").unwrap();
+        assert_eq!(
+            c,
+            Command::Diff(DiffArgs {
+                a: "a".into(),
+                b: "latest".into(),
+                path: Some(b"/etc".to_vec()),
+                json: false,
+                identity: Some("/k".into()),
+                narrow: Narrow {
+                    host: Some("h".into()),
+                    name: None
+                },
+            })
+        );
+        let (_, c) = parse_str("restore latest --target /t --host web2 --name etc").unwrap();
+        let Command::Restore(r) = c else { panic!() };
+        assert_eq!(r.narrow.host.as_deref(), Some("web2"));
+        assert_eq!(r.narrow.name.as_deref(), Some("etc"));
+        let (_, c) = parse_str("snapshot verify latest --host web2").unwrap();
+        let Command::SnapshotVerify(v) = c else {
+            panic!()
+        };
+        assert_eq!(v.narrow.host.as_deref(), Some("web2"));
+        for (bad, says) in [
+            ("ls", "SNAPSHOT"),
+            ("find", "PATTERN"),
+            ("find x y", "unexpected argument"),
+            ("find x --newer soon", "--newer `soon`"),
+            ("diff a", "two snapshots"),
+            ("diff a b /x /y", "unexpected argument"),
+            ("ls latest --host", "--host"),
+        ] {
+            let e = parse_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(parse_str("help ls").unwrap().1, Command::Help(USAGE_LS));
+        assert_eq!(
+            parse_str("find --help").unwrap().1,
+            Command::Help(USAGE_FIND)
+        );
+        assert_eq!(parse_str("diff -h").unwrap().1, Command::Help(USAGE_DIFF));
     }
 
     #[test]
@@ -974,6 +1283,9 @@ mod man_page {
             USAGE_PRUNE,
             USAGE_INFO,
             USAGE_RESTORE,
+            USAGE_LS,
+            USAGE_FIND,
+            USAGE_DIFF,
             USAGE_KEYGEN,
         ]
         .concat();

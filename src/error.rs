@@ -85,6 +85,8 @@ pub enum Error {
     /// A listing finished without some damaged objects, which were named
     /// in warnings (exit code 1).
     Damaged { count: usize, what: &'static str },
+    /// A search found nothing (`find`): exit code 1, as grep's.
+    NoMatch(String),
     /// Standard output or error could not be written (a full disk; a
     /// closed pipe ends the command quietly, see `main`).
     Output(io::Error),
@@ -186,7 +188,8 @@ impl Error {
                 kind: Partial::Skipped,
                 ..
             }
-            | Error::Damaged { .. } => 1,
+            | Error::Damaged { .. }
+            | Error::NoMatch(_) => 1,
             Error::ThawPending { .. } => 3,
             _ => 2,
         }
@@ -302,6 +305,7 @@ impl Error {
                 f,
                 "{what}: {count} damaged object(s) left out (named above; run `vaultik store info`)"
             ),
+            Error::NoMatch(msg) => f.write_str(msg),
             Error::Output(e) => write!(f, "cannot write the output: {e}"),
             Error::Stream { what, msg } => write!(f, "{what}: {msg}"),
             Error::ThawNeeded { blobs, bytes } => write!(

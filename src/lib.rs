@@ -15,6 +15,7 @@
 //! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
 //! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
 //! | the restore | `restore/` (plan, entries, contents, target) |
+//! | looking without restoring | `browse/` (`ls`, `find`, `diff`: a snapshot's entries read in path order; `show`: lines and JSON, escaped), `cmd/browse` |
 //! | keyless maintenance | `gc/` (listing view, retention, garbage collection; `purge`), `verify` |
 //! | the daemon | `cmd/daemon` (the poll loop), `watch` (raw inotify) |
 //! | shared | `error` (the one error type), `keys` (age), `time`, `testhook` |
@@ -68,6 +69,10 @@
 //! - Nothing is deleted younger than the grace period, or while a manifest
 //!   cannot be read; deletion is marked, then done a grace period later:
 //!   `gc`.
+//! - Reading a snapshot's entries never sorts them in memory: every query
+//!   of `ls`, `find` and `diff` follows the `path` index, checked at run
+//!   time (a forged database without one is copied into one that has
+//!   it): `browse`.
 //! - One run per index at a time: `lock`.
 //! - One way to stop a backup early: `backup/cancel.rs`.
 //! - Errors carry what they happened on and keep their cause; exit codes
@@ -75,6 +80,7 @@
 
 pub mod backup;
 pub mod blob;
+pub mod browse;
 pub mod chunk;
 pub mod cli;
 pub mod cmd;

@@ -241,25 +241,85 @@ pub fn order(a: &Manifest, b: &Manifest) -> Ordering {
     layout::id_order(&a.id, &b.id)
 }
 
+/// Which snapshots `latest` may be (and a search looks at): those of one
+/// host and one snapshot name, when given. Empty: any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Narrow {
+    /// `--host HOST`: compared with the id's host part, which is the host
+    /// name as ids spell it (`layout::sanitize_host`).
+    pub host: Option<String>,
+    /// `--name NAME`
+    pub name: Option<String>,
+}
+
+impl Narrow {
+    /// Whether snapshot `id` is of this host and name.
+    pub fn admits(&self, id: &str) -> bool {
+        let Some(p) = layout::parse_id(id) else {
+            return self.host.is_none() && self.name.is_none();
+        };
+        self.host
+            .as_deref()
+            .is_none_or(|h| layout::sanitize_host(h) == p.host)
+            && self.name.as_deref().is_none_or(|n| n == p.name)
+    }
+
+    /// `latest of host H, name N`, for messages.
+    fn describe(&self, what: &str) -> String {
+        let mut s = what.to_string();
+        let mut sep = " of ";
+        if let Some(h) = &self.host {
+            s.push_str(&format!("{sep}host {h}"));
+            sep = ", ";
+        }
+        if let Some(n) = &self.name {
+            s.push_str(&format!("{sep}name {n}"));
+        }
+        crate::error::one_line(s)
+    }
+}
+
 /// Resolve `latest` (the newest snapshot not dated ahead) or check that a
 /// full id is in the store.
 pub fn resolve(store: &dyn Store, id: &str) -> Result<String> {
-    let all = list(store)?;
+    resolve_narrowed(store, id, &Narrow::default())
+}
+
+/// Like `resolve`, with `latest` the newest snapshot of `narrow`'s host
+/// and name; a full id must be of them too.
+pub fn resolve_narrowed(store: &dyn Store, id: &str, narrow: &Narrow) -> Result<String> {
+    pick(&list(store)?, id, narrow)
+}
+
+/// `resolve_narrowed` over a listing already made (`all`, oldest first).
+pub fn pick(all: &[Listed], id: &str, narrow: &Narrow) -> Result<String> {
     if id == "latest" {
         return all
             .iter()
             .rev()
-            .find(|l| !l.dated_ahead())
+            .find(|l| !l.dated_ahead() && narrow.admits(&l.id))
             .map(|l| l.id.clone())
-            .ok_or_else(|| Error::UnknownSnapshot("latest (the store has no snapshots)".into()));
+            .ok_or_else(|| {
+                Error::UnknownSnapshot(if *narrow == Narrow::default() {
+                    "latest (the store has no snapshots)".into()
+                } else {
+                    narrow.describe("latest")
+                })
+            });
     }
-    if all.iter().any(|l| l.id == id) {
-        Ok(id.to_string())
-    } else {
-        Err(Error::UnknownSnapshot(crate::error::one_line(
+    if !all.iter().any(|l| l.id == id) {
+        return Err(Error::UnknownSnapshot(crate::error::one_line(
             id.to_string(),
-        )))
+        )));
     }
+    if !narrow.admits(id) {
+        return Err(Error::Usage(format!(
+            "snapshot {} is not {}",
+            crate::error::one_line(id.to_string()),
+            narrow.describe("one")
+        )));
+    }
+    Ok(id.to_string())
 }
 
 /// The id to use for a snapshot whose plain id for this second is `base`:
@@ -371,6 +431,64 @@ mod tests {
             .collect();
         let e = m.to_bytes().unwrap_err().to_string();
         assert!(e.contains("raise blob_size_limit"), "{e}");
+    }
+
+    #[test]
+    fn latest_narrowed_to_a_host_and_a_name() {
+        let t = 1_795_422_615;
+        let l = |id: &str| Listed {
+            id: id.into(),
+            stored: t + 3600,
+            size: 1,
+        };
+        let all = vec![
+            l("web1_etc_2026-11-23T083015Z"),
+            l("web2_etc_2026-11-23T083016Z"),
+            l("web1_home_2026-11-23T083017Z"),
+            l("web2_home_2026-11-23T083018Z"),
+            // Dated ahead: never latest, even of its own host.
+            l("web1_etc_2099-01-01T000000Z"),
+        ];
+        let n = |host: Option<&str>, name: Option<&str>| Narrow {
+            host: host.map(Into::into),
+            name: name.map(Into::into),
+        };
+        let latest = |narrow: &Narrow| pick(&all, "latest", narrow);
+        assert_eq!(
+            latest(&Narrow::default()).unwrap(),
+            "web2_home_2026-11-23T083018Z"
+        );
+        assert_eq!(
+            latest(&n(Some("web1"), None)).unwrap(),
+            "web1_home_2026-11-23T083017Z"
+        );
+        assert_eq!(
+            latest(&n(None, Some("etc"))).unwrap(),
+            "web2_etc_2026-11-23T083016Z"
+        );
+        assert_eq!(
+            latest(&n(Some("web1"), Some("etc"))).unwrap(),
+            "web1_etc_2026-11-23T083015Z"
+        );
+        let e = latest(&n(Some("db1"), Some("etc"))).unwrap_err();
+        assert!(matches!(e, Error::UnknownSnapshot(_)), "{e}");
+        assert!(
+            e.to_string().contains("latest of host db1, name etc"),
+            "{e}"
+        );
+        // A full id must be of the host and name asked for.
+        assert!(pick(&all, "web1_etc_2026-11-23T083015Z", &n(Some("web1"), None)).is_ok());
+        let e = pick(&all, "web1_etc_2026-11-23T083015Z", &n(Some("web2"), None)).unwrap_err();
+        assert!(e.to_string().contains("is not one of host web2"), "{e}");
+        assert!(matches!(
+            pick(&all, "web9_etc_2026-11-23T083015Z", &Narrow::default()),
+            Err(Error::UnknownSnapshot(_))
+        ));
+        // An empty store says so.
+        let e = pick(&[], "latest", &Narrow::default()).unwrap_err();
+        assert!(e.to_string().contains("has no snapshots"), "{e}");
+        // A host name as the config spells it is compared as ids spell it.
+        assert!(n(Some("a b"), None).admits("a-b_etc_2026-11-23T083015Z"));
     }
 
     #[test]

@@ -23,6 +23,49 @@ pub fn display(unix: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
+/// `2026-11-23 08:30`, for a time that may be before 1970 (a file's
+/// mtime): listings show minutes, in UTC.
+pub fn minute(unix: i64) -> String {
+    let (y, mo, d, h, mi, _) = civil_days(unix.div_euclid(86_400), unix.rem_euclid(86_400) as u64);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
+}
+
+/// `2026-11-23 08:30:15`, or with the nanoseconds (`08:30:15.000000042`)
+/// when `precise`: a file's mtime, to tell two apart.
+pub fn nanos(ns: i64, precise: bool) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let (y, mo, d, h, mi, s) = civil_days(secs.div_euclid(86_400), secs.rem_euclid(86_400) as u64);
+    let mut out = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    if precise {
+        out.push_str(&format!(".{:09}", ns.rem_euclid(1_000_000_000)));
+    }
+    out
+}
+
+/// A day or a time of day given by a user, in UTC: `2026-11-20` (its
+/// midnight), `2026-11-20T08:00` or `2026-11-20T08:00:30` (a space for
+/// the `T` too). Days that do not exist (`2026-02-30`) are refused.
+pub fn parse_day_or_time(s: &str) -> Option<u64> {
+    let full = match s.len() {
+        10 => format!("{s}T00:00:00"),
+        16 => format!("{s}:00"),
+        19 => s.to_string(),
+        _ => return None,
+    };
+    let b = full.as_bytes();
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let t = from_fields(&full, [0..4, 5..7, 8..10, 11..13, 14..16, 17..19])?;
+    // The day must be one the calendar has: it comes back as written.
+    (compact(t)[..10] == full[..10]).then_some(t)
+}
+
 /// The inverse of `compact`, exactly (no other spelling is accepted, so a
 /// time read back from a key names one key).
 pub fn parse_compact(s: &str) -> Option<u64> {
@@ -74,8 +117,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Howard Hinnant's days-to-civil, with the time of day.
 fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
+    civil_days((unix / 86_400) as i64, unix % 86_400)
+}
+
+/// The civil date of `days` since the epoch (negative before it) and the
+/// time of day of `secs` into it.
+fn civil_days(days: i64, secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -104,6 +151,48 @@ mod tests {
         assert_eq!(compact(0), "1970-01-01T000000Z");
         assert_eq!(compact(1_795_422_615), "2026-11-23T083015Z");
         assert_eq!(display(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(minute(1_795_422_615), "2026-11-23 08:30");
+        assert_eq!(minute(0), "1970-01-01 00:00");
+        assert_eq!(minute(-1), "1969-12-31 23:59");
+        assert_eq!(minute(-86_400 * 365), "1969-01-01 00:00");
+        // The extremes of a nanosecond mtime never overflow.
+        assert_eq!(minute(i64::MAX / 1_000_000_000), "2262-04-11 23:47");
+        assert_eq!(minute(i64::MIN / 1_000_000_000), "1677-09-21 00:12");
+        assert_eq!(
+            nanos(1_795_422_615_000_000_042, false),
+            "2026-11-23 08:30:15"
+        );
+        assert_eq!(
+            nanos(1_795_422_615_000_000_042, true),
+            "2026-11-23 08:30:15.000000042"
+        );
+        assert_eq!(nanos(-1, true), "1969-12-31 23:59:59.999999999");
+        assert_eq!(nanos(i64::MIN, false), "1677-09-21 00:12:43");
+    }
+
+    #[test]
+    fn days_and_times_given_by_users() {
+        assert_eq!(parse_day_or_time("2026-11-23"), Some(1_795_392_000));
+        assert_eq!(parse_day_or_time("2026-11-23T08:30"), Some(1_795_422_600));
+        assert_eq!(parse_day_or_time("2026-11-23 08:30"), Some(1_795_422_600));
+        assert_eq!(
+            parse_day_or_time("2026-11-23T08:30:15"),
+            Some(1_795_422_615)
+        );
+        assert_eq!(parse_day_or_time("2000-02-29"), Some(951_782_400));
+        for bad in [
+            "2026-02-30",
+            "2026-11-23T24:00",
+            "2026-11-23X08:30",
+            "2026/11/23",
+            "26-11-23",
+            "2026-11-23T08",
+            "",
+            "7d",
+            "2026-11-2a",
+        ] {
+            assert_eq!(parse_day_or_time(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         None
     };
     let store = open_existing_store(&Settings::resolve(g, false)?)?;
-    let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
+    let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
     let what = format!("snapshot verify --deep {id}");
     let thaw = super::thaw(store.as_ref(), a.thaw, what, a.json, &report);

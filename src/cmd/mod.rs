@@ -3,6 +3,7 @@
 //! arguments, runs the work of the module that owns it, and prints the
 //! result. Glue only; one file per group of commands.
 
+mod browse;
 mod create;
 mod daemon;
 mod inspect;
@@ -45,6 +46,9 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
             purge::prune(&Settings::resolve(g, false)?, dry_run, json)
         }
         Command::Restore(a) => restore::run(g, &a),
+        Command::Ls(a) => browse::ls(g, &a),
+        Command::Find(a) => browse::find(g, &a),
+        Command::Diff(a) => browse::diff(g, &a),
     }
 }
 

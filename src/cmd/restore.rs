@@ -16,7 +16,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // The key first: no network work without it.
     let identities = settings::identities(a.identity.as_deref())?;
     let store = open_existing_store(&Settings::resolve(g, false)?)?;
-    let id = manifest::resolve(store.as_ref(), &a.snapshot)?;
+    let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     // With --stdout, standard output is the file's: everything else goes
     // to standard error.
     let to_stdout = a.to == RestoreTo::Stdout;

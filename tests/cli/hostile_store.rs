@@ -19,7 +19,7 @@ use crate::util::{Backend, Env, stderr};
 /// exit code, stdout, stderr and peak RSS (KiB). (The rusage of a child of
 /// the test process itself would count the test process's memory: a fork
 /// carries its resident set, and exec keeps the high-water mark.)
-fn measured(cmd: Command, scratch: &Path) -> (i32, String, String, u64) {
+pub(crate) fn measured(cmd: Command, scratch: &Path) -> (i32, String, String, u64) {
     let (out, err, rss) = (
         scratch.join("m.out"),
         scratch.join("m.err"),

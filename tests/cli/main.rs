@@ -6,6 +6,7 @@
 mod util;
 
 mod awkward;
+mod browse;
 mod cold;
 mod core;
 mod crash;
