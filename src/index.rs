@@ -106,6 +106,22 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// Reads whether the index has a chunk, beside the connection that writes.
+pub struct ChunkLookup {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl ChunkLookup {
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id=?1")
+            .db(&self.path)?;
+        st.exists([&id.0[..]]).db(&self.path)
+    }
+}
+
 impl Index {
     /// Open (creating if needed) the index at `path` for the store whose
     /// identity is `store_id`. An index made for `legacy` (how the store
@@ -121,9 +137,10 @@ impl Index {
         let conn = Connection::open(path).db(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .db(path)?;
-        // Runs hold the run lock: skip SQLite's per-transaction file and
-        // shared-memory locking. Must come before WAL is first used.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        // Runs hold the run lock, but a backup looks chunks up through a
+        // second connection (`ChunkLookup`) while blobs are recorded through
+        // this one: WAL with shared-memory locking lets it read meanwhile.
+        conn.pragma_update(None, "locking_mode", "NORMAL")
             .db(path)?;
         // A cache: no foreign key enforcement (it would also block a reset).
         conn.pragma_update(None, "foreign_keys", "OFF").db(path)?;
@@ -255,6 +272,50 @@ impl Index {
             .prepare_cached("SELECT 1 FROM chunks WHERE id=?1")
             .db(&self.path)?;
         st.exists([&id.0[..]]).db(&self.path)
+    }
+
+    /// A second, read-only connection that answers `has_chunk` while this
+    /// one writes (WAL: it sees what is committed).
+    pub fn lookup(&self) -> Result<ChunkLookup> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .db(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .db(&self.path)?;
+        conn.pragma_update(None, "cache_size", -2048)
+            .db(&self.path)?;
+        Ok(ChunkLookup {
+            conn,
+            path: self.path.clone(),
+        })
+    }
+
+    /// How many chunks the index records, and each of their ids (in key
+    /// order, in one read transaction).
+    pub fn chunk_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .db(&self.path)
+    }
+
+    pub fn each_chunk_id(&self, f: &mut dyn FnMut(&ChunkId)) -> Result<()> {
+        self.read_batch(|index| {
+            let mut st = index
+                .conn
+                .prepare("SELECT id FROM chunks")
+                .db(&index.path)?;
+            let mut rows = st.query([]).db(&index.path)?;
+            while let Some(r) = rows.next().db(&index.path)? {
+                let b = r.get_ref(0).db(&index.path)?.as_blob().unwrap_or(&[]);
+                if let Some(id) = ChunkId::from_slice(b) {
+                    f(&id);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Where each of `ids` is stored, in one read transaction, handed to

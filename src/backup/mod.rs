@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use age::x25519;
 
-use crate::blob::{FinishedBlob, Location};
+use crate::blob::FinishedBlob;
 use crate::chunk::{ChunkId, Params};
 use crate::config::SnapshotConfig;
 use crate::error::{Error, Result};
@@ -182,10 +182,12 @@ enum Event {
         path: PathBuf,
         now: &'static str,
     },
+    /// A blob stored and recorded in the index: its size, its chunks and
+    /// their bytes (before compression).
     BlobStored {
-        key: String,
         size: u64,
-        entries: Vec<(ChunkId, Location)>,
+        chunks: u64,
+        bytes: u64,
     },
 }
 
@@ -354,7 +356,7 @@ impl Backup<'_> {
             excludes: &excludes,
         };
         let cancel = Cancel::new(self.abort);
-        let dedup = Dedup::new(&self.index);
+        let dedup = Dedup::new(&self.index)?;
         let progress = Progress::default();
         let shared = Shared {
             backup: self,
@@ -363,6 +365,7 @@ impl Backup<'_> {
             progress: &progress,
             class: snap.storage_class.unwrap_or(self.blob_class),
         };
+        let t = Timings::start();
         let s = match input {
             Input::Walk(_) => shared.back_up(&meta, s, |rec, todo, events| {
                 shared.scan(&roots, rec, todo, events)
@@ -371,6 +374,7 @@ impl Backup<'_> {
                 stream::feed(rec, &snap.name, time, stream, todo)
             })?,
         };
+        t.lap("walked, read, packed, uploaded and recorded");
         publish::Publish {
             backup: self,
             meta,
@@ -507,6 +511,26 @@ impl Shared<'_, '_> {
             finished.store(true, Ordering::Relaxed);
             first_error(results)
         })
+    }
+}
+
+/// With `VAULTIK_TIMINGS` set, how long each step of a run took, on
+/// standard error (for benchmarks: where the time goes).
+struct Timings(Option<std::cell::Cell<Instant>>);
+
+impl Timings {
+    fn start() -> Timings {
+        Timings(std::env::var_os("VAULTIK_TIMINGS").map(|_| std::cell::Cell::new(Instant::now())))
+    }
+
+    fn lap(&self, what: &str) {
+        if let Some(t) = &self.0 {
+            eprintln!(
+                "vaultik: timing: {what}: {:.3}s",
+                t.get().elapsed().as_secs_f64()
+            );
+            t.set(Instant::now());
+        }
     }
 }
 

@@ -27,7 +27,8 @@ pub const BLOB_CHUNKS: usize = 32768;
 /// packer (who gives back); closed when the packer stops, whatever the
 /// reason, so that no worker waits for room that will never come.
 pub struct Budget {
-    state: Mutex<(u64, bool)>,
+    /// Bytes taken, closed, workers waiting.
+    state: Mutex<(u64, bool, usize)>,
     changed: Condvar,
     limit: u64,
 }
@@ -35,7 +36,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(limit: u64) -> Budget {
         Budget {
-            state: Mutex::new((0, false)),
+            state: Mutex::new((0, false, 0)),
             changed: Condvar::new(),
             limit,
         }
@@ -46,10 +47,12 @@ impl Budget {
     pub fn take(&self, n: u64) -> Result<()> {
         let mut s = self.state.lock().expect("budget lock poisoned by a panic");
         while !s.1 && s.0 > 0 && s.0 + n > self.limit {
+            s.2 += 1;
             s = self
                 .changed
                 .wait(s)
                 .expect("budget lock poisoned by a panic");
+            s.2 -= 1;
         }
         if s.1 {
             return Err(Error::Cancelled);
@@ -61,7 +64,11 @@ impl Budget {
     fn give_back(&self, n: u64) {
         let mut s = self.state.lock().expect("budget lock poisoned by a panic");
         s.0 = s.0.saturating_sub(n);
-        self.changed.notify_all();
+        // A wake-up only for someone waiting (a million small chunks made
+        // a million futex calls for nobody).
+        if s.2 > 0 {
+            self.changed.notify_all();
+        }
     }
 
     pub fn close(&self) {

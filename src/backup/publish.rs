@@ -45,18 +45,23 @@ pub struct Publish<'p, 'a> {
 
 impl Publish<'_, '_> {
     pub fn run(self, mut s: Summary) -> Result<Summary> {
+        let t = super::Timings::start();
         self.remember_files()?;
+        t.lap("publish: files remembered in the index");
         let Some(blobs) = self.chunk_table()? else {
             s.unchanged = true;
             return Ok(s);
         };
+        t.lap("publish: chunk table");
         let b = self.backup;
         let sealed = self.meta.seal(&b.tmp_dir, &b.recipients, METADATA_LEVEL)?;
+        t.lap("publish: metadata sealed");
         b.store.put_file(
             &layout::metadata(self.id),
             sealed.temp.path(),
             StorageClass::Standard,
         )?;
+        t.lap("publish: metadata uploaded");
         let manifest = Manifest {
             id: self.id.to_string(),
             hostname: b.hostname.clone(),
@@ -69,6 +74,7 @@ impl Publish<'_, '_> {
         b.store
             .put_bytes(&layout::manifest(self.id), &manifest.to_bytes()?)?;
         check_blobs(b, &manifest)?;
+        t.lap("publish: manifest uploaded, blobs checked");
         Ok(s)
     }
 

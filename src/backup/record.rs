@@ -146,19 +146,14 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
         let s = &mut self.summary;
         match ev {
             Event::BlobStored {
-                key,
                 size,
-                mut entries,
+                chunks,
+                bytes,
             } => {
                 s.blobs += 1;
                 s.blob_bytes += size;
-                s.new_chunks += entries.len() as u64;
-                s.new_bytes += entries.iter().map(|(_, l)| l.size).sum::<u64>();
-                // In key order, each B-tree page is visited once: the
-                // readers wait for the index while this runs.
-                entries.sort_unstable_by_key(|(id, _)| *id);
-                shared.backup.index().add_blob(&key, size, &entries)?;
-                shared.dedup.settle(entries.iter().map(|(id, _)| id));
+                s.new_chunks += chunks;
+                s.new_bytes += bytes;
             }
             Event::FileDone {
                 todo: t,

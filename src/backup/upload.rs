@@ -1,7 +1,9 @@
 //! Stage 5, upload (`UPLOADERS` threads): each finished blob is put into
-//! the store under its content address; once the store confirms it, the
-//! metadata thread is told (`Event::BlobStored`), and only then does the
-//! index record the blob's chunks.
+//! the store under its content address; once the store confirms it, and
+//! only then, the index records the blob's chunks (on this thread, in key
+//! order: the metadata thread has enough to do), the dedup state settles
+//! them, and the metadata thread is told (`Event::BlobStored`, for the
+//! summary).
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender};
@@ -12,6 +14,9 @@ use crate::error::{Error, Result};
 
 /// Uploads in flight at once; each holds one finished blob on disk.
 pub const UPLOADERS: usize = 2;
+
+/// Chunks recorded in the index per transaction.
+const INDEX_PART: usize = 2048;
 
 /// The uploaders' shared queue: the first uploader to fail takes it away,
 /// so that a packer waiting to hand over a blob is released.
@@ -31,11 +36,23 @@ impl Shared<'_, '_> {
             self.backup
                 .store
                 .put_file(&blob.key, blob.file.temp.path(), self.class)?;
+            let mut entries = blob.entries;
+            // In key order, each B-tree page is visited once; in parts, each
+            // a transaction of its own, so that a reader looking a chunk up
+            // meanwhile waits for a part, not for the blob (parts of sorted
+            // ids touch pages apart: it costs no more).
+            entries.sort_unstable_by_key(|(id, _)| *id);
+            for part in entries.chunks(INDEX_PART) {
+                self.backup
+                    .index()
+                    .add_blob(&blob.key, blob.file.size, part)?;
+            }
+            self.dedup.settle(entries.iter().map(|(id, _)| id));
             events
                 .send(vec![Event::BlobStored {
-                    key: blob.key,
                     size: blob.file.size,
-                    entries: blob.entries,
+                    chunks: entries.len() as u64,
+                    bytes: entries.iter().map(|(_, l)| l.size).sum(),
                 }])
                 .map_err(|_| Error::Cancelled)?;
         }
