@@ -392,6 +392,19 @@ impl Index {
             .db(&self.path)
     }
 
+    /// Does the index know the blob `key`, of `size` bytes?
+    pub fn has_blob(&self, key: &str, size: u64) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT size FROM blobs WHERE key=?1")
+            .db(&self.path)?;
+        let found: Option<i64> = st
+            .query_row([key], |r| r.get(0))
+            .optional()
+            .db(&self.path)?;
+        Ok(found == Some(size as i64))
+    }
+
     /// Record a blob confirmed in the store, with the chunks inside it.
     pub fn add_blob(&mut self, key: &str, size: u64, chunks: &[(ChunkId, Location)]) -> Result<()> {
         let tx = self.conn.transaction().db(&self.path)?;

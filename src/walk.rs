@@ -20,7 +20,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -687,7 +687,7 @@ impl Walker<'_> {
             {
                 continue;
             }
-            let child = path.join(OsStr::from_bytes(name.to_bytes()));
+            let child = child_path(path, name.to_bytes());
             if self.excludes.matches(&child) {
                 (self.note)(Note::Excluded(child))?;
                 continue;
@@ -721,6 +721,20 @@ impl Walker<'_> {
         });
         Ok(())
     }
+}
+
+/// `dir/name`, allocated once at its final size (`Path::join` grows the
+/// copy of `dir` to fit `name`: two allocations per entry walked, freed on
+/// another thread).
+fn child_path(dir: &Path, name: &[u8]) -> PathBuf {
+    let dir = dir.as_os_str().as_bytes();
+    let mut b = Vec::with_capacity(dir.len() + 1 + name.len());
+    b.extend_from_slice(dir);
+    if !dir.ends_with(b"/") {
+        b.push(b'/');
+    }
+    b.extend_from_slice(name);
+    PathBuf::from(std::ffi::OsString::from_vec(b))
 }
 
 /// Entries of one directory stat'ed while it is listed (~220 bytes each,
@@ -788,6 +802,16 @@ const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_paths_are_joined_like_path_join() {
+        for (dir, name) in [("/", "a"), ("/x", "b"), ("/x/", "c"), ("rel/y", "d.e")] {
+            assert_eq!(
+                child_path(Path::new(dir), name.as_bytes()),
+                Path::new(dir).join(name)
+            );
+        }
+    }
 
     #[test]
     fn excludes_by_name_and_path() {

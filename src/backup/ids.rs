@@ -64,27 +64,19 @@ impl<'d> Sorter<'d> {
         if self.runs.is_empty() {
             self.buf.sort_unstable();
             self.buf.dedup();
-            return Ok(Sorted::Memory(std::mem::take(&mut self.buf).into_iter()));
+            return Ok(Sorted::Memory(std::mem::take(&mut self.buf), 0));
         }
         if !self.buf.is_empty() {
             self.spill()?;
         }
-        let mut readers = Vec::with_capacity(self.runs.len());
-        let mut heap = BinaryHeap::new();
-        for (i, run) in self.runs.iter().enumerate() {
-            let f = File::open(run.path()).at("open", run.path())?;
-            let mut r = BufReader::with_capacity(READ_BUF, f);
-            if let Some(id) = next_id(&mut r, run.path())? {
-                heap.push(Reverse((id, i)));
-            }
-            readers.push(r);
-        }
-        Ok(Sorted::Merge {
+        let mut sorted = Sorted::Merge {
             runs: std::mem::take(&mut self.runs),
-            readers,
-            heap,
+            readers: Vec::new(),
+            heap: BinaryHeap::new(),
             last: None,
-        })
+        };
+        sorted.rewind()?;
+        Ok(sorted)
     }
 }
 
@@ -112,7 +104,8 @@ fn next_id(r: &mut impl Read, path: &Path) -> Result<Option<ChunkId>> {
 /// The ids in order: from memory, or merged from the runs on disk (which
 /// are removed when this is dropped).
 pub enum Sorted {
-    Memory(std::vec::IntoIter<ChunkId>),
+    /// The ids, and how many were handed out.
+    Memory(Vec<ChunkId>, usize),
     Merge {
         runs: Vec<TempFile>,
         readers: Vec<BufReader<File>>,
@@ -121,12 +114,44 @@ pub enum Sorted {
     },
 }
 
+impl Sorted {
+    /// Start again from the first id.
+    pub fn rewind(&mut self) -> Result<()> {
+        match self {
+            Sorted::Memory(_, at) => *at = 0,
+            Sorted::Merge {
+                runs,
+                readers,
+                heap,
+                last,
+            } => {
+                readers.clear();
+                heap.clear();
+                *last = None;
+                for (i, run) in runs.iter().enumerate() {
+                    let f = File::open(run.path()).at("open", run.path())?;
+                    let mut r = BufReader::with_capacity(READ_BUF, f);
+                    if let Some(id) = next_id(&mut r, run.path())? {
+                        heap.push(Reverse((id, i)));
+                    }
+                    readers.push(r);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Iterator for Sorted {
     type Item = Result<ChunkId>;
 
     fn next(&mut self) -> Option<Result<ChunkId>> {
         match self {
-            Sorted::Memory(it) => it.next().map(Ok),
+            Sorted::Memory(ids, at) => {
+                let id = ids.get(*at).copied()?;
+                *at += 1;
+                Some(Ok(id))
+            }
             Sorted::Merge {
                 runs,
                 readers,
@@ -172,10 +197,23 @@ mod tests {
             s.push(id).unwrap();
         }
         assert_eq!(s.runs.len(), 2);
-        let got: Vec<ChunkId> = s.sorted().unwrap().map(Result::unwrap).collect();
+        let mut sorted = s.sorted().unwrap();
+        let got: Vec<ChunkId> = sorted.by_ref().map(Result::unwrap).collect();
         all.sort_unstable();
         all.dedup();
         assert!(got == all, "{} ids, {} wanted", got.len(), all.len());
+        // Read again, from the start, after a partial read.
+        sorted.rewind().unwrap();
+        assert_eq!(sorted.next().unwrap().unwrap(), all[0]);
+        sorted.rewind().unwrap();
+        let again: Vec<ChunkId> = sorted.by_ref().map(Result::unwrap).collect();
+        assert!(
+            again == all,
+            "{} ids again, {} wanted",
+            again.len(),
+            all.len()
+        );
+        drop(sorted);
         // The run files are gone with the iterator.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         // And few ids stay in memory.
@@ -183,7 +221,10 @@ mod tests {
         for b in [3u8, 1, 3, 2] {
             s.push(ChunkId([b; 32])).unwrap();
         }
-        let got: Vec<u8> = s.sorted().unwrap().map(|r| r.unwrap().0[0]).collect();
+        let mut sorted = s.sorted().unwrap();
+        let got: Vec<u8> = sorted.by_ref().map(|r| r.unwrap().0[0]).collect();
         assert_eq!(got, [1, 2, 3]);
+        sorted.rewind().unwrap();
+        assert_eq!(sorted.count(), 3);
     }
 }

@@ -93,16 +93,44 @@ impl Publish<'_, '_> {
         self.meta.drop_files()
     }
 
-    /// Write the chunk table as the index locates the chunks (on another
-    /// thread); the blobs the snapshot needs, or None when nothing differs
-    /// from the last snapshot and that may be skipped. Only a run that may
-    /// skip an unchanged snapshot (the daemon) spends the time on the
-    /// digest; it is recorded, for the next run to compare with.
+    /// Write the chunk table: the last snapshot's, copied, when it holds
+    /// exactly this snapshot's chunks (a run where nothing changed), or as
+    /// the index locates the chunks (on another thread). Returns the blobs
+    /// the snapshot needs, or None when nothing differs from the last
+    /// snapshot and that may be skipped. Only a run that may skip an
+    /// unchanged snapshot (the daemon) spends the time on the digest; it is
+    /// recorded, for the next run to compare with.
     fn chunk_table(&self) -> Result<Option<Vec<(String, u64)>>> {
         let b = self.backup;
+        if self.skip_unchanged {
+            let digest = self.meta.digest()?;
+            if snapshot::stored_digest(self.last).as_deref() == Some(digest.as_str())
+                && b.last_still_stored(self.last)?
+            {
+                return Ok(None);
+            }
+            self.meta.set_info("digest", &digest)?;
+        }
+        if b.abort
+            .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled);
+        }
         let mut sorter = super::ids::Sorter::new(&b.tmp_dir);
         self.meta.each_chunk_id(&mut |id| sorter.push(id))?;
-        let ids = sorter.sorted()?;
+        let mut ids = sorter.sorted()?;
+        if self.last.is_file() {
+            let index = b.index();
+            let reused = self
+                .meta
+                .reuse_chunks(self.last, &mut ids, &mut |key, size| {
+                    index.has_blob(key, size)
+                })?;
+            if reused.is_some() {
+                return Ok(reused);
+            }
+            ids.rewind()?;
+        }
         let index_path = b.index().path().to_path_buf();
         let (tx, rx) = sync_channel::<Located>(LOCATE_BATCHES);
         let (written, located) = std::thread::scope(|t| {
@@ -112,29 +140,13 @@ impl Publish<'_, '_> {
                 })
             });
             // Takes `rx`, dropped on return: a locating side still sending stops.
-            let written = (move || -> Result<Option<Vec<(String, u64)>>> {
-                if self.skip_unchanged {
-                    let digest = self.meta.digest()?;
-                    if snapshot::stored_digest(self.last).as_deref() == Some(digest.as_str())
-                        && b.last_still_stored(self.last)?
-                    {
-                        return Ok(None);
-                    }
-                    self.meta.set_info("digest", &digest)?;
-                }
-                if b.abort
-                    .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
-                {
-                    return Err(Error::Cancelled);
-                }
-                self.meta.write_chunks(rx, &index_path).map(Some)
-            })();
+            let written = self.meta.write_chunks(rx, &index_path);
             (written, join(locating))
         });
         match (written, located) {
             // The table ended early: why is the locating side's to say.
             (Err(Error::Cancelled), Err(e)) => Err(e),
-            (written, _) => written,
+            (written, _) => written.map(Some),
         }
     }
 }

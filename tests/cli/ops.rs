@@ -253,6 +253,68 @@ fn backup_after_a_purge_from_another_host_reuploads_what_it_must() {
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
 
+// A run where nothing changed copies the last snapshot's chunk table
+// instead of locating every chunk again, but only while the index still
+// knows every blob it names: after the blobs are deleted behind its back,
+// the same chunks are stored again in new blobs, and the table must point
+// at those. Every snapshot restores whole and verifies deep.
+both!(
+    unchanged_runs_reuse_the_chunk_table_only_while_its_blobs_are_known,
+    |b| {
+        let mut env = Env::new(b);
+        env.extra = vec!["chunk_size = 64KiB".into()];
+        populate_all_kinds(&env.src());
+        fs::write(env.src().join("big.bin"), random_bytes(700_000, 91)).unwrap();
+        env.write_config();
+        let deep_ok = |env: &Env, id: &str| {
+            let out = env
+                .cmd()
+                .env("VAULTIK_PRIVATE_KEY", &env.identity)
+                .args(["snapshot", "verify", id, "--deep"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{id}: {}", stderr(&out));
+            let target = env.path().join(format!("restore-{id}"));
+            env.restore_ok(id, &target, &[]);
+            assert_same_tree(&env.src(), &restored(&target, &env.src()));
+        };
+        env.create();
+        let first = env.snapshot_ids().pop().unwrap();
+        let first_blobs = manifest_blobs(&env, &first);
+        // Nothing changed: the table is the last one's.
+        env.create();
+        let second = env.snapshot_ids().pop().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(manifest_blobs(&env, &second), first_blobs);
+        deep_ok(&env, &second);
+        // Every blob deleted behind the index's back (a purge elsewhere, a
+        // hand at the bucket): the next run, with nothing changed, reads
+        // everything again into new blobs, and its table names those.
+        for key in env.blob_keys() {
+            fs::remove_file(object_path(&env, &key)).unwrap();
+        }
+        let out = env.run(&["snapshot", "create"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            figure(&stdout(&out), "new chunks") >= 10,
+            "{}",
+            stdout(&out)
+        );
+        let third = env.snapshot_ids().pop().unwrap();
+        let third_blobs = manifest_blobs(&env, &third);
+        assert!(
+            third_blobs.iter().all(|k| !first_blobs.contains(k)),
+            "{third_blobs:?} names a deleted blob of {first_blobs:?}"
+        );
+        deep_ok(&env, &third);
+        // And the run after that reuses the new table.
+        env.create();
+        let fourth = env.snapshot_ids().pop().unwrap();
+        assert_eq!(manifest_blobs(&env, &fourth), third_blobs);
+        deep_ok(&env, &fourth);
+    }
+);
+
 both!(remove_then_prune, |b| {
     let mut env = Env::new(b);
     env.extra = vec!["grace_period = 0s".into()];
