@@ -244,18 +244,6 @@ impl MetaWriter {
         Ok((n as u64, files as u64, bytes as u64))
     }
 
-    /// Every chunk id the entries reference that `has` says is missing.
-    pub fn missing_chunks(&self, has: impl Fn(&ChunkId) -> Result<bool>) -> Result<u64> {
-        let mut missing = 0;
-        self.each_chunk_id(&mut |id| {
-            if !has(&id)? {
-                missing += 1;
-            }
-            Ok(())
-        })?;
-        Ok(missing)
-    }
-
     /// SHA-256 over every entry in path order: equal digests mean the
     /// snapshots would restore identically.
     pub fn digest(&self) -> Result<String> {
@@ -339,11 +327,14 @@ impl MetaWriter {
     /// snapshot's chunks are, as `located` hands them over (every id once,
     /// in order). Returns the (key, size) of every blob needed; `Cancelled`
     /// if `located` ends before `done` is said (the error is the locating
-    /// side's).
+    /// side's). A chunk the index has no location for is `StaleBase` when
+    /// entries were carried over from the last snapshot (`carried`: its
+    /// blob was deleted since), else a damaged index.
     pub fn write_chunks(
         &self,
         located: impl IntoIterator<Item = crate::index::Located>,
         index: &Path,
+        carried: bool,
     ) -> Result<Vec<(String, u64)>> {
         let mut blobs: Vec<(String, u64)> = Vec::new();
         let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
@@ -375,7 +366,11 @@ impl MetaWriter {
                     .db(&self.path)?;
             }
             if let Some(id) = &found.missing {
-                return Err(self.unlocated(index, id));
+                return Err(if carried {
+                    Error::StaleBase
+                } else {
+                    self.unlocated(index, id)
+                });
             }
             done |= found.last;
         }
@@ -386,20 +381,24 @@ impl MetaWriter {
         Ok(blobs)
     }
 
-    /// Copy the chunk and blob tables of `prev` (the kept metadata of the
-    /// last snapshot of the same name) when this snapshot references
-    /// exactly its chunks (`ids`: sorted, each once) and `known` says each
-    /// blob it names is still one the index has: a million locations are
-    /// copied in a fraction of the time it takes to look them up and insert
-    /// them one by one. A blob's chunks never move (its key is the hash of
-    /// its bytes), so the copied locations hold. Returns the (key, size) of
-    /// every blob needed, or None, having written nothing, when the tables
-    /// cannot be reused (`ids` is then part read).
+    /// Start from the chunk and blob tables of `prev` (the kept metadata
+    /// of the last snapshot of the same name) when this snapshot's chunks
+    /// (`ids`: sorted, each once) differ from its by at most `PATCH_MAX`,
+    /// and the index still has every blob `prev` names: the tables are
+    /// copied (SQLite's transfer path), the chunks no longer referenced
+    /// removed, and the new ones located in the index and added. A million
+    /// locations are copied in a fraction of the time it takes to look them
+    /// up and insert them one by one. A blob's chunks never move (its key
+    /// is the hash of its bytes), so the copied locations hold. Returns the
+    /// (key, size) of every blob needed, or None, having written nothing,
+    /// when the tables cannot be reused (`ids` is then part read). A new
+    /// chunk the index cannot locate is an error as in `write_chunks`.
     pub fn reuse_chunks(
         &self,
         prev: &Path,
         ids: &mut dyn Iterator<Item = Result<ChunkId>>,
-        known: &mut dyn FnMut(&str, u64) -> Result<bool>,
+        index: &crate::index::Index,
+        carried: bool,
     ) -> Result<Option<Vec<(String, u64)>>> {
         let Some(prev_s) = prev.to_str() else {
             return Ok(None);
@@ -410,22 +409,20 @@ impl MetaWriter {
             .execute("ATTACH DATABASE ?1 AS prev", [prev_s])
             .db(&self.path)?;
         // A kept database that cannot be read only means no reuse.
-        let reused = match self.same_chunks(ids, known) {
-            Ok(Some(blobs)) => self
+        let reused = match self.chunk_diff(ids, index) {
+            Ok(Some(diff)) => self
                 .conn
-                .execute_batch(
-                    "BEGIN;
-                     INSERT INTO blobs SELECT * FROM prev.blobs;
-                     INSERT INTO chunks SELECT * FROM prev.chunks;
-                     COMMIT;",
-                )
+                .execute_batch("BEGIN")
                 .db(&self.path)
-                .map(|()| Some(blobs)),
+                .and_then(|()| {
+                    let r = self.patch_chunks(&diff, index, carried);
+                    let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                    let ended = self.conn.execute_batch(end).db(&self.path);
+                    let blobs = r?;
+                    ended.map(|()| Some(blobs))
+                }),
             Ok(None) | Err(_) => Ok(None),
         };
-        if reused.is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
         let restarted = self
             .conn
             .execute_batch("DETACH DATABASE prev; BEGIN")
@@ -435,13 +432,14 @@ impl MetaWriter {
         Ok(reused)
     }
 
-    /// The blobs of the attached `prev` when its chunk table holds exactly
-    /// `ids` and `known` knows every blob.
-    fn same_chunks(
+    /// How this snapshot's chunks differ from those of the attached
+    /// `prev`, if `prev` can be reused: same format, every blob known to
+    /// the index, at most `PATCH_MAX` differences.
+    fn chunk_diff(
         &self,
         ids: &mut dyn Iterator<Item = Result<ChunkId>>,
-        known: &mut dyn FnMut(&str, u64) -> Result<bool>,
-    ) -> Result<Option<Vec<(String, u64)>>> {
+        index: &crate::index::Index,
+    ) -> Result<Option<ChunkDiff>> {
         let format: Option<String> = self
             .conn
             .query_row(
@@ -454,7 +452,6 @@ impl MetaWriter {
         if format != Some(FORMAT_VERSION.to_string()) {
             return Ok(None);
         }
-        let mut blobs: Vec<(String, u64)> = Vec::new();
         {
             let mut st = self
                 .conn
@@ -464,37 +461,130 @@ impl MetaWriter {
             while let Some(r) = rows.next().db(&self.path)? {
                 let key: String = r.get(0).db(&self.path)?;
                 let size = r.get::<_, i64>(1).db(&self.path)? as u64;
-                if !known(&key, size)? {
+                if !index.has_blob(&key, size)? {
                     return Ok(None);
                 }
-                blobs.push((key, size));
             }
         }
+        let mut diff = ChunkDiff::default();
         let mut st = self
             .conn
             .prepare("SELECT id FROM prev.chunks ORDER BY id")
             .db(&self.path)?;
         let mut rows = st.query([]).db(&self.path)?;
+        let mut theirs = next_prev_id(rows.next().db(&self.path)?)?;
+        let mut ours = ids.next().transpose()?;
         loop {
-            let theirs = rows.next().db(&self.path)?;
-            let ours = ids.next().transpose()?;
             match (theirs, ours) {
                 (None, None) => break,
-                (Some(r), Some(id)) => {
-                    let same = r
-                        .get_ref(0)
-                        .db(&self.path)?
-                        .as_blob()
-                        .is_ok_and(|b| b == id.0.as_slice());
-                    if !same {
-                        return Ok(None);
-                    }
+                (Some(t), Some(o)) if t == o => {
+                    theirs = next_prev_id(rows.next().db(&self.path)?)?;
+                    ours = ids.next().transpose()?;
                 }
-                _ => return Ok(None),
+                (Some(t), o) if o.is_none_or(|o| t < o) => {
+                    diff.gone.push(t);
+                    theirs = next_prev_id(rows.next().db(&self.path)?)?;
+                }
+                (_, o) => {
+                    diff.new.extend(o);
+                    ours = ids.next().transpose()?;
+                }
+            }
+            if diff.gone.len() + diff.new.len() > PATCH_MAX {
+                return Ok(None);
             }
         }
-        blobs.sort();
-        Ok(Some(blobs))
+        Ok(Some(diff))
+    }
+
+    /// Copy the attached `prev`'s tables and apply `diff`; the blobs needed.
+    fn patch_chunks(
+        &self,
+        diff: &ChunkDiff,
+        index: &crate::index::Index,
+        carried: bool,
+    ) -> Result<Vec<(String, u64)>> {
+        self.conn
+            .execute_batch(
+                "INSERT INTO blobs SELECT * FROM prev.blobs;
+                 INSERT INTO chunks SELECT * FROM prev.chunks;",
+            )
+            .db(&self.path)?;
+        {
+            let mut del = self
+                .conn
+                .prepare("DELETE FROM chunks WHERE id = ?1")
+                .db(&self.path)?;
+            for id in &diff.gone {
+                del.execute([&id.0[..]]).db(&self.path)?;
+            }
+        }
+        if !diff.new.is_empty() {
+            let mut find_blob = self
+                .conn
+                .prepare("SELECT id FROM blobs WHERE key = ?1")
+                .db(&self.path)?;
+            let mut ins_blob = self
+                .conn
+                .prepare("INSERT INTO blobs(key, size) VALUES (?1, ?2)")
+                .db(&self.path)?;
+            let mut ins_chunk = self
+                .conn
+                .prepare(
+                    "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db(&self.path)?;
+            let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
+            let ids = diff.new.iter().copied().map(Ok);
+            index.locate(ids, 2048, &mut |found| {
+                for (index_blob, key, size) in found.blobs {
+                    let ours: Option<i64> = find_blob
+                        .query_row([&key], |r| r.get(0))
+                        .optional()
+                        .db(&self.path)?;
+                    let id = match ours {
+                        Some(id) => id,
+                        None => {
+                            ins_blob.execute(params![key, size as i64]).db(&self.path)?;
+                            self.conn.last_insert_rowid()
+                        }
+                    };
+                    blob_ids.insert(index_blob, id);
+                }
+                for (id, (index_blob, loc)) in found.ids.iter().zip(&found.at) {
+                    let blob_id = blob_ids
+                        .get(index_blob)
+                        .expect("locate() names each blob before pointing at it");
+                    loc.insert_row(&mut ins_chunk, id, *blob_id)
+                        .db(&self.path)?;
+                }
+                match &found.missing {
+                    Some(_) if carried => Err(Error::StaleBase),
+                    Some(id) => Err(self.unlocated(index.path(), id)),
+                    None => Ok(()),
+                }
+            })?;
+        }
+        if !diff.gone.is_empty() {
+            self.conn
+                .execute(
+                    "DELETE FROM blobs WHERE id NOT IN (SELECT DISTINCT blob FROM chunks)",
+                    [],
+                )
+                .db(&self.path)?;
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT key, size FROM blobs ORDER BY key")
+            .db(&self.path)?;
+        let blobs = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .db(&self.path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db(&self.path)?;
+        Ok(blobs)
     }
 
     /// The error for a chunk the index has no blob for, naming a file.
@@ -541,6 +631,33 @@ impl MetaWriter {
         let SealSink(seal) = enc.finish().at("compress", &path)?;
         seal.finish()
     }
+}
+
+/// Differences between a snapshot's chunks and the last one's at most
+/// that reuse its chunk table (a million-chunk snapshot where a thousand
+/// files changed is patched; one where most did is built anew).
+const PATCH_MAX: usize = 1 << 16;
+
+/// How a snapshot's chunks differ from the last snapshot's.
+#[derive(Default)]
+struct ChunkDiff {
+    /// In the last snapshot's table only.
+    gone: Vec<ChunkId>,
+    /// In this snapshot only.
+    new: Vec<ChunkId>,
+}
+
+/// A chunk id read from the last snapshot's table.
+fn next_prev_id(row: Option<&rusqlite::Row<'_>>) -> Result<Option<ChunkId>> {
+    let Some(r) = row else { return Ok(None) };
+    let b = r
+        .get_ref(0)
+        .map_err(|e| Error::corrupt("kept snapshot database", e))?
+        .as_blob()
+        .map_err(|e| Error::corrupt("kept snapshot database", e))?;
+    ChunkId::from_slice(b)
+        .map(Some)
+        .ok_or_else(|| Error::corrupt("kept snapshot database", "a chunk id is not 32 bytes"))
 }
 
 /// Lets a zstd encoder write into a `SealWriter`.

@@ -37,6 +37,10 @@ pub struct Publish<'p, 'a> {
     pub time: u64,
     /// The kept metadata of the name's last snapshot.
     pub last: &'p Path,
+    /// Entries were carried over from the last snapshot: a chunk the index
+    /// cannot locate means that base is out of date (`StaleBase`), not a
+    /// damaged index.
+    pub carried: bool,
     /// Publish nothing when nothing differs from the last snapshot.
     pub skip_unchanged: bool,
     /// When the run started, in ns since the epoch.
@@ -93,8 +97,8 @@ impl Publish<'_, '_> {
         self.meta.drop_files()
     }
 
-    /// Write the chunk table: the last snapshot's, copied, when it holds
-    /// exactly this snapshot's chunks (a run where nothing changed), or as
+    /// Write the chunk table: the last snapshot's, copied and patched, when
+    /// it holds nearly this snapshot's chunks (a run where little changed), or as
     /// the index locates the chunks (on another thread). Returns the blobs
     /// the snapshot needs, or None when nothing differs from the last
     /// snapshot and that may be skipped. Only a run that may skip an
@@ -123,9 +127,7 @@ impl Publish<'_, '_> {
             let index = b.index();
             let reused = self
                 .meta
-                .reuse_chunks(self.last, &mut ids, &mut |key, size| {
-                    index.has_blob(key, size)
-                })?;
+                .reuse_chunks(self.last, &mut ids, &index, self.carried)?;
             if reused.is_some() {
                 return Ok(reused);
             }
@@ -140,7 +142,7 @@ impl Publish<'_, '_> {
                 })
             });
             // Takes `rx`, dropped on return: a locating side still sending stops.
-            let written = self.meta.write_chunks(rx, &index_path);
+            let written = self.meta.write_chunks(rx, &index_path, self.carried);
             (written, join(locating))
         });
         match (written, located) {

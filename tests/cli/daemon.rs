@@ -207,6 +207,45 @@ fn hard_links_outside_the_changed_subtree_stay_links() {
 }
 
 #[test]
+fn an_incremental_run_whose_carried_chunks_were_purged_walks_everything() {
+    // A change in b/ makes a run that carries a/ over from the last
+    // snapshot; if a/'s blobs were deleted meanwhile (a purge elsewhere),
+    // the index forgets them when the run starts, the carried chunks cannot
+    // be located, and the run becomes a full one that stores a/ again.
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    env.extra.push("chunk_size = 64KiB".into());
+    let (a, b) = (env.src().join("a"), env.src().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    fs::write(a.join("big"), random_bytes(600_000, 5)).unwrap();
+    fs::write(b.join("x"), b"one").unwrap();
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(20));
+    for key in env.blob_keys() {
+        fs::remove_file(env.store_dir().join(&key)).unwrap();
+    }
+    fs::write(b.join("x"), b"two").unwrap();
+    d.wait_count("run finished", 2, Duration::from_secs(30));
+    let log = d.lines().join("\n");
+    assert!(log.contains("1 changed subtree(s)"), "{log}");
+    assert!(log.contains("gone from the store"), "{log}");
+    assert!(!log.contains("error"), "{log}");
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["snapshot", "verify", "latest", "--deep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+}
+
+#[test]
 fn a_change_in_one_name_does_not_snapshot_another() {
     let mut env = Env::new(Backend::Local);
     fast(&mut env);

@@ -259,7 +259,7 @@ fn backup_after_a_purge_from_another_host_reuploads_what_it_must() {
 // the same chunks are stored again in new blobs, and the table must point
 // at those. Every snapshot restores whole and verifies deep.
 both!(
-    unchanged_runs_reuse_the_chunk_table_only_while_its_blobs_are_known,
+    the_last_chunk_table_is_reused_and_patched_only_while_its_blobs_are_known,
     |b| {
         let mut env = Env::new(b);
         env.extra = vec!["chunk_size = 64KiB".into()];
@@ -312,6 +312,21 @@ both!(
         let fourth = env.snapshot_ids().pop().unwrap();
         assert_eq!(manifest_blobs(&env, &fourth), third_blobs);
         deep_ok(&env, &fourth);
+        // A file added: the table is patched with its chunks and their blob.
+        let added = env.src().join("added.bin");
+        fs::write(&added, random_bytes(300_000, 92)).unwrap();
+        env.create();
+        let fifth = env.snapshot_ids().pop().unwrap();
+        let fifth_blobs = manifest_blobs(&env, &fifth);
+        assert_eq!(fifth_blobs.len(), third_blobs.len() + 1, "{fifth_blobs:?}");
+        assert!(third_blobs.iter().all(|k| fifth_blobs.contains(k)));
+        deep_ok(&env, &fifth);
+        // Removed again: its chunks leave the table, and its blob the manifest.
+        fs::remove_file(&added).unwrap();
+        env.create();
+        let sixth = env.snapshot_ids().pop().unwrap();
+        assert_eq!(manifest_blobs(&env, &sixth), third_blobs);
+        deep_ok(&env, &sixth);
     }
 );
 
