@@ -387,7 +387,9 @@ fn look_up<P: rustix::path::Arg + Copy>(dir: BorrowedFd<'_>, name: P) -> Found {
 /// How a listed entry is known until it is visited.
 enum Known {
     /// Stat'ed (and a symlink's target read) while its directory was listed.
-    Stat(Stat, Option<Vec<u8>>),
+    /// Boxed: every entry of a directory waits on the stack, most of them
+    /// `Later` (backing up a 1M-entry directory: 282 -> 133 MB peak).
+    Stat(Box<(Stat, Option<Vec<u8>>)>),
     /// To look up when visited, relative to its directory, kept open until
     /// then (a stat that failed while listing, or past `PRESTAT_MAX`).
     Later(Rc<OwnedFd>),
@@ -468,7 +470,7 @@ pub fn walk(
     }) = stack.pop()
     {
         let (st, target) = match known {
-            Known::Stat(st, target) => (st, target),
+            Known::Stat(known) => *known,
             Known::Later(dir) => {
                 let name = path.file_name().expect("a listed entry has a name");
                 match look_up(dir.as_fd(), name) {
@@ -697,7 +699,7 @@ impl Walker<'_> {
                 match look_up(fd.as_fd(), name) {
                     Found::Entry(st, target) => {
                         targets += target.as_ref().map_or(0, Vec::len);
-                        Known::Stat(st, target)
+                        Known::Stat(Box::new((st, target)))
                     }
                     Found::Gone => continue,
                     // Looked up again when visited, which reports it.
