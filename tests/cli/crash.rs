@@ -176,12 +176,17 @@ fn files_changing_during_a_backup() {
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    for i in 40..44 {
-        assert!(
-            err.contains(&format!("f{i:02}: deleted during the backup")),
-            "f{i:02} is named: {err}"
-        );
-    }
+    // The readers are far from the last files, but on a busy machine they
+    // may reach the first of them before it is deleted: a file read whole
+    // before its deletion is in the snapshot, whole. Most are deleted
+    // first, and each of those is named.
+    let deleted_first: Vec<bool> = (40..44)
+        .map(|i| err.contains(&format!("f{i:02}: deleted during the backup")))
+        .collect();
+    assert!(
+        deleted_first.iter().filter(|d| **d).count() >= 2,
+        "deleted files are named: {err}"
+    );
     // What the snapshot holds is a tree that existed: the deleted files are
     // absent, every other file is whole (as it was when read).
     let target = env.path().join("restored");
@@ -190,7 +195,7 @@ fn files_changing_during_a_backup() {
     for i in 0..48 {
         let name = format!("f{i:02}");
         let r = back.join(&name);
-        if (40..44).contains(&i) {
+        if (40..44).contains(&i) && deleted_first[i as usize - 40] {
             assert!(!r.exists(), "{name} was deleted before it was read");
             continue;
         }
