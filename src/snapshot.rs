@@ -337,42 +337,22 @@ impl MetaWriter {
         carried: bool,
     ) -> Result<Vec<(String, u64)>> {
         let mut blobs: Vec<(String, u64)> = Vec::new();
-        let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
         let mut ins_blob = self
             .conn
             .prepare_cached("INSERT INTO blobs(id, key, size) VALUES (?1, ?2, ?3)")
             .db(&self.path)?;
-        let mut ins_chunk = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .db(&self.path)?;
+        let mut rows = LocatedRows::new(self, index, carried)?;
         let mut done = false;
         for found in located {
-            for (index_blob, key, size) in found.blobs {
+            done |= found.last;
+            rows.add(&found, &mut |key, size| {
                 let id = blobs.len() as i64 + 1;
                 ins_blob
                     .execute(params![id, key, size as i64])
                     .db(&self.path)?;
-                blobs.push((key, size));
-                blob_ids.insert(index_blob, id);
-            }
-            for (id, (index_blob, loc)) in found.ids.iter().zip(&found.at) {
-                let blob_id = blob_ids
-                    .get(index_blob)
-                    .expect("locate() names each blob before pointing at it");
-                loc.insert_row(&mut ins_chunk, id, *blob_id)
-                    .db(&self.path)?;
-            }
-            if let Some(id) = &found.missing {
-                return Err(if carried {
-                    Error::StaleBase
-                } else {
-                    self.unlocated(index, id)
-                });
-            }
-            done |= found.last;
+                blobs.push((key.to_string(), size));
+                Ok(id)
+            })?;
         }
         if !done {
             return Err(Error::Cancelled);
@@ -528,41 +508,22 @@ impl MetaWriter {
                 .conn
                 .prepare("INSERT INTO blobs(key, size) VALUES (?1, ?2)")
                 .db(&self.path)?;
-            let mut ins_chunk = self
-                .conn
-                .prepare(
-                    "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db(&self.path)?;
-            let mut blob_ids: std::collections::HashMap<i64, i64> = Default::default();
+            let mut rows = LocatedRows::new(self, index.path(), carried)?;
             let ids = diff.new.iter().copied().map(Ok);
             index.locate(ids, 2048, &mut |found| {
-                for (index_blob, key, size) in found.blobs {
+                rows.add(&found, &mut |key, size| {
                     let ours: Option<i64> = find_blob
-                        .query_row([&key], |r| r.get(0))
+                        .query_row([key], |r| r.get(0))
                         .optional()
                         .db(&self.path)?;
-                    let id = match ours {
-                        Some(id) => id,
+                    match ours {
+                        Some(id) => Ok(id),
                         None => {
                             ins_blob.execute(params![key, size as i64]).db(&self.path)?;
-                            self.conn.last_insert_rowid()
+                            Ok(self.conn.last_insert_rowid())
                         }
-                    };
-                    blob_ids.insert(index_blob, id);
-                }
-                for (id, (index_blob, loc)) in found.ids.iter().zip(&found.at) {
-                    let blob_id = blob_ids
-                        .get(index_blob)
-                        .expect("locate() names each blob before pointing at it");
-                    loc.insert_row(&mut ins_chunk, id, *blob_id)
-                        .db(&self.path)?;
-                }
-                match &found.missing {
-                    Some(_) if carried => Err(Error::StaleBase),
-                    Some(id) => Err(self.unlocated(index.path(), id)),
-                    None => Ok(()),
-                }
+                    }
+                })
             })?;
         }
         if !diff.gone.is_empty() {
@@ -630,6 +591,63 @@ impl MetaWriter {
         std::io::copy(&mut src, &mut enc).at("compress", &path)?;
         let SealSink(seal) = enc.finish().at("compress", &path)?;
         seal.finish()
+    }
+}
+
+/// Writes the chunk rows of what the index located, mapping the index's
+/// blob ids to the database's (`write_chunks`, `patch_chunks`).
+struct LocatedRows<'m> {
+    meta: &'m MetaWriter,
+    insert: rusqlite::CachedStatement<'m>,
+    /// The index's blob id -> the database's.
+    blob_ids: std::collections::HashMap<i64, i64>,
+    index: &'m Path,
+    /// A chunk the index cannot locate means a stale base (see
+    /// `write_chunks`).
+    carried: bool,
+}
+
+impl<'m> LocatedRows<'m> {
+    fn new(meta: &'m MetaWriter, index: &'m Path, carried: bool) -> Result<LocatedRows<'m>> {
+        let insert = meta
+            .conn
+            .prepare_cached(
+                "INSERT INTO chunks(id, blob, offset, length, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db(&meta.path)?;
+        Ok(LocatedRows {
+            meta,
+            insert,
+            blob_ids: Default::default(),
+            index,
+            carried,
+        })
+    }
+
+    /// Add one batch; `blob` gives the database's id for a blob first
+    /// named here (its key and size).
+    fn add(
+        &mut self,
+        found: &crate::index::Located,
+        blob: &mut dyn FnMut(&str, u64) -> Result<i64>,
+    ) -> Result<()> {
+        for (index_blob, key, size) in &found.blobs {
+            let id = blob(key, *size)?;
+            self.blob_ids.insert(*index_blob, id);
+        }
+        for (id, (index_blob, loc)) in found.ids.iter().zip(&found.at) {
+            let blob_id = self
+                .blob_ids
+                .get(index_blob)
+                .expect("locate() names each blob before pointing at it");
+            loc.insert_row(&mut self.insert, id, *blob_id)
+                .db(&self.meta.path)?;
+        }
+        match &found.missing {
+            Some(_) if self.carried => Err(Error::StaleBase),
+            Some(id) => Err(self.meta.unlocated(self.index, id)),
+            None => Ok(()),
+        }
     }
 }
 
