@@ -11,7 +11,10 @@
 # --quick uses small datasets (the smoke version the test suite runs).
 # --files "N M..." measures generated trees of N, M... small unique text
 # files instead (0-4 KiB, 1000 to a directory, the same tree for a given N):
-# time and peak RSS per phase, and how each grows from one size to the next.
+# time and peak RSS per phase, how each grows from one size to the next,
+# and the file system's floor for the tree (one process per core doing
+# nothing but read every file, then create and write it afresh: what no
+# backup or restore of it can beat on this machine).
 # Every tool gets a fresh copy of the dataset and a fresh bucket; caches are
 # dropped (when root) and the inputs read back before each timed step.
 # Nothing is deleted between tools: on ext4 without a journal (this
@@ -186,6 +189,49 @@ for i in range(n):
 PY
 }
 
+# The file system's floor for a generated tree, nothing but the kernel's work,
+# with as many processes as the machine has cores: every file opened, read
+# and closed (warm; the least an initial backup does), and the same tree
+# created and written afresh (the least a restore does). Appends
+# "DS floor read WALL 0" and "DS floor create WALL 0" to the results.
+floor() {  # ds dir
+  local ds=$1 dir=$2 n t0 t1 out="$WORK/floor-$1" pids
+  n=$(nproc)
+  warm "$dir"
+  cat > "$WORK/floor.py" <<'PY'
+import os, sys
+mode, src, dst, part, parts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+for i, d in enumerate(sorted(os.listdir(src))):
+    if i % parts != part:
+        continue
+    sd = os.path.join(src, d)
+    if mode == "create":
+        os.mkdir(os.path.join(dst, d))
+    for f in sorted(os.listdir(sd)):
+        fd = os.open(os.path.join(sd, f), os.O_RDONLY)
+        data = os.read(fd, 1 << 20)
+        os.close(fd)
+        if mode == "create":
+            fd = os.open(os.path.join(dst, d, f), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            if data:
+                os.pwrite(fd, data, 0)
+            os.close(fd)
+PY
+  for mode in read create; do
+    rm -rf "$out"; mkdir -p "$out"
+    [ "$mode" = create ] && { sync; warm "$dir"; }
+    t0=$(date +%s.%N)
+    pids=()
+    for p in $(seq 0 $((n - 1))); do
+      python3 "$WORK/floor.py" "$mode" "$dir" "$out" "$p" "$n" & pids+=($!)
+    done
+    wait "${pids[@]}"   # (not the servers, also children of this shell)
+    t1=$(date +%s.%N)
+    echo "$ds floor $mode $(python3 -c "print(f'{$t1 - $t0:.2f}')") 0" >> "$WORK/results"
+  done
+  # Left for the end of the dataset, with its other trees (see above).
+}
+
 make_dataset() {  # name dir
   local name=$1 dir=$2 src
   case "$name" in
@@ -257,6 +303,7 @@ for ds in $DATASETS; do
   size=$(du -sh "$WORK/pristine-$ds" | cut -f1)
   echo "dataset $ds: $files files, $size" >> "$WORK/datasets"
   echo "$ds - bytes $(du -sb "$WORK/pristine-$ds" | cut -f1)" >> "$WORK/results"
+  case "$ds" in files*) floor "$ds" "$WORK/pristine-$ds" ;; esac
   for tool in $TOOLS; do
     src="$WORK/src-$ds-$tool"
     rdir="$WORK/restore-$ds-$tool"   # full restore
@@ -340,7 +387,7 @@ EOF
       echo "$ds $tool fetched $(fetched_since "$before") $(stat -c %s "$one")" >> "$WORK/results"
     fi
   done
-  rm -rf "$WORK/pristine-$ds" "$WORK/src-$ds-"* "$WORK/restore-$ds-"* "$WORK/one-$ds-"*
+  rm -rf "$WORK/pristine-$ds" "$WORK/src-$ds-"* "$WORK/restore-$ds-"* "$WORK/one-$ds-"* "$WORK/floor-$ds"
   sync
   if [ "$QUICK" = 0 ] && [ "$ds" != "${DATASETS##* }" ]; then sleep 61; fi
 done
@@ -355,9 +402,9 @@ zst=$(find /usr/share/doc -type f -print0 2>/dev/null | head -z -n 3000 | xargs 
 limit=$(python3 -c "print(int(2 / (1/$sha + 1/${zst:-390})))")
 
 # --- the table -----------------------------------------------------------------
-python3 - "$WORK/results" "$WORK/datasets" "$SERVER_NAME" "$sha" "${zst:-?}" "$limit" "$TOOLS" "$SCALE" <<'EOF'
+python3 - "$WORK/results" "$WORK/datasets" "$SERVER_NAME" "$sha" "${zst:-?}" "$limit" "$TOOLS" "$SCALE" "$(nproc)" <<'EOF'
 import sys, collections
-res, dsfile, server, sha, zst, limit, tools, scale = sys.argv[1:9]
+res, dsfile, server, sha, zst, limit, tools, scale, nproc = sys.argv[1:10]
 tools = tools.split()
 t = collections.defaultdict(dict)
 runs = collections.defaultdict(list)
@@ -427,6 +474,18 @@ if fsets:
                      f"{int(rb[c][1]) / max(int(ra[c][1]), 1):.1f}x RSS"
                      for c, n in phases if c in ra and c in rb]
             print(f"  {tool}: " + "; ".join(parts))
+    print()
+    print(f"the file system's floor ({nproc} Python processes doing nothing but open, read, create, write, close; their start-up included):")
+    for ds in fsets:
+        fl = t.get((ds, "floor"), {})
+        if "read" in fl and "create" in fl:
+            line = (f"  {int(ds[5:]):,} files: read every file {float(fl['read'][0]):.2f} s "
+                    f"(the least an initial backup takes), create and write every file "
+                    f"{float(fl['create'][0]):.2f} s (the least a restore takes)")
+            p = t.get((ds, tools[1]), {}) if len(tools) > 1 else {}
+            if "restore" in p:
+                line += f"; {tools[1]}'s restore / 3 = {float(p['restore'][0]) / 3:.2f} s"
+            print(line)
 print()
 for ds in sorted({k[0] for k in t}):
     v, size = t.get((ds, "vaultik")), t.get((ds, "-"), {}).get("bytes")

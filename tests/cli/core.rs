@@ -638,3 +638,32 @@ fn benchmark_smoke() {
     assert!(text.contains("ratios peer/vaultik"), "{text}");
     assert!(text.contains("of the pipeline limit"), "{text}");
 }
+
+/// The quick version of the many-files benchmark: two generated trees, both
+/// tools, the growth from one size to the next, and the file system's floor.
+#[test]
+fn benchmark_files_smoke() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/bench.sh"))
+        .args(["--quick", "--files", "300 600"])
+        .env("VAULTIK_BIN", util::bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("| 600 | vaultik |"), "{text}");
+    assert!(text.contains("| 600 | restic |"), "{text}");
+    assert!(text.contains("growth from 300 to 600 files"), "{text}");
+    for n in ["300", "600"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("{n} files: read every file"))
+            })
+            .unwrap_or_else(|| panic!("no floor for {n} files in\n{text}"));
+        assert!(line.contains("create and write every file"), "{line}");
+        assert!(line.contains("restic's restore / 3"), "{line}");
+    }
+}
