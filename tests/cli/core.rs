@@ -620,19 +620,27 @@ fn unknown_snapshot_is_a_clear_error() {
     );
 }
 
+/// `tests/bench.sh --quick ARGS` with this build: what it printed, once it
+/// succeeded.
+fn quick_bench(args: &[&str]) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/bench.sh"))
+        .arg("--quick")
+        .args(args)
+        .env("VAULTIK_BIN", util::bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    text
+}
+
 /// The quick version of tests/bench.sh: both tools back up, change,
 /// restore (checked with diff -r) and fetch one file, and the table prints.
 #[test]
 fn benchmark_smoke() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("tests/bench.sh"))
-        .args(["--quick", "--datasets", "share"])
-        .env("VAULTIK_BIN", util::bin())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let text = quick_bench(&["--datasets", "share"]);
     assert!(text.contains("| share | vaultik |"), "{text}");
     assert!(text.contains("| share | restic |"), "{text}");
     assert!(text.contains("ratios peer/vaultik"), "{text}");
@@ -643,15 +651,7 @@ fn benchmark_smoke() {
 /// tools, the growth from one size to the next, and the file system's floor.
 #[test]
 fn benchmark_files_smoke() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("tests/bench.sh"))
-        .args(["--quick", "--files", "300 600"])
-        .env("VAULTIK_BIN", util::bin())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let text = quick_bench(&["--files", "300 600"]);
     assert!(text.contains("| 600 | vaultik |"), "{text}");
     assert!(text.contains("| 600 | restic |"), "{text}");
     assert!(text.contains("growth from 300 to 600 files"), "{text}");
