@@ -18,7 +18,7 @@ Usage:
   vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
   vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune]
   vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
-  vaultik [GLOBAL FLAGS] snapshot list [--json]
+  vaultik [GLOBAL FLAGS] snapshot list [--versions] [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
                                          [--identity FILE] [--json] [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] snapshot purge RULES [--name NAME] [--dry-run] [--force] [--json]
@@ -161,7 +161,7 @@ unreferenced blobs (no private key needed).
 ";
 
 pub const USAGE_LIST: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot list [--json]
+Usage: vaultik [GLOBAL FLAGS] snapshot list [--versions] [--json]
 
 List the complete snapshots in the store (no private key needed).
 
@@ -405,7 +405,7 @@ pub enum Command {
     Help(&'static str),
     Version,
     SnapshotCreate(CreateArgs),
-    SnapshotList { json: bool },
+    SnapshotList { json: bool, versions: bool },
     SnapshotVerify(VerifyArgs),
     SnapshotPurge(PurgeArgs),
     SnapshotRemove { snapshots: Vec<String> },
@@ -820,10 +820,16 @@ fn parse_prune(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 fn parse_list(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    Ok(match parse_flags(p, g, USAGE_LIST, false)? {
-        Ok((_, json)) => Command::SnapshotList { json },
-        Err(help) => help,
-    })
+    let (mut json, mut versions) = (false, false);
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_LIST)),
+            Long("json") => json = true,
+            Long("versions") => versions = true,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::SnapshotList { json, versions })
 }
 
 fn parse_info(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -1117,7 +1123,21 @@ mod tests {
         );
         let (g, c) = parse_str("snapshot list --json --store /s").unwrap();
         assert_eq!(g.store.as_deref(), Some("/s"));
-        assert_eq!(c, Command::SnapshotList { json: true });
+        assert_eq!(
+            c,
+            Command::SnapshotList {
+                json: true,
+                versions: false
+            }
+        );
+        let (_, c) = parse_str("snapshot list --versions").unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotList {
+                json: false,
+                versions: true
+            }
+        );
         let (_, c) = parse_str("restore latest --target /t /etc/hosts --identity /k").unwrap();
         assert_eq!(
             c,

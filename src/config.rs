@@ -81,6 +81,10 @@ pub struct S3Config {
     /// The storage class of blobs (metadata, manifests and marks are
     /// always STANDARD).
     pub storage_class: StorageClass,
+    /// Lock every object written (`store/lock.rs`).
+    pub object_lock: crate::store::lock::LockMode,
+    /// How long; derived from the retention rules when None.
+    pub lock_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -498,6 +502,17 @@ impl Parsing {
             "secret_access_key" => s.secret_access_key = Some(value.to_string()),
             "ca_file" => s.ca_file = Some(PathBuf::from(value)),
             "storage_class" => s.storage_class = l.storage_class()?,
+            "object_lock" => {
+                s.object_lock = crate::store::lock::LockMode::parse(value)
+                    .ok_or_else(|| l.bad("expected off, governance or compliance"))?
+            }
+            "lock_for" => {
+                let d = l.duration("90d")?;
+                if d.is_zero() {
+                    return Err(l.bad("expected a duration longer than 0s"));
+                }
+                s.lock_for = Some(d);
+            }
             key => return Err(l.err(format!("unknown key `{key}` in [s3]"))),
         }
         Ok(())
@@ -547,6 +562,13 @@ impl Parsing {
                 }
                 if s.endpoint.is_empty() {
                     return Err(self.err(n, "[s3] needs `endpoint`".into()));
+                }
+                if s.lock_for.is_some() && !s.object_lock.is_on() {
+                    return Err(self.err(
+                        n,
+                        "[s3] has `lock_for` but not `object_lock = governance` or `compliance`"
+                            .into(),
+                    ));
                 }
                 let region = if s.region.is_empty() {
                     "us-east-1".to_string()

@@ -54,6 +54,15 @@ CREATE TABLE files(
 ) WITHOUT ROWID;
 ";
 
+/// How long each blob is locked in the store, as far as this host knows
+/// (`[s3] object_lock`): set when it uploads a blob or extends its lock.
+/// Kept apart from the versioned schema: an index without it gets it, and
+/// one that loses it only extends locks again.
+const LOCKS: &str = "CREATE TABLE IF NOT EXISTS blob_locks(
+    key TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+) WITHOUT ROWID;";
+
 /// Where a run of a snapshot's chunks are, from `Index::locate`.
 #[derive(Default)]
 pub struct Located {
@@ -169,7 +178,21 @@ impl Index {
         if let Opened::Fresh(_) = opened {
             idx.reset(store_id)?;
         }
+        idx.conn.execute_batch(LOCKS).db(&idx.path)?;
         Ok((idx, opened))
+    }
+
+    /// The identity of the store the index at `path` was made for, if it
+    /// exists and says (read only; anything amiss is None).
+    pub fn store_of(path: &Path) -> Option<String> {
+        if !path.is_file() {
+            return None;
+        }
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).ok()?;
+        conn.query_row("SELECT value FROM meta WHERE key='store'", [], |r| r.get(0))
+            .ok()
     }
 
     /// The index at `path` when it exists and belongs to `store_id` (or,
@@ -430,24 +453,63 @@ impl Index {
         tx.commit().db(&self.path)
     }
 
-    /// Forget blobs that are no longer in the store (and their chunks), so
-    /// nothing deduplicates against data that is gone. `present` is the
-    /// sorted list of blob keys in the store. Returns how many were dropped.
-    pub fn forget_missing_blobs(&mut self, present: &[String]) -> Result<usize> {
-        let known: Vec<(i64, String)> = {
+    /// Until when the store keeps `key` locked, as far as this index knows
+    /// (0: not known).
+    pub fn locked_until(&self, key: &str) -> Result<u64> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT until FROM blob_locks WHERE key=?1")
+            .db(&self.path)?;
+        let until: Option<i64> = st
+            .query_row([key], |r| r.get(0))
+            .optional()
+            .db(&self.path)?;
+        Ok(until.map_or(0, |u| u.max(0) as u64))
+    }
+
+    /// The store locked `keys` until `until` (never recorded as earlier
+    /// than it was).
+    pub fn set_locked_until(&mut self, keys: &[String], until: u64) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO blob_locks(key, until) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET until = max(until, excluded.until)",
+                )
+                .db(&self.path)?;
+            let until = i64::try_from(until).unwrap_or(i64::MAX);
+            for k in keys {
+                st.execute(params![k, until]).db(&self.path)?;
+            }
+        }
+        tx.commit().db(&self.path)
+    }
+
+    /// Forget blobs that are no longer in the store, or no longer of the
+    /// size they were uploaded with (written over), and their chunks, so
+    /// nothing deduplicates against data that is gone (the data is uploaded
+    /// again). `present` is the store's blob keys, sorted, with their
+    /// sizes. Returns how many were dropped.
+    pub fn forget_missing_blobs(&mut self, present: &[(String, u64)]) -> Result<usize> {
+        let known: Vec<(i64, String, i64)> = {
             let mut st = self
                 .conn
-                .prepare("SELECT id, key FROM blobs")
+                .prepare("SELECT id, key, size FROM blobs")
                 .db(&self.path)?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .db(&self.path)?
                 .collect::<rusqlite::Result<_>>()
                 .db(&self.path)?
         };
         let gone: Vec<i64> = known
             .into_iter()
-            .filter(|(_, k)| present.binary_search(k).is_err())
-            .map(|(id, _)| id)
+            .filter(|(_, k, size)| {
+                present
+                    .binary_search_by(|(p, _)| p.as_str().cmp(k))
+                    .map_or(true, |i| present[i].1 as i64 != *size)
+            })
+            .map(|(id, _, _)| id)
             .collect();
         if gone.is_empty() {
             return Ok(0);
@@ -662,7 +724,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            idx.forget_missing_blobs(&["blobs/2".to_string()]).unwrap(),
+            idx.forget_missing_blobs(&[("blobs/2".to_string(), 1)])
+                .unwrap(),
             1
         );
         assert!(!idx.has_chunk(&a).unwrap());

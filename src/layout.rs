@@ -6,9 +6,14 @@
 //! blobs/aa/bb/<sha256 of the encrypted blob, 64 hex>    aa, bb: its first 4 hex digits
 //! metadata/<id>/db.zst.age                              encrypted metadata database
 //! metadata/<id>/manifest.json.zst                       clear manifest
-//! gc/pending/<compact time>-<16 hex>.json               deletion mark
-//! store.json                                            the store's identity
+//! gc/marked/<compact time>/<64 hex>                     a blob marked for deletion
+//! gc/pending/<compact time>-<16 hex>.json               deletion mark (before 0.2)
+//! store/<format>/<32 hex>                               the store's identity
+//! store.json                                            the same, before 0.2
 //! ```
+//!
+//! The identity is in its key's name so that a backup learns it from a
+//! listing: a host may have no right to read objects at all.
 //!
 //! A snapshot id is `<host>_<name>_<compact UTC time>[.<1-9>]`: host and
 //! name use `[A-Za-z0-9.-]` only (no `/`, no `_`), so an id is one path
@@ -22,8 +27,13 @@ use crate::time;
 pub const BLOBS: &str = "blobs/";
 pub const METADATA: &str = "metadata/";
 pub const MARKS: &str = "gc/pending/";
-/// The store's identity (`store/identity.rs`).
+/// Blobs marked for deletion, named (a backup learns them from a listing).
+pub const MARKED: &str = "gc/marked/";
+/// The store's identity as stores made before identities were named in
+/// keys hold it (`store/identity.rs`).
 pub const IDENTITY: &str = "store.json";
+/// Where identities are named in keys.
+pub const IDS: &str = "store/";
 
 const DB_FILE: &str = "db.zst.age";
 const MANIFEST_FILE: &str = "manifest.json.zst";
@@ -47,8 +57,13 @@ pub enum Key<'a> {
     /// A deletion mark: when it was made, and the first 8 bytes of the
     /// SHA-256 of its content.
     Mark { time: u64, tag: [u8; 8] },
-    /// The store's identity.
+    /// A blob marked for deletion by a purge at `time` (an empty object).
+    Marked { time: u64, blob: [u8; 32] },
+    /// The store's identity, in `store.json` (before 0.2).
     Identity,
+    /// The store's identity, named: the layout's format and the id (32
+    /// lower-case hex digits).
+    StoreId { format: u32, id: &'a str },
 }
 
 impl Key<'_> {
@@ -63,7 +78,9 @@ impl Key<'_> {
             Key::Metadata(id) => format!("{METADATA}{id}/{DB_FILE}"),
             Key::Manifest(id) => format!("{METADATA}{id}/{MANIFEST_FILE}"),
             Key::Mark { time, tag } => format!("{MARKS}{}-{}.json", time::compact(*time), hex(tag)),
+            Key::Marked { time, blob } => format!("{MARKED}{}/{}", time::compact(*time), hex(blob)),
             Key::Identity => IDENTITY.to_string(),
+            Key::StoreId { format, id } => format!("{IDS}{format}/{id}"),
         }
     }
 }
@@ -72,6 +89,21 @@ impl Key<'_> {
 pub fn parse(key: &str) -> Option<Key<'_>> {
     if key == IDENTITY {
         return Some(Key::Identity);
+    }
+    if let Some(rest) = key.strip_prefix(IDS) {
+        let (format, id) = rest.split_once('/')?;
+        let digits = !format.is_empty()
+            && format.len() <= 6
+            && !format.starts_with('0')
+            && format.bytes().all(|b| b.is_ascii_digit());
+        let hex = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !(digits && hex) {
+            return None;
+        }
+        return Some(Key::StoreId {
+            format: format.parse().ok()?,
+            id,
+        });
     }
     if let Some(rest) = key.strip_prefix(BLOBS) {
         // `aa/bb/<64 hex>` with aa and bb the first four digits.
@@ -95,6 +127,13 @@ pub fn parse(key: &str) -> Option<Key<'_>> {
             MANIFEST_FILE => Some(Key::Manifest(id)),
             _ => None,
         };
+    }
+    if let Some(rest) = key.strip_prefix(MARKED) {
+        let (when, blob) = rest.split_once('/')?;
+        return Some(Key::Marked {
+            time: time::parse_compact(when)?,
+            blob: unhex(blob.as_bytes())?,
+        });
     }
     if let Some(rest) = key.strip_prefix(MARKS) {
         // `<18-byte compact time>-<16 hex>.json`
@@ -260,6 +299,14 @@ mod tests {
                 tag: [0xab, 0, 1, 2, 3, 4, 5, 0xff],
             },
             Key::Identity,
+            Key::Marked {
+                time: 1_795_422_615,
+                blob: hash,
+            },
+            Key::StoreId {
+                format: 12,
+                id: "0123456789abcdef0123456789abcdef",
+            },
         ] {
             let k = key.to_key();
             assert_eq!(parse(&k), Some(key), "{k}");
@@ -290,6 +337,15 @@ mod tests {
             "gc/pending/2026-11-23T083015Z-abababababababab.json.tmp".into(),
             "gc/pending/2026-11-23T083015Z-ababababababab.json".into(),
             "gc/pending/../../blobs/x".into(),
+            format!("gc/marked/2026-11-23T083015Z/{}/x", &H),
+            format!("gc/marked/2026-11-23T083015/{}", &H),
+            format!("gc/marked/2026-11-23T083015Z/{}", &H[1..]),
+            "store/1/0123456789abcdef0123456789abcde".into(),
+            "store/1/0123456789abcdef0123456789abcdeF".into(),
+            "store/01/0123456789abcdef0123456789abcdef".into(),
+            "store/1/0123456789abcdef0123456789abcdef/x".into(),
+            "store//0123456789abcdef0123456789abcdef".into(),
+            "store/1/../../0123456789abcdef0123456789ab".into(),
             "other/thing".into(),
             "".into(),
         ] {

@@ -25,7 +25,9 @@ type BlobChunks = (String, u64, Vec<(ChunkId, Location)>);
 
 /// One thing wrong with a snapshot.
 pub struct Problem {
-    /// `missing`, `size`, `manifest` or `corrupt`.
+    /// `missing`, `size`, `manifest`, `corrupt`, or `replaced` (a blob
+    /// written over or deleted on a versioned bucket: the message says
+    /// whether the version vaultik wrote was found).
     pub kind: &'static str,
     pub key: String,
     pub message: String,
@@ -70,7 +72,27 @@ pub enum Depth<'a> {
 pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report> {
     let mkey = layout::manifest(&id);
     let manifest = Manifest::from_bytes(&mkey, &store.get(&mkey, manifest::MANIFEST_MAX)?)?;
+    // On a versioned bucket, a deep check first finds, for each blob written
+    // over or deleted, the version vaultik wrote (then checked like any
+    // other), and names what was done to it.
+    let mut replaced = Vec::new();
+    if let Depth::Deep { .. } = depth {
+        let found = Mutex::new(Vec::new());
+        store.choose_versions(&manifest.blobs, &|m: &str| {
+            found.lock().expect("lock").push(m.to_string())
+        })?;
+        for message in found.into_inner().expect("lock") {
+            let (key, rest) = message.split_once(' ').unwrap_or((&message, ""));
+            replaced.push(Problem {
+                kind: "replaced",
+                key: key.to_string(),
+                message: rest.to_string(),
+                files: Vec::new(),
+            });
+        }
+    }
     let (mut problems, bad_blobs) = shallow(store, &id, &manifest)?;
+    problems.extend(replaced);
     let mut chunks_checked = 0u64;
     let mut checksums = None;
     let dkey = layout::metadata(&id);

@@ -82,6 +82,8 @@ pub struct Backup<'a> {
     pub last_dir: PathBuf,
     /// Set from outside (a daemon being stopped) to abandon the run cleanly.
     pub abort: Option<&'a AtomicBool>,
+    /// `[s3] object_lock`: how the run locks what it writes and reuses.
+    pub lock: Option<crate::store::lock::LockPlan>,
 }
 
 /// Which part of a snapshot's paths a run walks.
@@ -124,6 +126,8 @@ pub struct Summary {
     /// Mount points not descended into (`one_file_system`, or a
     /// pseudo-filesystem).
     pub mounts: u64,
+    /// Reused blobs whose lock was extended.
+    pub locks_extended: u64,
     pub seconds: f64,
 }
 

@@ -58,6 +58,10 @@ impl Publish<'_, '_> {
         };
         t.lap("publish: chunk table");
         let b = self.backup;
+        if let Some(plan) = &b.lock {
+            s.locks_extended = extend_locks(b, plan, &blobs)?;
+            t.lap("publish: locks of reused blobs extended");
+        }
         let sealed = self.meta.seal(&b.tmp_dir, &b.recipients, METADATA_LEVEL)?;
         t.lap("publish: metadata sealed");
         b.store.put_file(
@@ -153,6 +157,40 @@ impl Publish<'_, '_> {
     }
 }
 
+/// Every blob the snapshot names must stay locked `lock_for` past now:
+/// extend the lock of those the index does not know to be (reused blobs),
+/// eight requests at a time, each to what is needed plus a step (so that
+/// the next runs need not). Done before the snapshot is published: a
+/// snapshot is never published with a blob whose lock ends before its
+/// own. Returns how many were extended.
+fn extend_locks(
+    b: &Backup<'_>,
+    plan: &crate::store::lock::LockPlan,
+    blobs: &[(String, u64)],
+) -> Result<u64> {
+    let now = crate::time::now();
+    let needed = plan.needed(now);
+    let stale: Vec<String> = {
+        let index = b.index();
+        let mut stale = Vec::new();
+        for (k, _) in blobs {
+            if index.locked_until(k)? < needed {
+                stale.push(k.clone());
+            }
+        }
+        stale
+    };
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let lock = plan.extended(now);
+    for r in crate::store::parallel(&stale, |k| b.store.extend_lock(k, lock)) {
+        r?;
+    }
+    b.index().set_locked_until(&stale, lock.until)?;
+    Ok(stale.len() as u64)
+}
+
 /// A purge elsewhere may have deleted an old blob the snapshot reuses
 /// before it was published: check, and withdraw it if so.
 fn check_blobs(b: &Backup<'_>, manifest: &Manifest) -> Result<()> {
@@ -172,7 +210,7 @@ fn check_blobs(b: &Backup<'_>, manifest: &Manifest) -> Result<()> {
         return Ok(());
     }
     crate::gc::remove_snapshots(b.store, &[&manifest.id])?;
-    let mut keys: Vec<String> = present.into_keys().collect();
+    let mut keys: Vec<(String, u64)> = present.into_iter().collect();
     keys.sort();
     b.index().forget_missing_blobs(&keys)?;
     Err(Error::BlobsVanished {

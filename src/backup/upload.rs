@@ -47,6 +47,11 @@ impl Shared<'_, '_> {
                     .index()
                     .add_blob(&blob.key, blob.file.size, part)?;
             }
+            if let Some(plan) = &self.backup.lock {
+                self.backup
+                    .index()
+                    .set_locked_until(std::slice::from_ref(&blob.key), plan.until)?;
+            }
             self.dedup.settle(entries.iter().map(|(id, _)| id));
             events
                 .send(vec![Event::BlobStored {

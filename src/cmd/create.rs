@@ -19,6 +19,7 @@ use crate::index::{Index, Opened};
 use crate::lock::RunLock;
 use crate::store::Store;
 use crate::store::class::StorageClass;
+use crate::store::lock::{self, LockMode, LockPlan};
 use crate::stream::Stream;
 use crate::{blob, human_bytes, keys, store};
 
@@ -33,6 +34,11 @@ pub struct Session {
     pub recipients: Vec<x25519::Recipient>,
     /// The storage class of new blobs (`[s3] storage_class`).
     pub blob_class: StorageClass,
+    /// `[s3] object_lock` and `lock_for`.
+    pub lock_mode: LockMode,
+    pub lock_for: Option<std::time::Duration>,
+    /// The lock plan of the run being prepared (`prepare`).
+    plan: Mutex<Option<LockPlan>>,
 }
 
 impl Session {
@@ -43,12 +49,20 @@ impl Session {
         let index_path = settings.index_path.clone();
         let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         blob::private_dir(&state_dir)?;
-        let blob_class = match &settings.store {
-            crate::config::StoreConfig::S3(s3) => s3.storage_class,
-            crate::config::StoreConfig::Local { .. } => StorageClass::Standard,
+        let (blob_class, lock_mode, lock_for) = match &settings.store {
+            crate::config::StoreConfig::S3(s3) => (s3.storage_class, s3.object_lock, s3.lock_for),
+            crate::config::StoreConfig::Local { .. } => {
+                (StorageClass::Standard, LockMode::Off, None)
+            }
         };
+        if lock_mode.is_on() {
+            store.check_lock_setup()?;
+        }
         Ok(Session {
             blob_class,
+            lock_mode,
+            lock_for,
+            plan: Mutex::new(None),
             hostname: settings.hostname.clone(),
             tmp_dir: state_dir.join("tmp"),
             last_dir: state_dir.join("last"),
@@ -63,7 +77,12 @@ impl Session {
     /// number of blobs the index forgot because the store lost them.
     pub fn prepare(&self) -> Result<(RunLock, Index, usize)> {
         let lock = RunLock::acquire(&self.index_path)?;
-        let identity = store::identity::ensure(self.store.as_ref())?;
+        // Locked from the first object written (the identity included).
+        let plan = self.lock_plan()?;
+        self.store.set_lock(plan.map(|p| p.lock()));
+        *self.plan.lock().expect("plan lock poisoned by a panic") = plan;
+        let known = Index::store_of(&self.index_path);
+        let identity = store::identity::ensure(self.store.as_ref(), known.as_deref())?;
         let (mut index, opened) =
             Index::open(&self.index_path, &identity.id, &self.store.describe())?;
         if let Opened::Fresh(Some(other)) = &opened {
@@ -83,17 +102,65 @@ impl Session {
         // Never deduplicate against a blob that is no longer in the store
         // (purged from another host, or lost), nor against one a purge has
         // marked for deletion (see gc.rs): its data is uploaded again.
-        let marked = crate::gc::marked_blobs(self.store.as_ref(), &warn)?;
-        let present: Vec<String> = self
+        let marked = crate::gc::marked_blobs(self.store.as_ref())?;
+        let present: Vec<(String, u64)> = self
             .store
             .list(crate::layout::BLOBS)?
             .objects
             .into_iter()
-            .map(|o| o.key)
-            .filter(|k| !marked.contains(k))
+            .filter(|o| !marked.contains(&o.key))
+            .map(|o| (o.key, o.size))
             .collect();
         let dropped = index.forget_missing_blobs(&present)?;
         Ok((lock, index, dropped))
+    }
+
+    /// How this run locks what it writes (`store/lock.rs`): for `lock_for`,
+    /// or for what the retention rules keep a snapshot (with `keep_latest`,
+    /// from this host's snapshots in the store, of the name that keeps
+    /// them longest).
+    fn lock_plan(&self) -> Result<Option<LockPlan>> {
+        if !self.lock_mode.is_on() {
+            return Ok(None);
+        }
+        let now = crate::time::now();
+        let lock_for = match self.lock_for {
+            Some(d) => d.as_secs(),
+            None => {
+                let rule = self.retention();
+                let latest_age = match rule.keep_latest {
+                    Some(n) => {
+                        let mut times: std::collections::HashMap<String, Vec<u64>> =
+                            Default::default();
+                        for l in crate::manifest::list(self.store.as_ref())? {
+                            if let Some(p) = crate::layout::parse_id(&l.id)
+                                .filter(|p| p.host == self.hostname && p.time <= now)
+                            {
+                                times.entry(p.name.to_string()).or_default().push(p.time);
+                            }
+                        }
+                        // A name with fewer than two snapshots: as if daily.
+                        let names = self.cfg.snapshots.iter().map(|s| {
+                            let t = times.get_mut(&s.name).map(std::mem::take);
+                            lock::latest_age(n, &mut t.unwrap_or_default(), now)
+                                .unwrap_or((n as u64).saturating_mul(86_400))
+                        });
+                        names.max()
+                    }
+                    None => None,
+                };
+                lock::derived_lock_for(&rule, self.cfg.grace_period.as_secs(), latest_age)
+                    .ok_or_else(|| {
+                        Error::Setup(format!(
+                            "{}: object_lock is set but lock_for is not, and no retention rule \
+                             (keep_within, keep_latest, keep_daily, ...) says how long \
+                             snapshots are kept: set [s3] lock_for",
+                            self.cfg.path.display()
+                        ))
+                    })?
+            }
+        };
+        Ok(Some(LockPlan::new(self.lock_mode, lock_for, now)))
     }
 
     pub fn backup<'a>(
@@ -119,6 +186,7 @@ impl Session {
             progress,
             last_dir: self.last_dir.clone(),
             abort,
+            lock: *self.plan.lock().expect("plan lock poisoned by a panic"),
         }
     }
 
@@ -194,6 +262,14 @@ pub fn summary_line(s: &crate::backup::Summary) -> String {
         String::new()
     } else {
         format!("left out: {}; ", left.join(", "))
+    };
+    let left = if s.locks_extended > 0 {
+        format!(
+            "{left}locks of {} reused blobs extended; ",
+            s.locks_extended
+        )
+    } else {
+        left
     };
     format!(
         "snapshot {}: {} entries, {} files ({}) scanned; {} files ({}) read; \
@@ -281,7 +357,7 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     let (_lock, index, dropped) = session.prepare()?;
     if dropped > 0 {
         warn(&format!(
-            "{dropped} blob(s) known to the index are gone from the store or marked for deletion; their data will be uploaded again"
+            "{dropped} blob(s) known to the index are gone from the store, written over (another size), or marked for deletion; their data will be uploaded again"
         ));
     }
     // SAFETY: isatty has no preconditions.

@@ -148,7 +148,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
     };
     if dropped > 0 {
         log(&format!(
-            "warning: {dropped} blob(s) known to the index are gone from the store or marked for deletion"
+            "warning: {dropped} blob(s) known to the index are gone from the store, written over (another size), or marked for deletion"
         ));
     }
     let backup = session.backup(index, true, false, Some(abort));

@@ -19,8 +19,9 @@ use crate::manifest::{self, Manifest};
 use crate::time::now as unix_now;
 use crate::verify::Depth;
 
-pub fn list(settings: &Settings, json: bool) -> Result<()> {
-    let store = open_existing_store(settings)?;
+pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
+    let store = super::open_versioned_store(settings, versions)?;
+    let deleted: HashSet<String> = store.deleted_snapshots().into_iter().collect();
     let mut manifests = Vec::new();
     let mut damaged = 0;
     for listed in manifest::list(store.as_ref())? {
@@ -59,6 +60,7 @@ pub fn list(settings: &Settings, json: bool) -> Result<()> {
                     "size": m.total_size(),
                     "blobs": m.blobs.len(),
                     "dated_ahead": m.dated_ahead(),
+                    "deleted": deleted.contains(&m.id),
                 })
             })
             .collect();
@@ -77,7 +79,9 @@ pub fn list(settings: &Settings, json: bool) -> Result<()> {
             .max(2);
         writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE").map_err(output)?;
         for m in &manifests {
-            let flag = if m.dated_ahead() {
+            let flag = if deleted.contains(&m.id) {
+                "  (deleted; its versions remain: restore it by id)"
+            } else if m.dated_ahead() {
                 "  (dated ahead of the store: ignored by latest and retention)"
             } else {
                 ""
@@ -116,14 +120,28 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
     let view = View::load(store.as_ref())?;
     warn_about(&view);
     let totals = Totals::of(&view, settings.grace_period);
+    // On a bucket with Object Lock, what is locked (a HEAD per object).
+    let locks = if store.object_lock_enabled()? {
+        let mut all = view.blobs.clone();
+        all.extend(view.metadata.iter().cloned());
+        Some(gc::Locks::of(store.as_ref(), &all, unix_now())?)
+    } else {
+        None
+    };
     let mut out = std::io::stdout().lock();
     if json {
-        let v = totals.to_json(&view, store.describe());
+        let mut v = totals.to_json(&view, store.describe());
+        if let Some(l) = &locks {
+            v["locked"] = l.to_json();
+        }
         writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
     } else {
         totals
             .write_text(&mut out, &view, store.describe(), settings.grace_period)
             .map_err(output)?;
+        if let Some(l) = &locks {
+            writeln!(out, "locked:       {}", l.describe()).map_err(output)?;
+        }
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     if !view.damaged.is_empty() {
@@ -307,7 +325,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     } else {
         None
     };
-    let store = open_existing_store(&Settings::resolve(g, false)?)?;
+    let store = super::open_versioned_store(&Settings::resolve(g, false)?, true)?;
     let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
     let what = format!("snapshot verify --deep {id}");

@@ -35,7 +35,9 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Keygen { output } => keygen(output.as_deref()),
         Command::SnapshotCreate(a) if a.daemon => daemon::run(g, &a),
         Command::SnapshotCreate(a) => create::run(&Settings::resolve(g, true)?, &a),
-        Command::SnapshotList { json } => inspect::list(&Settings::resolve(g, false)?, json),
+        Command::SnapshotList { json, versions } => {
+            inspect::list(&Settings::resolve(g, false)?, json, versions)
+        }
         Command::SnapshotVerify(a) => inspect::verify(g, &a),
         Command::StoreInfo { json } => inspect::info(&Settings::resolve(g, false)?, json),
         Command::SnapshotPurge(a) => purge::purge(&Settings::resolve(g, false)?, &a),
@@ -68,15 +70,23 @@ fn warn(msg: &str) {
 /// The store for a command that only reads or maintains it (the config is
 /// optional when the store is given by flag or environment). Its identity
 /// is read: a store of a newer format is refused; a damaged identity only
-/// warned about (it keys local indexes, nothing these commands need).
+/// warned about (it keys local indexes, nothing these commands need). On a
+/// versioned bucket, snapshots are read as vaultik wrote them
+/// (`store/versions.rs`).
 fn open_existing_store(settings: &Settings) -> Result<Box<dyn Store>> {
+    open_versioned_store(settings, false)
+}
+
+/// `open_existing_store`; `with_deleted`, the snapshots whose current
+/// objects were deleted while versions of them remain are listed too.
+fn open_versioned_store(settings: &Settings, with_deleted: bool) -> Result<Box<dyn Store>> {
     let store = settings.open_store(false)?;
     match store::identity::read(store.as_ref()) {
         Ok(_) => {}
         Err(e @ Error::Corrupt { .. }) => warn(&e.to_string()),
         Err(e) => return Err(e),
     }
-    Ok(store)
+    store::versions::Versioned::open(store, with_deleted, &warn)
 }
 
 /// How a command that reads blobs treats cold ones (`--thaw`, `--thaw-days`,

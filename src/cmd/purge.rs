@@ -94,6 +94,23 @@ impl Report {
                 e.class.min_days()
             )?;
         }
+        if let Some((n, bytes, locks)) = &self.lingering {
+            if *n > 0 {
+                writeln!(
+                    out,
+                    "versioned bucket: the {n} object(s) {} ({}) stay as noncurrent versions \
+                     until a lifecycle rule expires them (see vaultik(1), IMMUTABLE BACKUPS); \
+                     locked: {}",
+                    if self.dry_run {
+                        "this would delete"
+                    } else {
+                        "deleted"
+                    },
+                    human_bytes(*bytes),
+                    locks.describe()
+                )?;
+            }
+        }
         if let Some(n) = &self.index_note {
             writeln!(out, "{n}")?;
         }
@@ -116,6 +133,9 @@ impl Report {
             "grace_period_seconds": self.grace,
             "dated_ahead": self.ahead,
             "foreign_objects": self.foreign,
+            "lingering": self.lingering.as_ref().map(|(n, bytes, locks)| json!({
+                "objects": n, "bytes": bytes, "locked": locks.to_json(),
+            })),
             "early_deletions": self.early_deletions(crate::time::now()).iter().map(|e| json!({
                 "class": e.class.name(), "objects": e.objects, "bytes": e.bytes,
                 "minimum_days": e.class.min_days(),
@@ -146,15 +166,18 @@ fn local_index(
             );
         }
     };
-    // A store without an identity yet is known by its description.
-    let id = match store::identity::read(store) {
-        Ok(Some(i)) => i.id,
-        _ => store.describe(),
-    };
-    match Index::open_existing(path, &id, &store.describe()) {
-        Ok(Some(i)) => (Some((i, lock)), None),
-        _ => (None, None),
+    // A store without an identity yet is known by its description; one
+    // may name several (hosts that started at once): the index's is one.
+    let mut ids = store::identity::all(store).unwrap_or_default();
+    if ids.is_empty() {
+        ids.push(store.describe());
     }
+    for id in ids {
+        if let Ok(Some(i)) = Index::open_existing(path, &id, &store.describe()) {
+            return (Some((i, lock)), None);
+        }
+    }
+    (None, None)
 }
 
 pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {

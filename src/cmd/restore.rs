@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use super::settings::{self, Settings};
-use super::{open_existing_store, output, warn};
+use super::{open_versioned_store, output, warn};
 use crate::cli::{Global, RestoreArgs, RestoreTo};
 use crate::error::{Error, Result};
 use crate::restore::Restore;
@@ -15,7 +15,7 @@ use crate::{human_bytes, manifest};
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // The key first: no network work without it.
     let identities = settings::identities(a.identity.as_deref())?;
-    let store = open_existing_store(&Settings::resolve(g, false)?)?;
+    let store = open_versioned_store(&Settings::resolve(g, false)?, true)?;
     let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     // With --stdout, standard output is the file's: everything else goes
     // to standard error.
@@ -32,7 +32,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
         a.json,
         &report,
     );
-    let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
+    // On a versioned bucket, blobs written over or deleted are read from
+    // the version vaultik wrote; then cold ones are thawed.
+    let gate = |blobs: &[(String, u64)]| {
+        store.choose_versions(blobs, &warn)?;
+        thaw.ensure(blobs)
+    };
     let r = Restore {
         store: store.as_ref(),
         identities,

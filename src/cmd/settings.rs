@@ -181,6 +181,8 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
                 .as_ref()
                 .map(|s| s.storage_class)
                 .unwrap_or_default(),
+            object_lock: from_cfg.as_ref().map(|s| s.object_lock).unwrap_or_default(),
+            lock_for: from_cfg.as_ref().and_then(|s| s.lock_for),
             ca_file: from_cfg.and_then(|s| s.ca_file),
         }))
     } else {

@@ -27,7 +27,6 @@ pub use retention::{Decision, Keep, Retention};
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::layout;
@@ -67,9 +66,11 @@ impl View {
         }
         let blobs = store.list(layout::BLOBS)?;
         let marks = store.list(layout::MARKS)?;
+        let marked = store.list(layout::MARKED)?;
         let mut foreign = meta.foreign;
         foreign.extend(blobs.foreign);
         foreign.extend(marks.foreign);
+        foreign.extend(marked.foreign);
         foreign.truncate(crate::store::FOREIGN_SHOWN);
         Ok(View {
             manifests,
@@ -77,7 +78,10 @@ impl View {
             blobs: blobs.objects,
             metadata: meta.objects,
             foreign,
-            foreign_count: meta.foreign_count + blobs.foreign_count + marks.foreign_count,
+            foreign_count: meta.foreign_count
+                + blobs.foreign_count
+                + marks.foreign_count
+                + marked.foreign_count,
         })
     }
 
@@ -105,6 +109,58 @@ impl View {
             .iter()
             .flat_map(|m| m.blobs.iter().map(|(k, _)| k.as_str()))
             .collect()
+    }
+}
+
+/// What Object Lock holds among some objects (one HEAD each, eight at a
+/// time): those whose current version is locked past `now`, their bytes,
+/// and the earliest and latest retain-until dates.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Locks {
+    pub objects: usize,
+    pub bytes: u64,
+    pub earliest: Option<u64>,
+    pub latest: Option<u64>,
+}
+
+impl Locks {
+    pub fn of(store: &dyn Store, objects: &[ObjectInfo], now: u64) -> Result<Locks> {
+        let mut l = Locks::default();
+        for (o, meta) in objects.iter().zip(crate::store::parallel(objects, |o| {
+            store.stat(&o.key, false)
+        })) {
+            let Some(until) = meta?.and_then(|m| m.locked_until).filter(|u| *u > now) else {
+                continue;
+            };
+            l.objects += 1;
+            l.bytes = l.bytes.saturating_add(o.size);
+            l.earliest = Some(l.earliest.map_or(until, |e| e.min(until)));
+            l.latest = Some(l.latest.map_or(until, |e| e.max(until)));
+        }
+        Ok(l)
+    }
+
+    /// `N object(s), SIZE, until A .. B`.
+    pub fn describe(&self) -> String {
+        match (self.earliest, self.latest) {
+            (Some(a), Some(b)) => format!(
+                "{} object(s), {}, locked until {} .. {}",
+                self.objects,
+                crate::human_bytes(self.bytes),
+                crate::time::display(a),
+                crate::time::display(b)
+            ),
+            _ => "none".into(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "earliest_until": self.earliest.map(crate::time::compact),
+            "latest_until": self.latest.map(crate::time::compact),
+        })
     }
 }
 
@@ -190,17 +246,19 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
     c
 }
 
-/// A mark is at most this big (about 300,000 blob keys); a purge that
-/// marks more writes several.
+/// A mark of a purge before 0.2 is at most this big (about 300,000 blob
+/// keys).
 pub const MARK_MAX: u64 = 32 << 20;
-/// Blobs per mark, well within `MARK_MAX`.
-pub const MARK_BLOBS: usize = 100_000;
 
 /// One mark: blobs found unreferenced (and older than the grace period) by
-/// a purge at `time`.
+/// a purge at `time`. Written as one empty object per blob,
+/// `gc/marked/<time>/<blob hash>`, so that a backup learns the marked blobs
+/// from a listing without reading an object; purges before 0.2 wrote one
+/// JSON object (`gc/pending/`), still read and honoured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mark {
-    pub key: String,
+    /// The objects that make the mark (removed with it).
+    pub keys: Vec<String>,
     pub time: u64,
     pub blobs: Vec<String>,
 }
@@ -208,13 +266,45 @@ pub struct Mark {
 impl Mark {
     pub fn new(time: u64, mut blobs: Vec<String>) -> Mark {
         blobs.sort();
+        let keys = blobs
+            .iter()
+            .filter_map(|b| match layout::parse(b) {
+                Some(layout::Key::Blob(blob)) => Some(layout::Key::Marked { time, blob }.to_key()),
+                _ => None,
+            })
+            .collect();
+        Mark { keys, time, blobs }
+    }
+
+    /// The named marks of a listing of `gc/marked/`, one per time.
+    pub fn from_listing(objects: &[ObjectInfo]) -> Vec<Mark> {
+        let mut by_time: std::collections::BTreeMap<u64, Mark> = Default::default();
+        for o in objects {
+            if let Some(layout::Key::Marked { time, blob }) = layout::parse(&o.key) {
+                let m = by_time.entry(time).or_insert_with(|| Mark {
+                    keys: Vec::new(),
+                    time,
+                    blobs: Vec::new(),
+                });
+                m.keys.push(o.key.clone());
+                m.blobs.push(layout::blob(&blob));
+            }
+        }
+        by_time.into_values().collect()
+    }
+
+    /// A mark's content as purges before 0.2 wrote it (`gc/pending/`).
+    #[cfg(test)]
+    fn legacy(time: u64, mut blobs: Vec<String>) -> Mark {
+        use sha2::{Digest, Sha256};
+        blobs.sort();
         let mut m = Mark {
-            key: String::new(),
+            keys: Vec::new(),
             time,
             blobs,
         };
         let h = Sha256::digest(m.to_bytes());
-        m.key = layout::mark(time, &h.into());
+        m.keys = vec![layout::mark(time, &h.into())];
         m
     }
 
@@ -241,17 +331,18 @@ impl Mark {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Mark {
-            key: key.to_string(),
+            keys: vec![key.to_string()],
             time,
             blobs,
         })
     }
 }
 
-/// Every mark in the store; a mark that cannot be read goes to `bad`, which
-/// decides whether that is an error.
+/// Every mark in the store: the named ones, from a listing, and those of
+/// purges before 0.2, read; one of those that cannot be read goes to
+/// `bad`, which decides whether that is an error.
 fn read_marks(store: &dyn Store, bad: &dyn Fn(Error) -> Result<()>) -> Result<Vec<Mark>> {
-    let mut out = Vec::new();
+    let mut out = Mark::from_listing(&store.list(layout::MARKED)?.objects);
     for o in store.list(layout::MARKS)?.objects {
         match store
             .get(&o.key, MARK_MAX)
@@ -266,21 +357,25 @@ fn read_marks(store: &dyn Store, bad: &dyn Fn(Error) -> Result<()>) -> Result<Ve
     Ok(out)
 }
 
+/// Every mark a backup can learn from listings alone (the named ones).
+/// Marks of purges before 0.2 are not read: a backup reads no object (its
+/// host may have no right to); the worst they cause is a backup that
+/// deduplicates against a blob such a mark names and is withdrawn if a
+/// purge deletes the blob before it publishes (`BlobsVanished`).
+pub fn listed_marks(store: &dyn Store) -> Result<Vec<Mark>> {
+    Ok(Mark::from_listing(&store.list(layout::MARKED)?.objects))
+}
+
 /// Every mark in the store. A mark that cannot be read is an error: purge
 /// then deletes nothing rather than guess.
 pub fn load_marks(store: &dyn Store) -> Result<Vec<Mark>> {
     read_marks(store, &Err)
 }
 
-/// The blobs a backup must not deduplicate against: every marked blob. A
-/// mark that cannot be read is reported through `warn` and skipped (purge
-/// refuses to delete anything while it is there).
-pub fn marked_blobs(store: &dyn Store, warn: &dyn Fn(&str)) -> Result<HashSet<String>> {
-    let skip = |e: Error| {
-        warn(&e.to_string());
-        Ok(())
-    };
-    Ok(read_marks(store, &skip)?
+/// The blobs a backup must not deduplicate against: every blob a named
+/// mark names (`listed_marks`).
+pub fn marked_blobs(store: &dyn Store) -> Result<HashSet<String>> {
+    Ok(listed_marks(store)?
         .into_iter()
         .flat_map(|m| m.blobs)
         .collect())
@@ -311,7 +406,11 @@ pub fn stage(candidates: Vec<ObjectInfo>, marks: &[Mark], grace: u64, now: u64) 
         .flat_map(|m| m.blobs.iter().map(String::as_str))
         .collect();
     let mut st = Staged {
-        done_marks: marks.iter().filter(ripe).map(|m| m.key.clone()).collect(),
+        done_marks: marks
+            .iter()
+            .filter(ripe)
+            .flat_map(|m| m.keys.iter().cloned())
+            .collect(),
         ..Staged::default()
     };
     for o in candidates {
@@ -359,6 +458,7 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// A snapshot called `short` of host `host` and name `name`, dated
     /// `time` (its real id spells all of that).
@@ -472,14 +572,14 @@ mod tests {
         ];
         let marks = vec![
             Mark::new(950, vec![k("marked-recently")]),
-            Mark::new(800, vec![k("marked-long-ago"), k("since-reused")]),
+            Mark::legacy(800, vec![k("marked-long-ago"), k("since-reused")]),
         ];
         let keys = |v: &[ObjectInfo]| v.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
         let st = stage(cands.clone(), &marks, 100, 1000);
         assert_eq!(keys(&st.delete), vec![k("marked-long-ago"), meta("orphan")]);
         assert_eq!(keys(&st.mark), vec![k("new-candidate")]);
         assert_eq!(keys(&st.waiting), vec![k("marked-recently")]);
-        assert_eq!(st.done_marks, vec![marks[1].key.clone()]);
+        assert_eq!(st.done_marks, marks[1].keys);
         // No grace: everything at once, every mark done.
         let st = stage(cands, &marks, 0, 1000);
         assert_eq!(st.delete.len(), 4);
@@ -487,11 +587,15 @@ mod tests {
         assert_eq!(st.done_marks.len(), 2);
         // Marks round-trip and are checked.
         let m = &marks[1];
-        assert_eq!(&Mark::from_bytes(&m.key, &m.to_bytes()).unwrap(), m);
+        assert_eq!(&Mark::from_bytes(&m.keys[0], &m.to_bytes()).unwrap(), m);
         assert!(matches!(
-            layout::parse(&m.key),
+            layout::parse(&m.keys[0]),
             Some(layout::Key::Mark { .. })
         ));
+        // Named marks come back from a listing, one per time.
+        let named = Mark::new(700, vec![k("b"), k("a")]);
+        let listed: Vec<ObjectInfo> = named.keys.iter().map(|key| obj(key, 700)).collect();
+        assert_eq!(Mark::from_listing(&listed), vec![named]);
         let blob = k("x");
         for bad in [
             "{}".to_string(),
@@ -503,7 +607,10 @@ mod tests {
             ),
             "garbage".to_string(),
         ] {
-            assert!(Mark::from_bytes(&m.key, bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                Mark::from_bytes(&m.keys[0], bad.as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 

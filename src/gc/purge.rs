@@ -30,6 +30,9 @@ pub struct Report {
     pub ahead: Vec<String>,
     /// Objects that are not vaultik's, left alone.
     pub foreign: u64,
+    /// On a versioned bucket: what deleting leaves behind as noncurrent
+    /// versions (objects, bytes), and which of them are locked.
+    pub lingering: Option<(usize, u64, super::Locks)>,
 }
 
 /// Objects of one storage class deleted (or to be) before the class's
@@ -109,6 +112,10 @@ impl Purge<'_> {
         let staged = super::stage(plan.delete, &marks, grace, now);
         let mut marked = staged.mark.clone();
         marked.extend(staged.waiting.iter().cloned());
+        let snapshot_objects: HashSet<String> = ids
+            .iter()
+            .flat_map(|id| [crate::layout::metadata(id), crate::layout::manifest(id)])
+            .collect();
         let mut report = Report {
             dry_run,
             removed,
@@ -119,7 +126,23 @@ impl Purge<'_> {
             index_note: None,
             ahead: view.dated_ahead().map(|m| m.id.clone()).collect(),
             foreign: view.foreign_count,
+            lingering: None,
         };
+        // A versioned bucket keeps what is deleted as noncurrent versions
+        // (vaultik deletes only current objects: a locked version is never
+        // asked to go): say what, and what is locked until when.
+        if store.versioned()? {
+            let mut going: Vec<ObjectInfo> = view
+                .metadata
+                .iter()
+                .filter(|o| snapshot_objects.contains(&o.key))
+                .cloned()
+                .collect();
+            going.extend(staged.delete.iter().cloned());
+            let bytes = going.iter().fold(0u64, |a, o| a.saturating_add(o.size));
+            let locks = super::Locks::of(store, &going, now)?;
+            report.lingering = Some((going.len(), bytes, locks));
+        }
         if dry_run {
             return Ok(report);
         }
@@ -127,9 +150,9 @@ impl Purge<'_> {
         if !id_list.is_empty() {
             super::remove_snapshots(store, &id_list)?;
         }
-        for batch in staged.mark.chunks(super::MARK_BLOBS) {
-            let m = super::Mark::new(now, batch.iter().map(|o| o.key.clone()).collect());
-            store.put_bytes(&m.key, &m.to_bytes())?;
+        let mark = super::Mark::new(now, staged.mark.iter().map(|o| o.key.clone()).collect());
+        for r in crate::store::parallel(&mark.keys, |k| store.put_bytes(k, b"")) {
+            r?;
         }
         report.deleted = super::collect(store, &view, staged.delete)?;
         // Every blob a ripe mark names is now deleted, referenced again, or
@@ -137,11 +160,11 @@ impl Purge<'_> {
         store.delete_many(&staged.done_marks)?;
         if let Some(index) = index {
             let gone: HashSet<&str> = report.deleted.iter().map(|o| o.key.as_str()).collect();
-            let mut left: Vec<String> = view
+            let mut left: Vec<(String, u64)> = view
                 .blobs
                 .iter()
                 .filter(|o| !gone.contains(o.key.as_str()))
-                .map(|o| o.key.clone())
+                .map(|o| (o.key.clone(), o.size))
                 .collect();
             left.sort();
             let n = index.forget_missing_blobs(&left)?;

@@ -1,14 +1,23 @@
-//! The store's identity: a small clear object (`store.json`) written once,
-//! when a store is first backed up to: a random id, the store's format
-//! version and when it was made. The local index is keyed by the id, not by
-//! how the store is reached, so respelling the endpoint, or copying the
-//! bucket to another provider, keeps the index; and an index pointed at a
-//! different store is noticed (and started afresh). A store made before
-//! identities gets one on its next backup, its index kept.
+//! The store's identity: a random id, written once, when a store is first
+//! backed up to, in the name of a small clear object,
+//! `store/<format>/<id>` (its content says the same, for people). The local
+//! index is keyed by the id, not by how the store is reached, so
+//! respelling the endpoint, or copying the bucket to another provider,
+//! keeps the index; and an index pointed at a different store is noticed
+//! (and started afresh).
 //!
-//! Anyone who can write the store can change it: that makes hosts start
-//! their indexes afresh (they upload again), which deleting blobs would do
-//! anyway; it is read bounded and checked like everything else.
+//! A backup learns the identity from a listing, never by reading an
+//! object: a host's key may allow only PutObject and ListBucket (see
+//! "Ransomware-proof setup" in README.md). Stores made before identities
+//! were named kept theirs in `store.json`: it is read once, by the first
+//! backup that finds no named identity, and named from then on. A store
+//! made before identities at all gets one on its next backup, its index
+//! kept.
+//!
+//! Anyone who can write the store can add identities: a backup keeps the
+//! one its index was made with while it is listed, and a new index takes
+//! the smallest; at worst hosts start their indexes afresh (they upload
+//! again), which deleting blobs would do anyway.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,8 +101,37 @@ impl Identity {
     }
 }
 
-/// The store's identity, or None for a store that has none yet.
-pub fn read(store: &dyn Store) -> Result<Option<Identity>> {
+/// The identities a listing of the store names, and whether it has a
+/// `store.json`. A named identity of a newer format refuses the store.
+fn listed(store: &dyn Store) -> Result<(Vec<String>, bool)> {
+    let listing = store.list("store")?;
+    let mut ids = Vec::new();
+    let mut legacy = false;
+    for o in &listing.objects {
+        match layout::parse(&o.key) {
+            Some(layout::Key::StoreId { format, id }) => {
+                if u64::from(format) > FORMAT {
+                    return Err(newer(u64::from(format)));
+                }
+                ids.push(id.to_string());
+            }
+            Some(layout::Key::Identity) => legacy = true,
+            _ => {}
+        }
+    }
+    ids.sort();
+    Ok((ids, legacy))
+}
+
+fn newer(format: u64) -> Error {
+    Error::Setup(format!(
+        "the store is of format {format}, made by a newer vaultik (this one reads format \
+         {FORMAT}): upgrade vaultik"
+    ))
+}
+
+/// What `store.json` says (a store from before identities were named).
+fn read_legacy(store: &dyn Store) -> Result<Option<Identity>> {
     match store.get(layout::IDENTITY, MAX) {
         Ok(data) => Identity::from_bytes(&data).map(Some),
         Err(Error::NotFound { .. }) => Ok(None),
@@ -101,19 +139,68 @@ pub fn read(store: &dyn Store) -> Result<Option<Identity>> {
     }
 }
 
-/// The store's identity, written now if it has none (by one host only,
-/// when several start at once: the first write wins, the others read it).
-pub fn ensure(store: &dyn Store) -> Result<Identity> {
-    if let Some(id) = read(store)? {
-        return Ok(id);
+/// Name `identity` in the store (`store/<format>/<id>`).
+fn name(store: &dyn Store, identity: &Identity) -> Result<()> {
+    let key = layout::Key::StoreId {
+        format: FORMAT as u32,
+        id: &identity.id,
+    }
+    .to_key();
+    store.put_bytes(&key, &identity.to_bytes())
+}
+
+/// Every identity the store names (smallest first), for commands that
+/// look for the local index made for it; `store.json`'s when it names
+/// none. Read commands only: this may read an object.
+pub fn all(store: &dyn Store) -> Result<Vec<String>> {
+    let (ids, legacy) = listed(store)?;
+    if !ids.is_empty() || !legacy {
+        return Ok(ids);
+    }
+    Ok(read_legacy(store)?.map(|i| vec![i.id]).unwrap_or_default())
+}
+
+/// The store's identity, or None for a store that has none yet (for
+/// commands that only read: a store of a newer format is refused).
+pub fn read(store: &dyn Store) -> Result<Option<Identity>> {
+    let (ids, legacy) = listed(store)?;
+    match ids.into_iter().next() {
+        Some(id) => Ok(Some(Identity {
+            id,
+            format: FORMAT,
+            created: 0,
+        })),
+        None if legacy => read_legacy(store),
+        None => Ok(None),
+    }
+}
+
+/// The store's identity for a backup whose index was made for `known`:
+/// that one while the store names it, else the smallest it names; for a
+/// store that names none, `store.json`'s (read once, then named), or a new
+/// one. Nothing is read but listings, except that once.
+pub fn ensure(store: &dyn Store, known: Option<&str>) -> Result<Identity> {
+    let (ids, legacy) = listed(store)?;
+    let chosen = match known {
+        Some(k) if ids.iter().any(|i| i == k) => Some(k.to_string()),
+        _ => ids.into_iter().next(),
+    };
+    if let Some(id) = chosen {
+        return Ok(Identity {
+            id,
+            format: FORMAT,
+            created: 0,
+        });
+    }
+    if legacy {
+        if let Some(old) = read_legacy(store)? {
+            name(store, &old)?;
+            return Ok(old);
+        }
     }
     let mine = Identity::new()?;
-    if store.put_new(layout::IDENTITY, &mine.to_bytes())? {
-        return Ok(mine);
-    }
-    read(store)?.ok_or_else(|| Error::NotFound {
-        key: layout::IDENTITY.into(),
-    })
+    name(store, &mine)?;
+    Ok(mine)
 }
 
 #[cfg(test)]
@@ -141,14 +228,45 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_write_makes_the_identity() {
+    fn identities_are_named_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::LocalStore::open(&dir.path().join("s"), true).unwrap();
         assert_eq!(read(&store).unwrap(), None);
-        let first = ensure(&store).unwrap();
-        assert_eq!(ensure(&store).unwrap(), first);
+        let first = ensure(&store, None).unwrap();
+        assert_eq!(ensure(&store, None).unwrap().id, first.id);
+        assert_eq!(read(&store).unwrap().unwrap().id, first.id);
+        // Another host's (or an attacker's) identity beside it: an index
+        // keeps its own while it is listed.
         let other = Identity::new().unwrap();
-        assert!(!store.put_new(layout::IDENTITY, &other.to_bytes()).unwrap());
-        assert_eq!(read(&store).unwrap(), Some(first));
+        name(&store, &other).unwrap();
+        assert_eq!(ensure(&store, Some(&first.id)).unwrap().id, first.id);
+        assert_eq!(ensure(&store, Some(&other.id)).unwrap().id, other.id);
+        let smallest = first.id.clone().min(other.id.clone());
+        assert_eq!(ensure(&store, Some("gone")).unwrap().id, smallest);
+        assert_eq!(all(&store).unwrap().len(), 2);
+        // A named identity of a newer format refuses the store.
+        let key = layout::Key::StoreId {
+            format: 9,
+            id: &first.id,
+        }
+        .to_key();
+        store.put_bytes(&key, b"{}").unwrap();
+        let e = ensure(&store, None).unwrap_err().to_string();
+        assert!(e.contains("newer vaultik"), "{e}");
+    }
+
+    #[test]
+    fn a_store_json_is_read_once_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::LocalStore::open(&dir.path().join("s"), true).unwrap();
+        let old = Identity::new().unwrap();
+        store.put_bytes(layout::IDENTITY, &old.to_bytes()).unwrap();
+        assert_eq!(read(&store).unwrap().unwrap().id, old.id);
+        let gets = || store.stats().get.load(std::sync::atomic::Ordering::Relaxed);
+        let before = gets();
+        assert_eq!(ensure(&store, None).unwrap().id, old.id);
+        assert_eq!(gets(), before + 1);
+        assert_eq!(ensure(&store, None).unwrap().id, old.id);
+        assert_eq!(gets(), before + 1, "named now: not read again");
     }
 }

@@ -18,7 +18,9 @@
 pub mod class;
 pub mod identity;
 mod local;
+pub mod lock;
 mod s3;
+pub mod versions;
 
 use std::fmt::Write as _;
 use std::io::{self, Read};
@@ -52,6 +54,9 @@ pub struct ObjectMeta {
     /// The SHA-256 the server stored with the object, when asked for and
     /// the server keeps one.
     pub sha256: Option<[u8; 32]>,
+    /// Until when the current version is locked (Object Lock), seconds
+    /// since the epoch, when the server says.
+    pub locked_until: Option<u64>,
 }
 
 /// Whether an object can be read, as far as its storage class goes.
@@ -200,6 +205,7 @@ pub trait Store: Send + Sync {
             class: StorageClass::Standard,
             thaw: ThawState::NotNeeded,
             sha256: None,
+            locked_until: None,
         }))
     }
     /// Whether objects here have storage classes (cold ones among them).
@@ -231,6 +237,72 @@ pub trait Store: Send + Sync {
         keys.iter().try_for_each(|k| self.delete(k))
     }
     fn stats(&self) -> &Stats;
+
+    /// Every version of every object whose key starts with `prefix`
+    /// (objects of the layout only), each key's newest first; None when
+    /// the store keeps no versions (a directory, a server without
+    /// ListObjectVersions).
+    fn list_versions(&self, prefix: &str) -> Result<Option<Vec<versions::Version>>> {
+        let _ = prefix;
+        Ok(None)
+    }
+    /// `get` of one version of `key`.
+    fn get_version(&self, key: &str, version: &str, limit: u64) -> Result<Vec<u8>> {
+        let _ = (version, limit);
+        Err(versions::unsupported("GET", key))
+    }
+    /// `open_range` of one version of `key`.
+    fn open_version_range(
+        &self,
+        key: &str,
+        version: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>> {
+        let _ = (version, start, len);
+        Err(versions::unsupported("GET", key))
+    }
+    /// Before `blobs` (key, size) are read: on a versioned store, choose
+    /// for each blob whose current version is not the one vaultik wrote a
+    /// version that is, saying so through `report` (`versions.rs`).
+    fn choose_versions(&self, blobs: &[(String, u64)], report: &dyn Fn(&str)) -> Result<()> {
+        let _ = (blobs, report);
+        Ok(())
+    }
+    /// Snapshots whose current objects were deleted while versions of them
+    /// remain (a versioned store only).
+    fn deleted_snapshots(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Lock every object written from now on (`[s3] object_lock`).
+    fn set_lock(&self, lock: Option<lock::Lock>) {
+        let _ = lock;
+    }
+    /// Whether the bucket keeps versions (versioning enabled or suspended).
+    fn versioned(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether the bucket has Object Lock enabled.
+    fn object_lock_enabled(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Check that the bucket has versioning and Object Lock enabled.
+    fn check_lock_setup(&self) -> Result<()> {
+        Err(Error::Setup(
+            "object_lock needs an S3 store (a directory has no Object Lock)".into(),
+        ))
+    }
+    /// Extend the lock of the current version of `key` to `lock`
+    /// (PutObjectRetention); never called with an earlier date than the
+    /// object has, as far as vaultik knows.
+    fn extend_lock(&self, key: &str, lock: lock::Lock) -> Result<()> {
+        let _ = lock;
+        Err(Error::store(
+            "RETENTION",
+            key,
+            "this store has no Object Lock",
+        ))
+    }
 }
 
 /// Requests made and bytes moved, by kind. Counted once per HTTP request
@@ -244,6 +316,11 @@ pub struct Stats {
     pub delete: AtomicU64,
     /// RestoreObject requests (thaws).
     pub restore: AtomicU64,
+    /// PutObjectRetention requests (lock extensions).
+    pub retention: AtomicU64,
+    /// Reads of the bucket's configuration (versioning, Object Lock): no
+    /// object is read.
+    pub config: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
 }
@@ -256,6 +333,8 @@ pub enum Op {
     List,
     Delete,
     Restore,
+    Retention,
+    Config,
 }
 
 impl Stats {
@@ -267,6 +346,8 @@ impl Stats {
             Op::List => &self.list,
             Op::Delete => &self.delete,
             Op::Restore => &self.restore,
+            Op::Retention => &self.retention,
+            Op::Config => &self.config,
         };
         c.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
@@ -294,10 +375,17 @@ impl Stats {
             s,
             "requests: {put} PUT, {get} GET, {head} HEAD, {list} LIST, {delete} DELETE"
         );
-        // Thaws only where there were some: most stores have none.
-        let restore = self.restore.load(Ordering::Relaxed);
-        if restore > 0 {
-            let _ = write!(s, ", {restore} RESTORE");
+        // Thaws, lock extensions and configuration reads only where there
+        // were some: most stores have none.
+        for (n, what) in [
+            (&self.restore, "RESTORE"),
+            (&self.retention, "RETENTION"),
+            (&self.config, "CONFIG"),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = write!(s, ", {n} {what}");
+            }
         }
         let _ = write!(
             s,
@@ -313,6 +401,8 @@ impl Stats {
         serde_json::json!({
             "put": put, "get": get, "head": head, "list": list, "delete": delete,
             "restore": self.restore.load(Ordering::Relaxed),
+            "retention": self.retention.load(Ordering::Relaxed),
+            "config": self.config.load(Ordering::Relaxed),
             "bytes_sent": sent, "bytes_received": recv,
         })
     }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier};
@@ -19,6 +20,8 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
 
 use super::class::{StorageClass, Tier};
+use super::lock::Lock;
+use super::versions::{self, Version};
 use super::{Listing, ObjectMeta, Op, Stats, Store, ThawState, check_key, too_large};
 use crate::config::S3Config;
 use crate::error::{Error, Result, StoreCause};
@@ -118,6 +121,8 @@ pub struct S3Store {
     attempts: u32,
     /// Time bounds of every request (`BOUNDS`; shorter in tests).
     bounds: Bounds,
+    /// The lock every PUT carries (`set_lock`).
+    lock: RwLock<Option<Lock>>,
 }
 
 /// Headers signed with a request and sent with it (lower-case names).
@@ -209,6 +214,7 @@ impl S3Store {
             stats: Stats::default(),
             attempts: ATTEMPTS,
             bounds: BOUNDS,
+            lock: RwLock::new(None),
         })
     }
 
@@ -264,36 +270,169 @@ impl S3Store {
         self.sign(&action)
     }
 
-    /// A presigned POST of `full` with `query` (one name, no value, as
-    /// `?restore`), for actions rusty-s3 does not have.
-    fn sign_post(&self, full: &str, query: &'static str) -> String {
-        let mut url = self.bucket.object_url(full);
+    /// A presigned request of `method` to object `full` (the bucket itself
+    /// when None) with `query` (sorted by name; an empty value is a name
+    /// alone, as `?restore`) and `headers` signed, for what rusty-s3 has no
+    /// action for.
+    fn sign_url(
+        &self,
+        method: rusty_s3::Method,
+        full: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &Headers,
+    ) -> String {
+        let mut url = self.bucket.object_url(full.unwrap_or(""));
+        let mut headers: Vec<(&str, &str)> =
+            headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        headers.sort();
         match &self.credentials {
             Some(c) => rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
-                rusty_s3::Method::Post,
+                method,
                 url,
                 c.key(),
                 c.secret(),
                 c.token(),
                 self.bucket.region(),
                 SIGN_FOR.as_secs(),
-                std::iter::once((query, "")),
-                std::iter::empty(),
+                query.iter().copied(),
+                headers.into_iter(),
             )
             .to_string(),
             None => {
-                url.set_query(Some(query));
+                let q: Vec<String> = query
+                    .iter()
+                    .map(|(k, v)| {
+                        if v.is_empty() {
+                            k.to_string()
+                        } else {
+                            format!("{k}={}", query_escape(v))
+                        }
+                    })
+                    .collect();
+                if !q.is_empty() {
+                    url.set_query(Some(&q.join("&")));
+                }
                 url.to_string()
             }
         }
+    }
+
+    /// The headers of a PUT of an object whose SHA-256 is `sha256`, in
+    /// `class`, with the lock when one is set.
+    fn headers_for(&self, sha256: [u8; 32], class: StorageClass) -> Headers {
+        let mut h = put_headers(sha256, class);
+        if let Some(lock) = *self.lock.read().expect("lock setting poisoned by a panic") {
+            h.extend(lock.headers());
+        }
+        h
+    }
+
+    /// A bucket configuration (`?versioning`, `?object-lock`): its XML.
+    fn bucket_config(&self, query: &'static str) -> Result<String> {
+        let what = format!("{}?{query}", self.bucket.name());
+        self.retry("GET", &what, || {
+            let url = self.sign_url(rusty_s3::Method::Get, None, &[(query, "")], &Vec::new());
+            let mut resp = self
+                .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
+                .call()
+                .map_err(|e| {
+                    self.stats.count(Op::Config, 0, 0);
+                    self.transport(e)
+                })?;
+            if !resp.status().is_success() {
+                self.stats.count(Op::Config, 0, 0);
+                return Err(self.status_failure(&mut resp));
+            }
+            let body = self.read_body(resp, None, 64 << 10)?;
+            self.stats.count(Op::Config, 0, body.len() as u64);
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    /// `get` of the current version, or of `version`.
+    fn get_at(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Vec<u8>> {
+        let full = self.checked("GET", key)?;
+        let mut large = None;
+        let r = self.retry("GET", &full, || {
+            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            if let Some(v) = version {
+                action.query_mut().insert("versionId", v);
+            }
+            let url = self.sign(&action);
+            let mut resp = self
+                .bounded(self.agent.get(&url), Some(limit))
+                .call()
+                .map_err(|e| {
+                    self.stats.count(Op::Get, 0, 0);
+                    self.transport(e)
+                })?;
+            if !resp.status().is_success() {
+                self.stats.count(Op::Get, 0, 0);
+                return Err(self.status_failure(&mut resp));
+            }
+            let expect = resp.body().content_length();
+            if let Some(n) = expect.filter(|n| *n > limit) {
+                // Refused on the claim alone: not a byte of the body is read.
+                self.stats.count(Op::Get, 0, 0);
+                large = Some(n);
+                return Err(Failure::permanent(String::new()));
+            }
+            let body = self.read_body(resp, expect, limit);
+            let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            self.stats.count(Op::Get, 0, got);
+            body
+        });
+        match large {
+            Some(n) => Err(too_large(key, n, limit)),
+            None => r,
+        }
+    }
+
+    /// `open_range` of the current version, or of `version`.
+    fn open_range_at(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>> {
+        let full = self.checked("GET", key)?;
+        let last = start
+            .checked_add(len.max(1) - 1)
+            .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
+        let range = format!("bytes={start}-{last}");
+        let body = self.retry("GET", &full, || {
+            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            if let Some(v) = version {
+                action.query_mut().insert("versionId", v);
+            }
+            let url = self.sign(&action);
+            let resp = self
+                .bounded(self.agent.get(&url).header("Range", &range), None)
+                .call();
+            self.stats.count(Op::Get, 0, 0);
+            let mut resp = resp.map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                206 => Ok(resp.into_body().into_reader()),
+                200 => Err(Failure::transient(format!(
+                    "asked for {range}, got the whole object (HTTP 200): Range ignored"
+                ))),
+                _ => Err(self.status_failure(&mut resp)),
+            }
+        })?;
+        Ok(Box::new(super::Exact {
+            inner: Paced::new(body, self.bounds, self.bounds.total(len)),
+            remaining: len,
+            received: &self.stats.bytes_received,
+        }))
     }
 
     /// PUT of a small object from memory; with `only_new`, only if there is
     /// no object at `key` yet (`If-None-Match: *`): false when there was.
     fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
         let full = self.checked("PUT", key)?;
-        let headers = put_headers(Sha256::digest(data).into(), StorageClass::Standard);
+        let headers = self.headers_for(Sha256::digest(data).into(), StorageClass::Standard);
         self.retry("PUT", &full, || {
             let url = self.sign_put(&full, &headers);
             self.stats.count(Op::Put, data.len() as u64, 0);
@@ -373,7 +512,8 @@ impl S3Store {
         let code = between(&body, "<Code>", "</Code>").map_or(String::new(), shown);
         let message = between(&body, "<Message>", "</Message>").map_or(String::new(), shown);
         Failure {
-            retry: status == 429 || status >= 500,
+            // 501 Not Implemented will not be implemented by asking again.
+            retry: status == 429 || (status >= 500 && status != 501),
             not_found: status == 404,
             cause: StoreCause::Http {
                 status,
@@ -608,11 +748,13 @@ fn object_meta(h: &ureq::http::HeaderMap) -> std::result::Result<ObjectMeta, Str
     let sha256 = get("x-amz-checksum-sha256")
         .and_then(unbase64)
         .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    let locked_until = get("x-amz-object-lock-retain-until-date").and_then(crate::time::parse_s3);
     Ok(ObjectMeta {
         size,
         class,
         thaw,
         sha256,
+        locked_until,
     })
 }
 
@@ -684,7 +826,7 @@ impl Store for S3Store {
             Some(crate::layout::Key::Blob(hash)) => (hash, class),
             _ => (file_sha256(path)?, StorageClass::Standard),
         };
-        let headers = put_headers(sha, class);
+        let headers = self.headers_for(sha, class);
         self.retry("PUT", &full, || {
             let file = File::open(path)
                 .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
@@ -714,65 +856,11 @@ impl Store for S3Store {
     }
 
     fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
-        let full = self.checked("GET", key)?;
-        let mut large = None;
-        let r = self.retry("GET", &full, || {
-            let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
-            let mut resp = self
-                .bounded(self.agent.get(&url), Some(limit))
-                .call()
-                .map_err(|e| {
-                    self.stats.count(Op::Get, 0, 0);
-                    self.transport(e)
-                })?;
-            if !resp.status().is_success() {
-                self.stats.count(Op::Get, 0, 0);
-                return Err(self.status_failure(&mut resp));
-            }
-            let expect = resp.body().content_length();
-            if let Some(n) = expect.filter(|n| *n > limit) {
-                // Refused on the claim alone: not a byte of the body is read.
-                self.stats.count(Op::Get, 0, 0);
-                large = Some(n);
-                return Err(Failure::permanent(String::new()));
-            }
-            let body = self.read_body(resp, expect, limit);
-            let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-            self.stats.count(Op::Get, 0, got);
-            body
-        });
-        match large {
-            Some(n) => Err(too_large(key, n, limit)),
-            None => r,
-        }
+        self.get_at(key, None, limit)
     }
 
     fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
-        let full = self.checked("GET", key)?;
-        let last = start
-            .checked_add(len.max(1) - 1)
-            .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
-        let range = format!("bytes={start}-{last}");
-        let body = self.retry("GET", &full, || {
-            let url = self.sign(&self.bucket.get_object(self.credentials.as_ref(), &full));
-            let resp = self
-                .bounded(self.agent.get(&url).header("Range", &range), None)
-                .call();
-            self.stats.count(Op::Get, 0, 0);
-            let mut resp = resp.map_err(|e| self.transport(e))?;
-            match resp.status().as_u16() {
-                206 => Ok(resp.into_body().into_reader()),
-                200 => Err(Failure::transient(format!(
-                    "asked for {range}, got the whole object (HTTP 200): Range ignored"
-                ))),
-                _ => Err(self.status_failure(&mut resp)),
-            }
-        })?;
-        Ok(Box::new(super::Exact {
-            inner: Paced::new(body, self.bounds, self.bounds.total(len)),
-            remaining: len,
-            received: &self.stats.bytes_received,
-        }))
+        self.open_range_at(key, None, start, len)
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>> {
@@ -824,7 +912,12 @@ impl Store for S3Store {
             tier.name()
         );
         self.retry("RESTORE", &full, || {
-            let url = self.sign_post(&full, "restore");
+            let url = self.sign_url(
+                rusty_s3::Method::Post,
+                Some(&full),
+                &[("restore", "")],
+                &Vec::new(),
+            );
             self.stats.count(Op::Restore, body.len() as u64, 0);
             let mut resp = self
                 .bounded(self.agent.post(&url), Some(body.len() as u64))
@@ -1035,6 +1128,214 @@ impl Store for S3Store {
     fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    /// Pages are followed by key and version id markers; a page that
+    /// repeats a marker, or an entry outside the prefix, refuses the
+    /// listing, as `list` does. A server without ListObjectVersions (HTTP
+    /// 501, s3s-fs) keeps no versions: None.
+    fn list_versions(&self, prefix: &str) -> Result<Option<Vec<Version>>> {
+        let full_prefix = self.full_key(prefix);
+        let mut out: Vec<Version> = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        for page_no in 1.. {
+            if page_no > LIST_PAGES_MAX {
+                return Err(list_error(
+                    &full_prefix,
+                    format!(
+                        "more than {LIST_PAGES_MAX} pages of versions; refusing a listing that \
+                         does not end"
+                    ),
+                ));
+            }
+            let page = self.retry("LIST", &full_prefix, || {
+                let mut query = vec![("prefix", full_prefix.as_str())];
+                if let Some((k, v)) = &marker {
+                    query.push(("key-marker", k.as_str()));
+                    if !v.is_empty() {
+                        query.push(("version-id-marker", v.as_str()));
+                    }
+                }
+                query.push(("versions", ""));
+                query.sort();
+                let url = self.sign_url(rusty_s3::Method::Get, None, &query, &Vec::new());
+                let mut resp = self
+                    .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
+                    .call()
+                    .map_err(|e| {
+                        self.stats.count(Op::List, 0, 0);
+                        self.transport(e)
+                    })?;
+                if !resp.status().is_success() {
+                    self.stats.count(Op::List, 0, 0);
+                    return Err(self.status_failure(&mut resp));
+                }
+                let body = self.read_body(resp, None, LIST_PAGE_MAX)?;
+                self.stats.count(Op::List, 0, body.len() as u64);
+                versions::parse_page(&String::from_utf8_lossy(&body)).map_err(|e| {
+                    Failure::permanent(format!("unreadable version listing: {}", shown(&e)))
+                })
+            });
+            let page = match page {
+                Ok(p) => p,
+                Err(Error::Store {
+                    cause: StoreCause::Http { status: 501, .. },
+                    ..
+                }) if page_no == 1 => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            for mut v in page.versions {
+                if !v.key.starts_with(&full_prefix) {
+                    return Err(list_error(
+                        &full_prefix,
+                        format!(
+                            "page {page_no} lists a version of {}, which is not under the prefix \
+                             asked for; refusing the listing",
+                            shown(&v.key)
+                        ),
+                    ));
+                }
+                v.key = v.key[self.prefix.len()..].to_string();
+                if crate::layout::parse(&v.key).is_some() {
+                    out.push(v);
+                }
+                if out.len() > super::LIST_MAX {
+                    return Err(super::too_many(&full_prefix));
+                }
+            }
+            let Some(next) = page.next else { break };
+            let digest: [u8; 32] = Sha256::digest(format!("{}\0{}", next.0, next.1)).into();
+            if !seen.insert(digest) {
+                return Err(list_error(
+                    &full_prefix,
+                    format!(
+                        "page {page_no} gives markers an earlier page gave; refusing a listing \
+                         that loops"
+                    ),
+                ));
+            }
+            marker = Some(next);
+        }
+        Ok(Some(out))
+    }
+
+    fn get_version(&self, key: &str, version: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_at(key, Some(version), limit)
+    }
+
+    fn open_version_range(
+        &self,
+        key: &str,
+        version: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>> {
+        self.open_range_at(key, Some(version), start, len)
+    }
+
+    fn set_lock(&self, lock: Option<Lock>) {
+        *self.lock.write().expect("lock setting poisoned by a panic") = lock;
+    }
+
+    fn versioned(&self) -> Result<bool> {
+        match self.bucket_config("versioning") {
+            Ok(x) => Ok(matches!(
+                between(&x, "<Status>", "</Status>").map(str::trim),
+                Some("Enabled" | "Suspended")
+            )),
+            // A server without versioning (s3s-fs).
+            Err(Error::Store {
+                cause: StoreCause::Http { status: 501, .. },
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn object_lock_enabled(&self) -> Result<bool> {
+        match self.bucket_config("object-lock") {
+            Ok(x) => Ok(
+                between(&x, "<ObjectLockEnabled>", "</ObjectLockEnabled>").map(str::trim)
+                    == Some("Enabled"),
+            ),
+            Err(Error::Store {
+                cause: StoreCause::Http { status, code, .. },
+                ..
+            }) if status == 501 || code == "ObjectLockConfigurationNotFoundError" => Ok(false),
+            // S3 answers a bucket without Object Lock with a 404
+            // (ObjectLockConfigurationNotFoundError).
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn check_lock_setup(&self) -> Result<()> {
+        let bucket = self.bucket.name();
+        let versioning = self.bucket_config("versioning")?;
+        if between(&versioning, "<Status>", "</Status>").map(str::trim) != Some("Enabled") {
+            return Err(Error::Setup(format!(
+                "object_lock is set, but the bucket {bucket} does not have versioning enabled: \
+                 Object Lock needs a bucket created with it (see \"Ransomware-proof setup\" in \
+                 README.md)"
+            )));
+        }
+        let enabled = self.object_lock_enabled()?;
+        if !enabled {
+            return Err(Error::Setup(format!(
+                "object_lock is set, but the bucket {bucket} does not have Object Lock enabled: \
+                 it must be created with Object Lock (see \"Ransomware-proof setup\" in \
+                 README.md)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn extend_lock(&self, key: &str, lock: Lock) -> Result<()> {
+        let full = self.checked("RETENTION", key)?;
+        let body = lock.retention_xml();
+        let headers: Headers = vec![
+            (
+                "x-amz-checksum-sha256",
+                base64(&Sha256::digest(body.as_bytes())),
+            ),
+            ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
+        ];
+        self.retry("RETENTION", &full, || {
+            let url = self.sign_url(
+                rusty_s3::Method::Put,
+                Some(&full),
+                &[("retention", "")],
+                &headers,
+            );
+            self.stats.count(Op::Retention, body.len() as u64, 0);
+            let mut req = self
+                .bounded(self.agent.put(&url), Some(body.len() as u64))
+                .header("Content-Type", "application/xml");
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
+            let mut resp = req.send(body.as_bytes()).map_err(|e| self.transport(e))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(self.status_failure(&mut resp))
+            }
+        })
+    }
+}
+
+/// A query value, percent-encoded (unsigned requests only: signing
+/// encodes its own).
+fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1161,6 +1462,7 @@ mod tests {
             secret_access_key: Some("s".into()),
             ca_file: None,
             storage_class: StorageClass::Standard,
+            ..Default::default()
         })
         .unwrap();
         store.attempts = 3;
@@ -1391,6 +1693,123 @@ mod tests {
 
     fn keys(l: &Listing) -> Vec<&str> {
         l.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    /// A ListObjectVersions page: (key, version id, size) entries, and the
+    /// markers of the next page.
+    fn versions_page(entries: &[(&str, &str, u64)], next: Option<(&str, &str)>) -> Answer {
+        let mut x = format!(
+            "<?xml version=\"1.0\"?><ListVersionsResult><IsTruncated>{}</IsTruncated>",
+            next.is_some()
+        );
+        for (k, v, size) in entries {
+            x.push_str(&format!(
+                "<Version><Key>{k}</Key><VersionId>{v}</VersionId><IsLatest>true</IsLatest>\
+                 <LastModified>2026-11-23T08:30:15.000Z</LastModified><Size>{size}</Size></Version>"
+            ));
+        }
+        if let Some((k, v)) = next {
+            x.push_str(&format!(
+                "<NextKeyMarker>{k}</NextKeyMarker><NextVersionIdMarker>{v}</NextVersionIdMarker>"
+            ));
+        }
+        x.push_str("</ListVersionsResult>");
+        answer("200 OK", x.as_bytes())
+    }
+
+    #[test]
+    fn version_listings_follow_markers_and_refuse_what_loops_or_strays() {
+        let (k1, k2) = (format!("p/{K}"), format!("p/{K2}"));
+        // Two pages, markers followed; keys outside the layout dropped.
+        let (s, seen) = fake(vec![
+            versions_page(
+                &[(&k1, "v1", 5), ("p/metadata/junk", "v9", 1)],
+                Some((&k1, "v1")),
+            ),
+            versions_page(&[(&k2, "v2", 7)], None),
+        ]);
+        let v = s.list_versions("metadata/").unwrap().unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].key.as_str(), v[1].size), (K, 7));
+        let heads = seen.lock().unwrap();
+        assert!(heads[0].contains("versions"), "{}", heads[0]);
+        assert!(heads[1].contains("key-marker="), "{}", heads[1]);
+        drop(heads);
+        // Markers that repeat: refused, not followed forever.
+        let (s, _) = fake(vec![
+            versions_page(&[(&k1, "v1", 5)], Some((&k1, "v1"))),
+            versions_page(&[], Some((&k1, "v1"))),
+        ]);
+        let e = s.list_versions("metadata/").unwrap_err().to_string();
+        assert!(e.contains("loops"), "{e}");
+        // A key outside the prefix asked for.
+        let (s, _) = fake(vec![versions_page(&[("q/other", "v1", 5)], None)]);
+        let e = s.list_versions("metadata/").unwrap_err().to_string();
+        assert!(e.contains("not under the prefix"), "{e}");
+        // Truncated XML, an oversized page: refused.
+        let (s, _) = fake(vec![answer(
+            "200 OK",
+            b"<ListVersionsResult><Version><Key>p/x</Key><VersionId>v",
+        )]);
+        let e = s.list_versions("metadata/").unwrap_err().to_string();
+        assert!(e.contains("unreadable version listing"), "{e}");
+        let big = vec![b' '; LIST_PAGE_MAX as usize + 10];
+        let (s, _) = fake(vec![answer("200 OK", &big)]);
+        assert!(s.list_versions("metadata/").is_err());
+        // A server without versions: None, asked once.
+        let (s, seen) = fake(vec![answer(
+            "501 Not Implemented",
+            b"<Error><Code>NotImplemented</Code></Error>",
+        )]);
+        assert_eq!(s.list_versions("metadata/").unwrap(), None);
+        assert_eq!(seen.lock().unwrap().len(), 1, "501 is not asked again");
+    }
+
+    #[test]
+    fn lock_headers_and_bucket_settings_are_read_defensively() {
+        let (s, _) = fake(vec![with_headers(&[
+            "x-amz-object-lock-retain-until-date: 2026-12-05T15:50:44Z",
+            "x-amz-object-lock-mode: COMPLIANCE",
+        ])]);
+        let m = s.stat(K, false).unwrap().unwrap();
+        assert_eq!(
+            m.locked_until,
+            crate::time::parse_compact("2026-12-05T155044Z")
+        );
+        for bad in [
+            "x-amz-object-lock-retain-until-date: soon",
+            "x-amz-object-lock-retain-until-date: 99999-1",
+        ] {
+            let (s, _) = fake(vec![with_headers(&[bad])]);
+            assert_eq!(
+                s.stat(K, false).unwrap().unwrap().locked_until,
+                None,
+                "{bad}"
+            );
+        }
+        // Versioning suspended, never enabled, or not answered.
+        let (s, _) = fake(vec![answer(
+            "200 OK",
+            b"<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>",
+        )]);
+        assert!(s.versioned().unwrap());
+        let e = {
+            let (s, _) = fake(vec![answer("200 OK", b"<VersioningConfiguration/>")]);
+            s.check_lock_setup().unwrap_err().to_string()
+        };
+        assert!(e.contains("bucket b") && e.contains("versioning"), "{e}");
+        let (s, _) = fake(vec![
+            answer(
+                "200 OK",
+                b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>",
+            ),
+            answer(
+                "404 Not Found",
+                b"<Error><Code>ObjectLockConfigurationNotFoundError</Code></Error>",
+            ),
+        ]);
+        let e = s.check_lock_setup().unwrap_err().to_string();
+        assert!(e.contains("bucket b") && e.contains("Object Lock"), "{e}");
     }
 
     #[test]

@@ -152,6 +152,32 @@ fn a_change_makes_exactly_one_snapshot_after_the_settle_delay() {
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
 
+/// Issue 20: on a locked bucket the daemon's runs, like `snapshot create`,
+/// send only what a write-only host key allows (no GET, no DELETE).
+#[test]
+fn a_daemon_on_a_locked_bucket_reads_and_deletes_nothing() {
+    let (mut env, p) = crate::immutable::locked_env("2d");
+    fast(&mut env);
+    env.write_config();
+    let d = Daemon::start(&env, &[]);
+    d.wait_log("run finished", Duration::from_secs(30));
+    fs::write(env.src().join("small.txt"), b"changed").unwrap();
+    d.wait_count("run finished", 2, Duration::from_secs(30));
+    assert!(d.stop(Duration::from_secs(10)).success());
+    let reqs = p.requests.lock().unwrap().clone();
+    crate::immutable::assert_write_only(&reqs, &env.bucket, "daemon");
+    assert!(
+        reqs.iter()
+            .filter(|r| r.method == "PUT")
+            .all(|r| r.header("x-amz-object-lock-mode") == Some("COMPLIANCE")),
+        "every PUT locked"
+    );
+    assert_eq!(count_named(&env, "data"), 2);
+    let target = env.path().join("restore");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
 #[test]
 fn the_daemon_sees_nothing_changed_since_a_snapshot_made_by_create() {
     // `snapshot create` does not record a digest (only the daemon compares):

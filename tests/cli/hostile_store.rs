@@ -344,18 +344,70 @@ fn objects_that_are_symlinks_or_fifos() {
     assert!(out.contains("foreign:      2 object(s)"), "{out}\n{err}");
 }
 
-/// The store's identity, forged, truncated, oversized, a symlink, or of a
-/// newer format: read bounded and checked; the keyless commands warn and
-/// go on, a backup (which keys its index by it) stops, naming it; nothing
-/// is written anywhere else.
+/// The store's identity. Named (`store/<format>/<id>`, learnt from a
+/// listing): names that are not one, a symlink or a FIFO named like one,
+/// are foreign and ignored; one of a newer format stops every command.
+/// Kept in a `store.json` (a store from before names), forged, truncated or
+/// oversized: read bounded and checked; the keyless commands warn and go
+/// on, a backup (which keys its index by it) stops, naming it; a symlink is
+/// not an object of the store, never followed. Nothing is written anywhere
+/// else.
 #[test]
 fn a_forged_store_identity() {
     let env = Env::new(Backend::Local);
     let real = one_snapshot(&env);
-    let path = env.store_dir().join("store.json");
-    let good = fs::read(&path).unwrap();
+    let ids = env.store_dir().join("store");
+    let named: Vec<_> = fs::read_dir(ids.join("1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    let good = fs::read(ids.join("1").join(&named[0])).unwrap();
     let outside = env.path().join("outside.json");
     fs::write(&outside, &good).unwrap();
+
+    // Named: junk beside the real one changes nothing.
+    let other = "0123456789abcdef0123456789abcdef";
+    std::os::unix::fs::symlink(&outside, ids.join("1").join(other)).unwrap();
+    let fifo = std::ffi::CString::new(
+        ids.join("1")
+            .join("fedcba9876543210fedcba9876543210")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    fs::write(ids.join("1").join("NOT-HEX"), b"x").unwrap();
+    fs::write(ids.join("README"), b"x").unwrap();
+    let out = env.run(&["snapshot", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&real));
+    fs::write(env.src().join("more"), b"named").unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("another store"), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(" 1 new chunks"), "the index was kept: {said}");
+    // A newer format: refused by every command, saying why.
+    fs::create_dir_all(ids.join("7")).unwrap();
+    fs::write(ids.join("7").join(other), b"{}").unwrap();
+    for args in [
+        &["snapshot", "list"][..],
+        &["snapshot", "create"],
+        &["prune"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("newer vaultik"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    // store.json, as stores from before names kept it.
+    fs::remove_dir_all(&ids).unwrap();
+    let path = env.store_dir().join("store.json");
     type Damage<'a> = Box<dyn Fn() + 'a>;
     let cases: Vec<(&str, Damage)> = vec![
         (
@@ -375,10 +427,6 @@ fn a_forged_store_identity() {
         (
             "oversized",
             Box::new(|| fs::write(&path, vec![b' '; 5000]).unwrap()),
-        ),
-        (
-            "a symlink",
-            Box::new(|| std::os::unix::fs::symlink(&outside, &path).unwrap()),
         ),
     ];
     for (what, make) in cases {
@@ -400,7 +448,18 @@ fn a_forged_store_identity() {
             err.contains("store.json") && err.lines().count() == 1,
             "{what}: {err}"
         );
+        assert!(!ids.exists(), "{what}: no identity named from a bad one");
     }
+    // A symlink is not an object of the store: never followed; the backup
+    // names an identity of its own (the index starts afresh, saying so).
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&outside, &path).unwrap();
+    fs::write(env.src().join("more"), b"a symlink").unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another store"), "{}", stderr(&out));
+    assert!(ids.join("1").is_dir());
+    fs::remove_dir_all(&ids).unwrap();
     assert_eq!(
         fs::read(&outside).unwrap(),
         good,
@@ -426,9 +485,10 @@ fn a_forged_store_identity() {
             stderr(&out)
         );
     }
-    // Restored, everything works again.
+    // Restored, everything works again, and the identity is named.
     fs::write(&path, &good).unwrap();
     env.create();
+    assert!(ids.join("1").join(&named[0]).is_file());
 }
 
 /// `restore --stdout` of forged snapshots: a malformed chunk list, a size

@@ -20,8 +20,8 @@ fn a_respelt_endpoint_or_a_copied_store_keeps_the_index() {
     env.settle();
     assert!(new_chunks(&env.create()) > 0);
     assert!(
-        env.objects().iter().any(|(k, _)| k == "store.json"),
-        "the first backup writes the store's identity"
+        env.objects().iter().any(|(k, _)| k.starts_with("store/1/")),
+        "the first backup names the store's identity"
     );
     env.endpoint.push('/');
     env.write_config();
@@ -80,9 +80,9 @@ fn a_store_without_an_identity_gets_one_and_keeps_its_index() {
     env.random_files(2, 100_000, 4);
     env.settle();
     env.create();
-    // As made before identities: no store.json, the index keyed by the
-    // store's description.
-    fs::remove_file(env.store_dir().join("store.json")).unwrap();
+    // As made before identities: none, the index keyed by the store's
+    // description.
+    fs::remove_dir_all(env.store_dir().join("store")).unwrap();
     {
         let conn = rusqlite::Connection::open(env.index_path()).unwrap();
         conn.execute(
@@ -93,13 +93,44 @@ fn a_store_without_an_identity_gets_one_and_keeps_its_index() {
     }
     let out = env.create();
     assert_eq!(new_chunks(&out), 0, "{out}");
-    assert!(env.store_dir().join("store.json").is_file());
-    let id = fs::read_to_string(env.store_dir().join("store.json")).unwrap();
+    let named: Vec<String> = fs::read_dir(env.store_dir().join("store/1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
     let conn = rusqlite::Connection::open(env.index_path()).unwrap();
     let keyed: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'store'", [], |r| {
             r.get(0)
         })
         .unwrap();
-    assert!(id.contains(&keyed), "{keyed} in {id}");
+    assert_eq!(named[0], keyed);
+}
+
+/// A store from before identities were named keeps its id in store.json:
+/// the next backup reads it once, names it, and keeps the index.
+#[test]
+fn a_store_json_is_named_and_the_index_kept() {
+    let env = Env::new(Backend::Local);
+    env.random_files(2, 100_000, 5);
+    env.settle();
+    env.create();
+    let dir = env.store_dir().join("store/1");
+    let id: String = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .next()
+        .unwrap();
+    fs::write(
+        env.store_dir().join("store.json"),
+        format!("{{\"vaultik_store\": 1, \"id\": \"{id}\", \"created\": 1}}"),
+    )
+    .unwrap();
+    fs::remove_dir_all(env.store_dir().join("store")).unwrap();
+    let out = env.create();
+    assert_eq!(new_chunks(&out), 0, "{out}");
+    assert!(out.contains("1 GET"), "store.json read once: {out}");
+    assert!(dir.join(&id).is_file());
+    let out = env.create();
+    assert!(out.contains("0 GET"), "{out}");
 }

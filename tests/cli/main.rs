@@ -17,6 +17,7 @@ mod hostile;
 mod hostile_s3;
 mod hostile_store;
 mod identity;
+mod immutable;
 mod leaks;
 mod ops;
 mod rescue;

@@ -143,6 +143,17 @@ pub fn create_bucket(bucket: &str) {
     assert_eq!(a.status, 200, "create bucket {bucket}: {a:?}");
 }
 
+/// A bucket created with Object Lock (and so versioning) enabled.
+pub fn create_locked_bucket(bucket: &str) {
+    let a = http(
+        "PUT",
+        &format!("/{bucket}"),
+        &[("x-amz-bucket-object-lock-enabled", "true")],
+        b"",
+    );
+    assert_eq!(a.status, 200, "create bucket {bucket}: {a:?}");
+}
+
 /// Every key in `bucket` under `prefix`, with its storage class.
 pub fn keys(bucket: &str, prefix: &str) -> Vec<(String, String)> {
     let a = http(
