@@ -180,6 +180,24 @@ fn local_index(
     (None, None)
 }
 
+/// The store for purge, prune and remove. With `[s3] object_lock`, the
+/// deletion marks they write are locked too, for the grace period they
+/// serve plus a day: long enough for two-phase deletion, no longer.
+fn marking_store(settings: &Settings) -> Result<Box<dyn Store>> {
+    let store = open_existing_store(settings)?;
+    if let crate::config::StoreConfig::S3(s3) = &settings.store {
+        if s3.object_lock.is_on() {
+            store.set_lock(Some(store::lock::Lock {
+                mode: s3.object_lock,
+                until: unix_now()
+                    .saturating_add(settings.grace_period)
+                    .saturating_add(86_400),
+            }));
+        }
+    }
+    Ok(store)
+}
+
 pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     let rule = Retention {
         keep_latest: a.keep_latest.then_some(1),
@@ -196,7 +214,7 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     };
     // A zone that does not exist is refused before the store is asked.
     rule.zone()?;
-    let store = open_existing_store(settings)?;
+    let store = marking_store(settings)?;
     let view = View::load(store.as_ref())?;
     let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
     let mut removed: Vec<Manifest> = decisions
@@ -341,7 +359,7 @@ fn run_and_report(
 }
 
 pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
-    let store = open_existing_store(settings)?;
+    let store = marking_store(settings)?;
     let view = View::load(store.as_ref())?;
     let shown = Shown {
         dry_run,
@@ -353,7 +371,7 @@ pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
 }
 
 pub fn remove(settings: &Settings, snapshots: &[String]) -> Result<()> {
-    let store = open_existing_store(settings)?;
+    let store = marking_store(settings)?;
     let mut ids = Vec::new();
     for s in snapshots {
         ids.push(manifest::resolve(store.as_ref(), s)?);

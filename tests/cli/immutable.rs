@@ -470,3 +470,39 @@ fn purge_on_a_locked_bucket_deletes_no_version_and_says_what_lingers() {
         assert!(lock_of(&env, k).1 > t0, "{k}");
     }
 }
+
+#[test]
+fn deletion_marks_are_locked_for_their_grace_period() {
+    let (mut env, p) = locked_env("3d");
+    env.extra.push("grace_period = 2s".into());
+    env.write_config();
+    env.create();
+    // Everything replaced: every old blob falls out of use.
+    fs::remove_dir_all(env.src()).unwrap();
+    fs::create_dir(env.src()).unwrap();
+    fs::write(env.src().join("only.txt"), b"all new").unwrap();
+    env.settle();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.create();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let n = p.requests.lock().unwrap().len();
+    let out = env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    assert!(out.contains("marked "), "{out}");
+    let marks: Vec<Request> = since(&p, n)
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("/gc/marked/"))
+        .collect();
+    assert!(!marks.is_empty(), "{out}");
+    assert!(
+        marks
+            .iter()
+            .all(|m| m.header("x-amz-object-lock-mode") == Some("COMPLIANCE"))
+    );
+    let key = objects(&env)
+        .into_iter()
+        .find(|k| k.starts_with("host1/gc/marked/"))
+        .unwrap();
+    let (_, until) = lock_of(&env, &key);
+    let t = now();
+    assert!(until > t && until <= t + DAY + 10, "{until}");
+}
