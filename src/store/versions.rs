@@ -85,8 +85,19 @@ impl Versioned {
         with_deleted: bool,
         warn: &dyn Fn(&str),
     ) -> Result<Box<dyn Store>> {
-        let Some(versions) = inner.list_versions(layout::METADATA)? else {
-            return Ok(inner);
+        let versions = match inner.list_versions(layout::METADATA) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(inner),
+            // A key that may not list versions (no s3:ListBucketVersions):
+            // read what is current, as before versions.
+            Err(e) if denied(&e) => {
+                warn(&format!(
+                    "{e}; reading current objects only (grant s3:ListBucketVersions to read \
+                     a versioned bucket as vaultik wrote it)"
+                ));
+                return Ok(inner);
+            }
+            Err(e) => return Err(e),
         };
         let mut pins = HashMap::new();
         let mut deleted = Vec::new();
@@ -140,8 +151,11 @@ impl Versioned {
     /// current version may not be the one vaultik wrote: found from one
     /// listing of the blobs' versions, checked by hashing it whole.
     fn choose_blobs(&self, blobs: &[(String, u64)], report: &dyn Fn(&str)) -> Result<()> {
-        let Some(versions) = self.inner.list_versions(layout::BLOBS)? else {
-            return Ok(());
+        let versions = match self.inner.list_versions(layout::BLOBS) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(()),
+            Err(e) if denied(&e) => return Ok(()),
+            Err(e) => return Err(e),
         };
         let mut all = by_key(versions);
         for (key, size) in blobs {
@@ -342,6 +356,17 @@ impl Store for Versioned {
     }
 }
 
+/// Whether `e` is the store refusing the request (HTTP 403).
+fn denied(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store {
+            cause: crate::error::StoreCause::Http { status: 403, .. },
+            ..
+        }
+    )
+}
+
 /// The error of a store that keeps no versions, for what needs them.
 pub fn unsupported(op: &'static str, key: &str) -> Error {
     Error::store(op, key, "this store keeps no object versions")
@@ -478,6 +503,8 @@ mod tests {
         versions: Vec<Version>,
         data: HashMap<String, Vec<u8>>,
         stats: Stats,
+        /// Refuse version listings (a key without s3:ListBucketVersions).
+        deny: bool,
     }
 
     impl Mem {
@@ -486,6 +513,7 @@ mod tests {
                 versions: Vec::new(),
                 data: HashMap::new(),
                 stats: Stats::default(),
+                deny: false,
             };
             for (key, id, bytes, modified, deleted) in entries {
                 m.versions.push(Version {
@@ -565,6 +593,18 @@ mod tests {
             &self.stats
         }
         fn list_versions(&self, prefix: &str) -> Result<Option<Vec<Version>>> {
+            if self.deny {
+                return Err(Error::Store {
+                    op: "LIST",
+                    key: prefix.into(),
+                    cause: crate::error::StoreCause::Http {
+                        status: 403,
+                        code: "AccessDenied".into(),
+                        message: String::new(),
+                    },
+                    attempts: None,
+                });
+            }
             // Newest first, as S3 lists them.
             let mut v: Vec<Version> = self
                 .versions

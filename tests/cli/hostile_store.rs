@@ -491,6 +491,63 @@ fn a_forged_store_identity() {
     assert!(ids.join("1").join(&named[0]).is_file());
 }
 
+/// Deletion marks are named in keys (`gc/marked/<time>/<blob hash>`) and
+/// learnt from listings. Forged ones: names that are not marks, a symlink
+/// and a FIFO named like one, are foreign (never followed, never waited
+/// on); a well-formed mark of a blob a snapshot still uses never gets it
+/// deleted; a backup only uploads the marked blob's data again.
+#[test]
+fn forged_deletion_marks() {
+    let mut env = Env::new(Backend::Local);
+    env.extra.push("grace_period = 1s".into());
+    env.write_config();
+    let id = one_snapshot(&env);
+    let blobs = env.blob_keys();
+    assert_eq!(blobs.len(), 1);
+    let hash = blobs[0].rsplit('/').next().unwrap().to_string();
+    let marked = env.store_dir().join("gc/marked");
+    let old = marked.join("2020-01-01T000000Z");
+    fs::create_dir_all(&old).unwrap();
+    // A mark from long ago of the blob the snapshot uses.
+    fs::write(old.join(&hash), b"").unwrap();
+    // Junk: not a hash, a hash with something after it, a symlink, a FIFO.
+    let outside = env.path().join("outside");
+    fs::write(&outside, b"outside").unwrap();
+    fs::write(old.join("not-a-hash"), b"").unwrap();
+    fs::write(marked.join("README"), b"").unwrap();
+    std::os::unix::fs::symlink(&outside, old.join("a".repeat(64))).unwrap();
+    let c = std::ffi::CString::new(
+        old.join("b".repeat(64))
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A backup does not deduplicate against the marked blob: it uploads
+    // its data again (under the same key).
+    fs::write(env.src().join("g"), b"more\n").unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("marked for deletion"),
+        "{}",
+        stderr(&out)
+    );
+    // prune: the marked blob is referenced, so it stays; the junk is
+    // counted as foreign and left alone.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = env.run(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deleted 0 unreferenced"), "{said}");
+    assert!(said.contains("left alone 4 object(s)"), "{said}");
+    assert!(env.blob_keys().contains(&blobs[0]));
+    let target = env.path().join("r");
+    env.restore_ok(&id, &target, &[]);
+    env.restore_ok("latest", &env.path().join("r2"), &[]);
+    assert_eq!(fs::read(&outside).unwrap(), b"outside");
+}
+
 /// `restore --stdout` of forged snapshots: a malformed chunk list, a size
 /// that does not add up (a terabyte claimed), a chunk placed past its
 /// blob, a path that is not a file; then a truncated blob and a blob that
