@@ -60,7 +60,8 @@ CREATE TABLE files(
 /// one that loses it only extends locks again.
 const LOCKS: &str = "CREATE TABLE IF NOT EXISTS blob_locks(
     key TEXT PRIMARY KEY,
-    until INTEGER NOT NULL
+    until INTEGER NOT NULL,
+    version TEXT
 ) WITHOUT ROWID;";
 
 /// Where a run of a snapshot's chunks are, from `Index::locate`.
@@ -454,33 +455,40 @@ impl Index {
     }
 
     /// Until when the store keeps `key` locked, as far as this index knows
-    /// (0: not known).
-    pub fn locked_until(&self, key: &str) -> Result<u64> {
+    /// (0: not known), and the version this host uploaded, when the store
+    /// said.
+    pub fn locked_until(&self, key: &str) -> Result<(u64, Option<String>)> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT until FROM blob_locks WHERE key=?1")
+            .prepare_cached("SELECT until, version FROM blob_locks WHERE key=?1")
             .db(&self.path)?;
-        let until: Option<i64> = st
-            .query_row([key], |r| r.get(0))
+        let row: Option<(i64, Option<String>)> = st
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .db(&self.path)?;
-        Ok(until.map_or(0, |u| u.max(0) as u64))
+        Ok(row.map_or((0, None), |(u, v)| (u.max(0) as u64, v)))
     }
 
     /// The store locked `keys` until `until` (never recorded as earlier
-    /// than it was).
-    pub fn set_locked_until(&mut self, keys: &[String], until: u64) -> Result<()> {
+    /// than it was); with `version`, the version of the one key uploaded.
+    pub fn set_locked_until(
+        &mut self,
+        keys: &[String],
+        until: u64,
+        version: Option<&str>,
+    ) -> Result<()> {
         let tx = self.conn.transaction().db(&self.path)?;
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO blob_locks(key, until) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET until = max(until, excluded.until)",
+                    "INSERT INTO blob_locks(key, until, version) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET until = max(until, excluded.until),
+                       version = coalesce(excluded.version, version)",
                 )
                 .db(&self.path)?;
             let until = i64::try_from(until).unwrap_or(i64::MAX);
             for k in keys {
-                st.execute(params![k, until]).db(&self.path)?;
+                st.execute(params![k, until, version]).db(&self.path)?;
             }
         }
         tx.commit().db(&self.path)

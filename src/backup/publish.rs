@@ -170,12 +170,15 @@ fn extend_locks(
 ) -> Result<u64> {
     let now = crate::time::now();
     let needed = plan.needed(now);
-    let stale: Vec<String> = {
+    // The version this host uploaded when it knows it (a version put over
+    // it later must not take its place), else the current one.
+    let stale: Vec<(String, Option<String>)> = {
         let index = b.index();
         let mut stale = Vec::new();
         for (k, _) in blobs {
-            if index.locked_until(k)? < needed {
-                stale.push(k.clone());
+            let (until, version) = index.locked_until(k)?;
+            if until < needed {
+                stale.push((k.clone(), version));
             }
         }
         stale
@@ -184,11 +187,12 @@ fn extend_locks(
         return Ok(0);
     }
     let lock = plan.extended(now);
-    for r in crate::store::parallel(&stale, |k| b.store.extend_lock(k, lock)) {
+    for r in crate::store::parallel(&stale, |(k, v)| b.store.extend_lock(k, v.as_deref(), lock)) {
         r?;
     }
-    b.index().set_locked_until(&stale, lock.until)?;
-    Ok(stale.len() as u64)
+    let keys: Vec<String> = stale.into_iter().map(|(k, _)| k).collect();
+    b.index().set_locked_until(&keys, lock.until, None)?;
+    Ok(keys.len() as u64)
 }
 
 /// A purge elsewhere may have deleted an old blob the snapshot reuses

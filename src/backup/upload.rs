@@ -48,9 +48,14 @@ impl Shared<'_, '_> {
                     .add_blob(&blob.key, blob.file.size, part)?;
             }
             if let Some(plan) = &self.backup.lock {
-                self.backup
-                    .index()
-                    .set_locked_until(std::slice::from_ref(&blob.key), plan.until)?;
+                // The version this run wrote: the one whose lock later runs
+                // extend, whatever is put over it meanwhile.
+                let version = self.backup.store.take_put_version(&blob.key);
+                self.backup.index().set_locked_until(
+                    std::slice::from_ref(&blob.key),
+                    plan.until,
+                    version.as_deref(),
+                )?;
             }
             self.dedup.settle(entries.iter().map(|(id, _)| id));
             events

@@ -292,11 +292,17 @@ pub trait Store: Send + Sync {
             "object_lock needs an S3 store (a directory has no Object Lock)".into(),
         ))
     }
-    /// Extend the lock of the current version of `key` to `lock`
-    /// (PutObjectRetention); never called with an earlier date than the
-    /// object has, as far as vaultik knows.
-    fn extend_lock(&self, key: &str, lock: lock::Lock) -> Result<()> {
-        let _ = lock;
+    /// The version id the store gave the blob `key` this process put
+    /// (once: taken).
+    fn take_put_version(&self, key: &str) -> Option<String> {
+        let _ = key;
+        None
+    }
+    /// Extend the lock of `version` of `key` (of its current version when
+    /// None) to `lock` (PutObjectRetention); never called with an earlier
+    /// date than the object has, as far as vaultik knows.
+    fn extend_lock(&self, key: &str, version: Option<&str>, lock: lock::Lock) -> Result<()> {
+        let _ = (version, lock);
         Err(Error::store(
             "RETENTION",
             key,

@@ -123,6 +123,9 @@ pub struct S3Store {
     bounds: Bounds,
     /// The lock every PUT carries (`set_lock`).
     lock: RwLock<Option<Lock>>,
+    /// The version id S3 gave each blob put by this process, until taken
+    /// (`take_put_version`).
+    put_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Headers signed with a request and sent with it (lower-case names).
@@ -215,6 +218,7 @@ impl S3Store {
             attempts: ATTEMPTS,
             bounds: BOUNDS,
             lock: RwLock::new(None),
+            put_versions: Default::default(),
         })
     }
 
@@ -840,9 +844,22 @@ impl Store for S3Store {
             // ureq sends a File with its length as Content-Length (never chunked).
             let mut resp = req.send(&file).map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
-                Ok(())
+                Ok(resp
+                    .headers()
+                    .get("x-amz-version-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| versions::is_version_id(v) && *v != "null")
+                    .map(str::to_string))
             } else {
                 Err(self.status_failure(&mut resp))
+            }
+        })
+        .map(|version| {
+            if let Some(v) = version.filter(|_| crate::layout::is_blob(key)) {
+                self.put_versions
+                    .lock()
+                    .expect("put versions poisoned by a panic")
+                    .insert(key.to_string(), v);
             }
         })
     }
@@ -1290,7 +1307,14 @@ impl Store for S3Store {
         Ok(())
     }
 
-    fn extend_lock(&self, key: &str, lock: Lock) -> Result<()> {
+    fn take_put_version(&self, key: &str) -> Option<String> {
+        self.put_versions
+            .lock()
+            .expect("put versions poisoned by a panic")
+            .remove(key)
+    }
+
+    fn extend_lock(&self, key: &str, version: Option<&str>, lock: Lock) -> Result<()> {
         let full = self.checked("RETENTION", key)?;
         let body = lock.retention_xml();
         let headers: Headers = vec![
@@ -1301,12 +1325,11 @@ impl Store for S3Store {
             ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
         ];
         self.retry("RETENTION", &full, || {
-            let url = self.sign_url(
-                rusty_s3::Method::Put,
-                Some(&full),
-                &[("retention", "")],
-                &headers,
-            );
+            let mut query = vec![("retention", "")];
+            if let Some(v) = version {
+                query.push(("versionId", v));
+            }
+            let url = self.sign_url(rusty_s3::Method::Put, Some(&full), &query, &headers);
             self.stats.count(Op::Retention, body.len() as u64, 0);
             let mut req = self
                 .bounded(self.agent.put(&url), Some(body.len() as u64))

@@ -351,8 +351,11 @@ impl Store for Versioned {
     fn object_lock_enabled(&self) -> Result<bool> {
         self.inner.object_lock_enabled()
     }
-    fn extend_lock(&self, key: &str, lock: Lock) -> Result<()> {
-        self.inner.extend_lock(key, lock)
+    fn take_put_version(&self, key: &str) -> Option<String> {
+        self.inner.take_put_version(key)
+    }
+    fn extend_lock(&self, key: &str, version: Option<&str>, lock: Lock) -> Result<()> {
+        self.inner.extend_lock(key, version, lock)
     }
 }
 
@@ -453,6 +456,12 @@ pub fn parse_page(xml: &str) -> std::result::Result<Page, String> {
         }
     }
     Ok(page)
+}
+
+/// Whether `id` may be a version id: 1 to `VERSION_ID_MAX` bytes of
+/// printable ASCII.
+pub fn is_version_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= VERSION_ID_MAX && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// XML's five entities and numeric references (what S3 escapes in keys).

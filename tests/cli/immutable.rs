@@ -211,6 +211,21 @@ fn reuse_extends_the_locks_of_old_blobs_never_shortening_them() {
         .filter(|k| k.starts_with("host1/blobs/"))
         .collect();
     let before: Vec<u64> = blobs.iter().map(|k| lock_of(&env, k).1).collect();
+    // One blob written over with junk of its size, which the index cannot
+    // tell from a listing: the extension must still go to the version
+    // vaultik wrote, not to the junk.
+    let size = moto::http("HEAD", &format!("/{}/{}", env.bucket, blobs[0]), &[], b"")
+        .header("content-length")
+        .unwrap()
+        .parse::<usize>()
+        .unwrap();
+    let a = moto::http(
+        "PUT",
+        &format!("/{}/{}", env.bucket, blobs[0]),
+        &[],
+        &vec![b'j'; size],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
     // A longer lock: every reused blob must now be locked 20 days past the
     // new snapshot.
     env.s3_extra.retain(|l| !l.starts_with("lock_for"));
@@ -221,21 +236,50 @@ fn reuse_extends_the_locks_of_old_blobs_never_shortening_them() {
     let n = p.requests.lock().unwrap().len();
     let t1 = now();
     let out = env.create();
-    let extended = since(&p, n)
+    let extensions: Vec<Request> = since(&p, n)
         .into_iter()
         .filter(|r| r.method == "PUT" && r.target.contains("retention"))
-        .count();
-    assert_eq!(extended, blobs.len(), "{out}");
+        .collect();
+    assert_eq!(extensions.len(), blobs.len(), "{out}");
+    // Each names the version this host uploaded.
+    for r in &extensions {
+        assert!(r.target.contains("versionId="), "{}", r.target);
+    }
+    let first = extensions
+        .iter()
+        .find(|r| r.target.contains(&blobs[0]))
+        .unwrap();
+    let version = first
+        .target
+        .split(['?', '&'])
+        .find_map(|q| q.strip_prefix("versionId="))
+        .unwrap();
+    let a = moto::http(
+        "HEAD",
+        &format!("/{}/{}?versionId={version}", env.bucket, blobs[0]),
+        &[],
+        b"",
+    );
+    let until = a.header("x-amz-object-lock-retain-until-date").unwrap();
+    assert!(until > "2026", "{a:?}");
     assert!(
         out.contains(&format!("locks of {} reused blobs extended", blobs.len())),
         "{out}"
     );
     assert!(out.contains(&format!("{} RETENTION", blobs.len())), "{out}");
-    for (k, old) in blobs.iter().zip(&before) {
+    for (k, old) in blobs.iter().zip(&before).skip(1) {
         let (mode, until) = lock_of(&env, k);
         assert_eq!(mode, "COMPLIANCE");
         assert!(until >= t1 + 20 * DAY && until > *old, "{k}: {until}");
     }
+    let parsed = {
+        let c = format!("{}{}{}Z", &until[..13], &until[14..16], &until[17..19]);
+        vaultik::time::parse_compact(&c).unwrap()
+    };
+    assert!(
+        parsed >= t1 + 20 * DAY,
+        "the version vaultik wrote: {until}"
+    );
     // Locked long enough now: the next run extends nothing.
     fs::write(env.src().join("newer.txt"), b"newer").unwrap();
     env.settle();
@@ -256,9 +300,14 @@ fn reuse_extends_the_locks_of_old_blobs_never_shortening_them() {
         !since(&p, n).iter().any(|r| r.target.contains("retention")),
         "no retention request"
     );
-    for k in &blobs {
+    for k in blobs.iter().skip(1) {
         assert!(lock_of(&env, k).1 >= t1 + 20 * DAY, "{k}");
     }
+    // And the snapshots restore, the junk passed over.
+    let target = env.path().join("r");
+    let out = env.restore_to("latest", &target, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
 
 /// The same files with the same contents (the copies kept of each state
