@@ -218,7 +218,18 @@ impl Backup<'_> {
     /// store? (It may have been removed, and then nothing stands for now.)
     fn last_still_stored(&self, last: &Path) -> Result<bool> {
         match snapshot::stored_info(last, "id") {
-            Some(id) => Ok(self.store.head(&layout::manifest(&id))?.is_some()),
+            // A listing, not a HEAD: a write-only host may not read objects
+            // (AWS authorises HEAD with s3:GetObject).
+            Some(id) => {
+                let manifest = layout::manifest(&id);
+                let dir = format!("{}{id}/", layout::METADATA);
+                Ok(self
+                    .store
+                    .list(&dir)?
+                    .objects
+                    .iter()
+                    .any(|o| o.key == manifest))
+            }
             None => Ok(false),
         }
     }

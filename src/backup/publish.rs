@@ -60,6 +60,9 @@ impl Publish<'_, '_> {
         let b = self.backup;
         if let Some(plan) = &b.lock {
             s.locks_extended = extend_locks(b, plan, &blobs)?;
+            // The snapshot's own objects: lock_for from now, however long
+            // the run took since the lock was first set.
+            b.store.set_lock(Some(plan.extended(crate::time::now())));
             t.lap("publish: locks of reused blobs extended");
         }
         let sealed = self.meta.seal(&b.tmp_dir, &b.recipients, METADATA_LEVEL)?;

@@ -103,7 +103,7 @@ impl Session {
         // (purged from another host, or lost), nor against one a purge has
         // marked for deletion (see gc.rs): its data is uploaded again.
         let marked = crate::gc::marked_blobs(self.store.as_ref())?;
-        let present: Vec<(String, u64)> = self
+        let mut present: Vec<(String, u64)> = self
             .store
             .list(crate::layout::BLOBS)?
             .objects
@@ -111,6 +111,19 @@ impl Session {
             .filter(|o| !marked.contains(&o.key))
             .map(|o| (o.key, o.size))
             .collect();
+        // Under Object Lock, nor against a blob this index never saw
+        // locked (uploaded before object_lock was set): its lock would go
+        // to whatever version is current, perhaps junk put over it. Its data
+        // is uploaded again, locked, once.
+        if plan.is_some() {
+            let mut locked = Vec::with_capacity(present.len());
+            for p in present {
+                if index.locked_until(&p.0)?.0 > 0 {
+                    locked.push(p);
+                }
+            }
+            present = locked;
+        }
         let dropped = index.forget_missing_blobs(&present)?;
         Ok((lock, index, dropped))
     }

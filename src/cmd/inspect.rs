@@ -121,7 +121,15 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
     warn_about(&view);
     let totals = Totals::of(&view, settings.grace_period);
     // On a bucket with Object Lock, what is locked (a HEAD per object).
-    let locks = if store.object_lock_enabled()? {
+    let lock_on = match store.object_lock_enabled() {
+        Ok(on) => on,
+        Err(e) if crate::store::versions::denied(&e) => {
+            warn(&format!("{e}; locked objects not shown"));
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    let locks = if lock_on {
         let mut all = view.blobs.clone();
         all.extend(view.metadata.iter().cloned());
         Some(gc::Locks::of(store.as_ref(), &all, unix_now())?)
@@ -325,7 +333,8 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     } else {
         None
     };
-    let store = super::open_versioned_store(&Settings::resolve(g, false)?, true)?;
+    let by_id = a.snapshot != "latest";
+    let store = super::open_versioned_store(&Settings::resolve(g, false)?, by_id)?;
     let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
     let what = format!("snapshot verify --deep {id}");

@@ -15,7 +15,10 @@ use crate::{human_bytes, manifest};
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // The key first: no network work without it.
     let identities = settings::identities(a.identity.as_deref())?;
-    let store = open_versioned_store(&Settings::resolve(g, false)?, true)?;
+    // Deleted snapshots (versions remain) only by id: `latest` is never
+    // one that was removed.
+    let by_id = a.snapshot != "latest";
+    let store = open_versioned_store(&Settings::resolve(g, false)?, by_id)?;
     let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
     // With --stdout, standard output is the file's: everything else goes
     // to standard error.

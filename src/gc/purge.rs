@@ -131,7 +131,15 @@ impl Purge<'_> {
         // A versioned bucket keeps what is deleted as noncurrent versions
         // (vaultik deletes only current objects: a locked version is never
         // asked to go): say what, and what is locked until when.
-        if store.versioned()? {
+        // A key that may not read the bucket's versioning (or a server that
+        // cannot say) is not stopped by it: the report just says nothing of
+        // versions.
+        let versioned = match store.versioned() {
+            Ok(v) => v,
+            Err(e) if crate::store::versions::denied(&e) => false,
+            Err(e) => return Err(e),
+        };
+        if versioned {
             let mut going: Vec<ObjectInfo> = view
                 .metadata
                 .iter()

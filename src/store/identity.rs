@@ -101,23 +101,30 @@ impl Identity {
     }
 }
 
-/// The identities a listing of the store names, and whether it has a
-/// `store.json`. A named identity of a newer format refuses the store.
+/// The identities of this format a listing of the store names, and
+/// whether it has a `store.json`. An identity of a newer format refuses the
+/// store when it names none this build reads (a writer who adds one beside
+/// a readable one cannot lock every host out).
 fn listed(store: &dyn Store) -> Result<(Vec<String>, bool)> {
     let listing = store.list("store")?;
     let mut ids = Vec::new();
     let mut legacy = false;
+    let mut newest = None;
     for o in &listing.objects {
         match layout::parse(&o.key) {
             Some(layout::Key::StoreId { format, id }) => {
                 if u64::from(format) > FORMAT {
-                    return Err(newer(u64::from(format)));
+                    newest = newest.max(Some(u64::from(format)));
+                } else {
+                    ids.push(id.to_string());
                 }
-                ids.push(id.to_string());
             }
             Some(layout::Key::Identity) => legacy = true,
             _ => {}
         }
+    }
+    if let (true, Some(format)) = (ids.is_empty(), newest) {
+        return Err(newer(format));
     }
     ids.sort();
     Ok((ids, legacy))
@@ -137,6 +144,12 @@ fn read_legacy(store: &dyn Store) -> Result<Option<Identity>> {
         Err(Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `s` is an id as vaultik makes them (an index may hold a store
+/// description instead, from before identities).
+fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Name `identity` in the store (`store/<format>/<id>`).
@@ -193,9 +206,25 @@ pub fn ensure(store: &dyn Store, known: Option<&str>) -> Result<Identity> {
         });
     }
     if legacy {
-        if let Some(old) = read_legacy(store)? {
-            name(store, &old)?;
-            return Ok(old);
+        match read_legacy(store) {
+            Ok(Some(old)) => {
+                name(store, &old)?;
+                return Ok(old);
+            }
+            Ok(None) => {}
+            // A write-only host may not read it: the index's own id is
+            // named instead (an index made for another store only
+            // deduplicates against blobs this store lists).
+            Err(e) if super::versions::denied(&e) && known.is_some_and(is_id) => {
+                let kept = Identity {
+                    id: known.unwrap_or_default().to_string(),
+                    format: FORMAT,
+                    created: crate::time::now(),
+                };
+                name(store, &kept)?;
+                return Ok(kept);
+            }
+            Err(e) => return Err(e),
         }
     }
     let mine = Identity::new()?;
@@ -244,13 +273,19 @@ mod tests {
         let smallest = first.id.clone().min(other.id.clone());
         assert_eq!(ensure(&store, Some("gone")).unwrap().id, smallest);
         assert_eq!(all(&store).unwrap().len(), 2);
-        // A named identity of a newer format refuses the store.
+        // A named identity of a newer format: ignored beside one this build
+        // reads; alone, it refuses the store.
         let key = layout::Key::StoreId {
             format: 9,
             id: &first.id,
         }
         .to_key();
         store.put_bytes(&key, b"{}").unwrap();
+        assert_eq!(ensure(&store, Some(&first.id)).unwrap().id, first.id);
+        for id in [&first.id, &other.id] {
+            let k = layout::Key::StoreId { format: 1, id }.to_key();
+            store.delete(&k).unwrap();
+        }
         let e = ensure(&store, None).unwrap_err().to_string();
         assert!(e.contains("newer vaultik"), "{e}");
     }

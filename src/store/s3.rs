@@ -855,7 +855,12 @@ impl Store for S3Store {
             }
         })
         .map(|version| {
-            if let Some(v) = version.filter(|_| crate::layout::is_blob(key)) {
+            let locked = self
+                .lock
+                .read()
+                .expect("lock setting poisoned by a panic")
+                .is_some();
+            if let Some(v) = version.filter(|_| locked && crate::layout::is_blob(key)) {
                 self.put_versions
                     .lock()
                     .expect("put versions poisoned by a panic")

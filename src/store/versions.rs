@@ -92,8 +92,8 @@ impl Versioned {
             // read what is current, as before versions.
             Err(e) if denied(&e) => {
                 warn(&format!(
-                    "{e}; reading current objects only (grant s3:ListBucketVersions to read \
-                     a versioned bucket as vaultik wrote it)"
+                    "{e}; reading current objects only (on a versioned bucket, grant \
+                     s3:ListBucketVersions to read it as vaultik wrote it)"
                 ));
                 return Ok(inner);
             }
@@ -359,12 +359,17 @@ impl Store for Versioned {
     }
 }
 
-/// Whether `e` is the store refusing the request (HTTP 403).
-fn denied(e: &Error) -> bool {
+/// Whether `e` is the store refusing the request itself (HTTP 400, 403,
+/// 405 or 501: a key without the right, a server without the call), as
+/// opposed to failing to answer.
+pub fn denied(e: &Error) -> bool {
     matches!(
         e,
         Error::Store {
-            cause: crate::error::StoreCause::Http { status: 403, .. },
+            cause: crate::error::StoreCause::Http {
+                status: 400 | 403 | 405 | 501,
+                ..
+            },
             ..
         }
     )
@@ -392,23 +397,31 @@ const VERSION_ID_MAX: usize = 1024;
 /// that is too long or not printable ASCII, refuses the page.
 pub fn parse_page(xml: &str) -> std::result::Result<Page, String> {
     let mut page = Page::default();
-    let mut rest = xml;
+    // The next entry of each kind, searched for again only once passed:
+    // every byte of the page is scanned a bounded number of times.
+    let next_of = |tag: &str, from: usize| xml[from..].find(tag).map(|i| i + from);
+    let mut next_v = next_of("<Version>", 0);
+    let mut next_d = next_of("<DeleteMarker>", 0);
     loop {
-        let v = rest.find("<Version>");
-        let d = rest.find("<DeleteMarker>");
-        let (at, deleted, close) = match (v, d) {
+        let (at, deleted, close) = match (next_v, next_d) {
             (Some(v), Some(d)) if d < v => (d, true, "</DeleteMarker>"),
             (Some(v), _) => (v, false, "</Version>"),
             (None, Some(d)) => (d, true, "</DeleteMarker>"),
             (None, None) => break,
         };
         let body_start = at + if deleted { 14 } else { 9 };
-        let end = rest[body_start..]
+        let end = xml[body_start..]
             .find(close)
             .ok_or("an entry that does not end")?
             + body_start;
-        let entry = &rest[body_start..end];
-        rest = &rest[end + close.len()..];
+        let entry = &xml[body_start..end];
+        let after = end + close.len();
+        if next_v.is_some_and(|v| v < after) {
+            next_v = next_of("<Version>", after);
+        }
+        if next_d.is_some_and(|d| d < after) {
+            next_d = next_of("<DeleteMarker>", after);
+        }
         let field = |name: &str| {
             let open = format!("<{name}>");
             let close = format!("</{name}>");
@@ -431,10 +444,12 @@ pub fn parse_page(xml: &str) -> std::result::Result<Page, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or("a version without a Size")?
             },
+            // Versions are ordered by it: one without a readable time is
+            // not placed anywhere (it could pass for the earliest).
             modified: field("LastModified")
                 .as_deref()
                 .and_then(crate::time::parse_s3)
-                .unwrap_or(0),
+                .ok_or("an entry without a readable LastModified")?,
             latest: field("IsLatest").as_deref() == Some("true"),
             deleted,
         });
@@ -474,7 +489,13 @@ fn unescape(s: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let Some(semi) = rest.find(';') else { break };
+        // An entity is a few characters: a `;` further away is not one
+        // (and is never searched for across the whole field).
+        let Some(semi) = rest.bytes().take(12).position(|b| b == b';') else {
+            out.push('&');
+            rest = &rest[1..];
+            continue;
+        };
         let ent = &rest[1..semi];
         let c = match ent {
             "amp" => Some('&'),
@@ -728,6 +749,16 @@ mod tests {
             <NextKeyMarker>p/c</NextKeyMarker><NextVersionIdMarker>v1</NextVersionIdMarker>\
             </ListVersionsResult>";
         let p = parse_page(xml).unwrap();
+        assert_eq!(unescape("a&b&amp;c&#x41;&zz;"), "a&b&cA&zz;");
+        // A page of many entries is read in one pass (a hostile page of
+        // 8 MiB of versions must not take quadratic time).
+        let entry = "<Version><Key>k</Key><VersionId>v</VersionId><IsLatest>false</IsLatest>\
+            <LastModified>2026-12-02T10:00:00.000Z</LastModified><Size>1</Size></Version>";
+        let big = format!(
+            "<ListVersionsResult>{}</ListVersionsResult>",
+            entry.repeat(60_000)
+        );
+        assert_eq!(parse_page(&big).unwrap().versions.len(), 60_000);
         assert_eq!(p.versions.len(), 3);
         assert_eq!(p.versions[0].key, "p/a&b");
         assert!(p.versions[0].latest && !p.versions[0].deleted);

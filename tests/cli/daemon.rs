@@ -163,6 +163,14 @@ fn a_daemon_on_a_locked_bucket_reads_and_deletes_nothing() {
     d.wait_log("run finished", Duration::from_secs(30));
     fs::write(env.src().join("small.txt"), b"changed").unwrap();
     d.wait_count("run finished", 2, Duration::from_secs(30));
+    // Its mode set again, the same: a run that finds nothing changed
+    // checks that the last snapshot is still there, from a listing (a HEAD
+    // needs s3:GetObject), and publishes nothing.
+    use std::os::unix::fs::PermissionsExt;
+    let small = env.src().join("small.txt");
+    let mode = fs::metadata(&small).unwrap().permissions().mode();
+    fs::set_permissions(&small, fs::Permissions::from_mode(mode)).unwrap();
+    d.wait_log("nothing changed, no snapshot", Duration::from_secs(30));
     assert!(d.stop(Duration::from_secs(10)).success());
     let reqs = p.requests.lock().unwrap().clone();
     crate::immutable::assert_write_only(&reqs, &env.bucket, "daemon");

@@ -346,7 +346,8 @@ fn objects_that_are_symlinks_or_fifos() {
 
 /// The store's identity. Named (`store/<format>/<id>`, learnt from a
 /// listing): names that are not one, a symlink or a FIFO named like one,
-/// are foreign and ignored; one of a newer format stops every command.
+/// are foreign and ignored; one of a newer format is ignored beside a
+/// readable one, and alone stops every command.
 /// Kept in a `store.json` (a store from before names), forged, truncated or
 /// oversized: read bounded and checked; the keyless commands warn and go
 /// on, a backup (which keys its index by it) stops, naming it; a symlink is
@@ -388,9 +389,15 @@ fn a_forged_store_identity() {
     assert!(!stderr(&out).contains("another store"), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(" 1 new chunks"), "the index was kept: {said}");
-    // A newer format: refused by every command, saying why.
+    // A newer format beside the readable one: ignored (a writer cannot lock
+    // every host out by adding one); alone: refused by every command,
+    // saying why.
     fs::create_dir_all(ids.join("7")).unwrap();
     fs::write(ids.join("7").join(other), b"{}").unwrap();
+    fs::write(env.src().join("more"), b"newer beside").unwrap();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::remove_file(ids.join("1").join(&named[0])).unwrap();
     for args in [
         &["snapshot", "list"][..],
         &["snapshot", "create"],

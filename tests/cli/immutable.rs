@@ -413,6 +413,10 @@ fn an_attacker_with_a_hosts_key_destroys_no_snapshot() {
 
     let refused = attack(&env);
     assert!(refused >= 3, "{refused} locked versions refused");
+    // `latest` is never a deleted snapshot: only ids reach them.
+    let out = env.restore_to("latest", &env.path().join("r-latest"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no snapshots"), "{}", stderr(&out));
 
     // Nothing is current any more: a plain listing shows nothing, and
     // `--versions` shows every snapshot, deleted, restorable.
@@ -554,4 +558,41 @@ fn deletion_marks_are_locked_for_their_grace_period() {
     let (_, until) = lock_of(&env, &key);
     let t = now();
     assert!(until > t && until <= t + DAY + 10, "{until}");
+}
+
+#[test]
+fn turning_object_lock_on_uploads_unlocked_blobs_again_locked() {
+    let (mut env, _p) = locked_env("3d");
+    env.s3_extra.clear();
+    env.write_config();
+    env.create();
+    let blobs: Vec<String> = objects(&env)
+        .into_iter()
+        .filter(|k| k.starts_with("host1/blobs/"))
+        .collect();
+    assert!(lock_of(&env, &blobs[0]).0.is_empty(), "not locked yet");
+    env.s3_extra.push("object_lock = governance".into());
+    env.s3_extra.push("lock_for = 3d".into());
+    env.write_config();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("will be uploaded again"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing unlocked is reused: the data went into new blobs, locked.
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!said.contains("extended"), "{said}");
+    let new: Vec<String> = objects(&env)
+        .into_iter()
+        .filter(|k| k.starts_with("host1/blobs/") && !blobs.contains(k))
+        .collect();
+    assert!(!new.is_empty(), "{said}");
+    for k in &new {
+        assert_eq!(lock_of(&env, k).0, "GOVERNANCE", "{k}");
+    }
+    let target = env.path().join("r");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
