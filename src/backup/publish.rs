@@ -59,6 +59,9 @@ impl Publish<'_, '_> {
         t.lap("publish: chunk table");
         let b = self.backup;
         if let Some(plan) = &b.lock {
+            // A write-only host cannot withdraw a snapshot once published
+            // (that is a DELETE): check its blobs before, too.
+            missing_blobs(b, self.id, &blobs)?;
             s.locks_extended = extend_locks(b, plan, &blobs)?;
             // The snapshot's own objects: lock_for from now, however long
             // the run took since the lock was first set.
@@ -198,9 +201,10 @@ fn extend_locks(
     Ok(keys.len() as u64)
 }
 
-/// A purge elsewhere may have deleted an old blob the snapshot reuses
-/// before it was published: check, and withdraw it if so.
-fn check_blobs(b: &Backup<'_>, manifest: &Manifest) -> Result<()> {
+/// Whether every blob of `blobs` is in the store with its size; if not,
+/// the index forgets what is gone and the snapshot `id` is to be made
+/// again (`BlobsVanished`).
+fn missing_blobs(b: &Backup<'_>, id: &str, blobs: &[(String, u64)]) -> Result<()> {
     let present: HashMap<String, u64> = b
         .store
         .list(layout::BLOBS)?
@@ -208,20 +212,31 @@ fn check_blobs(b: &Backup<'_>, manifest: &Manifest) -> Result<()> {
         .into_iter()
         .map(|o| (o.key, o.size))
         .collect();
-    let missing = manifest
-        .blobs
+    let missing = blobs
         .iter()
         .filter(|(k, size)| present.get(k) != Some(size))
         .count();
     if missing == 0 {
         return Ok(());
     }
-    crate::gc::remove_snapshots(b.store, &[&manifest.id])?;
     let mut keys: Vec<(String, u64)> = present.into_iter().collect();
     keys.sort();
     b.index().forget_missing_blobs(&keys)?;
     Err(Error::BlobsVanished {
-        id: manifest.id.clone(),
+        id: id.to_string(),
         missing,
     })
+}
+
+/// A purge elsewhere may have deleted an old blob the snapshot reuses
+/// before it was published: check, and withdraw it if so. Under Object
+/// Lock nothing is withdrawn (a write-only host may not delete; the blob's
+/// locked version remains, and restores read it): the run is made again,
+/// and the snapshot left is for `snapshot remove` from an admin machine.
+fn check_blobs(b: &Backup<'_>, manifest: &Manifest) -> Result<()> {
+    let r = missing_blobs(b, &manifest.id, &manifest.blobs);
+    if r.is_err() && b.lock.is_none() {
+        crate::gc::remove_snapshots(b.store, &[&manifest.id])?;
+    }
+    r
 }

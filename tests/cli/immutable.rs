@@ -596,3 +596,59 @@ fn turning_object_lock_on_uploads_unlocked_blobs_again_locked() {
     env.restore_ok("latest", &target, &[]);
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
+
+#[test]
+fn blobs_deleted_during_a_locked_run_are_caught_before_publishing() {
+    let (mut env, _p) = locked_env("3d");
+    env.create();
+    let old: Vec<String> = objects(&env)
+        .into_iter()
+        .filter(|k| k.starts_with("host1/blobs/"))
+        .collect();
+    fs::write(env.src().join("new.bin"), random_bytes(200_000, 31)).unwrap();
+    env.settle();
+    // A slow network: while the new blob goes up, a purge elsewhere (here:
+    // deletes straight to the server) removes the blobs the run reuses.
+    let slow = proxy::start_with_delay(&env.endpoint, std::time::Duration::from_millis(400));
+    env.endpoint = slow.endpoint.clone();
+    env.write_config();
+    let child = env
+        .cmd()
+        .args(["snapshot", "create"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deleter = std::thread::spawn({
+        let reqs = slow.requests.clone();
+        let bucket = env.bucket.clone();
+        move || {
+            let start = std::time::Instant::now();
+            while !reqs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.method == "PUT" && r.target.contains("/blobs/"))
+            {
+                assert!(start.elapsed() < std::time::Duration::from_secs(60));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            for k in &old {
+                let a = moto::http("DELETE", &format!("/{bucket}/{k}"), &[], b"");
+                assert!(a.status == 204 || a.status == 200, "{a:?}");
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    deleter.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("making it again"), "{}", stderr(&out));
+    // Nothing was withdrawn, nothing deleted: it was caught before the
+    // manifest went up.
+    let reqs = slow.requests.lock().unwrap().clone();
+    assert_write_only(&reqs, &env.bucket, "a run whose blobs vanished");
+    assert_eq!(env.snapshot_ids().len(), 2);
+    let target = env.path().join("r");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
