@@ -337,21 +337,29 @@ impl S3Store {
         let what = format!("{}?{query}", self.bucket.name());
         self.retry("GET", &what, || {
             let url = self.sign_url(rusty_s3::Method::Get, None, &[(query, "")], &Vec::new());
-            let mut resp = self
-                .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
-                .call()
-                .map_err(|e| {
-                    self.stats.count(Op::Config, 0, 0);
-                    self.transport(e)
-                })?;
-            if !resp.status().is_success() {
-                self.stats.count(Op::Config, 0, 0);
-                return Err(self.status_failure(&mut resp));
-            }
-            let body = self.read_body(resp, None, 64 << 10)?;
-            self.stats.count(Op::Config, 0, body.len() as u64);
+            let body = self.get_bounded(&url, Op::Config, 64 << 10)?;
             Ok(String::from_utf8_lossy(&body).into_owned())
         })
+    }
+
+    /// One GET of a small answer (a listing page, a bucket setting) at
+    /// `url`: its body, at most `limit` bytes, counted as one `op`.
+    fn get_bounded(&self, url: &str, op: Op, limit: u64) -> Attempt<Vec<u8>> {
+        let mut resp = self
+            .bounded(self.agent.get(url), Some(limit))
+            .call()
+            .map_err(|e| {
+                self.stats.count(op, 0, 0);
+                self.transport(e)
+            })?;
+        if !resp.status().is_success() {
+            self.stats.count(op, 0, 0);
+            return Err(self.status_failure(&mut resp));
+        }
+        let body = self.read_body(resp, None, limit);
+        let got = body.as_ref().map_or(0, |b| b.len() as u64);
+        self.stats.count(op, 0, got);
+        body
     }
 
     /// `get` of the current version, or of `version`.
@@ -992,19 +1000,7 @@ impl Store for S3Store {
                     action.with_continuation_token(t.as_str());
                 }
                 let url = self.sign(&action);
-                let mut resp = self
-                    .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
-                    .call()
-                    .map_err(|e| {
-                        self.stats.count(Op::List, 0, 0);
-                        self.transport(e)
-                    })?;
-                if !resp.status().is_success() {
-                    self.stats.count(Op::List, 0, 0);
-                    return Err(self.status_failure(&mut resp));
-                }
-                let body = self.read_body(resp, None, LIST_PAGE_MAX)?;
-                self.stats.count(Op::List, 0, body.len() as u64);
+                let body = self.get_bounded(&url, Op::List, LIST_PAGE_MAX)?;
                 let text = String::from_utf8_lossy(&body);
                 // Said before parsing, which would only report a missing field.
                 let token = between(&text, "<NextContinuationToken>", "</NextContinuationToken>");
@@ -1181,19 +1177,7 @@ impl Store for S3Store {
                 query.push(("versions", ""));
                 query.sort();
                 let url = self.sign_url(rusty_s3::Method::Get, None, &query, &Vec::new());
-                let mut resp = self
-                    .bounded(self.agent.get(&url), Some(LIST_PAGE_MAX))
-                    .call()
-                    .map_err(|e| {
-                        self.stats.count(Op::List, 0, 0);
-                        self.transport(e)
-                    })?;
-                if !resp.status().is_success() {
-                    self.stats.count(Op::List, 0, 0);
-                    return Err(self.status_failure(&mut resp));
-                }
-                let body = self.read_body(resp, None, LIST_PAGE_MAX)?;
-                self.stats.count(Op::List, 0, body.len() as u64);
+                let body = self.get_bounded(&url, Op::List, LIST_PAGE_MAX)?;
                 versions::parse_page(&String::from_utf8_lossy(&body)).map_err(|e| {
                     Failure::permanent(format!("unreadable version listing: {}", shown(&e)))
                 })

@@ -344,6 +344,23 @@ fn objects_that_are_symlinks_or_fifos() {
     assert!(out.contains("foreign:      2 object(s)"), "{out}\n{err}");
 }
 
+/// Every command refuses a store of a newer format, saying why.
+fn refused_as_newer(env: &Env) {
+    for args in [
+        &["snapshot", "list"][..],
+        &["snapshot", "create"],
+        &["prune"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("newer vaultik"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// The store's identity. Named (`store/<format>/<id>`, learnt from a
 /// listing): names that are not one, a symlink or a FIFO named like one,
 /// are foreign and ignored; one of a newer format is ignored beside a
@@ -398,19 +415,7 @@ fn a_forged_store_identity() {
     let out = env.run(&["snapshot", "create"]);
     assert!(out.status.success(), "{}", stderr(&out));
     fs::remove_file(ids.join("1").join(&named[0])).unwrap();
-    for args in [
-        &["snapshot", "list"][..],
-        &["snapshot", "create"],
-        &["prune"],
-    ] {
-        let out = env.run(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            stderr(&out).contains("newer vaultik"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
+    refused_as_newer(&env);
 
     // store.json, as stores from before names kept it.
     fs::remove_dir_all(&ids).unwrap();
@@ -479,19 +484,7 @@ fn a_forged_store_identity() {
         br#"{"vaultik_store": 7, "id": "0123456789abcdef0123456789abcdef", "created": 1}"#,
     )
     .unwrap();
-    for args in [
-        &["snapshot", "list"][..],
-        &["snapshot", "create"],
-        &["prune"],
-    ] {
-        let out = env.run(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            stderr(&out).contains("newer vaultik"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
+    refused_as_newer(&env);
     // Restored, everything works again, and the identity is named.
     fs::write(&path, &good).unwrap();
     env.create();
