@@ -430,7 +430,7 @@ impl Seek for RangedObject<'_> {
 /// Reads chunk frames out of one stored blob.
 pub struct BlobReader<'a> {
     key: String,
-    stream: age::stream::StreamReader<RangedObject<'a>>,
+    stream: age::stream::StreamReader<Prefixed<RangedObject<'a>>>,
     window: Rc<Cell<Window>>,
     /// Ciphertext bytes before the first payload chunk (the age header).
     header_len: u64,
@@ -445,7 +445,7 @@ impl<'a> BlobReader<'a> {
         size: u64,
         identities: &[x25519::Identity],
     ) -> Result<BlobReader<'a>> {
-        let obj = RangedObject::new(store, key, size);
+        let mut obj = RangedObject::new(store, key, size);
         let window = obj.window.clone();
         // The header is a few hundred bytes per recipient.
         window.set(Window {
@@ -453,13 +453,13 @@ impl<'a> BlobReader<'a> {
             end: u64::MAX,
             pos: 0,
         });
-        let dec = age::Decryptor::new(obj).map_err(|e| decrypt_error(key, e))?;
+        let (head, header_len) = read_header(&mut obj, key)?;
+        let dec = age::Decryptor::new_buffered(Prefixed::new(head, obj))
+            .map_err(|e| decrypt_error(key, e))?;
         let stream = dec
             .decrypt(keys::as_identities(identities))
             .map_err(|e| decrypt_error(key, e))?;
-        // The header parser never reads ahead: where it stopped is where
-        // the payload starts.
-        let header_len = window.get().pos;
+        let header_len = header_len as u64;
         Ok(BlobReader {
             key: key.to_string(),
             stream,
@@ -556,6 +556,12 @@ fn decrypt_error(key: &str, e: age::DecryptError) -> Error {
     }
 }
 
+/// The age header of the object `key` read from `r`, bounded (see
+/// `keys::HEADER_MAX`): what was read, and the header's length.
+fn read_header(r: &mut dyn Read, key: &str) -> Result<(Vec<u8>, usize)> {
+    keys::read_header(r).map_err(|e| Error::corrupt(format!("object {key}"), e))
+}
+
 /// A reader of the plaintext of a stored encrypted object of `size` bytes,
 /// streamed with one ranged GET (reopened where it stopped if cut short):
 /// nothing of it is held whole in memory.
@@ -565,25 +571,119 @@ pub fn open_sealed_stream<'a>(
     size: u64,
     identities: &[x25519::Identity],
 ) -> Result<impl Read + 'a> {
-    let obj = RangedObject::new(store, key, size);
+    let mut obj = RangedObject::new(store, key, size);
     let mut w = obj.window.get();
     w.end = size;
     obj.window.set(w);
-    let dec = age::Decryptor::new(io::BufReader::with_capacity(AGE_CHUNK_ENC as usize, obj))
+    let (head, _) = read_header(&mut obj, key)?;
+    let rest = io::BufReader::with_capacity(AGE_CHUNK_ENC as usize, obj);
+    let dec = age::Decryptor::new_buffered(io::Cursor::new(head).chain(rest))
         .map_err(|e| decrypt_error(key, e))?;
     dec.decrypt(keys::as_identities(identities))
         .map_err(|e| decrypt_error(key, e))
 }
 
-/// A reader of the plaintext of an encrypted object held in memory.
-pub fn open_sealed_reader<'a>(
-    key: &str,
-    data: &'a [u8],
-    identities: &[x25519::Identity],
-) -> Result<impl Read + 'a> {
-    let dec = age::Decryptor::new_buffered(data).map_err(|e| decrypt_error(key, e))?;
-    dec.decrypt(keys::as_identities(identities))
-        .map_err(|e| decrypt_error(key, e))
+/// The bytes already read from the start of an object (`head`, the age
+/// header and perhaps more), then the object itself: `Read + Seek`, and
+/// `BufRead` for age's header parser, which reads it line by line (it
+/// never reads past the header that way: the rest is read as `Read`).
+struct Prefixed<R> {
+    head: Vec<u8>,
+    pos: u64,
+    rest: R,
+    /// Where `rest` is.
+    rest_pos: u64,
+    /// `BufRead` past `head` (never used by age; there for the contract).
+    buf: Vec<u8>,
+}
+
+impl<R: Read + Seek> Prefixed<R> {
+    /// `rest` is positioned just after `head`.
+    fn new(head: Vec<u8>, rest: R) -> Prefixed<R> {
+        let at = head.len() as u64;
+        Prefixed {
+            head,
+            pos: 0,
+            rest,
+            rest_pos: at,
+            buf: Vec::new(),
+        }
+    }
+
+    fn rest_at_pos(&mut self) -> io::Result<&mut R> {
+        if self.rest_pos != self.pos {
+            self.rest.seek(SeekFrom::Start(self.pos))?;
+            self.rest_pos = self.pos;
+        }
+        Ok(&mut self.rest)
+    }
+}
+
+impl<R: Read + Seek> Read for Prefixed<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = if let Some(h) = self.head.get(self.pos as usize..).filter(|h| !h.is_empty()) {
+            let n = h.len().min(out.len());
+            out[..n].copy_from_slice(&h[..n]);
+            n
+        } else if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            n
+        } else {
+            let n = self.rest_at_pos()?.read(out)?;
+            self.rest_pos += n as u64;
+            n
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> io::BufRead for Prefixed<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let at = self.pos as usize;
+        if at < self.head.len() {
+            return Ok(&self.head[at..]);
+        }
+        if self.buf.is_empty() {
+            let mut b = vec![0u8; 8 << 10];
+            let n = self.rest_at_pos()?.read(&mut b)?;
+            self.rest_pos += n as u64;
+            b.truncate(n);
+            self.buf = b;
+        }
+        Ok(&self.buf)
+    }
+
+    fn consume(&mut self, n: usize) {
+        if (self.pos as usize) < self.head.len() {
+            self.pos += n as u64;
+        } else {
+            self.buf.drain(..n.min(self.buf.len()));
+            self.pos += n as u64;
+        }
+    }
+}
+
+impl<R: Read + Seek> Seek for Prefixed<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        // Buffered bytes past `head` are where `rest` was: drop them.
+        if !self.buf.is_empty() {
+            self.rest_pos = u64::MAX;
+            self.buf.clear();
+        }
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.rest.seek(SeekFrom::End(d)).ok().inspect(|p| {
+                self.rest_pos = *p;
+            }),
+        };
+        self.pos = new
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
 }
 
 #[cfg(test)]

@@ -395,13 +395,25 @@ pub trait DbContext<T> {
 }
 
 impl<T> DbContext<T> for rusqlite::Result<T> {
+    /// vaultik interrupts SQLite for one reason only: a database from the
+    /// store needing more work than its size allows (`metadata`).
     fn db(self, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Database {
-            path: path.to_path_buf(),
-            source,
+        self.map_err(|source| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OperationInterrupted) => Error::Corrupt {
+                what: path.display().to_string(),
+                msg: OVER_BUDGET.to_string(),
+            },
+            _ => Error::Database {
+                path: path.to_path_buf(),
+                source,
+            },
         })
     }
 }
+
+/// Why reading a database from the store was stopped.
+pub const OVER_BUDGET: &str = "reading it needed more work than a snapshot database of its \
+     size can (forged or damaged); stopped";
 
 #[cfg(test)]
 mod tests {

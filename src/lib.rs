@@ -11,14 +11,14 @@
 //! |------|---------|
 //! | the command line | `main.rs`, `cli` (arguments into structs), `cmd/` (glue: one file per group of commands), `cmd/settings` (flags > environment > config > defaults, resolved once), `config` (the file) |
 //! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `stream` (standard input or a command's output as one file), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
-//! | what a snapshot is | `snapshot` (the encrypted metadata database), `manifest` (the clear manifest, and the order of snapshots) |
+//! | what a snapshot is | `snapshot` (the encrypted metadata database, written), `metadata` (the same, read back from the store: checked and bounded), `manifest` (the clear manifest, and the order of snapshots) |
 //! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
 //! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
 //! | the restore | `restore/` (plan, entries, contents, target) |
 //! | looking without restoring | `browse/` (`ls`, `find`, `diff`: a snapshot's entries read in path order; `show`: lines and JSON, escaped), `cmd/browse` |
 //! | keyless maintenance | `gc/` (listing view, retention, garbage collection; `purge`), `verify` |
 //! | the daemon | `cmd/daemon` (the poll loop), `watch` (raw inotify) |
-//! | shared | `error` (the one error type), `keys` (age), `time`, `testhook` |
+//! | shared | `error` (the one error type), `keys` (age; the bound on age headers), `scratch` (private scratch files in shared directories), `time`, `testhook` |
 //!
 //! # A chunk's path, walk to bucket (`snapshot create`)
 //!
@@ -38,7 +38,7 @@
 //! # And back (`restore`)
 //!
 //! `cmd/restore` -> `restore/mod.rs` (which snapshot: `manifest`; its
-//! metadata fetched and decrypted: `snapshot`) -> `restore/plan.rs` (every
+//! metadata fetched, decrypted and checked: `metadata`) -> `restore/plan.rs` (every
 //! path checked and placed in a tree; chunks located, ordered by blob and
 //! offset) -> `restore/entries.rs` (directories, empty files) ->
 //! `restore/contents.rs` (ranged reads through `blob`, every chunk's
@@ -63,7 +63,9 @@
 //!   `store`.
 //! - Everything read from the store is bounded and checked: `store`
 //!   (sizes, time bounds, listings), `manifest`, `store/identity`, `gc`
-//!   (marks), `snapshot` (metadata), `blob` (chunk hashes).
+//!   (marks), `metadata` (a snapshot's database: its schema, size and the
+//!   work done with it), `keys` (age headers), `blob` (chunk hashes).
+//! - No scratch file has a name others can guess or plant: `scratch`.
 //! - The index belongs to one store (its identity, not its address):
 //!   `index`, `store/identity`.
 //! - Nothing is deleted younger than the grace period, or while a manifest
@@ -71,8 +73,7 @@
 //!   `gc`.
 //! - Reading a snapshot's entries never sorts them in memory: every query
 //!   of `ls`, `find` and `diff` follows the `path` index, checked at run
-//!   time (a forged database without one is copied into one that has
-//!   it): `browse`.
+//!   time: `browse`.
 //! - One run per index at a time: `lock`.
 //! - One way to stop a backup early: `backup/cancel.rs`.
 //! - Errors carry what they happened on and keep their cause; exit codes
@@ -94,7 +95,9 @@ pub mod keys;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod metadata;
 pub mod restore;
+pub mod scratch;
 pub mod snapshot;
 pub mod store;
 pub mod stream;

@@ -4,8 +4,7 @@
 //! back by restore and `verify --deep`. The clear manifest beside it is
 //! `manifest.rs`.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use age::x25519;
@@ -14,8 +13,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::blob::SealWriter;
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, IoContext, Result};
-use crate::layout;
-use crate::store::Store;
 
 /// The metadata database's format, in its `info` table. Bumped whenever
 /// its schema changes; every older one is still read:
@@ -24,7 +21,7 @@ use crate::store::Store;
 /// - 2: `link` always there.
 pub const FORMAT_VERSION: u64 = 2;
 /// The oldest format still read.
-const OLDEST_FORMAT: u64 = 1;
+pub const OLDEST_FORMAT: u64 = 1;
 
 /// Entry kinds as stored in the metadata database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +50,10 @@ impl Kind {
     }
 }
 
-pub(crate) const META_SCHEMA: &str = "
+/// The schema a backup writes (`temp_files` is dropped before sealing).
+/// Changing it: bump `FORMAT_VERSION`, and add the schema it replaces to
+/// `metadata::SCHEMAS`, which readers accept nothing but.
+pub const META_SCHEMA: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries(
     id INTEGER PRIMARY KEY,
@@ -788,148 +788,6 @@ pub fn stored_info(path: &Path, key: &str) -> Option<String> {
         .ok()
 }
 
-/// Download and decrypt a snapshot's metadata into an in-memory database.
-pub fn open_metadata(
-    store: &dyn Store,
-    id: &str,
-    identities: &[x25519::Identity],
-) -> Result<Connection> {
-    open_metadata_at(store, id, identities, None)
-}
-
-/// Like `open_metadata`, but with `spill_dir`, the database is decrypted into
-/// a file there (mode 0600) that is opened read-write (the restore keeps its plan in it) and unlinked at once: a
-/// restore's memory then does not grow with the size of the snapshot's
-/// metadata. `spill_dir` is created if missing, only once the key has been
-/// found to match; restore passes its target, the one place plaintext may go.
-pub fn open_metadata_at(
-    store: &dyn Store,
-    id: &str,
-    identities: &[x25519::Identity],
-    spill_dir: Option<&Path>,
-) -> Result<Connection> {
-    let key = layout::metadata(id);
-    // Streamed from the store: nothing is held whole but the database.
-    let Some(size) = store.head(&key)? else {
-        return Err(Error::UnknownSnapshot(id.to_string()));
-    };
-    let plain = crate::blob::open_sealed_stream(store, &key, size, identities)?;
-    let (mut dec, len) = metadata_stream(&key, plain, size)?;
-    let conn = match spill_dir {
-        None => {
-            let mut conn = Connection::open_in_memory().db(Path::new(":memory:"))?;
-            let len = usize::try_from(len).map_err(|_| Error::corrupt(&key, "too large"))?;
-            conn.deserialize_read_exact("main", &mut dec, len, true)
-                .map_err(|e| Error::corrupt(&key, e))?;
-            conn
-        }
-        Some(dir) => {
-            std::fs::create_dir_all(dir).at("create directory", dir)?;
-            let path = dir.join(format!(".vaultik-metadata-{}.sqlite", std::process::id()));
-            let spilled = (|| -> Result<Connection> {
-                let mut f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .at("create", &path)?;
-                let copied = std::io::copy(&mut (&mut dec).take(len), &mut f)
-                    .map_err(|e| Error::corrupt(&key, e))?;
-                if copied != len {
-                    return Err(Error::corrupt(&key, "metadata database cut short"));
-                }
-                // Bytes 18 and 19 of the header say "WAL mode" when 2: a
-                // forged database would then make SQLite create -wal and
-                // -shm files. Ours are never WAL: say "rollback" (1).
-                if len >= 20 {
-                    use std::os::unix::fs::FileExt;
-                    f.write_all_at(&[1, 1], 18).at("write", &path)?;
-                }
-                drop(f);
-                Connection::open_with_flags(
-                    &path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .db(&path)
-            })();
-            let _ = std::fs::remove_file(&path);
-            let conn = spilled?;
-            // Unlinked: the open descriptor is all that is left. The restore
-            // keeps its plan in it too (see restore.rs). No journal, no sync,
-            // no locks (nothing else can open it), a small page cache, and
-            // any temporary structure in memory (never plaintext elsewhere).
-            conn.execute_batch(
-                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;
-                 PRAGMA temp_store=MEMORY; PRAGMA cache_size=-2048; PRAGMA trusted_schema=OFF;",
-            )
-            .db(&path)?;
-            conn
-        }
-    };
-    check_format(&conn, &key)?;
-    Ok(conn)
-}
-
-/// A metadata database of a format this build reads (the one it writes,
-/// or an older one).
-fn check_format(conn: &Connection, key: &str) -> Result<()> {
-    let v: String = conn
-        .query_row("SELECT value FROM info WHERE key='format'", [], |r| {
-            r.get(0)
-        })
-        .map_err(|e| Error::corrupt(key, format!("not a vaultik metadata database: {e}")))?;
-    match v.parse::<u64>() {
-        Ok(n) if (OLDEST_FORMAT..=FORMAT_VERSION).contains(&n) => Ok(()),
-        Ok(n) if n > FORMAT_VERSION => Err(Error::corrupt(
-            key,
-            format!(
-                "metadata format {n}, newer than this vaultik reads \
-                 ({OLDEST_FORMAT} to {FORMAT_VERSION}): upgrade vaultik if a newer one made it"
-            ),
-        )),
-        _ => Err(Error::corrupt(
-            key,
-            format!("unsupported metadata format {v}"),
-        )),
-    }
-}
-
-/// A metadata database is at most this many times the size of its sealed
-/// object (and at least `METADATA_FLOOR` is always allowed): what a forged
-/// one can make a restore write, or `verify --deep` hold in memory, grows
-/// with what is stored, not with what it claims. Measured: 2.6 times for
-/// /usr/share (43k files), 3.3 for /usr/lib, 18 for 60,000 empty files in
-/// one directory (chunk ids do not compress; identical rows do).
-const METADATA_RATIO: u64 = 64;
-const METADATA_FLOOR: u64 = 64 << 20;
-
-/// The zstd stream of a metadata database and its length (the first 8
-/// bytes, little-endian).
-fn metadata_stream<R: Read>(
-    key: &str,
-    plain: R,
-    sealed: u64,
-) -> Result<(zstd::Decoder<'static, std::io::BufReader<R>>, u64)> {
-    let mut dec = zstd::Decoder::new(plain).map_err(|e| Error::corrupt(key, e))?;
-    let mut len = [0u8; 8];
-    dec.read_exact(&mut len)
-        .map_err(|e| Error::corrupt(key, e))?;
-    let len = u64::from_le_bytes(len);
-    let max = sealed.saturating_mul(METADATA_RATIO).max(METADATA_FLOOR);
-    if len > max {
-        return Err(Error::corrupt(
-            key,
-            format!(
-                "claims a {len}-byte database, more than {METADATA_RATIO} times its \
-                 {sealed} stored bytes; not read"
-            ),
-        ));
-    }
-    Ok((dec, len))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -943,7 +801,8 @@ mod tests {
     }
 
     /// Format 1 databases are still read: the `link` column is there in
-    /// some (NULL for the others), in format 2 it always is.
+    /// some (NULL for the others), in format 2 it always is (which formats
+    /// and schemas are read: `metadata`'s tests).
     #[test]
     fn older_formats_are_read() {
         let db = |format: &str, with_link: bool| {
@@ -957,15 +816,6 @@ mod tests {
             .unwrap();
             conn
         };
-        for ok in ["1", "2"] {
-            check_format(&db(ok, true), "k").unwrap();
-        }
-        let e = check_format(&db("3", true), "k").unwrap_err().to_string();
-        assert!(e.contains("newer") && e.contains("upgrade vaultik"), "{e}");
-        for bad in ["0", "x", "-1", ""] {
-            let e = check_format(&db(bad, true), "k").unwrap_err().to_string();
-            assert!(e.contains("unsupported metadata format"), "{e}");
-        }
         assert_eq!(link_column(&db("1", false), "main"), "NULL");
         assert_eq!(link_column(&db("1", true), "main"), "link");
         assert_eq!(link_column(&db("2", true), "main"), "link");

@@ -17,7 +17,7 @@ use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, Result};
 use crate::layout;
 use crate::manifest::{self, Manifest};
-use crate::snapshot;
+
 use crate::store::Store;
 
 /// A blob's key and size, and its chunks in offset order.
@@ -111,7 +111,7 @@ pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report>
                 checksums,
             });
         }
-        let conn = snapshot::open_metadata(store, &id, identities)?;
+        let conn = crate::metadata::open(store, &id, identities, &std::env::temp_dir())?;
         let blobs = blob_chunks(&conn)?;
         let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
         for (key, _, _) in &blobs {

@@ -3,12 +3,12 @@
 //! `show.rs`. They need the private key, as a restore does.
 //!
 //! The metadata database is decrypted into an unlinked 0600 file in the
-//! temporary directory (`snapshot::open_metadata_at`), never into memory,
+//! temporary directory and checked (`metadata::open`), never into memory,
 //! and every query streams its rows in path order along the `path` index:
 //! no query sorts (a sort would build a temporary B-tree in memory, which
 //! would grow with the snapshot; checked by a test, and at run time for
-//! each database, see `Snapshot::ordered`). Memory stays flat whatever the
-//! number of entries.
+//! each database, see `Snapshot::from_conn`). Memory stays flat whatever
+//! the number of entries.
 //!
 //! Paths are absolute byte strings, compared as bytes (as SQLite compares
 //! BLOBs), so everything below `/etc` lies in one range: `path >= '/etc/'
@@ -28,10 +28,11 @@ use std::path::Path;
 
 use age::x25519;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Statement};
+use rusqlite::{Connection, Statement};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DbContext, Error, Result};
+use crate::metadata::{self, Metadata};
 use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
@@ -136,88 +137,38 @@ pub enum Next {
 /// A snapshot's metadata, opened for reading its entries.
 pub struct Snapshot {
     pub id: String,
-    conn: Connection,
-    /// The table read: `entries`, or a copy of it made with an index on
-    /// `path` when a forged database has none (`ordered`).
-    table: &'static str,
+    conn: Metadata,
     /// The `link` column as an SQL expression (`snapshot::link_column`).
     link: &'static str,
 }
 
 impl Snapshot {
     /// Fetch and decrypt snapshot `id`'s metadata into the temporary
-    /// directory (an unlinked 0600 file) and check it can be read in path
-    /// order.
+    /// directory (unlinked, in a private directory: `metadata::open`).
     pub fn open(store: &dyn Store, id: &str, identities: &[x25519::Identity]) -> Result<Snapshot> {
-        let spill = std::env::temp_dir();
-        let conn = snapshot::open_metadata_at(store, id, identities, Some(&spill))?;
+        let conn = metadata::open(store, id, identities, &std::env::temp_dir())?;
         Snapshot::from_conn(id, conn)
     }
 
-    /// A database already open (`open`, and tests).
-    pub fn from_conn(id: &str, conn: Connection) -> Result<Snapshot> {
-        let what: Option<String> = conn
-            .query_row(
-                "SELECT type FROM sqlite_master WHERE name = 'entries' COLLATE NOCASE",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .db(mpath())?;
-        if what.as_deref() != Some("table") {
-            return Err(Error::corrupt(
-                format!("metadata of snapshot {id}"),
-                "its entries are not a table",
-            ));
-        }
+    /// A database already open and checked (`open`, and tests), once it
+    /// is known to be read in path order without a sort: its schema is
+    /// vaultik's (`metadata` checked it), whose `path` is UNIQUE, so
+    /// SQLite reads along that index; checked all the same, as a sort
+    /// would hold every entry in memory.
+    pub fn from_conn(id: &str, conn: Metadata) -> Result<Snapshot> {
         let link = snapshot::link_column(&conn, "main");
-        let mut s = Snapshot {
+        let s = Snapshot {
             id: id.to_string(),
             conn,
-            table: "entries",
             link,
         };
-        s.ordered()?;
-        Ok(s)
-    }
-
-    /// Make sure the range query streams in path order without a sort.
-    /// A backup always writes an index on `path` (it is UNIQUE); a forged
-    /// database may lack one, or have one SQLite cannot use for this
-    /// order. Then the entries are copied, row by row, into a table made
-    /// with an index while still empty: no sort (which `CREATE INDEX` on
-    /// a filled table would do, in memory), only B-tree inserts into the
-    /// spilled file, in its small page cache.
-    fn ordered(&mut self) -> Result<()> {
-        if plan_is_ordered(&self.conn, &self.q_range(false))? {
-            return Ok(());
-        }
-        let copy = format!(
-            "BEGIN;
-             CREATE TABLE vaultik_entries(path BLOB, kind, mode, uid, gid, size, mtime_ns, rdev,
-                 target, chunks, link);
-             CREATE INDEX vaultik_entries_path ON vaultik_entries(path);
-             INSERT INTO vaultik_entries
-                 SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {}
-                 FROM entries;
-             COMMIT;",
-            self.link
-        );
-        self.conn.execute_batch(&copy).map_err(|e| {
-            Error::corrupt(
-                format!("metadata of snapshot {}", self.id),
-                format!("its entries cannot be read in path order: {e}"),
-            )
-        })?;
-        self.table = "vaultik_entries";
-        self.link = "link";
-        if !plan_is_ordered(&self.conn, &self.q_range(false))? {
+        if !plan_is_ordered(&s.conn, &s.q_range(false))? {
             return Err(Error::corrupt(
-                format!("metadata of snapshot {}", self.id),
+                format!("metadata of snapshot {id}"),
                 "its entries cannot be read in path order",
             ));
         }
-        Ok(())
+        Ok(s)
     }
 
     fn columns(&self, content: bool) -> String {
@@ -230,9 +181,8 @@ impl Snapshot {
 
     fn q_range(&self, content: bool) -> String {
         format!(
-            "SELECT {} FROM {} WHERE path >= ?1 AND path < ?2 ORDER BY path",
+            "SELECT {} FROM entries WHERE path >= ?1 AND path < ?2 ORDER BY path",
             self.columns(content),
-            self.table
         )
     }
 
@@ -240,9 +190,8 @@ impl Snapshot {
     /// twice).
     pub fn entry(&self, path: &[u8], content: bool) -> Result<Option<Entry>> {
         let q = format!(
-            "SELECT {} FROM {} WHERE path = ?1 LIMIT 1",
+            "SELECT {} FROM entries WHERE path = ?1 LIMIT 1",
             self.columns(content),
-            self.table
         );
         let mut st = self.conn.prepare_cached(&q).db(mpath())?;
         let mut rows = st.query([path]).db(mpath())?;
@@ -254,11 +203,8 @@ impl Snapshot {
 
     /// Whether any entry lies in `[lo, hi)`.
     pub fn any_in(&self, lo: &[u8], hi: &[u8]) -> Result<bool> {
-        let q = format!(
-            "SELECT 1 FROM {} WHERE path >= ?1 AND path < ?2 LIMIT 1",
-            self.table
-        );
-        let mut st = self.conn.prepare_cached(&q).db(mpath())?;
+        let q = "SELECT 1 FROM entries WHERE path >= ?1 AND path < ?2 LIMIT 1";
+        let mut st = self.conn.prepare_cached(q).db(mpath())?;
         st.exists([lo, hi]).db(mpath())
     }
 
@@ -397,8 +343,8 @@ mod tests {
     use super::*;
 
     /// A database made by a backup (`META_SCHEMA`) with `paths` as files.
-    pub(crate) fn db(schema: &str, paths: &[&[u8]]) -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
+    pub(crate) fn db(schema: &str, paths: &[&[u8]]) -> Metadata {
+        let conn = Metadata::for_tests(Connection::open_in_memory().unwrap());
         conn.execute_batch(schema).unwrap();
         conn.execute("INSERT INTO info VALUES ('format', '2')", [])
             .unwrap();
@@ -412,14 +358,6 @@ mod tests {
         }
         conn
     }
-
-    /// A forged database: no index on `path`.
-    pub(crate) const NO_INDEX: &str = "
-        CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE entries(id INTEGER PRIMARY KEY, path BLOB NOT NULL, kind INTEGER NOT NULL,
-            mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
-            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0,
-            target BLOB, chunks BLOB, link BLOB);";
 
     #[test]
     fn scopes() {
@@ -444,19 +382,14 @@ mod tests {
     #[test]
     fn entries_are_read_back_without_sorting() {
         let s = Snapshot::from_conn("t", db(crate::snapshot::META_SCHEMA, &[])).unwrap();
-        assert_eq!(s.table, "entries", "a backup's database is read as is");
         for content in [false, true] {
             assert!(plan_is_ordered(&s.conn, &s.q_range(content)).unwrap());
         }
         for q in [
+            "SELECT 1 FROM entries WHERE path >= ?1 AND path < ?2 LIMIT 1".to_string(),
             format!(
-                "SELECT 1 FROM {} WHERE path >= ?1 AND path < ?2 LIMIT 1",
-                s.table
-            ),
-            format!(
-                "SELECT {} FROM {} WHERE path = ?1 LIMIT 1",
+                "SELECT {} FROM entries WHERE path = ?1 LIMIT 1",
                 s.columns(true),
-                s.table
             ),
         ] {
             let mut st = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {q}")).unwrap();
@@ -472,28 +405,14 @@ mod tests {
                 "{q}\n{plan:#?}"
             );
         }
-        // Without the index a sort would be needed: the check says so.
-        let forged = db(NO_INDEX, &[]);
+        // Without the index a sort would be needed: the check says so
+        // (`metadata` refuses such a database before it gets here).
+        let forged = Connection::open_in_memory().unwrap();
+        forged
+            .execute_batch("CREATE TABLE entries(path BLOB)")
+            .unwrap();
         let q = "SELECT path FROM entries WHERE path >= ?1 AND path < ?2 ORDER BY path";
         assert!(!plan_is_ordered(&forged, q).unwrap());
-    }
-
-    /// A forged database without an index on `path` is copied into one
-    /// that has it, and reads the same, in order.
-    #[test]
-    fn a_database_without_the_path_index_is_read_in_order() {
-        let paths: [&[u8]; 4] = [b"/b", b"/a/x", b"/a", b"/a.txt"];
-        let s = Snapshot::from_conn("t", db(NO_INDEX, &paths)).unwrap();
-        assert_eq!(s.table, "vaultik_entries");
-        let mut seen = Vec::new();
-        let r = Scope::root();
-        s.scan(&r.lo, &r.hi, true, &mut |e| {
-            seen.push(e.path);
-            Ok(Next::Go)
-        })
-        .unwrap();
-        assert_eq!(seen, vec![&b"/a"[..], b"/a.txt", b"/a/x", b"/b"]);
-        assert!(s.entry(b"/a/x", false).unwrap().is_some());
     }
 
     #[test]
@@ -507,10 +426,5 @@ mod tests {
         let s = Snapshot::from_conn("t", conn).unwrap();
         let e = s.entry(b"/a\x1b[2j", false).unwrap_err().to_string();
         assert!(e.contains("/a\\u{1b}[2j: its kind is not"), "{e}");
-        let view = Connection::open_in_memory().unwrap();
-        view.execute_batch("CREATE VIEW entries AS SELECT 1 AS path")
-            .unwrap();
-        let e = Snapshot::from_conn("t", view).err().unwrap().to_string();
-        assert!(e.contains("not a table"), "{e}");
     }
 }

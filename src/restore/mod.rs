@@ -19,20 +19,19 @@ mod plan;
 mod stdout;
 mod target;
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, SyncSender};
 use std::time::Instant;
 
 use age::x25519;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 use crate::error::{DbContext, Error, IoContext, Result};
-use crate::snapshot::{self, Kind};
+use crate::metadata;
+use crate::snapshot::Kind;
 use crate::store::Store;
 use target::{Attrs, NodeInfo, Target};
 
@@ -65,9 +64,9 @@ pub struct Summary {
 impl Restore<'_> {
     pub fn run(&self, id: &str) -> Result<Summary> {
         let started = Instant::now();
-        let conn =
-            snapshot::open_metadata_at(self.store, id, &self.identities, Some(&self.target))?;
-        attach_plan(&conn, &self.target)?;
+        let conn = metadata::open(self.store, id, &self.identities, &self.target)?;
+        metadata::attach_scratch(&conn, "plan", &self.target)?;
+        conn.execute_batch(plan::SCHEMA).db(plan::ppath())?;
         let built = plan::build(&conn, &self.paths, id)?;
         (self.gate)(&built.blobs)?;
         let target = Target::open(&self.target).at("open target directory", &self.target)?;
@@ -121,12 +120,11 @@ impl Restore<'_> {
 impl Restore<'_> {
     /// Write one file's content to `out` (`restore --stdout [PATH]`): the
     /// file at `path`, or the snapshot's only one. The metadata is spilled
-    /// to the temporary directory (an unlinked 0600 file: names, never
-    /// file contents), as there is no target.
+    /// to the temporary directory (unlinked, in a private directory: names,
+    /// never file contents), as there is no target.
     pub fn to_stdout(&self, id: &str, path: Option<&str>, out: &mut dyn Write) -> Result<Summary> {
         let started = Instant::now();
-        let spill = std::env::temp_dir();
-        let conn = snapshot::open_metadata_at(self.store, id, &self.identities, Some(&spill))?;
+        let conn = metadata::open(self.store, id, &self.identities, &std::env::temp_dir())?;
         let file = stdout::find(&conn, path, id)?;
         let located = stdout::locate(&conn, &file)?;
         (self.gate)(&located.blobs)?;
@@ -152,29 +150,6 @@ pub fn dest_path(target: &Path, src: &[u8]) -> Option<PathBuf> {
         p.push(std::ffi::OsStr::from_bytes(c));
     }
     Some(p)
-}
-
-/// Attach the plan database: a 0600 file in the target, unlinked at once.
-fn attach_plan(conn: &Connection, target: &Path) -> Result<()> {
-    let path = target.join(format!(".vaultik-plan-{}.sqlite", std::process::id()));
-    let made = (|| -> Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .at("create", &path)?;
-        conn.execute("ATTACH DATABASE ?1 AS plan", [path.as_os_str().as_bytes()])
-            .db(&path)?;
-        conn.execute_batch(
-            "PRAGMA plan.journal_mode=OFF; PRAGMA plan.synchronous=OFF;
-             PRAGMA plan.locking_mode=EXCLUSIVE; PRAGMA plan.cache_size=-2048;",
-        )
-        .db(&path)?;
-        conn.execute_batch(plan::SCHEMA).db(&path)
-    })();
-    let _ = std::fs::remove_file(&path);
-    made
 }
 
 /// Run `produce` on this thread, handing items through a bounded channel to
@@ -265,7 +240,7 @@ mod tests {
     fn the_plan_is_read_back_without_sorting() {
         // A sort would build a temporary b-tree in memory (temp_store is
         // MEMORY): memory would grow with the snapshot again.
-        let conn = Connection::open_in_memory().unwrap();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(crate::snapshot::META_SCHEMA).unwrap();
         conn.execute_batch("ATTACH DATABASE ':memory:' AS plan")
             .unwrap();

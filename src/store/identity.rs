@@ -49,18 +49,7 @@ struct Json {
 
 impl Identity {
     fn new() -> Result<Identity> {
-        let mut bytes = [0u8; 16];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            filled += rustix::rand::getrandom(
-                &mut bytes[filled..],
-                rustix::rand::GetRandomFlags::empty(),
-            )
-            .map_err(|e| Error::System {
-                op: "draw a random store id",
-                source: Box::new(std::io::Error::from(e)),
-            })?;
-        }
+        let bytes = crate::scratch::random::<16>("draw a random store id")?;
         Ok(Identity {
             id: crate::chunk::hex(&bytes),
             format: FORMAT,

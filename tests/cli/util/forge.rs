@@ -130,7 +130,8 @@ impl Base {
     pub fn of(env: &Env, id: &str) -> Base {
         let store = vaultik::store::LocalStore::open(&env.store_dir(), false).unwrap();
         let identity = age::x25519::Identity::from_str(&env.identity).unwrap();
-        let conn = vaultik::snapshot::open_metadata(&store, id, &[identity]).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let conn = vaultik::metadata::open(&store, id, &[identity], scratch.path()).unwrap();
         let blobs = conn
             .prepare("SELECT id, key, size FROM blobs")
             .unwrap()
@@ -220,16 +221,33 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
     let _ = fs::remove_file(&db_path);
     {
         let conn = rusqlite::Connection::open(&db_path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE entries(id INTEGER PRIMARY KEY, path BLOB NOT NULL, kind INTEGER NOT NULL,
-               mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
-               mtime_ns INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB, chunks BLOB,
-               link BLOB);
-             CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
-             CREATE TABLE chunks(id BLOB PRIMARY KEY, blob INTEGER NOT NULL, offset INTEGER NOT NULL,
-               length INTEGER NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
-             INSERT INTO info VALUES ('format', '1');",
+        // A forger's database passes for a backup's only with its schema
+        // (`vaultik::metadata` checks it): the same statements, and no
+        // more. Duplicate paths need more work, as they would for a
+        // forger: a table without the UNIQUE constraint, and an index on
+        // `path` that holds them, then the schema rewritten to claim the
+        // constraint, with that index as the one it implies.
+        let mut seen = std::collections::HashSet::new();
+        let duplicates = !entries.iter().all(|e| seen.insert(e.path.clone()));
+        let ours = vaultik::snapshot::META_SCHEMA;
+        let ours = &ours[..ours.find("CREATE TABLE temp_files").unwrap()];
+        let entries_ddl = ours
+            .split(';')
+            .find(|s| s.contains("CREATE TABLE entries"))
+            .unwrap()
+            .trim()
+            .to_string();
+        if duplicates {
+            conn.execute_batch(&ours.replace("path BLOB NOT NULL UNIQUE", "path BLOB NOT NULL"))
+                .unwrap();
+            conn.execute_batch("CREATE INDEX dup ON entries(path)")
+                .unwrap();
+        } else {
+            conn.execute_batch(ours).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO info VALUES ('format', ?1)",
+            [vaultik::snapshot::FORMAT_VERSION.to_string()],
         )
         .unwrap();
         for e in entries {
@@ -268,6 +286,20 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
                 )
                 .unwrap();
             }
+        }
+        if duplicates {
+            conn.execute_batch("PRAGMA writable_schema=ON").unwrap();
+            conn.execute(
+                "UPDATE sqlite_schema SET sql = ?1 WHERE name = 'entries'",
+                [&entries_ddl],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "UPDATE sqlite_schema SET name = 'sqlite_autoindex_entries_1', sql = NULL
+                 WHERE name = 'dup';
+                 PRAGMA writable_schema=OFF;",
+            )
+            .unwrap();
         }
     }
     fs::read(&db_path).unwrap()
