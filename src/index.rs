@@ -546,10 +546,7 @@ impl Index {
             let mut rows = st.query([]).db(&self.path)?;
             while let Some(r) = rows.next().db(&self.path)? {
                 let list: Vec<u8> = r.get(1).db(&self.path)?;
-                if list
-                    .chunks_exact(32)
-                    .any(|c| <[u8; 32]>::try_from(c).is_ok_and(|c| lost.contains(&c)))
-                {
+                if crate::chunk::chunk_ids(&list).any(|c| lost.contains(&c.0)) {
                     stale.push(r.get(0).db(&self.path)?);
                 }
             }

@@ -18,8 +18,9 @@ use crate::error::{DbContext, Error, IoContext, Result};
 /// its schema changes; every older one is still read:
 /// - 1: the first; hard links (the `link` column) were added to it
 ///   without a bump, so a format 1 database may or may not have them;
-/// - 2: `link` always there.
-pub const FORMAT_VERSION: u64 = 2;
+/// - 2: `link` always there;
+/// - 3: chunk lists may hold hole records (`chunk::Piece::Hole`).
+pub const FORMAT_VERSION: u64 = 3;
 /// The oldest format still read.
 pub const OLDEST_FORMAT: u64 = 1;
 
@@ -303,7 +304,7 @@ impl MetaWriter {
     }
 
     /// Call `f` with every chunk id the entries reference (in no order,
-    /// repeats included).
+    /// repeats included; holes are no chunks).
     pub fn each_chunk_id(&self, f: &mut dyn FnMut(ChunkId) -> Result<()>) -> Result<()> {
         let mut st = self
             .conn
@@ -316,8 +317,8 @@ impl MetaWriter {
                 .db(&self.path)?
                 .as_blob()
                 .map_err(|e| Error::corrupt(self.path.display().to_string(), e))?;
-            for c in list.chunks_exact(32) {
-                f(ChunkId::from_slice(c).expect("chunks_exact(32)"))?;
+            for id in crate::chunk::chunk_ids(list) {
+                f(id)?;
             }
         }
         Ok(())
@@ -413,8 +414,8 @@ impl MetaWriter {
     }
 
     /// How this snapshot's chunks differ from those of the attached
-    /// `prev`, if `prev` can be reused: same format, every blob known to
-    /// the index, at most `PATCH_MAX` differences.
+    /// `prev`, if `prev` can be reused: a format with these tables, every
+    /// blob known to the index, at most `PATCH_MAX` differences.
     fn chunk_diff(
         &self,
         ids: &mut dyn Iterator<Item = Result<ChunkId>>,
@@ -429,7 +430,9 @@ impl MetaWriter {
             )
             .optional()
             .db(&self.path)?;
-        if format != Some(FORMAT_VERSION.to_string()) {
+        // Formats 2 and 3 have the same chunk and blob tables (3 only lets
+        // entries' lists hold holes).
+        if !matches!(format.as_deref(), Some("2" | "3")) {
             return Ok(None);
         }
         {
@@ -819,11 +822,11 @@ mod tests {
         assert_eq!(link_column(&db("1", false), "main"), "NULL");
         assert_eq!(link_column(&db("1", true), "main"), "link");
         assert_eq!(link_column(&db("2", true), "main"), "link");
-        assert_eq!(FORMAT_VERSION, 2);
+        assert_eq!(FORMAT_VERSION, 3);
         // What a backup writes today has it.
         let w = Connection::open_in_memory().unwrap();
         w.execute_batch(META_SCHEMA).unwrap();
-        w.execute("INSERT INTO info VALUES ('format', '2')", [])
+        w.execute("INSERT INTO info VALUES ('format', '3')", [])
             .unwrap();
         w.prepare("SELECT link FROM entries").unwrap();
     }

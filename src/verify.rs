@@ -318,10 +318,7 @@ fn affected(conn: &rusqlite::Connection, failed: Vec<Failed>) -> Result<Vec<Prob
         let path: Vec<u8> = r.get(0).db(mpath)?;
         let list: Vec<u8> = r.get(1).db(mpath)?;
         for (i, (_, _, bad)) in failed.iter().enumerate() {
-            if list
-                .chunks_exact(32)
-                .any(|c| ChunkId::from_slice(c).is_some_and(|c| bad.contains(&c)))
-            {
+            if crate::chunk::chunk_ids(&list).any(|c| bad.contains(&c)) {
                 files[i].push(String::from_utf8_lossy(&path).into_owned());
             }
         }

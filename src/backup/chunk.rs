@@ -1,10 +1,11 @@
 //! Stage 3, chunk and compress (rayon workers): each changed file is
 //! opened as the walk saw it (`crate::walk::open_file`: never a FIFO, a
-//! symlink's target or another file put in its place), cut with FastCDC
-//! and hashed; each chunk that is new (`Dedup::claim`) is compressed into
-//! its own zstd frame and handed to the packer within the byte budget.
+//! symlink's target or another file put in its place), read by its data
+//! (holes are recorded, not read) to at most its size when opened, cut
+//! with FastCDC and hashed; each chunk that is new (`Dedup::claim`) is
+//! compressed into its own zstd frame and handed to the packer within the
+//! byte budget.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -13,8 +14,8 @@ use rayon::prelude::*;
 
 use super::pack::Budget;
 use super::walk::stat_of;
-use super::{Event, NewChunk, Shared, Todo};
-use crate::chunk::{self, ChunkId};
+use super::{Change, Event, Got, NewChunk, Shared, Todo};
+use crate::chunk::{self, ChunkId, Cut};
 use crate::error::{Error, IoContext, Result};
 use crate::stream::Stream;
 use crate::walk;
@@ -100,8 +101,20 @@ impl Shared<'_, '_> {
                 });
             }
         };
-        let result = self.chunk_into(&file, &t.path, t.stat.size, to_pack, budget);
-        let (read, list) = match result {
+        // Read to at most its size now (a file that keeps growing would
+        // otherwise be read for ever, holding the run lock).
+        let limit = match rustix::fs::fstat(&file) {
+            Ok(st) => stat_of(&st).size,
+            Err(e) => {
+                return skip(Error::Io {
+                    op: "stat",
+                    path: t.path.clone(),
+                    source: e.into(),
+                });
+            }
+        };
+        let result = self.chunk_into(Source::File(&file, limit), &t.path, to_pack, budget);
+        let (got, list) = match result {
             Ok(r) => r,
             Err(e @ Error::Io { .. }) => return skip(e),
             Err(e) => return Err(e),
@@ -111,66 +124,106 @@ impl Shared<'_, '_> {
         // open file is asked, not the path: no lookup. A file renamed over
         // once it was open does not matter: what was read is the walked
         // file, and the next run notices the new inode.)
-        let changed = match rustix::fs::fstat(&file) {
+        let change = match rustix::fs::fstat(&file) {
             Ok(st) => {
                 let now = stat_of(&st);
-                now.size != t.stat.size || now.mtime_ns != t.stat.mtime_ns || read != t.stat.size
+                if now.size > got.size {
+                    Some(Change::Grew)
+                } else if now.size != t.stat.size
+                    || now.mtime_ns != t.stat.mtime_ns
+                    || got.size != t.stat.size
+                {
+                    Some(Change::Modified)
+                } else {
+                    None
+                }
             }
-            Err(_) => true,
+            Err(_) => Some(Change::Modified),
         };
         Ok(Event::FileDone {
             todo: t,
-            read,
+            got,
             chunks: list,
-            changed,
+            change,
         })
     }
 }
 
+/// What `chunk_into` reads.
+enum Source<'a> {
+    /// A regular file, to at most this size (its size when opened), by
+    /// its data: holes are recorded, not read.
+    File(&'a std::fs::File, u64),
+    /// A stream, to its end.
+    Stream(&'a mut Stream),
+}
+
 impl Shared<'_, '_> {
-    /// Cut what `reader` gives (the file at `path`, `size` bytes by its
-    /// stat: only the strategy depends on it) into chunks; send the new
-    /// ones to the packer. Returns the bytes read and the chunk list.
+    /// Cut what `source` gives (the file at `path`) into chunks and holes;
+    /// send the new chunks to the packer. Returns what was read and the
+    /// chunk list.
     fn chunk_into(
         &self,
-        reader: impl Read,
+        source: Source<'_>,
         path: &Path,
-        size: u64,
         to_pack: &mut Sender<NewChunk>,
         budget: &Budget,
-    ) -> Result<(u64, Vec<u8>)> {
+    ) -> Result<(Got, Vec<u8>)> {
         let params = self.backup.params;
-        // (A stream's size is unknown: its list grows as it is read.)
-        let expected = match size {
-            u64::MAX => 1,
-            n => usize::try_from(n / params.avg as u64 + 1).unwrap_or(1),
+        // (A stream's size is unknown: its list grows as it is read. A
+        // sparse file's list is far shorter than its size says.)
+        let expected = match &source {
+            Source::Stream(_) => 1,
+            Source::File(_, n) => usize::try_from(n / params.avg as u64 + 1).unwrap_or(1),
         };
-        let mut list: Vec<u8> = Vec::with_capacity(32 * expected.min(1 << 16));
-        let read = CHUNK_BUF.with_borrow_mut(|buf| {
-            chunk::split(reader, path, size, params, buf, |data| {
-                self.cancel.check()?;
-                self.progress
-                    .bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let id = ChunkId::of(data);
-                list.extend_from_slice(&id.0);
-                if let Some(claim) = self.dedup.claim(id)? {
-                    // An error from here on drops the claim: released.
-                    let frame = compress(data, self.backup.level).at("compress", path)?;
-                    budget.take(frame.len() as u64)?;
-                    to_pack
-                        .send(NewChunk {
-                            id,
-                            frame,
-                            size: data.len() as u64,
-                        })
-                        .map_err(|_| Error::Cancelled)?;
-                    claim.handed_over();
+        let mut list: Vec<u8> = Vec::with_capacity(chunk::RECORD * expected.min(1 << 16));
+        let mut data_read = 0u64;
+        let mut on_cut = |cut: Cut<'_>| -> Result<()> {
+            self.cancel.check()?;
+            let data = match cut {
+                Cut::Data(data) => data,
+                Cut::Hole(len) => {
+                    self.progress.bytes.fetch_add(len, Ordering::Relaxed);
+                    list.extend_from_slice(&chunk::hole_record(len));
+                    return Ok(());
                 }
-                Ok(())
-            })
+            };
+            self.progress
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            data_read += data.len() as u64;
+            let id = ChunkId::of(data);
+            list.extend_from_slice(&id.0);
+            if let Some(claim) = self.dedup.claim(id)? {
+                // An error from here on drops the claim: released.
+                let frame = compress(data, self.backup.level).at("compress", path)?;
+                budget.take(frame.len() as u64)?;
+                to_pack
+                    .send(NewChunk {
+                        id,
+                        frame,
+                        size: data.len() as u64,
+                    })
+                    .map_err(|_| Error::Cancelled)?;
+                claim.handed_over();
+            }
+            Ok(())
+        };
+        let size = CHUNK_BUF.with_borrow_mut(|buf| match source {
+            Source::File(file, limit) => {
+                chunk::split_file(file, path, limit, params, buf, &mut on_cut)
+            }
+            Source::Stream(stream) => chunk::split(stream, path, u64::MAX, params, buf, |d| {
+                on_cut(Cut::Data(d))
+            }),
         })?;
-        Ok((read, list))
+        Ok((
+            Got {
+                size,
+                data: data_read,
+            },
+            list,
+        ))
     }
 
     /// Read a stream to its end as one file (cut as a file too big to hold
@@ -184,9 +237,9 @@ impl Shared<'_, '_> {
         to_pack: &mut Sender<NewChunk>,
         budget: &Budget,
     ) -> Result<Event> {
-        let result = self.chunk_into(&mut stream, &t.path, u64::MAX, to_pack, budget);
+        let result = self.chunk_into(Source::Stream(&mut stream), &t.path, to_pack, budget);
         let what = stream.what.clone();
-        let (read, chunks) = result.map_err(|e| match e {
+        let (got, chunks) = result.map_err(|e| match e {
             Error::Io { source, .. } => Error::Stream {
                 what: what.clone(),
                 msg: format!("cannot read it: {source}; no snapshot was made"),
@@ -197,7 +250,7 @@ impl Shared<'_, '_> {
         Ok(Event::StreamDone {
             entry: t.entry,
             what,
-            read,
+            read: got.size,
             chunks,
             said,
         })

@@ -142,6 +142,25 @@ struct Todo {
     stream: Option<Box<crate::stream::Stream>>,
 }
 
+/// What reading a file gave.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    /// The bytes its chunks and holes cover: its size in the snapshot.
+    size: u64,
+    /// The bytes of data read (holes are not read).
+    data: u64,
+}
+
+/// How a file changed while it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// It is larger now than what was read (its size when opened): the
+    /// next run reads the rest.
+    Grew,
+    /// Anything else (written to, shrunk, grown before it was opened).
+    Modified,
+}
+
 /// A new chunk, compressed (`chunk` -> `pack`).
 struct NewChunk {
     id: ChunkId,
@@ -153,9 +172,11 @@ struct NewChunk {
 enum Event {
     FileDone {
         todo: Todo,
-        read: u64,
+        got: Got,
         chunks: Vec<u8>,
-        changed: bool,
+        /// Set when it changed while it was read: stored as read, and not
+        /// remembered as unchanged (the next run reads it again).
+        change: Option<Change>,
     },
     FileSkipped {
         entry: i64,

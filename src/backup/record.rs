@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 
 use super::walk::Walked;
-use super::{Event, Shared, Summary, Todo};
+use super::{Change, Event, Shared, Summary, Todo};
 use crate::error::{Error, Result};
 use crate::index::FileStat;
 use crate::snapshot::{Entry, Kind, MetaWriter};
@@ -157,21 +157,33 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
             }
             Event::FileDone {
                 todo: t,
-                read,
+                got,
                 chunks,
-                changed,
+                change,
             } => {
                 s.files_read += 1;
-                s.bytes_read += read;
-                meta.set_chunks(t.entry, read, &chunks)?;
-                if changed {
-                    s.warnings += 1;
-                    warn(&format!(
-                        "{} changed while it was read; stored as read",
-                        t.path.display()
-                    ));
-                } else {
-                    meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                s.bytes_read += got.data;
+                meta.set_chunks(t.entry, got.size, &chunks)?;
+                match change {
+                    Some(Change::Grew) => {
+                        s.warnings += 1;
+                        warn(&format!(
+                            "{} grew while it was read; stored up to {} bytes (its size \
+                             when opened), the next run reads the rest",
+                            t.path.display(),
+                            got.size
+                        ));
+                    }
+                    Some(Change::Modified) => {
+                        s.warnings += 1;
+                        warn(&format!(
+                            "{} changed while it was read; stored as read",
+                            t.path.display()
+                        ));
+                    }
+                    None => {
+                        meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                    }
                 }
             }
             Event::StreamDone {

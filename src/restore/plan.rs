@@ -18,7 +18,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::blob::Location;
-use crate::chunk::ChunkId;
+use crate::chunk::{self, ChunkId, Piece};
 use crate::error::{DbContext, Error, Result};
 use crate::layout;
 use crate::snapshot::Kind;
@@ -325,8 +325,9 @@ struct Planner<'c> {
     tree: Tree<'c>,
     locator: Locator<'c>,
     add_job: rusqlite::Statement<'c>,
-    /// The chunks of the file being planned.
-    located: Vec<(ChunkId, usize, Location)>,
+    /// The chunks of the file being planned: where each goes in the file,
+    /// its id, blob and place in it.
+    located: Vec<(u64, ChunkId, usize, Location)>,
     failures: Vec<String>,
 }
 
@@ -356,7 +357,7 @@ impl<'c> Planner<'c> {
             self.refuse(&e.src, "unsafe path in snapshot metadata, not restored");
             return Ok(());
         };
-        if e.size < 0 || e.chunks.len() % 32 != 0 {
+        if e.size < 0 || e.chunks.len() % chunk::RECORD != 0 {
             self.refuse(&e.src, "malformed entry in snapshot metadata");
             return Ok(());
         }
@@ -370,41 +371,46 @@ impl<'c> Planner<'c> {
                 return Ok(());
             }
         };
+        // Holes queue nothing: the file is made empty and sized, so they
+        // stay holes.
         if e.kind == Kind::File && link_to.is_none() {
-            let mut offset = 0u64;
-            for (chunk, bi, loc) in &self.located {
+            for (offset, chunk, bi, loc) in &self.located {
                 self.add_job
                     .execute(params![
                         *bi as i64,
                         loc.offset as i64,
                         node,
-                        offset as i64,
+                        *offset as i64,
                         loc.length as i64,
                         loc.size as i64,
                         &chunk.0[..],
                     ])
                     .db(ppath())?;
-                offset += loc.size;
             }
         }
         Ok(())
     }
 
-    /// Where each chunk of file `e` is (into `located`); false when the
-    /// file is refused (named in `failures`).
+    /// Where each chunk of file `e` is, and where it goes in the file
+    /// (into `located`); false when the file is refused (named in
+    /// `failures`).
     fn locate_chunks(&mut self, e: &Row) -> Result<bool> {
         self.located.clear();
-        for c in e.chunks.chunks_exact(32) {
-            let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-            let (bi, loc) = self.locator.locate(&id)?;
-            self.located.push((id, bi, loc));
+        // The size must be what the chunks and holes add up to (no forged
+        // giants: a hole may say anything, never overflow), and every
+        // chunk must lie inside its blob.
+        let mut sum = Some(0u64);
+        for piece in chunk::pieces(&e.chunks) {
+            let Some(at) = sum else { break };
+            match piece {
+                Piece::Chunk(id) => {
+                    let (bi, loc) = self.locator.locate(&id)?;
+                    self.located.push((at, id, bi, loc));
+                    sum = at.checked_add(loc.size);
+                }
+                Piece::Hole(len) => sum = at.checked_add(len),
+            }
         }
-        // The size must be what the chunks add up to (no forged giants),
-        // and every chunk must lie inside its blob.
-        let sum = self
-            .located
-            .iter()
-            .try_fold(0u64, |t, (_, _, l)| t.checked_add(l.size));
         if sum != Some(e.size as u64) {
             let why = format!("size {} does not match its chunks; not restored", e.size);
             self.refuse(&e.src, &why);
@@ -414,7 +420,7 @@ impl<'c> Planner<'c> {
         if self
             .located
             .iter()
-            .any(|(_, bi, l)| !locator.inside(*bi, l))
+            .any(|(_, _, bi, l)| !locator.inside(*bi, l))
         {
             self.refuse(&e.src, "a chunk lies outside its blob; not restored");
             return Ok(false);
@@ -644,7 +650,10 @@ impl<'c> Tree<'c> {
                 entry: Some(e.rowid),
                 link: link_to,
                 depth: parts.len(),
-                single: kind == Kind::File && link_to.is_none() && e.chunks.len() == 32,
+                single: kind == Kind::File
+                    && link_to.is_none()
+                    && e.chunks.len() == chunk::RECORD
+                    && matches!(chunk::pieces(&e.chunks).next(), Some(Piece::Chunk(_))),
                 size: e.size as u64,
             },
         )?;

@@ -8,6 +8,7 @@
 //! the one being written; this thread writes them in order. A chunk that
 //! fails its check stops the stream once everything before it is written:
 //! the reader has a truncated stream, and the error names the offset.
+//! A hole is a segment of its own, written as zeros from a small buffer.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::plan::{Locator, META, mpath, shown};
 use crate::blob::{BlobReader, Location};
-use crate::chunk::ChunkId;
+use crate::chunk::{self, ChunkId};
 use crate::error::{DbContext, Error, Result};
 use crate::snapshot::Kind;
 use crate::store::Store;
@@ -31,6 +32,8 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 /// Segments in flight (fetched, being fetched, or waiting to be written):
 /// memory stays under `WINDOW * (SEGMENT_BYTES + the largest chunk)`.
 const WINDOW: usize = 2 * THREADS;
+/// What a hole is written from, as often as it takes.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The file to write.
 pub struct File {
@@ -99,7 +102,7 @@ pub fn find(conn: &Connection, path: Option<&str>, id: &str) -> Result<File> {
         )));
     }
     let chunks = chunks.unwrap_or_default();
-    if size < 0 || chunks.len() % 32 != 0 {
+    if size < 0 || chunks.len() % chunk::RECORD != 0 {
         return Err(Error::corrupt(
             META,
             format!("{}: malformed entry", shown(&path)),
@@ -122,35 +125,59 @@ struct Piece {
     at: u64,
 }
 
-/// Neighbouring chunks of one blob, read with one request.
+/// Neighbouring chunks of one blob, read with one request; or a hole.
 struct Segment {
     seq: usize,
     pieces: Vec<Piece>,
+    /// A hole of this many bytes (then `pieces` is empty).
+    hole: u64,
+}
+
+/// A segment, fetched.
+enum Fetched {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+/// One record of the file's list, located.
+#[derive(Clone, Copy)]
+enum Part {
+    /// A chunk's blob (an index into `blobs`) and place in it.
+    Chunk(usize, Location),
+    Hole(u64),
 }
 
 /// Where the chunks of `file` are: the blobs they need (key, size), and
-/// each chunk's blob (an index into them) and place in it, checked (every
-/// chunk inside its blob, sizes adding up to the file's).
+/// each chunk's blob and place in it, checked (every chunk inside its
+/// blob, chunks and holes adding up to the file's size).
 pub struct Located {
     pub blobs: Vec<(String, u64)>,
-    pieces: Vec<(usize, Location)>,
+    parts: Vec<Part>,
 }
 
 pub fn locate(conn: &Connection, file: &File) -> Result<Located> {
     let mut locator = Locator::new(conn)?;
-    let mut pieces = Vec::with_capacity(file.chunks.len() / 32);
+    let mut parts = Vec::with_capacity(file.chunks.len() / chunk::RECORD);
     let mut total = 0u64;
-    for c in file.chunks.chunks_exact(32) {
-        let id = ChunkId::from_slice(c).expect("chunks_exact(32)");
-        let (bi, loc) = locator.locate(&id)?;
-        if !locator.inside(bi, &loc) {
-            return Err(Error::corrupt(
-                META,
-                format!("chunk {} lies outside its blob", id.hex()),
-            ));
-        }
-        total = total.saturating_add(loc.size);
-        pieces.push((bi, loc));
+    for piece in chunk::pieces(&file.chunks) {
+        let part = match piece {
+            chunk::Piece::Chunk(id) => {
+                let (bi, loc) = locator.locate(&id)?;
+                if !locator.inside(bi, &loc) {
+                    return Err(Error::corrupt(
+                        META,
+                        format!("chunk {} lies outside its blob", id.hex()),
+                    ));
+                }
+                total = total.saturating_add(loc.size);
+                Part::Chunk(bi, loc)
+            }
+            chunk::Piece::Hole(len) => {
+                total = total.saturating_add(len);
+                Part::Hole(len)
+            }
+        };
+        parts.push(part);
     }
     if total != file.size {
         return Err(Error::corrupt(
@@ -164,7 +191,7 @@ pub fn locate(conn: &Connection, file: &File) -> Result<Located> {
     }
     Ok(Located {
         blobs: locator.blobs,
-        pieces,
+        parts,
     })
 }
 
@@ -184,7 +211,7 @@ pub fn write(
 ) -> Result<Written> {
     let (work_tx, work_rx) = sync_channel::<Segment>(WINDOW);
     let work: Mutex<Receiver<Segment>> = Mutex::new(work_rx);
-    let (done_tx, done_rx) = channel::<(usize, Result<Vec<u8>>)>();
+    let (done_tx, done_rx) = channel::<(usize, Result<Fetched>)>();
     std::thread::scope(|scope| {
         for _ in 0..THREADS {
             let done_tx = done_tx.clone();
@@ -220,32 +247,53 @@ pub fn write(
 
 /// The file's chunks cut into segments, in file order.
 fn segments<'a>(file: &'a File, located: &'a Located) -> impl Iterator<Item = Segment> + 'a {
-    let mut pieces = file
-        .chunks
-        .chunks_exact(32)
-        .zip(&located.pieces)
-        .scan(0u64, |at, (c, (blob, loc))| {
-            let p = Piece {
-                id: ChunkId::from_slice(c).expect("chunks_exact(32)"),
-                blob: *blob,
-                loc: *loc,
-                at: *at,
+    // (A chunk's offset in the file is only for messages: the sum was
+    // checked against the size, saturating.)
+    let mut pieces = chunk::pieces(&file.chunks)
+        .zip(&located.parts)
+        .scan(0u64, |at, (piece, part)| {
+            let p = match (piece, *part) {
+                (chunk::Piece::Chunk(id), Part::Chunk(blob, loc)) => {
+                    let p = Piece {
+                        id,
+                        blob,
+                        loc,
+                        at: *at,
+                    };
+                    *at = at.saturating_add(loc.size);
+                    Ok(p)
+                }
+                // (The parts were located from this same list.)
+                (chunk::Piece::Hole(len), _) | (_, Part::Hole(len)) => {
+                    *at = at.saturating_add(len);
+                    Err(len)
+                }
             };
-            *at += loc.size;
             Some(p)
         })
         .peekable();
     let mut seq = 0;
     std::iter::from_fn(move || {
-        let first = pieces.next()?;
+        let first = match pieces.next()? {
+            Ok(p) => p,
+            Err(hole) => {
+                seq += 1;
+                return Some(Segment {
+                    seq: seq - 1,
+                    pieces: Vec::new(),
+                    hole,
+                });
+            }
+        };
         let mut seg = Segment {
             seq,
             pieces: vec![first],
+            hole: 0,
         };
         seq += 1;
         let mut bytes = first.loc.size;
         let mut end = first.loc.offset + first.loc.length;
-        while let Some(p) = pieces.peek() {
+        while let Some(Ok(p)) = pieces.peek() {
             // The same blob, further on, and not too much at once.
             if p.blob != first.blob || p.loc.offset < end || bytes >= SEGMENT_BYTES {
                 break;
@@ -267,8 +315,10 @@ fn fetch(
     file: &File,
     located: &Located,
     seg: &Segment,
-) -> Result<Vec<u8>> {
-    let first = seg.pieces[0];
+) -> Result<Fetched> {
+    let Some(&first) = seg.pieces.first() else {
+        return Ok(Fetched::Zeros(seg.hole));
+    };
     let (key, size) = &located.blobs[first.blob];
     // The error names the file and the offset; the cause keeps its words
     // (once: a damaged object's advice is added by the outer error).
@@ -296,7 +346,7 @@ fn fetch(
             .map_err(|e| at_fault(p, e))?;
         data.extend_from_slice(chunk);
     }
-    Ok(data)
+    Ok(Fetched::Data(data))
 }
 
 /// Writes the segments in order as they arrive.
@@ -305,7 +355,7 @@ struct Writer<'w> {
     file: &'w File,
     written: Written,
     /// Segments fetched ahead of the one to write next.
-    ready: BTreeMap<usize, Result<Vec<u8>>>,
+    ready: BTreeMap<usize, Result<Fetched>>,
     next: usize,
 }
 
@@ -314,7 +364,7 @@ impl Writer<'_> {
         mut self,
         mut segments: impl Iterator<Item = Segment>,
         work: &std::sync::mpsc::SyncSender<Segment>,
-        done: &Receiver<(usize, Result<Vec<u8>>)>,
+        done: &Receiver<(usize, Result<Fetched>)>,
     ) -> Result<Written> {
         let mut sent = 0;
         let mut exhausted = false;
@@ -338,17 +388,28 @@ impl Writer<'_> {
                 .map_err(|_| Error::Panicked("a fetching thread"))?;
             self.ready.insert(seq, r);
             while let Some(r) = self.ready.remove(&self.next) {
-                let data = r?;
-                self.out
-                    .write_all(&data)
-                    .map_err(|e| self.cannot_write(e))?;
-                self.written.bytes += data.len() as u64;
+                match r? {
+                    Fetched::Data(data) => self.put(&data)?,
+                    Fetched::Zeros(mut left) => {
+                        while left > 0 {
+                            let n = left.min(ZEROS.len() as u64) as usize;
+                            self.put(&ZEROS[..n])?;
+                            left -= n as u64;
+                        }
+                    }
+                }
                 self.next += 1;
             }
         }
         self.out.flush().map_err(|e| self.cannot_write(e))?;
-        self.written.chunks = (self.file.chunks.len() / 32) as u64;
+        self.written.chunks = chunk::chunk_ids(&self.file.chunks).count() as u64;
         Ok(self.written)
+    }
+
+    fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data).map_err(|e| self.cannot_write(e))?;
+        self.written.bytes += data.len() as u64;
+        Ok(())
     }
 
     /// The reader went away (`zfs receive` failed) or the disk is full: an

@@ -15,6 +15,7 @@ mod disk;
 mod faults;
 mod hostile;
 mod hostile_s3;
+mod hostile_sparse;
 mod hostile_store;
 mod identity;
 mod immutable;
