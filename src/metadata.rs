@@ -133,6 +133,8 @@ fn written() -> String {
 /// Used as the `Connection` it holds.
 pub struct Metadata {
     conn: Connection,
+    /// What it is, for errors ("metadata of snapshot ID").
+    what: String,
     /// Its size, in bytes.
     pub len: u64,
     /// Steps of the budget used so far, in `STEP_GRAIN`s.
@@ -145,8 +147,37 @@ impl Metadata {
     pub(crate) fn for_tests(conn: Connection) -> Metadata {
         Metadata {
             conn,
+            what: "metadata of a test".into(),
             len: 0,
             used: Arc::default(),
+        }
+    }
+
+    /// `e`, or, when it is the database attached as `name` (by
+    /// `attach_scratch`, in `dir`) reaching its bound, an error saying
+    /// so (calling it `label`). (Its pages are back to what they were once the failed
+    /// transaction is undone: a full disk is told apart by the room left
+    /// on it.)
+    pub fn explain(&self, e: Error, name: &str, label: &str, dir: &Path) -> Error {
+        let full = matches!(&e, Error::Database { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
+        let cap = self
+            .conn
+            .query_row(&format!("PRAGMA {name}.max_page_count"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_or(u64::MAX, |n| (n.max(0) as u64).saturating_mul(4096));
+        let room = rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        if full && room > cap {
+            Error::corrupt(
+                &self.what,
+                format!(
+                    "the {label} it needs would be larger than a snapshot database of its \
+                     size can need (forged or damaged); stopped"
+                ),
+            )
+        } else {
+            e
         }
     }
 }
@@ -230,7 +261,12 @@ fn open_checked(path: &Path, len: u64, what: &str) -> Result<Metadata> {
     .db(path)?;
     let budget = len.saturating_mul(STEPS_PER_BYTE).max(STEPS_FLOOR);
     let used = harden(&mut conn, len, budget, what)?;
-    let m = Metadata { conn, len, used };
+    let m = Metadata {
+        conn,
+        what: what.to_string(),
+        len,
+        used,
+    };
     check_schema(&m, what)?;
     Ok(m)
 }
@@ -421,13 +457,17 @@ fn check_schema(conn: &Connection, what: &str) -> Result<()> {
 /// schema vaultik wrote for it (`rows`).
 fn check_format(conn: &Connection, what: &str, rows: &[Row]) -> Result<()> {
     let bad = |msg: String| Error::corrupt(what, msg);
-    let format: String = conn
+    let format: rusqlite::types::Value = conn
         .query_row(
             "SELECT value FROM main.info WHERE key = 'format'",
             [],
             |r| r.get(0),
         )
         .map_err(|e| bad(format!("not a vaultik metadata database: {e}")))?;
+    let format = match format {
+        rusqlite::types::Value::Text(t) => t,
+        v => format!("of type {}", v.data_type()),
+    };
     let format = match format.parse::<u64>() {
         Ok(n) if (OLDEST_FORMAT..=FORMAT_VERSION).contains(&n) => n,
         Ok(n) if n > FORMAT_VERSION => {

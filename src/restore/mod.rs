@@ -27,7 +27,7 @@ use std::sync::mpsc::{self, SyncSender};
 use std::time::Instant;
 
 use age::x25519;
-use rusqlite::OptionalExtension;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{DbContext, Error, IoContext, Result};
 use crate::metadata;
@@ -66,12 +66,17 @@ impl Restore<'_> {
         let started = Instant::now();
         let conn = metadata::open(self.store, id, &self.identities, &self.target)?;
         metadata::attach_scratch(&conn, "plan", &self.target)?;
+        self.restore(id, &conn, started)
+            .map_err(|e| conn.explain(e, "plan", "restore plan", &self.target))
+    }
+
+    fn restore(&self, id: &str, conn: &Connection, started: Instant) -> Result<Summary> {
         conn.execute_batch(plan::SCHEMA).db(plan::ppath())?;
-        let built = plan::build(&conn, &self.paths, id)?;
+        let built = plan::build(conn, &self.paths, id)?;
         (self.gate)(&built.blobs)?;
         let target = Target::open(&self.target).at("open target directory", &self.target)?;
         let mut run = entries::Entries {
-            conn: &conn,
+            conn,
             target,
             summary: Summary {
                 id: id.to_string(),
@@ -86,7 +91,7 @@ impl Restore<'_> {
         // Each phase reopens (and checks again) the directories it needs.
         run.target.forget();
         let read = contents::read_all(
-            &conn,
+            conn,
             &mut run.target,
             self.store,
             &self.identities,
@@ -240,7 +245,7 @@ mod tests {
     fn the_plan_is_read_back_without_sorting() {
         // A sort would build a temporary b-tree in memory (temp_store is
         // MEMORY): memory would grow with the snapshot again.
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(crate::snapshot::META_SCHEMA).unwrap();
         conn.execute_batch("ATTACH DATABASE ':memory:' AS plan")
             .unwrap();

@@ -16,6 +16,7 @@ mod faults;
 mod hostile;
 mod hostile_s3;
 mod hostile_sparse;
+mod hostile_sql;
 mod hostile_store;
 mod identity;
 mod immutable;

@@ -186,11 +186,23 @@ impl Base {
 /// is a valid snapshot to every keyless command). Chunks of `base` are
 /// located as in the real snapshot, and its blobs listed.
 pub fn forge(env: &Env, id: &str, entries: &[Forged], base: Option<&Base>) {
-    let db = metadata_db(env, entries, base);
-    let sealed = seal(env, &db);
+    forge_db(env, id, &metadata_db(env, entries, base), base);
+}
+
+/// Write snapshot `id` with `db` as its metadata database (any bytes),
+/// sealed like a real one, and a manifest listing `base`'s blobs.
+pub fn forge_db(env: &Env, id: &str, db: &[u8], base: Option<&Base>) {
+    let mut plain = (db.len() as u64).to_le_bytes().to_vec();
+    plain.extend_from_slice(db);
+    forge_sealed(env, id, &seal(env, &plain), base);
+}
+
+/// Write snapshot `id` whose metadata object is `sealed` (any bytes), and
+/// a manifest listing `base`'s blobs.
+pub fn forge_sealed(env: &Env, id: &str, sealed: &[u8], base: Option<&Base>) {
     let dir = env.store_dir().join("metadata").join(id);
     fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("db.zst.age"), &sealed).unwrap();
+    fs::write(dir.join("db.zst.age"), sealed).unwrap();
     let p = vaultik::layout::parse_id(id).unwrap_or_else(|| panic!("{id} is not an id"));
     let blobs: Vec<serde_json::Value> = base
         .map(|b| {
@@ -305,11 +317,21 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
     fs::read(&db_path).unwrap()
 }
 
-/// zstd(length + database), encrypted to `env`'s recipient.
-fn seal(env: &Env, db: &[u8]) -> Vec<u8> {
-    let mut plain = (db.len() as u64).to_le_bytes().to_vec();
-    plain.extend_from_slice(db);
-    let compressed = zstd::bulk::compress(&plain, 3).unwrap();
+/// The database made by `sql` (run on an empty one), as bytes: a forger's
+/// schema and rows.
+pub fn db_of_sql(env: &Env, sql: &str) -> Vec<u8> {
+    let db_path: PathBuf = env.path().join("forged-sql.sqlite");
+    let _ = fs::remove_file(&db_path);
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    fs::read(&db_path).unwrap()
+}
+
+/// zstd-compressed `plain`, encrypted to `env`'s recipient.
+pub fn seal(env: &Env, plain: &[u8]) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(plain, 19).unwrap();
     let recipient = age::x25519::Recipient::from_str(&env.recipient).unwrap();
     let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
         .unwrap();
