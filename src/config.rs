@@ -424,7 +424,16 @@ impl Parsing {
                 cfg.age_recipients.push(value.to_string());
             }
             "index_path" => cfg.index_path = Some(PathBuf::from(value)),
-            "hostname" => cfg.hostname = Some(value.to_string()),
+            "hostname" => {
+                if value.len() > crate::layout::HOSTNAME_MAX {
+                    return Err(l.err(format!(
+                        "`hostname`: {} bytes, more than the {} a manifest may carry",
+                        value.len(),
+                        crate::layout::HOSTNAME_MAX
+                    )));
+                }
+                cfg.hostname = Some(value.to_string());
+            }
             "chunk_size" => {
                 cfg.chunk_size =
                     l.size("1MiB", 4096..=(4 << 20), "must be between 4KiB and 4MiB")?;
@@ -836,6 +845,16 @@ mod tests {
         assert!(e.to_string().contains(":1: `age_recipient`"), "{e}");
         let e = parse("secret_access_key hunter2\n").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+        // A host name manifests could not carry (readers refuse it).
+        let long = "h".repeat(crate::layout::HOSTNAME_MAX + 1);
+        let e = parse(&format!("hostname = {long}\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/t/vaultik.conf:1: `hostname`: 256 bytes"),
+            "{e}"
+        );
+        let long = "h".repeat(crate::layout::HOSTNAME_MAX);
+        assert!(parse(&format!("hostname = {long}\n")).is_ok());
     }
 
     #[test]

@@ -43,6 +43,10 @@ const MANIFEST_FILE: &str = "manifest.json.zst";
 const HOST_MAX: usize = 64;
 /// The longest snapshot name (the config refuses longer ones).
 pub const NAME_MAX: usize = 64;
+/// The longest host name a manifest may carry, whole (the DNS limit is
+/// 253, a Linux host name 64): every reader keeps it for every snapshot,
+/// so a forged one must not be a megabyte. The config refuses longer ones.
+pub const HOSTNAME_MAX: usize = 255;
 
 /// An object key of the layout, typed: built with [`Key::to_key`], read
 /// back with [`parse`], the two written once, here.

@@ -5,20 +5,28 @@
 //! every command uses.
 //!
 //! Anyone who can write to the store can write a manifest, so reading one
-//! is bounded (`MANIFEST_MAX`, decompressed) and checked: the id must be
-//! the one it is stored under, its host, name and time those the id
-//! spells, every blob a key of the layout. A snapshot's claimed time comes
-//! from its id; one that claims to be later than the store's own time for
-//! its manifest (`LastModified`, or the file's mtime in a directory store)
-//! plus `MAX_SKEW` is *dated ahead*: shown flagged, never `latest`, and
-//! left out of retention.
+//! is bounded and checked. Bounded: it decompresses to at most `RATIO`
+//! times its stored size (at least `RATIO_FLOOR`, never past
+//! `MANIFEST_MAX`), so a forged one costs what its size in the bucket
+//! justifies; and it is parsed into a compact form (a blob is its 32-byte
+//! hash and size, no string), of which commands that read every manifest
+//! keep only what they need (`Summary`: no blob list). Checked: the id
+//! must be the one it is stored under, its host, name and time those the
+//! id spells (a host name at most `layout::HOSTNAME_MAX` bytes), every
+//! blob a key of the layout and listed once. A snapshot's claimed time
+//! comes from its id; one that claims to be later than the store's own
+//! time for its manifest (`LastModified`, or the file's mtime in a
+//! directory store) plus `MAX_SKEW` is *dated ahead*: shown flagged, never
+//! `latest`, and left out of retention.
 
 use std::cmp::Ordering;
+use std::fmt;
 
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::layout::{self, HOSTNAME_MAX};
 use crate::store::{ObjectInfo, Store};
 
 /// The manifest's format (unchanged since the first).
@@ -26,16 +34,42 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// A manifest is at most this big, compressed and decompressed: 32 MiB is
 /// about 320,000 blobs (20 TB at the default blob size, 320 GB at the
-/// smallest), and a bomb of zeros costs at most that much memory, once.
-/// A backup refuses to write a larger one.
+/// smallest). A backup refuses to write a larger one.
 pub const MANIFEST_MAX: u64 = 32 << 20;
+
+/// A manifest decompresses to at most this many times its stored size
+/// (and at least `RATIO_FLOOR`): a forged one cannot make a reader hold
+/// more than its size in the bucket justifies. A real manifest is mostly
+/// blob keys, 64 hex digits of a SHA-256 each, which no compressor packs
+/// much below their 32 bytes of entropy. Measured (the test
+/// `real_manifests_compress_about_2x`, level 3 as a backup writes):
+/// 1.2x for one blob, 2.2-2.6x for 100, 2.4-2.7x for 10,000, 2.7-2.8x
+/// for 300,000 (the most a manifest holds; the higher figure with every
+/// blob of one size), so 16 leaves a margin of more than 5. A JSON bomb
+/// (one key repeated, zeros) packs 1,000 times and more, and is cut
+/// after `RATIO` times its size.
+pub const RATIO: u64 = 16;
+
+/// What any manifest may decompress to, however small: a real one of a
+/// few blobs (or a long host name) never comes near it.
+pub const RATIO_FLOOR: u64 = 64 << 10;
 
 /// How far ahead of the store's clock a snapshot may date itself: S3
 /// refuses requests signed with a clock more than 15 minutes off, so an
 /// honest writer is never further ahead than that.
 pub const MAX_SKEW: u64 = 15 * 60;
 
-/// The clear manifest of one snapshot.
+/// The most a manifest stored in `stored` bytes may decompress to.
+pub fn read_limit(stored: usize) -> u64 {
+    (stored as u64)
+        .saturating_mul(RATIO)
+        .clamp(RATIO_FLOOR, MANIFEST_MAX)
+}
+
+/// The clear manifest of one snapshot, whole: what a backup writes, and
+/// what `snapshot verify` reads of the one snapshot it checks. Commands
+/// that read every manifest keep a `Summary` (and gc a compact set of
+/// references) instead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub id: String,
@@ -50,9 +84,63 @@ pub struct Manifest {
     pub stored: u64,
 }
 
-/// The manifest as JSON.
-#[derive(Serialize, Deserialize)]
-struct Json {
+/// A snapshot as listings, retention and reports need it: its manifest
+/// without the blob list (a count and a sum instead). A few hundred bytes
+/// whatever the manifest held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub id: String,
+    pub hostname: String,
+    pub name: String,
+    /// UTC, seconds since the epoch: the time the id spells.
+    pub time: u64,
+    pub metadata_size: u64,
+    /// How many blobs the manifest lists, and their sizes summed
+    /// (saturating: sizes come from the store).
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    /// When the store says the manifest was written (0 when not known).
+    pub stored: u64,
+}
+
+/// A blob a manifest lists: the SHA-256 its key names (the key is
+/// `layout::blob(&hash)`), and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub hash: [u8; 32],
+    pub size: u64,
+}
+
+/// A manifest as read and checked: its summary, and its blobs in the
+/// order listed (40 bytes each), each once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub summary: Summary,
+    pub blobs: Vec<BlobRef>,
+}
+
+/// The manifest as JSON, written.
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    format: u64,
+    id: &'a str,
+    hostname: &'a str,
+    name: &'a str,
+    time: u64,
+    metadata_size: u64,
+    blobs: Vec<JsonBlobOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonBlobOut<'a> {
+    key: &'a str,
+    size: u64,
+}
+
+/// The manifest as JSON, read: every blob straight into a `BlobRef`, its
+/// key checked as it is parsed (no string kept per blob).
+#[derive(Deserialize)]
+struct JsonIn {
     format: u64,
     id: String,
     #[serde(default)]
@@ -62,33 +150,88 @@ struct Json {
     time: u64,
     #[serde(default)]
     metadata_size: u64,
-    blobs: Vec<JsonBlob>,
+    blobs: BlobList,
 }
 
-#[derive(Serialize, Deserialize)]
-struct JsonBlob {
-    key: String,
+struct BlobList(Vec<BlobRef>);
+
+#[derive(Deserialize)]
+struct JsonBlobIn {
+    key: BlobKey,
     size: u64,
+}
+
+/// A blob key of the layout, as the hash it names.
+struct BlobKey([u8; 32]);
+
+impl<'de> Deserialize<'de> for BlobKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BlobKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a blob key")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<BlobKey, E> {
+                match layout::parse(s) {
+                    Some(layout::Key::Blob(hash)) => Ok(BlobKey(hash)),
+                    _ => Err(E::custom("a blob key outside the layout")),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BlobList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of blobs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<BlobList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<JsonBlobIn>()? {
+                    out.push(BlobRef {
+                        hash: b.key.0,
+                        size: b.size,
+                    });
+                }
+                Ok(BlobList(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 impl Manifest {
     /// The compressed manifest, or an error when it would be larger than a
-    /// reader accepts (too many blobs).
+    /// reader accepts (too many blobs, a host name too long).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let v = Json {
+        if self.hostname.len() > HOSTNAME_MAX {
+            return Err(Error::Setup(format!(
+                "snapshot {}: host name of {} bytes, longer than the {HOSTNAME_MAX} a manifest \
+                 may carry; set a shorter `hostname`",
+                self.id,
+                self.hostname.len()
+            )));
+        }
+        let v = JsonOut {
             format: FORMAT_VERSION,
-            id: self.id.clone(),
-            hostname: self.hostname.clone(),
-            name: self.name.clone(),
+            id: &self.id,
+            hostname: &self.hostname,
+            name: &self.name,
             time: self.time,
             metadata_size: self.metadata_size,
             blobs: self
                 .blobs
                 .iter()
-                .map(|(k, s)| JsonBlob {
-                    key: k.clone(),
-                    size: *s,
-                })
+                .map(|(k, s)| JsonBlobOut { key: k, size: *s })
                 .collect(),
         };
         let text = serde_json::to_vec(&v).expect("a manifest serializes");
@@ -102,56 +245,36 @@ impl Manifest {
                 crate::human_bytes(MANIFEST_MAX)
             )));
         }
-        Ok(zstd::bulk::compress(&text, 3).expect("compressing a buffer in memory"))
-    }
-
-    /// Read and check the manifest stored under `key`.
-    pub fn from_bytes(key: &str, data: &[u8]) -> Result<Manifest> {
-        let bad = |msg: &str| Error::corrupt(format!("manifest {key}"), msg);
-        let text = decompress_bounded(data, MANIFEST_MAX).map_err(|e| bad(&e))?;
-        let v: Json =
-            serde_json::from_slice(&text).map_err(|e| bad(&format!("not a manifest: {e}")))?;
-        drop(text);
-        if v.format > FORMAT_VERSION {
-            return Err(bad(&format!(
-                "format {}, newer than this vaultik reads ({FORMAT_VERSION}): \
-                 upgrade vaultik if a newer one made it",
-                v.format
+        let packed = zstd::bulk::compress(&text, 3).expect("compressing a buffer in memory");
+        // Never write what readers refuse (blob keys are hashes: a real
+        // manifest is far from the bound).
+        if text.len() as u64 > read_limit(packed.len()) {
+            return Err(Error::Setup(format!(
+                "snapshot {}: its manifest compresses {}:1, more than the {RATIO}:1 any reader \
+                 accepts",
+                self.id,
+                text.len() / packed.len().max(1)
             )));
         }
-        if v.format != FORMAT_VERSION {
-            return Err(bad(&format!("unsupported format {}", v.format)));
-        }
-        // The id names objects to read and delete: it must be the one the
-        // manifest is stored under, and spell its host, name and time.
-        let Some(layout::Key::Manifest(from_key)) = layout::parse(key) else {
-            return Err(bad("not a manifest key"));
-        };
-        if from_key != v.id {
-            return Err(bad("id does not match its key"));
-        }
-        let parts = layout::parse_id(&v.id).ok_or_else(|| bad("not a snapshot id"))?;
-        if parts.time != v.time
-            || parts.name != v.name
-            || parts.host != layout::sanitize_host(&v.hostname)
-        {
-            return Err(bad("host, name or time does not match its id"));
-        }
-        let mut blobs = Vec::with_capacity(v.blobs.len());
-        for b in v.blobs {
-            if !layout::is_blob(&b.key) {
-                return Err(bad("a blob key outside the layout"));
-            }
-            blobs.push((b.key, b.size));
-        }
+        Ok(packed)
+    }
+
+    /// Read and check the manifest stored under `key`, whole.
+    pub fn from_bytes(key: &str, data: &[u8]) -> Result<Manifest> {
+        let p = parse(key, data)?;
+        let s = p.summary;
         Ok(Manifest {
-            id: v.id,
-            hostname: v.hostname,
-            name: v.name,
-            time: v.time,
-            blobs,
-            metadata_size: v.metadata_size,
-            stored: 0,
+            id: s.id,
+            hostname: s.hostname,
+            name: s.name,
+            time: s.time,
+            blobs: p
+                .blobs
+                .iter()
+                .map(|b| (layout::blob(&b.hash), b.size))
+                .collect(),
+            metadata_size: s.metadata_size,
+            stored: s.stored,
         })
     }
 
@@ -165,6 +288,127 @@ impl Manifest {
     pub fn dated_ahead(&self) -> bool {
         dated_ahead(self.time, self.stored)
     }
+
+    /// What a listing keeps of it.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            id: self.id.clone(),
+            hostname: self.hostname.clone(),
+            name: self.name.clone(),
+            time: self.time,
+            metadata_size: self.metadata_size,
+            blobs: self.blobs.len(),
+            blob_bytes: self
+                .blobs
+                .iter()
+                .fold(0u64, |t, (_, s)| t.saturating_add(*s)),
+            stored: self.stored,
+        }
+    }
+}
+
+impl Summary {
+    /// Its blobs and its metadata, in bytes.
+    pub fn total_size(&self) -> u64 {
+        self.metadata_size.saturating_add(self.blob_bytes)
+    }
+
+    /// Whether it claims a time later than the store's (see the module doc).
+    pub fn dated_ahead(&self) -> bool {
+        dated_ahead(self.time, self.stored)
+    }
+}
+
+/// Read and check the manifest stored under `key` (`data`, as stored):
+/// decompressed to at most `read_limit(data.len())`, parsed into its
+/// compact form, checked.
+pub fn parse(key: &str, data: &[u8]) -> Result<Parsed> {
+    let bad = |msg: &str| Error::corrupt(format!("manifest {key}"), msg);
+    let limit = read_limit(data.len());
+    let text = decompress_bounded(data, limit).map_err(|e| {
+        if limit < MANIFEST_MAX && e.starts_with("more than") {
+            bad(&format!(
+                "{e} (a manifest may hold {RATIO} times its stored size, here {}, \
+                 and at least {})",
+                crate::human_bytes(data.len() as u64),
+                crate::human_bytes(RATIO_FLOOR)
+            ))
+        } else {
+            bad(&e)
+        }
+    })?;
+    let v: JsonIn =
+        serde_json::from_slice(&text).map_err(|e| bad(&format!("not a manifest: {e}")))?;
+    drop(text);
+    if v.format > FORMAT_VERSION {
+        return Err(bad(&format!(
+            "format {}, newer than this vaultik reads ({FORMAT_VERSION}): \
+             upgrade vaultik if a newer one made it",
+            v.format
+        )));
+    }
+    if v.format != FORMAT_VERSION {
+        return Err(bad(&format!("unsupported format {}", v.format)));
+    }
+    // The id names objects to read and delete: it must be the one the
+    // manifest is stored under, and spell its host, name and time.
+    let Some(layout::Key::Manifest(from_key)) = layout::parse(key) else {
+        return Err(bad("not a manifest key"));
+    };
+    if from_key != v.id {
+        return Err(bad("id does not match its key"));
+    }
+    let parts = layout::parse_id(&v.id).ok_or_else(|| bad("not a snapshot id"))?;
+    if v.hostname.len() > HOSTNAME_MAX {
+        return Err(bad(&format!(
+            "a host name of {} bytes (at most {HOSTNAME_MAX})",
+            v.hostname.len()
+        )));
+    }
+    if parts.time != v.time
+        || parts.name != v.name
+        || parts.host != layout::sanitize_host(&v.hostname)
+    {
+        return Err(bad("host, name or time does not match its id"));
+    }
+    let blobs = v.blobs.0;
+    // A backup lists each blob once (its table's keys are unique): a
+    // blob listed twice is a forgery or damage, refused by every reader
+    // alike.
+    if let Some(twice) = duplicate(&blobs) {
+        return Err(bad(&format!("lists blob {} twice", layout::blob(&twice))));
+    }
+    let blob_bytes = blobs.iter().fold(0u64, |t, b| t.saturating_add(b.size));
+    let mut hostname = v.hostname;
+    hostname.shrink_to_fit();
+    Ok(Parsed {
+        summary: Summary {
+            id: v.id,
+            hostname,
+            name: v.name,
+            time: v.time,
+            metadata_size: v.metadata_size,
+            blobs: blobs.len(),
+            blob_bytes,
+            stored: 0,
+        },
+        blobs,
+    })
+}
+
+/// A hash `blobs` lists more than once.
+fn duplicate(blobs: &[BlobRef]) -> Option<[u8; 32]> {
+    let mut order: Vec<u32> = (0..blobs.len())
+        .map(|i| {
+            u32::try_from(i).expect("a manifest of at most 32 MiB lists fewer than 2^32 blobs")
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| blobs[*a as usize].hash.cmp(&blobs[*b as usize].hash));
+    order
+        .windows(2)
+        .map(|w| (blobs[w[0] as usize].hash, blobs[w[1] as usize].hash))
+        .find(|(a, b)| a == b)
+        .map(|(a, _)| a)
 }
 
 /// A claimed time later than the store's time plus `MAX_SKEW`. An unknown
@@ -228,16 +472,22 @@ pub fn list(store: &dyn Store) -> Result<Vec<Listed>> {
     Ok(snapshots_in(&store.list(layout::METADATA)?.objects))
 }
 
-/// Read the manifest of `listed`.
-pub fn load(store: &dyn Store, listed: &Listed) -> Result<Manifest> {
+/// Read the manifest of `listed`, in its compact form.
+pub fn load(store: &dyn Store, listed: &Listed) -> Result<Parsed> {
     let key = layout::manifest(&listed.id);
-    let mut m = Manifest::from_bytes(&key, &store.get(&key, MANIFEST_MAX)?)?;
-    m.stored = listed.stored;
-    Ok(m)
+    let mut p = parse(&key, &store.get(&key, MANIFEST_MAX)?)?;
+    p.summary.stored = listed.stored;
+    Ok(p)
+}
+
+/// What a listing shows of the snapshot `listed`: its manifest, read,
+/// checked, and all but the blob list kept.
+pub fn load_summary(store: &dyn Store, listed: &Listed) -> Result<Summary> {
+    load(store, listed).map(|p| p.summary)
 }
 
 /// The order of snapshots everywhere.
-pub fn order(a: &Manifest, b: &Manifest) -> Ordering {
+pub fn order(a: &Summary, b: &Summary) -> Ordering {
     layout::id_order(&a.id, &b.id)
 }
 
@@ -416,7 +666,216 @@ mod tests {
         let bomb = zstd::bulk::compress(&zeros, 19).unwrap();
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         let e = Manifest::from_bytes(KEY, &bomb).unwrap_err().to_string();
-        assert!(e.contains("more than 32.0 MiB"), "{e}");
+        // 32 MiB of zeros pack into 1 KiB: cut after 64 KiB.
+        assert!(e.contains("more than 64.0 KiB decompressed"), "{e}");
+        assert!(e.contains("16 times its stored size"), "{e}");
+        // What the bound is: relative, with a floor and a ceiling.
+        assert_eq!(read_limit(0), RATIO_FLOOR);
+        assert_eq!(read_limit(4096), RATIO_FLOOR);
+        assert_eq!(read_limit(1 << 20), 16 << 20);
+        assert_eq!(read_limit(3 << 20), MANIFEST_MAX);
+        assert_eq!(read_limit(usize::MAX), MANIFEST_MAX);
+    }
+
+    /// `n` blobs with random keys (SHA-256 of their number, as real keys
+    /// are hashes), sorted as a backup writes them, with sizes of a few
+    /// MiB, or all the same (which packs best).
+    fn real(n: u32, same_size: bool) -> Manifest {
+        use sha2::{Digest, Sha256};
+        let mut m = sample();
+        m.blobs = (0..n)
+            .map(|i| {
+                let h: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
+                let size = if same_size {
+                    64 << 20
+                } else {
+                    1 + u64::from(h[0]) * 262_139 + u64::from(h[1])
+                };
+                (layout::blob(&h), size)
+            })
+            .collect();
+        m.blobs.sort();
+        m
+    }
+
+    /// The measurement behind `RATIO`, and real manifests of every size,
+    /// the largest a backup writes included, read back.
+    #[test]
+    fn real_manifests_compress_about_2x() {
+        for (n, same_size) in [
+            (0, false),
+            (1, false),
+            (10, false),
+            (100, false),
+            (100, true),
+            (10_000, false),
+            (10_000, true),
+            (300_000, false),
+            (300_000, true),
+        ] {
+            let m = real(n, same_size);
+            let packed = m.to_bytes().unwrap();
+            let text = zstd::stream::decode_all(&packed[..]).unwrap();
+            let ratio = text.len() as f64 / packed.len() as f64;
+            eprintln!(
+                "{n} blobs (same size: {same_size}): {} bytes of JSON, {} compressed: {ratio:.2}x",
+                text.len(),
+                packed.len()
+            );
+            assert!(ratio < (RATIO / 4) as f64, "{n} blobs: {ratio:.2}x");
+            if n == 300_000 {
+                // Near the ceiling: the largest manifest a backup writes.
+                assert!(text.len() as u64 > MANIFEST_MAX * 9 / 10, "{}", text.len());
+            }
+            let back = Manifest::from_bytes(KEY, &packed).unwrap();
+            assert!(back == m, "{n} blobs read back");
+            let p = parse(KEY, &packed).unwrap();
+            assert_eq!(p.summary, m.summary());
+            assert_eq!(p.blobs.len(), n as usize);
+        }
+    }
+
+    /// `text` compressed and padded (a skippable zstd frame) to exactly
+    /// `len` bytes.
+    fn padded(text: &[u8], len: usize) -> Vec<u8> {
+        let mut data = zstd::bulk::compress(text, 19).unwrap();
+        assert!(
+            data.len() + 8 <= len,
+            "{} compressed, {len} wanted",
+            data.len()
+        );
+        let pad = len - data.len() - 8;
+        data.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        data.extend_from_slice(&(pad as u32).to_le_bytes());
+        data.resize(len, 0);
+        data
+    }
+
+    /// A forged manifest that packs better than any real one is read when
+    /// stored in at least 1/RATIO of its size, refused by one byte less,
+    /// after reading no more than the bound.
+    #[test]
+    fn a_manifest_is_read_up_to_the_ratio() {
+        // Distinct keys of little entropy: valid, and packs about 20x.
+        let mut m = sample();
+        m.blobs = (0..20_000u32)
+            .map(|i| {
+                let mut h = [0u8; 32];
+                h[28..].copy_from_slice(&i.to_be_bytes());
+                (layout::blob(&h), 1)
+            })
+            .collect();
+        let text = serde_json::to_vec(&JsonOut {
+            format: 1,
+            id: &m.id,
+            hostname: &m.hostname,
+            name: &m.name,
+            time: m.time,
+            metadata_size: m.metadata_size,
+            blobs: m
+                .blobs
+                .iter()
+                .map(|(k, s)| JsonBlobOut { key: k, size: *s })
+                .collect(),
+        })
+        .unwrap();
+        let least = text.len().div_ceil(RATIO as usize);
+        assert!(text.len() as u64 > RATIO_FLOOR);
+        let p = parse(KEY, &padded(&text, least)).unwrap();
+        assert_eq!(p.summary.blobs, 20_000);
+        let e = parse(KEY, &padded(&text, least - 1))
+            .unwrap_err()
+            .to_string();
+        let limit = crate::human_bytes((least as u64 - 1) * RATIO);
+        assert!(
+            e.contains(&format!("more than {limit} decompressed")),
+            "{e}"
+        );
+        // A backup would refuse to write it in the first place.
+        let e = m.to_bytes().unwrap_err().to_string();
+        assert!(e.contains("more than the 16:1 any reader accepts"), "{e}");
+        // Below the floor, any ratio is read.
+        m.blobs.truncate(100);
+        assert!(Manifest::from_bytes(KEY, &m.to_bytes().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_compact_form_and_its_checks() {
+        let m = real(50, false);
+        let p = parse(KEY, &m.to_bytes().unwrap()).unwrap();
+        // Each blob its hash and size, in the order listed.
+        for (b, (key, size)) in p.blobs.iter().zip(&m.blobs) {
+            assert_eq!(&layout::blob(&b.hash), key);
+            assert_eq!(b.size, *size);
+        }
+        assert_eq!(p.summary.blobs, 50);
+        assert_eq!(p.summary.total_size(), m.total_size());
+        let head = r#"{"format":1,"id":"h_n_1970-01-01T000005Z","hostname":"h","name":"n","time":5,"blobs":"#;
+        let key = |h: &[u8; 32]| layout::blob(h);
+        let a = key(&[0xab; 32]);
+        let b = key(&[0xcd; 32]);
+        let with = |blobs: &str| packed(&format!("{head}{blobs}}}"));
+        // Listed twice: refused, naming the blob.
+        let e = parse(
+            KEY,
+            &with(&format!(
+                r#"[{{"key":"{a}","size":1}},{{"key":"{b}","size":1}},{{"key":"{a}","size":2}}]"#
+            )),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(KEY) && e.contains(&format!("lists blob {a} twice")),
+            "{e}"
+        );
+        assert!(
+            Manifest::from_bytes(
+                KEY,
+                &with(&format!(
+                    r#"[{{"key":"{a}","size":1}},{{"key":"{a}","size":1}}]"#
+                ))
+            )
+            .is_err()
+        );
+        // Keys that are not blob keys of the layout.
+        for bad in [
+            a.to_uppercase(),
+            a.replacen("blobs/ab/ab", "blobs/ab/cd", 1),
+            format!("{a}0"),
+            a.replace("blobs/", "blobs/../"),
+            "metadata/h_n_1970-01-01T000005Z/db.zst.age".into(),
+            String::new(),
+        ] {
+            let e = parse(KEY, &with(&format!(r#"[{{"key":"{bad}","size":1}}]"#)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a blob key outside the layout"), "{bad}: {e}");
+        }
+        for bad in [
+            r#"[{"key":1,"size":1}]"#,
+            r#"[{"key":null,"size":1}]"#,
+            r#"[{"size":1}]"#,
+            r#"[{"key":"KEY","size":-1}]"#,
+            r#"{"key":"KEY","size":1}"#,
+        ] {
+            let e = parse(KEY, &with(&bad.replace("KEY", &a))).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{bad}: {e}");
+        }
+        // A host name past HOSTNAME_MAX is refused by readers and writers.
+        let long = "h".repeat(HOSTNAME_MAX + 1);
+        let json = format!(
+            r#"{{"format":1,"id":"h_n_1970-01-01T000005Z","hostname":"{long}","name":"n","time":5,"blobs":[]}}"#
+        );
+        let e = parse(KEY, &packed(&json)).unwrap_err().to_string();
+        assert!(e.contains("a host name of 256 bytes"), "{e}");
+        let mut m = sample();
+        m.hostname = long;
+        assert!(
+            m.to_bytes()
+                .unwrap_err()
+                .to_string()
+                .contains("set a shorter")
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gc::{self, View};
 use crate::human_bytes;
 use crate::layout;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Summary};
 use crate::time::now as unix_now;
 use crate::verify::Depth;
 
@@ -25,7 +25,7 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
     let mut manifests = Vec::new();
     let mut damaged = 0;
     for listed in manifest::list(store.as_ref())? {
-        match manifest::load(store.as_ref(), &listed) {
+        match manifest::load_summary(store.as_ref(), &listed) {
             Ok(m) => manifests.push(m),
             // Removed between the listing and now.
             Err(Error::NotFound { .. }) => {}
@@ -58,7 +58,7 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
                     "time": crate::time::compact(m.time),
                     "unix_time": m.time,
                     "size": m.total_size(),
-                    "blobs": m.blobs.len(),
+                    "blobs": m.blobs,
                     "dated_ahead": m.dated_ahead(),
                     "deleted": deleted.contains(&m.id),
                 })
@@ -107,7 +107,7 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
 }
 
 /// When the store received a manifest dated ahead of it.
-fn ahead_note(m: &Manifest) -> String {
+fn ahead_note(m: &Summary) -> String {
     if m.stored == 0 {
         "the store gives no time for it".into()
     } else {
@@ -204,11 +204,13 @@ struct Totals {
 impl Totals {
     fn of(view: &View, grace: u64) -> Totals {
         let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
-        let referenced = view.referenced();
+        let referenced = view.referenced(&HashSet::new());
         let mut in_use = view
             .blobs
             .iter()
-            .filter(|o| referenced.contains(o.key.as_str()));
+            .enumerate()
+            .filter(|(i, _)| referenced.contains(*i))
+            .map(|(_, o)| o);
         let ref_n = in_use.clone().count() as u64;
         let ref_b = sum(&mut in_use.by_ref().map(|o| o.size));
         let plan = gc::plan(view, &HashSet::new(), grace, unix_now());

@@ -13,7 +13,7 @@ use crate::gc::{self, Collect, Decision, Retention, View};
 use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Summary};
 use crate::store::{self, Store};
 use crate::time::now as unix_now;
 
@@ -217,7 +217,7 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     let store = marking_store(settings)?;
     let view = View::load(store.as_ref())?;
     let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
-    let mut removed: Vec<Manifest> = decisions
+    let mut removed: Vec<Summary> = decisions
         .iter()
         .filter(|(_, d)| *d == Decision::Remove)
         .map(|(m, _)| (*m).clone())
@@ -247,9 +247,9 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
 
 /// For every snapshot the rules looked at, newest first: kept (and by
 /// which rules), removed, or left alone.
-fn print_decisions(decisions: &[(&Manifest, Decision)]) -> std::io::Result<()> {
+fn print_decisions(decisions: &[(&Summary, Decision)]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let mut all: Vec<&(&Manifest, Decision)> = decisions.iter().collect();
+    let mut all: Vec<&(&Summary, Decision)> = decisions.iter().collect();
     all.sort_by(|a, b| manifest::order(b.0, a.0));
     for (m, d) in all {
         let (verb, why) = match d {
@@ -270,7 +270,7 @@ fn print_decisions(decisions: &[(&Manifest, Decision)]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn decision_json(m: &Manifest, d: &Decision) -> serde_json::Value {
+fn decision_json(m: &Summary, d: &Decision) -> serde_json::Value {
     let (keep, rules): (Option<bool>, Vec<&str>) = match d {
         Decision::Keep(why) => (Some(true), why.iter().map(|k| k.name()).collect()),
         Decision::Remove => (Some(false), Vec::new()),
@@ -281,7 +281,7 @@ fn decision_json(m: &Manifest, d: &Decision) -> serde_json::Value {
 
 /// Ask on the terminal before removing `removed`. The preview and the
 /// question go to stderr, so that --json stays parseable.
-fn confirmed(settings: &Settings, store: &dyn Store, removed: &[Manifest]) -> Result<bool> {
+fn confirmed(settings: &Settings, store: &dyn Store, removed: &[Summary]) -> Result<bool> {
     // SAFETY: isatty has no preconditions.
     if unsafe { libc::isatty(0) } != 1 {
         return Err(Error::Usage(
@@ -326,7 +326,7 @@ fn run_and_report(
     settings: &Settings,
     store: &dyn Store,
     view: View,
-    removed: Vec<Manifest>,
+    removed: Vec<Summary>,
     shown: Shown,
 ) -> Result<()> {
     let (mut idx, note) = if shown.dry_run {

@@ -20,8 +20,10 @@
 //! and tests).
 
 pub mod purge;
+pub mod refs;
 pub mod retention;
 
+pub use refs::{BlobSet, Refs};
 pub use retention::{Decision, Keep, Retention};
 
 use std::collections::HashSet;
@@ -30,16 +32,21 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Summary};
 use crate::store::{ObjectInfo, Store};
 
-/// Everything the store holds, from two listings and the manifests.
+/// Everything the store holds, from two listings and the manifests. Of a
+/// manifest it keeps its summary and the listed blobs it references
+/// (`Refs`): what the store holds bounds it, not what manifests claim.
 pub struct View {
     /// Every manifest that could be read, oldest first (dated ahead ones
     /// included: their blobs are kept, but retention leaves them alone).
-    pub manifests: Vec<Manifest>,
+    pub manifests: Vec<Summary>,
+    /// For each of `manifests`, the blobs of `blobs` it references.
+    refs: Vec<Refs>,
     /// Manifests that could not be read: the key and why.
     pub damaged: Vec<(String, String)>,
+    /// The blobs, sorted by key (as listings are).
     pub blobs: Vec<ObjectInfo>,
     pub metadata: Vec<ObjectInfo>,
     /// Objects under the store's areas that are not of the layout (the
@@ -51,11 +58,23 @@ pub struct View {
 impl View {
     pub fn load(store: &dyn Store) -> Result<View> {
         let meta = store.list(layout::METADATA)?;
+        // Blobs are listed before the manifests are read, so that a
+        // manifest's references become indexes into the listing as it is
+        // read. No less safe than the other order: a blob uploaded after
+        // this listing is no candidate for deletion, and a manifest
+        // published after the metadata listing is read by `collect`
+        // before anything is deleted.
+        let mut blobs = store.list(layout::BLOBS)?;
+        blobs.objects.sort_by(|a, b| a.key.cmp(&b.key));
         let mut manifests = Vec::new();
+        let mut refs = Vec::new();
         let mut damaged = Vec::new();
         for listed in manifest::snapshots_in(&meta.objects) {
             match manifest::load(store, &listed) {
-                Ok(m) => manifests.push(m),
+                Ok(p) => {
+                    refs.push(Refs::of(&p.blobs, &blobs.objects));
+                    manifests.push(p.summary);
+                }
                 // Removed between the listing and now.
                 Err(Error::NotFound { .. }) => continue,
                 Err(e @ Error::Corrupt { .. }) => {
@@ -64,7 +83,6 @@ impl View {
                 Err(e) => return Err(e),
             }
         }
-        let blobs = store.list(layout::BLOBS)?;
         let marks = store.list(layout::MARKS)?;
         let marked = store.list(layout::MARKED)?;
         let mut foreign = meta.foreign;
@@ -74,6 +92,7 @@ impl View {
         foreign.truncate(crate::store::FOREIGN_SHOWN);
         Ok(View {
             manifests,
+            refs,
             damaged,
             blobs: blobs.objects,
             metadata: meta.objects,
@@ -100,15 +119,19 @@ impl View {
     }
 
     /// Snapshots that date themselves ahead of the store's clock.
-    pub fn dated_ahead(&self) -> impl Iterator<Item = &Manifest> {
+    pub fn dated_ahead(&self) -> impl Iterator<Item = &Summary> {
         self.manifests.iter().filter(|m| m.dated_ahead())
     }
 
-    pub fn referenced(&self) -> HashSet<&str> {
-        self.manifests
-            .iter()
-            .flat_map(|m| m.blobs.iter().map(|(k, _)| k.as_str()))
-            .collect()
+    /// The blobs of `blobs` that the snapshots not in `except` reference.
+    pub fn referenced(&self, except: &HashSet<&str>) -> BlobSet {
+        let mut set = BlobSet::new(self.blobs.len());
+        for (m, r) in self.manifests.iter().zip(&self.refs) {
+            if !except.contains(m.id.as_str()) {
+                set.add(r);
+            }
+        }
+        set
     }
 }
 
@@ -168,13 +191,13 @@ impl Locks {
 /// `name` (when given) and whose host is `host` (when given) are considered
 /// (see `retention`).
 pub fn select<'a>(
-    manifests: &'a [Manifest],
+    manifests: &'a [Summary],
     rule: &Retention,
     name: Option<&str>,
     host: Option<&str>,
     now: u64,
-) -> Result<Vec<&'a Manifest>> {
-    let mut out: Vec<&Manifest> = rule
+) -> Result<Vec<&'a Summary>> {
+    let mut out: Vec<&Summary> = rule
         .decide(manifests, name, host, now)?
         .into_iter()
         .filter(|(_, d)| *d == Decision::Remove)
@@ -210,12 +233,7 @@ impl Collect {
 /// Unreferenced blobs, and metadata objects of snapshots that have no
 /// manifest (a run killed between its two uploads), split by the grace period.
 pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Collect {
-    let keep: HashSet<&str> = view
-        .manifests
-        .iter()
-        .filter(|m| !removed.contains(m.id.as_str()))
-        .flat_map(|m| m.blobs.iter().map(|(k, _)| k.as_str()))
-        .collect();
+    let keep = view.referenced(removed);
     let live_ids: HashSet<&str> = view
         .manifests
         .iter()
@@ -233,7 +251,9 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
     for o in view
         .blobs
         .iter()
-        .filter(|o| !keep.contains(o.key.as_str()))
+        .enumerate()
+        .filter(|(i, _)| !keep.contains(*i))
+        .map(|(_, o)| o)
         .chain(orphans)
     {
         // An unknown age (0) is treated as young: never delete on a guess.
@@ -426,30 +446,45 @@ pub fn stage(candidates: Vec<ObjectInfo>, marks: &[Mark], grace: u64, now: u64) 
 }
 
 /// Delete what `plan` chose, after reading the manifests once more: a
-/// snapshot published since the plan was made keeps every blob it names.
-/// Returns the objects actually deleted.
+/// snapshot published since the plan was made keeps every blob it names
+/// (of those about to be deleted: all that is kept of it). Returns the
+/// objects actually deleted.
 pub fn collect(
     store: &dyn Store,
     view: &View,
     mut delete: Vec<ObjectInfo>,
 ) -> Result<Vec<ObjectInfo>> {
     let known: HashSet<&str> = view.manifests.iter().map(|m| m.id.as_str()).collect();
-    let mut late: HashSet<String> = HashSet::new();
+    let blob_of = |o: &ObjectInfo| match layout::parse(&o.key) {
+        Some(layout::Key::Blob(hash)) => Some(hash),
+        _ => None,
+    };
+    let deleting: HashSet<[u8; 32]> = delete.iter().filter_map(blob_of).collect();
+    let mut late_blobs: HashSet<[u8; 32]> = HashSet::new();
+    let mut late_metadata: HashSet<String> = HashSet::new();
     for listed in manifest::list(store)? {
         if known.contains(listed.id.as_str()) {
             continue;
         }
         // A manifest that cannot be read now stops the deletion.
         match manifest::load(store, &listed) {
-            Ok(m) => {
-                late.extend(m.blobs.into_iter().map(|(k, _)| k));
-                late.insert(layout::metadata(&listed.id));
+            Ok(p) => {
+                late_blobs.extend(
+                    p.blobs
+                        .iter()
+                        .map(|b| b.hash)
+                        .filter(|h| deleting.contains(h)),
+                );
+                late_metadata.insert(layout::metadata(&listed.id));
             }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    delete.retain(|o| !late.contains(&o.key));
+    delete.retain(|o| match blob_of(o) {
+        Some(hash) => !late_blobs.contains(&hash),
+        None => !late_metadata.contains(&o.key),
+    });
     let keys: Vec<String> = delete.iter().map(|o| o.key.clone()).collect();
     store.delete_many(&keys)?;
     Ok(delete)
@@ -458,6 +493,7 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{BlobRef, Manifest};
     use sha2::{Digest, Sha256};
 
     /// A snapshot called `short` of host `host` and name `name`, dated
@@ -475,7 +511,7 @@ mod tests {
     }
 
     /// The short name of a snapshot made by `m`.
-    fn short(m: &Manifest) -> String {
+    fn short(m: &Summary) -> String {
         let p = layout::parse_id(&m.id).unwrap();
         p.name.split_once('-').unwrap().1.to_string()
     }
@@ -498,16 +534,47 @@ mod tests {
         }
     }
 
+    /// What `View::load` would make of these manifests and listings.
+    fn view(manifests: &[Manifest], mut blobs: Vec<ObjectInfo>, metadata: Vec<ObjectInfo>) -> View {
+        blobs.sort_by(|a, b| a.key.cmp(&b.key));
+        let refs = manifests
+            .iter()
+            .map(|m| {
+                let named: Vec<BlobRef> = m
+                    .blobs
+                    .iter()
+                    .map(|(key, size)| match layout::parse(key) {
+                        Some(layout::Key::Blob(hash)) => BlobRef { hash, size: *size },
+                        _ => panic!("{key}"),
+                    })
+                    .collect();
+                Refs::of(&named, &blobs)
+            })
+            .collect();
+        View {
+            manifests: manifests.iter().map(Manifest::summary).collect(),
+            refs,
+            damaged: Vec::new(),
+            blobs,
+            metadata,
+            foreign: Vec::new(),
+            foreign_count: 0,
+        }
+    }
+
     #[test]
     fn retention_rules() {
-        let mut ms = vec![
+        let mut ms: Vec<Summary> = [
             m("a1", "h", "a", 100, &[]),
             m("a2", "h", "a", 200, &[]),
             m("a3", "h", "a", 300, &[]),
             m("b1", "h", "b", 100, &[]),
             m("x1", "other", "a", 50, &[]),
-        ];
-        let ids = |v: Vec<&Manifest>| v.iter().map(|m| short(m)).collect::<Vec<_>>();
+        ]
+        .iter()
+        .map(Manifest::summary)
+        .collect();
+        let ids = |v: Vec<&Summary>| v.iter().map(|m| short(m)).collect::<Vec<_>>();
         let latest = &Retention {
             keep_latest: Some(1),
             keep_within: None,
@@ -552,7 +619,7 @@ mod tests {
         assert_eq!(ids(select(&ms, two, None, None, 1000).unwrap()), vec!["a1"]);
         // One dated far ahead of the store's clock takes no rank: the real
         // newest stays the newest, and it is not removed either.
-        let mut ahead = m("evil", "h", "a", 4_000_000_000, &[]);
+        let mut ahead = m("evil", "h", "a", 4_000_000_000, &[]).summary();
         ahead.stored = 1000;
         ms.push(ahead);
         assert_eq!(
@@ -618,30 +685,43 @@ mod tests {
     fn gc_keeps_referenced_and_young() {
         let s1 = m("s1", "h", "a", 1, &["k"]);
         let s2 = m("s2", "h", "a", 2, &["r"]);
-        let view = View {
-            blobs: vec![
+        let view = view(
+            &[s1.clone(), s2.clone()],
+            vec![
                 obj(&k("k"), 1),
                 obj(&k("r"), 1),
                 obj(&k("old"), 1),
                 obj(&k("new"), 990),
                 obj(&k("unknown-age"), 0),
             ],
-            metadata: vec![
+            vec![
                 obj(&layout::metadata(&s1.id), 1),
                 obj(&layout::manifest(&s1.id), 1),
                 obj(&layout::metadata(&s2.id), 1),
                 obj(&meta("orphan"), 1),
             ],
-            manifests: vec![s1, s2.clone()],
-            damaged: Vec::new(),
-            foreign: Vec::new(),
-            foreign_count: 0,
-        };
+        );
         let removed: HashSet<&str> = [s2.id.as_str()].into_iter().collect();
         let c = plan(&view, &removed, 100, 1000);
+        // Blobs in the listing's order (by key), then orphaned metadata.
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
         let keys: Vec<_> = c.delete.iter().map(|o| o.key.clone()).collect();
-        assert_eq!(keys, vec![k("r"), k("old"), meta("orphan")]);
+        let mut want = sorted(vec![k("r"), k("old")]);
+        want.push(meta("orphan"));
+        assert_eq!(keys, want);
         let young: Vec<_> = c.young.iter().map(|o| o.key.clone()).collect();
-        assert_eq!(young, vec![k("new"), k("unknown-age")]);
+        assert_eq!(young, sorted(vec![k("new"), k("unknown-age")]));
+        // Everything referenced, or all but the removed snapshot's.
+        let all = view.referenced(&HashSet::new());
+        let kept: Vec<&str> = (0..view.blobs.len())
+            .filter(|i| all.contains(*i))
+            .map(|i| view.blobs[i].key.as_str())
+            .collect();
+        assert_eq!(kept, sorted(vec![k("k"), k("r")]));
+        let some = view.referenced(&removed);
+        assert_eq!((0..5).filter(|i| some.contains(*i)).count(), 1);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::{Retention, View};
 use crate::error::Result;
 use crate::index::Index;
-use crate::manifest::Manifest;
+use crate::manifest::Summary;
 use crate::store::class::StorageClass;
 use crate::store::{ObjectInfo, Store};
 use crate::time::now as unix_now;
@@ -16,7 +16,7 @@ use crate::time::now as unix_now;
 /// What a purge or prune chose and did.
 pub struct Report {
     pub dry_run: bool,
-    pub removed: Vec<Manifest>,
+    pub removed: Vec<Summary>,
     /// Blobs (and orphaned metadata) deleted, or that would be.
     pub deleted: Vec<ObjectInfo>,
     /// Unreferenced objects kept because they are younger than the grace period.
@@ -89,7 +89,7 @@ impl Purge<'_> {
         host: Option<&str>,
     ) -> Result<Report> {
         let view = View::load(self.store)?;
-        let removed: Vec<Manifest> = super::select(&view.manifests, rule, name, host, unix_now())?
+        let removed: Vec<Summary> = super::select(&view.manifests, rule, name, host, unix_now())?
             .into_iter()
             .cloned()
             .collect();
@@ -97,7 +97,7 @@ impl Purge<'_> {
     }
 
     /// Remove `removed` (chosen from `view`), then collect garbage.
-    pub fn snapshots(self, view: View, removed: Vec<Manifest>) -> Result<Report> {
+    pub fn snapshots(self, view: View, removed: Vec<Summary>) -> Result<Report> {
         let Purge {
             store,
             grace,

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Summary};
 
 /// The rules; `Default` keeps everything but says nothing (no rule).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -111,14 +111,14 @@ impl Retention {
     /// order of `manifests`.
     pub fn decide<'a>(
         &self,
-        manifests: &'a [Manifest],
+        manifests: &'a [Summary],
         name: Option<&str>,
         host: Option<&str>,
         now: u64,
-    ) -> Result<Vec<(&'a Manifest, Decision)>> {
+    ) -> Result<Vec<(&'a Summary, Decision)>> {
         let zone = self.zone()?;
         let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-        let mut out: Vec<(&Manifest, Decision)> = Vec::new();
+        let mut out: Vec<(&Summary, Decision)> = Vec::new();
         for m in manifests {
             if name.is_some_and(|n| n != m.name) || host.is_some_and(|h| h != m.hostname) {
                 continue;
@@ -153,7 +153,7 @@ impl Retention {
     }
 
     /// Why each of `group` (one host and name, newest first) is kept.
-    fn reasons(&self, group: &[&Manifest], zone: &jiff::tz::TimeZone, now: u64) -> Vec<Vec<Keep>> {
+    fn reasons(&self, group: &[&Summary], zone: &jiff::tz::TimeZone, now: u64) -> Vec<Vec<Keep>> {
         let mut why: Vec<Vec<Keep>> = vec![Vec::new(); group.len()];
         for (rank, m) in group.iter().enumerate() {
             if rank == 0 {
@@ -226,18 +226,19 @@ mod tests {
             .as_second() as u64
     }
 
-    fn snaps(times: &[&str]) -> Vec<Manifest> {
+    fn snaps(times: &[&str]) -> Vec<Summary> {
         times
             .iter()
             .map(|t| {
                 let time = at(t);
-                Manifest {
+                Summary {
                     id: crate::layout::make_id("h", "n", time),
                     hostname: "h".into(),
                     name: "n".into(),
                     time,
-                    blobs: Vec::new(),
                     metadata_size: 0,
+                    blobs: 0,
+                    blob_bytes: 0,
                     stored: time,
                 }
             })
