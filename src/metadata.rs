@@ -83,9 +83,10 @@ const STEP_GRAIN: i32 = 10_000;
 pub const PLAN_RATIO: u64 = 8;
 pub const PLAN_FLOOR: u64 = 16 << 20;
 
-/// The schemas vaultik has written, each as its `sqlite_schema` rows:
-/// format 1 without and with hard links, then formats 2 and 3 (with them
-/// always). `temp_files` is dropped before a database is sealed.
+/// The schemas vaultik has written: format 1 without hard links (this
+/// copy is frozen, as that format's databases are), then with them, as
+/// every format since (`META_SCHEMA`). `temp_files` is dropped before a
+/// database is sealed.
 const SCHEMA_1: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries(
@@ -543,15 +544,19 @@ mod tests {
     use std::time::Instant;
 
     /// A database file made by `sql` (with `format` in its info table
-    /// when it has one), opened as one from the store would be.
-    fn forged(sql: &str, format: &str) -> Result<Metadata> {
+    /// when it has one), in a directory of its own; its path.
+    fn db_file(sql: &str, format: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.sqlite");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(sql).unwrap();
-            let _ = conn.execute("INSERT INTO info VALUES ('format', ?1)", [format]);
-        }
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(sql).unwrap();
+        let _ = conn.execute("INSERT INTO info VALUES ('format', ?1)", [format]);
+        (dir, path)
+    }
+
+    /// The database made by `sql`, opened as one from the store would be.
+    fn forged(sql: &str, format: &str) -> Result<Metadata> {
+        let (_dir, path) = db_file(sql, format);
         let len = std::fs::metadata(&path).unwrap().len();
         open_checked(&path, len, "metadata of snapshot t")
     }
@@ -682,15 +687,7 @@ mod tests {
     /// error says why.
     #[test]
     fn work_past_the_budget_is_stopped_and_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(&format!(
-                "{}; INSERT INTO info VALUES ('format', '2')",
-                written()
-            ))
-            .unwrap();
+        let (_dir, path) = db_file(&written(), "2");
         let mut conn = Connection::open(&path).unwrap();
         let used = harden(&mut conn, 1, 1_000_000, "t").unwrap();
         let started = Instant::now();
@@ -729,15 +726,7 @@ mod tests {
     /// with its directory gone.
     #[test]
     fn no_journal_and_a_writable_attached_plan() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(&format!(
-                "{}; INSERT INTO info VALUES ('format', '2')",
-                written()
-            ))
-            .unwrap();
+        let (dir, path) = db_file(&written(), "2");
         let len = std::fs::metadata(&path).unwrap().len();
         let m = open_checked(&path, len, "t").unwrap();
         std::fs::remove_file(&path).unwrap();
