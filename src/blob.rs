@@ -432,7 +432,8 @@ pub struct BlobReader<'a> {
     key: String,
     stream: age::stream::StreamReader<Prefixed<RangedObject<'a>>>,
     window: Rc<Cell<Window>>,
-    /// Ciphertext bytes before the first payload chunk (the age header).
+    /// Ciphertext bytes before the first payload chunk (the age header
+    /// and the payload's nonce).
     header_len: u64,
     frame: Vec<u8>,
     data: Vec<u8>,
@@ -459,7 +460,8 @@ impl<'a> BlobReader<'a> {
         let stream = dec
             .decrypt(keys::as_identities(identities))
             .map_err(|e| decrypt_error(key, e))?;
-        let header_len = header_len as u64;
+        // The payload starts after its 16-byte nonce.
+        let header_len = header_len as u64 + 16;
         Ok(BlobReader {
             key: key.to_string(),
             stream,
@@ -673,15 +675,17 @@ impl<R: Read + Seek> Seek for Prefixed<R> {
             self.rest_pos = u64::MAX;
             self.buf.clear();
         }
-        let new = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.rest.seek(SeekFrom::End(d)).ok().inspect(|p| {
-                self.rest_pos = *p;
-            }),
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+            SeekFrom::End(d) => {
+                let p = self.rest.seek(SeekFrom::End(d))?;
+                self.rest_pos = p;
+                p
+            }
         };
-        self.pos = new
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
     }
 }
@@ -809,6 +813,23 @@ mod tests {
         let opened = store.opened.lock().unwrap().clone();
         assert_eq!(opened.len(), 2, "{opened:?}");
         assert_eq!(opened[1].0 + opened[1].1, size);
+    }
+
+    /// A range in the middle of a blob is one request after the header's:
+    /// the planned range ends where the chunk's encrypted bytes do.
+    #[test]
+    fn a_middle_range_is_one_request() {
+        let (_dir, store, id, chunks, (key, size, entries)) = setup(0, false);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        for i in [1, 2] {
+            let (cid, loc) = entries[i];
+            store.opened.lock().unwrap().clear();
+            r.plan_range(loc.offset + loc.length);
+            assert_eq!(r.read_chunk(&cid, &loc).unwrap(), &chunks[i][..]);
+            let opened = store.opened.lock().unwrap().clone();
+            assert_eq!(opened.len(), 1, "chunk {i}: {opened:?}");
+            assert!(opened[0].0 + opened[0].1 < size, "{opened:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! `-journal`, a symlink); so every scratch file is made inside a private
 //! directory of a random name (`.vaultik-<32 hex>`, mode 0700, made by
 //! this process with `mkdir`, which fails on anything already there),
-//! used, and unlinked with its directory as soon as it is open: nothing
-//! is left behind, not even after a kill.
+//! filled, opened, and unlinked with its directory as soon as it is open.
+//! (Until then a kill leaves it behind: its name, never one anyone could
+//! have planted.)
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -64,10 +65,11 @@ impl PrivateDir {
     }
 
     /// A new empty file `name` in the directory (mode 0600, never an
-    /// existing one, never through a symlink); its path.
-    pub fn file(&mut self, name: &str) -> Result<PathBuf> {
+    /// existing one, never through a symlink): its path, and the file open
+    /// for writing.
+    pub fn file(&mut self, name: &str) -> Result<(PathBuf, fs::File)> {
         let path = self.path.join(name);
-        fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -75,7 +77,7 @@ impl PrivateDir {
             .open(&path)
             .at("create", &path)?;
         self.files.push(path.clone());
-        Ok(path)
+        Ok((path, file))
     }
 }
 
@@ -103,8 +105,8 @@ mod tests {
             assert_ne!(d.path, other.path);
             let m = fs::metadata(&d.path).unwrap();
             assert_eq!(m.permissions().mode() & 0o7777, 0o700);
-            a = d.file("x").unwrap();
-            b = other.file("x").unwrap();
+            a = d.file("x").unwrap().0;
+            b = other.file("x").unwrap().0;
             assert_eq!(
                 fs::metadata(&a).unwrap().permissions().mode() & 0o777,
                 0o600

@@ -17,7 +17,6 @@ use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, Result};
 use crate::layout;
 use crate::manifest::{self, Manifest};
-
 use crate::store::Store;
 
 /// A blob's key and size, and its chunks in offset order.
@@ -112,7 +111,7 @@ pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report>
             });
         }
         let conn = crate::metadata::open(store, &id, identities, &std::env::temp_dir())?;
-        let blobs = blob_chunks(&conn)?;
+        let blobs = blob_chunks(&conn).map_err(|e| conn.explain(e))?;
         let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
         for (key, _, _) in &blobs {
             if !listed.contains(key.as_str()) {
@@ -130,7 +129,7 @@ pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report>
         gate(&needed)?;
         let (checked, failed) = read_blobs(store, &present, identities)?;
         chunks_checked = checked;
-        problems.extend(affected(&conn, failed)?);
+        problems.extend(affected(&conn, failed).map_err(|e| conn.explain(e))?);
     }
     Ok(Report {
         id,

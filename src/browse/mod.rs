@@ -171,6 +171,12 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// `e`, naming this snapshot when reading it went past its budget
+    /// (`metadata::Metadata::explain`).
+    pub fn explain(&self, e: Error) -> Error {
+        self.conn.explain(e)
+    }
+
     fn columns(&self, content: bool) -> String {
         format!(
             "path, kind, mode, uid, gid, size, mtime_ns, rdev, target, {}, {}",

@@ -39,7 +39,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
     } else {
         a.paths.iter().map(|p| Scope::of(p)).collect()
     };
-    ls::check(&snap, &scopes)?;
+    ls::check(&snap, &scopes).map_err(|e| snap.explain(e))?;
     let mut out = stdout();
     for scope in &scopes {
         ls::list(&snap, scope, a.recursive, &mut |item| {
@@ -50,7 +50,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
                 (Item::Implied(p), true) => json_line(&implied_json(p)),
             };
             writeln!(out, "{text}").map_err(output)
-        })?;
+        })
+        .map_err(|e| snap.explain(e))?;
     }
     out.flush().map_err(output)?;
     requests(store.as_ref());
@@ -108,6 +109,7 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
                     writeln!(out, "  {}", entry_line(&e)).map_err(output)
                 }
             })
+            .map_err(|e| snap.explain(e))
         });
         hits += found;
         match searched {
@@ -155,7 +157,8 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
             diff::change_line(&c)
         };
         writeln!(out, "{text}").map_err(output)
-    })?;
+    })
+    .map_err(|e| new.explain(old.explain(e)))?;
     if a.json {
         writeln!(out, "{}", json_line(&sum.to_json(&id_a, &id_b))).map_err(output)?;
     } else {

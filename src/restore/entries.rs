@@ -28,7 +28,7 @@ pub struct Entries<'a> {
     pub target: Target,
     pub summary: Summary,
     /// One message per entry not restored.
-    pub failures: Vec<String>,
+    pub failures: super::Failures,
     /// `(device node, path)` warnings that are not failures.
     pub warn: &'a (dyn Fn(&str) + Sync),
 }
@@ -272,7 +272,7 @@ impl Entries<'_> {
     pub fn attrs(&mut self) -> Result<()> {
         type Batch = Vec<(Arc<OwnedFd>, Vec<u8>, FileId, Vec<u8>, Attrs)>;
         let conn = self.conn;
-        let errs = Mutex::new(Vec::new());
+        let errs = Mutex::new(super::Failures::default());
         let as_root = self.target.as_root;
         let target = &mut self.target;
         let failures = &mut self.failures;

@@ -19,7 +19,6 @@ mod plan;
 mod stdout;
 mod target;
 
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,7 +66,7 @@ impl Restore<'_> {
         let conn = metadata::open(self.store, id, &self.identities, &self.target)?;
         metadata::attach_scratch(&conn, "plan", &self.target)?;
         self.restore(id, &conn, started)
-            .map_err(|e| conn.explain(e, "plan", "restore plan", &self.target))
+            .map_err(|e| conn.explain_scratch(e, "plan", "restore plan", &self.target))
     }
 
     fn restore(&self, id: &str, conn: &Connection, started: Instant) -> Result<Summary> {
@@ -110,8 +109,8 @@ impl Restore<'_> {
         let mut s = run.summary;
         s.seconds = started.elapsed().as_secs_f64();
         if !run.failures.is_empty() {
-            for f in &run.failures {
-                (self.warn)(f);
+            for f in run.failures.lines() {
+                (self.warn)(&f);
             }
             return Err(Error::Partial {
                 failed: run.failures.len(),
@@ -127,13 +126,24 @@ impl Restore<'_> {
     /// file at `path`, or the snapshot's only one. The metadata is spilled
     /// to the temporary directory (unlinked, in a private directory: names,
     /// never file contents), as there is no target.
-    pub fn to_stdout(&self, id: &str, path: Option<&str>, out: &mut dyn Write) -> Result<Summary> {
+    pub fn to_stdout(
+        &self,
+        id: &str,
+        path: Option<&str>,
+        out: &mut std::fs::File,
+    ) -> Result<Summary> {
         let started = Instant::now();
         let conn = metadata::open(self.store, id, &self.identities, &std::env::temp_dir())?;
-        let file = stdout::find(&conn, path, id)?;
-        let located = stdout::locate(&conn, &file)?;
+        let file = stdout::find(&conn, path, id).map_err(|e| conn.explain(e))?;
+        let located = stdout::locate(&conn, &file).map_err(|e| conn.explain(e))?;
         (self.gate)(&located.blobs)?;
-        let written = stdout::write(self.store, &self.identities, &file, &located, out)?;
+        let written = stdout::write(
+            self.store,
+            &self.identities,
+            &file,
+            &located,
+            stdout::Out::new(out),
+        )?;
         Ok(Summary {
             id: id.to_string(),
             files: 1,
@@ -142,6 +152,48 @@ impl Restore<'_> {
             seconds: started.elapsed().as_secs_f64(),
             ..Summary::default()
         })
+    }
+}
+
+/// What a restore could not restore, each named in a warning at its end:
+/// the first `FAILURES_SHOWN` kept, the rest counted (a forged snapshot
+/// may have a million entries refused, each with a path of any length).
+#[derive(Debug, Default)]
+pub struct Failures {
+    shown: Vec<String>,
+    more: usize,
+}
+
+const FAILURES_SHOWN: usize = 1000;
+
+impl Failures {
+    pub fn push(&mut self, why: String) {
+        if self.shown.len() < FAILURES_SHOWN {
+            self.shown.push(why);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub fn extend(&mut self, other: Failures) {
+        for why in other.shown {
+            self.push(why);
+        }
+        self.more += other.more;
+    }
+
+    pub fn len(&self) -> usize {
+        self.shown.len() + self.more
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The warnings: one a failure kept, and one for the rest.
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        let rest = (self.more > 0).then(|| format!("and {} more not restored", self.more));
+        self.shown.iter().cloned().chain(rest)
     }
 }
 

@@ -176,7 +176,7 @@ pub struct Built {
     /// The blobs the jobs read, by index: key and size.
     pub blobs: Vec<(String, u64)>,
     /// Entries refused, with why.
-    pub failures: Vec<String>,
+    pub failures: super::Failures,
 }
 
 /// One entry of the snapshot, as read.
@@ -328,7 +328,7 @@ struct Planner<'c> {
     /// The chunks of the file being planned: where each goes in the file,
     /// its id, blob and place in it.
     located: Vec<(u64, ChunkId, usize, Location)>,
-    failures: Vec<String>,
+    failures: super::Failures,
 }
 
 impl<'c> Planner<'c> {
@@ -343,7 +343,7 @@ impl<'c> Planner<'c> {
                 )
                 .db(ppath())?,
             located: Vec::new(),
-            failures: Vec::new(),
+            failures: super::Failures::default(),
         })
     }
 

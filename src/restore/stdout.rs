@@ -8,10 +8,13 @@
 //! the one being written; this thread writes them in order. A chunk that
 //! fails its check stops the stream once everything before it is written:
 //! the reader has a truncated stream, and the error names the offset.
-//! A hole is a segment of its own, written as zeros from a small buffer.
+//! A hole is a segment of its own: skipped by seeking when standard output
+//! is a regular file (which is then sparse too: a hole of any length
+//! costs nothing), else written as zeros from a small buffer (a pipe gets
+//! as many bytes as the file's size says).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, channel, sync_channel};
 
@@ -34,6 +37,26 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 const WINDOW: usize = 2 * THREADS;
 /// What a hole is written from, as often as it takes.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Where the file goes: standard output, and whether a hole can be
+/// skipped there by seeking (a regular file not opened for appending).
+pub struct Out<'o> {
+    file: &'o mut std::fs::File,
+    seekable: bool,
+}
+
+impl<'o> Out<'o> {
+    pub fn new(file: &'o mut std::fs::File) -> Out<'o> {
+        let regular = rustix::fs::fstat(&*file)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+        let appending = rustix::fs::fcntl_getfl(&*file)
+            .map_or(true, |f| f.contains(rustix::fs::OFlags::APPEND));
+        Out {
+            seekable: regular && !appending,
+            file,
+        }
+    }
+}
 
 /// The file to write.
 pub struct File {
@@ -207,7 +230,7 @@ pub fn write(
     identities: &[x25519::Identity],
     file: &File,
     located: &Located,
-    out: &mut dyn Write,
+    out: Out<'_>,
 ) -> Result<Written> {
     let (work_tx, work_rx) = sync_channel::<Segment>(WINDOW);
     let work: Mutex<Receiver<Segment>> = Mutex::new(work_rx);
@@ -351,7 +374,7 @@ fn fetch(
 
 /// Writes the segments in order as they arrive.
 struct Writer<'w> {
-    out: &'w mut dyn Write,
+    out: Out<'w>,
     file: &'w File,
     written: Written,
     /// Segments fetched ahead of the one to write next.
@@ -390,25 +413,54 @@ impl Writer<'_> {
             while let Some(r) = self.ready.remove(&self.next) {
                 match r? {
                     Fetched::Data(data) => self.put(&data)?,
-                    Fetched::Zeros(mut left) => {
-                        while left > 0 {
-                            let n = left.min(ZEROS.len() as u64) as usize;
-                            self.put(&ZEROS[..n])?;
-                            left -= n as u64;
-                        }
-                    }
+                    Fetched::Zeros(left) => self.hole(left)?,
                 }
                 self.next += 1;
             }
         }
-        self.out.flush().map_err(|e| self.cannot_write(e))?;
+        if self.out.seekable {
+            // A hole at the end: the file is as long as it should be.
+            let end = self.out.file.stream_position();
+            let len = self.out.file.metadata().map(|m| m.len());
+            match (end, len) {
+                (Ok(end), Ok(len)) if len < end => self.out.file.set_len(end),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                _ => Ok(()),
+            }
+            .map_err(|e| self.cannot_write(e))?;
+        }
+        self.out.file.flush().map_err(|e| self.cannot_write(e))?;
         self.written.chunks = chunk::chunk_ids(&self.file.chunks).count() as u64;
         Ok(self.written)
     }
 
     fn put(&mut self, data: &[u8]) -> Result<()> {
-        self.out.write_all(data).map_err(|e| self.cannot_write(e))?;
+        self.out
+            .file
+            .write_all(data)
+            .map_err(|e| self.cannot_write(e))?;
         self.written.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// `len` bytes of zeros: skipped over in a regular file, written
+    /// otherwise.
+    fn hole(&mut self, mut left: u64) -> Result<()> {
+        while left > 0 {
+            if self.out.seekable {
+                let n = left.min(i64::MAX as u64);
+                self.out
+                    .file
+                    .seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| self.cannot_write(e))?;
+                self.written.bytes += n;
+                left -= n;
+            } else {
+                let n = left.min(ZEROS.len() as u64) as usize;
+                self.put(&ZEROS[..n])?;
+                left -= n as u64;
+            }
+        }
         Ok(())
     }
 

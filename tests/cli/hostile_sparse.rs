@@ -150,6 +150,33 @@ fn a_15_tib_sparse_file_costs_its_data(backend: Backend) {
         );
     }
 
+    // `restore --stdout` into a regular file skips the holes too: the
+    // output is as sparse as the file, at once.
+    let piped = env.path().join("piped");
+    let started = Instant::now();
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["restore", "latest", "--stdout", sparse.to_str().unwrap()])
+        .stdout(File::create(&piped).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(10), "{why}");
+    let f = File::open(&piped).unwrap();
+    let m = f.metadata().unwrap();
+    assert_eq!(m.len(), size, "{why}");
+    assert!(
+        m.blocks() * 512 < 4 * MIB,
+        "{why}: {} bytes",
+        m.blocks() * 512
+    );
+    for (at, data) in &parts {
+        let mut got = vec![0u8; data.len()];
+        f.read_exact_at(&mut got, *at).unwrap();
+        assert!(got == *data, "{why}: the data at {at}, to standard output");
+    }
+
     let started = Instant::now();
     let out = env.run_with_key(&["snapshot", "verify", "--deep", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));
