@@ -197,16 +197,20 @@ pub enum Cut<'a> {
 /// by FastCDC on its own (the chunker starts again after a hole), so a
 /// 16 TiB file of a few data blocks costs a few reads. A file system that
 /// cannot tell (`EINVAL`, `EOPNOTSUPP`) has its files read whole, as
-/// data.
+/// data. So is a file whose `allocated` bytes (its stat's blocks) leave
+/// no room for a hole of `HOLE_MIN`: nearly every file, whose map is then
+/// not asked for (two system calls a file saved).
 pub fn split_file(
     file: &File,
     path: &Path,
     limit: u64,
+    allocated: u64,
     p: Params,
     buf: &mut Vec<u8>,
     mut sink: impl FnMut(Cut<'_>) -> Result<()>,
 ) -> Result<u64> {
-    split_by_map(file, path, limit, p, buf, true, &mut sink)
+    let may_have_holes = allocated.saturating_add(HOLE_MIN) <= limit;
+    split_by_map(file, path, limit, p, buf, may_have_holes, &mut sink)
 }
 
 /// `split_file`, with `seekable` false as on a file system that cannot
@@ -571,6 +575,32 @@ pub mod tests {
             f.write_all_at(data, *at).unwrap();
         }
         f
+    }
+
+    /// Only a file whose blocks leave room for a hole has its map asked
+    /// for: a file as allocated as it is long is read as plain data.
+    #[test]
+    fn the_map_is_asked_for_only_when_blocks_are_missing() {
+        use std::os::unix::fs::MetadataExt;
+        let p = Params::new(16 * 1024);
+        let size = 8 << 20;
+        let f = sparse_file(size, &[(0, &pseudo_random(4096, 1))]);
+        let count_holes = |allocated: u64| {
+            let mut holes = 0;
+            let mut buf = Vec::new();
+            let total = split_file(&f, Path::new("t"), size, allocated, p, &mut buf, |c| {
+                holes += matches!(c, Cut::Hole(_)) as usize;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(total, size);
+            holes
+        };
+        let allocated = f.metadata().unwrap().blocks() * 512;
+        assert_eq!(count_holes(allocated), 1);
+        assert_eq!(count_holes(size), 0, "taken as fully allocated: no map");
+        assert_eq!(count_holes(size - HOLE_MIN + 1), 0);
+        assert_eq!(count_holes(size - HOLE_MIN), 1);
     }
 
     #[test]

@@ -103,8 +103,11 @@ impl Shared<'_, '_> {
         };
         // Read to at most its size now (a file that keeps growing would
         // otherwise be read for ever, holding the run lock).
-        let limit = match rustix::fs::fstat(&file) {
-            Ok(st) => stat_of(&st).size,
+        let (limit, allocated) = match rustix::fs::fstat(&file) {
+            Ok(st) => (
+                stat_of(&st).size,
+                u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+            ),
             Err(e) => {
                 return skip(Error::Io {
                     op: "stat",
@@ -113,7 +116,12 @@ impl Shared<'_, '_> {
                 });
             }
         };
-        let result = self.chunk_into(Source::File(&file, limit), &t.path, to_pack, budget);
+        let source = Source::File {
+            file: &file,
+            limit,
+            allocated,
+        };
+        let result = self.chunk_into(source, &t.path, to_pack, budget);
         let (got, list) = match result {
             Ok(r) => r,
             Err(e @ Error::Io { .. }) => return skip(e),
@@ -151,9 +159,13 @@ impl Shared<'_, '_> {
 
 /// What `chunk_into` reads.
 enum Source<'a> {
-    /// A regular file, to at most this size (its size when opened), by
-    /// its data: holes are recorded, not read.
-    File(&'a std::fs::File, u64),
+    /// A regular file, to at most `limit` (its size when opened), by its
+    /// data: holes are recorded, not read (`allocated`: its blocks then).
+    File {
+        file: &'a std::fs::File,
+        limit: u64,
+        allocated: u64,
+    },
     /// A stream, to its end.
     Stream(&'a mut Stream),
 }
@@ -174,7 +186,9 @@ impl Shared<'_, '_> {
         // sparse file's list is far shorter than its size says.)
         let expected = match &source {
             Source::Stream(_) => 1,
-            Source::File(_, n) => usize::try_from(n / params.avg as u64 + 1).unwrap_or(1),
+            Source::File { limit, .. } => {
+                usize::try_from(limit / params.avg as u64 + 1).unwrap_or(1)
+            }
         };
         let mut list: Vec<u8> = Vec::with_capacity(chunk::RECORD * expected.min(1 << 16));
         let mut data_read = 0u64;
@@ -210,9 +224,11 @@ impl Shared<'_, '_> {
             Ok(())
         };
         let size = CHUNK_BUF.with_borrow_mut(|buf| match source {
-            Source::File(file, limit) => {
-                chunk::split_file(file, path, limit, params, buf, &mut on_cut)
-            }
+            Source::File {
+                file,
+                limit,
+                allocated,
+            } => chunk::split_file(file, path, limit, allocated, params, buf, &mut on_cut),
             Source::Stream(stream) => chunk::split(stream, path, u64::MAX, params, buf, |d| {
                 on_cut(Cut::Data(d))
             }),
