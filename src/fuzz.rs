@@ -166,7 +166,6 @@ fn fuzz_manifest_reader() {
             (crate::layout::blob(&[0x01; 32]), 99),
         ],
         metadata_size: 4567,
-        stored: 0,
     };
     let packed = manifest.to_bytes().expect("a small manifest");
     let json = zstd::stream::decode_all(&packed[..]).expect("a manifest is zstd");
@@ -186,13 +185,9 @@ fn fuzz_manifest_reader() {
             let z = zstd::stream::encode_all(&d[..], 1).expect("compress in memory");
             (d, z)
         };
-        let compact = crate::manifest::parse(key, &data);
         match Manifest::from_bytes(key, &data) {
             Ok(m) => {
                 ok += 1;
-                // The compact form every listing reads agrees with it.
-                let p = compact.expect("the compact form reads what the whole one does");
-                assert_eq!(p.summary, m.summary());
                 // What is accepted is safe to use in object keys.
                 assert_eq!(m.id, "web1_etc_2026-11-23T083015Z");
                 for (k, _) in &m.blobs {
@@ -202,7 +197,6 @@ fn fuzz_manifest_reader() {
             Err(e) => {
                 errors += 1;
                 let msg = e.to_string();
-                assert!(compact.is_err(), "{msg}");
                 one_line("manifest", &input, &msg);
                 assert!(msg.contains(key), "{msg}");
             }

@@ -79,9 +79,6 @@ pub struct Manifest {
     pub time: u64,
     pub blobs: Vec<(String, u64)>,
     pub metadata_size: u64,
-    /// When the store says the manifest was written (0 when not known, or
-    /// for a manifest not read from a listing).
-    pub stored: u64,
 }
 
 /// A snapshot as listings, retention and reports need it: its manifest
@@ -274,23 +271,12 @@ impl Manifest {
                 .map(|b| (layout::blob(&b.hash), b.size))
                 .collect(),
             metadata_size: s.metadata_size,
-            stored: s.stored,
         })
     }
 
-    pub fn total_size(&self) -> u64 {
-        self.blobs
-            .iter()
-            .fold(self.metadata_size, |t, (_, s)| t.saturating_add(*s))
-    }
-
-    /// Whether it claims a time later than the store's (see the module doc).
-    pub fn dated_ahead(&self) -> bool {
-        dated_ahead(self.time, self.stored)
-    }
-
-    /// What a listing keeps of it.
-    pub fn summary(&self) -> Summary {
+    /// What a listing keeps of it, as stored at `stored` (tests).
+    #[cfg(test)]
+    pub fn summary(&self, stored: u64) -> Summary {
         Summary {
             id: self.id.clone(),
             hostname: self.hostname.clone(),
@@ -302,7 +288,7 @@ impl Manifest {
                 .blobs
                 .iter()
                 .fold(0u64, |t, (_, s)| t.saturating_add(*s)),
-            stored: self.stored,
+            stored,
         }
     }
 }
@@ -612,7 +598,6 @@ mod tests {
             time: 5,
             blobs: vec![(layout::blob(&[0xab; 32]), 10)],
             metadata_size: 3,
-            stored: 0,
         }
     }
 
@@ -629,7 +614,7 @@ mod tests {
             Manifest::from_bytes(KEY, &m.to_bytes().unwrap()).unwrap(),
             m
         );
-        assert_eq!(m.total_size(), 13);
+        assert_eq!(m.summary(0).total_size(), 13);
         assert!(Manifest::from_bytes(KEY, b"garbage").is_err());
         for evil in [
             r#"{"format":1,"id":"h_n_1970-01-01T000005Z","hostname":"h","name":"n","time":5,"blobs":[{"key":"../x","size":1}]}"#,
@@ -730,7 +715,7 @@ mod tests {
             let back = Manifest::from_bytes(KEY, &packed).unwrap();
             assert!(back == m, "{n} blobs read back");
             let p = parse(KEY, &packed).unwrap();
-            assert_eq!(p.summary, m.summary());
+            assert_eq!(p.summary, m.summary(0));
             assert_eq!(p.blobs.len(), n as usize);
         }
     }
@@ -809,7 +794,7 @@ mod tests {
             assert_eq!(b.size, *size);
         }
         assert_eq!(p.summary.blobs, 50);
-        assert_eq!(p.summary.total_size(), m.total_size());
+        assert_eq!(p.summary.total_size(), m.summary(0).total_size());
         let head = r#"{"format":1,"id":"h_n_1970-01-01T000005Z","hostname":"h","name":"n","time":5,"blobs":"#;
         let key = |h: &[u8; 32]| layout::blob(h);
         let a = key(&[0xab; 32]);

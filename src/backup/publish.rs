@@ -83,7 +83,6 @@ impl Publish<'_, '_> {
             time: self.time,
             blobs,
             metadata_size: sealed.size,
-            stored: 0,
         };
         b.store
             .put_bytes(&layout::manifest(self.id), &manifest.to_bytes()?)?;

@@ -506,8 +506,12 @@ mod tests {
             time,
             blobs: blobs.iter().map(|b| (k(b), 10)).collect(),
             metadata_size: 1,
-            stored: 1 << 40,
         }
+    }
+
+    /// A summary as listed, by a store whose clock is far ahead.
+    fn listed(m: &Manifest) -> Summary {
+        m.summary(1 << 40)
     }
 
     /// The short name of a snapshot made by `m`.
@@ -552,7 +556,7 @@ mod tests {
             })
             .collect();
         View {
-            manifests: manifests.iter().map(Manifest::summary).collect(),
+            manifests: manifests.iter().map(listed).collect(),
             refs,
             damaged: Vec::new(),
             blobs,
@@ -560,6 +564,54 @@ mod tests {
             foreign: Vec::new(),
             foreign_count: 0,
         }
+    }
+
+    /// A snapshot published after the view was loaded keeps what it
+    /// names of what was about to be deleted (a blob, its own metadata);
+    /// the rest goes.
+    #[test]
+    fn collect_spares_what_a_late_snapshot_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::LocalStore::open(&dir.path().join("s"), true).unwrap();
+        for b in ["kept", "late", "dead"] {
+            store.put_bytes(&k(b), b"0123456789").unwrap();
+        }
+        let put_manifest = |m: &Manifest| {
+            store
+                .put_bytes(&layout::manifest(&m.id), &m.to_bytes().unwrap())
+                .unwrap();
+            store.put_bytes(&layout::metadata(&m.id), b"x").unwrap();
+        };
+        // As a backup writes them (`m` gives names its ids do not spell).
+        let real = |short: &str, time: u64, blob: &str| Manifest {
+            name: format!("a-{short}"),
+            ..m(short, "h", "a", time, &[blob])
+        };
+        put_manifest(&real("s1", 100, "kept"));
+        let view = View::load(&store).unwrap();
+        assert_eq!(view.manifests.len(), 1, "{:?}", view.damaged);
+        let late = real("s2", 200, "late");
+        let delete: Vec<ObjectInfo> = ["late", "dead"]
+            .iter()
+            .map(|b| obj(&k(b), 1))
+            .chain(std::iter::once(obj(&layout::metadata(&late.id), 1)))
+            .collect();
+        put_manifest(&late);
+        let deleted = collect(&store, &view, delete).unwrap();
+        assert_eq!(
+            deleted.iter().map(|o| o.key.clone()).collect::<Vec<_>>(),
+            vec![k("dead")]
+        );
+        let left: Vec<String> = store
+            .list(layout::BLOBS)
+            .unwrap()
+            .objects
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert!(left.contains(&k("late")) && left.contains(&k("kept")));
+        assert!(!left.contains(&k("dead")));
+        assert!(store.head(&layout::metadata(&late.id)).unwrap().is_some());
     }
 
     #[test]
@@ -572,7 +624,7 @@ mod tests {
             m("x1", "other", "a", 50, &[]),
         ]
         .iter()
-        .map(Manifest::summary)
+        .map(listed)
         .collect();
         let ids = |v: Vec<&Summary>| v.iter().map(|m| short(m)).collect::<Vec<_>>();
         let latest = &Retention {
@@ -619,8 +671,7 @@ mod tests {
         assert_eq!(ids(select(&ms, two, None, None, 1000).unwrap()), vec!["a1"]);
         // One dated far ahead of the store's clock takes no rank: the real
         // newest stays the newest, and it is not removed either.
-        let mut ahead = m("evil", "h", "a", 4_000_000_000, &[]).summary();
-        ahead.stored = 1000;
+        let ahead = m("evil", "h", "a", 4_000_000_000, &[]).summary(1000);
         ms.push(ahead);
         assert_eq!(
             ids(select(&ms, latest, None, None, 1000).unwrap()),

@@ -167,12 +167,16 @@ impl Purge<'_> {
         // gone: the mark has done its work.
         store.delete_many(&staged.done_marks)?;
         if let Some(index) = index {
-            let gone: HashSet<&str> = report.deleted.iter().map(|o| o.key.as_str()).collect();
-            let mut left: Vec<(String, u64)> = view
-                .blobs
-                .iter()
-                .filter(|o| !gone.contains(o.key.as_str()))
-                .map(|o| (o.key.clone(), o.size))
+            // What the store holds now, listed while this host's index is
+            // held: a backup that finished after the view's listing (made
+            // before the manifests were read, and before the index was
+            // taken) has blobs the view does not know, which must not be
+            // forgotten.
+            let mut left: Vec<(String, u64)> = store
+                .list(crate::layout::BLOBS)?
+                .objects
+                .into_iter()
+                .map(|o| (o.key, o.size))
                 .collect();
             left.sort();
             let n = index.forget_missing_blobs(&left)?;
