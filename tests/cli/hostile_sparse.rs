@@ -53,6 +53,22 @@ fn sparse_file(path: &Path, sizes: &[u64]) -> (File, u64) {
     panic!("the file system takes none of the sizes {sizes:?}");
 }
 
+/// The file at `path` is `size` bytes long, holds `parts` (offset, bytes)
+/// where they were, and has little allocated: a sparse copy. It, open.
+fn sparse_copy_of(path: &Path, size: u64, parts: &[(u64, Vec<u8>)], why: &str) -> File {
+    let f = File::open(path).unwrap();
+    let m = f.metadata().unwrap();
+    assert_eq!(m.len(), size, "{why}");
+    let allocated = m.blocks() * 512;
+    assert!(allocated < 4 * MIB, "{why}: {allocated} bytes allocated");
+    for (at, data) in parts {
+        let mut got = vec![0u8; data.len()];
+        f.read_exact_at(&mut got, *at).unwrap();
+        assert!(got == *data, "{why}: the data at {at}");
+    }
+    f
+}
+
 /// A 15 TiB sparse file (or the largest this file system takes) with a
 /// few KiB of data at its start, at 7 TiB and at its end, next to
 /// ordinary files: the backup reads those few KiB (in seconds and little
@@ -116,19 +132,7 @@ fn a_15_tib_sparse_file_costs_its_data(backend: Backend) {
     assert!(took < Duration::from_secs(10), "{why}: took {took:?}");
     assert!(rss < RSS_MAX, "{why}: peak RSS {rss} KiB");
     let restored = target.join(sparse.strip_prefix("/").unwrap());
-    let f = File::open(&restored).unwrap();
-    let m = f.metadata().unwrap();
-    assert_eq!(m.len(), size, "{why}");
-    assert!(
-        m.blocks() * 512 < 4 * MIB,
-        "{why}: {} bytes allocated",
-        m.blocks() * 512
-    );
-    for (at, data) in &parts {
-        let mut got = vec![0u8; data.len()];
-        f.read_exact_at(&mut got, *at).unwrap();
-        assert!(got == *data, "{why}: the data at {at}");
-    }
+    let f = sparse_copy_of(&restored, size, &parts, &why);
     // Data only where there was data (to the block, or a short hole read
     // as zeros), never 15 TiB of zeros written.
     let extents = data_extents(&f);
@@ -163,19 +167,7 @@ fn a_15_tib_sparse_file_costs_its_data(backend: Backend) {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(10), "{why}");
-    let f = File::open(&piped).unwrap();
-    let m = f.metadata().unwrap();
-    assert_eq!(m.len(), size, "{why}");
-    assert!(
-        m.blocks() * 512 < 4 * MIB,
-        "{why}: {} bytes",
-        m.blocks() * 512
-    );
-    for (at, data) in &parts {
-        let mut got = vec![0u8; data.len()];
-        f.read_exact_at(&mut got, *at).unwrap();
-        assert!(got == *data, "{why}: the data at {at}, to standard output");
-    }
+    sparse_copy_of(&piped, size, &parts, &format!("{why}, to standard output"));
 
     let started = Instant::now();
     let out = env.run_with_key(&["snapshot", "verify", "--deep", "latest"]);
