@@ -7,7 +7,9 @@
 //! `<path>.paused` and waits until it is removed (checked every 10 ms, for
 //! 30 s at most). Pause points: the walk just before it opens a directory
 //! to list it, a reader just before it opens a file (both at that path), a
-//! restore just before it writes contents (`<target>/.vaultik-pause`).
+//! restore just before it writes contents (`<target>/.vaultik-pause`), and
+//! each of a restore's reading threads after each read unit it has written
+//! (`<target>/.vaultik-pause-unit`: to stop a restore midway).
 //! Unset, a call costs a look at a cached `None`.
 //!
 //! And one clock: with `VAULTIK_TEST_TIME=<unix seconds>`, a backup dates

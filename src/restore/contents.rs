@@ -4,14 +4,19 @@
 //! chunk's SHA-256 and write it through the directory descriptors the
 //! planning thread opened for them (all-zero chunks are skipped, so holes
 //! stay holes). A file of one chunk is made, written and given its
-//! attributes by the thread that reads its chunk.
+//! attributes by the thread that reads its chunk; a file of more chunks is
+//! given its attributes by the thread that writes its last one (most of
+//! them: see `TRACKED_MAX`), so that a restore stopped midway leaves every
+//! file either complete with the snapshot's mtime or with the time it was
+//! made (what `--overwrite if-changed` tells apart when run again).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use age::x25519;
@@ -61,6 +66,11 @@ fn unit_dirs() -> usize {
 }
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
+/// Files of more than one chunk tracked at a time (each until its last
+/// chunk is written, when its attributes are set): a few megabytes. Files
+/// met while the table is full get theirs in the attribute phase, as
+/// files whose chunks failed do.
+const TRACKED_MAX: usize = 1 << 16;
 
 /// One chunk to write somewhere.
 struct Job {
@@ -77,7 +87,12 @@ struct Job {
 
 enum Reach {
     Make(Attrs),
-    Made(FileId),
+    /// `finish`: tracked, with the attributes to set once its last chunk
+    /// is written.
+    Made {
+        id: FileId,
+        finish: Option<Attrs>,
+    },
 }
 
 /// Neighbouring chunks of one blob, read with one ranged GET.
@@ -93,9 +108,12 @@ struct Cursor<'s> {
     /// The unit being filled.
     cur: Option<Unit>,
     /// The last file, shared by the jobs of one file.
-    last: Option<(i64, Arc<OwnedFd>, Arc<[u8]>)>,
+    last: Option<LastFile>,
     done: bool,
 }
+
+/// A file's node, directory and name, and whether it is tracked.
+type LastFile = (i64, Arc<OwnedFd>, Arc<[u8]>, bool);
 
 /// What reading the units did.
 pub struct Read {
@@ -104,21 +122,91 @@ pub struct Read {
     pub failed: HashMap<i64, String>,
 }
 
-/// Read every unit of the plan, `THREADS` at a time.
+/// The files of more than one chunk being written: how many chunks each
+/// has still to be written, and where the files finished go.
+struct Progress {
+    left: Mutex<HashMap<i64, u64>>,
+    finished: Sender<i64>,
+}
+
+/// The planning thread's side of `Progress`: which files to track (the
+/// plan's `pending`), and recording those finished.
+struct Tracker<'c> {
+    find: rusqlite::Statement<'c>,
+    met: rusqlite::Statement<'c>,
+    finish: rusqlite::Statement<'c>,
+    finished: Receiver<i64>,
+}
+
+impl Tracker<'_> {
+    /// Whether the file of node `node` is tracked: the first time a job of
+    /// it is met, it is if there is room.
+    fn track(&mut self, progress: &Progress, node: i64) -> Result<bool> {
+        let pp = ppath();
+        if progress.left.lock().expect("lock").contains_key(&node) {
+            return Ok(true);
+        }
+        let jobs: Option<i64> = self
+            .find
+            .query_row([node], |r| r.get(0))
+            .optional()
+            .db(pp)?;
+        let Some(jobs) = jobs else {
+            return Ok(false);
+        };
+        self.met.execute([node]).db(pp)?;
+        let mut left = progress.left.lock().expect("lock");
+        if left.len() >= TRACKED_MAX {
+            return Ok(false);
+        }
+        left.insert(node, jobs as u64);
+        Ok(true)
+    }
+
+    /// Record the files finished so far: the attribute phase skips them.
+    fn record(&mut self) -> Result<()> {
+        while let Ok(node) = self.finished.try_recv() {
+            self.finish.execute([node]).db(ppath())?;
+        }
+        Ok(())
+    }
+}
+
+/// Read every unit of the plan, `THREADS` at a time (`pause`: the test
+/// hook, after each unit).
 pub fn read_all(
     conn: &Connection,
     target: &mut Target,
     store: &dyn Store,
     identities: &[x25519::Identity],
     blobs: &[(String, u64)],
+    pause: &Path,
 ) -> Result<Read> {
     let failed: Mutex<HashMap<i64, String>> = Mutex::new(HashMap::new());
     let chunks_done = AtomicU64::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     let as_root = target.as_root;
+    let (finished, finished_rx) = mpsc::channel();
+    let progress = Progress {
+        left: Mutex::new(HashMap::new()),
+        finished,
+    };
+    let pp = ppath();
+    let mut tracker = Tracker {
+        find: conn
+            .prepare("SELECT jobs FROM plan.pending WHERE node = ?1 AND state = 0")
+            .db(pp)?,
+        met: conn
+            .prepare("UPDATE plan.pending SET state = 1 WHERE node = ?1")
+            .db(pp)?,
+        finish: conn
+            .prepare("UPDATE plan.pending SET state = 2 WHERE node = ?1")
+            .db(pp)?,
+        finished: finished_rx,
+    };
     let planned = super::fan_out(
-        |tx| plan_units(conn, target, tx, &stop, &failed),
+        |tx| plan_units(conn, target, tx, &stop, &failed, &progress, &mut tracker),
         |u: Unit| {
             if stop.load(Ordering::Relaxed) {
                 return;
@@ -130,6 +218,7 @@ pub fn read_all(
                 as_root,
                 failed: &failed,
                 done: &chunks_done,
+                progress: &progress,
             };
             if let Err(e) = ctx.read_unit(&u) {
                 // A wrong key fails every unit the same way: stop early.
@@ -151,9 +240,11 @@ pub fn read_all(
                     }
                 }
             }
+            crate::testhook::pause_at(pause);
         },
     );
     planned?;
+    tracker.record()?;
     if let Some(e) = fatal.into_inner().expect("lock") {
         return Err(e);
     }
@@ -176,6 +267,8 @@ fn plan_units(
     tx: &SyncSender<Unit>,
     stop: &AtomicBool,
     failed: &Mutex<HashMap<i64, String>>,
+    progress: &Progress,
+    tracker: &mut Tracker<'_>,
 ) -> Result<()> {
     let pp = ppath();
     let n: i64 = conn
@@ -219,7 +312,7 @@ fn plan_units(
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            match next_unit(c, target, &mut info, failed, max_dirs)? {
+            match next_unit(c, target, &mut info, failed, max_dirs, progress, tracker)? {
                 Some(u) => {
                     if tx.send(u).is_err() {
                         return Ok(());
@@ -227,6 +320,7 @@ fn plan_units(
                 }
                 None => c.done = true,
             }
+            tracker.record()?;
         }
     }
     Ok(())
@@ -239,6 +333,8 @@ fn next_unit(
     info: &mut dyn FnMut(i64) -> Result<target::NodeInfo>,
     failed: &Mutex<HashMap<i64, String>>,
     max_dirs: usize,
+    progress: &Progress,
+    tracker: &mut Tracker<'_>,
 ) -> Result<Option<Unit>> {
     let pp = ppath();
     while let Some(r) = c.rows.next().db(pp)? {
@@ -254,20 +350,23 @@ fn next_unit(
         let node: i64 = r.get(5).db(pp)?;
         let offset = r.get::<_, i64>(6).db(pp)? as u64;
         let single: bool = r.get(7).db(pp)?;
-        let how = if single {
+        let mut how = if single {
             Reach::Make(super::attrs_from_row(r, 12).db(pp)?)
         } else {
             match (
                 r.get::<_, Option<i64>>(10).db(pp)?,
                 r.get::<_, Option<i64>>(11).db(pp)?,
             ) {
-                (Some(dev), Some(ino)) => Reach::Made((dev as u64, ino as u64)),
+                (Some(dev), Some(ino)) => Reach::Made {
+                    id: (dev as u64, ino as u64),
+                    finish: None,
+                },
                 // Not made (it failed, and is named already).
                 _ => continue,
             }
         };
-        let (parent, name) = match &c.last {
-            Some((n, p, name)) if *n == node => (p.clone(), name.clone()),
+        let (parent, name, tracked) = match &c.last {
+            Some((n, p, name, t)) if *n == node => (p.clone(), name.clone(), *t),
             _ => {
                 let parent_node: i64 = r.get(8).db(pp)?;
                 let name: Vec<u8> = r.get(9).db(pp)?;
@@ -282,11 +381,15 @@ fn next_unit(
                         continue;
                     }
                 };
+                let tracked = !single && tracker.track(progress, node)?;
                 let name: Arc<[u8]> = name.into();
-                c.last = Some((node, parent.clone(), name.clone()));
-                (parent, name)
+                c.last = Some((node, parent.clone(), name.clone(), tracked));
+                (parent, name, tracked)
             }
         };
+        if let (Reach::Made { finish, .. }, true) = (&mut how, tracked) {
+            *finish = Some(super::attrs_from_row(r, 12).db(pp)?);
+        }
         let job = Job {
             loc,
             chunk,
@@ -344,6 +447,7 @@ struct Ctx<'a> {
     as_root: bool,
     failed: &'a Mutex<HashMap<i64, String>>,
     done: &'a AtomicU64,
+    progress: &'a Progress,
 }
 
 impl Ctx<'_> {
@@ -421,24 +525,54 @@ impl Ctx<'_> {
                 }
                 written
             }
-            Reach::Made(id) => {
-                if zero {
-                    return Ok(());
+            Reach::Made { id, finish } => {
+                if !zero {
+                    if open.as_ref().is_none_or(|(n, _)| *n != t.node) {
+                        let f = target::open_file(&t.parent, &t.name, *id)
+                            .map_err(|e| e.to_string())?;
+                        *open = Some((t.node, f));
+                    }
+                    let (_, f) = open.as_ref().expect("just opened");
+                    f.write_all_at(data, t.offset)
+                        .map_err(|e| format!("cannot write: {e}"))?;
                 }
-                if open.as_ref().is_none_or(|(n, _)| *n != t.node) {
-                    let f =
-                        target::open_file(&t.parent, &t.name, *id).map_err(|e| e.to_string())?;
-                    *open = Some((t.node, f));
+                if let Some(attrs) = finish {
+                    self.finish(t, *id, attrs, open);
                 }
-                let (_, f) = open.as_ref().expect("just opened");
-                f.write_all_at(data, t.offset)
-                    .map_err(|e| format!("cannot write: {e}"))
+                Ok(())
             }
+        }
+    }
+
+    /// One more chunk of tracked file `t` is written: once it is its
+    /// last, set the file's owner, mode and times now. Failing here, the
+    /// attribute phase sets them (and names what fails).
+    fn finish(&self, t: &Job, id: FileId, attrs: &Attrs, open: &mut Option<(i64, File)>) {
+        {
+            let mut left = self.progress.left.lock().expect("lock");
+            let Some(n) = left.get_mut(&t.node) else {
+                return;
+            };
+            *n = n.saturating_sub(1);
+            if *n > 0 {
+                return;
+            }
+            left.remove(&t.node);
+        }
+        if open.as_ref().is_none_or(|(n, _)| *n != t.node) {
+            match target::open_file(&t.parent, &t.name, id) {
+                Ok(f) => *open = Some((t.node, f)),
+                Err(_) => return,
+            }
+        }
+        let (_, f) = open.as_ref().expect("just opened");
+        if target::set_fd_attrs(f, attrs, self.as_root).is_ok() {
+            let _ = self.progress.finished.send(t.node);
         }
     }
 }
 
-fn is_zero(data: &[u8]) -> bool {
+pub(super) fn is_zero(data: &[u8]) -> bool {
     // SAFETY: any bytes are valid u64s; align_to splits off what is not
     // aligned.
     let (head, words, tail) = unsafe { data.align_to::<u64>() };

@@ -95,6 +95,7 @@ impl Restore<'_> {
             self.store,
             &self.identities,
             &built.blobs,
+            &self.target.join(".vaultik-pause-unit"),
         )?;
         run.summary.chunks = read.chunks;
         run.target.forget();

@@ -31,7 +31,11 @@ use crate::snapshot::Kind;
 /// - `paths`: every path once, with its node;
 /// - `made`: the identity (device, inode) of every node made so far;
 /// - `jobs`: every chunk to write, in blob and offset order (the primary
-///   key: read back in order without a sort).
+///   key: read back in order without a sort);
+/// - `pending`: files of more than one chunk, with how many `jobs` write
+///   them; `state` 1 once the content phase has met them (it tracks some
+///   to finish each as soon as its last chunk is in), 2 once finished so
+///   (owner, mode and times set).
 pub const SCHEMA: &str = "
 CREATE TABLE plan.nodes(
     id INTEGER PRIMARY KEY,
@@ -66,6 +70,11 @@ CREATE TABLE plan.jobs(
     chunk BLOB NOT NULL,
     PRIMARY KEY (blob, boffset, node, foffset)
 ) WITHOUT ROWID;
+CREATE TABLE plan.pending(
+    node INTEGER PRIMARY KEY,
+    jobs INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
 INSERT INTO plan.nodes(id, parent, name, kind, depth, single, size) VALUES (0, 0, x'', 1, 0, 0, 0);
 INSERT INTO plan.paths(path, node, kind, first) VALUES (x'2f', 0, 0, 0);
 ";
@@ -97,12 +106,15 @@ pub const Q_OTHER: &str = "SELECT n.id, n.parent, n.name, e.path,
      e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.target, e.rdev
      FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind NOT IN (1, 2) ORDER BY n.id";
-/// (Files of one chunk had theirs set when written; hard links share
-/// their first path's.)
+/// (Files of one chunk had theirs set when written, and so had files
+/// finished as their last chunk was written; hard links share their first
+/// path's.)
 pub const Q_ATTRS: &str = "SELECT n.parent, n.name, m.dev, m.ino, e.path,
      e.kind, e.mode, e.uid, e.gid, e.mtime_ns
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
-     WHERE n.kind != 1 AND n.link IS NULL AND NOT n.single ORDER BY n.id";
+     WHERE n.kind != 1 AND n.link IS NULL AND NOT n.single
+     AND NOT EXISTS (SELECT 1 FROM plan.pending p WHERE p.node = n.id AND p.state = 2)
+     ORDER BY n.id";
 pub const Q_DIRS_DOWN: &str = "SELECT n.id, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind = 1 ORDER BY n.depth DESC";
@@ -322,6 +334,7 @@ impl<'c> Locator<'c> {
 
 /// Places entries and queues their chunks.
 struct Planner<'c> {
+    conn: &'c Connection,
     tree: Tree<'c>,
     locator: Locator<'c>,
     add_job: rusqlite::Statement<'c>,
@@ -334,6 +347,7 @@ struct Planner<'c> {
 impl<'c> Planner<'c> {
     fn new(conn: &'c Connection) -> Result<Planner<'c>> {
         Ok(Planner {
+            conn,
             tree: Tree::new(conn)?,
             locator: Locator::new(conn)?,
             add_job: conn
@@ -374,8 +388,10 @@ impl<'c> Planner<'c> {
         // Holes queue nothing: the file is made empty and sized, so they
         // stay holes.
         if e.kind == Kind::File && link_to.is_none() {
+            let mut jobs = 0;
             for (offset, chunk, bi, loc) in &self.located {
-                self.add_job
+                jobs += self
+                    .add_job
                     .execute(params![
                         *bi as i64,
                         loc.offset as i64,
@@ -385,6 +401,16 @@ impl<'c> Planner<'c> {
                         loc.size as i64,
                         &chunk.0[..],
                     ])
+                    .db(ppath())?;
+            }
+            let single = e.chunks.len() == chunk::RECORD && jobs == 1;
+            if jobs > 0 && !single {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO plan.pending(node, jobs) VALUES (?1, ?2)",
+                    )
+                    .db(ppath())?
+                    .execute(params![node, jobs as i64])
                     .db(ppath())?;
             }
         }
