@@ -9,6 +9,7 @@ use ArgRef::{Long, Short, Value};
 use crate::browse::find::When;
 use crate::error::{Error, Result};
 use crate::manifest::Narrow;
+use crate::restore::{Controls, Overwrite};
 use crate::store::class::Tier;
 
 pub const USAGE: &str = "\
@@ -26,7 +27,7 @@ Usage:
   vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
   vaultik [GLOBAL FLAGS] store info [--json]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
-                                [LATEST FLAGS] [PATH...]
+                                [LATEST FLAGS] [RESTORE CONTROLS] [PATH...]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
                                 [LATEST FLAGS] [PATH]
   vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json] [--identity FILE]
@@ -42,7 +43,8 @@ Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
 SNAPSHOT is a full id or `latest`: the newest snapshot of any host and name.
 Latest flags narrow it: --host HOST (HOST's newest), --name NAME.
 Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
-(see `vaultik help restore`).
+(see `vaultik help restore`). Restore controls: --include GLOB, --exclude GLOB,
+--overwrite MODE, --verify-existing, --delete, --dry-run (see `vaultik help restore`).
 
 Global flags:
   --config PATH      config file (default: $VAULTIK_CONFIG, else /etc/vaultik/vaultik.conf)
@@ -170,7 +172,7 @@ List the complete snapshots in the store (no private key needed).
 
 pub const USAGE_RESTORE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
-                                     [--host HOST] [--name NAME] [PATH...]
+                                     [--host HOST] [--name NAME] [CONTROLS] [PATH...]
        vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
                                      [--host HOST] [--name NAME] [PATH]
 
@@ -196,6 +198,30 @@ with code 3; run the same command again later to go on.
   --json              print the thaw plan as JSON (on standard error with --stdout)
   --host HOST         `latest` is the newest snapshot of HOST (a full id must be of it)
   --name NAME         `latest` is the newest snapshot named NAME
+
+Controls (with --target):
+  --include GLOB      restore only what matches GLOB and what is below it
+                      (repeatable); the directories above are made as parents.
+                      GLOB as for excludes: without a / it matches a name at any
+                      depth (*.conf), with a / the whole path (/etc/nginx)
+  --exclude GLOB      leave out what matches GLOB and what is below it (repeatable)
+  --overwrite MODE    what to do with a file DIR already has: always (the
+                      default) replace it; if-changed: keep it if its size and
+                      mtime are the snapshot's (then set its owner, mode and
+                      times); if-newer: replace it if the snapshot's mtime is
+                      newer; never: keep it
+  --verify-existing   with if-changed: compare contents (each chunk's SHA-256),
+                      not mtimes
+  --delete            remove from each directory restored what the snapshot does
+                      not have in it (only inside DIR, never through a symlink,
+                      never what --exclude matches)
+  --dry-run           print what would be created, written, replaced, kept and
+                      deleted, and why; write nothing, fetch no file content
+                      (the key is still needed: the snapshot's metadata is read).
+                      With --json: one JSON object per action, then a summary
+
+A restore that was interrupted, run again with --overwrite if-changed, fetches
+only what is still missing.
 
 Exit codes: 0 ok, 2 failed, 3 thaw requested or under way (run again later).
 ";
@@ -352,6 +378,9 @@ pub struct RestoreArgs {
     pub json: bool,
     /// `--host`, `--name`: which `latest`.
     pub narrow: Narrow,
+    /// `--include`, `--exclude`, `--overwrite`, `--verify-existing`,
+    /// `--delete`, `--dry-run`.
+    pub controls: Controls,
 }
 
 /// `ls`
@@ -845,6 +874,9 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut thaw = ThawArgs::default();
     let mut narrow = Narrow::default();
     let mut paths = Vec::new();
+    let mut controls = Controls::default();
+    // The first control given, for `--stdout`'s error.
+    let mut control: Option<&str> = None;
     while let Some(arg) = next(p, g)? {
         if thaw_flag(p, &arg, &mut thaw)? || narrow_flag(p, &arg, &mut narrow)? {
             continue;
@@ -855,6 +887,35 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("stdout") => stdout = true,
             Long("json") => json = true,
             Long("identity") => identity = Some(path_value(p)?),
+            Long("include") => {
+                controls.include.push(glob_value(p, "--include")?);
+                control.get_or_insert("--include");
+            }
+            Long("exclude") => {
+                controls.exclude.push(glob_value(p, "--exclude")?);
+                control.get_or_insert("--exclude");
+            }
+            Long("overwrite") => {
+                let v = value(p, "--overwrite")?;
+                controls.overwrite = Overwrite::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--overwrite `{v}`: expected always, if-changed, if-newer or never"
+                    ))
+                })?;
+                control.get_or_insert("--overwrite");
+            }
+            Long("verify-existing") => {
+                controls.verify_existing = true;
+                control.get_or_insert("--verify-existing");
+            }
+            Long("delete") => {
+                controls.delete = true;
+                control.get_or_insert("--delete");
+            }
+            Long("dry-run") => {
+                controls.dry_run = true;
+                control.get_or_insert("--dry-run");
+            }
             Value(v) if snapshot.is_none() => {
                 snapshot = Some(string(v.to_os_string(), "SNAPSHOT")?)
             }
@@ -881,6 +942,16 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             ));
         }
     };
+    if let (RestoreTo::Stdout, Some(flag)) = (&to, control) {
+        return Err(Error::Usage(format!(
+            "restore --stdout writes one file's content: {flag} goes with --target DIR"
+        )));
+    }
+    if controls.verify_existing && controls.overwrite != Overwrite::IfChanged {
+        return Err(Error::Usage(
+            "restore: --verify-existing goes with --overwrite if-changed".into(),
+        ));
+    }
     Ok(Command::Restore(RestoreArgs {
         snapshot: snapshot
             .ok_or_else(|| Error::Usage("restore: missing SNAPSHOT argument".into()))?,
@@ -890,7 +961,16 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         thaw,
         json,
         narrow,
+        controls,
     }))
+}
+
+/// A glob (`--include`, `--exclude`), checked as the backup checks its
+/// excludes.
+fn glob_value(p: &mut lexopt::Parser, flag: &str) -> Result<String> {
+    let v = value(p, flag)?;
+    glob::Pattern::new(&v).map_err(|e| Error::Usage(format!("{flag} `{v}`: {e}")))?;
+    Ok(v)
 }
 
 /// A PATH argument as bytes (a name in a snapshot need not be UTF-8).
@@ -1149,6 +1229,7 @@ mod tests {
                 thaw: ThawArgs::default(),
                 json: false,
                 narrow: Narrow::default(),
+                controls: Controls::default(),
             })
         );
         let (_, c) = parse_str("restore latest --stdout --thaw --thaw-days 3").unwrap();
@@ -1166,12 +1247,102 @@ mod tests {
                 },
                 json: false,
                 narrow: Narrow::default(),
+                controls: Controls::default(),
             })
         );
         assert!(parse_str("restore latest --stdout /a /b").is_err());
         assert!(parse_str("restore latest --stdout --target /t").is_err());
         assert!(parse_str("restore latest --target /t --thaw=Slow").is_err());
         assert!(parse_str("restore latest --target /t --thaw-days 0").is_err());
+    }
+
+    fn controls_of(line: &str) -> Controls {
+        match parse_str(line).unwrap().1 {
+            Command::Restore(r) => r.controls,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn restore_include_and_exclude_repeat() {
+        let c = controls_of(
+            "restore latest --target /t --include /etc --include *.conf --exclude /etc/ssl /etc",
+        );
+        assert_eq!(c.include, ["/etc", "*.conf"]);
+        assert_eq!(c.exclude, ["/etc/ssl"]);
+        let e = parse_str("restore latest --target /t --include [").unwrap_err();
+        assert!(e.to_string().starts_with("--include `[`: "), "{e}");
+        let e = parse_str("restore latest --target /t --exclude").unwrap_err();
+        assert!(e.to_string().contains("--exclude"), "{e}");
+    }
+
+    #[test]
+    fn restore_overwrite_modes() {
+        assert_eq!(
+            controls_of("restore latest --target /t").overwrite,
+            Overwrite::Always
+        );
+        for (word, mode) in [
+            ("always", Overwrite::Always),
+            ("if-changed", Overwrite::IfChanged),
+            ("if-newer", Overwrite::IfNewer),
+            ("never", Overwrite::Never),
+        ] {
+            let c = controls_of(&format!("restore latest --target /t --overwrite {word}"));
+            assert_eq!(c.overwrite, mode);
+        }
+        let e = parse_str("restore latest --target /t --overwrite sometimes").unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "--overwrite `sometimes`: expected always, if-changed, if-newer or never"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn restore_verify_existing_goes_with_if_changed() {
+        let c = controls_of("restore latest --target /t --overwrite if-changed --verify-existing");
+        assert!(c.verify_existing);
+        for bad in [
+            "restore latest --target /t --verify-existing",
+            "restore latest --target /t --verify-existing --overwrite never",
+        ] {
+            let e = parse_str(bad).unwrap_err().to_string();
+            assert!(e.contains("--verify-existing"), "{e}");
+        }
+    }
+
+    #[test]
+    fn restore_delete_and_dry_run() {
+        let c = controls_of("restore latest --target /t --delete");
+        assert!(c.delete && !c.dry_run);
+        let c = controls_of("restore latest --target /t --dry-run --json");
+        assert!(c.dry_run && !c.delete);
+        let Command::Restore(r) = parse_str("restore latest --target /t --dry-run --json")
+            .unwrap()
+            .1
+        else {
+            panic!()
+        };
+        assert!(r.json);
+    }
+
+    #[test]
+    fn restore_controls_need_a_target() {
+        for flag in [
+            "--include /a",
+            "--exclude /a",
+            "--overwrite never",
+            "--delete",
+            "--dry-run",
+        ] {
+            let e = parse_str(&format!("restore latest --stdout {flag}"))
+                .unwrap_err()
+                .to_string();
+            let name = flag.split(' ').next().unwrap();
+            assert!(e.contains(name) && e.contains("--target"), "{flag}: {e}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | what a snapshot is | `snapshot` (the encrypted metadata database, written), `metadata` (the same, read back from the store: checked and bounded), `manifest` (the clear manifest, and the order of snapshots) |
 //! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
 //! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
-//! | the restore | `restore/` (plan, entries, contents, target) |
+//! | the restore | `restore/` (plan, entries, contents, target; the controls: select (`--include`/`--exclude`), existing (`--overwrite`), prune (`--delete`)) |
 //! | looking without restoring | `browse/` (`ls`, `find`, `diff`: a snapshot's entries read in path order; `show`: lines and JSON, escaped), `cmd/browse` |
 //! | keyless maintenance | `gc/` (listing view, retention, garbage collection; `purge`), `verify` |
 //! | the daemon | `cmd/daemon` (the poll loop), `watch` (raw inotify) |

@@ -36,7 +36,9 @@ use crate::metadata::{self, Metadata};
 use crate::snapshot::{self, Kind};
 use crate::store::Store;
 
-pub use show::{entry_json, entry_line, implied_json, implied_line, json_line, kind_name, shown};
+pub use show::{
+    entry_json, entry_line, implied_json, implied_line, json_line, kind_name, put_bytes, shown,
+};
 
 const META: &str = "snapshot metadata";
 

@@ -132,7 +132,7 @@ pub fn json_line(v: &Value) -> String {
 
 /// `"path"` lossy, and `"path_hex"` with the exact bytes when they are
 /// not UTF-8 (likewise for `target` and `link`).
-fn put_bytes(v: &mut Value, key: &str, b: &[u8]) {
+pub fn put_bytes(v: &mut Value, key: &str, b: &[u8]) {
     v[key] = Value::String(String::from_utf8_lossy(b).into_owned());
     if std::str::from_utf8(b).is_err() {
         v[format!("{key}_hex")] = Value::String(crate::chunk::hex(b));

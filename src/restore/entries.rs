@@ -54,7 +54,7 @@ impl Entries<'_> {
 
     /// Call `f` with every row of plan query `q`, and a way to find the
     /// plan's directory nodes (for `Target::dir`).
-    fn each(
+    pub(super) fn each(
         &mut self,
         q: &str,
         mut f: impl FnMut(

@@ -12,10 +12,21 @@
 //!
 //! A file with a chunk that fails its check is removed, named in the error,
 //! and the restore exits non-zero: nothing corrupt is left looking good.
+//!
+//! The controls: the plan keeps only what `select.rs` chooses (`--include`,
+//! `--exclude`) and decides, for each entry, what to do with what the
+//! target already has there (`existing.rs`: `--overwrite`), so that files
+//! kept queue no chunk; once the directories are made, `prune.rs` removes
+//! what the snapshot does not have from each one restored (`--delete`). A
+//! dry run builds the same plan, reporting each decision, and stops there:
+//! nothing is written and no blob is read.
 
 mod contents;
 mod entries;
+mod existing;
 mod plan;
+mod prune;
+mod select;
 mod stdout;
 mod target;
 
@@ -32,8 +43,11 @@ use crate::error::{DbContext, Error, IoContext, Result};
 use crate::metadata;
 use crate::snapshot::Kind;
 use crate::store::Store;
+use existing::Existing;
+use select::Select;
 use target::{Attrs, NodeInfo, Target};
 
+pub use existing::Overwrite;
 pub use plan::components;
 
 pub struct Restore<'a> {
@@ -42,10 +56,111 @@ pub struct Restore<'a> {
     pub target: PathBuf,
     /// Only these source paths (and what is below them), when not empty.
     pub paths: Vec<String>,
+    pub controls: Controls,
     pub warn: &'a (dyn Fn(&str) + Sync),
     /// Called with the blobs the restore needs (key, size) once they are
     /// known and before anything is written: the thaw of cold blobs.
     pub gate: crate::thaw::Gate<'a>,
+    /// A dry run's report of each action, as it is decided.
+    pub report: Option<&'a Report<'a>>,
+}
+
+/// What to restore of a snapshot, and how to treat what the target has.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Controls {
+    /// `--include GLOB`: only what matches (and what is below it).
+    pub include: Vec<String>,
+    /// `--exclude GLOB`: not what matches (nor what is below it).
+    pub exclude: Vec<String>,
+    /// `--overwrite`: what to do with an existing file.
+    pub overwrite: Overwrite,
+    /// `--verify-existing`: `if-changed` compares contents, not mtimes.
+    pub verify_existing: bool,
+    /// `--delete`: remove what the snapshot does not have from each
+    /// directory restored.
+    pub delete: bool,
+    /// `--dry-run`: say what would be done, do nothing.
+    pub dry_run: bool,
+}
+
+/// What a restore does with one entry (what a dry run reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// A directory made.
+    Create,
+    /// An entry made where nothing is.
+    Write,
+    /// An entry made in place of what is there.
+    Replace,
+    /// What is there is left (`--overwrite`).
+    Keep,
+    /// Removed (`--delete`).
+    Delete,
+    /// Not restored.
+    Skip,
+}
+
+impl Act {
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Create => "create",
+            Act::Write => "write",
+            Act::Replace => "replace",
+            Act::Keep => "keep",
+            Act::Delete => "delete",
+            Act::Skip => "skip",
+        }
+    }
+}
+
+/// One action of a restore, as a dry run reports it.
+pub struct Action<'a> {
+    pub act: Act,
+    /// The source path (as in the snapshot: `/etc/hosts` is
+    /// `TARGET/etc/hosts`).
+    pub path: &'a [u8],
+    /// The snapshot's kind of entry (None: not known, or not in it).
+    pub kind: Option<Kind>,
+    /// A regular file's size; for an entry deleted, how many entries go
+    /// (a directory and everything in it).
+    pub size: Option<u64>,
+    /// Why, when there is more to say than the action.
+    pub why: &'a str,
+}
+
+/// Where a dry run's actions go (an error stops the run: standard output
+/// closed).
+pub type Report<'a> = dyn Fn(&Action<'_>) -> Result<()> + Sync + 'a;
+
+/// A dry run's actions, counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub create: u64,
+    pub write: u64,
+    pub replace: u64,
+    pub keep: u64,
+    /// Entries removed: a directory and each entry in it count.
+    pub delete: u64,
+    pub skip: u64,
+    /// The size of the files written or replaced.
+    pub bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, act: Act, size: Option<u64>) {
+        let n = match act {
+            Act::Create => &mut self.create,
+            Act::Write => &mut self.write,
+            Act::Replace => &mut self.replace,
+            Act::Keep => &mut self.keep,
+            Act::Delete => &mut self.delete,
+            Act::Skip => &mut self.skip,
+        };
+        *n += 1;
+        if matches!(act, Act::Write | Act::Replace) {
+            self.bytes += size.unwrap_or(0);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,34 +172,97 @@ pub struct Summary {
     pub other: u64,
     pub bytes: u64,
     pub chunks: u64,
+    /// Entries left as the target had them (`--overwrite`).
+    pub kept: u64,
+    /// Entries removed (`--delete`: a directory and each entry in it).
+    pub deleted: u64,
+    /// A dry run: what it would do, and the blobs and stored bytes it
+    /// would read (`chunks`: how many chunks).
+    pub dry: Option<Counts>,
+    pub blobs: u64,
+    pub fetch_bytes: u64,
     pub seconds: f64,
 }
 
 impl Restore<'_> {
     pub fn run(&self, id: &str) -> Result<Summary> {
         let started = Instant::now();
-        let conn = metadata::open(self.store, id, &self.identities, &self.target)?;
-        metadata::attach_scratch(&conn, "plan", &self.target)?;
-        self.restore(id, &conn, started)
-            .map_err(|e| conn.explain_scratch(e, "plan", "restore plan", &self.target))
+        // A dry run writes nothing into the target, not even its scratch
+        // files: they go to the temporary directory, as for `ls`.
+        let scratch = if self.controls.dry_run {
+            std::env::temp_dir()
+        } else {
+            self.target.clone()
+        };
+        let conn = metadata::open(self.store, id, &self.identities, &scratch)?;
+        metadata::attach_scratch(&conn, "plan", &scratch)?;
+        let done = if self.controls.dry_run {
+            self.dry_run(id, &conn, started)
+        } else {
+            self.restore(id, &conn, started)
+        };
+        done.map_err(|e| conn.explain_scratch(e, "plan", "restore plan", &scratch))
+    }
+
+    fn select(&self) -> Result<Select> {
+        Select::new(&self.controls.include, &self.controls.exclude)
     }
 
     fn restore(&self, id: &str, conn: &Connection, started: Instant) -> Result<Summary> {
         conn.execute_batch(plan::SCHEMA).db(plan::ppath())?;
-        let built = plan::build(conn, &self.paths, id)?;
-        (self.gate)(&built.blobs)?;
+        let c = &self.controls;
+        let mut select = self.select()?;
+        // The target is looked at only where a decision needs it.
+        let mut existing = match c.overwrite {
+            Overwrite::Always => None,
+            _ => Some(Existing::open(&self.target)?),
+        };
+        let built = plan::build(
+            conn,
+            plan::Options {
+                paths: &self.paths,
+                select: &mut select,
+                existing: existing.as_mut(),
+                overwrite: c.overwrite,
+                verify: c.verify_existing,
+                as_root: rustix::process::geteuid().is_root(),
+                report: None,
+            },
+            id,
+        )?;
+        drop(existing);
+        // Blobs only files kept would have needed are not thawed.
+        let needed = if built.kept > 0 {
+            let mut read = vec![false; built.blobs.len()];
+            plan::each_read(conn, |b, _| read[b] = true)?;
+            built
+                .blobs
+                .iter()
+                .zip(read)
+                .filter(|(_, r)| *r)
+                .map(|(b, _)| b.clone())
+                .collect()
+        } else {
+            built.blobs.clone()
+        };
+        (self.gate)(&needed)?;
         let target = Target::open(&self.target).at("open target directory", &self.target)?;
         let mut run = entries::Entries {
             conn,
             target,
             summary: Summary {
                 id: id.to_string(),
+                kept: built.kept,
                 ..Summary::default()
             },
             failures: built.failures,
             warn: self.warn,
         };
         run.dirs()?;
+        if c.delete {
+            run.target.forget();
+            run.delete_extras(&select)?;
+        }
         run.files()?;
         crate::testhook::pause_at(&self.target.join(".vaultik-pause"));
         // Each phase reopens (and checks again) the directories it needs.
@@ -118,6 +296,51 @@ impl Restore<'_> {
                 kind: crate::error::Partial::NotRestored,
             });
         }
+        Ok(s)
+    }
+
+    /// `--dry-run`: the plan, with every decision reported as it is made
+    /// (the target looked at, never written), then what `--delete` would
+    /// remove, and what would be fetched. Entries the restore would
+    /// refuse are reported as skipped.
+    fn dry_run(&self, id: &str, conn: &Connection, started: Instant) -> Result<Summary> {
+        conn.execute_batch(plan::SCHEMA).db(plan::ppath())?;
+        let c = &self.controls;
+        let mut select = self.select()?;
+        let mut existing = Existing::open(&self.target)?;
+        let quiet = |_: &Action<'_>| Ok(());
+        let report: &Report<'_> = self.report.unwrap_or(&quiet);
+        let built = plan::build(
+            conn,
+            plan::Options {
+                paths: &self.paths,
+                select: &mut select,
+                existing: Some(&mut existing),
+                overwrite: c.overwrite,
+                verify: c.verify_existing,
+                as_root: rustix::process::geteuid().is_root(),
+                report: Some(report),
+            },
+            id,
+        )?;
+        let mut counts = built.counts;
+        if c.delete {
+            prune::dry_run(conn, &mut existing, &select, report, &mut counts)?;
+        }
+        let mut s = Summary {
+            id: id.to_string(),
+            kept: built.kept,
+            ..Summary::default()
+        };
+        let mut read = vec![false; built.blobs.len()];
+        plan::each_read(conn, |b, len| {
+            read[b] = true;
+            s.chunks += 1;
+            s.fetch_bytes += len;
+        })?;
+        s.blobs = read.iter().filter(|r| **r).count() as u64;
+        s.dry = Some(counts);
+        s.seconds = started.elapsed().as_secs_f64();
         Ok(s)
     }
 }
@@ -313,6 +536,8 @@ mod tests {
             plan::Q_ATTRS,
             plan::Q_DIRS_DOWN,
             plan::Q_NODE,
+            plan::Q_READS,
+            prune::Q_RESTORED_DIRS,
         ] {
             let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {q}")).unwrap();
             let plan: Vec<String> = st

@@ -13,10 +13,14 @@
 //! no entry able to turn a directory into something else after the fact.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::existing::{self, Decision, Existing, Overwrite, Wanted};
+use super::select::Select;
+use super::{Act, Action};
 use crate::blob::Location;
 use crate::chunk::{self, ChunkId, Piece};
 use crate::error::{DbContext, Error, Result};
@@ -32,6 +36,8 @@ use crate::snapshot::Kind;
 /// - `made`: the identity (device, inode) of every node made so far;
 /// - `jobs`: every chunk to write, in blob and offset order (the primary
 ///   key: read back in order without a sort);
+/// - `kept`: nodes left as the target has them (`--overwrite`): no phase
+///   makes them; `attrs`: their owner, mode and times are still set;
 /// - `pending`: files of more than one chunk, with how many `jobs` write
 ///   them; `state` 1 once the content phase has met them (it tracks some
 ///   to finish each as soon as its last chunk is in), 2 once finished so
@@ -70,6 +76,10 @@ CREATE TABLE plan.jobs(
     chunk BLOB NOT NULL,
     PRIMARY KEY (blob, boffset, node, foffset)
 ) WITHOUT ROWID;
+CREATE TABLE plan.kept(
+    node INTEGER PRIMARY KEY,
+    attrs INTEGER NOT NULL
+);
 CREATE TABLE plan.pending(
     node INTEGER PRIMARY KEY,
     jobs INTEGER NOT NULL,
@@ -86,7 +96,8 @@ pub const Q_DIRS_UP: &str = "SELECT n.id, n.parent, n.name, n.entry IS NOT NULL,
      WHERE n.kind = 1 AND n.depth > 0 ORDER BY n.depth";
 pub const Q_FILES: &str = "SELECT n.id, n.parent, n.name, n.size, n.single, e.path
      FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
-     WHERE n.kind = 2 AND n.link IS NULL ORDER BY n.id";
+     WHERE n.kind = 2 AND n.link IS NULL AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
+     ORDER BY n.id";
 pub const Q_JOBS: &str = "SELECT j.blob, j.boffset, j.length, j.size, j.chunk, j.node, j.foffset,
      n.single, n.parent, n.name, m.dev, m.ino, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
      FROM plan.jobs j JOIN plan.nodes n ON n.id = j.node
@@ -101,23 +112,27 @@ pub const Q_LINKS: &str = "SELECT n.id, n.parent, n.name, n.size, e.path,
      FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
      JOIN plan.nodes f ON f.id = n.link JOIN main.entries t ON t.rowid = f.entry
      LEFT JOIN plan.made fm ON fm.node = n.link
-     WHERE n.link IS NOT NULL ORDER BY n.id";
+     WHERE n.link IS NOT NULL AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
+     ORDER BY n.id";
 pub const Q_OTHER: &str = "SELECT n.id, n.parent, n.name, e.path,
      e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.target, e.rdev
      FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
-     WHERE n.kind NOT IN (1, 2) ORDER BY n.id";
+     WHERE n.kind NOT IN (1, 2) AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
+     ORDER BY n.id";
 /// (Files of one chunk had theirs set when written, and so had files
 /// finished as their last chunk was written; hard links share their first
-/// path's.)
+/// path's; entries kept as they are keep theirs.)
 pub const Q_ATTRS: &str = "SELECT n.parent, n.name, m.dev, m.ino, e.path,
      e.kind, e.mode, e.uid, e.gid, e.mtime_ns
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind != 1 AND n.link IS NULL AND NOT n.single
+     AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id AND NOT k.attrs)
      AND NOT EXISTS (SELECT 1 FROM plan.pending p WHERE p.node = n.id AND p.state = 2)
      ORDER BY n.id";
 pub const Q_DIRS_DOWN: &str = "SELECT n.id, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
-     WHERE n.kind = 1 ORDER BY n.depth DESC";
+     WHERE n.kind = 1 AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id AND NOT k.attrs)
+     ORDER BY n.depth DESC";
 /// Where a directory node is, for reopening it.
 pub const Q_NODE: &str = "SELECT n.parent, n.name, m.dev, m.ino FROM plan.nodes n
      LEFT JOIN plan.made m ON m.node = n.id WHERE n.id = ?1";
@@ -158,6 +173,15 @@ pub fn components(src: &[u8]) -> Option<Vec<&[u8]>> {
     Some(parts)
 }
 
+/// A look into the target that failed, for a dry run's parents.
+fn look_error(p: &[u8], e: std::io::Error) -> Error {
+    Error::Io {
+        op: "look at",
+        path: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p)),
+        source: e,
+    }
+}
+
 /// `p` (a `/`-separated path) without its last component.
 fn parent_of(p: &[u8]) -> &[u8] {
     match p.iter().rposition(|b| *b == b'/') {
@@ -189,6 +213,26 @@ pub struct Built {
     pub blobs: Vec<(String, u64)>,
     /// Entries refused, with why.
     pub failures: super::Failures,
+    /// Entries (not directories) left as the target has them.
+    pub kept: u64,
+    /// What a dry run would do, by action.
+    pub counts: super::Counts,
+}
+
+/// What the plan restores, and how it treats what the target has.
+pub struct Options<'o> {
+    /// Only these source paths (and what is below them), when not empty.
+    pub paths: &'o [String],
+    /// `--include`, `--exclude`.
+    pub select: &'o mut Select,
+    /// The target, looked at where a decision needs it; None when none
+    /// does (`--overwrite always`, not a dry run).
+    pub existing: Option<&'o mut Existing>,
+    pub overwrite: Overwrite,
+    pub verify: bool,
+    pub as_root: bool,
+    /// A dry run: each action, as it is decided.
+    pub report: Option<&'o super::Report<'o>>,
 }
 
 /// One entry of the snapshot, as read.
@@ -197,26 +241,30 @@ struct Row {
     src: Vec<u8>,
     kind: Kind,
     size: i64,
+    mtime_ns: i64,
     chunks: Vec<u8>,
     /// A further hard link's first path.
     link: Option<Vec<u8>>,
 }
 
 /// Build the plan from the metadata (every entry, in row order), keeping
-/// only what is under `paths` when any are given.
-pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
+/// only what is under `o.paths` when any are given and what `o.select`
+/// keeps, and deciding for each entry what to do with what the target
+/// has at its path when `o.existing` is given.
+pub fn build(conn: &Connection, o: Options<'_>, id: &str) -> Result<Built> {
     let (mpath, ppath) = (mpath(), ppath());
-    let filters: Vec<Vec<u8>> = paths.iter().map(|p| normalize_filter(p)).collect();
+    let filters: Vec<Vec<u8>> = o.paths.iter().map(|p| normalize_filter(p)).collect();
     let mut matched = vec![false; filters.len()];
+    let paths = o.paths;
     conn.execute_batch("BEGIN").db(ppath)?;
     let built = {
         let link = crate::snapshot::link_column(conn, "main");
         let mut st = conn
             .prepare(&format!(
-                "SELECT rowid, path, kind, size, chunks, {link} FROM main.entries ORDER BY rowid"
+                "SELECT rowid, path, kind, size, chunks, {link}, mtime_ns FROM main.entries ORDER BY rowid"
             ))
             .db(mpath)?;
-        let mut planner = Planner::new(conn)?;
+        let mut planner = Planner::new(conn, o)?;
         let mut rows = st.query([]).db(mpath)?;
         while let Some(r) = rows.next().db(mpath)? {
             let src: Vec<u8> = r.get(1).db(mpath)?;
@@ -235,12 +283,16 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
             let kind = Kind::from_i64(r.get(2).db(mpath)?).ok_or_else(|| {
                 Error::corrupt(META, format!("{}: unknown entry kind", shown(&src)))
             })?;
+            if !planner.o.select.wants(&src, kind == Kind::Dir) {
+                continue;
+            }
             let chunks: Option<Vec<u8>> = r.get(4).db(mpath)?;
             planner.entry(Row {
                 rowid: r.get(0).db(mpath)?,
                 src,
                 kind,
                 size: r.get(3).db(mpath)?,
+                mtime_ns: r.get(6).db(mpath)?,
                 chunks: chunks.unwrap_or_default(),
                 link: r.get(5).db(mpath)?,
             })?;
@@ -248,6 +300,8 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
         Built {
             blobs: planner.locator.blobs,
             failures: planner.failures,
+            kept: planner.kept,
+            counts: planner.counts,
         }
     };
     conn.execute_batch("COMMIT").db(ppath)?;
@@ -260,6 +314,25 @@ pub fn build(conn: &Connection, paths: &[String], id: &str) -> Result<Built> {
         }
     }
     Ok(built)
+}
+
+/// Each place in a blob the jobs read, once (in primary key order: no
+/// sort).
+pub const Q_READS: &str = "SELECT blob, boffset, length FROM plan.jobs GROUP BY blob, boffset";
+
+/// The chunks the jobs read, each once, in blob and offset order:
+/// (blob index, stored length). For the blobs a restore needs, and what
+/// a dry run would fetch.
+pub fn each_read(conn: &Connection, mut f: impl FnMut(usize, u64)) -> Result<()> {
+    let mut st = conn.prepare(Q_READS).db(ppath())?;
+    let mut rows = st.query([]).db(ppath())?;
+    while let Some(r) = rows.next().db(ppath())? {
+        f(
+            r.get::<_, i64>(0).db(ppath())? as usize,
+            r.get::<_, i64>(2).db(ppath())? as u64,
+        );
+    }
+    Ok(())
 }
 
 /// Where the chunks of a snapshot are, as its metadata says: each chunk's
@@ -332,8 +405,9 @@ impl<'c> Locator<'c> {
     }
 }
 
-/// Places entries and queues their chunks.
-struct Planner<'c> {
+/// Places entries, decides what to do with what the target has, and
+/// queues their chunks.
+struct Planner<'c, 'o> {
     conn: &'c Connection,
     tree: Tree<'c>,
     locator: Locator<'c>,
@@ -342,13 +416,18 @@ struct Planner<'c> {
     /// its id, blob and place in it.
     located: Vec<(u64, ChunkId, usize, Location)>,
     failures: super::Failures,
+    o: Options<'o>,
+    kept: u64,
+    counts: super::Counts,
 }
 
-impl<'c> Planner<'c> {
-    fn new(conn: &'c Connection) -> Result<Planner<'c>> {
+impl<'c, 'o> Planner<'c, 'o> {
+    fn new(conn: &'c Connection, o: Options<'o>) -> Result<Planner<'c, 'o>> {
+        let mut tree = Tree::new(conn)?;
+        tree.note_parents = o.report.is_some();
         Ok(Planner {
             conn,
-            tree: Tree::new(conn)?,
+            tree,
             locator: Locator::new(conn)?,
             add_job: conn
                 .prepare(
@@ -358,33 +437,59 @@ impl<'c> Planner<'c> {
                 .db(ppath())?,
             located: Vec::new(),
             failures: super::Failures::default(),
+            o,
+            kept: 0,
+            counts: super::Counts::default(),
         })
     }
 
-    fn refuse(&mut self, src: &[u8], why: &str) {
+    fn refuse(&mut self, src: &[u8], why: &str) -> Result<()> {
         self.failures.push(format!("{}: {why}", shown(src)));
+        self.act(Act::Skip, src, None, None, why)
+    }
+
+    /// Count an action, and report it in a dry run.
+    fn act(
+        &mut self,
+        act: Act,
+        path: &[u8],
+        kind: Option<Kind>,
+        size: Option<u64>,
+        why: &str,
+    ) -> Result<()> {
+        self.counts.add(act, size);
+        match self.o.report {
+            Some(report) => report(&Action {
+                act,
+                path,
+                kind,
+                size,
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Check, place and queue one entry.
     fn entry(&mut self, e: Row) -> Result<()> {
         let Some(parts) = components(&e.src) else {
-            self.refuse(&e.src, "unsafe path in snapshot metadata, not restored");
-            return Ok(());
+            return self.refuse(&e.src, "unsafe path in snapshot metadata, not restored");
         };
         if e.size < 0 || e.chunks.len() % chunk::RECORD != 0 {
-            self.refuse(&e.src, "malformed entry in snapshot metadata");
-            return Ok(());
+            return self.refuse(&e.src, "malformed entry in snapshot metadata");
         }
         if e.kind == Kind::File && !self.locate_chunks(&e)? {
             return Ok(());
         }
-        let (node, link_to) = match self.tree.place(&e, &parts)? {
+        let placed = self.tree.place(&e, &parts)?;
+        self.report_parents()?;
+        let (node, link_to) = match placed {
             Ok(p) => p,
-            Err(why) => {
-                self.refuse(&e.src, &format!("{why}, not restored"));
-                return Ok(());
-            }
+            Err(why) => return self.refuse(&e.src, &format!("{why}, not restored")),
         };
+        if !self.decide(&e, &parts, node, link_to)? {
+            return Ok(());
+        }
         // Holes queue nothing: the file is made empty and sized, so they
         // stay holes.
         if e.kind == Kind::File && link_to.is_none() {
@@ -417,6 +522,136 @@ impl<'c> Planner<'c> {
         Ok(())
     }
 
+    /// A dry run: the directories just made as parents.
+    fn report_parents(&mut self) -> Result<()> {
+        if self.tree.parents.is_empty() {
+            return Ok(());
+        }
+        for p in std::mem::take(&mut self.tree.parents) {
+            let parts = components(&p).unwrap_or_default();
+            let found = match self.o.existing.as_deref_mut() {
+                Some(ex) => ex.look(&parts).map_err(|e| look_error(&p, e))?,
+                None => None,
+            };
+            match existing::decide_dir(Overwrite::Always, found.as_ref()) {
+                Decision::New => self.act(Act::Create, &p, Some(Kind::Dir), None, "as a parent")?,
+                Decision::Replace(why) => {
+                    self.act(Act::Replace, &p, Some(Kind::Dir), None, &why)?
+                }
+                Decision::Keep { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Decide what to do with what the target has at entry `e`'s path
+    /// (placed as `node`), recording it in the plan and reporting it in a
+    /// dry run: false when the entry is kept as it is there (or cannot be
+    /// looked at, named), so that nothing is queued for it.
+    fn decide(
+        &mut self,
+        e: &Row,
+        parts: &[&[u8]],
+        node: i64,
+        link_to: Option<i64>,
+    ) -> Result<bool> {
+        let dry = self.o.report.is_some();
+        let device = matches!(e.kind, Kind::CharDev | Kind::BlockDev);
+        if e.kind == Kind::Socket || (device && !self.o.as_root) {
+            // Not made, as the entry phases say (a warning for devices).
+            if dry {
+                let why = if device {
+                    "device node not restored (needs root)"
+                } else {
+                    "sockets are not restored"
+                };
+                self.act(Act::Skip, &e.src, Some(e.kind), None, why)?;
+            }
+            return Ok(true);
+        }
+        let first = e.kind == Kind::File && link_to.is_none();
+        let mode = self.o.overwrite;
+        let Some(ex) = self.o.existing.as_deref_mut() else {
+            return Ok(true);
+        };
+        if !(dry || mode == Overwrite::Never || (first && mode != Overwrite::Always)) {
+            return Ok(true);
+        }
+        let found = match ex.look(parts) {
+            Ok(f) => f,
+            Err(err) => {
+                // Left to no phase, and named.
+                self.keep(node, false)?;
+                let why = format!("cannot look at what the target has there: {err}; not restored");
+                self.refuse(&e.src, &why)?;
+                return Ok(false);
+            }
+        };
+        let size = e.size as u64;
+        let decision = if e.kind == Kind::Dir {
+            existing::decide_dir(mode, found.as_ref())
+        } else {
+            let wanted = Wanted {
+                file: first,
+                size,
+                mtime_ns: e.mtime_ns,
+                chunks: &self.located,
+            };
+            existing::decide(mode, self.o.verify, &wanted, found.as_ref())
+        };
+        let kind = Some(e.kind);
+        let size = (e.kind == Kind::File).then_some(size);
+        match decision {
+            Decision::New if e.kind == Kind::Dir => {
+                self.act(Act::Create, &e.src, kind, None, "")?
+            }
+            Decision::New => {
+                let why = match &e.link {
+                    Some(first) if link_to.is_some() => format!("a hard link to {}", shown(first)),
+                    _ => String::new(),
+                };
+                self.act(Act::Write, &e.src, kind, size, &why)?;
+            }
+            Decision::Replace(why) => self.act(Act::Replace, &e.src, kind, size, &why)?,
+            Decision::Keep { attrs, .. } if e.kind == Kind::Dir => {
+                if !attrs {
+                    self.keep(node, false)?;
+                }
+            }
+            Decision::Keep { attrs, why } => {
+                self.kept += 1;
+                self.keep(node, attrs)?;
+                if first {
+                    // The file there stands for the node: hard links to
+                    // it link to it, and its attributes are set through
+                    // it (checked to be this very file).
+                    let (dev, ino) = found.as_ref().expect("kept: found").id();
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO plan.made(node, dev, ino) VALUES (?1, ?2, ?3)",
+                        )
+                        .db(ppath())?
+                        .execute(params![node, dev as i64, ino as i64])
+                        .db(ppath())?;
+                    self.tree.unsingle.execute([node]).db(ppath())?;
+                }
+                self.act(Act::Keep, &e.src, kind, size, &why)?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Record node `node` as kept as the target has it.
+    fn keep(&mut self, node: i64, attrs: bool) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO plan.kept(node, attrs) VALUES (?1, ?2)")
+            .db(ppath())?
+            .execute(params![node, attrs])
+            .db(ppath())?;
+        Ok(())
+    }
+
     /// Where each chunk of file `e` is, and where it goes in the file
     /// (into `located`); false when the file is refused (named in
     /// `failures`).
@@ -439,7 +674,7 @@ impl<'c> Planner<'c> {
         }
         if sum != Some(e.size as u64) {
             let why = format!("size {} does not match its chunks; not restored", e.size);
-            self.refuse(&e.src, &why);
+            self.refuse(&e.src, &why)?;
             return Ok(false);
         }
         let locator = &self.locator;
@@ -448,7 +683,7 @@ impl<'c> Planner<'c> {
             .iter()
             .any(|(_, _, bi, l)| !locator.inside(*bi, l))
         {
-            self.refuse(&e.src, "a chunk lies outside its blob; not restored");
+            self.refuse(&e.src, "a chunk lies outside its blob; not restored")?;
             return Ok(false);
         }
         Ok(true)
@@ -468,6 +703,10 @@ struct Tree<'c> {
     /// entries come in walk order, so an entry's parent is nearly always
     /// one of them, without a lookup.
     recent: Vec<(Vec<u8>, i64)>,
+    /// Directories made as parents since last taken (for a dry run's
+    /// report, when `note_parents`).
+    parents: Vec<Vec<u8>>,
+    note_parents: bool,
 }
 
 /// `paths.kind` of a directory made only as a parent.
@@ -500,6 +739,8 @@ impl<'c> Tree<'c> {
                 .prepare("UPDATE plan.nodes SET single = 0 WHERE id = ?1")
                 .db(p)?,
             recent: Vec::new(),
+            parents: Vec::new(),
+            note_parents: false,
         })
     }
 
@@ -573,6 +814,9 @@ impl<'c> Tree<'c> {
             kind as i64
         };
         self.add_path.execute(params![path, node, k, first]).db(p)?;
+        if entry.is_none() && self.note_parents {
+            self.parents.push(path.to_vec());
+        }
         if kind == Kind::Dir {
             self.entered(path, node);
         }
