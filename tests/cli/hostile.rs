@@ -83,15 +83,17 @@ impl Scratch {
 
     fn restore(&self, env: &Env, label: &str, entries: &[Forged]) -> (i32, String, PathBuf) {
         let target = self.root.join("targets").join(format!("t{}", self.next()));
-        self.restore_into(env, label, entries, &target)
+        self.restore_into(env, label, entries, &target, &[])
     }
 
+    /// `restore` into `target`, with `flags` (`--delete`...).
     fn restore_into(
         &self,
         env: &Env,
         label: &str,
         entries: &[Forged],
         target: &Path,
+        flags: &[&str],
     ) -> (i32, String, PathBuf) {
         let n = self.next();
         let id = format!(
@@ -101,7 +103,8 @@ impl Scratch {
             n % 60
         );
         forge::forge(env, &id, entries, Some(&self.base));
-        let out = env.restore_to(&id, target, &[]);
+        // Flags may come after the PATHs `restore_to` appends.
+        let out = env.restore_to(&id, target, flags);
         let err = stderr(&out);
         let code = out.status.code().unwrap_or(-1);
         assert!(matches!(code, 0 | 2), "{label}: {:?}\n{err}", out.status);
@@ -461,7 +464,7 @@ fn an_existing_target_with_symlinks_planted_in_it() {
     if as_root {
         entries.push(chardev(b"/home/u/dev"));
     }
-    let (code, err, _) = sc.restore_into(&env, "planted symlinks", &entries, &t);
+    let (code, err, _) = sc.restore_into(&env, "planted symlinks", &entries, &t, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(fs::symlink_metadata(t.join("etc")).unwrap().is_dir());
     for f in ["home/u/file", "home/u/multi", "home/u/hard"] {
@@ -471,7 +474,7 @@ fn an_existing_target_with_symlinks_planted_in_it() {
         assert_eq!(fs::metadata(t.join("home/u/file")).unwrap().uid(), 65534);
     }
     // And again over its own result.
-    let (code, err, _) = sc.restore_into(&env, "planted symlinks, again", &entries, &t);
+    let (code, err, _) = sc.restore_into(&env, "planted symlinks, again", &entries, &t, &[]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -768,6 +771,48 @@ fn a_directory_swapped_for_a_symlink_mid_restore() {
     // The rest is restored.
     assert_eq!(
         fs::read(t.join("home/u/kept")).unwrap().len() as u64,
+        b.chunks[0].1
+    );
+}
+
+/// `--delete` beside symlinks planted in an existing target that point out
+/// of it: named like entries the snapshot does not have (removed as
+/// symlinks), named like a directory of the snapshot (replaced by the
+/// directory), and one inside an extra directory (removed with it, never
+/// followed). Nothing outside the target changes.
+#[test]
+fn delete_beside_symlinks_out_of_the_target() {
+    let env = Env::new(Backend::Local);
+    let sc = Scratch::new(&env);
+    let t = sc.root.join("targets/delete");
+    let data = t.join("srv/data");
+    fs::create_dir_all(data.join("gone/deeper")).unwrap();
+    let out = sc.sentinel();
+    std::os::unix::fs::symlink(&out, data.join("extra")).unwrap();
+    std::os::unix::fs::symlink(out.join("sub"), data.join("extra-sub")).unwrap();
+    std::os::unix::fs::symlink(out.join("shadow"), data.join("extra-file")).unwrap();
+    std::os::unix::fs::symlink(&out, data.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&out, data.join("gone/deeper/link")).unwrap();
+    fs::write(data.join("gone/deeper/f"), b"f").unwrap();
+    let b = &sc.base;
+    let entries = vec![
+        dir(b"/srv"),
+        dir(b"/srv/data"),
+        dir(b"/srv/data/sub"),
+        file(b"/srv/data/sub/shadow", 0o600).with(b, &[0]),
+        file(b"/srv/data/kept", 0o600).with(b, &[0]),
+    ];
+    let (code, err, _) = sc.restore_into(&env, "delete", &entries, &t, &["--delete"]);
+    assert_eq!(code, 0, "{err}");
+    let mut left: Vec<String> = fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["kept", "sub"]);
+    assert!(fs::symlink_metadata(data.join("sub")).unwrap().is_dir());
+    assert_eq!(
+        fs::read(data.join("sub/shadow")).unwrap().len() as u64,
         b.chunks[0].1
     );
 }

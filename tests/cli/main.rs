@@ -8,6 +8,7 @@ mod util;
 mod awkward;
 mod browse;
 mod cold;
+mod controls;
 mod core;
 mod crash;
 mod daemon;
