@@ -172,7 +172,8 @@ List the complete snapshots in the store (no private key needed).
 
 pub const USAGE_RESTORE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
-                                     [--host HOST] [--name NAME] [CONTROLS] [PATH...]
+                                     [--no-xattrs] [--host HOST] [--name NAME] [CONTROLS]
+                                     [PATH...]
        vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
                                      [--host HOST] [--name NAME] [PATH]
 
@@ -191,6 +192,9 @@ with code 3; run the same command again later to go on.
                       every chunk checked; a chunk that fails its check stops
                       the stream (exit code 2: the reader got a truncated stream)
   --identity FILE     age identity file (as written by age-keygen or vaultik keygen)
+  --no-xattrs         do not restore extended attributes, ACLs and inode flags
+                      (for a target file system that cannot hold them; a
+                      warning counts the entries that had some)
   --thaw[=TIER]       request the thaw of the cold blobs needed: TIER is
                       Expedited, Standard (the default) or Bulk
   --thaw-days N       keep thawed copies readable N days (default 7)
@@ -381,6 +385,9 @@ pub struct RestoreArgs {
     /// `--include`, `--exclude`, `--overwrite`, `--verify-existing`,
     /// `--delete`, `--dry-run`.
     pub controls: Controls,
+    /// `--no-xattrs`: extended attributes, ACLs and inode flags are not
+    /// restored.
+    pub no_xattrs: bool,
 }
 
 /// `ls`
@@ -870,7 +877,7 @@ fn parse_info(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut snapshot, mut target, mut identity) = (None, None, None);
-    let (mut stdout, mut json) = (false, false);
+    let (mut stdout, mut json, mut no_xattrs) = (false, false, false);
     let mut thaw = ThawArgs::default();
     let mut narrow = Narrow::default();
     let mut paths = Vec::new();
@@ -886,6 +893,7 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("target") => target = Some(path_value(p)?),
             Long("stdout") => stdout = true,
             Long("json") => json = true,
+            Long("no-xattrs") => no_xattrs = true,
             Long("identity") => identity = Some(path_value(p)?),
             Long("include") => {
                 controls.include.push(glob_value(p, "--include")?);
@@ -962,6 +970,7 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         json,
         narrow,
         controls,
+        no_xattrs,
     }))
 }
 
@@ -1230,8 +1239,12 @@ mod tests {
                 json: false,
                 narrow: Narrow::default(),
                 controls: Controls::default(),
+                no_xattrs: false,
             })
         );
+        let (_, c) = parse_str("restore latest --target /t --no-xattrs").unwrap();
+        let Command::Restore(r) = c else { panic!() };
+        assert!(r.no_xattrs);
         let (_, c) = parse_str("restore latest --stdout --thaw --thaw-days 3").unwrap();
         assert_eq!(
             c,
@@ -1248,6 +1261,7 @@ mod tests {
                 json: false,
                 narrow: Narrow::default(),
                 controls: Controls::default(),
+                no_xattrs: false,
             })
         );
         assert!(parse_str("restore latest --stdout /a /b").is_err());

@@ -33,6 +33,8 @@ pub struct Config {
     pub exclude_caches: bool,
     /// No mount point below a configured path is crossed.
     pub one_file_system: bool,
+    /// Entries with the nodump inode flag (`chattr +d`) are left out.
+    pub exclude_nodump: bool,
     /// Retention for `snapshot create --prune`: keep this many newest per name.
     pub keep_latest: Option<usize>,
     /// Retention for `snapshot create --prune`: keep everything younger than this.
@@ -97,6 +99,7 @@ pub struct SnapshotConfig {
     pub exclude_if_present: Vec<String>,
     pub exclude_caches: Option<bool>,
     pub one_file_system: Option<bool>,
+    pub exclude_nodump: Option<bool>,
     /// A command whose standard output is the snapshot's one file, split
     /// into words as a shell would (run without a shell).
     pub command: Option<Vec<String>>,
@@ -114,6 +117,7 @@ impl SnapshotConfig {
             exclude_if_present: Vec::new(),
             exclude_caches: None,
             one_file_system: None,
+            exclude_nodump: None,
             command: None,
             storage_class: None,
         }
@@ -154,6 +158,7 @@ impl Default for Config {
             exclude_if_present: Vec::new(),
             exclude_caches: false,
             one_file_system: false,
+            exclude_nodump: false,
             keep_latest: None,
             keep_within: None,
             keep_hourly: None,
@@ -459,6 +464,7 @@ impl Parsing {
             "exclude_from" => cfg.exclude.extend(l.exclude_file()?),
             "exclude_if_present" => cfg.exclude_if_present.push(l.tag_name()?),
             "exclude_caches" => cfg.exclude_caches = l.boolean()?,
+            "exclude_nodump" => cfg.exclude_nodump = l.boolean()?,
             "one_file_system" => cfg.one_file_system = l.boolean()?,
             "keep_latest" => cfg.keep_latest = Some(l.count()?),
             "keep_within" => cfg.keep_within = Some(l.duration("30d")?),
@@ -543,6 +549,7 @@ impl Parsing {
             "exclude_from" => snap.exclude.extend(l.exclude_file()?),
             "exclude_if_present" => snap.exclude_if_present.push(l.tag_name()?),
             "exclude_caches" => snap.exclude_caches = Some(l.boolean()?),
+            "exclude_nodump" => snap.exclude_nodump = Some(l.boolean()?),
             "one_file_system" => snap.one_file_system = Some(l.boolean()?),
             "command" => {
                 if snap.command.is_some() {
@@ -607,6 +614,7 @@ impl Parsing {
                 && (!s.exclude.is_empty()
                     || !s.exclude_if_present.is_empty()
                     || s.exclude_caches.is_some()
+                    || s.exclude_nodump.is_some()
                     || s.one_file_system.is_some())
             {
                 return Err(self.err(

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::blob::{Location, private_dir};
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Result};
+use crate::xattrs::Attrs;
 
 const SCHEMA_VERSION: &str = "2";
 
@@ -64,6 +65,16 @@ const LOCKS: &str = "CREATE TABLE IF NOT EXISTS blob_locks(
     version TEXT
 ) WITHOUT ROWID;";
 
+/// The extended attributes and inode flags of each file (`crate::xattrs`),
+/// beside its stat and chunk list, so that a file whose stat is unchanged
+/// is not asked for them either (setting either changes its ctime). Kept
+/// apart from the versioned schema, as `LOCKS`: an index without them gets
+/// them, NULL (unknown: the next run reads them, and only them).
+const FILE_ATTRS: [&str; 2] = [
+    "ALTER TABLE files ADD COLUMN xattrs BLOB",
+    "ALTER TABLE files ADD COLUMN flags INTEGER",
+];
+
 /// Where a run of a snapshot's chunks are, from `Index::locate`.
 #[derive(Default)]
 pub struct Located {
@@ -79,8 +90,17 @@ pub struct Located {
     pub missing: Option<ChunkId>,
 }
 
-/// Receives one file row: path, stat, chunk list.
-pub type PutFile<'a> = dyn FnMut(&[u8], FileStat, &[u8]) -> Result<()> + 'a;
+/// Receives one file row: path, stat, chunk list, and its attributes when
+/// known.
+pub type PutFile<'a> = dyn FnMut(&[u8], FileStat, &[u8], Option<&Attrs>) -> Result<()> + 'a;
+
+/// What the index knows of a file whose stat is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub chunks: Vec<u8>,
+    /// None: not known (recorded by an earlier build, or not read whole).
+    pub attrs: Option<Attrs>,
+}
 
 /// What stat says about a regular file, for change detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +200,7 @@ impl Index {
             idx.reset(store_id)?;
         }
         idx.conn.execute_batch(LOCKS).db(&idx.path)?;
+        idx.add_file_attrs()?;
         Ok((idx, opened))
     }
 
@@ -230,6 +251,22 @@ impl Index {
         )
         .db(&self.path)?;
         tx.commit().db(&self.path)
+    }
+
+    /// The `FILE_ATTRS` columns, unless there.
+    fn add_file_attrs(&self) -> Result<()> {
+        let there = self
+            .conn
+            .prepare("SELECT xattrs, flags FROM files LIMIT 0")
+            .is_ok();
+        if !there {
+            let tx = self.conn.unchecked_transaction().db(&self.path)?;
+            for add in FILE_ATTRS {
+                tx.execute_batch(add).db(&self.path)?;
+            }
+            tx.commit().db(&self.path)?;
+        }
+        Ok(())
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -566,12 +603,13 @@ impl Index {
         Ok(gone.len())
     }
 
-    /// The chunk list recorded for `path`, if its stat is unchanged.
-    pub fn unchanged_file(&self, path: &[u8], stat: &FileStat) -> Result<Option<Vec<u8>>> {
+    /// The chunk list and attributes recorded for `path`, if its stat is
+    /// unchanged.
+    pub fn unchanged_file(&self, path: &[u8], stat: &FileStat) -> Result<Option<Known>> {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT chunks FROM files WHERE path=?1 AND size=?2 AND mtime_ns=?3
+                "SELECT chunks, xattrs, flags FROM files WHERE path=?1 AND size=?2 AND mtime_ns=?3
                  AND ctime_ns=?4 AND ino=?5 AND dev=?6",
             )
             .db(&self.path)?;
@@ -584,7 +622,18 @@ impl Index {
                 stat.ino as i64,
                 stat.dev as i64
             ],
-            |r| r.get(0),
+            |r| {
+                let attrs = match (r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<i64>>(2)?) {
+                    (Some(xattrs), Some(flags)) => u32::try_from(flags)
+                        .ok()
+                        .map(|flags| Attrs { xattrs, flags }),
+                    _ => None,
+                };
+                Ok(Known {
+                    chunks: r.get(0)?,
+                    attrs,
+                })
+            },
         )
         .optional()
         .db(&self.path)
@@ -602,11 +651,11 @@ impl Index {
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO files(path, size, mtime_ns, ctime_ns, ino, dev, chunks,
+                     xattrs, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .db(&path)?;
-            source(&mut |p, s, chunks| {
+            source(&mut |p, s, chunks, attrs| {
                 st.execute(params![
                     p,
                     s.size as i64,
@@ -614,7 +663,9 @@ impl Index {
                     s.ctime_ns,
                     s.ino as i64,
                     s.dev as i64,
-                    chunks
+                    chunks,
+                    attrs.map(|a| a.xattrs.as_slice()),
+                    attrs.map(|a| i64::from(a.flags)),
                 ])
                 .db(&path)?;
                 Ok(())
@@ -704,6 +755,61 @@ mod tests {
         assert_eq!(opened, Opened::Kept);
     }
 
+    /// A file's attributes are kept beside its stat; an index made before
+    /// they were gets the columns, its rows NULL: known unchanged, but not
+    /// their attributes (the next run reads those, and only those).
+    #[test]
+    fn attributes_are_kept_and_an_older_index_gets_their_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/i.sqlite");
+        let stat = FileStat {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            ino: 4,
+            dev: 5,
+        };
+        {
+            let (idx, _) = Index::open(&path, "s", "s").unwrap();
+            // As an earlier build left it: no such columns, a file row.
+            idx.conn
+                .execute_batch(
+                    "ALTER TABLE files DROP COLUMN xattrs; ALTER TABLE files DROP COLUMN flags;
+                     INSERT INTO files VALUES (x'2f6f6c64', 1, 2, 3, 4, 5, x'');",
+                )
+                .unwrap();
+            assert!(idx.unchanged_file(b"/new", &stat).is_err());
+        }
+        let (mut idx, opened) = Index::open(&path, "s", "s").unwrap();
+        assert_eq!(opened, Opened::Kept);
+        assert_eq!(
+            idx.unchanged_file(b"/old", &stat).unwrap(),
+            Some(Known {
+                chunks: Vec::new(),
+                attrs: None
+            })
+        );
+        let attrs = Attrs {
+            xattrs: crate::xattrs::encode(vec![(b"user.a".to_vec(), b"1".to_vec())]).unwrap(),
+            flags: crate::xattrs::NODUMP,
+        };
+        let none = Attrs::default();
+        idx.store_files(&mut |put| {
+            put(b"/new", stat, b"", Some(&attrs))?;
+            put(b"/plain", stat, b"", Some(&none))
+        })
+        .unwrap();
+        let known = |p: &[u8]| idx.unchanged_file(p, &stat).unwrap().unwrap().attrs;
+        assert_eq!(known(b"/new"), Some(attrs.clone()));
+        assert_eq!(known(b"/plain"), Some(none));
+        // Another stat: not unchanged, whatever is known.
+        let later = FileStat {
+            ctime_ns: 9,
+            ..stat
+        };
+        assert_eq!(idx.unchanged_file(b"/new", &later).unwrap(), None);
+    }
+
     #[test]
     fn forgetting_missing_blobs_drops_their_chunks() {
         let dir = tempfile::tempdir().unwrap();
@@ -724,8 +830,8 @@ mod tests {
             dev: 5,
         };
         idx.store_files(&mut |put| {
-            put(b"/in-1", stat, &a.0)?;
-            put(b"/in-2", stat, &b.0)
+            put(b"/in-1", stat, &a.0, None)?;
+            put(b"/in-2", stat, &b.0, None)
         })
         .unwrap();
         assert_eq!(

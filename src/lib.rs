@@ -11,7 +11,7 @@
 //! |------|---------|
 //! | the command line | `main.rs`, `cli` (arguments into structs), `cmd/` (glue: one file per group of commands), `cmd/settings` (flags > environment > config > defaults, resolved once), `config` (the file) |
 //! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `stream` (standard input or a command's output as one file), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
-//! | what a snapshot is | `snapshot` (the encrypted metadata database, written), `metadata` (the same, read back from the store: checked and bounded), `manifest` (the clear manifest, and the order of snapshots) |
+//! | what a snapshot is | `snapshot` (the encrypted metadata database, written), `metadata` (the same, read back from the store: checked and bounded), `manifest` (the clear manifest, and the order of snapshots), `xattrs` (an entry's extended attributes and inode flags: read, encoded, bounded, applied) |
 //! | the store | `store/` (the object-store contract; `s3`, `local`; `identity`: `store.json`), `layout` (every object key) |
 //! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
 //! | the restore | `restore/` (plan, entries, contents, target; the controls: select (`--include`/`--exclude`), existing (`--overwrite`), prune (`--delete`)) |
@@ -23,11 +23,13 @@
 //! # A chunk's path, walk to bucket (`snapshot create`)
 //!
 //! `cmd/create` -> `backup/mod.rs` (the run: lock, index, pipeline) ->
-//! `backup/walk.rs` (entries with their stat; `walk.rs` opens nothing but
-//! what it stat'ed) -> `backup/detect.rs` (unchanged files keep their
-//! chunk lists, from `index`) -> `backup/record.rs` (every entry into the
+//! `backup/walk.rs` (entries with their stat, and a directory's, symlink's
+//! or special file's attributes; `walk.rs` opens nothing but what it
+//! stat'ed) -> `backup/detect.rs` (unchanged files keep their chunk lists
+//! and attributes, from `index`) -> `backup/record.rs` (every entry into the
 //! snapshot's metadata, `snapshot::MetaWriter`; changed files queued) ->
-//! `backup/chunk.rs` (read, cut by `chunk`, hashed; new chunks claimed
+//! `backup/chunk.rs` (read, attributes from the descriptor, cut by
+//! `chunk`, hashed; new chunks claimed
 //! from `backup/dedup.rs` and compressed) -> `backup/pack.rs` (frames
 //! into a `blob::BlobWriter`, encrypted as written) -> `backup/upload.rs`
 //! (the blob put under `layout`'s key by a `store`) -> `backup/record.rs`
@@ -43,12 +45,17 @@
 //! offset) -> `restore/entries.rs` (directories, empty files) ->
 //! `restore/contents.rs` (ranged reads through `blob`, every chunk's
 //! SHA-256 checked) -> `restore/entries.rs` (links, special files, owners,
-//! modes, times) — every write through `restore/target.rs`.
+//! extended attributes, modes, times, inode flags: `xattrs`) — every write
+//! through `restore/target.rs`.
 //!
 //! # Where each invariant lives
 //!
 //! - Nothing a restore writes lands outside the target; no name from a
 //!   snapshot is resolved as a path: `restore/target.rs`.
+//! - An entry's attributes are set owner first, extended attributes, mode,
+//!   times, flags last, through the object's own descriptor, and what
+//!   cannot be read or set is counted, never silently lost: `xattrs`
+//!   (the order), `restore/target.rs` (the descriptor).
 //! - File contents never touch the disk in the clear outside a restore
 //!   target: a blob is encrypted as it is written to its temporary file
 //!   (`blob`).
@@ -64,7 +71,8 @@
 //! - Everything read from the store is bounded and checked: `store`
 //!   (sizes, time bounds, listings), `manifest`, `store/identity`, `gc`
 //!   (marks), `metadata` (a snapshot's database: its schema, size and the
-//!   work done with it), `keys` (age headers), `blob` (chunk hashes).
+//!   work done with it), `keys` (age headers), `blob` (chunk hashes),
+//!   `xattrs` (an entry's attributes: bounds, names, order, flags).
 //! - No scratch file has a name others can guess or plant: `scratch`.
 //! - The index belongs to one store (its identity, not its address):
 //!   `index`, `store/identity`.
@@ -107,6 +115,7 @@ pub mod time;
 pub mod verify;
 pub mod walk;
 pub mod watch;
+pub mod xattrs;
 
 /// `90s`, `15m`, `24h`, `2d`
 pub fn human_duration(secs: u64) -> String {

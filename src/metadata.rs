@@ -84,11 +84,12 @@ const STEP_GRAIN: i32 = 10_000;
 pub const PLAN_RATIO: u64 = 8;
 pub const PLAN_FLOOR: u64 = 16 << 20;
 
-/// The schemas vaultik has written: format 1 without hard links (this
-/// copy is frozen, as that format's databases are), then with them, as
-/// every format since (`META_SCHEMA`). `temp_files` is dropped before a
-/// database is sealed.
-const SCHEMA_1: &str = "
+/// The schemas vaultik has written, each a frozen copy of what its formats
+/// hold: format 1 without hard links, then with them (formats 1 and 2);
+/// then format 3's, with extended attributes and inode flags
+/// (`META_SCHEMA`). `temp_files` is dropped before a database is sealed.
+/// (Public for the integration tests of older formats.)
+pub const SCHEMA_1: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries(
     id INTEGER PRIMARY KEY,
@@ -113,6 +114,32 @@ CREATE TABLE chunks(
 ) WITHOUT ROWID;
 ";
 
+pub const SCHEMA_2: &str = "
+CREATE TABLE info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries(
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB,
+    chunks BLOB,
+    link BLOB
+);
+CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY,
+    blob INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// A schema vaultik wrote: which formats may have it, and its DDL.
 struct Known {
     formats: std::ops::RangeInclusive<u64>,
@@ -125,7 +152,11 @@ const SCHEMAS: &[Known] = &[
         ddl: || SCHEMA_1.to_string(),
     },
     Known {
-        formats: 1..=FORMAT_VERSION,
+        formats: 1..=2,
+        ddl: || SCHEMA_2.to_string(),
+    },
+    Known {
+        formats: 3..=FORMAT_VERSION,
         ddl: written,
     },
 ];
@@ -595,11 +626,16 @@ mod tests {
     #[test]
     fn the_schemas_vaultik_wrote_are_read_for_their_formats() {
         let now = written();
-        for f in 1..=FORMAT_VERSION {
-            forged(&now, &f.to_string()).unwrap();
-        }
+        forged(&now, "3").unwrap();
         forged(SCHEMA_1, "1").unwrap();
+        forged(SCHEMA_2, "1").unwrap();
+        forged(SCHEMA_2, "2").unwrap();
         refused(SCHEMA_1, "2", "not the one vaultik writes for format 2");
+        // Format 3 has attributes: a database of format 2's schema that
+        // says 3 (written by a development build) is not read as one...
+        refused(SCHEMA_2, "3", "not the one vaultik writes for format 3");
+        // ...nor today's schema as an older format.
+        refused(&now, "2", "not the one vaultik writes for format 2");
         // The text is compared byte for byte: a no-break space is part of
         // a type name to SQLite (dropping the rowid alias, NOT NULL).
         refused(
@@ -607,12 +643,12 @@ mod tests {
                 "id INTEGER PRIMARY KEY,\n    path",
                 "id INTEGER\u{a0}PRIMARY\u{a0}KEY,\n    path",
             ),
-            "2",
+            "3",
             "table entries",
         );
         refused(
             &now.replace(",\n    kind", ",\n  kind"),
-            "2",
+            "3",
             "table entries",
         );
         refused(&now, &(FORMAT_VERSION + 1).to_string(), "upgrade vaultik");
@@ -620,7 +656,7 @@ mod tests {
             refused(&now, bad, "unsupported metadata format");
         }
         // A temp_files table left over is not what a backup seals.
-        refused(crate::snapshot::META_SCHEMA, "2", "table temp_files");
+        refused(crate::snapshot::META_SCHEMA, "3", "table temp_files");
     }
 
     /// Each way a schema can make a database do more than hold rows is
@@ -642,7 +678,8 @@ mod tests {
                     "{without_entries}; CREATE VIEW entries AS WITH RECURSIVE r(path) AS \
                      (SELECT x'2f' UNION ALL SELECT path || x'61' FROM r) SELECT path, 2 AS kind, \
                      0 AS mode, 0 AS uid, 0 AS gid, 0 AS size, 0 AS mtime_ns, 0 AS rdev, \
-                     NULL AS target, NULL AS chunks, NULL AS link FROM r"
+                     NULL AS target, NULL AS chunks, NULL AS link, NULL AS xattrs, \
+                     NULL AS flags FROM r"
                 ),
                 "view entries",
             ),
@@ -703,13 +740,13 @@ mod tests {
             (
                 format!(
                     "{without_entries}; CREATE VIRTUAL TABLE entries USING fts5(path, kind, mode, \
-                     uid, gid, size, mtime_ns, rdev, target, chunks, link)"
+                     uid, gid, size, mtime_ns, rdev, target, chunks, link, xattrs, flags)"
                 ),
                 "entries",
             ),
         ];
         for (sql, why) in &cases {
-            refused(sql, "2", why);
+            refused(sql, "3", why);
         }
     }
 
@@ -717,7 +754,7 @@ mod tests {
     /// error says why.
     #[test]
     fn work_past_the_budget_is_stopped_and_named() {
-        let (_dir, path) = db_file(&written(), "2");
+        let (_dir, path) = db_file(&written(), "3");
         let mut conn = Connection::open(&path).unwrap();
         let budget = 1_000_000;
         let used = harden(&mut conn, 1, budget, "t").unwrap();
@@ -806,7 +843,7 @@ mod tests {
     /// with its directory gone.
     #[test]
     fn no_journal_and_a_writable_attached_plan() {
-        let (dir, path) = db_file(&written(), "2");
+        let (dir, path) = db_file(&written(), "3");
         let len = std::fs::metadata(&path).unwrap().len();
         let m = open_checked(&path, len, "t").unwrap();
         std::fs::remove_file(&path).unwrap();
@@ -825,14 +862,20 @@ mod tests {
 
     /// The schema a backup writes is pinned: changing it (even its
     /// spacing, which is compared byte for byte) needs a new format, and
-    /// the old text kept in `SCHEMAS`.
+    /// the old text kept in `SCHEMAS`. The frozen copies are pinned too:
+    /// `SCHEMA_2` is byte for byte what formats 1 and 2 were written with.
     #[test]
     fn the_schema_written_is_pinned() {
         use sha2::{Digest, Sha256};
+        let hash = |s: &str| crate::chunk::hex(&Sha256::digest(s));
         assert_eq!(
-            crate::chunk::hex(&Sha256::digest(written())),
-            "609fb1c62eda82022d1447b35be962cca74dde0bc83cebb5009ddcbe8427cbec",
+            hash(&written()),
+            "87c07eb7a3f7906596614822fd5c8b9449b7dfc96efc4a0d59246980ba769211",
             "META_SCHEMA changed: add its old text to metadata::SCHEMAS, bump FORMAT_VERSION"
+        );
+        assert_eq!(
+            hash(SCHEMA_2),
+            "609fb1c62eda82022d1447b35be962cca74dde0bc83cebb5009ddcbe8427cbec"
         );
     }
 }

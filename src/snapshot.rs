@@ -13,13 +13,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::blob::SealWriter;
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, IoContext, Result};
+use crate::xattrs::Attrs;
 
 /// The metadata database's format, in its `info` table. Bumped whenever
 /// its schema changes; every older one is still read:
 /// - 1: the first; hard links (the `link` column) were added to it
 ///   without a bump, so a format 1 database may or may not have them;
 /// - 2: `link` always there;
-/// - 3: chunk lists may hold hole records (`chunk::Piece::Hole`).
+/// - 3: chunk lists may hold hole records (`chunk::Piece::Hole`), and
+///   entries carry their extended attributes and inode flags (`xattrs`,
+///   `flags`: `crate::xattrs`).
 pub const FORMAT_VERSION: u64 = 3;
 /// The oldest format still read.
 pub const OLDEST_FORMAT: u64 = 1;
@@ -68,7 +71,9 @@ CREATE TABLE entries(
     rdev INTEGER NOT NULL DEFAULT 0,
     target BLOB,
     chunks BLOB,
-    link BLOB
+    link BLOB,
+    xattrs BLOB,
+    flags INTEGER
 );
 CREATE TABLE blobs(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL);
 CREATE TABLE chunks(
@@ -85,7 +90,9 @@ CREATE TABLE temp_files(
     ctime_ns INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     dev INTEGER NOT NULL,
-    chunks BLOB NOT NULL
+    chunks BLOB NOT NULL,
+    xattrs BLOB,
+    flags INTEGER
 ) WITHOUT ROWID;
 ";
 
@@ -105,6 +112,9 @@ pub struct Entry {
     /// in this snapshot (the entry keeps its own chunk list, so it can also
     /// be restored alone).
     pub link: Option<Vec<u8>>,
+    /// Extended attributes and inode flags (the columns are NULL for
+    /// none).
+    pub attrs: crate::xattrs::Attrs,
 }
 
 /// The metadata database of a snapshot being written: a file next to the
@@ -132,13 +142,21 @@ impl MetaWriter {
     }
 
     /// Remember a file read in this run, for the index once its chunks are
-    /// all confirmed stored (kept on disk, not in memory).
-    pub fn note_file(&self, path: &[u8], st: &crate::index::FileStat, chunks: &[u8]) -> Result<()> {
+    /// all confirmed stored (kept on disk, not in memory), with its
+    /// attributes when they were read whole (None: the index does not
+    /// know them, and the next run reads them again).
+    pub fn note_file(
+        &self,
+        path: &[u8],
+        st: &crate::index::FileStat,
+        chunks: &[u8],
+        attrs: Option<&Attrs>,
+    ) -> Result<()> {
         let mut q = self
             .conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO temp_files(path, size, mtime_ns, ctime_ns, ino, dev, chunks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO temp_files(path, size, mtime_ns, ctime_ns, ino, dev, chunks,
+                 xattrs, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .db(&self.path)?;
         q.execute(params![
@@ -148,7 +166,9 @@ impl MetaWriter {
             st.ctime_ns,
             st.ino as i64,
             st.dev as i64,
-            chunks
+            chunks,
+            attrs.map(|a| a.xattrs.as_slice()),
+            attrs.map(|a| i64::from(a.flags)),
         ])
         .db(&self.path)?;
         Ok(())
@@ -158,7 +178,10 @@ impl MetaWriter {
     pub fn each_file(&self, f: &mut crate::index::PutFile<'_>) -> Result<()> {
         let mut st = self
             .conn
-            .prepare("SELECT path, size, mtime_ns, ctime_ns, ino, dev, chunks FROM temp_files")
+            .prepare(
+                "SELECT path, size, mtime_ns, ctime_ns, ino, dev, chunks, xattrs, flags
+                 FROM temp_files",
+            )
             .db(&self.path)?;
         let mut rows = st.query([]).db(&self.path)?;
         while let Some(r) = rows.next().db(&self.path)? {
@@ -176,7 +199,16 @@ impl MetaWriter {
                     .map_err(|e| Error::corrupt("snapshot database", e))
             };
             let (path, chunks) = (blob(0)?, blob(6)?);
-            f(path, stat, chunks)?;
+            let xattrs: Option<Vec<u8>> = r.get(7).db(&self.path)?;
+            let flags: Option<i64> = r.get(8).db(&self.path)?;
+            let attrs = match (xattrs, flags) {
+                (Some(xattrs), Some(flags)) => Some(Attrs {
+                    xattrs,
+                    flags: u32::try_from(flags).unwrap_or(0),
+                }),
+                _ => None,
+            };
+            f(path, stat, chunks, attrs.as_ref())?;
         }
         Ok(())
     }
@@ -195,8 +227,11 @@ impl MetaWriter {
 
     /// Copy the entries of the previous snapshot `prev` that are outside
     /// every path in `scopes` (which the caller walks again). Returns the
-    /// number of regular files and their bytes.
-    pub fn carry_over(&self, prev: &Path, scopes: &[PathBuf]) -> Result<(u64, u64, u64)> {
+    /// number of entries, of regular files and their bytes; None, having
+    /// copied nothing, when `prev` was made by a build that did not record
+    /// extended attributes and inode flags (its entries' are unknown, not
+    /// none: everything is to be walked again).
+    pub fn carry_over(&self, prev: &Path, scopes: &[PathBuf]) -> Result<Option<(u64, u64, u64)>> {
         use std::os::unix::ffi::OsStrExt;
         let prev_s = prev
             .to_str()
@@ -204,6 +239,12 @@ impl MetaWriter {
         self.conn
             .execute("ATTACH DATABASE ?1 AS prev", [prev_s])
             .db(&self.path)?;
+        if !has_attrs(&self.conn, "prev") {
+            self.conn
+                .execute_batch("DETACH DATABASE prev")
+                .db(&self.path)?;
+            return Ok(None);
+        }
         let mut cond = String::from("1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         for sc in scopes {
@@ -223,9 +264,10 @@ impl MetaWriter {
         // Hard links stay links.
         let link = link_column(&self.conn, "prev");
         let sql = format!(
-            "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
-             SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link}
-             FROM prev.entries WHERE {cond} ORDER BY id"
+            "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks,
+             link, xattrs, flags)
+             SELECT path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, {link},
+             xattrs, flags FROM prev.entries WHERE {cond} ORDER BY id"
         );
         let n = self
             .conn
@@ -242,7 +284,7 @@ impl MetaWriter {
         self.conn
             .execute_batch("DETACH DATABASE prev")
             .db(&self.path)?;
-        Ok((n as u64, files as u64, bytes as u64))
+        Ok(Some((n as u64, files as u64, bytes as u64)))
     }
 
     /// SHA-256 over every entry in path order: equal digests mean the
@@ -265,10 +307,11 @@ impl MetaWriter {
         let mut st = self
             .conn
             .prepare_cached(
-                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks,
+                 link, xattrs, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .db(&self.path)?;
+        let (xattrs, flags) = e.attrs.columns();
         st.execute(params![
             e.path,
             e.kind as i64,
@@ -280,10 +323,24 @@ impl MetaWriter {
             e.rdev as i64,
             e.target,
             chunks,
-            e.link
+            e.link,
+            xattrs,
+            flags
         ])
         .db(&self.path)?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Set the extended attributes and inode flags of entry `id` (a file
+    /// whose were read with its content, or alone).
+    pub fn set_attrs(&self, id: i64, attrs: &Attrs) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE entries SET xattrs=?2, flags=?3 WHERE id=?1")
+            .db(&self.path)?;
+        let (xattrs, flags) = attrs.columns();
+        st.execute(params![id, xattrs, flags]).db(&self.path)?;
+        Ok(())
     }
 
     pub fn set_chunks(&self, id: i64, size: u64, chunks: &[u8]) -> Result<()> {
@@ -731,14 +788,15 @@ fn digest_of(conn: &Connection, path: &Path) -> Result<String> {
         .db(path)?
         > 0;
     let mut st = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT path, kind, mode, uid, gid, size, CASE WHEN ?1 THEN 0 ELSE mtime_ns END,
-             rdev, target, chunks, link FROM entries ORDER BY path",
-        )
+             rdev, target, chunks, link, {} FROM entries ORDER BY path",
+            attr_columns(conn, "main")
+        ))
         .db(path)?;
     let mut rows = st.query([stream]).db(path)?;
     while let Some(r) = rows.next().db(path)? {
-        for i in 0..11 {
+        for i in 0..13 {
             use rusqlite::types::ValueRef;
             let int;
             let bytes: &[u8] = match r.get_ref(i).db(path)? {
@@ -780,6 +838,27 @@ pub fn link_column(conn: &Connection, schema: &str) -> &'static str {
         "link"
     } else {
         "NULL"
+    }
+}
+
+/// Whether `schema`'s entries have the `xattrs` and `flags` columns:
+/// every database of format 3 read from the store (its schema is checked),
+/// but not a kept one (`last/`) made by an earlier build.
+pub fn has_attrs(conn: &Connection, schema: &str) -> bool {
+    conn.prepare(&format!(
+        "SELECT xattrs, flags FROM {schema}.entries LIMIT 0"
+    ))
+    .is_ok()
+}
+
+/// The `xattrs, flags` columns of `schema`'s entries as SQL expressions
+/// (`NULL, NULL` where there are none: formats 1 and 2, which recorded
+/// none).
+pub fn attr_columns(conn: &Connection, schema: &str) -> &'static str {
+    if has_attrs(conn, schema) {
+        "xattrs, flags"
+    } else {
+        "NULL, NULL"
     }
 }
 
@@ -829,5 +908,68 @@ mod tests {
         w.execute("INSERT INTO info VALUES ('format', '3')", [])
             .unwrap();
         w.prepare("SELECT link FROM entries").unwrap();
+    }
+
+    /// The entries of a kept last snapshot are carried over with their
+    /// attributes; one kept by an earlier build (without them) carries
+    /// nothing, so that everything is walked, and read, again.
+    #[test]
+    fn carry_over_keeps_attributes_and_never_takes_unknown_ones_for_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |path: &[u8], attrs: Attrs| Entry {
+            path: path.to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_ns: 0,
+            rdev: 0,
+            target: None,
+            link: None,
+            attrs,
+        };
+        let attrs = Attrs {
+            xattrs: crate::xattrs::encode(vec![(b"user.a".to_vec(), b"1".to_vec())]).unwrap(),
+            flags: crate::xattrs::IMMUTABLE,
+        };
+        let prev = dir.path().join("prev.sqlite");
+        {
+            let w = MetaWriter::create(&prev).unwrap();
+            w.add(&entry(b"/kept/f", attrs.clone()), Some(&[])).unwrap();
+            w.add(&entry(b"/walked/g", Attrs::default()), Some(&[]))
+                .unwrap();
+            w.set_info("format", "3").unwrap();
+        }
+        let scopes = [PathBuf::from("/walked")];
+        let next = MetaWriter::create(&dir.path().join("next.sqlite")).unwrap();
+        assert_eq!(next.carry_over(&prev, &scopes).unwrap(), Some((1, 1, 0)));
+        let (x, f): (Vec<u8>, i64) = next
+            .conn
+            .query_row("SELECT xattrs, flags FROM entries", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((x, f), (attrs.xattrs.clone(), 0x10));
+        // Kept by an earlier build: format 2's schema (no such columns).
+        let old = dir.path().join("old.sqlite");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(crate::metadata::SCHEMA_2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO info VALUES ('format', '3');
+             INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, chunks)
+             VALUES (x'2f6b6570742f66', 2, 420, 0, 0, 0, 0, x'');",
+        )
+        .unwrap();
+        drop(conn);
+        let fresh = MetaWriter::create(&dir.path().join("fresh.sqlite")).unwrap();
+        assert_eq!(fresh.carry_over(&old, &scopes).unwrap(), None);
+        let n: i64 = fresh
+            .conn
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        // Its digest is still computed (every column there is NULL).
+        assert!(stored_digest(&old).is_some());
     }
 }

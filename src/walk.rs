@@ -17,6 +17,15 @@
 //! from it and stat'ed relative to it, not by path. The readers check each
 //! file the same way ([`open_file`]). An entry replaced in between (by a
 //! symlink, a FIFO, another file or directory) is reported, never followed.
+//!
+//! Each entry comes with what the walk read of its extended attributes
+//! and inode flags (`crate::xattrs`): a directory's from its open
+//! descriptor; a symlink's or special file's, never opened, through the
+//! descriptor of the directory it was listed in (a configured path's by
+//! its path). Regular files are left to their readers (the backup opens
+//! them, or knows them unchanged). With `exclude_nodump`, a directory
+//! with the nodump flag is left out, as dump and borg do (files are the
+//! backup's to leave out, once their flags are known).
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -24,11 +33,14 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
+use std::os::fd::AsRawFd;
+
 use glob::{MatchOptions, Pattern};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::xattrs::Read;
 
 /// The global settings of what a walk leaves out; a snapshot's own add to
 /// them (patterns, tag names) or override them (the switches).
@@ -38,6 +50,7 @@ pub struct WalkDefaults {
     pub exclude_if_present: Vec<String>,
     pub exclude_caches: bool,
     pub one_file_system: bool,
+    pub exclude_nodump: bool,
 }
 
 impl WalkDefaults {
@@ -47,6 +60,7 @@ impl WalkDefaults {
             exclude_if_present: cfg.exclude_if_present.clone(),
             exclude_caches: cfg.exclude_caches,
             one_file_system: cfg.one_file_system,
+            exclude_nodump: cfg.exclude_nodump,
         }
     }
 
@@ -58,13 +72,13 @@ impl WalkDefaults {
             .chain(&snap.exclude_if_present)
             .cloned()
             .collect();
-        Ok(
-            Excludes::new(self.exclude.iter().chain(&snap.exclude))?.with_rules(
+        Ok(Excludes::new(self.exclude.iter().chain(&snap.exclude))?
+            .with_rules(
                 &tags,
                 snap.exclude_caches.unwrap_or(self.exclude_caches),
                 snap.one_file_system.unwrap_or(self.one_file_system),
-            ),
-        )
+            )
+            .with_nodump(snap.exclude_nodump.unwrap_or(self.exclude_nodump)))
     }
 }
 
@@ -78,6 +92,8 @@ pub struct Excludes {
     caches: bool,
     /// `one_file_system`: no mount point below a configured path is crossed.
     one_file_system: bool,
+    /// `exclude_nodump`: entries with the nodump inode flag are left out.
+    pub nodump: bool,
     /// Each mounted device's filesystem type.
     mounts: Mounts,
 }
@@ -104,6 +120,9 @@ pub enum Note {
     LeftOut(PathBuf, LeftOut),
     /// An entry matching an exclude pattern (not recorded).
     Excluded(PathBuf),
+    /// A directory with the nodump flag, with `exclude_nodump` (not
+    /// recorded, nor anything below it).
+    Nodump(PathBuf),
 }
 
 /// Filesystems that hold no data of their own, by the name the kernel
@@ -198,6 +217,7 @@ impl Excludes {
             tags: Vec::new(),
             caches: false,
             one_file_system: false,
+            nodump: false,
             mounts: Mounts::default(),
         };
         for p in patterns {
@@ -219,6 +239,13 @@ impl Excludes {
         self.caches = caches;
         self.one_file_system = one_file_system;
         self.mounts = Mounts::load();
+        self
+    }
+
+    /// Also leave out entries with the nodump inode flag (a directory's
+    /// contents with it).
+    pub fn with_nodump(mut self, on: bool) -> Excludes {
+        self.nodump = on;
         self
     }
 
@@ -357,8 +384,9 @@ fn now_at<P: rustix::path::Arg>(dir: BorrowedFd<'_>, name: P) -> &'static str {
 
 /// An entry looked up relative to an open directory.
 enum Found {
-    /// Its stat and, for a symlink, its target.
-    Entry(Stat, Option<Vec<u8>>),
+    /// Its stat, a symlink's target, and what was read of a symlink's or
+    /// special file's attributes.
+    Entry(Stat, Option<Vec<u8>>, Option<Read>),
     /// Deleted since it was listed.
     Gone,
     /// A symlink when stat'ed, something else when its target was read.
@@ -366,30 +394,51 @@ enum Found {
     Failed(std::io::Error),
 }
 
-fn look_up<P: rustix::path::Arg + Copy>(dir: BorrowedFd<'_>, name: P) -> Found {
+/// `name` in `dir` (`CWD` for a configured path, given whole), at `path`.
+fn look_up<P: rustix::path::Arg + Copy>(dir: BorrowedFd<'_>, name: P, path: &Path) -> Found {
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Found::Gone,
         Err(e) => return Found::Failed(e.into()),
     };
-    if kind(&st) != FileType::Symlink {
-        return Found::Entry(st, None);
-    }
-    match rustix::fs::readlinkat(dir, name, Vec::new()) {
-        Ok(target) => Found::Entry(st, Some(target.into_bytes())),
-        Err(Errno::NOENT) => Found::Gone,
-        // Not a symlink (any more).
-        Err(Errno::INVAL) => Found::Replaced(now_at(dir, name)),
-        Err(e) => Found::Failed(e.into()),
+    let target = match kind(&st) {
+        FileType::RegularFile | FileType::Directory => return Found::Entry(st, None, None),
+        FileType::Symlink => match rustix::fs::readlinkat(dir, name, Vec::new()) {
+            Ok(target) => Some(target.into_bytes()),
+            Err(Errno::NOENT) => return Found::Gone,
+            // Not a symlink (any more).
+            Err(Errno::INVAL) => return Found::Replaced(now_at(dir, name)),
+            Err(e) => return Found::Failed(e.into()),
+        },
+        _ => None,
+    };
+    Found::Entry(st, target, Some(attrs_at(dir, name, path)))
+}
+
+/// The attributes of the symlink or special file `name` in `dir`, at
+/// `path`: through the directory's descriptor (`xattrs::beneath`), or by
+/// `path` for a configured path (and without /proc).
+fn attrs_at<P: rustix::path::Arg>(dir: BorrowedFd<'_>, name: P, path: &Path) -> Read {
+    let through_dir = if dir.as_raw_fd() == CWD.as_raw_fd() {
+        None
+    } else {
+        name.as_cow_c_str()
+            .ok()
+            .and_then(|n| crate::xattrs::beneath(dir, n.to_bytes()))
+    };
+    match through_dir.or_else(|| std::ffi::CString::new(path.as_os_str().as_bytes()).ok()) {
+        Some(p) => crate::xattrs::of_path(&p),
+        None => Read::default(),
     }
 }
 
 /// How a listed entry is known until it is visited.
 enum Known {
-    /// Stat'ed (and a symlink's target read) while its directory was listed.
-    /// Boxed: every entry of a directory waits on the stack, most of them
-    /// `Later` (backing up a 1M-entry directory: 282 -> 133 MB peak).
-    Stat(Box<(Stat, Option<Vec<u8>>)>),
+    /// Stat'ed (and a symlink's target and a symlink's or special file's
+    /// attributes read) while its directory was listed. Boxed: every entry
+    /// of a directory waits on the stack, most of them `Later` (backing up
+    /// a 1M-entry directory: 282 -> 133 MB peak).
+    Stat(Box<(Stat, Option<Vec<u8>>, Option<Read>)>),
     /// To look up when visited, relative to its directory, kept open until
     /// then (a stat that failed while listing, or past `PRESTAT_MAX`).
     Later(Rc<OwnedFd>),
@@ -402,15 +451,19 @@ struct Pending {
     parent: (u64, u64),
 }
 
-/// Called with each entry: its path, stat and (a symlink's) target.
-pub type Visit<'a> = dyn FnMut(PathBuf, &Stat, Option<Vec<u8>>) -> Result<()> + 'a;
+/// Called with each entry: its path, stat, (a symlink's) target, and what
+/// was read of its attributes (None for a regular file, left to its
+/// reader, and for a directory that could not be opened or was not
+/// descended into).
+pub type Visit<'a> = dyn FnMut(PathBuf, &Stat, Option<Vec<u8>>, Option<Read>) -> Result<()> + 'a;
 
 /// Called with what the walk has to say besides entries.
 pub type Notes<'a> = dyn FnMut(Note) -> Result<()> + 'a;
 
 /// Walk `root`, calling `visit` for every entry not excluded (root
 /// included; the path is handed over, to keep without a copy; a symlink
-/// comes with its target), and `note` for entries that cannot be read,
+/// comes with its target, attributes as `Visit` says), and `note` for
+/// entries that cannot be read,
 /// entries found replaced since their stat, directories not descended
 /// into and entries excluded. Either callback may stop the walk by
 /// returning an error.
@@ -428,8 +481,8 @@ pub fn walk(
     note: &mut Notes<'_>,
 ) -> Result<()> {
     let (found, parent) = root_entry(root, base);
-    let (st, target) = match found {
-        Found::Entry(st, target) => (st, target),
+    let (st, target, attrs) = match found {
+        Found::Entry(st, target, attrs) => (st, target, attrs),
         Found::Gone => return Ok(()),
         Found::Replaced(now) => {
             return note(Note::Replaced(Replaced {
@@ -446,35 +499,35 @@ pub fn walk(
         }
     };
     if kind(&st) != FileType::Directory {
-        return visit(root.to_path_buf(), &st, target);
+        return visit(root.to_path_buf(), &st, target, attrs);
     }
     // A subtree (the daemon's) that is itself a mount point below its
     // configured path is left out as the full walk leaves it out.
     if let Some(why) = parent.and_then(|(dev, _)| excludes.mount_left_out(&st, dev)) {
-        visit(root.to_path_buf(), &st, target)?;
+        visit(root.to_path_buf(), &st, target, None)?;
         return note(Note::LeftOut(root.to_path_buf(), why));
     }
-    visit(root.to_path_buf(), &st, target)?;
     let mut w = Walker {
         root,
         excludes,
         note,
+        visit,
         buf: Vec::with_capacity(DIRENT_BUF),
     };
     let mut stack: Vec<Pending> = Vec::new();
-    w.list(root, &st, parent, &mut stack)?;
+    w.enter(root.to_path_buf(), &st, target, parent, &mut stack)?;
     while let Some(Pending {
         path,
         known,
         parent,
     }) = stack.pop()
     {
-        let (st, target) = match known {
+        let (st, target, attrs) = match known {
             Known::Stat(known) => *known,
             Known::Later(dir) => {
                 let name = path.file_name().expect("a listed entry has a name");
-                match look_up(dir.as_fd(), name) {
-                    Found::Entry(st, target) => (st, target),
+                match look_up(dir.as_fd(), name, &path) {
+                    Found::Entry(st, target, attrs) => (st, target, attrs),
                     // Listed by its directory, deleted since: nothing to back up.
                     Found::Gone => continue,
                     Found::Replaced(now) => {
@@ -493,13 +546,12 @@ pub fn walk(
             }
         };
         if kind(&st) != FileType::Directory {
-            visit(path, &st, target)?;
+            (w.visit)(path, &st, target, attrs)?;
         } else if let Some(why) = excludes.mount_left_out(&st, parent.0) {
-            visit(path.clone(), &st, target)?;
+            (w.visit)(path.clone(), &st, target, None)?;
             (w.note)(Note::LeftOut(path, why))?;
         } else {
-            visit(path.clone(), &st, target)?;
-            w.list(&path, &st, Some(parent), &mut stack)?;
+            w.enter(path, &st, target, Some(parent), &mut stack)?;
         }
     }
     Ok(())
@@ -511,7 +563,7 @@ fn root_entry(root: &Path, base: &Path) -> (Found, Option<(u64, u64)>) {
     let rel = match root.strip_prefix(base) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel,
         _ => {
-            let found = match look_up(CWD, root) {
+            let found = match look_up(CWD, root, root) {
                 // A configured path that is not there is an error.
                 Found::Gone => Found::Failed(std::io::ErrorKind::NotFound.into()),
                 found => found,
@@ -548,12 +600,14 @@ fn root_entry(root: &Path, base: &Path) -> (Found, Option<(u64, u64)>) {
             Err(e) => return not_opened(e),
         };
     }
-    let found = look_up(dir.as_fd(), last);
+    let found = look_up(dir.as_fd(), last, root);
     let parent = match &found {
-        Found::Entry(st, _) if kind(st) == FileType::Directory => match rustix::fs::fstat(&dir) {
-            Ok(p) => Some(dev_ino(&p)),
-            Err(e) => return (Found::Failed(e.into()), None),
-        },
+        Found::Entry(st, _, _) if kind(st) == FileType::Directory => {
+            match rustix::fs::fstat(&dir) {
+                Ok(p) => Some(dev_ino(&p)),
+                Err(e) => return (Found::Failed(e.into()), None),
+            }
+        }
         _ => None,
     };
     (found, parent)
@@ -588,63 +642,96 @@ fn automounted(
 }
 
 /// What the walk keeps between directories.
-struct Walker<'a> {
+struct Walker<'a, 'v> {
     root: &'a Path,
     excludes: &'a Excludes,
     note: &'a mut Notes<'a>,
+    visit: &'v mut Visit<'v>,
     /// For getdents, reused from directory to directory.
     buf: Vec<u8>,
 }
 
-impl Walker<'_> {
-    /// Push the entries of directory `path`, stat'ed as `st` in the
-    /// directory `parent` (`None` for a configured path: the one above it,
-    /// by path), onto `stack` (sorted by raw bytes, in reverse, so they pop
-    /// in order), unless it was replaced since that stat.
-    fn list(
+impl Walker<'_, '_> {
+    /// Visit directory `path`, stat'ed as `st` in the directory `parent`
+    /// (`None` for a configured path: the one above it, by path), with the
+    /// attributes read from it once open, and push its entries onto
+    /// `stack` (`list`); unless it was replaced since that stat (then it is
+    /// visited as stat'ed, and its contents left out), or has the nodump
+    /// flag with `exclude_nodump` (then it is left out whole).
+    fn enter(
         &mut self,
-        path: &Path,
+        path: PathBuf,
         st: &Stat,
+        target: Option<Vec<u8>>,
         parent: Option<(u64, u64)>,
         stack: &mut Vec<Pending>,
     ) -> Result<()> {
-        crate::testhook::pause_at(path);
-        let fd = match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
+        crate::testhook::pause_at(&path);
+        let fd = match rustix::fs::openat(CWD, &path, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             // Deleted since its stat: recorded as it was, empty.
-            Err(Errno::NOENT) if path != self.root => return Ok(()),
+            Err(Errno::NOENT) if path != self.root => return (self.visit)(path, st, target, None),
             // A symlink or something else now, in its place or above it.
             Err(Errno::NOTDIR | Errno::LOOP) => {
+                let now = now_at(CWD, &path);
+                (self.visit)(path.clone(), st, target, None)?;
                 return (self.note)(Note::Replaced(Replaced {
-                    path: path.to_path_buf(),
-                    now: now_at(CWD, path),
+                    path,
+                    now,
                     dir: true,
                 }));
             }
             Err(e) => {
+                (self.visit)(path.clone(), st, target, None)?;
                 return (self.note)(Note::Failed(WalkError {
-                    path: path.to_path_buf(),
+                    path,
                     err: e.into(),
                 }));
             }
         };
         let here = match rustix::fs::fstat(&fd) {
             Ok(now) if dev_ino(&now) == dev_ino(st) => dev_ino(&now),
-            Ok(now) if automounted(path, st, &now, fd.as_fd(), parent) => dev_ino(&now),
+            Ok(now) if automounted(&path, st, &now, fd.as_fd(), parent) => dev_ino(&now),
             Ok(_) => {
+                (self.visit)(path.clone(), st, target, None)?;
                 return (self.note)(Note::Replaced(Replaced {
-                    path: path.to_path_buf(),
+                    path,
                     now: "another directory",
                     dir: true,
                 }));
             }
             Err(e) => {
+                (self.visit)(path.clone(), st, target, None)?;
                 return (self.note)(Note::Failed(WalkError {
-                    path: path.to_path_buf(),
+                    path,
                     err: e.into(),
                 }));
             }
         };
+        let attrs = crate::xattrs::of_fd(fd.as_fd());
+        // (A configured path is walked whatever its flags, as it is
+        // whatever the exclude patterns say.)
+        if self.excludes.nodump
+            && attrs.attrs.flags & crate::xattrs::NODUMP != 0
+            && path != self.root
+        {
+            return (self.note)(Note::Nodump(path));
+        }
+        (self.visit)(path.clone(), st, target, Some(attrs))?;
+        self.list(&path, fd, here, parent, stack)
+    }
+
+    /// Push the entries of directory `path`, open as `fd`, whose device
+    /// and inode are `here`, listed in the directory `parent`, onto
+    /// `stack` (sorted by raw bytes, in reverse, so they pop in order).
+    fn list(
+        &mut self,
+        path: &Path,
+        fd: OwnedFd,
+        here: (u64, u64),
+        parent: Option<(u64, u64)>,
+        stack: &mut Vec<Pending>,
+    ) -> Result<()> {
         // A pseudo-filesystem the mount table did not name (no /proc), or
         // mounted on opening (an automount point): left out now.
         if parent.is_some_and(|(dev, _)| dev != here.0) {
@@ -696,10 +783,11 @@ impl Walker<'_> {
             }
             let known = if prestat < PRESTAT_MAX && targets < PRESTAT_TARGETS {
                 prestat += 1;
-                match look_up(fd.as_fd(), name) {
-                    Found::Entry(st, target) => {
-                        targets += target.as_ref().map_or(0, Vec::len);
-                        Known::Stat(Box::new((st, target)))
+                match look_up(fd.as_fd(), name, &child) {
+                    Found::Entry(st, target, attrs) => {
+                        targets += target.as_ref().map_or(0, Vec::len)
+                            + attrs.as_ref().map_or(0, |a| a.attrs.xattrs.len());
+                        Known::Stat(Box::new((st, target, attrs)))
                     }
                     Found::Gone => continue,
                     // Looked up again when visited, which reports it.
@@ -840,14 +928,14 @@ mod tests {
             root,
             base,
             &ex,
-            &mut |p, st, t| {
+            &mut |p, st, t, _| {
                 out.push((p, kind(st), t));
                 Ok(())
             },
             &mut |n| match n {
                 Note::Failed(w) => panic!("{}: {}", w.path.display(), w.err),
                 Note::Replaced(r) => panic!("{} replaced by {}", r.path.display(), r.now),
-                Note::LeftOut(..) | Note::Excluded(_) => Ok(()),
+                Note::LeftOut(..) | Note::Excluded(_) | Note::Nodump(_) => Ok(()),
             },
         )
         .unwrap();
@@ -953,7 +1041,7 @@ mod tests {
             root,
             root,
             ex,
-            &mut |p, _, _| {
+            &mut |p, _, _, _| {
                 seen.push(p.strip_prefix(root).unwrap().to_path_buf());
                 Ok(())
             },
@@ -962,7 +1050,7 @@ mod tests {
                     Note::LeftOut(p, why) => {
                         left.push((p.strip_prefix(root).unwrap().to_path_buf(), why))
                     }
-                    Note::Excluded(_) => excluded += 1,
+                    Note::Excluded(_) | Note::Nodump(_) => excluded += 1,
                     Note::Failed(w) => panic!("{}: {}", w.path.display(), w.err),
                     Note::Replaced(r) => panic!("{}", r.path.display()),
                 }

@@ -27,13 +27,20 @@ export VAULTIK_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 
 # Debian packages the tests use: restic (the benchmark's smoke test), socat
 # and openssl (a TLS endpoint with a test CA), musl-tools (the static build),
-# GNU time (peak memory of a run).
+# GNU time (peak memory of a run); and what the extended attribute tests set
+# and compare with: setcap/getcap (libcap2-bin), setfacl/getfacl (acl),
+# setfattr/getfattr (attr), chattr/lsattr (e2fsprogs), rsync.
 missing=()
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
 [ -x /usr/bin/time ] || missing+=(time)
+command -v setcap >/dev/null 2>&1 || missing+=(libcap2-bin)
+command -v setfacl >/dev/null 2>&1 || missing+=(acl)
+command -v setfattr >/dev/null 2>&1 || missing+=(attr)
+command -v chattr >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -1,6 +1,8 @@
 //! Stage 3, chunk and compress (rayon workers): each changed file is
 //! opened as the walk saw it (`crate::walk::open_file`: never a FIFO, a
-//! symlink's target or another file put in its place), read by its data
+//! symlink's target or another file put in its place), its extended
+//! attributes and inode flags read from the descriptor (for a file the
+//! index knows unchanged but not those, that is all), read by its data
 //! (holes are recorded, not read) to at most its size when opened, cut
 //! with FastCDC and hashed; each chunk that is new (`Dedup::claim`) is
 //! compressed into its own zstd frame and handed to the packer within the
@@ -62,7 +64,8 @@ impl Shared<'_, '_> {
         budget: &Budget,
     ) -> Result<Event> {
         self.cancel.check()?;
-        let _counted = self.progress.file_guard();
+        // (A read of attributes alone is not a file read.)
+        let _counted = t.reuse.is_none().then(|| self.progress.file_guard());
         if let Some(stream) = t.stream.take() {
             return self.read_stream(t, *stream, to_pack, budget);
         }
@@ -101,6 +104,19 @@ impl Shared<'_, '_> {
                 });
             }
         };
+        // Its extended attributes and flags, from the descriptor. With
+        // `exclude_nodump`, one with the nodump flag is left out unread.
+        let attrs = crate::xattrs::of_fd(std::os::fd::AsFd::as_fd(&file));
+        if self.nodump && attrs.attrs.flags & crate::xattrs::NODUMP != 0 {
+            return Ok(Event::FileNodump { entry: t.entry });
+        }
+        if let Some(chunks) = t.reuse.take() {
+            return Ok(Event::AttrsDone {
+                todo: t,
+                chunks,
+                attrs,
+            });
+        }
         // Read to at most its size now (a file that keeps growing would
         // otherwise be read for ever, holding the run lock).
         let (limit, allocated) = match rustix::fs::fstat(&file) {
@@ -153,6 +169,7 @@ impl Shared<'_, '_> {
             got,
             chunks: list,
             change,
+            attrs,
         })
     }
 }

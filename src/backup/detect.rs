@@ -11,32 +11,48 @@ use super::walk::Walked;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::snapshot::Kind;
+use crate::xattrs::NODUMP;
 
 /// Fill in the reusable chunk lists of every batch from `walked`, and hand
-/// it on to `out`.
+/// it on to `out`; with `nodump` (`exclude_nodump`), a file the index
+/// knows unchanged with the nodump flag is left out.
 pub fn detect(
     index: &Mutex<Index>,
+    nodump: bool,
     walked: Receiver<Vec<Walked>>,
     out: SyncSender<Vec<Walked>>,
 ) -> Result<()> {
     for mut batch in walked {
         look_up(index, &mut batch)?;
+        if nodump {
+            for w in batch.iter_mut() {
+                let flagged = matches!(w, Walked::Entry { known: Some(k), .. }
+                    if k.attrs.as_ref().is_some_and(|a| a.flags & NODUMP != 0));
+                if flagged {
+                    *w = Walked::Nodump;
+                }
+            }
+        }
         out.send(batch).map_err(|_| Error::Cancelled)?;
     }
     Ok(())
 }
 
-/// Find the chunk lists of the files in `batch` that the index knows
-/// unchanged, in one read transaction.
+/// Find the chunk lists (and attributes) of the files in `batch` that the
+/// index knows unchanged, in one read transaction. (Empty files too: their
+/// list is empty, but their attributes are worth not asking for again.)
 fn look_up(index: &Mutex<Index>, batch: &mut [Walked]) -> Result<()> {
     let index = index.lock().expect("index lock poisoned by a panic");
     index.read_batch(|index| {
         for w in batch.iter_mut() {
-            if let Walked::Entry(e, stat, reuse) = w {
+            if let Walked::Entry {
+                entry, stat, known, ..
+            } = w
+            {
                 // The index only keeps file rows whose chunks it holds
                 // (forgetting a blob forgets the files), so this is safe.
-                if e.kind == Kind::File && stat.size > 0 {
-                    *reuse = index.unchanged_file(&e.path, stat)?;
+                if entry.kind == Kind::File {
+                    *known = index.unchanged_file(&entry.path, stat)?;
                 }
             }
         }

@@ -48,6 +48,7 @@ use crate::manifest;
 use crate::snapshot::{self, MetaWriter};
 use crate::store::Store;
 use crate::store::class::StorageClass;
+use crate::xattrs::Read;
 
 use cancel::Cancel;
 use dedup::Dedup;
@@ -120,6 +121,8 @@ pub struct Summary {
     pub carried: u64,
     /// Entries an exclude pattern left out.
     pub excluded: u64,
+    /// Entries with the nodump flag left out (`exclude_nodump`).
+    pub nodump: u64,
     /// Directories whose contents a tag file left out (`exclude_if_present`,
     /// `exclude_caches`).
     pub tagged: u64,
@@ -140,6 +143,10 @@ struct Todo {
     stat: FileStat,
     /// A stream instead of the file at `path`.
     stream: Option<Box<crate::stream::Stream>>,
+    /// A file the index knows unchanged but not its attributes (an index
+    /// of an earlier build; an empty file seen for the first time): its
+    /// chunk list, kept; only its attributes are read.
+    reuse: Option<Vec<u8>>,
 }
 
 /// What reading a file gave.
@@ -177,6 +184,19 @@ enum Event {
         /// Set when it changed while it was read: stored as read, and not
         /// remembered as unchanged (the next run reads it again).
         change: Option<Change>,
+        /// Its attributes, read from the open file.
+        attrs: Read,
+    },
+    /// The attributes of a file whose chunk list was kept (`Todo::reuse`).
+    AttrsDone {
+        todo: Todo,
+        chunks: Vec<u8>,
+        attrs: Read,
+    },
+    /// A file with the nodump flag, with `exclude_nodump`: not in the
+    /// snapshot.
+    FileNodump {
+        entry: i64,
     },
     FileSkipped {
         entry: i64,
@@ -228,6 +248,8 @@ struct Shared<'r, 'a> {
     progress: &'r Progress,
     /// The storage class of this run's blobs.
     class: StorageClass,
+    /// `exclude_nodump`: files with the nodump flag are left out.
+    nodump: bool,
 }
 
 impl Backup<'_> {
@@ -360,9 +382,18 @@ impl Backup<'_> {
             Input::Walk(scope) => *scope,
             Input::Stream(_) => Scope::Full,
         };
-        let walk_roots: Vec<PathBuf> = match scope {
-            Scope::Dirty(dirty) if last.is_file() => {
-                let (n, files, bytes) = meta.carry_over(&last, dirty)?;
+        let carried = match scope {
+            Scope::Dirty(dirty) if last.is_file() => Some(meta.carry_over(&last, dirty)?),
+            _ => None,
+        };
+        // A last snapshot of a build that did not record attributes is no
+        // base: everything is walked again.
+        let scope = match carried {
+            Some(None) => Scope::Full,
+            _ => scope,
+        };
+        let walk_roots: Vec<PathBuf> = match (scope, carried.flatten()) {
+            (Scope::Dirty(dirty), Some((n, files, bytes))) => {
                 t.lap("carried over from the last snapshot");
                 s.carried = n;
                 s.entries += n;
@@ -400,6 +431,7 @@ impl Backup<'_> {
             dedup: &dedup,
             progress: &progress,
             class: snap.storage_class.unwrap_or(self.blob_class),
+            nodump: excludes.nodump,
         };
         t.lap("metadata started");
         let s = match input {
@@ -468,7 +500,7 @@ impl Shared<'_, '_> {
             drop(ev_rx);
             first_error(vec![recorded, join(pipe)])
         })?;
-        Ok(rec.summary)
+        Ok(rec.finish())
     }
 
     /// Stages 1 and 2 (threads) feeding `rec`: every walked entry is added
@@ -481,11 +513,15 @@ impl Shared<'_, '_> {
         todo: &SyncSender<Vec<Todo>>,
         events: &Receiver<Vec<Event>>,
     ) -> Result<()> {
+        if !rustix::process::geteuid().is_root() {
+            rec.not_root();
+        }
         let (wtx, walked) = sync_channel::<Vec<Walked>>(8);
         let (dtx, detected) = sync_channel::<Vec<Walked>>(8);
         std::thread::scope(|threads| -> Result<()> {
             let index = &self.backup.index;
-            let detector = threads.spawn(move || detect::detect(index, walked, dtx));
+            let nodump = self.nodump;
+            let detector = threads.spawn(move || detect::detect(index, nodump, walked, dtx));
             let walker = threads.spawn(move || walk::walk(roots, self.cancel, wtx));
             let recorded = (|| -> Result<()> {
                 for batch in detected.iter() {

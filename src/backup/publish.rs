@@ -95,11 +95,11 @@ impl Publish<'_, '_> {
     /// those changed too shortly before the run to trust their stat).
     fn remember_files(&self) -> Result<()> {
         self.backup.index().store_files(&mut |put| {
-            self.meta.each_file(&mut |path, stat, chunks| {
+            self.meta.each_file(&mut |path, stat, chunks, attrs| {
                 if stat.racy(self.started_ns) {
                     Ok(())
                 } else {
-                    put(path, stat, chunks)
+                    put(path, stat, chunks, attrs)
                 }
             })
         })?;

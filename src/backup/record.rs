@@ -13,14 +13,17 @@ use std::sync::mpsc::SyncSender;
 use super::walk::Walked;
 use super::{Change, Event, Shared, Summary, Todo};
 use crate::error::{Error, Result};
-use crate::index::FileStat;
+use crate::index::{FileStat, Known};
 use crate::snapshot::{Entry, Kind, MetaWriter};
 use crate::walk::LeftOut;
+use crate::xattrs::{Attrs, Losses, Read};
 
 pub struct Recorder<'m, 's, 'r, 'a> {
     shared: &'s Shared<'r, 'a>,
     meta: &'m MetaWriter,
     pub summary: Summary,
+    /// Attributes that could not be read: one warning per kind, at the end.
+    losses: Losses,
 }
 
 /// The warning for an entry replaced between its stat and its read.
@@ -46,7 +49,30 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
             shared,
             meta,
             summary,
+            losses: Losses::default(),
         }
+    }
+
+    /// A walk not run as root: the kernel lists `trusted.*` extended
+    /// attributes to root only, so they are missing without a trace: said
+    /// once.
+    pub fn not_root(&mut self) {
+        self.summary.warnings += 1;
+        self.warn(
+            "not running as root: the kernel shows trusted.* extended attributes to root \
+             only, so this snapshot has none",
+        );
+    }
+
+    /// The run's summary, once the attributes that could not be read are
+    /// warned about (one line per kind) and counted.
+    pub fn finish(self) -> Summary {
+        let mut s = self.summary;
+        for line in self.losses.lines() {
+            (self.shared.backup.warn)(&line);
+        }
+        s.warnings += self.losses.count();
+        s
     }
 
     fn warn(&self, msg: &str) {
@@ -67,7 +93,17 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
         let mut files = Vec::new();
         for w in batch {
             match w {
-                Walked::Entry(e, stat, reuse) => self.entry(e, stat, reuse, &mut files)?,
+                Walked::Entry {
+                    entry,
+                    stat,
+                    problem,
+                    known,
+                } => {
+                    if let Some(p) = problem {
+                        self.losses.note(p, &entry.path);
+                    }
+                    self.entry(entry, stat, known, &mut files)?
+                }
                 Walked::Failed(w) if self.shared.backup.skip_errors => {
                     self.summary.warnings += 1;
                     self.summary.skipped += 1;
@@ -87,6 +123,7 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                 Walked::LeftOut(LeftOut::Tagged(_)) => self.summary.tagged += 1,
                 Walked::LeftOut(_) => self.summary.mounts += 1,
                 Walked::Excluded => self.summary.excluded += 1,
+                Walked::Nodump => self.summary.nodump += 1,
             }
         }
         if !files.is_empty() {
@@ -96,12 +133,13 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
     }
 
     /// Add one walked entry; a file the index does not know unchanged goes
-    /// to `files`, for the readers.
+    /// to `files`, for the readers, and so does one whose attributes it
+    /// does not know (to read those only).
     fn entry(
         &mut self,
-        e: Entry,
+        mut e: Entry,
         stat: FileStat,
-        reuse: Option<Vec<u8>>,
+        known: Option<Known>,
         files: &mut Vec<Todo>,
     ) -> Result<()> {
         let meta = self.meta;
@@ -113,30 +151,61 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
         }
         s.files += 1;
         s.bytes_scanned += e.size;
-        if stat.size == 0 {
-            meta.add(&e, Some(&[]))?;
-            return Ok(());
-        }
-        match reuse {
-            Some(list) => {
-                meta.add(&e, Some(&list))?;
+        let reuse = match known {
+            Some(Known {
+                chunks,
+                attrs: Some(attrs),
+            }) => {
+                e.attrs = attrs;
+                meta.add(&e, Some(&chunks))?;
+                return Ok(());
+            }
+            Some(Known {
+                chunks,
+                attrs: None,
+            }) => {
+                meta.add(&e, Some(&chunks))?;
+                Some(chunks)
+            }
+            // Nothing to read but its attributes.
+            None if stat.size == 0 => {
+                meta.add(&e, Some(&[]))?;
+                Some(Vec::new())
             }
             None => {
-                let entry = meta.add(&e, None)?;
+                meta.add(&e, None)?;
                 let p = self.shared.progress;
                 p.total_files.fetch_add(1, Ordering::Relaxed);
                 p.total_bytes.fetch_add(stat.size, Ordering::Relaxed);
-                files.push(Todo {
-                    entry,
-                    path: PathBuf::from(
-                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
-                    ),
-                    stat,
-                    stream: None,
-                });
+                None
             }
-        }
+        };
+        files.push(Todo {
+            entry: meta.conn.last_insert_rowid(),
+            path: PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(e.path),
+            ),
+            stat,
+            stream: None,
+            reuse,
+        });
         Ok(())
+    }
+
+    /// The attributes read of file entry `entry` (at `path`): recorded,
+    /// what could not be read counted; Some when read whole (the index may
+    /// then keep them).
+    fn file_attrs(&self, entry: i64, path: &Path, read: Read) -> Result<Option<Attrs>> {
+        if !read.attrs.is_empty() {
+            self.meta.set_attrs(entry, &read.attrs)?;
+        }
+        match read.problem {
+            Some(p) => {
+                self.losses.note(p, path.as_os_str().as_bytes());
+                Ok(None)
+            }
+            None => Ok(Some(read.attrs)),
+        }
     }
 
     /// Apply one pipeline event.
@@ -160,10 +229,13 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                 got,
                 chunks,
                 change,
+                attrs,
             } => {
                 s.files_read += 1;
                 s.bytes_read += got.data;
                 meta.set_chunks(t.entry, got.size, &chunks)?;
+                let attrs = self.file_attrs(t.entry, &t.path, attrs)?;
+                let s = &mut self.summary;
                 match change {
                     Some(Change::Grew) => {
                         s.warnings += 1;
@@ -182,9 +254,23 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                         ));
                     }
                     None => {
-                        meta.note_file(t.path.as_os_str().as_bytes(), &t.stat, &chunks)?;
+                        let path = t.path.as_os_str().as_bytes();
+                        meta.note_file(path, &t.stat, &chunks, attrs.as_ref())?;
                     }
                 }
+            }
+            Event::AttrsDone {
+                todo: t,
+                chunks,
+                attrs,
+            } => {
+                let attrs = self.file_attrs(t.entry, &t.path, attrs)?;
+                let path = t.path.as_os_str().as_bytes();
+                meta.note_file(path, &t.stat, &chunks, attrs.as_ref())?;
+            }
+            Event::FileNodump { entry } => {
+                s.nodump += 1;
+                meta.remove(entry)?;
             }
             Event::StreamDone {
                 entry,

@@ -34,6 +34,7 @@ pub fn feed(
         rdev: 0,
         target: None,
         link: None,
+        attrs: Default::default(),
     };
     let entry = rec.stream_entry(&e, &input.what)?;
     let t = Todo {
@@ -48,6 +49,7 @@ pub fn feed(
             dev: 0,
         },
         stream: Some(input),
+        reuse: None,
     };
     todo.send(vec![t]).map_err(|_| Error::Cancelled)
 }

@@ -10,24 +10,35 @@ use rustix::fs::{FileType, Stat};
 
 use super::cancel::Cancel;
 use crate::error::{Error, Result};
-use crate::index::FileStat;
+use crate::index::{FileStat, Known};
 use crate::snapshot::{Entry, Kind};
 use crate::walk::{self, Excludes};
+use crate::xattrs::{Attrs, Problem, Read};
 
 /// Entries handed on at a time.
 const WALK_BATCH: usize = 256;
 
 /// What the walk found; `detect` fills in the chunk lists it can reuse.
 pub enum Walked {
-    /// An entry, its stat and, for a file the index knows unchanged, the
-    /// chunk list to reuse (filled in by `detect`).
-    Entry(Entry, FileStat, Option<Vec<u8>>),
+    /// An entry with its stat and the attributes the walk read of it (a
+    /// directory's, a symlink's, a special file's; what could not be read:
+    /// `problem`); for a file the index knows unchanged, its chunk list and
+    /// what the index knows of its attributes (`known`, filled in by
+    /// `detect`).
+    Entry {
+        entry: Entry,
+        stat: FileStat,
+        problem: Option<Problem>,
+        known: Option<Known>,
+    },
     Failed(walk::WalkError),
     Replaced(walk::Replaced),
     /// A directory recorded, its contents left out, and why.
     LeftOut(walk::LeftOut),
     /// An entry an exclude pattern left out.
     Excluded,
+    /// An entry with the nodump flag, left out with `exclude_nodump`.
+    Nodump,
 }
 
 /// What a run walks.
@@ -53,8 +64,9 @@ pub fn stat_of(st: &Stat) -> FileStat {
     }
 }
 
-/// The entry for a walked path, its stat and (a symlink's) target.
-fn entry_of(path: PathBuf, st: &Stat, target: Option<Vec<u8>>) -> Option<Entry> {
+/// The entry for a walked path, its stat, (a symlink's) target and
+/// attributes.
+fn entry_of(path: PathBuf, st: &Stat, target: Option<Vec<u8>>, attrs: Attrs) -> Option<Entry> {
     let kind = match walk::kind(st) {
         FileType::Directory => Kind::Dir,
         FileType::RegularFile => Kind::File,
@@ -77,6 +89,7 @@ fn entry_of(path: PathBuf, st: &Stat, target: Option<Vec<u8>>) -> Option<Entry> 
         rdev: st.st_rdev,
         target: if kind == Kind::Symlink { target } else { None },
         link: None,
+        attrs,
     })
 }
 
@@ -117,30 +130,38 @@ pub fn walk(r: &Roots<'_>, cancel: &Cancel<'_>, out: SyncSender<Vec<Walked>>) ->
             .filter(|p| root.starts_with(p))
             .min_by_key(|p| p.as_os_str().len())
             .unwrap_or(root);
-        let mut visit = |path: PathBuf, st: &Stat, target: Option<Vec<u8>>| -> Result<()> {
-            cancel.check()?;
-            match entry_of(path, st, target) {
-                Some(mut e) => {
-                    if e.kind == Kind::File && st.st_nlink > 1 {
-                        let inode = walk::dev_ino(st);
-                        match links.get(&inode) {
-                            Some(first) => e.link = Some(first.clone()),
-                            None => {
-                                links.insert(inode, e.path.clone());
+        let mut visit =
+            |path: PathBuf, st: &Stat, target: Option<Vec<u8>>, read: Option<Read>| -> Result<()> {
+                cancel.check()?;
+                let read = read.unwrap_or_default();
+                match entry_of(path, st, target, read.attrs) {
+                    Some(mut e) => {
+                        if e.kind == Kind::File && st.st_nlink > 1 {
+                            let inode = walk::dev_ino(st);
+                            match links.get(&inode) {
+                                Some(first) => e.link = Some(first.clone()),
+                                None => {
+                                    links.insert(inode, e.path.clone());
+                                }
                             }
                         }
+                        push(Walked::Entry {
+                            entry: e,
+                            stat: stat_of(st),
+                            problem: read.problem,
+                            known: None,
+                        })
                     }
-                    push(Walked::Entry(e, stat_of(st), None))
+                    None => Ok(()),
                 }
-                None => Ok(()),
-            }
-        };
+            };
         let mut note = |n: walk::Note| {
             push(match n {
                 walk::Note::Failed(w) => Walked::Failed(w),
                 walk::Note::Replaced(w) => Walked::Replaced(w),
                 walk::Note::LeftOut(_, why) => Walked::LeftOut(why),
                 walk::Note::Excluded(_) => Walked::Excluded,
+                walk::Note::Nodump(_) => Walked::Nodump,
             })
         };
         walk::walk(root, base, r.excludes, &mut visit, &mut note)?;

@@ -4,8 +4,8 @@
 //!
 //! An entry only in A is removed, only in B added. One in both is changed
 //! when its type, content (its chunk list), size, mode, owner, symlink
-//! target or device number differ, or, for anything but a directory, its
-//! mtime. A directory's mtime follows its entries (adding or removing one
+//! target, device number, extended attributes, ACL or inode flags differ,
+//! or, for anything but a directory, its mtime. A directory's mtime follows its entries (adding or removing one
 //! changes it), which the added and removed lines already show: a
 //! directory whose mtime alone changed is counted unchanged.
 
@@ -24,10 +24,10 @@ pub enum Change {
     Added(Entry),
     Removed(Entry),
     Changed {
-        old: Entry,
-        new: Entry,
+        old: Box<Entry>,
+        new: Box<Entry>,
         /// `type`, `content`, `size`, `mode`, `owner`, `target`, `device`,
-        /// `mtime`: what differs.
+        /// `xattrs`, `acl`, `flags`, `mtime`: what differs.
         what: Vec<&'static str>,
     },
 }
@@ -126,7 +126,11 @@ impl Summary {
                     Ok(())
                 } else {
                     self.changed += 1;
-                    emit(Change::Changed { old, new, what })
+                    emit(Change::Changed {
+                        old: Box::new(old),
+                        new: Box::new(new),
+                        what,
+                    })
                 }
             }
         }
@@ -169,6 +173,9 @@ pub fn changes(o: &Entry, n: &Entry) -> Vec<&'static str> {
         ("owner", (o.uid, o.gid) != (n.uid, n.gid)),
         ("target", o.target != n.target),
         ("device", device && o.rdev != n.rdev),
+        ("xattrs", !xattrs_changed(o, n, false).is_empty()),
+        ("acl", !xattrs_changed(o, n, true).is_empty()),
+        ("flags", o.attrs.flags != n.attrs.flags),
         (
             "mtime",
             o.kind != Some(Kind::Dir) && o.mtime_ns != n.mtime_ns,
@@ -177,6 +184,45 @@ pub fn changes(o: &Entry, n: &Entry) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(what, differs)| differs.then_some(what))
     .collect()
+}
+
+/// The names of the extended attributes that differ between `o` and `n`
+/// (added, removed or with another value): its ACLs (`acl`), or the
+/// others.
+fn xattrs_changed(o: &Entry, n: &Entry, acl: bool) -> Vec<String> {
+    use crate::xattrs::{ACL_ACCESS, ACL_DEFAULT, decode};
+    // (Both were checked when read.)
+    let (a, b) = (
+        decode(&o.attrs.xattrs).unwrap_or_default(),
+        decode(&n.attrs.xattrs).unwrap_or_default(),
+    );
+    let is_acl = |name: &[u8]| name == ACL_ACCESS || name == ACL_DEFAULT;
+    let mut names: Vec<&[u8]> = a.iter().chain(&b).map(|(n, _)| *n).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| is_acl(name) == acl)
+        .filter(|name| {
+            let value =
+                |l: &[(&[u8], &[u8])]| l.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_vec());
+            value(&a) != value(&b)
+        })
+        .map(|name| match name {
+            n if n == ACL_ACCESS => "access".to_string(),
+            n if n == ACL_DEFAULT => "default".to_string(),
+            n => shown(n),
+        })
+        .collect()
+}
+
+/// Inode flags as chattr letters, `-` for none.
+fn flags_text(flags: u32) -> String {
+    if flags == 0 {
+        "-".into()
+    } else {
+        format!("+{}", crate::xattrs::flag_letters(flags))
+    }
 }
 
 /// What an added or removed entry is: `file, 1.2 KiB`, `dir`,
@@ -208,6 +254,13 @@ fn detail(what: &str, o: &Entry, n: &Entry) -> String {
             rustix::fs::minor(o.rdev),
             rustix::fs::major(n.rdev),
             rustix::fs::minor(n.rdev)
+        ),
+        "xattrs" => format!("xattrs {}", xattrs_changed(o, n, false).join(", ")),
+        "acl" => format!("acl {}", xattrs_changed(o, n, true).join(", ")),
+        "flags" => format!(
+            "flags {} -> {}",
+            flags_text(o.attrs.flags),
+            flags_text(n.attrs.flags)
         ),
         "mtime" => {
             // To the second, or the nanosecond when that is what differs.
@@ -353,6 +406,7 @@ mod tests {
             target: None,
             link: None,
             content: None,
+            attrs: Default::default(),
         };
         let mut n = Entry {
             mtime_ns: 3_600_000_000_000,
@@ -365,8 +419,8 @@ mod tests {
         n.uid = 5;
         assert_eq!(changes(&o, &n), ["owner", "mtime"]);
         let c = Change::Changed {
-            old: o.clone(),
-            new: n.clone(),
+            old: Box::new(o.clone()),
+            new: Box::new(n.clone()),
             what: changes(&o, &n),
         };
         assert_eq!(
@@ -378,6 +432,32 @@ mod tests {
         assert_eq!(v["path"], "/x");
         assert_eq!(v["what"], json!(["owner", "mtime"]));
         assert_eq!(v["new"]["uid"], 5);
+        // Extended attributes, ACLs and flags are metadata changes.
+        let pair = |n: &str, v: &[u8]| (n.as_bytes().to_vec(), v.to_vec());
+        let mut m = o.clone();
+        m.attrs.xattrs = crate::xattrs::encode(vec![
+            pair("user.a", b"1"),
+            pair("system.posix_acl_default", b"x"),
+        ])
+        .unwrap();
+        m.attrs.flags = crate::xattrs::IMMUTABLE;
+        assert_eq!(changes(&o, &m), ["xattrs", "acl", "flags"]);
+        let c = Change::Changed {
+            old: Box::new(o.clone()),
+            new: Box::new(m.clone()),
+            what: changes(&o, &m),
+        };
+        assert_eq!(
+            change_line(&c),
+            "M /x  (xattrs user.a, acl default, flags - -> +i)"
+        );
+        let mut m2 = m.clone();
+        m2.attrs.xattrs = crate::xattrs::encode(vec![
+            pair("user.a", b"2"),
+            pair("system.posix_acl_default", b"x"),
+        ])
+        .unwrap();
+        assert_eq!(changes(&m, &m2), ["xattrs"]);
         let v = change_json(&Change::Added(n));
         assert_eq!(
             (v["change"].clone(), v["path"].clone()),

@@ -66,6 +66,8 @@ pub struct Entry {
     /// SHA-256 of the chunk list, when read (`diff`): equal lists, equal
     /// content.
     pub content: Option<[u8; 32]>,
+    /// Extended attributes (checked) and inode flags.
+    pub attrs: crate::xattrs::Attrs,
 }
 
 impl Entry {
@@ -142,6 +144,8 @@ pub struct Snapshot {
     conn: Metadata,
     /// The `link` column as an SQL expression (`snapshot::link_column`).
     link: &'static str,
+    /// The `xattrs, flags` columns, likewise (`snapshot::attr_columns`).
+    attrs: &'static str,
 }
 
 impl Snapshot {
@@ -159,10 +163,12 @@ impl Snapshot {
     /// would hold every entry in memory.
     pub fn from_conn(id: &str, conn: Metadata) -> Result<Snapshot> {
         let link = snapshot::link_column(&conn, "main");
+        let attrs = snapshot::attr_columns(&conn, "main");
         let s = Snapshot {
             id: id.to_string(),
             conn,
             link,
+            attrs,
         };
         if !plan_is_ordered(&s.conn, &s.q_range(false))? {
             return Err(Error::corrupt(
@@ -181,9 +187,10 @@ impl Snapshot {
 
     fn columns(&self, content: bool) -> String {
         format!(
-            "path, kind, mode, uid, gid, size, mtime_ns, rdev, target, {}, {}",
+            "path, kind, mode, uid, gid, size, mtime_ns, rdev, target, {}, {}, {}",
             self.link,
-            if content { "chunks" } else { "NULL" }
+            if content { "chunks" } else { "NULL" },
+            self.attrs
         )
     }
 
@@ -330,6 +337,12 @@ fn read(r: &rusqlite::Row<'_>, content: bool) -> Result<Entry> {
     } else {
         None
     };
+    let flags = match r.get_ref(12) {
+        Ok(ValueRef::Null) => None,
+        _ => Some(int(12, "inode flags")?),
+    };
+    let attrs = crate::xattrs::check(bytes(11, "extended attributes")?, flags)
+        .map_err(|why| Error::corrupt(META, format!("{}: {why}", shown(&path))))?;
     Ok(Entry {
         kind: Kind::from_i64(kind_raw),
         kind_raw,
@@ -342,6 +355,7 @@ fn read(r: &rusqlite::Row<'_>, content: bool) -> Result<Entry> {
         target: bytes(8, "symlink target")?.map(<[u8]>::to_vec),
         link: bytes(9, "hard link")?.map(<[u8]>::to_vec),
         content,
+        attrs,
         path,
     })
 }

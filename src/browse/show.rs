@@ -69,9 +69,33 @@ fn device(rdev: u64) -> (u32, u32) {
     (rustix::fs::major(rdev), rustix::fs::minor(rdev))
 }
 
-/// `-rw-r--r--     0/0         13 2026-11-23 08:30 /etc/hostname`, with
+/// After the mode, as `ls -l` marks an entry with an ACL: `+` for a POSIX
+/// ACL (access or default), `@` for other extended attributes (as macOS's
+/// `ls` does), a space for none.
+fn attr_marker(e: &Entry) -> char {
+    if crate::xattrs::has_acl(&e.attrs.xattrs) {
+        '+'
+    } else if !e.attrs.xattrs.is_empty() {
+        '@'
+    } else {
+        ' '
+    }
+}
+
+/// A file capability as getcap shows it, if the entry has one.
+fn capability(e: &Entry) -> Option<String> {
+    let list = crate::xattrs::decode(&e.attrs.xattrs).ok()?;
+    let (_, v) = list
+        .into_iter()
+        .find(|(n, _)| *n == crate::xattrs::CAPABILITY)?;
+    Some(crate::xattrs::capability_text(v).unwrap_or_else(|| "capabilities?".into()))
+}
+
+/// `-rw-r--r--      0/0         13 2026-11-23 08:30 /etc/hostname`, with
 /// ` -> TARGET` for a symlink and `(hard link of PATH)` for a further
-/// hard link; a device shows `major, minor` for its size.
+/// hard link; a device shows `major, minor` for its size. An ACL or
+/// extended attributes mark the mode (`attr_marker`); a file capability
+/// (`[cap_net_raw=ep]`) and inode flags (`[chattr +ia]`) follow the path.
 pub fn entry_line(e: &Entry) -> String {
     let size = if is_device(e.kind) {
         let (major, minor) = device(e.rdev);
@@ -80,8 +104,9 @@ pub fn entry_line(e: &Entry) -> String {
         e.size.to_string()
     };
     let mut s = format!(
-        "{} {:>11} {:>12} {} {}",
+        "{}{} {:>10} {:>12} {} {}",
         mode_string(e.kind, e.mode),
+        attr_marker(e),
         format!("{}/{}", e.uid, e.gid),
         size,
         crate::time::minute(e.mtime()),
@@ -93,6 +118,15 @@ pub fn entry_line(e: &Entry) -> String {
     }
     if let (Some(Kind::File), Some(l)) = (e.kind, &e.link) {
         s.push_str(&format!(" (hard link of {})", shown(l)));
+    }
+    if let Some(caps) = capability(e) {
+        s.push_str(&format!(" [{caps}]"));
+    }
+    if e.attrs.flags != 0 {
+        s.push_str(&format!(
+            " [chattr +{}]",
+            crate::xattrs::flag_letters(e.attrs.flags)
+        ));
     }
     s
 }
@@ -142,7 +176,9 @@ pub fn put_bytes(v: &mut Value, key: &str, b: &[u8]) {
 /// One entry as a JSON object: `path`, `type`, `mode`, `uid`, `gid`,
 /// `size`, `mtime`, `mtime_ns`; `target` for a symlink, `link` for a
 /// further hard link, `major` and `minor` for a device, `kind` (the
-/// number) for a kind this build does not know.
+/// number) for a kind this build does not know; `xattrs` (the names of
+/// its extended attributes, lossy), `acl` (true), `capabilities` (as
+/// getcap shows them) and `flags` (their names) when it has any.
 pub fn entry_json(e: &Entry) -> Value {
     let mut v = json!({
         "type": kind_name(e.kind),
@@ -167,6 +203,22 @@ pub fn entry_json(e: &Entry) -> Value {
     }
     if e.kind.is_none() {
         v["kind"] = e.kind_raw.into();
+    }
+    let names = crate::xattrs::names(&e.attrs.xattrs);
+    if !names.is_empty() {
+        v["xattrs"] = names
+            .iter()
+            .map(|n| Value::String(String::from_utf8_lossy(n).into_owned()))
+            .collect();
+    }
+    if crate::xattrs::has_acl(&e.attrs.xattrs) {
+        v["acl"] = true.into();
+    }
+    if let Some(caps) = capability(e) {
+        v["capabilities"] = caps.into();
+    }
+    if e.attrs.flags != 0 {
+        v["flags"] = crate::xattrs::flag_names(e.attrs.flags).into();
     }
     v
 }
@@ -196,6 +248,7 @@ mod tests {
             target: None,
             link: None,
             content: None,
+            attrs: Default::default(),
         }
     }
 
@@ -229,6 +282,32 @@ mod tests {
             entry_line(&f),
             "-rw-r--r--    1000/100           13 2026-11-23 08:30 /etc/hostname"
         );
+        // An ACL, other attributes, a capability, flags.
+        let pair = |n: &str, v: &[u8]| (n.as_bytes().to_vec(), v.to_vec());
+        let mut cap = 0x0200_0001u32.to_le_bytes().to_vec();
+        cap.extend_from_slice(&(1u32 << 13).to_le_bytes());
+        cap.extend_from_slice(&[0; 12]);
+        let mut x = f.clone();
+        x.attrs.xattrs = crate::xattrs::encode(vec![
+            pair("security.capability", &cap),
+            pair("user.a", b"1"),
+        ])
+        .unwrap();
+        x.attrs.flags = crate::xattrs::IMMUTABLE | crate::xattrs::NODUMP;
+        assert_eq!(
+            entry_line(&x),
+            "-rw-r--r--@   1000/100           13 2026-11-23 08:30 /etc/hostname \
+             [cap_net_raw=ep] [chattr +id]"
+        );
+        let v = entry_json(&x);
+        assert_eq!(v["xattrs"], json!(["security.capability", "user.a"]));
+        assert_eq!(v["capabilities"], "cap_net_raw=ep");
+        assert_eq!(v["flags"], json!(["immutable", "nodump"]));
+        assert!(v.get("acl").is_none());
+        x.attrs.xattrs =
+            crate::xattrs::encode(vec![pair("system.posix_acl_access", b"\x02")]).unwrap();
+        assert!(entry_line(&x).starts_with("-rw-r--r--+ "));
+        assert_eq!(entry_json(&x)["acl"], true);
         let v = entry_json(&f);
         assert_eq!(v["path"], "/etc/hostname");
         assert_eq!(v["type"], "file");

@@ -264,6 +264,7 @@ pub fn summary_line(s: &crate::backup::Summary) -> String {
     let mut left = Vec::new();
     for (n, what) in [
         (s.excluded, "excluded by pattern"),
+        (s.nodump, "with the nodump flag"),
         (s.tagged, "tagged directories (contents)"),
         (s.mounts, "mount points not crossed"),
     ] {

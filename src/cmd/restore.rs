@@ -1,5 +1,5 @@
 //! `restore SNAPSHOT (--target DIR | --stdout) [--identity FILE] [--thaw[=TIER]]
-//! [--thaw-days N] [--wait] [--json] [--include GLOB]... [--exclude GLOB]...
+//! [--thaw-days N] [--wait] [--json] [--no-xattrs] [--include GLOB]... [--exclude GLOB]...
 //! [--overwrite MODE] [--verify-existing] [--delete] [--dry-run] [PATH...]`
 
 use std::io::Write;
@@ -65,6 +65,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
         warn: &warn,
         gate: &gate,
         report: a.controls.dry_run.then_some(&report_action),
+        xattrs: !a.no_xattrs,
     };
     let result = match &a.to {
         RestoreTo::Target(_) => r.run(&id),
@@ -127,6 +128,14 @@ fn summary_line(s: &Summary, into: &str, c: &crate::restore::Controls) -> String
     }
     if c.delete {
         line.push_str(&format!("; {} deleted", s.deleted));
+    }
+    // Attributes not restored: counted here, one warning per kind said
+    // which.
+    if s.attrs_lost > 0 {
+        line.push_str(&format!(
+            "; attributes of {} entries not all restored (see the warnings)",
+            s.attrs_lost
+        ));
     }
     line
 }

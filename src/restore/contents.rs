@@ -28,6 +28,7 @@ use crate::blob::{BlobReader, Location};
 use crate::chunk::ChunkId;
 use crate::error::{DbContext, Error, Result};
 use crate::store::Store;
+use crate::xattrs::Apply;
 
 /// Parallel ranged downloads. Each streams one ranged GET per unit and keeps
 /// its chunk buffers (up to the largest chunk, twice) from chunk to chunk.
@@ -66,6 +67,11 @@ fn unit_dirs() -> usize {
 }
 /// Neighbouring chunks closer than this are read in one request.
 const MERGE_GAP: u64 = 256 << 10;
+/// ...and carry at most this many bytes of extended attributes and paths
+/// (of the files they set attributes of that have some: a forged entry
+/// may hold 1 MiB)...
+const UNIT_XATTR_BYTES: usize = 1 << 20;
+
 /// Files of more than one chunk tracked at a time (each until its last
 /// chunk is written, when its attributes are set): a few megabytes. Files
 /// met while the table is full get theirs in the attribute phase, as
@@ -86,12 +92,14 @@ struct Job {
 }
 
 enum Reach {
-    Make(Attrs),
+    /// With its source path when it has extended attributes or flags (for
+    /// what cannot be set of them).
+    Make(Attrs, Vec<u8>),
     /// `finish`: tracked, with the attributes to set once its last chunk
-    /// is written.
+    /// is written (and the source path, as `Make`'s).
     Made {
         id: FileId,
-        finish: Option<Attrs>,
+        finish: Option<(Attrs, Vec<u8>)>,
     },
 }
 
@@ -100,6 +108,8 @@ pub struct Unit {
     blob: usize,
     jobs: Vec<Job>,
     dirs: usize,
+    /// Bytes of extended attributes its jobs carry.
+    xattrs: usize,
 }
 
 /// One of the ranges of jobs `plan_units` reads side by side.
@@ -132,6 +142,7 @@ struct Progress {
 /// The planning thread's side of `Progress`: which files to track (the
 /// plan's `pending`), and recording those finished.
 struct Tracker<'c> {
+    progress: &'c Progress,
     find: rusqlite::Statement<'c>,
     met: rusqlite::Statement<'c>,
     finish: rusqlite::Statement<'c>,
@@ -141,9 +152,9 @@ struct Tracker<'c> {
 impl Tracker<'_> {
     /// Whether the file of node `node` is tracked: the first time a job of
     /// it is met, it is if there is room.
-    fn track(&mut self, progress: &Progress, node: i64) -> Result<bool> {
+    fn track(&mut self, node: i64) -> Result<bool> {
         let pp = ppath();
-        if progress.left.lock().expect("lock").contains_key(&node) {
+        if self.progress.left.lock().expect("lock").contains_key(&node) {
             return Ok(true);
         }
         let jobs: Option<i64> = self
@@ -155,7 +166,7 @@ impl Tracker<'_> {
             return Ok(false);
         };
         self.met.execute([node]).db(pp)?;
-        let mut left = progress.left.lock().expect("lock");
+        let mut left = self.progress.left.lock().expect("lock");
         if left.len() >= TRACKED_MAX {
             return Ok(false);
         }
@@ -173,7 +184,8 @@ impl Tracker<'_> {
 }
 
 /// Read every unit of the plan, `THREADS` at a time (`pause`: the test
-/// hook, after each unit).
+/// hook, after each unit); files get their attributes as `apply` says (the
+/// snapshot has the `xattrs` and `flags` columns: `attrs`).
 pub fn read_all(
     conn: &Connection,
     target: &mut Target,
@@ -181,12 +193,12 @@ pub fn read_all(
     identities: &[x25519::Identity],
     blobs: &[(String, u64)],
     pause: &Path,
+    (apply, attrs): (&Apply<'_>, bool),
 ) -> Result<Read> {
     let failed: Mutex<HashMap<i64, String>> = Mutex::new(HashMap::new());
     let chunks_done = AtomicU64::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
-    let as_root = target.as_root;
     let (finished, finished_rx) = mpsc::channel();
     let progress = Progress {
         left: Mutex::new(HashMap::new()),
@@ -194,6 +206,7 @@ pub fn read_all(
     };
     let pp = ppath();
     let mut tracker = Tracker {
+        progress: &progress,
         find: conn
             .prepare("SELECT jobs FROM plan.pending WHERE node = ?1 AND state = 0")
             .db(pp)?,
@@ -206,7 +219,7 @@ pub fn read_all(
         finished: finished_rx,
     };
     let planned = super::fan_out(
-        |tx| plan_units(conn, target, tx, &stop, &failed, &progress, &mut tracker),
+        |tx| plan_units(conn, target, tx, &stop, &failed, &mut tracker, attrs),
         |u: Unit| {
             if stop.load(Ordering::Relaxed) {
                 return;
@@ -215,7 +228,7 @@ pub fn read_all(
                 store,
                 identities,
                 blobs,
-                as_root,
+                apply,
                 failed: &failed,
                 done: &chunks_done,
                 progress: &progress,
@@ -230,7 +243,7 @@ pub fn read_all(
                     for j in &u.jobs {
                         ff.entry(j.node).or_insert_with(|| e.to_string());
                         // A one-chunk file may have been made: not left.
-                        if let Reach::Make(_) = j.how {
+                        if let Reach::Make(..) = j.how {
                             let _ = rustix::fs::unlinkat(
                                 &*j.parent,
                                 &*j.name,
@@ -267,8 +280,8 @@ fn plan_units(
     tx: &SyncSender<Unit>,
     stop: &AtomicBool,
     failed: &Mutex<HashMap<i64, String>>,
-    progress: &Progress,
     tracker: &mut Tracker<'_>,
+    attrs: bool,
 ) -> Result<()> {
     let pp = ppath();
     let n: i64 = conn
@@ -290,9 +303,10 @@ fn plan_units(
         }
     }
     bounds.push((i64::MAX, i64::MAX));
+    let q_jobs = plan::q(plan::Q_JOBS, attrs);
     let mut stmts = Vec::new();
     for _ in 1..bounds.len() {
-        stmts.push(conn.prepare(plan::Q_JOBS).db(pp)?);
+        stmts.push(conn.prepare(&q_jobs).db(pp)?);
     }
     let mut node_q = conn.prepare(plan::Q_NODE).db(pp)?;
     let mut cursors = Vec::new();
@@ -312,7 +326,7 @@ fn plan_units(
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            match next_unit(c, target, &mut info, failed, max_dirs, progress, tracker)? {
+            match next_unit(c, target, &mut info, failed, max_dirs, tracker)? {
                 Some(u) => {
                     if tx.send(u).is_err() {
                         return Ok(());
@@ -333,7 +347,6 @@ fn next_unit(
     info: &mut dyn FnMut(i64) -> Result<target::NodeInfo>,
     failed: &Mutex<HashMap<i64, String>>,
     max_dirs: usize,
-    progress: &Progress,
     tracker: &mut Tracker<'_>,
 ) -> Result<Option<Unit>> {
     let pp = ppath();
@@ -351,7 +364,8 @@ fn next_unit(
         let offset = r.get::<_, i64>(6).db(pp)? as u64;
         let single: bool = r.get(7).db(pp)?;
         let mut how = if single {
-            Reach::Make(super::attrs_from_row(r, 12).db(pp)?)
+            let (a, src) = attrs_and_path(r)?;
+            Reach::Make(a, src)
         } else {
             match (
                 r.get::<_, Option<i64>>(10).db(pp)?,
@@ -381,14 +395,14 @@ fn next_unit(
                         continue;
                     }
                 };
-                let tracked = !single && tracker.track(progress, node)?;
+                let tracked = !single && tracker.track(node)?;
                 let name: Arc<[u8]> = name.into();
                 c.last = Some((node, parent.clone(), name.clone(), tracked));
                 (parent, name, tracked)
             }
         };
         if let (Reach::Made { finish, .. }, true) = (&mut how, tracked) {
-            *finish = Some(super::attrs_from_row(r, 12).db(pp)?);
+            *finish = Some(attrs_and_path(r)?);
         }
         let job = Job {
             loc,
@@ -416,6 +430,7 @@ fn next_unit(
                 || span > UNIT_BYTES
                 || u.jobs.len() >= UNIT_JOBS
                 || (new_dir && u.dirs >= max_dirs)
+                || u.xattrs >= UNIT_XATTR_BYTES
             {
                 full = c.cur.take();
             }
@@ -424,12 +439,21 @@ fn next_unit(
             blob,
             jobs: Vec::new(),
             dirs: 0,
+            xattrs: 0,
         });
         if u.jobs
             .last()
             .is_none_or(|l| !Arc::ptr_eq(&l.parent, &job.parent))
         {
             u.dirs += 1;
+        }
+        if let Reach::Make(a, src)
+        | Reach::Made {
+            finish: Some((a, src)),
+            ..
+        } = &job.how
+        {
+            u.xattrs += a.extra.xattrs.len() + src.len();
         }
         u.jobs.push(job);
         if full.is_some() {
@@ -439,12 +463,25 @@ fn next_unit(
     Ok(c.cur.take())
 }
 
+/// A job row's attributes, with the source path when they hold extended
+/// attributes or flags (to name what cannot be set of them).
+fn attrs_and_path(r: &rusqlite::Row<'_>) -> Result<(Attrs, Vec<u8>)> {
+    let pp = ppath();
+    let a = super::attrs_from_row(r, 12).db(pp)?;
+    let src = if a.extra.is_empty() {
+        Vec::new()
+    } else {
+        r.get::<_, Vec<u8>>(19).db(pp)?
+    };
+    Ok((a, src))
+}
+
 /// What the reading threads share.
 struct Ctx<'a> {
     store: &'a dyn Store,
     identities: &'a [x25519::Identity],
     blobs: &'a [(String, u64)],
-    as_root: bool,
+    apply: &'a Apply<'a>,
     failed: &'a Mutex<HashMap<i64, String>>,
     done: &'a AtomicU64,
     progress: &'a Progress,
@@ -503,7 +540,7 @@ impl Ctx<'_> {
         open: &mut Option<(i64, File)>,
     ) -> std::result::Result<(), String> {
         match &t.how {
-            Reach::Make(attrs) => {
+            Reach::Make(attrs, src) => {
                 // The file is this chunk: make it now, and finish it.
                 let f = target::create_new(&t.parent, &t.name).map_err(|e| e.to_string())?;
                 let written = if zero {
@@ -514,7 +551,7 @@ impl Ctx<'_> {
                         .map_err(|e| format!("cannot write: {e}"))
                 }
                 .and_then(|()| {
-                    target::set_fd_attrs(&f, attrs, self.as_root).map_err(|e| e.to_string())
+                    target::set_fd_attrs(&f, attrs, self.apply, src).map_err(|e| e.to_string())
                 });
                 if written.is_err() {
                     // Only now is its identity needed (to remove it, and
@@ -547,7 +584,13 @@ impl Ctx<'_> {
     /// One more chunk of tracked file `t` is written: once it is its
     /// last, set the file's owner, mode and times now. Failing here, the
     /// attribute phase sets them (and names what fails).
-    fn finish(&self, t: &Job, id: FileId, attrs: &Attrs, open: &mut Option<(i64, File)>) {
+    fn finish(
+        &self,
+        t: &Job,
+        id: FileId,
+        attrs: &(Attrs, Vec<u8>),
+        open: &mut Option<(i64, File)>,
+    ) {
         {
             let mut left = self.progress.left.lock().expect("lock");
             let Some(n) = left.get_mut(&t.node) else {
@@ -566,7 +609,8 @@ impl Ctx<'_> {
             }
         }
         let (_, f) = open.as_ref().expect("just opened");
-        if target::set_fd_attrs(f, attrs, self.as_root).is_ok() {
+        let (attrs, src) = attrs;
+        if target::set_fd_attrs(f, attrs, self.apply, src).is_ok() {
             let _ = self.progress.finished.send(t.node);
         }
     }

@@ -19,8 +19,10 @@ use super::{Summary, attrs_from_row, fan_out, node_info};
 use crate::error::{DbContext, Result};
 use crate::snapshot::Kind;
 
-/// Entries whose attributes a thread sets at a time.
+/// Entries whose attributes a thread sets at a time, and bytes of extended
+/// attributes at most (a forged entry may hold 1 MiB of them).
 const ATTR_BATCH: usize = 256;
+const ATTR_BATCH_BYTES: usize = 1 << 20;
 
 /// The entry phases' shared state.
 pub struct Entries<'a> {
@@ -31,6 +33,10 @@ pub struct Entries<'a> {
     pub failures: super::Failures,
     /// `(device node, path)` warnings that are not failures.
     pub warn: &'a (dyn Fn(&str) + Sync),
+    /// How extended attributes and flags are set, and what could not be.
+    pub apply: &'a crate::xattrs::Apply<'a>,
+    /// The snapshot has the `xattrs` and `flags` columns (format 3 on).
+    pub attrs: bool,
 }
 
 impl Entries<'_> {
@@ -64,7 +70,7 @@ impl Entries<'_> {
         ) -> Result<()>,
     ) -> Result<()> {
         let conn = self.conn;
-        let mut st = conn.prepare(q).db(ppath())?;
+        let mut st = conn.prepare(&plan::q(q, self.attrs)).db(ppath())?;
         let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
         let mut info = |n: i64| node_info(&mut node_q, n);
         let mut rows = st.query([]).db(ppath())?;
@@ -229,8 +235,8 @@ impl Entries<'_> {
             let name: Vec<u8> = r.get(2).db(ppath())?;
             let src: Vec<u8> = r.get(3).db(ppath())?;
             let a = attrs_from_row(r, 4).db(ppath())?;
-            let to: Option<Vec<u8>> = r.get(9).db(ppath())?;
-            let rdev = r.get::<_, i64>(10).db(ppath())? as u64;
+            let to: Option<Vec<u8>> = r.get(11).db(ppath())?;
+            let rdev = r.get::<_, i64>(12).db(ppath())? as u64;
             let made = match a.kind {
                 Kind::Symlink => this.dir(parent, info)?.and_then(|p| {
                     let id = target::symlink(&p, &name, to.as_deref().unwrap_or_default())?;
@@ -266,23 +272,26 @@ impl Entries<'_> {
         })
     }
 
-    /// Owners, modes and times of everything but directories: batches go
-    /// to threads as they are read (a few system calls per entry), with
-    /// the directory each is in opened for them.
+    /// Owners, extended attributes, modes, times and flags of everything
+    /// but directories: batches go to threads as they are read (a few
+    /// system calls per entry), with the directory each is in opened for
+    /// them.
     pub fn attrs(&mut self) -> Result<()> {
         type Batch = Vec<(Arc<OwnedFd>, Vec<u8>, FileId, Vec<u8>, Attrs)>;
         let conn = self.conn;
         let errs = Mutex::new(super::Failures::default());
-        let as_root = self.target.as_root;
+        let apply = self.apply;
+        let q = plan::q(plan::Q_ATTRS, self.attrs);
         let target = &mut self.target;
         let failures = &mut self.failures;
         let read = fan_out(
             |tx| {
-                let mut st = conn.prepare(plan::Q_ATTRS).db(ppath())?;
+                let mut st = conn.prepare(&q).db(ppath())?;
                 let mut node_q = conn.prepare(plan::Q_NODE).db(ppath())?;
                 let mut info = |n: i64| node_info(&mut node_q, n);
                 let mut rows = st.query([]).db(ppath())?;
                 let mut batch: Batch = Vec::with_capacity(ATTR_BATCH);
+                let mut bytes = 0;
                 while let Some(r) = rows.next().db(ppath())? {
                     let parent: i64 = r.get(0).db(ppath())?;
                     let name: Vec<u8> = r.get(1).db(ppath())?;
@@ -293,10 +302,14 @@ impl Entries<'_> {
                     let src: Vec<u8> = r.get(4).db(ppath())?;
                     let a = attrs_from_row(r, 5).db(ppath())?;
                     match target.dir(parent, &mut info)? {
-                        Ok(p) => batch.push((p, name, id, src, a)),
+                        Ok(p) => {
+                            bytes += a.extra.xattrs.len();
+                            batch.push((p, name, id, src, a));
+                        }
                         Err(err) => failures.push(format!("{}: {err}", shown(&src))),
                     }
-                    if batch.len() == ATTR_BATCH {
+                    if batch.len() == ATTR_BATCH || bytes >= ATTR_BATCH_BYTES {
+                        bytes = 0;
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(ATTR_BATCH));
                         if tx.send(full).is_err() {
                             return Ok(());
@@ -310,7 +323,7 @@ impl Entries<'_> {
             },
             |batch: Batch| {
                 for (parent, name, id, src, a) in batch {
-                    if let Err(err) = target::set_attrs(&parent, &name, id, &a, as_root) {
+                    if let Err(err) = target::set_attrs(&parent, &name, id, &a, apply, &src) {
                         let msg = format!("{}: {err}", shown(&src));
                         errs.lock().expect("lock").push(msg);
                     }
@@ -322,10 +335,12 @@ impl Entries<'_> {
         Ok(())
     }
 
-    /// Owners, modes and times of directories, deepest first (the target
-    /// itself last, from the snapshot's `/`), each through its own
-    /// descriptor, reopened and checked if not at hand.
+    /// Owners, extended attributes, modes, times and flags of
+    /// directories, deepest first (the target itself last, from the
+    /// snapshot's `/`), each through its own descriptor, reopened and
+    /// checked if not at hand.
     pub fn dir_attrs(&mut self) -> Result<()> {
+        let apply = self.apply;
         self.each(plan::Q_DIRS_DOWN, |this, r, info| {
             let node: i64 = r.get(0).db(ppath())?;
             let src: Vec<u8> = r.get(1).db(ppath())?;
@@ -333,7 +348,7 @@ impl Entries<'_> {
             let set = this
                 .target
                 .dir(node, info)?
-                .and_then(|fd| this.target.dir_attrs(&fd, &a));
+                .and_then(|fd| this.target.dir_attrs(node, &fd, &a, apply, &src));
             if let Err(err) = set {
                 this.failures.push(format!("{}: {err}", shown(&src)));
             }

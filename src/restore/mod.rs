@@ -4,7 +4,8 @@
 //! pre-sized files (`entries.rs`) -> contents, read in parallel by ranged
 //! GETs, every chunk's SHA-256 checked (`contents.rs`) -> hard links,
 //! symlinks and special files -> owners, modes and times last, directories
-//! deepest first.
+//! deepest first. Extended attributes go with owners and modes, inode flags
+//! after everything else of an entry (`crate::xattrs`).
 //!
 //! Every write goes through `target.rs`, which works only from directory
 //! descriptors of the target: nothing the snapshot names is ever resolved
@@ -63,6 +64,9 @@ pub struct Restore<'a> {
     pub gate: crate::thaw::Gate<'a>,
     /// A dry run's report of each action, as it is decided.
     pub report: Option<&'a Report<'a>>,
+    /// Restore extended attributes, ACLs and inode flags (not
+    /// `--no-xattrs`).
+    pub xattrs: bool,
 }
 
 /// What to restore of a snapshot, and how to treat what the target has.
@@ -181,6 +185,9 @@ pub struct Summary {
     pub dry: Option<Counts>,
     pub blobs: u64,
     pub fetch_bytes: u64,
+    /// Entries whose extended attributes or inode flags were not all
+    /// restored (by kind: one warning each).
+    pub attrs_lost: u64,
     pub seconds: f64,
 }
 
@@ -247,6 +254,12 @@ impl Restore<'_> {
         };
         (self.gate)(&needed)?;
         let target = Target::open(&self.target).at("open target directory", &self.target)?;
+        let losses = crate::xattrs::Losses::default();
+        let apply = crate::xattrs::Apply {
+            on: self.xattrs,
+            as_root: target.as_root,
+            losses: &losses,
+        };
         let mut run = entries::Entries {
             conn,
             target,
@@ -257,6 +270,8 @@ impl Restore<'_> {
             },
             failures: built.failures,
             warn: self.warn,
+            apply: &apply,
+            attrs: crate::snapshot::has_attrs(conn, "main"),
         };
         run.dirs()?;
         if c.delete {
@@ -274,6 +289,7 @@ impl Restore<'_> {
             &self.identities,
             &built.blobs,
             &self.target.join(".vaultik-pause-unit"),
+            (&apply, run.attrs),
         )?;
         run.summary.chunks = read.chunks;
         run.target.forget();
@@ -287,6 +303,10 @@ impl Restore<'_> {
 
         let mut s = run.summary;
         s.seconds = started.elapsed().as_secs_f64();
+        for line in losses.lines() {
+            (self.warn)(&line);
+        }
+        s.attrs_lost = losses.count();
         if !run.failures.is_empty() {
             for f in run.failures.lines() {
                 (self.warn)(&f);
@@ -459,7 +479,8 @@ fn fan_out<T: Send>(
     })
 }
 
-/// From the columns `kind, mode, uid, gid, mtime_ns` of `r`, from `at`.
+/// From the columns `kind, mode, uid, gid, mtime_ns, xattrs, flags` of
+/// `r`, from `at` (the last two checked when the plan was made).
 fn attrs_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Attrs> {
     Ok(Attrs {
         kind: Kind::from_i64(r.get(at)?).unwrap_or(Kind::Socket),
@@ -467,6 +488,13 @@ fn attrs_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Attrs> {
         uid: r.get::<_, i64>(at + 2)? as u32,
         gid: r.get::<_, i64>(at + 3)? as u32,
         mtime_ns: r.get(at + 4)?,
+        extra: crate::xattrs::Attrs {
+            xattrs: r.get::<_, Option<Vec<u8>>>(at + 5)?.unwrap_or_default(),
+            flags: r
+                .get::<_, Option<i64>>(at + 6)?
+                .and_then(|f| u32::try_from(f).ok())
+                .unwrap_or(0),
+        },
     })
 }
 
@@ -538,7 +566,10 @@ mod tests {
             plan::Q_NODE,
             plan::Q_READS,
             prune::Q_RESTORED_DIRS,
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|q| [plan::q(q, true), plan::q(q, false)])
+        {
             let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {q}")).unwrap();
             let plan: Vec<String> = st
                 .query_map(

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::existing::{self, Decision, Existing, Overwrite, Wanted};
@@ -99,7 +100,8 @@ pub const Q_FILES: &str = "SELECT n.id, n.parent, n.name, n.size, n.single, e.pa
      WHERE n.kind = 2 AND n.link IS NULL AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
      ORDER BY n.id";
 pub const Q_JOBS: &str = "SELECT j.blob, j.boffset, j.length, j.size, j.chunk, j.node, j.foffset,
-     n.single, n.parent, n.name, m.dev, m.ino, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     n.single, n.parent, n.name, m.dev, m.ino, e.kind, e.mode, e.uid, e.gid, e.mtime_ns,
+     e.xattrs, e.flags, e.path
      FROM plan.jobs j JOIN plan.nodes n ON n.id = j.node
      LEFT JOIN plan.made m ON m.node = j.node
      JOIN main.entries e ON e.rowid = n.entry
@@ -115,7 +117,7 @@ pub const Q_LINKS: &str = "SELECT n.id, n.parent, n.name, n.size, e.path,
      WHERE n.link IS NOT NULL AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
      ORDER BY n.id";
 pub const Q_OTHER: &str = "SELECT n.id, n.parent, n.name, e.path,
-     e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.target, e.rdev
+     e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.xattrs, e.flags, e.target, e.rdev
      FROM plan.nodes n JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind NOT IN (1, 2) AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id)
      ORDER BY n.id";
@@ -123,19 +125,33 @@ pub const Q_OTHER: &str = "SELECT n.id, n.parent, n.name, e.path,
 /// finished as their last chunk was written; hard links share their first
 /// path's; entries kept as they are keep theirs.)
 pub const Q_ATTRS: &str = "SELECT n.parent, n.name, m.dev, m.ino, e.path,
-     e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+     e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.xattrs, e.flags
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind != 1 AND n.link IS NULL AND NOT n.single
      AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id AND NOT k.attrs)
      AND NOT EXISTS (SELECT 1 FROM plan.pending p WHERE p.node = n.id AND p.state = 2)
      ORDER BY n.id";
-pub const Q_DIRS_DOWN: &str = "SELECT n.id, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns
+pub const Q_DIRS_DOWN: &str = "SELECT n.id, e.path, e.kind, e.mode, e.uid, e.gid, e.mtime_ns,
+     e.xattrs, e.flags
      FROM plan.nodes n JOIN plan.made m ON m.node = n.id JOIN main.entries e ON e.rowid = n.entry
      WHERE n.kind = 1 AND NOT EXISTS (SELECT 1 FROM plan.kept k WHERE k.node = n.id AND NOT k.attrs)
      ORDER BY n.depth DESC";
 /// Where a directory node is, for reopening it.
 pub const Q_NODE: &str = "SELECT n.parent, n.name, m.dev, m.ino FROM plan.nodes n
      LEFT JOIN plan.made m ON m.node = n.id WHERE n.id = ?1";
+
+/// Plan query `q` for a snapshot with (`attrs`) or without (formats 1
+/// and 2) the `xattrs` and `flags` columns, which it then reads as NULL.
+pub fn q(query: &str, attrs: bool) -> std::borrow::Cow<'_, str> {
+    if attrs {
+        query.into()
+    } else {
+        query
+            .replace("e.xattrs", "NULL")
+            .replace("e.flags", "NULL")
+            .into()
+    }
+}
 
 pub const PLAN: &str = "restore plan";
 pub const META: &str = "snapshot metadata";
@@ -245,6 +261,8 @@ struct Row {
     chunks: Vec<u8>,
     /// A further hard link's first path.
     link: Option<Vec<u8>>,
+    /// Its extended attributes and flags, checked: Err says what is wrong.
+    attrs: std::result::Result<(), String>,
 }
 
 /// Build the plan from the metadata (every entry, in row order), keeping
@@ -259,9 +277,11 @@ pub fn build(conn: &Connection, o: Options<'_>, id: &str) -> Result<Built> {
     conn.execute_batch("BEGIN").db(ppath)?;
     let built = {
         let link = crate::snapshot::link_column(conn, "main");
+        let attrs = crate::snapshot::attr_columns(conn, "main");
         let mut st = conn
             .prepare(&format!(
-                "SELECT rowid, path, kind, size, chunks, {link}, mtime_ns FROM main.entries ORDER BY rowid"
+                "SELECT rowid, path, kind, size, chunks, {link}, mtime_ns, {attrs}
+                 FROM main.entries ORDER BY rowid"
             ))
             .db(mpath)?;
         let mut planner = Planner::new(conn, o)?;
@@ -287,6 +307,25 @@ pub fn build(conn: &Connection, o: Options<'_>, id: &str) -> Result<Built> {
                 continue;
             }
             let chunks: Option<Vec<u8>> = r.get(4).db(mpath)?;
+            let attrs = match (r.get_ref(7).db(mpath)?, r.get_ref(8).db(mpath)?) {
+                (
+                    x @ (ValueRef::Null | ValueRef::Blob(_)),
+                    f @ (ValueRef::Null | ValueRef::Integer(_)),
+                ) => {
+                    let x = if let ValueRef::Blob(b) = x {
+                        Some(b)
+                    } else {
+                        None
+                    };
+                    let f = if let ValueRef::Integer(n) = f {
+                        Some(n)
+                    } else {
+                        None
+                    };
+                    crate::xattrs::check(x, f).map(|_| ())
+                }
+                _ => Err("extended attributes or inode flags of the wrong type".into()),
+            };
             planner.entry(Row {
                 rowid: r.get(0).db(mpath)?,
                 src,
@@ -295,6 +334,7 @@ pub fn build(conn: &Connection, o: Options<'_>, id: &str) -> Result<Built> {
                 mtime_ns: r.get(6).db(mpath)?,
                 chunks: chunks.unwrap_or_default(),
                 link: r.get(5).db(mpath)?,
+                attrs,
             })?;
         }
         Built {
@@ -477,6 +517,9 @@ impl<'c, 'o> Planner<'c, 'o> {
         };
         if e.size < 0 || e.chunks.len() % chunk::RECORD != 0 {
             return self.refuse(&e.src, "malformed entry in snapshot metadata");
+        }
+        if let Err(why) = &e.attrs {
+            return self.refuse(&e.src, &format!("{why} in snapshot metadata; not restored"));
         }
         if e.kind == Kind::File && !self.locate_chunks(&e)? {
             return Ok(());

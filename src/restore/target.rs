@@ -1,8 +1,10 @@
 //! The one owner of every write a restore makes. Everything happens through
 //! directory file descriptors opened from the target: `mkdirat`, `openat`
 //! with `O_NOFOLLOW`, `symlinkat`, `mknodat`, `linkat`, `unlinkat`, and
-//! owners, modes and times set through a descriptor of the very object this
-//! restore made (`fchown`, `fchmod`, `futimens`). No name from the snapshot
+//! owners, extended attributes, modes, times and inode flags set through a
+//! descriptor of the very object this restore made (`fchown`, `fsetxattr`,
+//! `fchmod`, `futimens`, `FS_IOC_SETFLAGS`; a symlink's or special file's
+//! through its `O_PATH` descriptor). No name from the snapshot
 //! is ever resolved as a path, so no symlink, whoever planted it, is ever
 //! followed, and nothing lands outside the target.
 //!
@@ -30,6 +32,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use rustix::io::Errno;
 
 use crate::snapshot::Kind;
+use crate::xattrs::{Apply, Obj};
 
 /// A file system object's identity: device and inode.
 pub type FileId = (u64, u64);
@@ -67,13 +70,16 @@ fn fail(op: &'static str, msg: &str) -> Fail {
 }
 
 /// What a restored entry's attributes are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Attrs {
     pub kind: Kind,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// Extended attributes (checked when the plan was made) and inode
+    /// flags.
+    pub extra: crate::xattrs::Attrs,
 }
 
 impl Attrs {
@@ -285,9 +291,26 @@ impl Target {
         Ok(id_of(&st))
     }
 
-    /// Replace the attributes of the directory `node` (already open).
-    pub fn dir_attrs(&self, fd: &OwnedFd, a: &Attrs) -> Made<()> {
-        set_fd_attrs(fd, a, self.as_root)
+    /// Replace the attributes of the directory `node` (already open), the
+    /// entry `src`. The target itself (node 0) is the admin's: it gets no
+    /// inode flags (an immutable target would refuse the next restore).
+    pub fn dir_attrs(
+        &self,
+        node: i64,
+        fd: &OwnedFd,
+        a: &Attrs,
+        apply: &Apply<'_>,
+        src: &[u8],
+    ) -> Made<()> {
+        if node == 0 && a.extra.flags != 0 {
+            if apply.on {
+                apply.losses.note(crate::xattrs::Problem::TargetFlags, src);
+            }
+            let mut a = a.clone();
+            a.extra.flags = 0;
+            return set_fd_attrs(fd, &a, apply, src);
+        }
+        set_fd_attrs(fd, a, apply, src)
     }
 }
 
@@ -453,23 +476,40 @@ pub fn special(parent: &OwnedFd, name: &[u8], a: &Attrs, rdev: u64) -> Made<File
     Ok(id)
 }
 
-/// Owner, mode and times of a regular file or directory, through `fd`.
-pub fn set_fd_attrs(fd: &impl AsFd, a: &Attrs, as_root: bool) -> Made<()> {
-    if as_root {
+/// Owner, extended attributes, mode, times and inode flags of a regular
+/// file or directory (the entry `src`), through `fd`, in that order: a
+/// chown clears file capabilities and set-user-ID bits, and an immutable
+/// or append-only file refuses any change after its flags. What the
+/// target refuses of the extended attributes and flags is counted in
+/// `apply.losses`, not a failure.
+pub fn set_fd_attrs(fd: &impl AsFd, a: &Attrs, apply: &Apply<'_>, src: &[u8]) -> Made<()> {
+    if apply.as_root {
         let (u, g) = a.owner();
         rustix::fs::fchown(fd, u, g).at("set owner of")?;
     }
-    // After the owner: a chown clears set-user-ID bits.
+    apply.skipped(&a.extra, src);
+    apply.xattrs(Obj::Fd(fd.as_fd()), &a.extra.xattrs, src);
     rustix::fs::fchmod(fd, a.mode()).at("set mode of")?;
-    rustix::fs::futimens(fd, &a.times()).at("set times of")
+    rustix::fs::futimens(fd, &a.times()).at("set times of")?;
+    apply.flags(fd.as_fd(), a.extra.flags, src);
+    Ok(())
 }
 
-/// Owner, mode and times of what this restore made at `name` in `parent`
-/// as `id`: regular files and directories through a descriptor of the
-/// object itself; symlinks and special files through an `O_PATH`
-/// descriptor for the owner (their mode is set when made, a symlink has
-/// none), and by name, never followed, for the times.
-pub fn set_attrs(parent: &OwnedFd, name: &[u8], id: FileId, a: &Attrs, as_root: bool) -> Made<()> {
+/// Owner, extended attributes, mode, times and inode flags of what this
+/// restore made at `name` in `parent` as `id` (the entry `src`): regular
+/// files and directories through a descriptor of the object itself;
+/// symlinks and special files through an `O_PATH` descriptor for the
+/// owner and extended attributes (their mode is set when made, a symlink
+/// has none; they have no flags), and by name, never followed, for the
+/// times.
+pub fn set_attrs(
+    parent: &OwnedFd,
+    name: &[u8],
+    id: FileId,
+    a: &Attrs,
+    apply: &Apply<'_>,
+    src: &[u8],
+) -> Made<()> {
     match a.kind {
         Kind::File | Kind::Dir => {
             // Opening cannot block (O_NONBLOCK) nor follow a symlink; a
@@ -491,17 +531,19 @@ pub fn set_attrs(parent: &OwnedFd, name: &[u8], id: FileId, a: &Attrs, as_root: 
             if id_of(&st) != id {
                 return Err(fail("set attributes of", "replaced while being restored"));
             }
-            set_fd_attrs(&fd, a, as_root)
+            set_fd_attrs(&fd, a, apply, src)
         }
         _ => {
             let (fd, got, _) = open_path(parent.as_fd(), name).at("open")?;
             if got != id {
                 return Err(fail("set attributes of", "replaced while being restored"));
             }
-            if as_root {
+            if apply.as_root {
                 let (u, g) = a.owner();
                 rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).at("set owner of")?;
             }
+            apply.skipped(&a.extra, src);
+            apply.xattrs(Obj::Path(fd.as_fd()), &a.extra.xattrs, src);
             rustix::fs::utimensat(parent, name, &a.times(), AtFlags::SYMLINK_NOFOLLOW)
                 .at("set times of")
         }

@@ -21,11 +21,11 @@ use crate::util::{Backend, Env, setting, stderr};
 
 /// The scratch directory of a hostile restore: a sentinel tree, and the
 /// targets under `targets/`.
-struct Scratch {
-    root: PathBuf,
+pub(crate) struct Scratch {
+    pub(crate) root: PathBuf,
     before: Vec<String>,
     /// A real snapshot whose chunks forged files may use.
-    base: Base,
+    pub(crate) base: Base,
     rounds: std::cell::Cell<usize>,
 }
 
@@ -34,7 +34,7 @@ fn bytes(p: &Path) -> Vec<u8> {
 }
 
 impl Scratch {
-    fn new(env: &Env) -> Scratch {
+    pub(crate) fn new(env: &Env) -> Scratch {
         // Real content for forged files: a snapshot of two small files and
         // one of several chunks.
         fs::write(env.src().join("small"), b"small file\n").unwrap();
@@ -69,7 +69,7 @@ impl Scratch {
         }
     }
 
-    fn sentinel(&self) -> PathBuf {
+    pub(crate) fn sentinel(&self) -> PathBuf {
         self.root.join("sentinel")
     }
 
@@ -81,7 +81,12 @@ impl Scratch {
         self.rounds.get()
     }
 
-    fn restore(&self, env: &Env, label: &str, entries: &[Forged]) -> (i32, String, PathBuf) {
+    pub(crate) fn restore(
+        &self,
+        env: &Env,
+        label: &str,
+        entries: &[Forged],
+    ) -> (i32, String, PathBuf) {
         let target = self.root.join("targets").join(format!("t{}", self.next()));
         self.restore_into(env, label, entries, &target, &[])
     }
@@ -121,13 +126,13 @@ impl Scratch {
 }
 
 /// Every one of `names` is in the restore's warnings.
-fn assert_named(err: &str, names: &[&str]) {
+pub(crate) fn assert_named(err: &str, names: &[&str]) {
     for named in names {
         assert!(err.contains(named), "{named}: {err}");
     }
 }
 
-fn root_or_skip(what: &str) -> bool {
+pub(crate) fn root_or_skip(what: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
@@ -567,6 +572,8 @@ fn fuzzed_metadata_never_reaches_outside_the_target() {
                     .then(|| targets[next(targets.len() as u64) as usize].clone()),
                 chunks: (kind == 2).then(Vec::new),
                 link,
+                xattrs: None,
+                flags: None,
             };
             if kind == 2 && next(3) > 0 {
                 let n = 1 + next(3) as usize;

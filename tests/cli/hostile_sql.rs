@@ -225,7 +225,8 @@ fn forged_schemas_run_nothing() {
                 "{t} {FORMAT} CREATE VIEW entries AS WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL \
                  SELECT n + 1 FROM r) SELECT n AS id, x'2f' || randomblob(100) AS path, 2 AS kind, \
                  420 AS mode, 0 AS uid, 0 AS gid, 0 AS size, 0 AS mtime_ns, 0 AS rdev, \
-                 NULL AS target, x'' AS chunks, NULL AS link FROM r;"
+                 NULL AS target, x'' AS chunks, NULL AS link, NULL AS xattrs, NULL AS flags \
+                 FROM r;"
             ),
         ),
         (
@@ -243,8 +244,8 @@ fn forged_schemas_run_nothing() {
             format!(
                 "{} {FORMAT} {ROWS}",
                 schema().replace(
-                    "link BLOB\n",
-                    "link BLOB AS (CAST(printf('%.*c', 10000000, 'x') AS BLOB))\n"
+                    "link BLOB,\n",
+                    "link BLOB AS (CAST(printf('%.*c', 10000000, 'x') AS BLOB)),\n"
                 )
             ),
         ),

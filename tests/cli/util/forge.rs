@@ -24,6 +24,10 @@ pub struct Forged {
     pub target: Option<Vec<u8>>,
     pub chunks: Option<Vec<u8>>,
     pub link: Option<Vec<u8>>,
+    /// Extended attributes as stored (`vaultik::xattrs::encode`, or any
+    /// bytes), and inode flags (any number).
+    pub xattrs: Option<Vec<u8>>,
+    pub flags: Option<i64>,
 }
 
 pub const DIR: i64 = 1;
@@ -46,6 +50,8 @@ fn entry(path: &[u8], kind: i64, mode: u32) -> Forged {
         target: None,
         chunks: (kind == FILE).then(Vec::new),
         link: None,
+        xattrs: None,
+        flags: None,
     }
 }
 
@@ -112,6 +118,37 @@ impl Forged {
         self.gid = gid;
         self
     }
+
+    /// These extended attributes, encoded as a backup does.
+    pub fn xattrs(mut self, pairs: &[(&str, &[u8])]) -> Forged {
+        let list = pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+            .collect();
+        self.xattrs = Some(vaultik::xattrs::encode(list).expect("within the bounds"));
+        self
+    }
+
+    /// These bytes as the extended attributes column.
+    pub fn raw_xattrs(mut self, raw: Vec<u8>) -> Forged {
+        self.xattrs = Some(raw);
+        self
+    }
+
+    pub fn flags(mut self, flags: i64) -> Forged {
+        self.flags = Some(flags);
+        self
+    }
+}
+
+/// One attribute as encoded (`vaultik::xattrs`), whatever its name and
+/// lengths: a byte of name length, the name, 4 bytes of value length.
+pub fn xattr_record(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut b = vec![name.len() as u8];
+    b.extend_from_slice(name);
+    b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    b.extend_from_slice(value);
+    b
 }
 
 /// The chunks and blobs of a real snapshot, to give forged files real
@@ -186,7 +223,13 @@ impl Base {
 /// is a valid snapshot to every keyless command). Chunks of `base` are
 /// located as in the real snapshot, and its blobs listed.
 pub fn forge(env: &Env, id: &str, entries: &[Forged], base: Option<&Base>) {
-    forge_db(env, id, &metadata_db(env, entries, base), base);
+    forge_db(env, id, &metadata_db(env, entries, base, false), base);
+}
+
+/// `forge`, as a build of format 2 wrote it (`vaultik::metadata::SCHEMA_2`:
+/// no extended attributes or flags; those of `entries` are left out).
+pub fn forge_format_2(env: &Env, id: &str, entries: &[Forged], base: Option<&Base>) {
+    forge_db(env, id, &metadata_db(env, entries, base, true), base);
 }
 
 /// Write snapshot `id` with `db` as its metadata database (any bytes),
@@ -227,8 +270,9 @@ pub fn write_manifest(path: &Path, manifest: &serde_json::Value) {
     .unwrap();
 }
 
-/// A metadata database holding `entries` (and `base`'s chunk locations).
-fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
+/// A metadata database holding `entries` (and `base`'s chunk locations),
+/// of today's format, or of format 2 (`v2`).
+fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>, v2: bool) -> Vec<u8> {
     let db_path: PathBuf = env.path().join("forged.sqlite");
     let _ = fs::remove_file(&db_path);
     {
@@ -241,8 +285,12 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
         // constraint, with that index as the one it implies.
         let mut seen = std::collections::HashSet::new();
         let duplicates = !entries.iter().all(|e| seen.insert(e.path.clone()));
-        let ours = vaultik::snapshot::META_SCHEMA;
-        let ours = &ours[..ours.find("CREATE TABLE temp_files").unwrap()];
+        let ours = if v2 {
+            vaultik::metadata::SCHEMA_2
+        } else {
+            let ours = vaultik::snapshot::META_SCHEMA;
+            &ours[..ours.find("CREATE TABLE temp_files").unwrap()]
+        };
         let entries_ddl = ours
             .split(';')
             .find(|s| s.contains("CREATE TABLE entries"))
@@ -257,15 +305,41 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
         } else {
             conn.execute_batch(ours).unwrap();
         }
+        let format = if v2 {
+            2
+        } else {
+            vaultik::snapshot::FORMAT_VERSION
+        };
         conn.execute(
             "INSERT INTO info VALUES ('format', ?1)",
-            [vaultik::snapshot::FORMAT_VERSION.to_string()],
+            [format.to_string()],
         )
         .unwrap();
         for e in entries {
+            if v2 {
+                conn.execute(
+                    "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target,
+                     chunks, link) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rusqlite::params![
+                        e.path,
+                        e.kind,
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size as i64,
+                        e.mtime_ns,
+                        e.rdev as i64,
+                        e.target,
+                        e.chunks,
+                        e.link
+                    ],
+                )
+                .unwrap();
+                continue;
+            }
             conn.execute(
-                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks, link)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO entries(path, kind, mode, uid, gid, size, mtime_ns, rdev, target, chunks,
+                 link, xattrs, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 rusqlite::params![
                     e.path,
                     e.kind,
@@ -277,7 +351,9 @@ fn metadata_db(env: &Env, entries: &[Forged], base: Option<&Base>) -> Vec<u8> {
                     e.rdev as i64,
                     e.target,
                     e.chunks,
-                    e.link
+                    e.link,
+                    e.xattrs,
+                    e.flags
                 ],
             )
             .unwrap();
@@ -343,8 +419,8 @@ pub fn seal(env: &Env, plain: &[u8]) -> Vec<u8> {
 }
 
 /// Everything under `root` except `skip` (a path below it): relative path,
-/// kind, mode, owner, and content or symlink target, for "nothing outside
-/// the target changed".
+/// kind, mode, owner, extended attributes, inode flags, and content or
+/// symlink target, for "nothing outside the target changed".
 pub fn census(root: &Path, skip: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
@@ -363,11 +439,13 @@ pub fn census(root: &Path, skip: &Path) -> Vec<String> {
             format!("rdev {}", m.rdev())
         };
         out.push(format!(
-            "{rel} mode {:o} owner {}:{} nlink {} {what}",
+            "{rel} mode {:o} owner {}:{} nlink {} xattrs {:?} flags {:?} {what}",
             m.mode(),
             m.uid(),
             m.gid(),
-            if m.is_dir() { 0 } else { m.nlink() }
+            if m.is_dir() { 0 } else { m.nlink() },
+            xattrs_of(&p),
+            flags_of(&p, &m),
         ));
         if m.is_dir() {
             for e in fs::read_dir(&p).unwrap() {
@@ -377,4 +455,41 @@ pub fn census(root: &Path, skip: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// Every extended attribute of `p` itself (not followed), name and value.
+pub fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(c.as_c_str(), &mut names[..]) {
+        Ok(n) => n,
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cn = std::ffi::CString::new(name).unwrap();
+        let mut v = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(c.as_c_str(), cn.as_c_str(), &mut v[..]) {
+            v.truncate(len);
+            out.push((String::from_utf8_lossy(name).into_owned(), v));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The inode flags of a regular file or directory (None for anything
+/// else, never opened).
+pub fn flags_of(p: &Path, m: &fs::Metadata) -> Option<u32> {
+    if !(m.is_file() || m.is_dir()) {
+        return None;
+    }
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .ok()?;
+    rustix::fs::ioctl_getflags(&fd).ok().map(|f| f.bits())
 }
