@@ -16,8 +16,8 @@ pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
 
 Usage:
-  vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
-  vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune]
+  vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [NAME...]
+  vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json]
   vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
   vaultik [GLOBAL FLAGS] snapshot list [--versions] [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
@@ -59,8 +59,8 @@ VAULTIK_S3_REGION, VAULTIK_CA_FILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. Se
 ";
 
 pub const USAGE_CREATE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [NAME...]
-       vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune]
+Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [NAME...]
+       vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json]
        vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
 
 Back up every configured snapshot (walks of `path`s and `command`s), or only
@@ -78,6 +78,13 @@ the NAMEs given.
   --prune         afterwards, purge this host's snapshots by the configured
                   retention (keep_latest, keep_within) and collect garbage
   --skip-errors   warn about unreadable files and go on (exit code 1)
+  --json          print one JSON object per snapshot (and one for --prune)
+                  instead of the text summary, even with --cron: id, status,
+                  exit, files new/changed/unchanged/skipped, bytes, blobs,
+                  requests, duration (see vaultik(1))
+
+Hooks (hook_before, hook_after, hook_on_error), health pings (ping_url) and
+the Prometheus textfile (metrics_file) are configured in the config file.
 
 Exit codes: 0 ok, 1 completed with skipped files, 2 failed.
 ";
@@ -318,6 +325,8 @@ pub struct CreateArgs {
     pub daemon: bool,
     /// `--stdin NAME`: standard input as snapshot NAME's one file.
     pub stdin: Option<String>,
+    /// `--json`: one JSON object per snapshot instead of the text summary.
+    pub json: bool,
 }
 
 /// How to treat blobs in a cold storage class (restore, verify --deep).
@@ -650,6 +659,7 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("cron") => a.cron = true,
             Long("prune") => a.prune = true,
             Long("daemon") => a.daemon = true,
+            Long("json") => a.json = true,
             Long("stdin") => {
                 let name = value(p, "--stdin")?;
                 crate::config::check_snapshot_name(&name)
@@ -660,9 +670,9 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             _ => return Err(arg.unexpected()),
         }
     }
-    if a.daemon && (a.prune || !a.names.is_empty() || a.stdin.is_some()) {
+    if a.daemon && (a.prune || a.json || !a.names.is_empty() || a.stdin.is_some()) {
         return Err(Error::Usage(
-            "snapshot create --daemon backs up every configured snapshot and takes no NAME, --stdin or --prune".into(),
+            "snapshot create --daemon backs up every configured snapshot and takes no NAME, --stdin, --prune or --json".into(),
         ));
     }
     if a.stdin.is_some() && (!a.names.is_empty() || a.skip_errors) {
@@ -1103,6 +1113,7 @@ mod tests {
                 prune: false,
                 daemon: false,
                 stdin: None,
+                json: false,
             })
         );
         let (_, c) = parse_str("snapshot create --stdin db --cron").unwrap();

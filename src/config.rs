@@ -60,8 +60,55 @@ pub struct Config {
     pub settle_delay: Duration,
     /// Daemon: on SIGTERM, let a running backup finish for this long.
     pub stop_timeout: Duration,
+    /// `metrics_file`: the Prometheus textfile written after every run.
+    pub metrics_file: Option<PathBuf>,
+    /// `ping_url`: health pings (healthchecks.io convention).
+    pub ping_url: Option<String>,
+    /// `hook_before`, `hook_after`, `hook_on_error`: around every snapshot.
+    pub hooks: Hooks,
+    /// `hook_timeout`: a hook running longer is killed.
+    pub hook_timeout: Duration,
     pub store: Option<StoreConfig>,
     pub snapshots: Vec<SnapshotConfig>,
+}
+
+/// The default of `hook_timeout` (see monitor/hooks.rs for how hooks run).
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+    OnError,
+}
+
+impl When {
+    pub fn key(self) -> &'static str {
+        match self {
+            When::Before => "hook_before",
+            When::After => "hook_after",
+            When::OnError => "hook_on_error",
+        }
+    }
+}
+
+/// The hooks of one scope (global, or one snapshot's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub before: Option<Vec<String>>,
+    pub after: Option<Vec<String>>,
+    pub on_error: Option<Vec<String>>,
+}
+
+impl Hooks {
+    pub fn get(&self, when: When) -> Option<&[String]> {
+        match when {
+            When::Before => self.before.as_deref(),
+            When::After => self.after.as_deref(),
+            When::OnError => self.on_error.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +152,11 @@ pub struct SnapshotConfig {
     pub command: Option<Vec<String>>,
     /// The storage class of this snapshot's new blobs, over `[s3]`'s.
     pub storage_class: Option<StorageClass>,
+    /// This snapshot's own hooks (run after the global `before`, before
+    /// the global `after` and `on_error`).
+    pub hooks: Hooks,
+    /// This snapshot's own `ping_url`, over the global one.
+    pub ping_url: Option<String>,
 }
 
 impl SnapshotConfig {
@@ -120,6 +172,8 @@ impl SnapshotConfig {
             exclude_nodump: None,
             command: None,
             storage_class: None,
+            hooks: Default::default(),
+            ping_url: None,
         }
     }
 
@@ -173,6 +227,10 @@ impl Default for Config {
             full_scan_interval: Duration::from_secs(24 * 3600),
             settle_delay: Duration::from_secs(10 * 60),
             stop_timeout: Duration::from_secs(60),
+            metrics_file: None,
+            ping_url: None,
+            hooks: Default::default(),
+            hook_timeout: HOOK_TIMEOUT,
             store: None,
             snapshots: Vec::new(),
         }
@@ -360,6 +418,30 @@ impl Line<'_> {
         })
     }
 
+    /// `ping_url`: an http(s) URL.
+    fn ping_url(&self) -> Result<String> {
+        if !is_ping_url(self.value) {
+            return Err(self.bad("expected an http:// or https:// URL (healthchecks.io style)"));
+        }
+        Ok(self.value.to_string())
+    }
+
+    /// `hook_before`, `hook_after` or `hook_on_error` into `hooks`: a
+    /// command line split as a shell would (run without one); once each.
+    fn hook(&self, hooks: &mut Hooks) -> Result<()> {
+        let slot = match self.key {
+            "hook_before" => &mut hooks.before,
+            "hook_after" => &mut hooks.after,
+            _ => &mut hooks.on_error,
+        };
+        if slot.is_some() {
+            return Err(self.err(format!("`{}` given twice in one section", self.key)));
+        }
+        let argv = crate::stream::split_command(self.raw).map_err(|m| self.bad(&m))?;
+        *slot = Some(argv);
+        Ok(())
+    }
+
     fn duration(&self, example: &str) -> Result<Duration> {
         parse_duration(self.value)
             .ok_or_else(|| self.bad(&format!("expected a duration like {example}")))
@@ -487,6 +569,15 @@ impl Parsing {
             "full_scan_interval" => cfg.full_scan_interval = l.duration("15m")?,
             "settle_delay" => cfg.settle_delay = l.duration("15m")?,
             "stop_timeout" => cfg.stop_timeout = l.duration("15m")?,
+            "metrics_file" => cfg.metrics_file = Some(PathBuf::from(value)),
+            "ping_url" => cfg.ping_url = Some(l.ping_url()?),
+            "hook_before" | "hook_after" | "hook_on_error" => l.hook(&mut cfg.hooks)?,
+            "hook_timeout" => {
+                cfg.hook_timeout = l.duration("5m")?;
+                if cfg.hook_timeout.is_zero() {
+                    return Err(l.bad("expected a duration longer than 0s"));
+                }
+            }
             key => return Err(l.err(format!("unknown key `{key}`"))),
         }
         Ok(())
@@ -559,6 +650,8 @@ impl Parsing {
                 snap.command = Some(argv);
             }
             "storage_class" => snap.storage_class = Some(l.storage_class()?),
+            "ping_url" => snap.ping_url = Some(l.ping_url()?),
+            "hook_before" | "hook_after" | "hook_on_error" => l.hook(&mut snap.hooks)?,
             key => {
                 return Err(l.err(format!("unknown key `{key}` in [snapshot {}]", snap.name)));
             }
@@ -768,6 +861,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         total = total.checked_add(n.checked_mul(secs)?)?;
     }
     Some(Duration::from_secs(total))
+}
+
+/// `ping_url` must be an http(s) URL with a host.
+pub fn is_ping_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r) => !r.is_empty() && !r.starts_with('/') && !url.contains(char::is_whitespace),
+        None => false,
+    }
 }
 
 #[cfg(test)]

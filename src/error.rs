@@ -87,6 +87,9 @@ pub enum Error {
     Damaged { count: usize, what: &'static str },
     /// A search found nothing (`find`): exit code 1, as grep's.
     NoMatch(String),
+    /// Snapshots skipped because their `hook_before` failed (each named
+    /// in the log): exit code 2.
+    HookFailed { skipped: Vec<String> },
     /// Standard output or error could not be written (a full disk; a
     /// closed pipe ends the command quietly, see `main`).
     Output(io::Error),
@@ -297,6 +300,11 @@ impl Error {
                 "{missing} blob(s) that snapshot {id} needs were deleted from the store while it was made; run it again"
             ),
             Error::Problems { count, what } => write!(f, "{what}: {count} problem(s) found"),
+            Error::HookFailed { skipped } => write!(
+                f,
+                "snapshot(s) {} skipped: hook_before failed (see above)",
+                skipped.join(", ")
+            ),
             Error::Partial { failed, kind } => match kind {
                 Partial::Skipped => write!(f, "{failed} file(s) skipped"),
                 Partial::NotRestored => write!(f, "{failed} file(s) could not be restored"),

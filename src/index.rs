@@ -639,7 +639,16 @@ impl Index {
         .db(&self.path)
     }
 
-    /// Record files whose chunks are all confirmed in the store.
+    /// Whether the index has a row for `path` (whatever its stat): a file
+    /// to read is then a changed one, not a new one.
+    pub fn knows_file(&self, path: &[u8]) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM files WHERE path=?1")
+            .db(&self.path)?
+            .exists([path])
+            .db(&self.path)
+    }
+
     /// Record files, in one transaction, from a source that calls `put`
     /// for each one.
     pub fn store_files(

@@ -104,6 +104,7 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod metadata;
+pub mod monitor;
 pub mod restore;
 pub mod scratch;
 pub mod snapshot;

@@ -17,6 +17,12 @@ pub fn compact(unix: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
+/// `2026-11-23T08:30:15Z` (RFC 3339).
+pub fn rfc3339(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// `2026-11-23 08:30:15 UTC`
 pub fn display(unix: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(unix);

@@ -5,6 +5,7 @@
 //! core busy, the metadata writes most of the other.)
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::walk::Walked;
@@ -15,15 +16,17 @@ use crate::xattrs::NODUMP;
 
 /// Fill in the reusable chunk lists of every batch from `walked`, and hand
 /// it on to `out`; with `nodump` (`exclude_nodump`), a file the index
-/// knows unchanged with the nodump flag is left out.
+/// knows unchanged with the nodump flag is left out. Files the index
+/// knows by path with another stat are counted in `changed`.
 pub fn detect(
     index: &Mutex<Index>,
     nodump: bool,
+    changed: &AtomicU64,
     walked: Receiver<Vec<Walked>>,
     out: SyncSender<Vec<Walked>>,
 ) -> Result<()> {
     for mut batch in walked {
-        look_up(index, &mut batch)?;
+        look_up(index, &mut batch, changed)?;
         if nodump {
             for w in batch.iter_mut() {
                 let flagged = matches!(w, Walked::Entry { known: Some(k), .. }
@@ -41,7 +44,7 @@ pub fn detect(
 /// Find the chunk lists (and attributes) of the files in `batch` that the
 /// index knows unchanged, in one read transaction. (Empty files too: their
 /// list is empty, but their attributes are worth not asking for again.)
-fn look_up(index: &Mutex<Index>, batch: &mut [Walked]) -> Result<()> {
+fn look_up(index: &Mutex<Index>, batch: &mut [Walked], changed: &AtomicU64) -> Result<()> {
     let index = index.lock().expect("index lock poisoned by a panic");
     index.read_batch(|index| {
         for w in batch.iter_mut() {
@@ -53,6 +56,9 @@ fn look_up(index: &Mutex<Index>, batch: &mut [Walked]) -> Result<()> {
                 // (forgetting a blob forgets the files), so this is safe.
                 if entry.kind == Kind::File {
                     *known = index.unchanged_file(&entry.path, stat)?;
+                    if known.is_none() && index.knows_file(&entry.path)? {
+                        changed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

@@ -104,6 +104,9 @@ pub struct Summary {
     pub files: u64,
     pub bytes_scanned: u64,
     pub files_read: u64,
+    /// Of the files read, those the index knew by path (changed since it
+    /// saw them); the others are new.
+    pub files_changed: u64,
     pub bytes_read: u64,
     pub new_chunks: u64,
     pub new_bytes: u64,
@@ -500,7 +503,9 @@ impl Shared<'_, '_> {
             drop(ev_rx);
             first_error(vec![recorded, join(pipe)])
         })?;
-        Ok(rec.finish())
+        let mut s = rec.finish();
+        s.files_changed = self.progress.changed.load(Ordering::Relaxed);
+        Ok(s)
     }
 
     /// Stages 1 and 2 (threads) feeding `rec`: every walked entry is added
@@ -521,7 +526,9 @@ impl Shared<'_, '_> {
         std::thread::scope(|threads| -> Result<()> {
             let index = &self.backup.index;
             let nodump = self.nodump;
-            let detector = threads.spawn(move || detect::detect(index, nodump, walked, dtx));
+            let changed = &self.progress.changed;
+            let detector =
+                threads.spawn(move || detect::detect(index, nodump, changed, walked, dtx));
             let walker = threads.spawn(move || walk::walk(roots, self.cancel, wtx));
             let recorded = (|| -> Result<()> {
                 for batch in detected.iter() {

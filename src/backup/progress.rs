@@ -13,6 +13,8 @@ pub struct Progress {
     pub total_files: AtomicU64,
     pub total_bytes: AtomicU64,
     pub walk_done: AtomicBool,
+    /// Files to read that the index knew by path (changed, not new).
+    pub changed: AtomicU64,
 }
 
 /// Counts a file as done when dropped, whatever way reading it ended.

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use age::x25519;
 
 use super::settings::Settings;
-use super::{output, warn};
+use super::{log, output, warn};
 use crate::backup::{Backup, Scope};
 use crate::chunk::Params;
 use crate::cli::CreateArgs;
@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::gc::Retention;
 use crate::index::{Index, Opened};
 use crate::lock::RunLock;
+use crate::monitor::metrics::StoreSeen;
+use crate::monitor::{Outcome, Watch};
 use crate::store::Store;
 use crate::store::class::StorageClass;
 use crate::store::lock::{self, LockMode, LockPlan};
@@ -39,6 +41,10 @@ pub struct Session {
     pub lock_for: Option<std::time::Duration>,
     /// The lock plan of the run being prepared (`prepare`).
     plan: Mutex<Option<LockPlan>>,
+    /// What the blob listing of the last `prepare` saw: count and bytes.
+    blobs_seen: Mutex<(u64, u64)>,
+    /// `[s3] ca_file`: the roots health pings trust too.
+    store_ca: Option<PathBuf>,
 }
 
 impl Session {
@@ -55,6 +61,10 @@ impl Session {
                 (StorageClass::Standard, LockMode::Off, None)
             }
         };
+        let store_ca = match &settings.store {
+            crate::config::StoreConfig::S3(s3) => s3.ca_file.clone(),
+            crate::config::StoreConfig::Local { .. } => None,
+        };
         if lock_mode.is_on() {
             store.check_lock_setup()?;
         }
@@ -63,6 +73,8 @@ impl Session {
             lock_mode,
             lock_for,
             plan: Mutex::new(None),
+            blobs_seen: Mutex::new((0, 0)),
+            store_ca,
             hostname: settings.hostname.clone(),
             tmp_dir: state_dir.join("tmp"),
             last_dir: state_dir.join("last"),
@@ -103,10 +115,10 @@ impl Session {
         // (purged from another host, or lost), nor against one a purge has
         // marked for deletion (see gc.rs): its data is uploaded again.
         let marked = crate::gc::marked_blobs(self.store.as_ref())?;
-        let mut present: Vec<(String, u64)> = self
-            .store
-            .list(crate::layout::BLOBS)?
-            .objects
+        let listed = self.store.list(crate::layout::BLOBS)?.objects;
+        *self.blobs_seen.lock().expect("seen lock") =
+            (listed.len() as u64, listed.iter().map(|o| o.size).sum());
+        let mut present: Vec<(String, u64)> = listed
             .into_iter()
             .filter(|o| !marked.contains(&o.key))
             .map(|o| (o.key, o.size))
@@ -244,6 +256,95 @@ impl Session {
         })
     }
 
+    /// Hooks, pings and metrics for a run (`quiet`: hook output only when
+    /// a hook fails).
+    pub fn watch<'w>(&'w self, quiet: bool) -> Result<Watch<'w>> {
+        let roots = match &self.store_ca {
+            Some(ca) => Some(store::load_roots(ca)?),
+            None => None,
+        };
+        Ok(Watch::new(
+            &self.cfg,
+            &self.hostname,
+            self.index_path.parent().unwrap_or(Path::new(".")),
+            roots,
+            quiet,
+            &log,
+            &warn,
+        ))
+    }
+
+    /// What the store holds, for the metrics: the blobs the last
+    /// `prepare` listed, and the snapshots listed now (one LIST). A
+    /// listing that fails is a warning.
+    pub fn store_seen(&self) -> Option<StoreSeen> {
+        let (blobs, bytes) = *self.blobs_seen.lock().expect("seen lock");
+        match crate::manifest::list(self.store.as_ref()) {
+            Ok(l) => Some(StoreSeen {
+                snapshots: l.len() as u64,
+                blobs,
+                bytes,
+                at: crate::time::now(),
+            }),
+            Err(e) => {
+                warn(&format!("metrics: cannot list the snapshots: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Back up `snap` with the hooks, pings and metrics of `watch` around
+    /// it: its outcome, and the error that failed it.
+    pub fn watched(
+        &self,
+        watch: &mut Watch<'_>,
+        snap: &SnapshotConfig,
+        run: impl FnOnce() -> Result<crate::backup::Summary>,
+    ) -> (Outcome, Option<Error>) {
+        let started = crate::time::now();
+        let clock = std::time::Instant::now();
+        let before = self.store.stats().to_json();
+        let requests = || crate::monitor::delta(&before, &self.store.stats().to_json());
+        let (outcome, err) = match watch.before(snap) {
+            Err(why) => {
+                let o = Outcome::failed(
+                    &snap.name,
+                    &self.hostname,
+                    started,
+                    clock.elapsed().as_secs_f64(),
+                    &why,
+                    requests(),
+                );
+                warn(&format!("snapshot {} skipped: {why}", snap.name));
+                (
+                    o,
+                    Some(Error::HookFailed {
+                        skipped: vec![snap.name.clone()],
+                    }),
+                )
+            }
+            Ok(()) => match run() {
+                Ok(s) => (
+                    Outcome::done(&snap.name, &self.hostname, started, s, requests()),
+                    None,
+                ),
+                Err(e) => (
+                    Outcome::failed(
+                        &snap.name,
+                        &self.hostname,
+                        started,
+                        clock.elapsed().as_secs_f64(),
+                        &e.to_string(),
+                        requests(),
+                    ),
+                    Some(e),
+                ),
+            },
+        };
+        watch.after(snap, &outcome);
+        (outcome, err)
+    }
+
     pub fn retention(&self) -> Retention {
         let c = &self.cfg;
         Retention {
@@ -368,6 +469,8 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
             selected
         }
     };
+    let json = a.json;
+    let mut watch = session.watch(cron)?;
     let (_lock, index, dropped) = session.prepare()?;
     if dropped > 0 {
         warn(&format!(
@@ -376,37 +479,81 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     }
     // SAFETY: isatty has no preconditions.
     let terminal = unsafe { libc::isatty(2) } == 1;
-    let backup = session.backup(index, skip_errors, terminal && !cron, None);
+    let backup = session.backup(index, skip_errors, terminal && !cron && !json, None);
     let mut skipped = 0;
+    let mut hook_failed = Vec::new();
     let mut out = std::io::stdout().lock();
-    let mut done = |s: crate::backup::Summary| -> Result<()> {
-        skipped += s.skipped;
-        if !cron {
-            writeln!(out, "{}", summary_line(&s)).map_err(output)?;
+    // Each snapshot's outcome is reported (JSON, hooks, pings, metrics)
+    // before an error stops the run; a failed `hook_before` only skips
+    // its snapshot.
+    let mut ran = |snap: &SnapshotConfig,
+                   run: &mut dyn FnMut() -> Result<crate::backup::Summary>|
+     -> Result<()> {
+        let (o, err) = session.watched(&mut watch, snap, run);
+        if json {
+            writeln!(out, "{}", o.to_json()).map_err(output)?;
+        }
+        match (err, o.summary) {
+            (Some(Error::HookFailed { skipped }), _) => hook_failed.extend(skipped),
+            (Some(e), _) => return Err(e),
+            (None, Some(s)) => {
+                skipped += s.skipped;
+                if !cron && !json {
+                    writeln!(out, "{}", summary_line(&s)).map_err(output)?;
+                }
+            }
+            (None, None) => {}
         }
         Ok(())
     };
-    if let Some((snap, stream)) = stdin {
-        done(backup.run_stream(&snap, stream, false)?)?;
-    }
-    for snap in selected {
-        // Sections fed by --stdin are left to the command lines that feed them.
-        if let Some(s) = session.run_one(&backup, snap, Scope::Full, false) {
-            done(s?)?;
+    let result = (|| -> Result<()> {
+        if let Some((snap, stream)) = stdin {
+            let mut stream = Some(stream);
+            ran(&snap, &mut || {
+                let stream = stream.take().expect("the stream is read once");
+                backup.run_stream(&snap, stream, false)
+            })?;
         }
-    }
+        for snap in selected {
+            // Sections fed by --stdin are left to the command lines that feed them.
+            if snap.source() == Source::Stdin {
+                continue;
+            }
+            ran(snap, &mut || {
+                session
+                    .run_one(&backup, snap, Scope::Full, false)
+                    .expect("not a --stdin section")
+            })?;
+        }
+        Ok(())
+    })();
+    let seen = match &result {
+        Ok(()) if watch.wants_store_figures() => session.store_seen(),
+        _ => None,
+    };
+    watch.finish(seen);
+    result?;
     if prune {
         let mut index = backup
             .index
             .into_inner()
             .expect("index lock poisoned by a panic");
         let report = session.apply_retention(&mut index)?;
-        if !cron {
+        if json {
+            let mut v = report.to_json();
+            v["prune"] = serde_json::Value::Bool(true);
+            writeln!(out, "{v}").map_err(output)?;
+        } else if !cron {
             report.print_text(&mut out, true).map_err(output)?;
         }
     }
-    if !cron {
+    if !cron && !json {
         writeln!(out, "{}", session.store.stats().summary()).map_err(output)?;
+    }
+    if !hook_failed.is_empty() {
+        return Err(Error::HookFailed {
+            skipped: hook_failed,
+        });
     }
     if skipped > 0 {
         return Err(Error::Partial {

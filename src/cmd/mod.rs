@@ -59,6 +59,11 @@ fn output(e: std::io::Error) -> Error {
     Error::Output(e)
 }
 
+/// A line of the log (standard error): what hooks print.
+fn log(msg: &str) {
+    eprintln!("vaultik: {}", crate::error::one_line(msg.to_string()));
+}
+
 fn warn(msg: &str) {
     // One line each, whatever the file names hold.
     eprintln!(

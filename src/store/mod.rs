@@ -20,6 +20,7 @@ pub mod identity;
 mod local;
 pub mod lock;
 mod s3;
+pub(crate) use s3::load_roots;
 pub mod versions;
 
 use std::fmt::Write as _;

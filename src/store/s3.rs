@@ -651,7 +651,7 @@ impl<R: Read> Read for Paced<R> {
 }
 
 /// The certificates of a PEM file, as the only roots to trust.
-fn load_roots(path: &Path) -> Result<ureq::tls::RootCerts> {
+pub(crate) fn load_roots(path: &Path) -> Result<ureq::tls::RootCerts> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::Setup(format!("ca_file {}: {e}", path.display())))?;
     let mut certs = Vec::new();
