@@ -29,7 +29,8 @@ export VAULTIK_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 # and openssl (a TLS endpoint with a test CA), musl-tools (the static build),
 # GNU time (peak memory of a run); and what the extended attribute tests set
 # and compare with: setcap/getcap (libcap2-bin), setfacl/getfacl (acl),
-# setfattr/getfattr (attr), chattr/lsattr (e2fsprogs), rsync.
+# setfattr/getfattr (attr), chattr/lsattr (e2fsprogs), rsync; promtool
+# (prometheus: the metrics textfile is checked with it).
 missing=()
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
@@ -41,10 +42,11 @@ command -v setfacl >/dev/null 2>&1 || missing+=(acl)
 command -v setfattr >/dev/null 2>&1 || missing+=(attr)
 command -v chattr >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The static binary (issue: ship it): its target once, then the build.

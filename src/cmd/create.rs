@@ -41,7 +41,8 @@ pub struct Session {
     pub lock_for: Option<std::time::Duration>,
     /// The lock plan of the run being prepared (`prepare`).
     plan: Mutex<Option<LockPlan>>,
-    /// What the blob listing of the last `prepare` saw: count and bytes.
+    /// What the blob listing of the last `prepare` saw, with the blobs
+    /// uploaded since: count and bytes.
     blobs_seen: Mutex<(u64, u64)>,
     /// `[s3] ca_file`: the roots health pings trust too.
     store_ca: Option<PathBuf>,
@@ -275,8 +276,8 @@ impl Session {
     }
 
     /// What the store holds, for the metrics: the blobs the last
-    /// `prepare` listed, and the snapshots listed now (one LIST). A
-    /// listing that fails is a warning.
+    /// `prepare` listed with those uploaded since, and the snapshots
+    /// listed now (one LIST). A listing that fails is a warning.
     pub fn store_seen(&self) -> Option<StoreSeen> {
         let (blobs, bytes) = *self.blobs_seen.lock().expect("seen lock");
         match crate::manifest::list(self.store.as_ref()) {
@@ -324,10 +325,16 @@ impl Session {
                 )
             }
             Ok(()) => match run() {
-                Ok(s) => (
-                    Outcome::done(&snap.name, &self.hostname, started, s, requests()),
-                    None,
-                ),
+                Ok(s) => {
+                    let mut seen = self.blobs_seen.lock().expect("seen lock");
+                    seen.0 += s.blobs;
+                    seen.1 += s.blob_bytes;
+                    drop(seen);
+                    (
+                        Outcome::done(&snap.name, &self.hostname, started, s, requests()),
+                        None,
+                    )
+                }
                 Err(e) => (
                     Outcome::failed(
                         &snap.name,

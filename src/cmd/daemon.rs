@@ -138,11 +138,32 @@ struct Job {
 
 /// Back up each name in `job`, publishing a snapshot only where something changed.
 fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Outcome {
+    let mut watch = match session.watch(quiet) {
+        Ok(w) => w,
+        Err(e) => {
+            log(&format!("error: run not started: {e}"));
+            return Outcome::Failed(job.names.iter().map(|(i, _)| *i).collect());
+        }
+    };
     let (_lock, index, dropped) = match session.prepare() {
         Ok(x) => x,
         Err(Error::Locked { .. }) => return Outcome::Busy,
         Err(e) => {
             log(&format!("error: run not started: {e}"));
+            // Each name's hooks, pings and metrics say so.
+            for (i, _) in &job.names {
+                let snap = &session.cfg.snapshots[*i];
+                let o = crate::monitor::Outcome::failed(
+                    &snap.name,
+                    &session.hostname,
+                    crate::time::now(),
+                    0.0,
+                    &e.to_string(),
+                    serde_json::json!({}),
+                );
+                watch.after(snap, &o);
+            }
+            watch.finish(None);
             return Outcome::Failed(job.names.iter().map(|(i, _)| *i).collect());
         }
     };
@@ -171,8 +192,18 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             };
             log(&format!("run started: {} ({what})", snap.name));
         }
-        let Some(result) = session.run_one(&backup, snap, scope, true) else {
+        if snap.source() == crate::config::Source::Stdin {
             continue;
+        }
+        let (o, err) = session.watched(&mut watch, snap, || {
+            session
+                .run_one(&backup, snap, scope, true)
+                .expect("not a --stdin section")
+        });
+        let result = match (err, o.summary) {
+            (Some(e), _) => Err(e),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err(Error::Cancelled),
         };
         match result {
             Ok(s) if s.unchanged => {
@@ -200,6 +231,12 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             }
         }
     }
+    let seen = if failed.is_empty() && watch.wants_store_figures() {
+        session.store_seen()
+    } else {
+        None
+    };
+    watch.finish(seen);
     // The configured retention, as `snapshot create --prune` applies it.
     let retention = session.retention();
     if published && failed.is_empty() && retention.is_set() {

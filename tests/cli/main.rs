@@ -23,6 +23,7 @@ mod hostile_xattrs;
 mod identity;
 mod immutable;
 mod leaks;
+mod monitor;
 mod ops;
 mod rescue;
 mod retention;
