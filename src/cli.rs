@@ -16,8 +16,9 @@ pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
 
 Usage:
-  vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [NAME...]
-  vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json]
+  vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [--progress]
+                                         [NAME...]
+  vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json] [--progress]
   vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
   vaultik [GLOBAL FLAGS] snapshot list [--versions] [--json]
   vaultik [GLOBAL FLAGS] snapshot verify SNAPSHOT [--checksums | --deep [THAW FLAGS]]
@@ -59,8 +60,9 @@ VAULTIK_S3_REGION, VAULTIK_CA_FILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. Se
 ";
 
 pub const USAGE_CREATE: &str = "\
-Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [NAME...]
-       vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json]
+Usage: vaultik [GLOBAL FLAGS] snapshot create [--cron] [--prune] [--skip-errors] [--json] [--progress]
+                                              [NAME...]
+       vaultik [GLOBAL FLAGS] snapshot create --stdin NAME [--cron] [--prune] [--json] [--progress]
        vaultik [GLOBAL FLAGS] snapshot create --daemon [--cron]
 
 Back up every configured snapshot (walks of `path`s and `command`s), or only
@@ -82,6 +84,9 @@ the NAMEs given.
                   instead of the text summary, even with --cron: id, status,
                   exit, files new/changed/unchanged/skipped, bytes, blobs,
                   requests, duration (see vaultik(1))
+  --progress      show progress even when standard error is not a terminal;
+                  with --json, as JSON lines ({\"progress\": {...}}) on
+                  standard error, once a second
 
 Hooks (hook_before, hook_after, hook_on_error), health pings (ping_url) and
 the Prometheus textfile (metrics_file) are configured in the config file.
@@ -327,6 +332,9 @@ pub struct CreateArgs {
     pub stdin: Option<String>,
     /// `--json`: one JSON object per snapshot instead of the text summary.
     pub json: bool,
+    /// `--progress`: progress even when standard error is no terminal
+    /// (JSON lines with `--json`).
+    pub progress: bool,
 }
 
 /// How to treat blobs in a cold storage class (restore, verify --deep).
@@ -660,6 +668,7 @@ fn parse_create(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("prune") => a.prune = true,
             Long("daemon") => a.daemon = true,
             Long("json") => a.json = true,
+            Long("progress") => a.progress = true,
             Long("stdin") => {
                 let name = value(p, "--stdin")?;
                 crate::config::check_snapshot_name(&name)
@@ -1114,6 +1123,7 @@ mod tests {
                 daemon: false,
                 stdin: None,
                 json: false,
+                progress: false,
             })
         );
         let (_, c) = parse_str("snapshot create --stdin db --cron").unwrap();

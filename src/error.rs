@@ -366,6 +366,19 @@ pub fn shown(path: &Path) -> String {
 }
 
 /// `s` with control characters escaped (`\n`, `\r`, `\u{1b}`).
+/// The syslog priority prefix of a log line at `level` (3 error, 4
+/// warning, 6 info) when standard error goes to the systemd journal
+/// (`JOURNAL_STREAM` set): `journalctl -p err` then finds failures. Empty
+/// elsewhere.
+pub fn priority(level: u8) -> String {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
+        format!("<{level}>")
+    } else {
+        String::new()
+    }
+}
+
 pub fn one_line(s: String) -> String {
     if s.chars().any(char::is_control) {
         s.chars()

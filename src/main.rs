@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         // The message is the whole chain of causes, on one line.
         Err(e) => {
-            eprintln!("vaultik: {e}");
+            eprintln!("{}vaultik: {e}", vaultik::error::priority(3));
             ExitCode::from(e.exit_code())
         }
     }

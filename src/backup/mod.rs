@@ -23,7 +23,7 @@ mod dedup;
 mod detect;
 mod ids;
 mod pack;
-mod progress;
+pub mod progress;
 mod publish;
 mod record;
 mod stream;
@@ -76,8 +76,9 @@ pub struct Backup<'a> {
     pub skip_errors: bool,
     /// Called with each warning (skipped or changing files).
     pub warn: &'a (dyn Fn(&str) + Sync),
-    /// Show a progress line on stderr (only when it is a terminal).
-    pub progress: bool,
+    /// Show progress on stderr: a line redrawn in place (a terminal), or
+    /// JSON lines (`--json --progress`, for wrappers).
+    pub progress: Option<progress::Style>,
     /// Where the metadata database of each name's last snapshot is kept,
     /// as the base of incremental (scoped) runs and to tell "unchanged".
     pub last_dir: PathBuf,
@@ -557,9 +558,9 @@ impl Shared<'_, '_> {
         let queue = &Mutex::new(Some(blob_rx));
         let finished = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            if self.backup.progress {
+            if let Some(style) = self.backup.progress {
                 let finished = &finished;
-                scope.spawn(move || self.progress.show(finished));
+                scope.spawn(move || self.progress.show(style, finished));
             }
             let chunker = {
                 let events = events.clone();

@@ -4,6 +4,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// One line redrawn in place, four times a second (a terminal).
+    Line,
+    /// A JSON object per line, once a second, and one when done:
+    /// `{"progress": {...}}` (`--json --progress`).
+    Json,
+}
+
 /// Files and bytes read so far, for the progress line.
 #[derive(Default)]
 pub struct Progress {
@@ -31,11 +41,36 @@ impl Progress {
         FileGuard(&self.files)
     }
 
-    /// One line on stderr, redrawn in place, until `finished`.
-    pub fn show(&self, finished: &AtomicBool) {
+    /// Progress on stderr, in `style`, until `finished`.
+    pub fn show(&self, style: Style, finished: &AtomicBool) {
         use std::io::Write as _;
         let start = Instant::now();
         let mut err = std::io::stderr();
+        if style == Style::Json {
+            loop {
+                let done = finished.load(Ordering::Relaxed);
+                let v = serde_json::json!({"progress": {
+                    "files": self.files.load(Ordering::Relaxed),
+                    "bytes": self.bytes.load(Ordering::Relaxed),
+                    "total_files": self.total_files.load(Ordering::Relaxed),
+                    "total_bytes": self.total_bytes.load(Ordering::Relaxed),
+                    "scanning": !self.walk_done.load(Ordering::Relaxed),
+                    "seconds": (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    "done": done,
+                }});
+                let _ = writeln!(err, "{v}");
+                if done {
+                    return;
+                }
+                // Every second, or at once when finished.
+                for _ in 0..20 {
+                    if finished.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
         loop {
             let files = self.files.load(Ordering::Relaxed);
             let bytes = self.bytes.load(Ordering::Relaxed);

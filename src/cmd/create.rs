@@ -9,6 +9,7 @@ use age::x25519;
 
 use super::settings::Settings;
 use super::{log, output, warn};
+use crate::backup::progress::Style;
 use crate::backup::{Backup, Scope};
 use crate::chunk::Params;
 use crate::cli::CreateArgs;
@@ -193,7 +194,7 @@ impl Session {
         &'a self,
         index: Index,
         skip_errors: bool,
-        progress: bool,
+        progress: Option<crate::backup::progress::Style>,
         abort: Option<&'a AtomicBool>,
     ) -> Backup<'a> {
         Backup {
@@ -486,7 +487,13 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     }
     // SAFETY: isatty has no preconditions.
     let terminal = unsafe { libc::isatty(2) } == 1;
-    let backup = session.backup(index, skip_errors, terminal && !cron && !json, None);
+    let progress = match (a.progress, json) {
+        (true, true) => Some(Style::Json),
+        (true, false) => Some(Style::Line),
+        (false, _) if terminal && !cron && !json => Some(Style::Line),
+        (false, _) => None,
+    };
+    let backup = session.backup(index, skip_errors, progress, None);
     let mut skipped = 0;
     let mut hook_failed = Vec::new();
     let mut out = std::io::stdout().lock();

@@ -7,6 +7,10 @@
 //! finish (abandon it cleanly after `stop_timeout`), exit 0. SIGHUP: reload
 //! the config. The run lock is taken per run, so a cron run and the daemon
 //! never run at once; a busy lock just postpones the run.
+//!
+//! What it is doing is in `daemon-status.json` beside the index (each
+//! name's last run and result, pending changes, the next run, what is
+//! watched), rewritten atomically as that changes; SIGUSR1 also logs it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -22,17 +26,20 @@ use crate::watch::{Changes, Dirty, Watcher};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
+static STATUS: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGHUP {
         RELOAD.store(true, Ordering::SeqCst);
+    } else if sig == libc::SIGUSR1 {
+        STATUS.store(true, Ordering::SeqCst);
     } else {
         STOP.store(true, Ordering::SeqCst);
     }
 }
 
 fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
         // SAFETY: the handler only stores to atomics, which is async-signal-safe;
         // no SA_RESTART, so poll() returns early with EINTR.
         unsafe {
@@ -45,8 +52,17 @@ fn install_signal_handlers() {
 }
 
 fn log(msg: &str) {
+    // Under systemd, each line's priority (`journalctl -p err`).
+    let level = if msg.starts_with("error:") {
+        3
+    } else if msg.starts_with("warning:") {
+        4
+    } else {
+        6
+    };
     eprintln!(
-        "vaultik daemon: {}",
+        "{}vaultik daemon: {}",
+        crate::error::priority(level),
         crate::error::one_line(msg.to_string())
     );
 }
@@ -136,8 +152,26 @@ struct Job {
     names: Vec<(usize, Dirty)>,
 }
 
+/// A name's last run, for the status.
+#[derive(Debug, Clone)]
+struct Last {
+    /// When it ended (Unix seconds).
+    at: u64,
+    status: &'static str,
+    error: Option<String>,
+    id: Option<String>,
+}
+
+type Lasts = std::sync::Mutex<HashMap<usize, Last>>;
+
 /// Back up each name in `job`, publishing a snapshot only where something changed.
-fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Outcome {
+fn run_job(
+    session: &Session,
+    job: &Job,
+    quiet: bool,
+    abort: &AtomicBool,
+    lasts: &Lasts,
+) -> Outcome {
     let mut watch = match session.watch(quiet) {
         Ok(w) => w,
         Err(e) => {
@@ -172,7 +206,7 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
             "warning: {dropped} blob(s) known to the index are gone from the store, written over (another size), or marked for deletion"
         ));
     }
-    let backup = session.backup(index, true, false, Some(abort));
+    let backup = session.backup(index, true, None, Some(abort));
     let mut failed = Vec::new();
     let mut published = false;
     for (i, dirty) in &job.names {
@@ -200,6 +234,20 @@ fn run_job(session: &Session, job: &Job, quiet: bool, abort: &AtomicBool) -> Out
                 .run_one(&backup, snap, scope, true)
                 .expect("not a --stdin section")
         });
+        let unchanged = o.summary.as_ref().is_some_and(|s| s.unchanged);
+        lasts.lock().expect("status lock").insert(
+            *i,
+            Last {
+                at: crate::time::now(),
+                status: if unchanged { "unchanged" } else { o.status() },
+                error: o.error.clone(),
+                id: o
+                    .summary
+                    .as_ref()
+                    .filter(|_| !unchanged)
+                    .map(|s| s.id.clone()),
+            },
+        );
         let result = match (err, o.summary) {
             (Some(e), _) => Err(e),
             (None, Some(s)) => Ok(s),
@@ -319,6 +367,13 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
         sched: Schedule::new(cfg, Instant::now()),
     };
     let abort = AtomicBool::new(false);
+    let lasts = Lasts::default();
+    let status_path = session
+        .index_path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("daemon-status.json");
+    let mut said = serde_json::Value::Null;
 
     std::thread::scope(|scope| {
         let mut running: Option<std::thread::ScopedJoinHandle<'_, Outcome>> = None;
@@ -340,6 +395,25 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
                     .join()
                     .unwrap_or_else(|_| Outcome::Failed(in_job.clone()));
                 st.finished(outcome, &in_job);
+            }
+
+            // The status, when it changed (or asked for).
+            let now = st.status(&watcher, running.as_ref().map(|_| &in_job[..]), &lasts);
+            let asked = STATUS.swap(false, Ordering::SeqCst);
+            if now != said || asked {
+                if let Err(e) = crate::monitor::metrics::replace(
+                    &status_path,
+                    now.to_string().as_bytes(),
+                    0o600,
+                ) {
+                    log(&format!("warning: status file: {e}"));
+                }
+                if asked {
+                    for line in status_lines(&now) {
+                        log(&line);
+                    }
+                }
+                said = now;
             }
 
             // 4. Signals.
@@ -372,8 +446,9 @@ fn serve(session: &Session, quiet: bool) -> Result<Exit> {
             if running.is_none() && !RELOAD.load(Ordering::SeqCst) {
                 if let Some(job) = st.due_job() {
                     in_job = job.names.iter().map(|(i, _)| *i).collect();
-                    let abort = &abort;
-                    running = Some(scope.spawn(move || run_job(session, &job, quiet, abort)));
+                    let (abort, lasts) = (&abort, &lasts);
+                    running =
+                        Some(scope.spawn(move || run_job(session, &job, quiet, abort, lasts)));
                 }
             }
         }
@@ -486,6 +561,47 @@ impl State<'_> {
         }
     }
 
+    /// What the daemon is doing, for the status file: `running`, the names
+    /// of the run under way.
+    fn status(
+        &self,
+        watcher: &Watcher,
+        running: Option<&[usize]>,
+        lasts: &Lasts,
+    ) -> serde_json::Value {
+        let lasts = lasts.lock().expect("status lock").clone();
+        let now = Instant::now();
+        let next = self.sched.next().map(|t| {
+            crate::time::rfc3339(crate::time::now() + t.saturating_duration_since(now).as_secs())
+        });
+        let names: Vec<serde_json::Value> = runnable(self.cfg)
+            .map(|i| {
+                let last = lasts.get(&i);
+                let pending = match self.dirty.get(&i) {
+                    None => serde_json::Value::Null,
+                    Some(Dirty::Full) => "full scan".into(),
+                    Some(Dirty::Paths(p)) => format!("{} changed subtree(s)", p.len()).into(),
+                };
+                serde_json::json!({
+                    "name": self.cfg.snapshots[i].name,
+                    "running": running.is_some_and(|r| r.contains(&i)),
+                    "last_run": last.map(|l| crate::time::rfc3339(l.at)),
+                    "result": last.map(|l| l.status),
+                    "error": last.and_then(|l| l.error.clone()),
+                    "last_snapshot": last.and_then(|l| l.id.clone()),
+                    "pending": pending,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "pid": std::process::id(),
+            "watched_directories": watcher.watch_count(),
+            "watches_exhausted": watcher.exhausted,
+            "next_run": if running.is_some() { None } else { next },
+            "snapshots": names,
+        })
+    }
+
     /// The job to run now, if one is due and something changed.
     fn due_job(&mut self) -> Option<Job> {
         let next = self.sched.next()?;
@@ -499,6 +615,39 @@ impl State<'_> {
         // Nothing changed, however long it has been: no job.
         (!names.is_empty()).then_some(Job { names })
     }
+}
+
+/// The status as log lines (SIGUSR1).
+fn status_lines(v: &serde_json::Value) -> Vec<String> {
+    let mut out = vec![format!(
+        "status: {} watched directories{}; next run {}",
+        v["watched_directories"],
+        if v["watches_exhausted"] == true {
+            " (watches exhausted: full scans)"
+        } else {
+            ""
+        },
+        v["next_run"].as_str().unwrap_or("not scheduled")
+    )];
+    for s in v["snapshots"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "status: {}: {}last run {} ({}){}; pending: {}",
+            s["name"].as_str().unwrap_or(""),
+            if s["running"] == true {
+                "running; "
+            } else {
+                ""
+            },
+            s["last_run"].as_str().unwrap_or("never"),
+            s["result"].as_str().unwrap_or("-"),
+            s["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            s["pending"].as_str().unwrap_or("nothing"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -61,13 +61,18 @@ fn output(e: std::io::Error) -> Error {
 
 /// A line of the log (standard error): what hooks print.
 fn log(msg: &str) {
-    eprintln!("vaultik: {}", crate::error::one_line(msg.to_string()));
+    eprintln!(
+        "{}vaultik: {}",
+        crate::error::priority(6),
+        crate::error::one_line(msg.to_string())
+    );
 }
 
 fn warn(msg: &str) {
     // One line each, whatever the file names hold.
     eprintln!(
-        "vaultik: warning: {}",
+        "{}vaultik: warning: {}",
+        crate::error::priority(4),
         crate::error::one_line(msg.to_string())
     );
 }

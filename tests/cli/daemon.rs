@@ -534,3 +534,88 @@ fn command_snapshots_run_with_each_full_scan() {
     let out = env.run_with_key(&["restore", db, "--stdout"]);
     assert_eq!(out.stdout, b"two");
 }
+
+/// Issue 32: the daemon tells what it is doing: a status file beside the
+/// index after each run (last run, result, pending changes, next run,
+/// watched directories), the same on SIGUSR1 in the log, the metrics
+/// textfile and the journal's priorities.
+#[test]
+fn the_daemon_status_after_two_runs() {
+    let mut env = Env::new(Backend::Local);
+    fast(&mut env);
+    let prom = env.path().join("vaultik.prom");
+    env.extra.push(format!("metrics_file = {}", prom.display()));
+    let other = env.path().join("other");
+    fs::create_dir_all(other.join("sub")).unwrap();
+    env.raw = vec![
+        format!("[snapshot data]\npath = {}", env.src().display()),
+        format!("[snapshot other]\npath = {}", other.display()),
+    ];
+    fs::write(env.src().join("f.txt"), b"one").unwrap();
+    env.write_config();
+    let mut cmd = env.cmd();
+    cmd.args(["snapshot", "create", "--daemon"])
+        .env("JOURNAL_STREAM", "8:1234");
+    let d = Daemon::spawn(cmd, true);
+    d.wait_count("run finished", 2, Duration::from_secs(20));
+    fs::write(env.src().join("f.txt"), b"two").unwrap();
+    d.wait_count("run finished", 3, Duration::from_secs(20));
+    // A change in `other` not yet backed up: pending.
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(other.join("sub/new"), b"x").unwrap();
+    let status_path = env
+        .index_path()
+        .parent()
+        .unwrap()
+        .join("daemon-status.json");
+    let end = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(&status_path).unwrap()).unwrap();
+        if v["snapshots"][1]["pending"].is_string() || Instant::now() > end {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["watched_directories"], 3, "{status}");
+    let data = &status["snapshots"][0];
+    assert_eq!(data["name"], "data");
+    assert_eq!(data["result"], "ok", "{status}");
+    assert_eq!(
+        data["last_snapshot"].as_str(),
+        env.snapshot_ids()
+            .iter()
+            .filter(|i| i.contains("_data_"))
+            .last()
+            .map(String::as_str)
+    );
+    assert!(data["pending"].is_null(), "{status}");
+    let other_s = &status["snapshots"][1];
+    assert_eq!(other_s["result"], "ok");
+    assert_eq!(other_s["pending"], "1 changed subtree(s)", "{status}");
+    assert!(status["next_run"].as_str().unwrap().ends_with('Z'));
+    // SIGUSR1: the same, in the log.
+    d.signal(libc::SIGUSR1);
+    d.wait_log("status: other: last run", Duration::from_secs(5));
+    assert_eq!(d.count("status: data: last run"), 1);
+    // Under systemd, lines carry their priority.
+    let lines = d.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>vaultik daemon: run finished")),
+        "{}",
+        lines.join("\n")
+    );
+    // The textfile has both names.
+    let text = fs::read_to_string(&prom).unwrap();
+    for name in ["data", "other"] {
+        assert!(
+            text.contains(&format!(
+                "vaultik_last_exit_status{{host=\"testhost\",snapshot=\"{name}\"}} 0"
+            )),
+            "{text}"
+        );
+    }
+    assert!(d.stop(Duration::from_secs(10)).success());
+}
