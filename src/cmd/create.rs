@@ -479,7 +479,39 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
     };
     let json = a.json;
     let mut watch = session.watch(cron)?;
-    let (_lock, index, dropped) = session.prepare()?;
+    let (_lock, index, dropped) = match session.prepare() {
+        Ok(p) => p,
+        Err(e) => {
+            // The run could not start (the store unreachable, another run
+            // holding the lock...): every snapshot it was to make failed,
+            // as the hooks, pings and metrics say.
+            let names: Vec<SnapshotConfig> = match &stdin {
+                Some((snap, _)) => vec![snap.clone()],
+                None => selected
+                    .iter()
+                    .filter(|s| s.source() != Source::Stdin)
+                    .map(|s| (*s).clone())
+                    .collect(),
+            };
+            for snap in &names {
+                let o = Outcome::failed(
+                    &snap.name,
+                    &session.hostname,
+                    crate::time::now(),
+                    0.0,
+                    &e.to_string(),
+                    serde_json::json!({}),
+                );
+                watch.after(snap, &o);
+                if json {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", o.to_json()).map_err(output)?;
+                }
+            }
+            watch.finish(None);
+            return Err(e);
+        }
+    };
     if dropped > 0 {
         warn(&format!(
             "{dropped} blob(s) known to the index are gone from the store, written over (another size), or marked for deletion; their data will be uploaded again"

@@ -585,8 +585,7 @@ fn the_daemon_status_after_two_runs() {
         data["last_snapshot"].as_str(),
         env.snapshot_ids()
             .iter()
-            .filter(|i| i.contains("_data_"))
-            .last()
+            .rfind(|i| i.contains("_data_"))
             .map(String::as_str)
     );
     assert!(data["pending"].is_null(), "{status}");

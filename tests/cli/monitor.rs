@@ -383,6 +383,30 @@ fn pings_in_order_and_a_dead_endpoint_does_not_fail_the_backup() {
         got[1].2
     );
 
+    // A run that cannot start (another run holds the lock): a failure ping.
+    server.got.lock().unwrap().clear();
+    env.raw.clear();
+    env.write_config();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.path().join("state/index.sqlite.lock"))
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let out = env.run(&["snapshot", "create", "--cron", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let o: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (o["name"].as_str(), o["status"].as_str()),
+        (Some("data"), Some("failed"))
+    );
+    let got = server.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, "/0b8a1f2e-secret/fail");
+    drop(lock);
+
     // Nobody listening: a warning (without the URL's secret), exit 0.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}/dead-secret", dead.local_addr().unwrap());
