@@ -295,6 +295,33 @@ impl Session {
         }
     }
 
+    /// The run could not start (`e`): each of `snaps` failed, as its
+    /// hooks, pings and metrics say (the metrics are written).
+    pub fn not_started(
+        &self,
+        watch: &mut Watch<'_>,
+        snaps: &[&SnapshotConfig],
+        e: &Error,
+    ) -> Vec<Outcome> {
+        let outcomes = snaps
+            .iter()
+            .map(|snap| {
+                let o = Outcome::failed(
+                    &snap.name,
+                    &self.hostname,
+                    crate::time::now(),
+                    0.0,
+                    &e.to_string(),
+                    serde_json::json!({}),
+                );
+                watch.after(snap, &o);
+                o
+            })
+            .collect();
+        watch.finish(None);
+        outcomes
+    }
+
     /// Back up `snap` with the hooks, pings and metrics of `watch` around
     /// it: its outcome, and the error that failed it.
     pub fn watched(
@@ -485,30 +512,20 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
             // The run could not start (the store unreachable, another run
             // holding the lock...): every snapshot it was to make failed,
             // as the hooks, pings and metrics say.
-            let names: Vec<SnapshotConfig> = match &stdin {
-                Some((snap, _)) => vec![snap.clone()],
+            let names: Vec<&SnapshotConfig> = match &stdin {
+                Some((snap, _)) => vec![snap],
                 None => selected
                     .iter()
+                    .copied()
                     .filter(|s| s.source() != Source::Stdin)
-                    .map(|s| (*s).clone())
                     .collect(),
             };
-            for snap in &names {
-                let o = Outcome::failed(
-                    &snap.name,
-                    &session.hostname,
-                    crate::time::now(),
-                    0.0,
-                    &e.to_string(),
-                    serde_json::json!({}),
-                );
-                watch.after(snap, &o);
+            for o in session.not_started(&mut watch, &names, &e) {
                 if json {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{}", o.to_json()).map_err(output)?;
                 }
             }
-            watch.finish(None);
             return Err(e);
         }
     };

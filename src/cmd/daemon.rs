@@ -185,19 +185,12 @@ fn run_job(
         Err(e) => {
             log(&format!("error: run not started: {e}"));
             // Each name's hooks, pings and metrics say so.
-            for (i, _) in &job.names {
-                let snap = &session.cfg.snapshots[*i];
-                let o = crate::monitor::Outcome::failed(
-                    &snap.name,
-                    &session.hostname,
-                    crate::time::now(),
-                    0.0,
-                    &e.to_string(),
-                    serde_json::json!({}),
-                );
-                watch.after(snap, &o);
-            }
-            watch.finish(None);
+            let snaps: Vec<_> = job
+                .names
+                .iter()
+                .map(|(i, _)| &session.cfg.snapshots[*i])
+                .collect();
+            session.not_started(&mut watch, &snaps, &e);
             return Outcome::Failed(job.names.iter().map(|(i, _)| *i).collect());
         }
     };
