@@ -386,7 +386,13 @@ fn killed_run_then_rerun_completes() {
         .unwrap();
     }
     env.write_config();
-    let mut child = env.cmd().args(["snapshot", "create"]).spawn().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["snapshot", "create"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while env.blob_keys().len() < 3 {
         assert!(std::time::Instant::now() < deadline, "no blob appeared");

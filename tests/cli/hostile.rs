@@ -745,6 +745,7 @@ fn a_directory_swapped_for_a_symlink_mid_restore() {
         .env("VAULTIK_PRIVATE_KEY", &env.identity)
         .env("VAULTIK_TEST_PAUSE_AT", &pause)
         .args(["restore", id, "--target", t.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -480,11 +480,23 @@ fn a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over() {
         )
         .unwrap();
     }
-    let mut first = env.cmd().args(["snapshot", "create"]).spawn().unwrap();
+    // Its output is captured, not let through into the test runner's.
+    let first = env
+        .cmd()
+        .args(["snapshot", "create"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let second = env.run(&["snapshot", "create"]);
-    let first_ok = first.wait().unwrap().success();
-    assert!(first_ok);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("requests:"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
     if second.status.success() {
         // The first finished before the second started: nothing to race.
         return;
