@@ -374,7 +374,7 @@ pub struct VerifyArgs {
 /// `snapshot purge`
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PurgeArgs {
-    pub keep_latest: bool,
+    pub keep_latest: Option<usize>,
     pub older_than: Option<u64>,
     pub keep_hourly: Option<usize>,
     pub keep_daily: Option<usize>,
@@ -456,19 +456,63 @@ pub enum RestoreTo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Help(&'static str),
+    /// No command given: the usage on standard error, exit code 2.
+    Missing,
     Version,
     SnapshotCreate(CreateArgs),
-    SnapshotList { json: bool, versions: bool },
+    SnapshotList {
+        json: bool,
+        versions: bool,
+    },
     SnapshotVerify(VerifyArgs),
     SnapshotPurge(PurgeArgs),
-    SnapshotRemove { snapshots: Vec<String> },
-    Prune { dry_run: bool, json: bool },
-    StoreInfo { json: bool },
+    SnapshotRemove {
+        snapshots: Vec<String>,
+    },
+    Prune {
+        dry_run: bool,
+        json: bool,
+    },
+    StoreInfo {
+        json: bool,
+    },
     Restore(RestoreArgs),
     Ls(LsArgs),
     Find(FindArgs),
     Diff(DiffArgs),
-    Keygen { output: Option<PathBuf> },
+    Keygen {
+        output: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// The command words, for the help a usage error points to (None
+    /// where `vaultik --help` is that help).
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Help(_) | Command::Missing | Command::Version => return None,
+            Command::SnapshotCreate(_) => "snapshot create",
+            Command::SnapshotList { .. } => "snapshot list",
+            Command::SnapshotVerify(_) => "snapshot verify",
+            Command::SnapshotPurge(_) => "snapshot purge",
+            Command::SnapshotRemove { .. } => "snapshot remove",
+            Command::Prune { .. } => "prune",
+            Command::StoreInfo { .. } => "store info",
+            Command::Restore(_) => "restore",
+            Command::Ls(_) => "ls",
+            Command::Find(_) => "find",
+            Command::Diff(_) => "diff",
+            Command::Keygen { .. } => "keygen",
+        })
+    }
+}
+
+/// `--identity` given to a command that reads no file contents.
+fn needs_no_key(command: &str) -> Error {
+    Error::Usage(format!(
+        "{command} needs no private key: --identity is for restore, ls, find, diff and \
+         `snapshot verify --deep`"
+    ))
 }
 
 fn usage(e: lexopt::Error) -> Error {
@@ -609,7 +653,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
     let mut p = lexopt::Parser::from_args(args);
     let mut g = Global::default();
     let Some(first) = next(&mut p, &mut g)? else {
-        return Ok((g, Command::Help(USAGE)));
+        return Ok((g, Command::Missing));
     };
     let cmd = match first.get() {
         ArgRef::Help => return Ok((g, Command::Help(USAGE))),
@@ -632,27 +676,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "snapshot" => match sub_command(p, &mut g, "snapshot", USAGE)? {
             Err(help) => help,
             Ok(sub) => match sub.as_str() {
-                "create" => parse_create(p, &mut g)?,
-                "list" => parse_list(p, &mut g)?,
-                "verify" => parse_verify(p, &mut g)?,
-                "purge" => parse_purge(p, &mut g)?,
-                "remove" => parse_remove(p, &mut g)?,
+                "create" => parse_create(p, &mut g).map_err(|e| e.usage_in("snapshot create"))?,
+                "list" => parse_list(p, &mut g).map_err(|e| e.usage_in("snapshot list"))?,
+                "verify" => parse_verify(p, &mut g).map_err(|e| e.usage_in("snapshot verify"))?,
+                "purge" => parse_purge(p, &mut g).map_err(|e| e.usage_in("snapshot purge"))?,
+                "remove" => parse_remove(p, &mut g).map_err(|e| e.usage_in("snapshot remove"))?,
                 other => return Err(Error::Usage(format!("unknown command `snapshot {other}`"))),
             },
         },
         "store" => match sub_command(p, &mut g, "store", USAGE_INFO)? {
             Err(help) => help,
             Ok(sub) => match sub.as_str() {
-                "info" => parse_info(p, &mut g)?,
+                "info" => parse_info(p, &mut g).map_err(|e| e.usage_in("store info"))?,
                 other => return Err(Error::Usage(format!("unknown command `store {other}`"))),
             },
         },
-        "prune" => parse_prune(p, &mut g)?,
-        "restore" => parse_restore(p, &mut g)?,
-        "ls" => parse_ls(p, &mut g)?,
-        "find" => parse_find(p, &mut g)?,
-        "diff" => parse_diff(p, &mut g)?,
-        "keygen" => parse_keygen(p, &mut g)?,
+        "prune" => parse_prune(p, &mut g).map_err(|e| e.usage_in("prune"))?,
+        "restore" => parse_restore(p, &mut g).map_err(|e| e.usage_in("restore"))?,
+        "ls" => parse_ls(p, &mut g).map_err(|e| e.usage_in("ls"))?,
+        "find" => parse_find(p, &mut g).map_err(|e| e.usage_in("find"))?,
+        "diff" => parse_diff(p, &mut g).map_err(|e| e.usage_in("diff"))?,
+        "keygen" => parse_keygen(p, &mut g).map_err(|e| e.usage_in("keygen"))?,
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
     };
     Ok((g, command))
@@ -789,7 +833,8 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_PURGE)),
-            Long("keep-latest") => a.keep_latest = true,
+            Long("identity") => return Err(needs_no_key("snapshot purge")),
+            Long("keep-latest") => a.keep_latest = count(p, "--keep-latest")?,
             Long("older-than") => {
                 let v = value(p, "--older-than")?;
                 let d = crate::config::parse_duration(&v).ok_or_else(|| {
@@ -821,9 +866,9 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     ]
     .iter()
     .any(Option::is_some);
-    if !(a.keep_latest || a.older_than.is_some() || calendar) {
+    if !(a.keep_latest.is_some() || a.older_than.is_some() || calendar) {
         return Err(Error::Usage(
-            "snapshot purge: give a rule: --keep-latest, --older-than DURATION, or \
+            "snapshot purge: give a rule: --keep-latest N, --older-than DURATION, or \
              --keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly N"
                 .into(),
         ));
@@ -836,6 +881,7 @@ fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_REMOVE)),
+            Long("identity") => return Err(needs_no_key("snapshot remove")),
             Value(v) => snapshots.push(string(v.to_os_string(), "SNAPSHOT")?),
             _ => return Err(arg.unexpected()),
         }
@@ -859,6 +905,13 @@ fn parse_flags(
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Err(Command::Help(help))),
+            Long("identity") => {
+                return Err(needs_no_key(if dry_run_too {
+                    "prune"
+                } else {
+                    "store info"
+                }));
+            }
             Long("dry-run") if dry_run_too => dry_run = true,
             Long("json") => json = true,
             _ => return Err(arg.unexpected()),
@@ -879,6 +932,7 @@ fn parse_list(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_LIST)),
+            Long("identity") => return Err(needs_no_key("snapshot list")),
             Long("json") => json = true,
             Long("versions") => versions = true,
             _ => return Err(arg.unexpected()),
@@ -1163,7 +1217,6 @@ mod tests {
         assert_eq!(
             c,
             Command::SnapshotPurge(PurgeArgs {
-                keep_latest: false,
                 older_than: Some(30 * 86400),
                 name: Some("etc".into()),
                 dry_run: true,
@@ -1185,6 +1238,22 @@ mod tests {
             })
         );
         assert!(parse_str("snapshot purge --keep-daily 0").is_err());
+        // As `keep_latest = N`.
+        let (_, c) = parse_str("snapshot purge --keep-latest 3").unwrap();
+        assert_eq!(
+            c,
+            Command::SnapshotPurge(PurgeArgs {
+                keep_latest: Some(3),
+                ..PurgeArgs::default()
+            })
+        );
+        let e = parse_str("snapshot purge --keep-latest --force")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--keep-latest `--force`: expected a number"),
+            "{e}"
+        );
         assert!(parse_str("snapshot purge --dry-run").is_err());
         let (_, c) = parse_str("snapshot verify latest --deep --identity /k --json").unwrap();
         assert_eq!(

@@ -35,6 +35,9 @@ pub struct Config {
     pub one_file_system: bool,
     /// Entries with the nodump inode flag (`chattr +d`) are left out.
     pub exclude_nodump: bool,
+    /// Unreadable files are warned about and left out (exit code 1), as
+    /// with `--skip-errors`.
+    pub skip_errors: bool,
     /// Retention for `snapshot create --prune`: keep this many newest per name.
     pub keep_latest: Option<usize>,
     /// Retention for `snapshot create --prune`: keep everything younger than this.
@@ -147,6 +150,8 @@ pub struct SnapshotConfig {
     pub exclude_caches: Option<bool>,
     pub one_file_system: Option<bool>,
     pub exclude_nodump: Option<bool>,
+    /// `skip_errors`, over the global setting.
+    pub skip_errors: Option<bool>,
     /// A command whose standard output is the snapshot's one file, split
     /// into words as a shell would (run without a shell).
     pub command: Option<Vec<String>>,
@@ -170,6 +175,7 @@ impl SnapshotConfig {
             exclude_caches: None,
             one_file_system: None,
             exclude_nodump: None,
+            skip_errors: None,
             command: None,
             storage_class: None,
             hooks: Default::default(),
@@ -213,6 +219,7 @@ impl Default for Config {
             exclude_caches: false,
             one_file_system: false,
             exclude_nodump: false,
+            skip_errors: false,
             keep_latest: None,
             keep_within: None,
             keep_hourly: None,
@@ -361,12 +368,10 @@ impl Line<'_> {
             .ok_or_else(|| self.bad("expected a number, at least 1"))
     }
 
+    /// Every boolean key: yes/no, true/false, on/off, 1/0, in any case.
     fn boolean(&self) -> Result<bool> {
-        match self.value {
-            "true" | "yes" | "on" => Ok(true),
-            "false" | "no" | "off" => Ok(false),
-            _ => Err(self.bad("expected true or false")),
-        }
+        parse_bool(self.value)
+            .ok_or_else(|| self.bad("expected yes or no (true/false, on/off, 1/0)"))
     }
 
     /// A file name (no `/`), as `exclude_if_present` takes.
@@ -548,6 +553,7 @@ impl Parsing {
             "exclude_caches" => cfg.exclude_caches = l.boolean()?,
             "exclude_nodump" => cfg.exclude_nodump = l.boolean()?,
             "one_file_system" => cfg.one_file_system = l.boolean()?,
+            "skip_errors" => cfg.skip_errors = l.boolean()?,
             "keep_latest" => cfg.keep_latest = Some(l.count()?),
             "keep_within" => cfg.keep_within = Some(l.duration("30d")?),
             "keep_hourly" => cfg.keep_hourly = Some(l.count()?),
@@ -642,6 +648,7 @@ impl Parsing {
             "exclude_caches" => snap.exclude_caches = Some(l.boolean()?),
             "exclude_nodump" => snap.exclude_nodump = Some(l.boolean()?),
             "one_file_system" => snap.one_file_system = Some(l.boolean()?),
+            "skip_errors" => snap.skip_errors = Some(l.boolean()?),
             "command" => {
                 if snap.command.is_some() {
                     return Err(l.err(format!("[snapshot {}] has two `command`s", snap.name)));
@@ -798,6 +805,16 @@ fn check_glob(pattern: &str) -> std::result::Result<(), String> {
 }
 
 /// `512`, `512B`, `64KB`, `1MiB`, `10GB`, `1.5GiB` (decimal KB/MB/GB, binary KiB/MiB/GiB).
+/// A boolean as config files spell it: yes/no, true/false, on/off, 1/0,
+/// in any case.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s
@@ -880,6 +897,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(Path::new("/t/vaultik.conf"), text)
+    }
+
+    #[test]
+    fn booleans_are_spelled_one_way_everywhere() {
+        for (v, want) in [
+            ("yes", true),
+            ("True", true),
+            ("ON", true),
+            ("1", true),
+            ("no", false),
+            ("FALSE", false),
+            ("off", false),
+            ("0", false),
+        ] {
+            let cfg = parse(&format!(
+                "exclude_caches = {v}\nskip_errors = {v}\n[snapshot a]\npath = /a\n\
+                 one_file_system = {v}\nskip_errors = {v}\n"
+            ))
+            .unwrap();
+            assert_eq!(cfg.exclude_caches, want, "{v}");
+            assert_eq!(cfg.skip_errors, want, "{v}");
+            assert_eq!(cfg.snapshots[0].one_file_system, Some(want), "{v}");
+            assert_eq!(cfg.snapshots[0].skip_errors, Some(want), "{v}");
+        }
+        let e = parse("# c\n\nexclude_nodump = maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/t/vaultik.conf:3: `exclude_nodump`: expected yes or no (true/false, on/off, 1/0), found `maybe`"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Bad command line: exit code 2, message names the flag or argument.
     Usage(String),
+    /// The same, for a command whose help says more (`vaultik COMMAND --help`).
+    UsageIn { msg: String, command: &'static str },
     /// Bad configuration file, with the line it was found on.
     Config {
         path: PathBuf,
@@ -78,6 +80,9 @@ pub enum Error {
     StaleBase,
     /// Blobs a new snapshot needs were deleted while it was made.
     BlobsVanished { id: String, missing: usize },
+    /// A file a backup could not read, without `--skip-errors` or
+    /// `skip_errors`: the message says how to go on without it.
+    Unreadable(Box<Error>),
     /// A check found problems (verify).
     Problems { count: usize, what: String },
     /// The run finished, but some files were left out.
@@ -203,6 +208,34 @@ impl Error {
         matches!(self, Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
     }
 
+    /// A usage error of `command`: it points to that command's help.
+    pub fn usage_in(self, command: &'static str) -> Error {
+        match self {
+            Error::Usage(msg) => Error::UsageIn { msg, command },
+            e => e,
+        }
+    }
+
+    /// A PATH argument (`restore`, `ls`), as typed, that names nothing in
+    /// the snapshot; a relative one (taken from `/`) is told that snapshot
+    /// paths are absolute, with the path it may have meant.
+    pub fn not_in_snapshot(path: &str, id: &str) -> Error {
+        let mut msg = format!(
+            "path {} is not in snapshot {id}",
+            one_line(path.to_string())
+        );
+        if !path.starts_with('/') {
+            let rel = path.trim_start_matches("./");
+            msg.push_str(&format!(
+                "; paths in a snapshot are absolute, as backed up: {rel} was taken as /{rel}"
+            ));
+            if let Ok(cwd) = std::env::current_dir() {
+                msg.push_str(&format!(" (did you mean {}?)", cwd.join(rel).display()));
+            }
+        }
+        Error::Usage(one_line(msg))
+    }
+
     pub fn corrupt(what: impl Into<String>, msg: impl fmt::Display) -> Error {
         Error::Corrupt {
             what: what.into(),
@@ -238,6 +271,7 @@ impl Error {
         use std::fmt::Write;
         match self {
             Error::Usage(msg) => write!(f, "{msg} (see `vaultik --help`)"),
+            Error::UsageIn { msg, command } => write!(f, "{msg} (see `vaultik {command} --help`)"),
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
             Error::Setup(msg) => f.write_str(msg),
             Error::System { op, source } => write!(f, "cannot {op}: {source}"),
@@ -299,6 +333,13 @@ impl Error {
                 f,
                 "{missing} blob(s) that snapshot {id} needs were deleted from the store while it was made; run it again"
             ),
+            Error::Unreadable(e) => {
+                e.write_raw(f)?;
+                f.write_str(
+                    " (to back up the rest and exit with code 1, pass --skip-errors or set \
+                     skip_errors = yes in the config)",
+                )
+            }
             Error::Problems { count, what } => write!(f, "{what}: {count} problem(s) found"),
             Error::HookFailed { skipped } => write!(
                 f,
@@ -354,6 +395,7 @@ impl std::error::Error for Error {
             Error::System { source, .. } => Some(source.as_ref()),
             Error::Database { source, .. } => Some(source),
             Error::Output(source) => Some(source),
+            Error::Unreadable(e) => std::error::Error::source(e.as_ref()),
             _ => None,
         }
     }

@@ -6,7 +6,14 @@ use vaultik::{cli, cmd};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| cmd::run(&g, c));
+    let result = cli::parse(std::env::args_os().skip(1)).and_then(|(g, c)| {
+        // A usage error found while running points to the command's help.
+        let name = c.name();
+        cmd::run(&g, c).map_err(|e| match name {
+            Some(n) => e.usage_in(n),
+            None => e,
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that went away (`vaultik snapshot list | head`) ends

@@ -1,5 +1,6 @@
 //! UTC calendar times as vaultik writes and reads them: the compact form in
-//! snapshot ids and deletion marks (`2026-11-23T083015Z`), the display form
+//! snapshot ids and deletion marks (`2026-11-23T083015Z`), RFC 3339 in JSON
+//! reports (`2026-11-23T08:30:15Z`), the display form
 //! (`2026-11-23 08:30:15 UTC`), and S3's `LastModified`
 //! (`2026-11-23T08:30:15.000Z`). Seconds since the Unix epoch throughout.
 
@@ -17,7 +18,7 @@ pub fn compact(unix: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
-/// `2026-11-23T08:30:15Z` (RFC 3339).
+/// `2026-11-23T08:30:15Z` (RFC 3339, UTC): the `time` of JSON reports.
 pub fn rfc3339(unix: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(unix);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
@@ -156,6 +157,7 @@ mod tests {
     fn formats() {
         assert_eq!(compact(0), "1970-01-01T000000Z");
         assert_eq!(compact(1_795_422_615), "2026-11-23T083015Z");
+        assert_eq!(rfc3339(1_795_422_615), "2026-11-23T08:30:15Z");
         assert_eq!(display(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(minute(1_795_422_615), "2026-11-23 08:30");
         assert_eq!(minute(0), "1970-01-01 00:00");

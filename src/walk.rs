@@ -564,8 +564,9 @@ fn root_entry(root: &Path, base: &Path) -> (Found, Option<(u64, u64)>) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel,
         _ => {
             let found = match look_up(CWD, root, root) {
-                // A configured path that is not there is an error.
-                Found::Gone => Found::Failed(std::io::ErrorKind::NotFound.into()),
+                // A configured path that is not there is an error, worded
+                // as the system words it ("No such file or directory").
+                Found::Gone => Found::Failed(std::io::Error::from_raw_os_error(libc::ENOENT)),
                 found => found,
             };
             return (found, None);

@@ -76,7 +76,7 @@ impl Shared<'_, '_> {
                     msg: e.to_string(),
                 })
             } else {
-                Err(e)
+                Err(Error::Unreadable(Box::new(e)))
             }
         };
         // Only the file the walk stat'ed is read (never a FIFO, a symlink's

@@ -110,11 +110,11 @@ impl<'m, 's, 'r, 'a> Recorder<'m, 's, 'r, 'a> {
                     self.warn(&format!("skipped {}: {}", w.path.display(), w.err));
                 }
                 Walked::Failed(w) => {
-                    return Err(Error::Io {
+                    return Err(Error::Unreadable(Box::new(Error::Io {
                         op: "read",
                         path: w.path,
                         source: w.err,
-                    });
+                    })));
                 }
                 Walked::Replaced(r) => {
                     self.summary.warnings += 1;

@@ -27,11 +27,12 @@ pub enum Item {
 pub fn check(snap: &Snapshot, scopes: &[Scope]) -> Result<()> {
     for s in scopes {
         if !s.is_root() && snap.entry(&s.path, false)?.is_none() && !snap.any_in(&s.lo, &s.hi)? {
-            return Err(Error::Usage(format!(
-                "path {} is not in snapshot {}",
-                shown(&s.path),
-                snap.id
-            )));
+            let typed = shown(&s.path);
+            let typed = match s.relative {
+                true => &typed[1..],
+                false => &typed[..],
+            };
+            return Err(Error::not_in_snapshot(typed, &snap.id));
         }
     }
     Ok(())

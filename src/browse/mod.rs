@@ -96,6 +96,8 @@ pub struct Scope {
     pub lo: Vec<u8>,
     /// ...and `path0`, past the last one.
     pub hi: Vec<u8>,
+    /// Given without its leading `/` (for the error when it is not there).
+    pub relative: bool,
 }
 
 impl Scope {
@@ -104,7 +106,8 @@ impl Scope {
         while path.len() > 1 && path.ends_with(b"/") {
             path.pop();
         }
-        if !path.starts_with(b"/") {
+        let relative = !path.starts_with(b"/");
+        if relative {
             path.insert(0, b'/');
         }
         let mut lo = path.clone();
@@ -113,7 +116,12 @@ impl Scope {
         }
         let mut hi = lo.clone();
         *hi.last_mut().expect("lo ends with a /") = b'0';
-        Scope { path, lo, hi }
+        Scope {
+            path,
+            lo,
+            hi,
+            relative,
+        }
     }
 
     pub fn root() -> Scope {

@@ -462,6 +462,18 @@ pub fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a SnapshotC
 }
 
 pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
+    let session = Session::open(settings)?;
+    let r = run_with(&session, a);
+    // The request counts after a failure too, where the summary would
+    // have been (never with --cron or --json: their output is theirs).
+    if a.cron || a.json {
+        r
+    } else {
+        super::ended(session.store.as_ref(), r)
+    }
+}
+
+fn run_with(session: &Session, a: &CreateArgs) -> Result<()> {
     let CreateArgs {
         names,
         skip_errors,
@@ -470,7 +482,6 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
         ..
     } = a;
     let (skip_errors, cron, prune) = (*skip_errors, *cron, *prune);
-    let session = Session::open(settings)?;
     let retention = session.retention();
     if prune && !retention.is_set() {
         return Err(Error::Setup(format!(
@@ -542,7 +553,7 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
         (false, _) if terminal && !cron && !json => Some(Style::Line),
         (false, _) => None,
     };
-    let backup = session.backup(index, skip_errors, progress, None);
+    let mut backup = session.backup(index, skip_errors, progress, None);
     let mut skipped = 0;
     let mut hook_failed = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -582,6 +593,9 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
             if snap.source() == Source::Stdin {
                 continue;
             }
+            // `--skip-errors`, else the snapshot's `skip_errors`, else the global one.
+            backup.skip_errors =
+                skip_errors || snap.skip_errors.unwrap_or(session.cfg.skip_errors);
             ran(snap, &mut || {
                 session
                     .run_one(&backup, snap, Scope::Full, false)
@@ -611,7 +625,7 @@ pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
         }
     }
     if !cron && !json {
-        writeln!(out, "{}", session.store.stats().summary()).map_err(output)?;
+        writeln!(out, "{}", super::requests_line(session.store.as_ref())).map_err(output)?;
     }
     if !hook_failed.is_empty() {
         return Err(Error::HookFailed {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use super::settings::{self, Settings};
-use super::{json_report, open_existing_store, output, warn};
+use super::{Expect, json_report, open_existing_store, output, warn};
 use crate::cli::{Global, VerifyArgs};
 use crate::error::{Error, Result};
 use crate::gc::{self, View};
@@ -20,90 +20,93 @@ use crate::time::now as unix_now;
 use crate::verify::Depth;
 
 pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
-    let store = super::open_versioned_store(settings, versions)?;
-    let deleted: HashSet<String> = store.deleted_snapshots().into_iter().collect();
-    let mut manifests = Vec::new();
-    let mut damaged = 0;
-    for listed in manifest::list(store.as_ref())? {
-        match manifest::load_summary(store.as_ref(), &listed) {
-            Ok(m) => manifests.push(m),
-            // Removed between the listing and now.
-            Err(Error::NotFound { .. }) => {}
-            // One bad manifest never hides the others.
-            Err(e @ Error::Corrupt { .. }) => {
-                damaged += 1;
-                warn(&e.to_string());
+    let store = super::open_versioned_store(settings, versions, Expect::Listing)?;
+    let r = (|| -> Result<()> {
+        let deleted: HashSet<String> = store.deleted_snapshots().into_iter().collect();
+        let mut manifests = Vec::new();
+        let mut damaged = 0;
+        for listed in manifest::list(store.as_ref())? {
+            match manifest::load_summary(store.as_ref(), &listed) {
+                Ok(m) => manifests.push(m),
+                // Removed between the listing and now.
+                Err(Error::NotFound { .. }) => {}
+                // One bad manifest never hides the others.
+                Err(e @ Error::Corrupt { .. }) => {
+                    damaged += 1;
+                    warn(&e.to_string());
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
-    }
-    for m in manifests.iter().filter(|m| m.dated_ahead()) {
-        warn(&format!(
-            "snapshot {} claims a time after the store received it ({}); \
+        for m in manifests.iter().filter(|m| m.dated_ahead()) {
+            warn(&format!(
+                "snapshot {} claims a time after the store received it ({}); \
              ignored by `latest` and retention",
-            m.id,
-            ahead_note(m)
-        ));
-    }
-    let mut out = std::io::stdout().lock();
-    if json {
-        // A plain array of snapshots (see the man page).
-        let arr: Vec<serde_json::Value> = manifests
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.id,
-                    "hostname": m.hostname,
-                    "name": m.name,
-                    "time": crate::time::compact(m.time),
-                    "unix_time": m.time,
-                    "size": m.total_size(),
-                    "blobs": m.blobs,
-                    "dated_ahead": m.dated_ahead(),
-                    "deleted": deleted.contains(&m.id),
+                m.id,
+                ahead_note(m)
+            ));
+        }
+        let mut out = std::io::stdout().lock();
+        if json {
+            // A plain array of snapshots (see the man page).
+            let arr: Vec<serde_json::Value> = manifests
+                .iter()
+                .map(|m| {
+                    json!({
+                        "id": m.id,
+                        "hostname": m.hostname,
+                        "name": m.name,
+                        "time": crate::time::rfc3339(m.time),
+                        "unix_time": m.time,
+                        "size": m.total_size(),
+                        "blobs": m.blobs,
+                        "dated_ahead": m.dated_ahead(),
+                        "deleted": deleted.contains(&m.id),
+                    })
                 })
-            })
-            .collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&arr).expect("JSON values serialize")
-        )
-        .map_err(output)?;
-    } else {
-        let w = manifests
-            .iter()
-            .map(|m| m.id.len())
-            .max()
-            .unwrap_or(2)
-            .max(2);
-        writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE").map_err(output)?;
-        for m in &manifests {
-            let flag = if deleted.contains(&m.id) {
-                "  (deleted; its versions remain: restore it by id)"
-            } else if m.dated_ahead() {
-                "  (dated ahead of the store: ignored by latest and retention)"
-            } else {
-                ""
-            };
+                .collect();
             writeln!(
                 out,
-                "{:<w$}  {:<23}  {:>10}{flag}",
-                m.id,
-                crate::time::display(m.time),
-                human_bytes(m.total_size())
+                "{}",
+                serde_json::to_string_pretty(&arr).expect("JSON values serialize")
             )
             .map_err(output)?;
+        } else {
+            let w = manifests
+                .iter()
+                .map(|m| m.id.len())
+                .max()
+                .unwrap_or(2)
+                .max(2);
+            writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE").map_err(output)?;
+            for m in &manifests {
+                let flag = if deleted.contains(&m.id) {
+                    "  (deleted; its versions remain: restore it by id)"
+                } else if m.dated_ahead() {
+                    "  (dated ahead of the store: ignored by latest and retention)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "{:<w$}  {:<23}  {:>10}{flag}",
+                    m.id,
+                    crate::time::display(m.time),
+                    human_bytes(m.total_size())
+                )
+                .map_err(output)?;
+            }
+            writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
         }
-        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
-    }
-    if damaged > 0 {
-        return Err(Error::Damaged {
-            count: damaged,
-            what: "snapshot list",
-        });
-    }
-    Ok(())
+        if damaged > 0 {
+            return Err(Error::Damaged {
+                count: damaged,
+                what: "snapshot list",
+            });
+        }
+        Ok(())
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 /// When the store received a manifest dated ahead of it.
@@ -116,49 +119,52 @@ fn ahead_note(m: &Summary) -> String {
 }
 
 pub fn info(settings: &Settings, json: bool) -> Result<()> {
-    let store = open_existing_store(settings)?;
-    let view = View::load(store.as_ref())?;
-    warn_about(&view);
-    let totals = Totals::of(&view, settings.grace_period);
-    // On a bucket with Object Lock, what is locked (a HEAD per object).
-    let lock_on = match store.object_lock_enabled() {
-        Ok(on) => on,
-        Err(e) if crate::store::versions::denied(&e) => {
-            warn(&format!("{e}; locked objects not shown"));
-            false
+    let store = open_existing_store(settings, Expect::Listing)?;
+    let r = (|| -> Result<()> {
+        let view = View::load(store.as_ref())?;
+        warn_about(&view);
+        let totals = Totals::of(&view, settings.grace_period);
+        // On a bucket with Object Lock, what is locked (a HEAD per object).
+        let lock_on = match store.object_lock_enabled() {
+            Ok(on) => on,
+            Err(e) if crate::store::versions::denied(&e) => {
+                warn(&format!("{e}; locked objects not shown"));
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let locks = if lock_on {
+            let mut all = view.blobs.clone();
+            all.extend(view.metadata.iter().cloned());
+            Some(gc::Locks::of(store.as_ref(), &all, unix_now())?)
+        } else {
+            None
+        };
+        let mut out = std::io::stdout().lock();
+        if json {
+            let mut v = totals.to_json(&view, store.describe());
+            if let Some(l) = &locks {
+                v["locked"] = l.to_json();
+            }
+            writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
+        } else {
+            totals
+                .write_text(&mut out, &view, store.describe(), settings.grace_period)
+                .map_err(output)?;
+            if let Some(l) = &locks {
+                writeln!(out, "locked:       {}", l.describe()).map_err(output)?;
+            }
+            writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
         }
-        Err(e) => return Err(e),
-    };
-    let locks = if lock_on {
-        let mut all = view.blobs.clone();
-        all.extend(view.metadata.iter().cloned());
-        Some(gc::Locks::of(store.as_ref(), &all, unix_now())?)
-    } else {
-        None
-    };
-    let mut out = std::io::stdout().lock();
-    if json {
-        let mut v = totals.to_json(&view, store.describe());
-        if let Some(l) = &locks {
-            v["locked"] = l.to_json();
+        if !view.damaged.is_empty() {
+            return Err(Error::Damaged {
+                count: view.damaged.len(),
+                what: "store info",
+            });
         }
-        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
-    } else {
-        totals
-            .write_text(&mut out, &view, store.describe(), settings.grace_period)
-            .map_err(output)?;
-        if let Some(l) = &locks {
-            writeln!(out, "locked:       {}", l.describe()).map_err(output)?;
-        }
-        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
-    }
-    if !view.damaged.is_empty() {
-        return Err(Error::Damaged {
-            count: view.damaged.len(),
-            what: "store info",
-        });
-    }
-    Ok(())
+        Ok(())
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 /// Warnings about what the listing found: damaged manifests, snapshots
@@ -336,37 +342,41 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         None
     };
     let by_id = a.snapshot != "latest";
-    let store = super::open_versioned_store(&Settings::resolve(g, false)?, by_id)?;
-    let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
-    let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
-    let what = format!("snapshot verify --deep {id}");
-    let thaw = super::thaw(store.as_ref(), a.thaw, what, a.json, &report);
-    let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
-    let depth = match &identities {
-        Some(identities) => Depth::Deep {
-            identities,
-            gate: &gate,
-        },
-        None if a.checksums => Depth::Checksums,
-        None => Depth::Shallow,
-    };
-    let r = crate::verify::verify(store.as_ref(), id, depth)?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        let v = verify_json(&r, a.deep);
-        writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
-    } else {
-        write_verify_text(&mut out, &r, a.deep).map_err(output)?;
-        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
-    }
-    if r.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Problems {
-            count: r.problems.len(),
-            what: format!("snapshot verify {}", r.id),
-        })
-    }
+    let store =
+        super::open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
+    let r = (|| -> Result<()> {
+        let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
+        let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
+        let what = format!("snapshot verify --deep {id}");
+        let thaw = super::thaw(store.as_ref(), a.thaw, what, a.json, &report);
+        let gate = |blobs: &[(String, u64)]| thaw.ensure(blobs);
+        let depth = match &identities {
+            Some(identities) => Depth::Deep {
+                identities,
+                gate: &gate,
+            },
+            None if a.checksums => Depth::Checksums,
+            None => Depth::Shallow,
+        };
+        let r = crate::verify::verify(store.as_ref(), id, depth)?;
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            let v = verify_json(&r, a.deep);
+            writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
+        } else {
+            write_verify_text(&mut out, &r, a.deep).map_err(output)?;
+            writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
+        }
+        if r.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Problems {
+                count: r.problems.len(),
+                what: format!("snapshot verify {}", r.id),
+            })
+        }
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 fn blob_bytes(r: &crate::verify::Report) -> u64 {

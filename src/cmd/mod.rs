@@ -3,6 +3,7 @@
 //! arguments, runs the work of the module that owns it, and prints the
 //! result. Glue only; one file per group of commands.
 
+mod absent;
 mod browse;
 mod create;
 mod daemon;
@@ -27,6 +28,10 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Help(text) => {
             print!("{text}");
             Ok(())
+        }
+        Command::Missing => {
+            eprint!("{}", crate::cli::USAGE);
+            Err(Error::Usage("no command given".into()))
         }
         Command::Version => {
             println!("vaultik {}", env!("CARGO_PKG_VERSION"));
@@ -77,26 +82,79 @@ fn warn(msg: &str) {
     );
 }
 
+/// What a command expects of the store it opens, for a store that was
+/// never written to (no identity, no snapshots: a mistyped path, bucket or
+/// prefix looks just like that).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// It lists (`snapshot list`, `store info`): an empty store, with a
+    /// warning; a directory not made yet is one too.
+    Listing,
+    /// It maintains (`snapshot purge`, `prune`, `snapshot remove`): a
+    /// warning.
+    Maintenance,
+    /// It reads snapshots (`restore`, `snapshot verify`, `ls`, `find`,
+    /// `diff`): an error naming the store.
+    Snapshots,
+}
+
 /// The store for a command that only reads or maintains it (the config is
 /// optional when the store is given by flag or environment). Its identity
 /// is read: a store of a newer format is refused; a damaged identity only
-/// warned about (it keys local indexes, nothing these commands need). On a
-/// versioned bucket, snapshots are read as vaultik wrote them
-/// (`store/versions.rs`).
-fn open_existing_store(settings: &Settings) -> Result<Box<dyn Store>> {
-    open_versioned_store(settings, false)
+/// warned about (it keys local indexes, nothing these commands need); a
+/// store never written to is treated as `expect` says. On a versioned
+/// bucket, snapshots are read as vaultik wrote them (`store/versions.rs`).
+fn open_existing_store(settings: &Settings, expect: Expect) -> Result<Box<dyn Store>> {
+    open_versioned_store(settings, false, expect)
 }
 
 /// `open_existing_store`; `with_deleted`, the snapshots whose current
 /// objects were deleted while versions of them remain are listed too.
-fn open_versioned_store(settings: &Settings, with_deleted: bool) -> Result<Box<dyn Store>> {
-    let store = settings.open_store(false)?;
-    match store::identity::read(store.as_ref()) {
-        Ok(_) => {}
+fn open_versioned_store(
+    settings: &Settings,
+    with_deleted: bool,
+    expect: Expect,
+) -> Result<Box<dyn Store>> {
+    let store: Box<dyn Store> = match &settings.store {
+        crate::config::StoreConfig::Local { path }
+            if expect == Expect::Listing && !path.exists() && path.symlink_metadata().is_err() =>
+        {
+            Box::new(absent::Absent {
+                path: path.clone(),
+                stats: Default::default(),
+            })
+        }
+        _ => settings.open_store(false)?,
+    };
+    // A failure here came after requests: they are shown (see `ended`).
+    let checked = never_written(store.as_ref(), expect);
+    let checked = ended(store.as_ref(), checked);
+    checked?;
+    store::versions::Versioned::open(store, with_deleted, &warn)
+}
+
+/// A store that was never written to, treated as `expect` says.
+fn never_written(store: &dyn Store, expect: Expect) -> Result<()> {
+    match store::identity::read(store) {
+        Ok(Some(_)) => {}
+        // A store from before identities has snapshots: only one with
+        // nothing under metadata/ was never written to.
+        Ok(None) if !store.list(crate::layout::METADATA)?.objects.is_empty() => {}
+        Ok(None) => {
+            let what = format!(
+                "no vaultik store at {}: nothing was ever backed up there",
+                store.describe()
+            );
+            let check = "check --store, $VAULTIK_STORE or the config's [s3] or [local] section";
+            if expect == Expect::Snapshots {
+                return Err(Error::Setup(format!("{what} ({check})")));
+            }
+            warn(&format!("{what}; {check}"));
+        }
         Err(e @ Error::Corrupt { .. }) => warn(&e.to_string()),
         Err(e) => return Err(e),
     }
-    store::versions::Versioned::open(store, with_deleted, &warn)
+    Ok(())
 }
 
 /// How a command that reads blobs treats cold ones (`--thaw`, `--thaw-days`,
@@ -119,8 +177,37 @@ fn thaw<'t>(
     }
 }
 
+thread_local! {
+    /// Whether this command has shown its request counts.
+    static SHOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The `requests:` line of a command's report (standard output, or
+/// standard error where standard output is data).
+fn requests_line(store: &dyn Store) -> String {
+    SHOWN.with(|s| s.set(true));
+    store.stats().summary()
+}
+
+/// A command that talked to the store (made a request) ends with its
+/// request counts, success or failure: a failure that came before its
+/// report shows them on standard error, before the error.
+fn ended<T>(store: &dyn Store, r: Result<T>) -> Result<T> {
+    let s = store.stats();
+    let talked = s.snapshot()[..5].iter().any(|n| *n > 0)
+        || [&s.restore, &s.retention, &s.config]
+            .iter()
+            .any(|n| n.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    if talked && r.as_ref().is_err_and(|e| !e.is_broken_pipe()) && !SHOWN.with(std::cell::Cell::get)
+    {
+        eprintln!("{}", store.stats().summary());
+    }
+    r
+}
+
 /// The `requests` object of every `--json` report.
 fn json_report(mut v: serde_json::Value, store: &dyn Store) -> String {
+    SHOWN.with(|s| s.set(true));
     v["requests"] = store.stats().to_json();
     serde_json::to_string_pretty(&v).expect("JSON values serialize")
 }

@@ -5,11 +5,11 @@ use std::io::{BufRead, Write};
 use serde_json::json;
 
 use super::settings::Settings;
-use super::{json_report, open_existing_store, output};
+use super::{Expect, json_report, open_existing_store, output};
 use crate::cli::PurgeArgs;
 use crate::error::{Error, Result};
 use crate::gc::purge::{Purge, Report};
-use crate::gc::{self, Collect, Decision, Retention, View};
+use crate::gc::{self, Collect, Decision, Keep, Retention, View};
 use crate::human_bytes;
 use crate::index::Index;
 use crate::lock::RunLock;
@@ -121,7 +121,7 @@ impl Report {
         json!({
             "dry_run": self.dry_run,
             "removed_snapshots": self.removed.iter().map(|m| json!({
-                "id": m.id, "time": crate::time::compact(m.time), "size": m.total_size(),
+                "id": m.id, "time": crate::time::rfc3339(m.time), "size": m.total_size(),
             })).collect::<Vec<_>>(),
             "deleted_objects": self.deleted.len(),
             "deleted_bytes": Collect::bytes(&self.deleted),
@@ -184,7 +184,7 @@ fn local_index(
 /// deletion marks they write are locked too, for the grace period they
 /// serve plus a day: long enough for two-phase deletion, no longer.
 fn marking_store(settings: &Settings) -> Result<Box<dyn Store>> {
-    let store = open_existing_store(settings)?;
+    let store = open_existing_store(settings, Expect::Maintenance)?;
     if let crate::config::StoreConfig::S3(s3) = &settings.store {
         if s3.object_lock.is_on() {
             store.set_lock(Some(store::lock::Lock {
@@ -200,7 +200,7 @@ fn marking_store(settings: &Settings) -> Result<Box<dyn Store>> {
 
 pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     let rule = Retention {
-        keep_latest: a.keep_latest.then_some(1),
+        keep_latest: a.keep_latest,
         keep_within: a.older_than,
         keep_hourly: a.keep_hourly,
         keep_daily: a.keep_daily,
@@ -215,34 +215,42 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     // A zone that does not exist is refused before the store is asked.
     rule.zone()?;
     let store = marking_store(settings)?;
-    let view = View::load(store.as_ref())?;
-    let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
-    let mut removed: Vec<Summary> = decisions
-        .iter()
-        .filter(|(_, d)| *d == Decision::Remove)
-        .map(|(m, _)| (*m).clone())
-        .collect();
-    removed.sort_by(manifest::order);
-    if a.dry_run && !a.json {
-        print_decisions(&decisions).map_err(output)?;
-    }
-    let decisions_json: Vec<serde_json::Value> =
-        decisions.iter().map(|(m, d)| decision_json(m, d)).collect();
-    if !a.dry_run
-        && !a.force
-        && !removed.is_empty()
-        && !confirmed(settings, store.as_ref(), &removed)?
-    {
-        writeln!(std::io::stdout(), "{}", store.stats().summary()).map_err(output)?;
-        return Ok(());
-    }
-    let shown = Shown {
-        dry_run: a.dry_run,
-        json: a.json,
-        purge: true,
-        decisions: Some(decisions_json),
-    };
-    run_and_report(settings, store.as_ref(), view, removed, shown)
+    let r = (|| -> Result<()> {
+        let view = View::load(store.as_ref())?;
+        let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
+        let mut removed: Vec<Summary> = decisions
+            .iter()
+            .filter(|(_, d)| *d == Decision::Remove)
+            .map(|(m, _)| (*m).clone())
+            .collect();
+        removed.sort_by(manifest::order);
+        if a.dry_run && !a.json {
+            print_decisions(&decisions).map_err(output)?;
+        }
+        let decisions_json: Vec<serde_json::Value> =
+            decisions.iter().map(|(m, d)| decision_json(m, d)).collect();
+        if !a.dry_run
+            && !a.force
+            && !removed.is_empty()
+            && !confirmed(settings, store.as_ref(), &removed)?
+        {
+            writeln!(
+                std::io::stdout(),
+                "{}",
+                super::requests_line(store.as_ref())
+            )
+            .map_err(output)?;
+            return Ok(());
+        }
+        let shown = Shown {
+            dry_run: a.dry_run,
+            json: a.json,
+            purge: true,
+            decisions: Some(decisions_json),
+        };
+        run_and_report(settings, store.as_ref(), view, removed, shown)
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 /// For every snapshot the rules looked at, newest first: kept (and by
@@ -255,7 +263,10 @@ fn print_decisions(decisions: &[(&Summary, Decision)]) -> std::io::Result<()> {
         let (verb, why) = match d {
             Decision::Keep(why) => (
                 "keep",
-                why.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+                why.iter()
+                    .map(|k| flag_name(*k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
             Decision::Remove => ("remove", String::new()),
             Decision::Ahead => ("leave", "dated ahead of the store's clock".to_string()),
@@ -270,13 +281,28 @@ fn print_decisions(decisions: &[(&Summary, Decision)]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A rule by the flag that set it: the dry run of `snapshot purge` explains
+/// itself with the names the user typed (JSON keeps the rules' ids).
+fn flag_name(k: Keep) -> &'static str {
+    match k {
+        Keep::Newest => "newest",
+        Keep::Latest => "--keep-latest",
+        Keep::Within => "--older-than",
+        Keep::Hourly => "--keep-hourly",
+        Keep::Daily => "--keep-daily",
+        Keep::Weekly => "--keep-weekly",
+        Keep::Monthly => "--keep-monthly",
+        Keep::Yearly => "--keep-yearly",
+    }
+}
+
 fn decision_json(m: &Summary, d: &Decision) -> serde_json::Value {
     let (keep, rules): (Option<bool>, Vec<&str>) = match d {
         Decision::Keep(why) => (Some(true), why.iter().map(|k| k.name()).collect()),
         Decision::Remove => (Some(false), Vec::new()),
         Decision::Ahead => (None, Vec::new()),
     };
-    json!({"id": m.id, "time": crate::time::compact(m.time), "keep": keep, "rules": rules})
+    json!({"id": m.id, "time": crate::time::rfc3339(m.time), "keep": keep, "rules": rules})
 }
 
 /// Ask on the terminal before removing `removed`. The preview and the
@@ -353,40 +379,46 @@ fn run_and_report(
         writeln!(out, "{}", json_report(v, store)).map_err(output)?;
     } else {
         report.print_text(&mut out, shown.purge).map_err(output)?;
-        writeln!(out, "{}", store.stats().summary()).map_err(output)?;
+        writeln!(out, "{}", super::requests_line(store)).map_err(output)?;
     }
     Ok(())
 }
 
 pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
     let store = marking_store(settings)?;
-    let view = View::load(store.as_ref())?;
-    let shown = Shown {
-        dry_run,
-        json,
-        purge: false,
-        decisions: None,
-    };
-    run_and_report(settings, store.as_ref(), view, Vec::new(), shown)
+    let r = (|| -> Result<()> {
+        let view = View::load(store.as_ref())?;
+        let shown = Shown {
+            dry_run,
+            json,
+            purge: false,
+            decisions: None,
+        };
+        run_and_report(settings, store.as_ref(), view, Vec::new(), shown)
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 pub fn remove(settings: &Settings, snapshots: &[String]) -> Result<()> {
     let store = marking_store(settings)?;
-    let mut ids = Vec::new();
-    for s in snapshots {
-        ids.push(manifest::resolve(store.as_ref(), s)?);
-    }
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    gc::remove_snapshots(store.as_ref(), &refs)?;
-    let mut out = std::io::stdout().lock();
-    for id in &ids {
-        writeln!(out, "removed {id}").map_err(output)?;
-    }
-    writeln!(
-        out,
-        "their blobs are deleted by `vaultik prune` once no snapshot needs them"
-    )
-    .map_err(output)?;
-    writeln!(out, "{}", store.stats().summary()).map_err(output)?;
-    Ok(())
+    let r = (|| -> Result<()> {
+        let mut ids = Vec::new();
+        for s in snapshots {
+            ids.push(manifest::resolve(store.as_ref(), s)?);
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        gc::remove_snapshots(store.as_ref(), &refs)?;
+        let mut out = std::io::stdout().lock();
+        for id in &ids {
+            writeln!(out, "removed {id}").map_err(output)?;
+        }
+        writeln!(
+            out,
+            "their blobs are deleted by `vaultik prune` once no snapshot needs them"
+        )
+        .map_err(output)?;
+        writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
+        Ok(())
+    })();
+    super::ended(store.as_ref(), r)
 }

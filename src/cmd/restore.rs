@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use super::settings::{self, Settings};
-use super::{open_versioned_store, output, warn};
+use super::{Expect, open_versioned_store, output, warn};
 use crate::browse::{json_line, kind_name, put_bytes, shown};
 use crate::cli::{Global, RestoreArgs, RestoreTo};
 use crate::error::{Error, Result};
@@ -20,76 +20,80 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // Deleted snapshots (versions remain) only by id: `latest` is never
     // one that was removed.
     let by_id = a.snapshot != "latest";
-    let store = open_versioned_store(&Settings::resolve(g, false)?, by_id)?;
-    let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
-    // With --stdout, standard output is the file's: everything else goes
-    // to standard error.
-    let to_stdout = a.to == RestoreTo::Stdout;
-    let report: Mutex<Box<dyn Write + Send>> = Mutex::new(if to_stdout {
-        Box::new(std::io::stderr())
-    } else {
-        Box::new(std::io::stdout())
-    });
-    let thaw = super::thaw(
-        store.as_ref(),
-        a.thaw,
-        format!("restore of {id}"),
-        a.json,
-        &report,
-    );
-    // On a versioned bucket, blobs written over or deleted are read from
-    // the version vaultik wrote; then cold ones are thawed.
-    let gate = |blobs: &[(String, u64)]| {
-        store.choose_versions(blobs, &warn)?;
-        thaw.ensure(blobs)
-    };
-    // A dry run's actions: one line each, or one JSON object each.
-    let dry_json = a.controls.dry_run && a.json;
-    let report_action = |act: &Action<'_>| -> Result<()> {
-        let line = if dry_json {
-            action_json(act)
+    let store = open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
+    let r = (|| -> Result<()> {
+        let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
+        // With --stdout, standard output is the file's: everything else goes
+        // to standard error.
+        let to_stdout = a.to == RestoreTo::Stdout;
+        let report: Mutex<Box<dyn Write + Send>> = Mutex::new(if to_stdout {
+            Box::new(std::io::stderr())
         } else {
-            action_line(act)
+            Box::new(std::io::stdout())
+        });
+        let thaw = super::thaw(
+            store.as_ref(),
+            a.thaw,
+            format!("restore of {id}"),
+            a.json,
+            &report,
+        );
+        // On a versioned bucket, blobs written over or deleted are read from
+        // the version vaultik wrote; then cold ones are thawed.
+        let gate = |blobs: &[(String, u64)]| {
+            store.choose_versions(blobs, &warn)?;
+            thaw.ensure(blobs)
         };
-        writeln!(report.lock().expect("report lock"), "{line}").map_err(output)
-    };
-    let r = Restore {
-        store: store.as_ref(),
-        identities,
-        target: match &a.to {
-            RestoreTo::Target(t) => t.clone(),
-            RestoreTo::Stdout => std::env::temp_dir(),
-        },
-        paths: a.paths.clone(),
-        controls: a.controls.clone(),
-        warn: &warn,
-        gate: &gate,
-        report: a.controls.dry_run.then_some(&report_action),
-        xattrs: !a.no_xattrs,
-    };
-    let result = match &a.to {
-        RestoreTo::Target(_) => r.run(&id),
-        RestoreTo::Stdout => {
-            let mut out = raw_stdout()?;
-            r.to_stdout(&id, a.paths.first().map(String::as_str), &mut out)
+        // A dry run's actions: one line each, or one JSON object each.
+        let dry_json = a.controls.dry_run && a.json;
+        let report_action = |act: &Action<'_>| -> Result<()> {
+            let line = if dry_json {
+                action_json(act)
+            } else {
+                action_line(act)
+            };
+            writeln!(report.lock().expect("report lock"), "{line}").map_err(output)
+        };
+        let r = Restore {
+            store: store.as_ref(),
+            identities,
+            target: match &a.to {
+                RestoreTo::Target(t) => t.clone(),
+                RestoreTo::Stdout => std::env::temp_dir(),
+            },
+            paths: a.paths.clone(),
+            controls: a.controls.clone(),
+            warn: &warn,
+            gate: &gate,
+            report: a.controls.dry_run.then_some(&report_action),
+            xattrs: !a.no_xattrs,
+        };
+        let result = match &a.to {
+            RestoreTo::Target(_) => r.run(&id),
+            RestoreTo::Stdout => {
+                let mut out = raw_stdout()?;
+                r.to_stdout(&id, a.paths.first().map(String::as_str), &mut out)
+            }
+        };
+        let mut out = report.lock().expect("report lock");
+        let into = match &a.to {
+            RestoreTo::Target(t) => format!("into {}", t.display()),
+            RestoreTo::Stdout => "to standard output".into(),
+        };
+        if let Ok(s) = &result {
+            if dry_json {
+                let mut v = dry_json_summary(s, &a.to);
+                v["summary"]["requests"] = store.stats().to_json();
+                super::requests_line(store.as_ref());
+                writeln!(out, "{}", json_line(&v)).map_err(output)?;
+                return Ok(());
+            }
+            writeln!(out, "{}", summary_line(s, &into, &a.controls)).map_err(output)?;
         }
-    };
-    let mut out = report.lock().expect("report lock");
-    let into = match &a.to {
-        RestoreTo::Target(t) => format!("into {}", t.display()),
-        RestoreTo::Stdout => "to standard output".into(),
-    };
-    if let Ok(s) = &result {
-        if dry_json {
-            let mut v = dry_json_summary(s, &a.to);
-            v["summary"]["requests"] = store.stats().to_json();
-            writeln!(out, "{}", json_line(&v)).map_err(output)?;
-            return Ok(());
-        }
-        writeln!(out, "{}", summary_line(s, &into, &a.controls)).map_err(output)?;
-    }
-    writeln!(out, "{}", store.stats().summary()).map_err(output)?;
-    result.map(|_| ())
+        writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
+        result.map(|_| ())
+    })();
+    super::ended(store.as_ref(), r)
 }
 
 /// The line a restore ends with (a dry run's says what it would do).

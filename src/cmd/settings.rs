@@ -107,7 +107,7 @@ fn load_config(g: &Global, required: bool) -> Result<Option<Config>> {
     }
     if !path.exists() {
         return Err(Error::Setup(format!(
-            "config file {} does not exist (give --config PATH or set VAULTIK_CONFIG)",
+            "config file {}: No such file or directory (give --config PATH or set VAULTIK_CONFIG)",
             path.display()
         )));
     }

@@ -181,8 +181,8 @@ impl Locks {
         json!({
             "objects": self.objects,
             "bytes": self.bytes,
-            "earliest_until": self.earliest.map(crate::time::compact),
-            "latest_until": self.latest.map(crate::time::compact),
+            "earliest_until": self.earliest.map(crate::time::rfc3339),
+            "latest_until": self.latest.map(crate::time::rfc3339),
         })
     }
 }

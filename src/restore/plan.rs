@@ -347,10 +347,7 @@ pub fn build(conn: &Connection, o: Options<'_>, id: &str) -> Result<Built> {
     conn.execute_batch("COMMIT").db(ppath)?;
     for (f, m) in paths.iter().zip(&matched) {
         if !m {
-            return Err(Error::Usage(format!(
-                "path {} is not in snapshot {id}",
-                crate::error::one_line(f.clone())
-            )));
+            return Err(Error::not_in_snapshot(f, id));
         }
     }
     Ok(built)

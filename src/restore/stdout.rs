@@ -86,12 +86,7 @@ pub fn find(conn: &Connection, path: Option<&str>, id: &str) -> Result<File> {
             )
             .optional()
             .db(mpath())?
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "path {} is not in snapshot {id}",
-                    crate::error::one_line(p.to_string())
-                ))
-            })?
+            .ok_or_else(|| Error::not_in_snapshot(p, id))?
         }
         None => {
             let mut st = conn

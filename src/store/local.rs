@@ -71,15 +71,43 @@ fn not_object(key: &str, e: io::Error) -> Error {
     Error::corrupt(format!("object {key}"), e)
 }
 
+/// A store path that names something other than a directory.
+fn not_a_directory(root: &Path, t: std::fs::FileType) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "something else"
+    };
+    Error::Setup(format!(
+        "store {} is {what}, not a directory (check --store, $VAULTIK_STORE or the \
+         config's [local] path)",
+        crate::error::shown(root)
+    ))
+}
+
 impl LocalStore {
     pub fn open(root: &Path, create: bool) -> Result<LocalStore> {
-        if create {
-            std::fs::create_dir_all(root).at("create store directory", root)?;
-        } else if !root.is_dir() {
-            return Err(Error::Setup(format!(
-                "store directory {} does not exist",
-                root.display()
-            )));
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => return Err(not_a_directory(root, m.file_type())),
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(root).at("create store directory", root)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::Setup(format!(
+                    "no vaultik store at {}: No such file or directory (check --store, \
+                     $VAULTIK_STORE or the config's [local] path)",
+                    crate::error::shown(root)
+                )));
+            }
+            Err(e) => return Err(e).at("open store directory", root),
         }
         let fd = rustix::fs::open(
             root,

@@ -381,10 +381,11 @@ both!(find_which_snapshots_hold_a_file, |b| {
         assert_eq!(v["path"], c);
         assert_eq!(v["type"], "file");
         assert_eq!(v["size"], want.len());
-        assert_eq!(
-            v["time"],
-            v["snapshot"].as_str().unwrap().rsplit('_').next().unwrap()
-        );
+        // RFC 3339; the id keeps its compact spelling.
+        let compact = v["snapshot"].as_str().unwrap().rsplit('_').next().unwrap();
+        let t = vaultik::time::parse_compact(compact).unwrap();
+        assert_eq!(v["time"], vaultik::time::rfc3339(t));
+        assert_eq!(v["unix_time"], t);
     }
     let ids_of = |args: &[&str]| -> Vec<String> {
         json_lines(&ok(

@@ -124,7 +124,7 @@ fn a_zstd_bomb_for_a_manifest() {
     let blobs = env.blob_keys();
     for args in [
         &["prune"][..],
-        &["snapshot", "purge", "--keep-latest", "--force"],
+        &["snapshot", "purge", "--keep-latest", "1", "--force"],
     ] {
         let out = env.run(args);
         let err = stderr(&out);
@@ -175,7 +175,7 @@ fn a_snapshot_dated_far_in_the_future() {
     assert_eq!(fs::read(f).unwrap(), b"second\n");
     // Retention: keep the latest one; the future one takes no rank and
     // is left alone (and said so).
-    let out = env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    let out = env.ok(&["snapshot", "purge", "--keep-latest", "1", "--force"]);
     assert!(
         out.contains("left alone 1 snapshot(s) dated ahead"),
         "{out}"
@@ -257,7 +257,7 @@ fn ids_and_host_names_from_the_store_are_checked_and_escaped() {
     );
     // Foreign objects are never deleted, whatever the command.
     env.ok(&["prune"]);
-    env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    env.ok(&["snapshot", "purge", "--keep-latest", "1", "--force"]);
     assert!(store.join("blobs/README").exists() && store.join("metadata/stray").exists());
     assert!(
         store

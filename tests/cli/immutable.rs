@@ -491,7 +491,7 @@ fn purge_on_a_locked_bucket_deletes_no_version_and_says_what_lingers() {
     // The purge removes the old snapshot: delete markers only, and says
     // that the versions stay, locked.
     let n = p.requests.lock().unwrap().len();
-    let out = env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    let out = env.ok(&["snapshot", "purge", "--keep-latest", "1", "--force"]);
     assert!(out.contains("removed 1 snapshot"), "{out}");
     assert!(
         out.contains("versioned bucket") && out.contains("stay as noncurrent versions"),
@@ -539,7 +539,7 @@ fn deletion_marks_are_locked_for_their_grace_period() {
     env.create();
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let n = p.requests.lock().unwrap().len();
-    let out = env.ok(&["snapshot", "purge", "--keep-latest", "--force"]);
+    let out = env.ok(&["snapshot", "purge", "--keep-latest", "1", "--force"]);
     assert!(out.contains("marked "), "{out}");
     let marks: Vec<Request> = since(&p, n)
         .into_iter()

@@ -87,7 +87,14 @@ fn keyless_commands_work_and_no_secret_is_ever_printed() {
     ok(&["snapshot", "verify", "latest"]);
     ok(&["snapshot", "verify", "latest", "--json"]);
     ok(&["store", "info", "--json"]);
-    ok(&["snapshot", "purge", "--keep-latest", "--force", "--json"]);
+    ok(&[
+        "snapshot",
+        "purge",
+        "--keep-latest",
+        "1",
+        "--force",
+        "--json",
+    ]);
     ok(&["prune", "--json"]);
     // Failures that involve the secrets: a wrong secret key, a bad private
     // key, a restore with the right key in the environment.

@@ -132,11 +132,18 @@ fn purge_keeps_latest_and_collects_garbage_after_grace() {
     assert_eq!(ids.len(), 3);
     let before = env.blob_keys();
     // Without a terminal and without --force, purge refuses and removes nothing.
-    let out = env.run(&["snapshot", "purge", "--keep-latest"]);
+    let out = env.run(&["snapshot", "purge", "--keep-latest", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     // A dry run shows the plan and removes nothing.
-    let out = env.run(&["snapshot", "purge", "--keep-latest", "--dry-run", "--json"]);
+    let out = env.run(&[
+        "snapshot",
+        "purge",
+        "--keep-latest",
+        "1",
+        "--dry-run",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["removed_snapshots"].as_array().unwrap().len(), 2);
@@ -144,7 +151,7 @@ fn purge_keeps_latest_and_collects_garbage_after_grace() {
     assert_eq!(env.snapshot_ids().len(), 3);
     assert_eq!(env.blob_keys(), before);
 
-    let out = env.run(&["snapshot", "purge", "--keep-latest", "--force"]);
+    let out = env.run(&["snapshot", "purge", "--keep-latest", "1", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("removed 2 snapshot(s)"),
@@ -228,7 +235,7 @@ fn backup_after_a_purge_from_another_host_reuploads_what_it_must() {
     let out = env
         .cmd()
         .env("VAULTIK_CONFIG", &conf2)
-        .args(["snapshot", "purge", "--keep-latest", "--force"])
+        .args(["snapshot", "purge", "--keep-latest", "1", "--force"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -571,7 +578,7 @@ fn request_counts_match_what_the_server_saw() {
         vec!["snapshot", "list"],
         vec!["store", "info"],
         vec!["snapshot", "verify", "latest"],
-        vec!["snapshot", "purge", "--keep-latest", "--force"],
+        vec!["snapshot", "purge", "--keep-latest", "1", "--force"],
         vec!["prune"],
     ];
     for args in steps {
@@ -680,7 +687,7 @@ fn purge_marks_old_blobs_first_and_backups_never_reuse_marked_ones() {
     let out = run_as(
         &env,
         &purger,
-        &["snapshot", "purge", "--keep-latest", "--force"],
+        &["snapshot", "purge", "--keep-latest", "1", "--force"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -783,7 +790,14 @@ fn two_hosts_back_up_while_a_third_purges() {
             let out = run_as(
                 &env,
                 &purger,
-                &["snapshot", "purge", "--keep-latest", "--force", "--json"],
+                &[
+                    "snapshot",
+                    "purge",
+                    "--keep-latest",
+                    "1",
+                    "--force",
+                    "--json",
+                ],
             );
             assert!(out.status.success(), "{}", stderr(&out));
             let v = json(&out);

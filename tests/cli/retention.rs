@@ -53,18 +53,21 @@ const TIMES: [&str; 12] = [
     "2026-03-02T12:00",
 ];
 
-/// What the rules below keep, and why (newest first).
+/// What the rules below keep, and why (newest first), by the flags given.
 const KEPT: [(&str, &str); 5] = [
-    ("2026-03-02T12", "newest, daily, monthly, yearly"),
-    ("2026-03-01T12", "daily"),
-    ("2026-02-28T12", "daily, monthly"),
-    ("2026-01-15T12", "monthly"),
-    ("2025-12-31T12", "yearly"),
+    (
+        "2026-03-02T12",
+        "newest, --keep-daily, --keep-monthly, --keep-yearly",
+    ),
+    ("2026-03-01T12", "--keep-daily"),
+    ("2026-02-28T12", "--keep-daily, --keep-monthly"),
+    ("2026-01-15T12", "--keep-monthly"),
+    ("2025-12-31T12", "--keep-yearly"),
 ];
 
-fn compact(t: &str) -> String {
-    // `2026-03-02T12:00` -> `2026-03-02T120000Z`, as in ids.
-    format!("{}00Z", t.replace(':', ""))
+fn rfc3339(t: &str) -> String {
+    // `2026-03-02T12:00` -> `2026-03-02T12:00:00Z`, as JSON `time`s are.
+    format!("{t}:00Z")
 }
 
 #[test]
@@ -115,8 +118,8 @@ fn calendar_rules_on_real_snapshots() {
         })
         .collect();
     assert_eq!(decided.values().filter(|k| **k).count(), KEPT.len(), "{v}");
-    assert!(decided[&compact("2026-02-28T12:00")]);
-    assert!(!decided[&compact("2026-02-28T00:00")]);
+    assert!(decided[&rfc3339("2026-02-28T12:00")]);
+    assert!(!decided[&rfc3339("2026-02-28T00:00")]);
     // The purge itself leaves exactly those.
     let mut args = vec!["snapshot", "purge", "--force"];
     args.extend(rules);
