@@ -78,8 +78,11 @@ the NAMEs given.
                   `command` snapshots run every full_scan_interval
   --cron          print nothing unless there is a warning or an error
   --prune         afterwards, purge this host's snapshots by the configured
-                  retention (keep_latest, keep_within) and collect garbage
-  --skip-errors   warn about unreadable files and go on (exit code 1)
+                  retention (keep_latest, keep_within, keep_hourly,
+                  keep_daily, keep_weekly, keep_monthly, keep_yearly) and
+                  collect garbage
+  --skip-errors   warn about unreadable files and go on (exit code 1); the
+                  config's skip_errors = yes does the same
   --json          print one JSON object per snapshot (and one for --prune)
                   instead of the text summary, even with --cron: id, status,
                   exit, files new/changed/unchanged/skipped, bytes, blobs,
@@ -131,8 +134,10 @@ later. Asks for confirmation on a terminal unless --force. --dry-run shows,
 for every snapshot, whether it is kept and by which rule.
 
 RULES, at least one:
-  --keep-latest            keep only the newest snapshot of each host and name
-  --older-than DURATION    remove snapshots older than DURATION (30d, 6mo, 1y...)
+  --keep-latest N          keep the N newest snapshots of each host and name
+                           (as keep_latest = N)
+  --older-than DURATION    remove snapshots older than DURATION (30d, 6mo, 1y...;
+                           as keep_within = DURATION)
   --keep-hourly N          keep the newest snapshot of each of the last N hours
   --keep-daily N           ... days,
   --keep-weekly N          ... ISO weeks (Monday to Sunday),
@@ -177,9 +182,18 @@ unreferenced blobs (no private key needed).
 pub const USAGE_LIST: &str = "\
 Usage: vaultik [GLOBAL FLAGS] snapshot list [--versions] [--json]
 
-List the complete snapshots in the store (no private key needed).
+List the complete snapshots in the store, oldest first (no private key
+needed): ID, TIME (UTC) and SIZE. SIZE is what restoring the snapshot would
+fetch: the blobs it uses plus its metadata, shared blobs counted in full.
+Snapshots share blobs (deduplication), so an unchanged second snapshot shows
+about the same SIZE as the first (only its metadata differs) while it added
+almost nothing to the store; what the store holds in all is in `vaultik store
+info`. A store never backed up to lists nothing, with a warning.
 
-  --json          print a JSON array
+  --versions      also list, flagged deleted, the snapshots whose current
+                  objects were deleted from a versioned bucket while versions
+                  of them remain (restore and verify take their ids)
+  --json          print a JSON array (time in RFC 3339, e.g. 2026-12-07T11:45:29Z)
 ";
 
 pub const USAGE_RESTORE: &str = "\
@@ -1592,6 +1606,92 @@ mod man_page {
         flags.sort();
         flags.dedup();
         flags
+    }
+
+    /// Flags the man page and README mention that are not vaultik's: GNU
+    /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
+    /// cargo's, and those of the test and benchmark scripts.
+    const NOT_VAULTIK: [&str; 17] = [
+        "--exclude-tag",
+        "--keep-",
+        "--bucket",
+        "--create-bucket-configuration",
+        "--lifecycle-configuration",
+        "--object-lock-enabled-for-bucket",
+        "--public-access-block-configuration",
+        "--now",
+        "--check",
+        "--release",
+        "--test",
+        "--fuzz-dir",
+        "--garage",
+        "--rustic",
+        "--scale",
+        "--files",
+        "--quick",
+    ];
+
+    /// The `--flags` of a text (roff's `\-` and font escapes undone).
+    fn flags_in(text: &str) -> std::collections::BTreeSet<String> {
+        let text = text
+            .replace("\\-", "-")
+            .replace("\\fB", " ")
+            .replace("\\fI", " ")
+            .replace("\\fR", " ")
+            .replace("\\fP", " ");
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| {
+                w.starts_with("--") && w[2..].starts_with(|c: char| c.is_ascii_alphanumeric())
+            })
+            .filter(|w| !NOT_VAULTIK.contains(w))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The part of `text` from the line starting with `from` to the next
+    /// line starting with `to`.
+    fn section<'t>(text: &'t str, from: &str, to: &str) -> &'t str {
+        let start = text.find(from).unwrap_or_else(|| panic!("no {from}"));
+        let rest = &text[start + from.len()..];
+        &rest[..rest
+            .find(to)
+            .unwrap_or_else(|| panic!("no {to} after {from}"))]
+    }
+
+    /// The usage texts, the man page and the README name the same flags,
+    /// and the synopses (`vaultik --help`, the man page's SYNOPSIS, the
+    /// README's Commands) show every flag of the main usage text.
+    #[test]
+    fn usage_texts_man_page_and_readme_name_the_same_flags() {
+        let usage: std::collections::BTreeSet<String> = usage_flags().into_iter().collect();
+        let man = include_str!("../man/vaultik.1");
+        let readme = include_str!("../README.md");
+        for (name, text) in [("man/vaultik.1", man), ("README.md", readme)] {
+            let doc = flags_in(text);
+            let missing: Vec<_> = usage.difference(&doc).collect();
+            assert!(missing.is_empty(), "{name} does not mention {missing:?}");
+            let unknown: Vec<_> = doc.difference(&usage).collect();
+            assert!(
+                unknown.is_empty(),
+                "{name} mentions {unknown:?}, which no usage text has"
+            );
+        }
+        let synopsis = flags_in(section(USAGE, "Usage:", "Only restore"));
+        assert!(synopsis.contains("--versions"), "{synopsis:?}");
+        for (name, part) in [
+            (
+                "man/vaultik.1 SYNOPSIS",
+                section(man, ".SH SYNOPSIS", ".SH "),
+            ),
+            (
+                "README.md Commands",
+                section(readme, "## Commands\n\n```", "```"),
+            ),
+        ] {
+            let shown = flags_in(part);
+            let missing: Vec<_> = synopsis.difference(&shown).collect();
+            assert!(missing.is_empty(), "{name} does not show {missing:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 S3SFS_VERSION=0.14.1   # 0.15+ needs rustc >= 1.96
 export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3SFS_VERSION" ]; then
-  echo "installing s3s-fs $S3SFS_VERSION (about 2 minutes, once)" >&2
+  echo "installing s3s-fs $S3SFS_VERSION (about 5 minutes on 2 cores, once)" >&2
   cargo install s3s-fs --version "$S3SFS_VERSION" --features binary --locked
 fi
 
