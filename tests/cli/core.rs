@@ -489,7 +489,7 @@ fn put_requests_carry_content_length() {
 
 /// A file this process cannot read: as root, a write-only sysfs attribute
 /// (root bypasses permission bits); otherwise a mode-000 file.
-fn unreadable_file(env: &Env) -> PathBuf {
+pub fn unreadable_file(env: &Env) -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         let p = PathBuf::from("/sys/bus/pci/rescan");
         assert!(

@@ -24,6 +24,7 @@ mod identity;
 mod immutable;
 mod leaks;
 mod monitor;
+mod newcomer;
 mod ops;
 mod rescue;
 mod retention;
