@@ -6,7 +6,7 @@
 use std::io::{BufWriter, Write};
 
 use super::settings::{self, Settings};
-use super::{Expect, open_existing_store, output, warn};
+use super::{Expect, Requests, open_existing_store, output, warn};
 use crate::browse::diff::{self, Change};
 use crate::browse::find::{self, Matcher, Selection};
 use crate::browse::ls::{self, Item};
@@ -31,6 +31,7 @@ fn requests(store: &dyn Store) {
 pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
     // The key first: no network work without it.
     let identities = settings::identities(a.identity.as_deref())?;
+    super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
@@ -79,6 +80,7 @@ fn unreadable(e: &Error) -> bool {
 pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
     let identities = settings::identities(a.identity.as_deref())?;
     let matcher = Matcher::new(&a.pattern)?;
+    super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let now = crate::time::now();
@@ -149,6 +151,7 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
 
 pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
     let identities = settings::identities(a.identity.as_deref())?;
+    super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let all = manifest::list(store.as_ref())?;

@@ -462,15 +462,16 @@ pub fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a SnapshotC
 }
 
 pub fn run(settings: &Settings, a: &CreateArgs) -> Result<()> {
+    // The request counts after the report, a failure's too (never with
+    // --cron or --json: their output is theirs).
+    super::requests_to(if a.cron || a.json {
+        super::Requests::Nowhere
+    } else {
+        super::Requests::Stdout
+    });
     let session = Session::open(settings)?;
     let r = run_with(&session, a);
-    // The request counts after a failure too, where the summary would
-    // have been (never with --cron or --json: their output is theirs).
-    if a.cron || a.json {
-        r
-    } else {
-        super::ended(session.store.as_ref(), r)
-    }
+    super::ended(session.store.as_ref(), r)
 }
 
 fn run_with(session: &Session, a: &CreateArgs) -> Result<()> {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use super::settings::{self, Settings};
-use super::{Expect, json_report, open_existing_store, output, warn};
+use super::{Expect, Requests, json_report, open_existing_store, output, warn};
 use crate::cli::{Global, VerifyArgs};
 use crate::error::{Error, Result};
 use crate::gc::{self, View};
@@ -20,6 +20,11 @@ use crate::time::now as unix_now;
 use crate::verify::Depth;
 
 pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
+    super::requests_to(if json {
+        Requests::Nowhere
+    } else {
+        Requests::Stdout
+    });
     let store = super::open_versioned_store(settings, versions, Expect::Listing)?;
     let r = (|| -> Result<()> {
         let deleted: HashSet<String> = store.deleted_snapshots().into_iter().collect();
@@ -119,6 +124,11 @@ fn ahead_note(m: &Summary) -> String {
 }
 
 pub fn info(settings: &Settings, json: bool) -> Result<()> {
+    super::requests_to(if json {
+        Requests::Nowhere
+    } else {
+        Requests::Stdout
+    });
     let store = open_existing_store(settings, Expect::Listing)?;
     let r = (|| -> Result<()> {
         let view = View::load(store.as_ref())?;
@@ -342,6 +352,11 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         None
     };
     let by_id = a.snapshot != "latest";
+    super::requests_to(if a.json {
+        Requests::Nowhere
+    } else {
+        Requests::Stdout
+    });
     let store =
         super::open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
     let r = (|| -> Result<()> {

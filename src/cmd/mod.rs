@@ -138,8 +138,16 @@ fn never_written(store: &dyn Store, expect: Expect) -> Result<()> {
     match store::identity::read(store) {
         Ok(Some(_)) => {}
         // A store from before identities has snapshots: only one with
-        // nothing under metadata/ was never written to.
+        // nothing under metadata/ was never written to; nor was one whose
+        // current objects were all deleted while versions of them remain
+        // (a versioned bucket after an attack: restore reads the versions).
         Ok(None) if !store.list(crate::layout::METADATA)?.objects.is_empty() => {}
+        Ok(None)
+            if store
+                .list_versions(crate::layout::METADATA)
+                .ok()
+                .flatten()
+                .is_some_and(|v| !v.is_empty()) => {}
         Ok(None) => {
             let what = format!(
                 "no vaultik store at {}: nothing was ever backed up there",
@@ -177,21 +185,41 @@ fn thaw<'t>(
     }
 }
 
+/// Where a command's `requests:` line goes, success or failure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Requests {
+    /// After the report, on standard output.
+    Stdout,
+    /// On standard error: standard output is data (`ls`, `find`, `diff`,
+    /// `restore --stdout`).
+    Stderr,
+    /// Nowhere: `--json` (its report has a `requests` object), `--cron`.
+    Nowhere,
+}
+
 thread_local! {
-    /// Whether this command has shown its request counts.
+    /// Where this command shows its request counts.
+    static PLACE: std::cell::Cell<Requests> = const { std::cell::Cell::new(Requests::Nowhere) };
+    /// Whether it has shown them.
     static SHOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The `requests:` line of a command's report (standard output, or
-/// standard error where standard output is data).
+/// Where this command's `requests:` line goes: said before it opens the
+/// store, so that a failure from then on shows the counts there too.
+fn requests_to(place: Requests) {
+    PLACE.with(|p| p.set(place));
+}
+
+/// The `requests:` line of a command's report.
 fn requests_line(store: &dyn Store) -> String {
     SHOWN.with(|s| s.set(true));
     store.stats().summary()
 }
 
 /// A command that talked to the store (made a request) ends with its
-/// request counts, success or failure: a failure that came before its
-/// report shows them on standard error, before the error.
+/// request counts, success or failure, in the same place: a failure
+/// before its report shows them there, and the error stays one line on
+/// standard error.
 fn ended<T>(store: &dyn Store, r: Result<T>) -> Result<T> {
     let s = store.stats();
     let talked = s.snapshot()[..5].iter().any(|n| *n > 0)
@@ -200,7 +228,17 @@ fn ended<T>(store: &dyn Store, r: Result<T>) -> Result<T> {
             .any(|n| n.load(std::sync::atomic::Ordering::Relaxed) > 0);
     if talked && r.as_ref().is_err_and(|e| !e.is_broken_pipe()) && !SHOWN.with(std::cell::Cell::get)
     {
-        eprintln!("{}", store.stats().summary());
+        SHOWN.with(|s| s.set(true));
+        // Best effort: the command's own error is what matters.
+        match PLACE.with(std::cell::Cell::get) {
+            Requests::Stdout => {
+                let _ = writeln!(std::io::stdout(), "{}", s.summary());
+            }
+            Requests::Stderr => {
+                let _ = writeln!(std::io::stderr(), "{}", s.summary());
+            }
+            Requests::Nowhere => {}
+        }
     }
     r
 }

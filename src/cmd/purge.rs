@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use serde_json::json;
 
 use super::settings::Settings;
-use super::{Expect, json_report, open_existing_store, output};
+use super::{Expect, Requests, json_report, open_existing_store, output};
 use crate::cli::PurgeArgs;
 use crate::error::{Error, Result};
 use crate::gc::purge::{Purge, Report};
@@ -214,6 +214,11 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     };
     // A zone that does not exist is refused before the store is asked.
     rule.zone()?;
+    super::requests_to(if a.json {
+        Requests::Nowhere
+    } else {
+        Requests::Stdout
+    });
     let store = marking_store(settings)?;
     let r = (|| -> Result<()> {
         let view = View::load(store.as_ref())?;
@@ -385,6 +390,11 @@ fn run_and_report(
 }
 
 pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
+    super::requests_to(if json {
+        Requests::Nowhere
+    } else {
+        Requests::Stdout
+    });
     let store = marking_store(settings)?;
     let r = (|| -> Result<()> {
         let view = View::load(store.as_ref())?;
@@ -400,6 +410,7 @@ pub fn prune(settings: &Settings, dry_run: bool, json: bool) -> Result<()> {
 }
 
 pub fn remove(settings: &Settings, snapshots: &[String]) -> Result<()> {
+    super::requests_to(Requests::Stdout);
     let store = marking_store(settings)?;
     let r = (|| -> Result<()> {
         let mut ids = Vec::new();

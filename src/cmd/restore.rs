@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use super::settings::{self, Settings};
-use super::{Expect, open_versioned_store, output, warn};
+use super::{Expect, Requests, open_versioned_store, output, warn};
 use crate::browse::{json_line, kind_name, put_bytes, shown};
 use crate::cli::{Global, RestoreArgs, RestoreTo};
 use crate::error::{Error, Result};
@@ -20,6 +20,11 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // Deleted snapshots (versions remain) only by id: `latest` is never
     // one that was removed.
     let by_id = a.snapshot != "latest";
+    super::requests_to(match &a.to {
+        _ if a.controls.dry_run && a.json => Requests::Nowhere,
+        RestoreTo::Stdout => Requests::Stderr,
+        RestoreTo::Target(_) => Requests::Stdout,
+    });
     let store = open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
