@@ -1610,8 +1610,9 @@ mod man_page {
 
     /// Flags the man page and README mention that are not vaultik's: GNU
     /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
-    /// cargo's, and those of the test and benchmark scripts.
-    const NOT_VAULTIK: [&str; 17] = [
+    /// cargo's, node_exporter's, and those of the test and benchmark
+    /// scripts.
+    const NOT_VAULTIK: [&str; 18] = [
         "--exclude-tag",
         "--keep-",
         "--bucket",
@@ -1629,6 +1630,7 @@ mod man_page {
         "--scale",
         "--files",
         "--quick",
+        "--collector",
     ];
 
     /// The `--flags` of a text (roff's `\-` and font escapes undone).

@@ -595,8 +595,7 @@ fn run_with(session: &Session, a: &CreateArgs) -> Result<()> {
                 continue;
             }
             // `--skip-errors`, else the snapshot's `skip_errors`, else the global one.
-            backup.skip_errors =
-                skip_errors || snap.skip_errors.unwrap_or(session.cfg.skip_errors);
+            backup.skip_errors = skip_errors || snap.skip_errors.unwrap_or(session.cfg.skip_errors);
             ran(snap, &mut || {
                 session
                     .run_one(&backup, snap, Scope::Full, false)
