@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::class::StorageClass;
+use crate::store::lock::LockMode;
+use crate::store::settings::{S3Config, StoreConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/vaultik/vaultik.conf";
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -112,31 +114,6 @@ impl Hooks {
             When::OnError => self.on_error.as_deref(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreConfig {
-    S3(S3Config),
-    Local { path: PathBuf },
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct S3Config {
-    pub endpoint: String,
-    pub bucket: String,
-    pub prefix: String,
-    pub region: String,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// PEM roots to trust instead of the built-in web PKI roots (a private CA).
-    pub ca_file: Option<PathBuf>,
-    /// The storage class of blobs (metadata, manifests and marks are
-    /// always STANDARD).
-    pub storage_class: StorageClass,
-    /// Lock every object written (`store/lock.rs`).
-    pub object_lock: crate::store::lock::LockMode,
-    /// How long; derived from the retention rules when None.
-    pub lock_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -562,11 +539,7 @@ impl Parsing {
             "keep_monthly" => cfg.keep_monthly = Some(l.count()?),
             "keep_yearly" => cfg.keep_yearly = Some(l.count()?),
             "retention_timezone" => {
-                let r = crate::gc::Retention {
-                    timezone: Some(value.to_string()),
-                    ..Default::default()
-                };
-                r.zone().map_err(|e| l.err(e.to_string()))?;
+                crate::time::zone(Some(value)).map_err(|e| l.err(e.to_string()))?;
                 cfg.retention_timezone = Some(value.to_string());
             }
             "grace_period" => cfg.grace_period = l.duration("24h")?,
@@ -615,7 +588,7 @@ impl Parsing {
             "ca_file" => s.ca_file = Some(PathBuf::from(value)),
             "storage_class" => s.storage_class = l.storage_class()?,
             "object_lock" => {
-                s.object_lock = crate::store::lock::LockMode::parse(value)
+                s.object_lock = LockMode::parse(value)
                     .ok_or_else(|| l.bad("expected off, governance or compliance"))?
             }
             "lock_for" => {

@@ -49,6 +49,21 @@ pub fn nanos(ns: i64, precise: bool) -> String {
     out
 }
 
+/// The time zone `name` (an IANA zone of the system's zoneinfo, such as
+/// `Europe/Berlin`), UTC when None: where retention's calendar periods
+/// are taken.
+pub fn zone(name: Option<&str>) -> crate::error::Result<jiff::tz::TimeZone> {
+    match name {
+        None | Some("UTC") => Ok(jiff::tz::TimeZone::UTC),
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
+            crate::error::Error::Setup(format!(
+                "retention_timezone `{name}`: {e} (a zone of the system's zoneinfo, \
+                 such as Europe/Berlin; or UTC)"
+            ))
+        }),
+    }
+}
+
 /// A day or a time of day given by a user, in UTC: `2026-11-20` (its
 /// midnight), `2026-11-20T08:00` or `2026-11-20T08:00:30` (a space for
 /// the `T` too). Days that do not exist (`2026-02-30`) are refused.

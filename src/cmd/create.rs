@@ -22,7 +22,7 @@ use crate::monitor::metrics::StoreSeen;
 use crate::monitor::{Outcome, Watch};
 use crate::store::Store;
 use crate::store::class::StorageClass;
-use crate::store::lock::{self, LockMode, LockPlan};
+use crate::store::lock::{LockMode, LockPlan};
 use crate::stream::Stream;
 use crate::{blob, human_bytes, keys, store};
 
@@ -58,14 +58,16 @@ impl Session {
         let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         blob::private_dir(&state_dir)?;
         let (blob_class, lock_mode, lock_for) = match &settings.store {
-            crate::config::StoreConfig::S3(s3) => (s3.storage_class, s3.object_lock, s3.lock_for),
-            crate::config::StoreConfig::Local { .. } => {
+            crate::store::settings::StoreConfig::S3(s3) => {
+                (s3.storage_class, s3.object_lock, s3.lock_for)
+            }
+            crate::store::settings::StoreConfig::Local { .. } => {
                 (StorageClass::Standard, LockMode::Off, None)
             }
         };
         let store_ca = match &settings.store {
-            crate::config::StoreConfig::S3(s3) => s3.ca_file.clone(),
-            crate::config::StoreConfig::Local { .. } => None,
+            crate::store::settings::StoreConfig::S3(s3) => s3.ca_file.clone(),
+            crate::store::settings::StoreConfig::Local { .. } => None,
         };
         if lock_mode.is_on() {
             store.check_lock_setup()?;
@@ -169,22 +171,26 @@ impl Session {
                         // A name with fewer than two snapshots: as if daily.
                         let names = self.cfg.snapshots.iter().map(|s| {
                             let t = times.get_mut(&s.name).map(std::mem::take);
-                            lock::latest_age(n, &mut t.unwrap_or_default(), now)
+                            crate::gc::retention::latest_age(n, &mut t.unwrap_or_default(), now)
                                 .unwrap_or((n as u64).saturating_mul(86_400))
                         });
                         names.max()
                     }
                     None => None,
                 };
-                lock::derived_lock_for(&rule, self.cfg.grace_period.as_secs(), latest_age)
-                    .ok_or_else(|| {
-                        Error::Setup(format!(
-                            "{}: object_lock is set but lock_for is not, and no retention rule \
+                crate::gc::retention::derived_lock_for(
+                    &rule,
+                    self.cfg.grace_period.as_secs(),
+                    latest_age,
+                )
+                .ok_or_else(|| {
+                    Error::Setup(format!(
+                        "{}: object_lock is set but lock_for is not, and no retention rule \
                              (keep_within, keep_latest, keep_daily, ...) says how long \
                              snapshots are kept: set [s3] lock_for",
-                            self.cfg.path.display()
-                        ))
-                    })?
+                        self.cfg.path.display()
+                    ))
+                })?
             }
         };
         Ok(Some(LockPlan::new(self.lock_mode, lock_for, now)))

@@ -116,7 +116,7 @@ fn open_versioned_store(
     expect: Expect,
 ) -> Result<Box<dyn Store>> {
     let store: Box<dyn Store> = match &settings.store {
-        crate::config::StoreConfig::Local { path }
+        crate::store::settings::StoreConfig::Local { path }
             if expect == Expect::Listing && !path.exists() && path.symlink_metadata().is_err() =>
         {
             Box::new(absent::Absent {

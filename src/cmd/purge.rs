@@ -185,7 +185,7 @@ fn local_index(
 /// serve plus a day: long enough for two-phase deletion, no longer.
 fn marking_store(settings: &Settings) -> Result<Box<dyn Store>> {
     let store = open_existing_store(settings, Expect::Maintenance)?;
-    if let crate::config::StoreConfig::S3(s3) = &settings.store {
+    if let crate::store::settings::StoreConfig::S3(s3) = &settings.store {
         if s3.object_lock.is_on() {
             store.set_lock(Some(store::lock::Lock {
                 mode: s3.object_lock,

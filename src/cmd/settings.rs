@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use age::x25519;
 
 use crate::cli::Global;
-use crate::config::{self, Config, DEFAULT_GRACE_PERIOD, S3Config, StoreConfig};
+use crate::config::{self, Config, DEFAULT_GRACE_PERIOD};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::store::settings::{S3Config, StoreConfig};
 use crate::store::{self, Store};
 
 pub struct Settings {

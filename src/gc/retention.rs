@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::manifest::{self, Summary};
 
 /// The rules; `Default` keeps everything but says nothing (no rule).
@@ -95,15 +95,7 @@ impl Retention {
 
     /// The zone periods are taken in.
     pub fn zone(&self) -> Result<jiff::tz::TimeZone> {
-        match self.timezone.as_deref() {
-            None | Some("UTC") => Ok(jiff::tz::TimeZone::UTC),
-            Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
-                Error::Setup(format!(
-                    "retention_timezone `{name}`: {e} (a zone of the system's zoneinfo, \
-                     such as Europe/Berlin; or UTC)"
-                ))
-            }),
-        }
+        crate::time::zone(self.timezone.as_deref())
     }
 
     /// What the rules decide for each of `manifests` (those of `name` and
@@ -211,6 +203,55 @@ fn period(rule: Keep, unix: u64, zone: &jiff::tz::TimeZone) -> Period {
         Keep::Yearly => (y, 0, 0, 0),
         _ => (0, 0, 0, 0),
     }
+}
+
+/// How long a run's objects are locked when `lock_for` is not set: what
+/// the retention rules keep a snapshot for, plus the grace period. Each
+/// rule counts for the longest it can keep a snapshot:
+/// `keep_within` for itself; `keep_hourly`/`daily`/`weekly`/`monthly`/
+/// `yearly = N` for N hours, days, 7-day weeks, 31-day months, 366-day
+/// years; `keep_latest = N` for the age of the N-th newest snapshot of the
+/// name when the store holds N (`latest_age`, the oldest that rule keeps
+/// today), else for N times the mean gap between the ones it holds (none
+/// while it holds fewer than two). None when no rule gives a span.
+pub fn derived_lock_for(r: &Retention, grace: u64, latest_age: Option<u64>) -> Option<u64> {
+    const H: u64 = 3600;
+    const D: u64 = 86_400;
+    let n = |v: Option<usize>, unit: u64| v.map(|n| (n as u64).saturating_mul(unit));
+    let spans = [
+        r.keep_within,
+        n(r.keep_hourly, H),
+        n(r.keep_daily, D),
+        n(r.keep_weekly, 7 * D),
+        n(r.keep_monthly, 31 * D),
+        n(r.keep_yearly, 366 * D),
+        latest_age,
+    ];
+    spans
+        .into_iter()
+        .flatten()
+        .max()
+        .filter(|s| *s > 0)
+        .map(|s| s.saturating_add(grace))
+}
+
+/// What `keep_latest = n` keeps a snapshot for, from the times of the
+/// name's snapshots in the store (any order): the age of the n-th newest
+/// when there are n, else n times the mean gap between them.
+pub fn latest_age(n: usize, times: &mut [u64], now: u64) -> Option<u64> {
+    if n == 0 || times.is_empty() {
+        return None;
+    }
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    if times.len() >= n {
+        return Some(now.saturating_sub(times[n - 1]));
+    }
+    if times.len() < 2 {
+        return None;
+    }
+    let span = times[0].saturating_sub(times[times.len() - 1]);
+    let gap = span / (times.len() as u64 - 1);
+    Some(gap.saturating_mul(n as u64))
 }
 
 #[cfg(test)]
@@ -463,5 +504,35 @@ mod tests {
         );
         assert!(!Retention::default().is_set());
         assert!(r.is_set());
+    }
+
+    #[test]
+    fn the_default_lock_follows_the_retention_rules() {
+        let d = 86_400;
+        let r = Retention {
+            keep_within: Some(30 * d),
+            keep_daily: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(derived_lock_for(&r, d, None), Some(31 * d));
+        let r = Retention {
+            keep_monthly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(derived_lock_for(&r, 0, Some(5 * d)), Some(62 * d));
+        assert_eq!(derived_lock_for(&Retention::default(), d, None), None);
+        let r = Retention {
+            keep_latest: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(derived_lock_for(&r, 0, Some(4 * d)), Some(4 * d));
+        // keep_latest: the age of the n-th newest, or n mean gaps.
+        let now = 100 * d;
+        assert_eq!(
+            latest_age(2, &mut [now - d, now - 3 * d, now], now),
+            Some(d)
+        );
+        assert_eq!(latest_age(5, &mut [now - 2 * d, now], now), Some(10 * d));
+        assert_eq!(latest_age(5, &mut [now], now), None);
     }
 }

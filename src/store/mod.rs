@@ -21,6 +21,7 @@ mod local;
 pub mod lock;
 mod s3;
 pub(crate) use s3::load_roots;
+pub mod settings;
 pub mod versions;
 
 use std::fmt::Write as _;
@@ -29,9 +30,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use class::{StorageClass, Tier};
+use settings::StoreConfig;
 
 pub use local::LocalStore;
 pub use s3::{S3Store, base64};

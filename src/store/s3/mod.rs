@@ -1,0 +1,650 @@
+//! S3-compatible object storage: every request is presigned with rusty-s3
+//! and sent over one blocking ureq agent. Transient failures (transport
+//! errors, timeouts, 429, 5xx) are retried with bounded exponential backoff
+//! and jitter; other answers fail at once with the S3 error code.
+//!
+//! The server is not trusted (see `store/mod.rs`): no redirect is followed
+//! (a 3xx is a permanent error naming the endpoint), every answer is read
+//! within a size limit and within time bounds, and a listing that repeats
+//! itself, goes backwards or strays outside its prefix is refused.
+//!
+//! This file holds the store and its object requests; around it:
+//! `sign.rs` (signing), `transport.rs` (sending: time bounds, retries,
+//! answers read within limits), `headers.rs` (what a PUT carries and a
+//! HEAD says), `list.rs` (listings of objects and of versions), `lock.rs`
+//! (the bucket's versioning and Object Lock, lock extensions).
+
+mod headers;
+mod list;
+mod lock;
+mod sign;
+mod transport;
+
+#[cfg(test)]
+mod fake;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ObjectIdentifier};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use sha2::{Digest, Sha256};
+
+use super::class::{StorageClass, Tier};
+use super::lock::Lock;
+use super::versions::{self, Version};
+use super::{Listing, ObjectMeta, Op, Stats, Store, check_key, too_large};
+use crate::error::{Error, Result, StoreCause};
+use crate::store::settings::S3Config;
+use headers::{file_sha256, object_meta, put_headers};
+use list::LIST_PAGE_MAX;
+use transport::{ATTEMPTS, BOUNDS, Bounds, Failure, Paced, shown};
+pub(crate) use transport::load_roots;
+
+pub use headers::base64;
+
+pub struct S3Store {
+    bucket: Bucket,
+    credentials: Option<Credentials>,
+    prefix: String,
+    endpoint: String,
+    agent: ureq::Agent,
+    stats: Stats,
+    /// Tries per request for transient failures.
+    attempts: u32,
+    /// Time bounds of every request (`BOUNDS`; shorter in tests).
+    bounds: Bounds,
+    /// The lock every PUT carries (`set_lock`).
+    lock: RwLock<Option<Lock>>,
+    /// The version id S3 gave each blob put by this process, until taken
+    /// (`take_put_version`).
+    put_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// Headers signed with a request and sent with it (lower-case names).
+type Headers = Vec<(&'static str, String)>;
+
+impl S3Store {
+    pub fn open(cfg: &S3Config) -> Result<S3Store> {
+        let endpoint = cfg
+            .endpoint
+            .parse()
+            .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let bucket = Bucket::new(
+            endpoint,
+            UrlStyle::Path,
+            cfg.bucket.clone(),
+            cfg.region.clone(),
+        )
+        .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(k), Some(s)) => Some(Credentials::new(k.clone(), s.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Setup(
+                    "S3 credentials need both access_key_id and secret_access_key \
+                     (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                        .into(),
+                ));
+            }
+        };
+        let mut agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // A 3xx is returned as it is, and refused (`redirect`): followed,
+            // it would send a signed request wherever the server says,
+            // https to http included.
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(300)));
+        // TLS: the web PKI roots built into the binary (the same on every
+        // host, rescue systems included), or the roots of `ca_file`.
+        if let Some(ca) = &cfg.ca_file {
+            let roots = load_roots(ca)?;
+            agent = agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        let agent: ureq::Agent = agent.build().into();
+        Ok(S3Store {
+            bucket,
+            credentials,
+            prefix: cfg.prefix.clone(),
+            endpoint: cfg.endpoint.clone(),
+            agent,
+            stats: Stats::default(),
+            attempts: ATTEMPTS,
+            bounds: BOUNDS,
+            lock: RwLock::new(None),
+            put_versions: Default::default(),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The full key of `key`, which must be a key of the layout.
+    fn checked(&self, op: &'static str, key: &str) -> Result<String> {
+        check_key(op, key).map(|k| self.full_key(k))
+    }
+
+    /// The headers of a PUT of an object whose SHA-256 is `sha256`, in
+    /// `class`, with the lock when one is set.
+    fn headers_for(&self, sha256: [u8; 32], class: StorageClass) -> Headers {
+        let mut h = put_headers(sha256, class);
+        if let Some(lock) = *self.lock.read().expect("lock setting poisoned by a panic") {
+            h.extend(lock.headers());
+        }
+        h
+    }
+
+    /// `get` of the current version, or of `version`.
+    fn get_at(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Vec<u8>> {
+        let full = self.checked("GET", key)?;
+        let mut large = None;
+        let r = self.retry("GET", &full, || {
+            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            if let Some(v) = version {
+                action.query_mut().insert("versionId", v);
+            }
+            let url = self.sign(&action);
+            let mut resp = self
+                .bounded(self.agent.get(&url), Some(limit))
+                .call()
+                .map_err(|e| {
+                    self.stats.count(Op::Get, 0, 0);
+                    self.transport(e)
+                })?;
+            if !resp.status().is_success() {
+                self.stats.count(Op::Get, 0, 0);
+                return Err(self.status_failure(&mut resp));
+            }
+            let expect = resp.body().content_length();
+            if let Some(n) = expect.filter(|n| *n > limit) {
+                // Refused on the claim alone: not a byte of the body is read.
+                self.stats.count(Op::Get, 0, 0);
+                large = Some(n);
+                return Err(Failure::permanent(String::new()));
+            }
+            let body = self.read_body(resp, expect, limit);
+            let got = body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            self.stats.count(Op::Get, 0, got);
+            body
+        });
+        match large {
+            Some(n) => Err(too_large(key, n, limit)),
+            None => r,
+        }
+    }
+
+    /// `open_range` of the current version, or of `version`.
+    fn open_range_at(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>> {
+        let full = self.checked("GET", key)?;
+        let last = start
+            .checked_add(len.max(1) - 1)
+            .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
+        let range = format!("bytes={start}-{last}");
+        let body = self.retry("GET", &full, || {
+            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            if let Some(v) = version {
+                action.query_mut().insert("versionId", v);
+            }
+            let url = self.sign(&action);
+            let resp = self
+                .bounded(self.agent.get(&url).header("Range", &range), None)
+                .call();
+            self.stats.count(Op::Get, 0, 0);
+            let mut resp = resp.map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                206 => Ok(resp.into_body().into_reader()),
+                200 => Err(Failure::transient(format!(
+                    "asked for {range}, got the whole object (HTTP 200): Range ignored"
+                ))),
+                _ => Err(self.status_failure(&mut resp)),
+            }
+        })?;
+        Ok(Box::new(super::Exact {
+            inner: Paced::new(body, self.bounds, self.bounds.total(len)),
+            remaining: len,
+            received: &self.stats.bytes_received,
+        }))
+    }
+
+    /// PUT of a small object from memory; with `only_new`, only if there is
+    /// no object at `key` yet (`If-None-Match: *`): false when there was.
+    fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
+        let full = self.checked("PUT", key)?;
+        let headers = self.headers_for(Sha256::digest(data).into(), StorageClass::Standard);
+        self.retry("PUT", &full, || {
+            let url = self.sign_put(&full, &headers);
+            self.stats.count(Op::Put, data.len() as u64, 0);
+            let mut req = self.bounded(self.agent.put(&url), Some(data.len() as u64));
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
+            if only_new {
+                req = req.header("If-None-Match", "*");
+            }
+            let mut resp = req.send(data).map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                // Taken (by another host, or by this request's own first
+                // attempt: the caller reads what is there).
+                412 if only_new => Ok(false),
+                s if (200..300).contains(&s) => Ok(true),
+                _ => Err(self.status_failure(&mut resp)),
+            }
+        })
+    }
+}
+
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        format!(
+            "s3://{}/{} at {}",
+            self.bucket.name(),
+            self.prefix,
+            self.endpoint
+        )
+    }
+
+    fn put_file(&self, key: &str, path: &Path, class: StorageClass) -> Result<()> {
+        let full = self.checked("PUT", key)?;
+        // A blob's key is the SHA-256 of its bytes; anything else is hashed
+        // here. The server refuses bytes that do not match, and keeps the
+        // sum (`verify --checksums`). Only blobs take the configured class.
+        let (sha, class) = match crate::layout::parse(key) {
+            Some(crate::layout::Key::Blob(hash)) => (hash, class),
+            _ => (file_sha256(path)?, StorageClass::Standard),
+        };
+        let headers = self.headers_for(sha, class);
+        self.retry("PUT", &full, || {
+            let file = File::open(path)
+                .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let url = self.sign_put(&full, &headers);
+            self.stats.count(Op::Put, len, 0);
+            let mut req = self.bounded(self.agent.put(&url), Some(len));
+            for (name, value) in &headers {
+                req = req.header(*name, value);
+            }
+            // ureq sends a File with its length as Content-Length (never chunked).
+            let mut resp = req.send(&file).map_err(|e| self.transport(e))?;
+            if resp.status().is_success() {
+                Ok(resp
+                    .headers()
+                    .get("x-amz-version-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| versions::is_version_id(v) && *v != "null")
+                    .map(str::to_string))
+            } else {
+                Err(self.status_failure(&mut resp))
+            }
+        })
+        .map(|version| {
+            let locked = self
+                .lock
+                .read()
+                .expect("lock setting poisoned by a panic")
+                .is_some();
+            if let Some(v) = version.filter(|_| locked && crate::layout::is_blob(key)) {
+                self.put_versions
+                    .lock()
+                    .expect("put versions poisoned by a panic")
+                    .insert(key.to_string(), v);
+            }
+        })
+    }
+
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put_small(key, data, false).map(|_| ())
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        self.put_small(key, data, true)
+    }
+
+    fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_at(key, None, limit)
+    }
+
+    fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+        self.open_range_at(key, None, start, len)
+    }
+
+    fn head(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.stat(key, false)?.map(|m| m.size))
+    }
+
+    fn stat(&self, key: &str, checksum: bool) -> Result<Option<ObjectMeta>> {
+        let full = self.checked("HEAD", key)?;
+        let r = self.retry("HEAD", &full, || {
+            let mut action = self.bucket.head_object(self.credentials.as_ref(), &full);
+            if checksum {
+                action
+                    .headers_mut()
+                    .insert("x-amz-checksum-mode", "ENABLED");
+            }
+            let url = self.sign(&action);
+            self.stats.count(Op::Head, 0, 0);
+            let mut req = self.bounded(self.agent.head(&url), Some(0));
+            if checksum {
+                req = req.header("x-amz-checksum-mode", "ENABLED");
+            }
+            let mut resp = req.call().map_err(|e| self.transport(e))?;
+            if !resp.status().is_success() {
+                return Err(self.status_failure(&mut resp));
+            }
+            object_meta(resp.headers()).map_err(Failure::permanent)
+        });
+        match r {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn has_classes(&self) -> bool {
+        true
+    }
+
+    fn keeps_checksums(&self) -> bool {
+        true
+    }
+
+    fn request_thaw(&self, key: &str, days: u32, tier: Tier) -> Result<bool> {
+        let full = self.checked("RESTORE", key)?;
+        let body = format!(
+            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Days>{days}</Days><GlacierJobParameters><Tier>{}</Tier></GlacierJobParameters>\
+             </RestoreRequest>",
+            tier.name()
+        );
+        self.retry("RESTORE", &full, || {
+            let url = self.sign_url(
+                rusty_s3::Method::Post,
+                Some(&full),
+                &[("restore", "")],
+                &Vec::new(),
+            );
+            self.stats.count(Op::Restore, body.len() as u64, 0);
+            let mut resp = self
+                .bounded(self.agent.post(&url), Some(body.len() as u64))
+                .header("Content-Type", "application/xml")
+                .send(body.as_bytes())
+                .map_err(|e| self.transport(e))?;
+            match resp.status().as_u16() {
+                // Accepted: a thaw is under way.
+                202 => Ok(true),
+                // Already thawed: S3 only sets the copy's new expiry.
+                200 => Ok(false),
+                _ => {
+                    let f = self.status_failure(&mut resp);
+                    match &f.cause {
+                        // Already under way (another run asked).
+                        StoreCause::Http {
+                            status: 409, code, ..
+                        } if code == "RestoreAlreadyInProgress" => Ok(false),
+                        _ => Err(f),
+                    }
+                }
+            }
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Listing> {
+        self.list_objects(prefix)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let full = self.checked("DELETE", key)?;
+        let r = self.retry("DELETE", &full, || {
+            let url = self.sign(&self.bucket.delete_object(self.credentials.as_ref(), &full));
+            self.stats.count(Op::Delete, 0, 0);
+            let mut resp = self
+                .bounded(self.agent.delete(&url), Some(0))
+                .call()
+                .map_err(|e| self.transport(e))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(self.status_failure(&mut resp))
+            }
+        });
+        match r {
+            Err(Error::NotFound { .. }) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for batch in keys.chunks(1000) {
+            let ids: Vec<ObjectIdentifier> = batch
+                .iter()
+                .map(|k| self.checked("DELETE", k).map(ObjectIdentifier::new))
+                .collect::<Result<_>>()?;
+            let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
+            self.retry("DELETE", &what, || {
+                let mut action =
+                    DeleteObjects::new(&self.bucket, self.credentials.as_ref(), ids.iter());
+                action.set_quiet(true);
+                let url = self.sign(&action);
+                let (body, md5) = action.body_with_md5();
+                self.stats.count(Op::Delete, body.len() as u64, 0);
+                let moved = (body.len() as u64).saturating_add(LIST_PAGE_MAX);
+                let mut resp = self
+                    .bounded(self.agent.post(&url), Some(moved))
+                    .header("Content-MD5", &md5)
+                    .header("Content-Type", "application/xml")
+                    .send(body.as_bytes())
+                    .map_err(|e| self.transport(e))?;
+                if !resp.status().is_success() {
+                    return Err(self.status_failure(&mut resp));
+                }
+                let text = self.read_body(resp, None, LIST_PAGE_MAX)?;
+                let parsed = DeleteObjectsResponse::parse(&String::from_utf8_lossy(&text));
+                match parsed {
+                    Ok(r) if !r.errors.is_empty() => {
+                        let e = &r.errors[0];
+                        Err(Failure::permanent(format!(
+                            "{} of them failed; {}: {} {}",
+                            r.errors.len(),
+                            shown(&e.key),
+                            shown(&e.code),
+                            shown(&e.message)
+                        )))
+                    }
+                    Ok(_) => Ok(()),
+                    // A 200 that cannot be read says nothing of what was
+                    // deleted: ask again (deleting is idempotent).
+                    Err(e) => Err(Failure::transient(format!(
+                        "unreadable answer: {}",
+                        shown(&e.to_string())
+                    ))),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn list_versions(&self, prefix: &str) -> Result<Option<Vec<Version>>> {
+        self.list_object_versions(prefix)
+    }
+
+    fn get_version(&self, key: &str, version: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_at(key, Some(version), limit)
+    }
+
+    fn open_version_range(
+        &self,
+        key: &str,
+        version: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>> {
+        self.open_range_at(key, Some(version), start, len)
+    }
+
+    fn set_lock(&self, lock: Option<Lock>) {
+        *self.lock.write().expect("lock setting poisoned by a panic") = lock;
+    }
+
+    fn versioned(&self) -> Result<bool> {
+        self.bucket_versioned()
+    }
+
+    fn object_lock_enabled(&self) -> Result<bool> {
+        self.bucket_lock_enabled()
+    }
+
+    fn check_lock_setup(&self) -> Result<()> {
+        self.check_bucket_lock()
+    }
+
+    fn take_put_version(&self, key: &str) -> Option<String> {
+        self.put_versions
+            .lock()
+            .expect("put versions poisoned by a panic")
+            .remove(key)
+    }
+
+    fn extend_lock(&self, key: &str, version: Option<&str>, lock: Lock) -> Result<()> {
+        self.put_retention(key, version, lock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::s3::fake::*;
+
+    #[test]
+    fn a_200_to_a_range_request_is_refused() {
+        let (s, seen) = fake(vec![
+            answer("200 OK", b"0123456789"),
+            answer("206 Partial Content", b"234"),
+        ]);
+        assert_eq!(read_range(&s, 2, 3).unwrap(), b"234");
+        let heads = seen.lock().unwrap();
+        assert!(
+            heads[0].to_ascii_lowercase().contains("range: bytes=2-4"),
+            "{}",
+            heads[0]
+        );
+        let (s, _) = fake(vec![
+            answer("200 OK", b"0123456789"),
+            answer("200 OK", b"0123456789"),
+            answer("200 OK", b"0123456789"),
+        ]);
+        let e = read_range(&s, 2, 3).unwrap_err().to_string();
+        assert!(e.contains("Range ignored"), "{e}");
+    }
+
+    #[test]
+    fn truncated_ranges_are_an_error_and_counted() {
+        let (s, _) = fake(vec![Answer {
+            claim: Some(10),
+            ..answer("206 Partial Content", b"01234")
+        }]);
+        // ureq notices the short body itself ("Peer disconnected"); the
+        // `Exact` wrapper catches a body that ends cleanly but early.
+        assert!(read_range(&s, 0, 10).is_err());
+        let [_, get, _, _, _, _, received] = s.stats.snapshot();
+        assert_eq!(get, 1);
+        assert!(received <= 5, "{received}");
+    }
+
+    #[test]
+    fn thaw_requests_say_what_s3_answered() {
+        let (s, heads) = fake(vec![answer("202 Accepted", b"")]);
+        assert!(s.request_thaw(K, 3, Tier::Bulk).unwrap(), "a new thaw");
+        let h = heads.lock().unwrap()[0].clone();
+        assert!(h.starts_with("POST "), "{h}");
+        assert!(h.contains("restore="), "{h}");
+        let (s, _) = fake(vec![answer("200 OK", b"")]);
+        assert!(!s.request_thaw(K, 3, Tier::Bulk).unwrap(), "already thawed");
+        let (s, _) = fake(vec![answer(
+            "409 Conflict",
+            b"<Error><Code>RestoreAlreadyInProgress</Code></Error>",
+        )]);
+        assert!(!s.request_thaw(K, 3, Tier::Bulk).unwrap(), "under way");
+        let (s, _) = fake(vec![answer(
+            "403 Forbidden",
+            b"<Error><Code>InvalidObjectState</Code></Error>",
+        )]);
+        let e = s.request_thaw(K, 3, Tier::Bulk).unwrap_err().to_string();
+        assert!(
+            e.contains("store RESTORE") && e.contains("InvalidObjectState"),
+            "{e}"
+        );
+        assert_eq!(
+            s.stats().restore.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn puts_carry_their_checksum_and_blobs_their_class() {
+        let (s, heads) = fake(vec![answer("200 OK", b""), answer("200 OK", b"")]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b");
+        std::fs::write(&f, b"blob bytes").unwrap();
+        let hash: [u8; 32] = Sha256::digest(b"blob bytes").into();
+        let key = crate::layout::Key::Blob(hash).to_key();
+        s.put_file(&key, &f, StorageClass::DeepArchive).unwrap();
+        s.put_bytes(crate::layout::IDENTITY, b"{}").unwrap();
+        let heads = heads.lock().unwrap();
+        let low = |i: usize| heads[i].to_ascii_lowercase();
+        assert!(
+            low(0).contains(&format!(
+                "x-amz-checksum-sha256: {}",
+                base64(&hash).to_ascii_lowercase()
+            )),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            low(0).contains("x-amz-storage-class: deep_archive"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            low(0).contains("x-amz-sdk-checksum-algorithm: sha256"),
+            "{}",
+            heads[0]
+        );
+        // Signed: the names are in the presigned URL's SignedHeaders.
+        let signed = low(0)
+            .split("x-amz-signedheaders=")
+            .nth(1)
+            .and_then(|r| r.split(['&', ' ']).next())
+            .map(str::to_string)
+            .unwrap_or_default();
+        for name in [
+            "x-amz-checksum-sha256",
+            "x-amz-sdk-checksum-algorithm",
+            "x-amz-storage-class",
+        ] {
+            assert!(signed.contains(name), "{name} not in {signed}");
+        }
+        // Everything else stays STANDARD, and carries its own checksum.
+        assert!(!low(1).contains("x-amz-storage-class"), "{}", heads[1]);
+        let sum = base64(&Sha256::digest(b"{}")).to_ascii_lowercase();
+        assert!(
+            low(1).contains(&format!("x-amz-checksum-sha256: {sum}")),
+            "{}",
+            heads[1]
+        );
+    }
+}
