@@ -149,6 +149,9 @@ pub enum StoreCause {
     /// An answer vaultik refuses: too long, a listing that loops or lies,
     /// a key outside the layout.
     Refused(String),
+    /// No credentials to sign with: the source the chain found failed
+    /// (`store/s3/creds/`).
+    Credentials(String),
 }
 
 impl fmt::Display for StoreCause {
@@ -167,6 +170,7 @@ impl fmt::Display for StoreCause {
             | StoreCause::Redirect(m)
             | StoreCause::Transport(m)
             | StoreCause::Refused(m) => f.write_str(m),
+            StoreCause::Credentials(m) => write!(f, "no credentials to sign with: {m}"),
         }
     }
 }
@@ -183,6 +187,9 @@ impl StoreCause {
             }
             StoreCause::Tls(_) => {
                 Some("check the endpoint, or give the server's CA with ca_file or VAULTIK_CA_FILE")
+            }
+            StoreCause::Credentials(_) => {
+                Some("see \"Credentials\" in README.md for where vaultik looks, in which order")
             }
             _ => None,
         }

@@ -24,6 +24,13 @@ pub fn rfc3339(unix: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// `20261123T083015Z`: the date of a signed request (SigV4's
+/// `x-amz-date`).
+pub fn amz_date(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
 /// `2026-11-23 08:30:15 UTC`
 pub fn display(unix: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(unix);
@@ -106,6 +113,22 @@ pub fn parse_s3(s: &str) -> Option<u64> {
         return None;
     }
     from_fields(s, [0..4, 5..7, 8..10, 11..13, 14..16, 17..19])
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, the only form RFC 9110
+/// asks senders to use): a `Date` or a `Retry-After` header.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    let b = s.trim().as_bytes();
+    if b.len() != 29 || &b[25..] != b" GMT" || b[3] != b',' {
+        return None;
+    }
+    let s = std::str::from_utf8(b).ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == &s[8..11])? + 1;
+    let iso = format!("{}-{month:02}-{}T{}", &s[12..16], &s[5..7], &s[17..25]);
+    parse_s3(&iso)
 }
 
 /// Seconds since the epoch from the year, month, day, hour, minute and
@@ -237,6 +260,23 @@ mod tests {
             "2026-11-23t083015Z",
         ] {
             assert_eq!(parse_compact(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn signing_and_http_dates() {
+        assert_eq!(amz_date(1_369_353_600), "20130524T000000Z");
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            parse_s3("1994-11-06T08:49:37Z")
+        );
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "120",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
         }
     }
 }

@@ -156,6 +156,9 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
             if let Some(l) = &locks {
                 v["locked"] = l.to_json();
             }
+            if let Some(s) = store.signed_by() {
+                v["signed_by"] = s.into();
+            }
             writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
         } else {
             totals
@@ -163,6 +166,9 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
                 .map_err(output)?;
             if let Some(l) = &locks {
                 writeln!(out, "locked:       {}", l.describe()).map_err(output)?;
+            }
+            if let Some(s) = store.signed_by() {
+                writeln!(out, "signed by:    {s}").map_err(output)?;
             }
             writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
         }

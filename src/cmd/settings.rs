@@ -11,7 +11,7 @@ use crate::cli::Global;
 use crate::config::{self, Config, DEFAULT_GRACE_PERIOD};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::store::settings::{S3Config, StoreConfig};
+use crate::store::settings::{AwsEnv, S3Config, StoreConfig};
 use crate::store::{self, Store};
 
 pub struct Settings {
@@ -73,8 +73,9 @@ pub fn identities(file: Option<&Path>) -> Result<Vec<x25519::Identity>> {
     }
 }
 
-/// Credentials (and `VAULTIK_CA_FILE`) from the environment win over the
-/// config.
+/// `VAULTIK_CA_FILE` wins over the config; the AWS credential chain's
+/// variables are gathered for the store (`store/s3/creds/`: the
+/// environment's keys win over the config's there).
 fn with_env_credentials(cfg: StoreConfig) -> StoreConfig {
     let StoreConfig::S3(mut s3) = cfg else {
         return cfg;
@@ -82,13 +83,38 @@ fn with_env_credentials(cfg: StoreConfig) -> StoreConfig {
     if let Some(v) = std::env::var_os("VAULTIK_CA_FILE").filter(|v| !v.is_empty()) {
         s3.ca_file = Some(v.into());
     }
-    if let Some(v) = env("AWS_ACCESS_KEY_ID") {
-        s3.access_key_id = Some(v);
-    }
-    if let Some(v) = env("AWS_SECRET_ACCESS_KEY") {
-        s3.secret_access_key = Some(v);
-    }
+    s3.aws = aws_env();
     StoreConfig::S3(s3)
+}
+
+/// The AWS SDKs' variables (empty ones count as unset).
+fn aws_env() -> AwsEnv {
+    let path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    AwsEnv {
+        access_key_id: env("AWS_ACCESS_KEY_ID"),
+        secret_access_key: env("AWS_SECRET_ACCESS_KEY"),
+        session_token: env("AWS_SESSION_TOKEN"),
+        profile: env("AWS_PROFILE").or_else(|| env("AWS_DEFAULT_PROFILE")),
+        shared_credentials_file: path("AWS_SHARED_CREDENTIALS_FILE"),
+        config_file: path("AWS_CONFIG_FILE"),
+        home: path("HOME"),
+        region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+        role_arn: env("AWS_ROLE_ARN"),
+        web_identity_token_file: path("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        role_session_name: env("AWS_ROLE_SESSION_NAME"),
+        container_full_uri: env("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        container_relative_uri: env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        container_token: env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        container_token_file: path("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+        imds_endpoint: env("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+        imds_disabled: env("AWS_EC2_METADATA_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        sts_endpoint: env("AWS_ENDPOINT_URL_STS").or_else(|| env("AWS_ENDPOINT_URL")),
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -185,6 +211,7 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
             object_lock: from_cfg.as_ref().map(|s| s.object_lock).unwrap_or_default(),
             lock_for: from_cfg.as_ref().and_then(|s| s.lock_for),
             ca_file: from_cfg.and_then(|s| s.ca_file),
+            aws: AwsEnv::default(),
         }))
     } else {
         let path = spec.strip_prefix("file://").unwrap_or(&spec);

@@ -284,6 +284,11 @@ pub trait Store: Send + Sync {
     fn versioned(&self) -> Result<bool> {
         Ok(false)
     }
+    /// Where the credentials that sign requests come from (None for a
+    /// store that signs nothing, a directory).
+    fn signed_by(&self) -> Option<String> {
+        None
+    }
     /// Whether the bucket has Object Lock enabled.
     fn object_lock_enabled(&self) -> Result<bool> {
         Ok(false)

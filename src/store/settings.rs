@@ -8,6 +8,8 @@ use std::time::Duration;
 use super::class::StorageClass;
 use super::lock::LockMode;
 
+// Made once per command: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     S3(S3Config),
@@ -31,4 +33,59 @@ pub struct S3Config {
     pub object_lock: LockMode,
     /// How long; derived from the retention rules when None.
     pub lock_for: Option<Duration>,
+    /// What the AWS credential chain reads from the environment.
+    pub aws: AwsEnv,
+}
+
+/// The environment variables of the AWS credential chain (`s3/creds/`),
+/// gathered by `cmd/settings.rs` (nothing below it reads the environment).
+/// Empty variables count as unset, as the AWS SDKs take them.
+#[derive(Clone, Default, PartialEq)]
+pub struct AwsEnv {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// `AWS_PROFILE` (else `AWS_DEFAULT_PROFILE`); `default` when unset.
+    pub profile: Option<String>,
+    /// `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`: else
+    /// `~/.aws/credentials` and `~/.aws/config`.
+    pub shared_credentials_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    /// `HOME`, for `~/.aws`.
+    pub home: Option<PathBuf>,
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`): where STS is asked.
+    pub region: Option<String>,
+    /// `AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`,
+    /// `AWS_ROLE_SESSION_NAME`: web identity (EKS IRSA).
+    pub role_arn: Option<String>,
+    pub web_identity_token_file: Option<PathBuf>,
+    pub role_session_name: Option<String>,
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`, `_RELATIVE_URI`,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`, `_TOKEN_FILE` (ECS, EKS Pod
+    /// Identity).
+    pub container_full_uri: Option<String>,
+    pub container_relative_uri: Option<String>,
+    pub container_token: Option<String>,
+    pub container_token_file: Option<PathBuf>,
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, `AWS_EC2_METADATA_DISABLED`.
+    pub imds_endpoint: Option<String>,
+    pub imds_disabled: bool,
+    /// `AWS_ENDPOINT_URL_STS` (else `AWS_ENDPOINT_URL`): another STS
+    /// endpoint than AWS's.
+    pub sts_endpoint: Option<String>,
+}
+
+/// Which variables are set, never their values (a secret, a token).
+impl std::fmt::Debug for AwsEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| if v { "set" } else { "unset" };
+        f.debug_struct("AwsEnv")
+            .field("access_key_id", &set(self.access_key_id.is_some()))
+            .field("secret_access_key", &set(self.secret_access_key.is_some()))
+            .field("session_token", &set(self.session_token.is_some()))
+            .field("profile", &self.profile)
+            .field("container_token", &set(self.container_token.is_some()))
+            .finish_non_exhaustive()
+    }
 }

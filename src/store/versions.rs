@@ -351,6 +351,9 @@ impl Store for Versioned {
     fn object_lock_enabled(&self) -> Result<bool> {
         self.inner.object_lock_enabled()
     }
+    fn signed_by(&self) -> Option<String> {
+        self.inner.signed_by()
+    }
     fn take_put_version(&self, key: &str) -> Option<String> {
         self.inner.take_put_version(key)
     }

@@ -8,6 +8,7 @@ use rusty_s3::actions::ListObjectsV2;
 use sha2::{Digest, Sha256};
 
 use super::S3Store;
+use super::sign::{Method, Req};
 use super::transport::{Failure, between, shown};
 use crate::error::{Error, Result, StoreCause};
 use crate::store::class::StorageClass;
@@ -49,13 +50,15 @@ impl S3Store {
                 ));
             }
             let page = self.retry("LIST", &full_prefix, || {
-                let mut action = ListObjectsV2::new(&self.bucket, self.credentials.as_ref());
-                action.with_prefix(full_prefix.as_str());
+                // As rusty-s3's ListObjectsV2 asks, whose parser reads it.
+                let mut req = Req::new(Method::Get, None)
+                    .query("list-type", "2")
+                    .query("encoding-type", "url")
+                    .query("prefix", &full_prefix);
                 if let Some(t) = &token {
-                    action.with_continuation_token(t.as_str());
+                    req = req.query("continuation-token", t);
                 }
-                let url = self.sign(&action);
-                let body = self.get_bounded(&url, Op::List, LIST_PAGE_MAX)?;
+                let body = self.get_bounded(&req, Op::List, LIST_PAGE_MAX)?;
                 let text = String::from_utf8_lossy(&body);
                 // Said before parsing, which would only report a missing field.
                 let token = between(&text, "<NextContinuationToken>", "</NextContinuationToken>");
@@ -147,17 +150,16 @@ impl S3Store {
                 ));
             }
             let page = self.retry("LIST", &full_prefix, || {
-                let mut query = vec![("prefix", full_prefix.as_str())];
+                let mut req = Req::new(Method::Get, None)
+                    .query("versions", "")
+                    .query("prefix", &full_prefix);
                 if let Some((k, v)) = &marker {
-                    query.push(("key-marker", k.as_str()));
+                    req = req.query("key-marker", k);
                     if !v.is_empty() {
-                        query.push(("version-id-marker", v.as_str()));
+                        req = req.query("version-id-marker", v);
                     }
                 }
-                query.push(("versions", ""));
-                query.sort();
-                let url = self.sign_url(rusty_s3::Method::Get, None, &query, &Vec::new());
-                let body = self.get_bounded(&url, Op::List, LIST_PAGE_MAX)?;
+                let body = self.get_bounded(&req, Op::List, LIST_PAGE_MAX)?;
                 versions::parse_page(&String::from_utf8_lossy(&body)).map_err(|e| {
                     Failure::permanent(format!("unreadable version listing: {}", shown(&e)))
                 })

@@ -3,8 +3,9 @@
 
 use sha2::{Digest, Sha256};
 
+use super::sign::{Method, Req};
 use super::transport::between;
-use super::{Headers, S3Store, base64};
+use super::{S3Store, base64};
 use crate::error::{Error, Result, StoreCause};
 use crate::store::Op;
 use crate::store::lock::Lock;
@@ -14,8 +15,8 @@ impl S3Store {
     pub(super) fn bucket_config(&self, query: &'static str) -> Result<String> {
         let what = format!("{}?{query}", self.bucket.name());
         self.retry("GET", &what, || {
-            let url = self.sign_url(rusty_s3::Method::Get, None, &[(query, "")], &Vec::new());
-            let body = self.get_bounded(&url, Op::Config, 64 << 10)?;
+            let req = Req::new(Method::Get, None).query(query, "");
+            let body = self.get_bounded(&req, Op::Config, 64 << 10)?;
             Ok(String::from_utf8_lossy(&body).into_owned())
         })
     }
@@ -76,27 +77,23 @@ impl S3Store {
     pub(super) fn put_retention(&self, key: &str, version: Option<&str>, lock: Lock) -> Result<()> {
         let full = self.checked("RETENTION", key)?;
         let body = lock.retention_xml();
-        let headers: Headers = vec![
-            (
-                "x-amz-checksum-sha256",
-                base64(&Sha256::digest(body.as_bytes())),
-            ),
-            ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
-        ];
+        let sha: [u8; 32] = Sha256::digest(body.as_bytes()).into();
         self.retry("RETENTION", &full, || {
-            let mut query = vec![("retention", "")];
+            let mut req = Req::new(Method::Put, Some(&full))
+                .query("retention", "")
+                .header("content-type", "application/xml".into())
+                .header("x-amz-checksum-sha256", base64(&sha))
+                .header("x-amz-sdk-checksum-algorithm", "SHA256".into())
+                .payload(&sha);
             if let Some(v) = version {
-                query.push(("versionId", v));
+                req = req.query("versionId", v);
             }
-            let url = self.sign_url(rusty_s3::Method::Put, Some(&full), &query, &headers);
+            let s = self.signed(&req)?;
             self.stats.count(Op::Retention, body.len() as u64, 0);
-            let mut req = self
-                .bounded(self.agent.put(&url), Some(body.len() as u64))
-                .header("Content-Type", "application/xml");
-            for (name, value) in &headers {
-                req = req.header(*name, value);
-            }
-            let mut resp = req.send(body.as_bytes()).map_err(|e| self.transport(e))?;
+            let mut resp = s
+                .apply(self.bounded(self.agent.put(&s.url), Some(body.len() as u64)))
+                .send(body.as_bytes())
+                .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(())
             } else {

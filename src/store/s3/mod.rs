@@ -14,6 +14,7 @@
 //! HEAD says), `list.rs` (listings of objects and of versions), `lock.rs`
 //! (the bucket's versioning and Object Lock, lock extensions).
 
+mod creds;
 mod headers;
 mod list;
 mod lock;
@@ -30,7 +31,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use rusty_s3::actions::{DeleteObjects, DeleteObjectsResponse, ObjectIdentifier};
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use rusty_s3::{Bucket, UrlStyle};
 use sha2::{Digest, Sha256};
 
 use super::class::{StorageClass, Tier};
@@ -41,6 +42,7 @@ use crate::error::{Error, Result, StoreCause};
 use crate::store::settings::S3Config;
 use headers::{file_sha256, object_meta, put_headers};
 use list::LIST_PAGE_MAX;
+use sign::{Method, Req};
 use transport::{ATTEMPTS, BOUNDS, Bounds, Failure, Paced, shown};
 pub(crate) use transport::load_roots;
 
@@ -48,7 +50,8 @@ pub use headers::base64;
 
 pub struct S3Store {
     bucket: Bucket,
-    credentials: Option<Credentials>,
+    /// The credentials that sign, kept fresh (`creds/`).
+    creds: creds::Chain,
     prefix: String,
     endpoint: String,
     agent: ureq::Agent,
@@ -80,17 +83,6 @@ impl S3Store {
             cfg.region.clone(),
         )
         .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
-        let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
-            (Some(k), Some(s)) => Some(Credentials::new(k.clone(), s.clone())),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Setup(
-                    "S3 credentials need both access_key_id and secret_access_key \
-                     (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-                        .into(),
-                ));
-            }
-        };
         let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // A 3xx is returned as it is, and refused (`redirect`): followed,
@@ -101,14 +93,24 @@ impl S3Store {
             .timeout_recv_response(Some(Duration::from_secs(300)));
         // TLS: the web PKI roots built into the binary (the same on every
         // host, rescue systems included), or the roots of `ca_file`.
-        if let Some(ca) = &cfg.ca_file {
-            let roots = load_roots(ca)?;
-            agent = agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        let tls = match &cfg.ca_file {
+            Some(ca) => Some(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(load_roots(ca)?)
+                    .build(),
+            ),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            agent = agent.tls_config(t.clone());
         }
         let agent: ureq::Agent = agent.build().into();
+        // STS and the metadata endpoints: the store's roots only for an STS
+        // endpoint given with it (AWS_ENDPOINT_URL_STS), else the web PKI.
+        let http = creds::Http::new(tls.filter(|_| cfg.aws.sts_endpoint.is_some()));
         Ok(S3Store {
             bucket,
-            credentials,
+            creds: creds::Chain::new(cfg, http),
             prefix: cfg.prefix.clone(),
             endpoint: cfg.endpoint.clone(),
             agent,
@@ -144,13 +146,13 @@ impl S3Store {
         let full = self.checked("GET", key)?;
         let mut large = None;
         let r = self.retry("GET", &full, || {
-            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            let mut req = Req::new(Method::Get, Some(&full));
             if let Some(v) = version {
-                action.query_mut().insert("versionId", v);
+                req = req.query("versionId", v);
             }
-            let url = self.sign(&action);
-            let mut resp = self
-                .bounded(self.agent.get(&url), Some(limit))
+            let s = self.signed(&req)?;
+            let mut resp = s
+                .apply(self.bounded(self.agent.get(&s.url), Some(limit)))
                 .call()
                 .map_err(|e| {
                     self.stats.count(Op::Get, 0, 0);
@@ -192,14 +194,13 @@ impl S3Store {
             .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
         let range = format!("bytes={start}-{last}");
         let body = self.retry("GET", &full, || {
-            let mut action = self.bucket.get_object(self.credentials.as_ref(), &full);
+            let mut req = Req::new(Method::Get, Some(&full));
+            req.unsigned.push(("range", range.clone()));
             if let Some(v) = version {
-                action.query_mut().insert("versionId", v);
+                req = req.query("versionId", v);
             }
-            let url = self.sign(&action);
-            let resp = self
-                .bounded(self.agent.get(&url).header("Range", &range), None)
-                .call();
+            let s = self.signed(&req)?;
+            let resp = s.apply(self.bounded(self.agent.get(&s.url), None)).call();
             self.stats.count(Op::Get, 0, 0);
             let mut resp = resp.map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
@@ -221,18 +222,20 @@ impl S3Store {
     /// no object at `key` yet (`If-None-Match: *`): false when there was.
     fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
         let full = self.checked("PUT", key)?;
-        let headers = self.headers_for(Sha256::digest(data).into(), StorageClass::Standard);
+        let sha: [u8; 32] = Sha256::digest(data).into();
+        let mut headers = self.headers_for(sha, StorageClass::Standard);
+        if only_new {
+            headers.push(("if-none-match", "*".into()));
+        }
         self.retry("PUT", &full, || {
-            let url = self.sign_put(&full, &headers);
+            let mut req = Req::new(Method::Put, Some(&full)).payload(&sha);
+            req.headers = headers.clone();
+            let s = self.signed(&req)?;
             self.stats.count(Op::Put, data.len() as u64, 0);
-            let mut req = self.bounded(self.agent.put(&url), Some(data.len() as u64));
-            for (name, value) in &headers {
-                req = req.header(*name, value);
-            }
-            if only_new {
-                req = req.header("If-None-Match", "*");
-            }
-            let mut resp = req.send(data).map_err(|e| self.transport(e))?;
+            let mut resp = s
+                .apply(self.bounded(self.agent.put(&s.url), Some(data.len() as u64)))
+                .send(data)
+                .map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
                 // Taken (by another host, or by this request's own first
                 // attempt: the caller reads what is there).
@@ -268,14 +271,15 @@ impl Store for S3Store {
             let file = File::open(path)
                 .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let url = self.sign_put(&full, &headers);
+            let mut req = Req::new(Method::Put, Some(&full)).payload(&sha);
+            req.headers = headers.clone();
+            let s = self.signed(&req)?;
             self.stats.count(Op::Put, len, 0);
-            let mut req = self.bounded(self.agent.put(&url), Some(len));
-            for (name, value) in &headers {
-                req = req.header(*name, value);
-            }
             // ureq sends a File with its length as Content-Length (never chunked).
-            let mut resp = req.send(&file).map_err(|e| self.transport(e))?;
+            let mut resp = s
+                .apply(self.bounded(self.agent.put(&s.url), Some(len)))
+                .send(&file)
+                .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(resp
                     .headers()
@@ -325,19 +329,16 @@ impl Store for S3Store {
     fn stat(&self, key: &str, checksum: bool) -> Result<Option<ObjectMeta>> {
         let full = self.checked("HEAD", key)?;
         let r = self.retry("HEAD", &full, || {
-            let mut action = self.bucket.head_object(self.credentials.as_ref(), &full);
+            let mut req = Req::new(Method::Head, Some(&full));
             if checksum {
-                action
-                    .headers_mut()
-                    .insert("x-amz-checksum-mode", "ENABLED");
+                req = req.header("x-amz-checksum-mode", "ENABLED".into());
             }
-            let url = self.sign(&action);
+            let s = self.signed(&req)?;
             self.stats.count(Op::Head, 0, 0);
-            let mut req = self.bounded(self.agent.head(&url), Some(0));
-            if checksum {
-                req = req.header("x-amz-checksum-mode", "ENABLED");
-            }
-            let mut resp = req.call().map_err(|e| self.transport(e))?;
+            let mut resp = s
+                .apply(self.bounded(self.agent.head(&s.url), Some(0)))
+                .call()
+                .map_err(|e| self.transport(e))?;
             if !resp.status().is_success() {
                 return Err(self.status_failure(&mut resp));
             }
@@ -348,6 +349,10 @@ impl Store for S3Store {
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn signed_by(&self) -> Option<String> {
+        Some(self.creds.describe())
     }
 
     fn has_classes(&self) -> bool {
@@ -367,16 +372,14 @@ impl Store for S3Store {
             tier.name()
         );
         self.retry("RESTORE", &full, || {
-            let url = self.sign_url(
-                rusty_s3::Method::Post,
-                Some(&full),
-                &[("restore", "")],
-                &Vec::new(),
-            );
+            let req = Req::new(Method::Post, Some(&full))
+                .query("restore", "")
+                .header("content-type", "application/xml".into())
+                .payload(&Sha256::digest(body.as_bytes()).into());
+            let s = self.signed(&req)?;
             self.stats.count(Op::Restore, body.len() as u64, 0);
-            let mut resp = self
-                .bounded(self.agent.post(&url), Some(body.len() as u64))
-                .header("Content-Type", "application/xml")
+            let mut resp = s
+                .apply(self.bounded(self.agent.post(&s.url), Some(body.len() as u64)))
                 .send(body.as_bytes())
                 .map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
@@ -405,10 +408,10 @@ impl Store for S3Store {
     fn delete(&self, key: &str) -> Result<()> {
         let full = self.checked("DELETE", key)?;
         let r = self.retry("DELETE", &full, || {
-            let url = self.sign(&self.bucket.delete_object(self.credentials.as_ref(), &full));
+            let s = self.signed(&Req::new(Method::Delete, Some(&full)))?;
             self.stats.count(Op::Delete, 0, 0);
-            let mut resp = self
-                .bounded(self.agent.delete(&url), Some(0))
+            let mut resp = s
+                .apply(self.bounded(self.agent.delete(&s.url), Some(0)))
                 .call()
                 .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
@@ -431,17 +434,20 @@ impl Store for S3Store {
                 .collect::<Result<_>>()?;
             let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
             self.retry("DELETE", &what, || {
-                let mut action =
-                    DeleteObjects::new(&self.bucket, self.credentials.as_ref(), ids.iter());
+                // rusty-s3 writes the body (and its MD5, which S3 requires).
+                let mut action = DeleteObjects::new(&self.bucket, None, ids.iter());
                 action.set_quiet(true);
-                let url = self.sign(&action);
                 let (body, md5) = action.body_with_md5();
+                let req = Req::new(Method::Post, None)
+                    .query("delete", "")
+                    .header("content-md5", md5)
+                    .header("content-type", "application/xml".into())
+                    .payload(&Sha256::digest(body.as_bytes()).into());
+                let s = self.signed(&req)?;
                 self.stats.count(Op::Delete, body.len() as u64, 0);
                 let moved = (body.len() as u64).saturating_add(LIST_PAGE_MAX);
-                let mut resp = self
-                    .bounded(self.agent.post(&url), Some(moved))
-                    .header("Content-MD5", &md5)
-                    .header("Content-Type", "application/xml")
+                let mut resp = s
+                    .apply(self.bounded(self.agent.post(&s.url), Some(moved)))
                     .send(body.as_bytes())
                     .map_err(|e| self.transport(e))?;
                 if !resp.status().is_success() {
@@ -571,7 +577,7 @@ mod tests {
         assert!(s.request_thaw(K, 3, Tier::Bulk).unwrap(), "a new thaw");
         let h = heads.lock().unwrap()[0].clone();
         assert!(h.starts_with("POST "), "{h}");
-        assert!(h.contains("restore="), "{h}");
+        assert!(h.contains("?restore "), "{h}");
         let (s, _) = fake(vec![answer("200 OK", b"")]);
         assert!(!s.request_thaw(K, 3, Tier::Bulk).unwrap(), "already thawed");
         let (s, _) = fake(vec![answer(
@@ -624,20 +630,35 @@ mod tests {
             "{}",
             heads[0]
         );
-        // Signed: the names are in the presigned URL's SignedHeaders.
+        // Signed: the names are in the Authorization header's SignedHeaders,
+        // with the body's SHA-256.
         let signed = low(0)
-            .split("x-amz-signedheaders=")
+            .split("signedheaders=")
             .nth(1)
-            .and_then(|r| r.split(['&', ' ']).next())
+            .and_then(|r| r.split([',', ' ']).next())
             .map(str::to_string)
             .unwrap_or_default();
         for name in [
+            "host",
             "x-amz-checksum-sha256",
+            "x-amz-content-sha256",
+            "x-amz-date",
             "x-amz-sdk-checksum-algorithm",
             "x-amz-storage-class",
         ] {
-            assert!(signed.contains(name), "{name} not in {signed}");
+            assert!(
+                signed.split(';').any(|n| n == name),
+                "{name} not in {signed}"
+            );
         }
+        assert!(
+            low(0).contains(&format!(
+                "x-amz-content-sha256: {}",
+                crate::chunk::hex(&hash)
+            )),
+            "{}",
+            heads[0]
+        );
         // Everything else stays STANDARD, and carries its own checksum.
         assert!(!low(1).contains("x-amz-storage-class"), "{}", heads[1]);
         let sum = base64(&Sha256::digest(b"{}")).to_ascii_lowercase();

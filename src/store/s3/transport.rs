@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::S3Store;
+use super::creds::CredError;
+use super::sign::{Req, Signed};
 use crate::error::{Error, Result, StoreCause};
 use crate::store::Op;
 
@@ -124,6 +126,18 @@ impl Failure {
 
 pub(super) type Attempt<T> = std::result::Result<T, Failure>;
 
+impl From<CredError> for Failure {
+    /// No credentials to sign with: asked again when an endpoint did not
+    /// answer (STS, IMDS), not when they are misconfigured.
+    fn from(e: CredError) -> Failure {
+        Failure {
+            retry: e.transient,
+            not_found: false,
+            cause: StoreCause::Credentials(e.msg),
+        }
+    }
+}
+
 impl S3Store {
     /// Run `attempt` until it succeeds, fails permanently, or runs out of tries.
     pub(super) fn retry<T>(
@@ -157,9 +171,10 @@ impl S3Store {
 
     /// One GET of a small answer (a listing page, a bucket setting) at
     /// `url`: its body, at most `limit` bytes, counted as one `op`.
-    pub(super) fn get_bounded(&self, url: &str, op: Op, limit: u64) -> Attempt<Vec<u8>> {
-        let mut resp = self
-            .bounded(self.agent.get(url), Some(limit))
+    pub(super) fn get_bounded(&self, req: &Req<'_>, op: Op, limit: u64) -> Attempt<Vec<u8>> {
+        let s = self.signed(req)?;
+        let mut resp = s
+            .apply(self.bounded(self.agent.get(&s.url), Some(limit)))
             .call()
             .map_err(|e| {
                 self.stats.count(op, 0, 0);
@@ -180,6 +195,12 @@ impl S3Store {
     /// whole of it. Without one (`open_range`, whose reader is handed to a
     /// caller that may pause between reads), the body is read through
     /// `Paced`.
+    /// `req` signed with the credentials of the moment.
+    pub(super) fn signed(&self, req: &Req<'_>) -> Attempt<Signed> {
+        let creds = self.creds.current()?;
+        Ok(self.sign_with(req, creds.as_deref(), crate::time::now()))
+    }
+
     pub(super) fn bounded<B>(
         &self,
         req: ureq::RequestBuilder<B>,
@@ -231,7 +252,28 @@ impl S3Store {
             .read_to_end(&mut body);
         let body = String::from_utf8_lossy(&body);
         let code = between(&body, "<Code>", "</Code>").map_or(String::new(), shown);
-        let message = between(&body, "<Message>", "</Message>").map_or(String::new(), shown);
+        let mut message = between(&body, "<Message>", "</Message>").map_or(String::new(), shown);
+        // Refused credentials: say which source they came from.
+        if matches!(
+            code.as_str(),
+            "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "InvalidToken"
+                | "ExpiredToken"
+                | "TokenRefreshRequired"
+                | "InvalidClientTokenId"
+                | "AccessDenied"
+                | "AuthorizationHeaderMalformed"
+        ) || (status == 403 && code.is_empty())
+        {
+            if let Some(source) = self.creds.known_source() {
+                message = if message.is_empty() {
+                    source
+                } else {
+                    format!("{message} ({source})")
+                };
+            }
+        }
         Failure {
             // 501 Not Implemented will not be implemented by asking again.
             retry: status == 429 || (status >= 500 && status != 501),
