@@ -11,6 +11,7 @@ mod cold;
 mod controls;
 mod core;
 mod crash;
+mod credentials;
 mod daemon;
 mod disk;
 mod faults;

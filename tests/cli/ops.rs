@@ -22,7 +22,7 @@ fn json(o: &std::process::Output) -> serde_json::Value {
 /// The file holding a stored object.
 fn object_path(env: &Env, key: &str) -> PathBuf {
     match env.backend {
-        Backend::S3 | Backend::Moto => env.store_dir().join("host1").join(key),
+        Backend::S3 | Backend::Moto | Backend::Iam => env.store_dir().join("host1").join(key),
         Backend::Local => env.store_dir().join(key),
     }
 }

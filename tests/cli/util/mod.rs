@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod fake_http;
 pub mod faults;
 pub mod forge;
+pub mod iam;
 pub mod moto;
 pub mod proxy;
 pub mod tree;
@@ -139,6 +141,9 @@ pub enum Backend {
     Local,
     /// moto's S3 server (storage classes, thaws, checksums).
     Moto,
+    /// moto checking signatures and IAM policies (`iam.rs`): the config
+    /// holds no key, the test gives credentials its own way.
+    Iam,
 }
 
 /// One test's world: scratch dir, key pair, source tree, store, index.
@@ -184,6 +189,10 @@ impl Env {
             Backend::Moto => {
                 moto::create_bucket(&bucket);
                 moto::moto().endpoint.clone()
+            }
+            Backend::Iam => {
+                iam::iam().create_bucket(&bucket, false);
+                iam::iam().endpoint.clone()
             }
             Backend::Local => String::new(),
         };
@@ -238,14 +247,16 @@ impl Env {
         match self.backend {
             Backend::S3 => server().root.join(&self.bucket),
             Backend::Local => self.path().join("store"),
-            Backend::Moto => panic!("moto keeps its objects in memory: use util::moto::keys"),
+            Backend::Moto | Backend::Iam => {
+                panic!("moto keeps its objects in memory: use util::moto::keys")
+            }
         }
     }
 
     /// `--store` value that reaches this test's store without a config.
     pub fn store_spec(&self) -> String {
         match self.backend {
-            Backend::S3 | Backend::Moto => format!("s3://{}/host1/", self.bucket),
+            Backend::S3 | Backend::Moto | Backend::Iam => format!("s3://{}/host1/", self.bucket),
             Backend::Local => self.store_dir().display().to_string(),
         }
     }
@@ -265,6 +276,16 @@ impl Env {
                 c.push_str(&format!(
                     "[s3]\nendpoint = {}\nbucket = {}\nprefix = host1/\nregion = us-east-1\n\
                      access_key_id = {ACCESS}\nsecret_access_key = {SECRET}\n",
+                    self.endpoint, self.bucket
+                ));
+                for l in &self.s3_extra {
+                    c.push_str(l);
+                    c.push('\n');
+                }
+            }
+            Backend::Iam => {
+                c.push_str(&format!(
+                    "[s3]\nendpoint = {}\nbucket = {}\nprefix = host1/\nregion = us-east-1\n",
                     self.endpoint, self.bucket
                 ));
                 for l in &self.s3_extra {
@@ -423,7 +444,7 @@ impl Env {
     /// Every object in the store: (key relative to the prefix, bytes).
     pub fn objects(&self) -> Vec<(String, Vec<u8>)> {
         let base = match self.backend {
-            Backend::S3 | Backend::Moto => self.store_dir().join("host1"),
+            Backend::S3 | Backend::Moto | Backend::Iam => self.store_dir().join("host1"),
             Backend::Local => self.store_dir(),
         };
         let mut out = Vec::new();
