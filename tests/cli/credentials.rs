@@ -389,9 +389,36 @@ fn instance_metadata_credentials_are_refreshed_before_they_expire_mid_run() {
         signed_by(&env, &vars),
         format!("EC2 instance metadata (IMDSv2, {})", fake.endpoint)
     );
-    // Disabled: the chain does not ask it (and finds nothing).
+    // Disabled: the chain does not ask it, finds nothing and sends
+    // unsigned requests, which S3 refuses (moto answers an unsigned request
+    // with a 500, so a fake S3 answers as AWS does).
+    let asked = fake.requests.lock().unwrap().len();
+    let s3 = fake_http::start(Box::new(|r| {
+        assert!(r.header("authorization").is_none(), "signed: {r:?}");
+        (
+            403,
+            b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>".to_vec(),
+        )
+    }));
+    let proxied = std::mem::replace(&mut env.endpoint, s3.endpoint.clone());
+    env.write_config();
     let off = [vars[0], ("AWS_EC2_METADATA_DISABLED", "true")];
-    assert!(signed_by(&env, &off).starts_with("no credentials found"));
+    fails(
+        &env,
+        &off,
+        &["snapshot", "list"],
+        &[
+            "HTTP 403 AccessDenied",
+            "no credentials found (looked at the environment, the config file, \
+             profile `default`, web identity, container credentials, \
+             EC2 instance metadata (disabled)): requests are unsigned",
+        ],
+        &first.1,
+    );
+    assert_eq!(fake.requests.lock().unwrap().len(), asked, "IMDS not asked");
+    assert!(!s3.requests.lock().unwrap().is_empty());
+    env.endpoint = proxied;
+    env.write_config();
     // Credentials that expired already: never used.
     let stale = imds(vec![creds_json(&first.0, &first.1, &first.2, -60)]);
     fails(
@@ -497,12 +524,21 @@ fn the_readmes_write_only_policy_admits_a_backup_and_nothing_else() {
         .nth(2)
         .unwrap()
         .to_string();
-    fails(
-        &env,
-        &[],
-        &["snapshot", "remove", &id],
-        &["AccessDenied"],
-        &s,
+    // The versioned listing is refused first (a warning), then the delete.
+    let out = run(&env, &[], &["snapshot", "remove", &id]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("vaultik: store DELETE") && last.contains("AccessDenied"),
+        "{err}"
+    );
+    assert!(!err.contains(&s), "a secret shown: {err}");
+    assert!(
+        iam.keys(&env.bucket, "host1/metadata/")
+            .iter()
+            .any(|k| k.contains(&id)),
+        "the snapshot is still there"
     );
     let elsewhere = format!("s3://{}/host2/", env.bucket);
     let out = run(&env, &[], &["--store", &elsewhere, "snapshot", "create"]);
