@@ -52,6 +52,8 @@ Global flags:
   --store STORE      s3://BUCKET/PREFIX or a directory; overrides the config ($VAULTIK_STORE)
   --endpoint URL     S3 endpoint; overrides the config ($VAULTIK_S3_ENDPOINT)
   --region REGION    S3 region; overrides the config ($VAULTIK_S3_REGION, default us-east-1)
+  --retry-for DURATION
+                     how long a store request is tried through an outage (default 15m)
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -332,6 +334,9 @@ pub struct Global {
     pub store: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// `--retry-for DURATION`: how long a store request is tried through
+    /// an outage (the config's `retry_for`).
+    pub retry_for: Option<std::time::Duration>,
 }
 
 /// `snapshot create`
@@ -538,7 +543,7 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 4] = ["config", "store", "endpoint", "region"];
+const GLOBAL_FLAGS: [&str; 5] = ["config", "store", "endpoint", "region", "retry-for"];
 
 /// An argument that is not a global flag, owned (so that the parser can
 /// be asked for an option's value while it is matched).
@@ -601,6 +606,14 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
             "config" => g.config = Some(v.into()),
             "store" => g.store = Some(string(v, "--store")?),
             "endpoint" => g.endpoint = Some(string(v, "--endpoint")?),
+            "retry-for" => {
+                let v = string(v, "--retry-for")?;
+                g.retry_for = Some(crate::config::parse_duration(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--retry-for: expected a duration like 15m, found `{v}`"
+                    ))
+                })?);
+            }
             _ => g.region = Some(string(v, "--region")?),
         }
     }
@@ -1175,6 +1188,19 @@ mod tests {
 
     fn parse_str(s: &str) -> Result<(Global, Command)> {
         parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn store_transport_flags() {
+        let (g, _) = parse_str("store info --retry-for 2h").unwrap();
+        assert_eq!(g.retry_for, Some(std::time::Duration::from_secs(7200)));
+        let e = parse_str("--retry-for later store info")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--retry-for: expected a duration like 15m, found `later`"),
+            "{e}"
+        );
     }
 
     #[test]

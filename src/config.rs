@@ -598,6 +598,7 @@ impl Parsing {
                 }
                 s.lock_for = Some(d);
             }
+            "retry_for" => s.retry_for = Some(l.duration("15m")?),
             key => return Err(l.err(format!("unknown key `{key}` in [s3]"))),
         }
         Ok(())
@@ -1038,6 +1039,20 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn s3_transport_settings() {
+        let cfg = parse("[s3]\nendpoint = http://x\nbucket = b\nretry_for = 1h30m\n").unwrap();
+        match cfg.store.as_ref().unwrap() {
+            StoreConfig::S3(s) => assert_eq!(s.retry_for, Some(Duration::from_secs(5400))),
+            other => panic!("{other:?}"),
+        }
+        let e = parse("[s3]\nretry_for = soon\n").unwrap_err().to_string();
+        assert!(
+            e.contains(":2: `retry_for`: expected a duration like 15m, found `soon`"),
+            "{e}"
+        );
     }
 
     #[test]

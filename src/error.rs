@@ -47,7 +47,7 @@ pub enum Error {
         key: String,
         cause: StoreCause,
         /// Tries made, when the failure was worth trying again.
-        attempts: Option<u32>,
+        attempts: Option<Tried>,
     },
     /// An object is not in the store.
     NotFound { key: String },
@@ -127,6 +127,15 @@ pub enum Partial {
     Skipped,
     /// Restore: files that could not be restored, named and removed.
     NotRestored,
+}
+
+/// How long a store request was tried before it was given up: attempts,
+/// and seconds, out of the `retry_for` allowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tried {
+    pub attempts: u32,
+    pub secs: u32,
+    pub retry_for: u32,
 }
 
 /// Why a store request failed.
@@ -292,8 +301,14 @@ impl Error {
                 attempts,
             } => {
                 write!(f, "store {op} {key}: {cause}")?;
-                if let Some(n) = attempts {
-                    write!(f, " (after {n} attempts)")?;
+                if let Some(t) = attempts {
+                    write!(
+                        f,
+                        " (after {} attempts in {}; retry_for is {})",
+                        t.attempts,
+                        crate::span(t.secs.into()),
+                        crate::span(t.retry_for.into())
+                    )?;
                 }
                 if let Some(hint) = cause.hint() {
                     write!(f, "; {hint}")?;

@@ -122,6 +122,40 @@ pub mod walk;
 pub mod watch;
 pub mod xattrs;
 
+/// Where notices that library code gives on its own (a store outage, its
+/// end) are printed: after `vaultik: warning:`, or the daemon's prefix.
+static NOTICE_PREFIX: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Notices go after `prefix` from now on (set once, by the daemon).
+pub fn set_notice_prefix(prefix: &'static str) {
+    let _ = NOTICE_PREFIX.set(prefix);
+}
+
+/// A notice on standard error, on one line.
+pub fn notice(msg: &str) {
+    eprintln!(
+        "{} {}",
+        NOTICE_PREFIX.get().copied().unwrap_or("vaultik: warning:"),
+        error::one_line(msg.to_string())
+    );
+}
+
+/// `42s`, `1m32s`, `15m`, `2h5m`: a span as it passed.
+pub fn span(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 /// `90s`, `15m`, `24h`, `2d`
 pub fn human_duration(secs: u64) -> String {
     match secs {

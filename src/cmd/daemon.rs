@@ -22,6 +22,7 @@ use super::settings::Settings;
 use crate::backup::Scope;
 use crate::cli::{CreateArgs, Global};
 use crate::error::{Error, Result};
+use crate::store::settings::StoreConfig;
 use crate::watch::{Changes, Dirty, Watcher};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -49,6 +50,19 @@ fn install_signal_handlers() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+/// How long the daemon waits before it tries again to reach a store it
+/// could not reach when it started (each try lasts up to `retry_for`):
+/// `retry_for`, within 5 s and a minute.
+fn start_retry(g: &Global) -> Duration {
+    let retry_for = match Settings::resolve(g, true).map(|s| s.store) {
+        Ok(StoreConfig::S3(s3)) => s3.retry_for,
+        _ => None,
+    };
+    retry_for
+        .unwrap_or(crate::store::settings::RETRY_FOR)
+        .clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
 fn log(msg: &str) {
@@ -310,7 +324,33 @@ pub fn run(g: &Global, a: &CreateArgs) -> Result<()> {
         session.require_snapshots()?;
         Ok::<_, Error>(session)
     };
-    let mut session = open()?;
+    crate::set_notice_prefix("vaultik daemon: warning:");
+    // An outage when the daemon starts is waited out: it never exits for
+    // one (a store that refuses it, or a config that is wrong, ends it).
+    let mut session = loop {
+        match open() {
+            Ok(s) => break s,
+            Err(
+                e @ Error::Store {
+                    attempts: Some(_), ..
+                },
+            ) => {
+                let wait = start_retry(g);
+                log(&format!(
+                    "error: cannot reach the store: {e}; trying again in {}",
+                    crate::span(wait.as_secs())
+                ));
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if STOP.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     loop {
         match serve(&session, quiet)? {
             Exit::Stop => {

@@ -31,7 +31,7 @@ impl Settings {
     /// The settings of a command; `config_required` for backups.
     pub fn resolve(g: &Global, config_required: bool) -> Result<Settings> {
         let config = load_config(g, config_required)?;
-        let store = with_env_credentials(store_config(g, config.as_ref())?);
+        let store = with_flags(g, with_env_credentials(store_config(g, config.as_ref())?));
         let c = config.as_ref();
         Ok(Settings {
             index_path: c
@@ -84,6 +84,17 @@ fn with_env_credentials(cfg: StoreConfig) -> StoreConfig {
         s3.ca_file = Some(v.into());
     }
     s3.aws = aws_env();
+    StoreConfig::S3(s3)
+}
+
+/// The store's flags, over the config's keys.
+fn with_flags(g: &Global, cfg: StoreConfig) -> StoreConfig {
+    let StoreConfig::S3(mut s3) = cfg else {
+        return cfg;
+    };
+    if let Some(d) = g.retry_for {
+        s3.retry_for = Some(d);
+    }
     StoreConfig::S3(s3)
 }
 
@@ -210,6 +221,7 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
                 .unwrap_or_default(),
             object_lock: from_cfg.as_ref().map(|s| s.object_lock).unwrap_or_default(),
             lock_for: from_cfg.as_ref().and_then(|s| s.lock_for),
+            retry_for: from_cfg.as_ref().and_then(|s| s.retry_for),
             ca_file: from_cfg.and_then(|s| s.ca_file),
             aws: AwsEnv::default(),
         }))

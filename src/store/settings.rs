@@ -8,6 +8,10 @@ use std::time::Duration;
 use super::class::StorageClass;
 use super::lock::LockMode;
 
+/// How long a request is tried through an outage when nothing says
+/// (`retry_for`): restic's 15 minutes.
+pub const RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+
 // Made once per command: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +37,9 @@ pub struct S3Config {
     pub object_lock: LockMode,
     /// How long; derived from the retention rules when None.
     pub lock_for: Option<Duration>,
+    /// How long a request is tried through an outage (`retry_for`; 15
+    /// minutes when None).
+    pub retry_for: Option<Duration>,
     /// What the AWS credential chain reads from the environment.
     pub aws: AwsEnv,
 }

@@ -27,6 +27,7 @@ mod leaks;
 mod monitor;
 mod newcomer;
 mod ops;
+mod outage;
 mod rescue;
 mod retention;
 mod streams;

@@ -135,6 +135,7 @@ pub(super) fn fake(answers: Vec<Answer>) -> (S3Store, Arc<Mutex<Vec<String>>>) {
     })
     .unwrap();
     store.attempts = 3;
+    store.backoff_first = Duration::from_millis(50);
     store.bounds = Bounds {
         stall: Duration::from_secs(5),
         base: Duration::from_secs(30),

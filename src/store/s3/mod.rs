@@ -1,7 +1,8 @@
 //! S3-compatible object storage: every request is presigned with rusty-s3
 //! and sent over one blocking ureq agent. Transient failures (transport
-//! errors, timeouts, 429, 5xx) are retried with bounded exponential backoff
-//! and jitter; other answers fail at once with the S3 error code.
+//! errors, timeouts, 429, 5xx) are retried for up to `retry_for` with
+//! exponential backoff and jitter (`Retry-After` and SlowDown honoured);
+//! other answers fail at once with the S3 error code.
 //!
 //! The server is not trusted (see `store/mod.rs`): no redirect is followed
 //! (a 3xx is a permanent error naming the endpoint), every answer is read
@@ -39,11 +40,11 @@ use super::lock::Lock;
 use super::versions::{self, Version};
 use super::{Listing, ObjectMeta, Op, Stats, Store, check_key, too_large};
 use crate::error::{Error, Result, StoreCause};
-use crate::store::settings::S3Config;
+use crate::store::settings::{RETRY_FOR, S3Config};
 use headers::{file_sha256, object_meta, put_headers};
 use list::LIST_PAGE_MAX;
 use sign::{Method, Req};
-use transport::{ATTEMPTS, BOUNDS, Bounds, Failure, Paced, shown};
+use transport::{BACKOFF_CAP, BACKOFF_FIRST, BOUNDS, Bounds, Failure, Paced, shown};
 pub(crate) use transport::load_roots;
 
 pub use headers::base64;
@@ -56,8 +57,18 @@ pub struct S3Store {
     endpoint: String,
     agent: ureq::Agent,
     stats: Stats,
-    /// Tries per request for transient failures.
+    /// How long a request is tried through transient failures
+    /// (`retry_for`), the first backoff and its cap (shorter in tests).
+    retry_for: Duration,
+    backoff_first: Duration,
+    backoff_cap: Duration,
+    /// At most this many tries (a bound for tests; no bound otherwise).
     attempts: u32,
+    /// Until when every request waits: the server asked (SlowDown,
+    /// `Retry-After`).
+    pause: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Since when the store fails, once announced (`transport::retry`).
+    outage: std::sync::Mutex<Option<std::time::Instant>>,
     /// Time bounds of every request (`BOUNDS`; shorter in tests).
     bounds: Bounds,
     /// The lock every PUT carries (`set_lock`).
@@ -115,7 +126,12 @@ impl S3Store {
             endpoint: cfg.endpoint.clone(),
             agent,
             stats: Stats::default(),
-            attempts: ATTEMPTS,
+            retry_for: cfg.retry_for.unwrap_or(RETRY_FOR),
+            backoff_first: BACKOFF_FIRST,
+            backoff_cap: BACKOFF_CAP,
+            attempts: u32::MAX,
+            pause: Default::default(),
+            outage: Default::default(),
             bounds: BOUNDS,
             lock: RwLock::new(None),
             put_versions: Default::default(),

@@ -10,11 +10,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::S3Store;
 use super::creds::CredError;
 use super::sign::{Req, Signed};
-use crate::error::{Error, Result, StoreCause};
+use crate::error::{Error, Result, StoreCause, Tried};
 use crate::store::Op;
 
-/// Tries per request for transient failures.
-pub(super) const ATTEMPTS: u32 = 6;
+/// The first wait after a failed attempt; it doubles up to `BACKOFF_CAP`.
+pub(super) const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between attempts (with jitter: 30 to 60 s).
+pub(super) const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` taken as it is said (a server asking for
+/// hours is asked again sooner).
+pub(super) const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Characters of a name the server chose (a Location, a key) that an error
 /// message shows.
 pub(super) const SHOWN_MAX: usize = 200;
@@ -93,6 +98,9 @@ pub(super) struct Failure {
     pub(super) retry: bool,
     pub(super) not_found: bool,
     pub(super) cause: StoreCause,
+    /// The server asked every client to slow down (503 SlowDown, 429,
+    /// `Retry-After`): the whole store waits at least this long.
+    pub(super) wait: Option<Duration>,
 }
 
 impl Failure {
@@ -102,6 +110,7 @@ impl Failure {
             retry: false,
             not_found: false,
             cause: StoreCause::Refused(msg),
+            wait: None,
         }
     }
 
@@ -111,6 +120,7 @@ impl Failure {
             retry: false,
             not_found: false,
             cause: StoreCause::Redirect(msg),
+            wait: None,
         }
     }
 
@@ -120,6 +130,7 @@ impl Failure {
             retry: true,
             not_found: false,
             cause: StoreCause::Transport(msg),
+            wait: None,
         }
     }
 }
@@ -134,39 +145,115 @@ impl From<CredError> for Failure {
             retry: e.transient,
             not_found: false,
             cause: StoreCause::Credentials(e.msg),
+            wait: None,
         }
     }
 }
 
 impl S3Store {
-    /// Run `attempt` until it succeeds, fails permanently, or runs out of tries.
+    /// Run `attempt` until it succeeds, fails permanently, or has been
+    /// failing for `retry_for` (or `attempts` tries, a bound for tests).
+    /// Between attempts: exponential backoff with jitter, from
+    /// `BACKOFF_FIRST` up to `BACKOFF_CAP`, and at least what the server
+    /// asked for (`Retry-After`, SlowDown), which every thread of the
+    /// store honours. The first outage of the run is announced on one line
+    /// (what failed, how long vaultik keeps trying), its end too.
     pub(super) fn retry<T>(
         &self,
         op: &'static str,
         key: &str,
         mut attempt: impl FnMut() -> Attempt<T>,
     ) -> Result<T> {
-        let attempts = self.attempts.max(1);
-        let mut delay = Duration::from_millis(200);
-        for n in 1..=attempts {
-            match attempt() {
-                Ok(v) => return Ok(v),
-                Err(f) if f.not_found => return Err(Error::NotFound { key: key.into() }),
-                Err(f) if !f.retry || n == attempts => {
-                    return Err(Error::Store {
-                        op,
-                        key: key.to_string(),
-                        cause: f.cause,
-                        attempts: f.retry.then_some(n),
-                    });
+        let start = Instant::now();
+        let deadline = start + self.retry_for;
+        let mut delay = self.backoff_first;
+        let mut n = 0u32;
+        loop {
+            self.wait_for_pause(deadline);
+            n += 1;
+            let f = match attempt() {
+                Ok(v) => {
+                    self.recovered();
+                    return Ok(v);
                 }
-                Err(_) => {
-                    std::thread::sleep(jitter(delay));
-                    delay = (delay * 2).min(Duration::from_secs(8));
-                }
+                Err(f) => f,
+            };
+            if f.not_found {
+                return Err(Error::NotFound { key: key.into() });
+            }
+            let now = Instant::now();
+            if !f.retry || n >= self.attempts.max(1) || now >= deadline {
+                return Err(Error::Store {
+                    op,
+                    key: key.to_string(),
+                    attempts: f.retry.then(|| Tried {
+                        attempts: n,
+                        secs: secs32(now.duration_since(start)),
+                        retry_for: secs32(self.retry_for),
+                    }),
+                    cause: f.cause,
+                });
+            }
+            let mut wait = jitter(delay);
+            if let Some(asked) = f.wait {
+                wait = wait.max(asked.min(RETRY_AFTER_MAX));
+                self.pause_all(now + wait);
+            }
+            // The last attempt at the deadline, not past it.
+            let wait = wait.min(deadline - now);
+            if n >= 2 {
+                self.announce(op, key, &f.cause);
+            }
+            std::thread::sleep(wait);
+            delay = delay.saturating_mul(2).min(self.backoff_cap);
+        }
+    }
+
+    /// Every request waits until a pause the server asked for is over (at
+    /// most until `deadline`).
+    fn wait_for_pause(&self, deadline: Instant) {
+        let until = *self.pause.lock().expect("pause poisoned by a panic");
+        if let Some(u) = until {
+            let now = Instant::now();
+            if u > now {
+                std::thread::sleep(u.min(deadline).saturating_duration_since(now));
             }
         }
-        unreachable!("the last attempt returns")
+    }
+
+    fn pause_all(&self, until: Instant) {
+        let mut p = self.pause.lock().expect("pause poisoned by a panic");
+        if p.is_none_or(|u| u < until) {
+            *p = Some(until);
+        }
+    }
+
+    /// Say once that the store is failing, and for how long vaultik keeps
+    /// trying a request.
+    fn announce(&self, op: &str, key: &str, cause: &StoreCause) {
+        let mut o = self.outage.lock().expect("outage poisoned by a panic");
+        if o.is_some() {
+            return;
+        }
+        *o = Some(Instant::now());
+        let until = crate::time::now().saturating_add(self.retry_for.as_secs());
+        crate::notice(&format!(
+            "the store is unreachable or failing ({op} {key}: {cause}); vaultik keeps \
+             trying each request for up to {} (retry_for), until {}",
+            crate::span(self.retry_for.as_secs()),
+            crate::time::display(until)
+        ));
+    }
+
+    /// An answer after an announced outage: say that it is over.
+    fn recovered(&self) {
+        let mut o = self.outage.lock().expect("outage poisoned by a panic");
+        if let Some(since) = o.take() {
+            crate::notice(&format!(
+                "the store answers again, after {}",
+                crate::span(since.elapsed().as_secs())
+            ));
+        }
     }
 
     /// One GET of a small answer (a listing page, a bucket setting) at
@@ -236,6 +323,7 @@ impl S3Store {
             } else {
                 StoreCause::Transport(msg)
             },
+            wait: None,
         }
     }
 
@@ -245,6 +333,14 @@ impl S3Store {
             return self.redirect(resp);
         }
         let status = resp.status().as_u16();
+        // `Retry-After: SECONDS` (an HTTP date is not taken: the server's
+        // clock is not ours).
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let mut body = Vec::new();
         // What fails here only leaves the code out of the message.
         let _ = Paced::new(resp.body_mut().as_reader(), self.bounds, self.bounds.base)
@@ -274,6 +370,10 @@ impl S3Store {
                 };
             }
         }
+        // Asked to slow down: the whole store waits, at least a backoff
+        // step (`retry` takes the longer of the two).
+        let slow = status == 429 || code == "SlowDown" || code == "RequestLimitExceeded";
+        let wait = retry_after.or(slow.then_some(Duration::ZERO));
         Failure {
             // 501 Not Implemented will not be implemented by asking again.
             retry: status == 429 || (status >= 500 && status != 501),
@@ -283,6 +383,7 @@ impl S3Store {
                 code,
                 message,
             },
+            wait,
         }
     }
 
@@ -424,6 +525,11 @@ pub(crate) fn load_roots(path: &Path) -> Result<ureq::tls::RootCerts> {
     Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
+/// Whole seconds, within a u32 (136 years).
+fn secs32(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
 /// Between half and all of `d`, so that parallel clients spread out.
 pub(super) fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now()
@@ -473,6 +579,86 @@ mod tests {
             "{e}"
         );
         assert!(e.contains(&format!("p/{K}")), "names the key: {e}");
+    }
+
+    #[test]
+    fn retries_are_bounded_by_time_not_tries() {
+        // Three 500s, then nothing listens: every attempt fails until
+        // retry_for has passed, however many attempts that takes.
+        let (mut s, seen) = fake(vec![
+            answer("500 Internal Server Error", b""),
+            answer("500 Internal Server Error", b""),
+            answer("500 Internal Server Error", b""),
+        ]);
+        s.attempts = u32::MAX;
+        s.retry_for = Duration::from_millis(1500);
+        s.backoff_first = Duration::from_millis(20);
+        s.backoff_cap = Duration::from_millis(200);
+        let t = Instant::now();
+        let e = s.get(K, 100).unwrap_err().to_string();
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert!(e.contains("retry_for is 1s"), "{e}");
+        let n: u32 = e
+            .split("(after ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 6, "more tries than the old bound of 6: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn retry_after_and_slow_down_are_honoured() {
+        let (mut s, seen) = fake(vec![
+            Answer {
+                headers: vec!["Retry-After: 2".into()],
+                ..answer("503 Service Unavailable", b"")
+            },
+            answer("200 OK", b"hi"),
+        ]);
+        s.backoff_cap = Duration::from_millis(100);
+        let t = Instant::now();
+        assert_eq!(s.get(K, 100).unwrap(), b"hi");
+        assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // SlowDown: the whole store waits, not only the request told.
+        let (mut s, _) = fake(vec![
+            answer(
+                "503 Slow Down",
+                b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>",
+            ),
+            answer("200 OK", b"a"),
+            answer("200 OK", b"b"),
+        ]);
+        s.backoff_first = Duration::from_millis(800);
+        let t = Instant::now();
+        assert_eq!(s.get(K, 100).unwrap(), b"a");
+        let first = t.elapsed();
+        assert!(first >= Duration::from_millis(400), "{first:?}");
+        *s.pause.lock().unwrap() = Some(Instant::now() + Duration::from_millis(700));
+        let t = Instant::now();
+        assert_eq!(s.get(K, 100).unwrap(), b"b");
+        assert!(
+            t.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
+        let (s, _) = fake(vec![answer(
+            "503 Slow Down",
+            b"<Error><Code>SlowDown</Code></Error>",
+        )]);
+        let mut resp = ureq::http::Response::builder()
+            .status(503)
+            .body(ureq::Body::builder().data("<Error><Code>SlowDown</Code></Error>"))
+            .unwrap();
+        let f = s.status_failure(&mut resp);
+        assert!(f.retry && f.wait == Some(Duration::ZERO));
     }
 
     #[test]
