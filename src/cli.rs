@@ -54,6 +54,9 @@ Global flags:
   --region REGION    S3 region; overrides the config ($VAULTIK_S3_REGION, default us-east-1)
   --retry-for DURATION
                      how long a store request is tried through an outage (default 15m)
+  --limit-upload RATE, --limit-download RATE
+                     bytes per second to and from the store, all threads (10MB, 5MiB/s)
+  --connections N    store requests in flight at most, all threads
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -337,6 +340,11 @@ pub struct Global {
     /// `--retry-for DURATION`: how long a store request is tried through
     /// an outage (the config's `retry_for`).
     pub retry_for: Option<std::time::Duration>,
+    /// `--limit-upload`, `--limit-download` (bytes per second) and
+    /// `--connections`, over the config's keys.
+    pub limit_upload: Option<u64>,
+    pub limit_download: Option<u64>,
+    pub connections: Option<usize>,
 }
 
 /// `snapshot create`
@@ -543,7 +551,16 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 5] = ["config", "store", "endpoint", "region", "retry-for"];
+const GLOBAL_FLAGS: [&str; 8] = [
+    "config",
+    "store",
+    "endpoint",
+    "region",
+    "retry-for",
+    "limit-upload",
+    "limit-download",
+    "connections",
+];
 
 /// An argument that is not a global flag, owned (so that the parser can
 /// be asked for an option's value while it is matched).
@@ -613,6 +630,36 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
                         "--retry-for: expected a duration like 15m, found `{v}`"
                     ))
                 })?);
+            }
+            "limit-upload" | "limit-download" => {
+                let flag = format!("--{name}");
+                let v = string(v, &flag)?;
+                let rate = crate::config::parse_rate(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{flag}: expected bytes per second like 10MB or 5MiB/s, at least {}, \
+                         found `{v}`",
+                        crate::config::RATE_MIN
+                    ))
+                })?;
+                if name == "limit-upload" {
+                    g.limit_upload = Some(rate);
+                } else {
+                    g.limit_download = Some(rate);
+                }
+            }
+            "connections" => {
+                let v = string(v, "--connections")?;
+                let max = crate::config::CONNECTIONS_MAX;
+                g.connections = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| {
+                            Error::Usage(format!(
+                                "--connections: expected a number from 1 to {max}, found `{v}`"
+                            ))
+                        })?,
+                );
             }
             _ => g.region = Some(string(v, "--region")?),
         }
@@ -1194,6 +1241,26 @@ mod tests {
     fn store_transport_flags() {
         let (g, _) = parse_str("store info --retry-for 2h").unwrap();
         assert_eq!(g.retry_for, Some(std::time::Duration::from_secs(7200)));
+        let (g, _) =
+            parse_str("--limit-upload 2MiB/s store info --limit-download 1MB --connections 3")
+                .unwrap();
+        assert_eq!(
+            (g.limit_upload, g.limit_download, g.connections),
+            (Some(2 << 20), Some(1_000_000), Some(3))
+        );
+        for (args, want) in [
+            (
+                "--limit-upload 1 store info",
+                "--limit-upload: expected bytes per second",
+            ),
+            (
+                "--connections 99 store info",
+                "--connections: expected a number from 1 to 64",
+            ),
+        ] {
+            let e = parse_str(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args}: {e}");
+        }
         let e = parse_str("--retry-for later store info")
             .unwrap_err()
             .to_string();

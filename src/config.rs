@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, IoContext, Result};
 use crate::store::class::StorageClass;
 use crate::store::lock::LockMode;
-use crate::store::settings::{S3Config, StoreConfig};
+use crate::store::settings::{Checksum, S3Config, StoreConfig, UrlStyle};
 
 pub const DEFAULT_CONFIG: &str = "/etc/vaultik/vaultik.conf";
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -424,6 +424,15 @@ impl Line<'_> {
         Ok(())
     }
 
+    /// Bytes per second (`limit_upload`, `limit_download`).
+    fn rate(&self) -> Result<u64> {
+        parse_rate(self.value).ok_or_else(|| {
+            self.bad(&format!(
+                "expected bytes per second like 10MB or 5MiB/s, at least {RATE_MIN}"
+            ))
+        })
+    }
+
     fn duration(&self, example: &str) -> Result<Duration> {
         parse_duration(self.value)
             .ok_or_else(|| self.bad(&format!("expected a duration like {example}")))
@@ -599,6 +608,29 @@ impl Parsing {
                 s.lock_for = Some(d);
             }
             "retry_for" => s.retry_for = Some(l.duration("15m")?),
+            "limit_upload" => s.limit_upload = Some(l.rate()?),
+            "limit_download" => s.limit_download = Some(l.rate()?),
+            "connections" => {
+                s.connections = Some(
+                    l.value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
+                        .ok_or_else(|| {
+                            l.bad(&format!("expected a number from 1 to {CONNECTIONS_MAX}"))
+                        })?,
+                )
+            }
+            "checksum" => {
+                s.checksum = Checksum::parse(value).ok_or_else(|| {
+                    l.bad(&format!("expected one of {}", Checksum::NAMES.join(", ")))
+                })?
+            }
+            "url_style" => {
+                s.url_style = UrlStyle::parse(value).ok_or_else(|| {
+                    l.bad(&format!("expected one of {}", UrlStyle::NAMES.join(", ")))
+                })?
+            }
             key => return Err(l.err(format!("unknown key `{key}` in [s3]"))),
         }
         Ok(())
@@ -652,6 +684,14 @@ impl Parsing {
                 }
                 if s.endpoint.is_empty() {
                     return Err(self.err(n, "[s3] needs `endpoint`".into()));
+                }
+                if s.object_lock.is_on() && s.checksum == Checksum::None {
+                    return Err(self.err(
+                        n,
+                        "[s3] has `object_lock` with `checksum = none`: S3 wants a checksum \
+                         with every locked PUT (set `checksum = md5` or `sha256`)"
+                            .into(),
+                    ));
                 }
                 if s.lock_for.is_some() && !s.object_lock.is_on() {
                     return Err(self.err(
@@ -816,6 +856,19 @@ pub fn parse_size(s: &str) -> Option<u64> {
     let f: f64 = num.parse().ok()?;
     let v = f * mult as f64;
     (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// The most requests in flight `connections` may allow.
+pub const CONNECTIONS_MAX: usize = 64;
+/// The smallest bandwidth limit taken, in bytes per second.
+pub const RATE_MIN: u64 = 1024;
+
+/// A bandwidth limit: a size per second (`10MB`, `5MiB/s`, `800KB/s`), at
+/// least `RATE_MIN`.
+pub fn parse_rate(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s.strip_suffix("/s").unwrap_or(s);
+    parse_size(s).filter(|n| *n >= RATE_MIN)
 }
 
 /// `30s`, `15m`, `1h`, `7d`, `2w`, `6mo`, `1y`; several may be combined (`1h30m`).
@@ -1047,6 +1100,65 @@ mod tests {
         match cfg.store.as_ref().unwrap() {
             StoreConfig::S3(s) => assert_eq!(s.retry_for, Some(Duration::from_secs(5400))),
             other => panic!("{other:?}"),
+        }
+        let cfg =
+            parse("[s3]\nendpoint = http://x\nbucket = b\nchecksum = MD5\nurl_style = virtual\n")
+                .unwrap();
+        match cfg.store.as_ref().unwrap() {
+            StoreConfig::S3(s) => {
+                assert_eq!(
+                    (s.checksum, s.url_style),
+                    (Checksum::Md5, UrlStyle::Virtual)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for (text, want) in [
+            (
+                "[s3]\nchecksum = crc32\n",
+                ":2: `checksum`: expected one of sha256, md5, none, found `crc32`",
+            ),
+            (
+                "[s3]\nurl_style = dns\n",
+                ":2: `url_style`: expected one of auto, path, virtual, found `dns`",
+            ),
+            (
+                "[s3]\nendpoint = http://x\nbucket = b\nobject_lock = compliance\n\
+                 lock_for = 1d\nchecksum = none\n",
+                ":1: [s3] has `object_lock` with `checksum = none`",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let cfg = parse(
+            "[s3]\nendpoint = http://x\nbucket = b\nlimit_upload = 10MB\n\
+             limit_download = 5MiB/s\nconnections = 4\n",
+        )
+        .unwrap();
+        match cfg.store.as_ref().unwrap() {
+            StoreConfig::S3(s) => assert_eq!(
+                (s.limit_upload, s.limit_download, s.connections),
+                (Some(10_000_000), Some(5 << 20), Some(4))
+            ),
+            other => panic!("{other:?}"),
+        }
+        for (text, want) in [
+            (
+                "[s3]\nlimit_upload = fast\n",
+                ":2: `limit_upload`: expected bytes per second like 10MB or 5MiB/s, at least 1024",
+            ),
+            (
+                "[s3]\nlimit_download = 10\n",
+                ":2: `limit_download`: expected",
+            ),
+            (
+                "[s3]\nconnections = 0\n",
+                ":2: `connections`: expected a number from 1 to 64, found `0`",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
         }
         let e = parse("[s3]\nretry_for = soon\n").unwrap_err().to_string();
         assert!(

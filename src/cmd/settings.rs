@@ -95,6 +95,15 @@ fn with_flags(g: &Global, cfg: StoreConfig) -> StoreConfig {
     if let Some(d) = g.retry_for {
         s3.retry_for = Some(d);
     }
+    if let Some(l) = g.limit_upload {
+        s3.limit_upload = Some(l);
+    }
+    if let Some(l) = g.limit_download {
+        s3.limit_download = Some(l);
+    }
+    if let Some(n) = g.connections {
+        s3.connections = Some(n);
+    }
     StoreConfig::S3(s3)
 }
 
@@ -222,6 +231,11 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
             object_lock: from_cfg.as_ref().map(|s| s.object_lock).unwrap_or_default(),
             lock_for: from_cfg.as_ref().and_then(|s| s.lock_for),
             retry_for: from_cfg.as_ref().and_then(|s| s.retry_for),
+            checksum: from_cfg.as_ref().map(|s| s.checksum).unwrap_or_default(),
+            url_style: from_cfg.as_ref().map(|s| s.url_style).unwrap_or_default(),
+            limit_upload: from_cfg.as_ref().and_then(|s| s.limit_upload),
+            limit_download: from_cfg.as_ref().and_then(|s| s.limit_download),
+            connections: from_cfg.as_ref().and_then(|s| s.connections),
             ca_file: from_cfg.and_then(|s| s.ca_file),
             aws: AwsEnv::default(),
         }))

@@ -40,6 +40,16 @@ pub struct S3Config {
     /// How long a request is tried through an outage (`retry_for`; 15
     /// minutes when None).
     pub retry_for: Option<Duration>,
+    /// The checksum every PUT carries (`checksum`).
+    pub checksum: Checksum,
+    /// How a request names the bucket (`url_style`).
+    pub url_style: UrlStyle,
+    /// Bytes per second, across every thread (`limit_upload`,
+    /// `limit_download`); None: no limit.
+    pub limit_upload: Option<u64>,
+    pub limit_download: Option<u64>,
+    /// Requests in flight at most, across every thread (`connections`).
+    pub connections: Option<usize>,
     /// What the AWS credential chain reads from the environment.
     pub aws: AwsEnv,
 }
@@ -94,5 +104,88 @@ impl std::fmt::Debug for AwsEnv {
             .field("profile", &self.profile)
             .field("container_token", &set(self.container_token.is_some()))
             .finish_non_exhaustive()
+    }
+}
+
+/// The checksum a PUT carries, which the server checks against the body
+/// (`checksum` in `[s3]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checksum {
+    /// `x-amz-checksum-sha256` (with `x-amz-sdk-checksum-algorithm`): the
+    /// server keeps it, and `verify --checksums` compares it with the
+    /// blob's name. AWS, MinIO, Ceph, Garage.
+    #[default]
+    Sha256,
+    /// `Content-MD5`: checked by the server, not kept in a form vaultik
+    /// reads back (B2, GCS, providers that refuse the SHA-256 headers).
+    Md5,
+    /// None but the signature's own payload hash (`x-amz-content-sha256`,
+    /// which SigV4 requires). Not with Object Lock, which needs one.
+    None,
+}
+
+impl Checksum {
+    pub const NAMES: [&'static str; 3] = ["sha256", "md5", "none"];
+
+    pub fn parse(s: &str) -> Option<Checksum> {
+        match s.to_ascii_lowercase().as_str() {
+            "sha256" => Some(Checksum::Sha256),
+            "md5" => Some(Checksum::Md5),
+            "none" => Some(Checksum::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Checksum::Sha256 => "sha256",
+            Checksum::Md5 => "md5",
+            Checksum::None => "none",
+        }
+    }
+}
+
+/// How requests name the bucket (`url_style` in `[s3]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UrlStyle {
+    /// Virtual-hosted for AWS endpoints (`*.amazonaws.com`) and a bucket
+    /// name without dots, path-style otherwise.
+    #[default]
+    Auto,
+    /// `https://ENDPOINT/BUCKET/KEY`.
+    Path,
+    /// `https://BUCKET.ENDPOINT/KEY` (Alibaba OSS takes no other).
+    Virtual,
+}
+
+impl UrlStyle {
+    pub const NAMES: [&'static str; 3] = ["auto", "path", "virtual"];
+
+    pub fn parse(s: &str) -> Option<UrlStyle> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(UrlStyle::Auto),
+            "path" => Some(UrlStyle::Path),
+            "virtual" => Some(UrlStyle::Virtual),
+            _ => None,
+        }
+    }
+
+    /// Whether `bucket` at `endpoint` is named in the host.
+    pub fn virtual_host(self, endpoint: &str, bucket: &str) -> bool {
+        match self {
+            UrlStyle::Path => false,
+            UrlStyle::Virtual => true,
+            UrlStyle::Auto => {
+                let host = endpoint
+                    .split_once("://")
+                    .map_or(endpoint, |(_, rest)| rest)
+                    .split(['/', ':'])
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                (host == "amazonaws.com" || host.ends_with(".amazonaws.com"))
+                    && !bucket.contains('.')
+            }
+        }
     }
 }

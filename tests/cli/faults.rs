@@ -147,3 +147,66 @@ fn persistent_s3_faults_fail_clearly_and_record_nothing() {
         }
     }
 }
+
+/// A provider that refuses the SHA-256 checksum headers, as Backblaze B2
+/// does: the default fails on one line naming the setting; `checksum =
+/// md5` and `checksum = none` back up and restore, and send none of them.
+#[test]
+fn a_refusal_of_checksum_headers_names_the_setting() {
+    let mut env = env_with_blobs();
+    let proxy = faults::start(
+        &env.endpoint,
+        vec![
+            rule(
+                "PUT",
+                "/",
+                100_000,
+                Fault::RefuseHeader("x-amz-checksum-sha256"),
+            ),
+            rule(
+                "PUT",
+                "/",
+                100_000,
+                Fault::RefuseHeader("x-amz-sdk-checksum-algorithm"),
+            ),
+        ],
+    );
+    env.endpoint = proxy.endpoint.clone();
+    env.write_config();
+    let out = env.run(&["snapshot", "create"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("HTTP 400 InvalidArgument: Unsupported header 'x-amz-checksum-sha256'")
+            && err.contains(
+                "(the provider refuses the headers of `checksum = sha256`: set \
+                 `checksum = md5` or `checksum = none` in [s3])"
+            ),
+        "{err}"
+    );
+    let refused = proxy.count(Fault::RefuseHeader("x-amz-checksum-sha256"));
+    assert_eq!(refused, 1, "not retried");
+    for (i, setting) in ["md5", "none"].into_iter().enumerate() {
+        env.s3_extra = vec![format!("checksum = {setting}")];
+        env.write_config();
+        std::fs::write(env.src().join(format!("new{i}")), setting).unwrap();
+        env.settle();
+        env.create();
+        let target = env.path().join(format!("r-{setting}"));
+        env.restore_ok("latest", &target, &[]);
+        assert_same_tree(&env.src(), &restored(&target, &env.src()));
+        // verify --checksums says the store keeps none it can compare.
+        let out = env.run(&["snapshot", "verify", "latest", "--checksums", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        proxy.count(Fault::RefuseHeader("x-amz-checksum-sha256")),
+        refused,
+        "md5 and none send no SHA-256 header"
+    );
+    assert_eq!(
+        proxy.count(Fault::RefuseHeader("x-amz-sdk-checksum-algorithm")),
+        0
+    );
+}

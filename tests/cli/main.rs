@@ -24,6 +24,7 @@ mod hostile_xattrs;
 mod identity;
 mod immutable;
 mod leaks;
+mod limits;
 mod monitor;
 mod newcomer;
 mod ops;

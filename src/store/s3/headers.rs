@@ -11,18 +11,32 @@ use super::Headers;
 use super::transport::shown;
 use crate::error::{Error, Result};
 use crate::store::class::StorageClass;
+use crate::store::settings::Checksum;
 use crate::store::{ObjectMeta, ThawState};
 
-/// Why a listing is refused.
-/// The headers of a PUT: the SHA-256 of the body (the server checks it
-/// and keeps it; some servers, moto among them, keep it only when the
-/// algorithm is named too, as the AWS SDKs do) and, past STANDARD, the
-/// storage class.
-pub(super) fn put_headers(sha256: [u8; 32], class: StorageClass) -> Headers {
-    let mut h = vec![
-        ("x-amz-checksum-sha256", base64(&sha256)),
-        ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
-    ];
+/// The headers of a PUT: its checksum, as `checksum` says (SHA-256: the
+/// server checks it and keeps it; some servers, moto among them, keep it
+/// only when the algorithm is named too, as the AWS SDKs do; MD5: checked,
+/// `Content-MD5`), and, past STANDARD, the storage class.
+pub(super) fn put_headers(
+    checksum: Checksum,
+    sha256: [u8; 32],
+    md5: Option<[u8; 16]>,
+    class: StorageClass,
+) -> Headers {
+    let mut h = Vec::new();
+    match checksum {
+        Checksum::Sha256 => {
+            h.push(("x-amz-checksum-sha256", base64(&sha256)));
+            h.push(("x-amz-sdk-checksum-algorithm", "SHA256".to_string()));
+        }
+        Checksum::Md5 => {
+            if let Some(m) = md5 {
+                h.push(("content-md5", base64(&m)));
+            }
+        }
+        Checksum::None => {}
+    }
     if class != StorageClass::Standard {
         h.push(("x-amz-storage-class", class.name().to_string()));
     }
@@ -31,16 +45,25 @@ pub(super) fn put_headers(sha256: [u8; 32], class: StorageClass) -> Headers {
 
 /// The SHA-256 of the file at `path` (a run's own temporary file).
 pub(super) fn file_sha256(path: &Path) -> Result<[u8; 32]> {
+    file_digest::<Sha256>(path).map(Into::into)
+}
+
+/// The MD5 of the file at `path`, for `Content-MD5`.
+pub(super) fn file_md5(path: &Path) -> Result<[u8; 16]> {
+    file_digest::<md5::Md5>(path).map(Into::into)
+}
+
+fn file_digest<D: Digest>(path: &Path) -> Result<sha2::digest::Output<D>> {
     let mut f = File::open(path).map_err(|e| Error::Io {
         op: "open",
         path: path.to_path_buf(),
         source: e,
     })?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
         match f.read(&mut buf) {
-            Ok(0) => return Ok(h.finalize().into()),
+            Ok(0) => return Ok(h.finalize()),
             Ok(n) => h.update(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {

@@ -13,10 +13,12 @@
 //! `sign.rs` (signing), `transport.rs` (sending: time bounds, retries,
 //! answers read within limits), `headers.rs` (what a PUT carries and a
 //! HEAD says), `list.rs` (listings of objects and of versions), `lock.rs`
-//! (the bucket's versioning and Object Lock, lock extensions).
+//! (the bucket's versioning and Object Lock, lock extensions), `limit.rs`
+//! (bandwidth limits and requests in flight, shared by every thread).
 
 mod creds;
 mod headers;
+mod limit;
 mod list;
 mod lock;
 mod sign;
@@ -40,8 +42,8 @@ use super::lock::Lock;
 use super::versions::{self, Version};
 use super::{Listing, ObjectMeta, Op, Stats, Store, check_key, too_large};
 use crate::error::{Error, Result, StoreCause};
-use crate::store::settings::{RETRY_FOR, S3Config};
-use headers::{file_sha256, object_meta, put_headers};
+use crate::store::settings::{Checksum, RETRY_FOR, S3Config};
+use headers::{file_md5, file_sha256, object_meta, put_headers};
 use list::LIST_PAGE_MAX;
 use sign::{Method, Req};
 use transport::{BACKOFF_CAP, BACKOFF_FIRST, BOUNDS, Bounds, Failure, Paced, shown};
@@ -71,6 +73,13 @@ pub struct S3Store {
     outage: std::sync::Mutex<Option<std::time::Instant>>,
     /// Time bounds of every request (`BOUNDS`; shorter in tests).
     bounds: Bounds,
+    /// The checksum every PUT carries (`checksum`).
+    checksum: Checksum,
+    /// Bandwidth limits (`limit_upload`, `limit_download`) and requests in
+    /// flight (`connections`), shared by every thread.
+    up: Option<limit::Rate>,
+    down: Option<limit::Rate>,
+    slots: limit::Slots,
     /// The lock every PUT carries (`set_lock`).
     lock: RwLock<Option<Lock>>,
     /// The version id S3 gave each blob put by this process, until taken
@@ -87,13 +96,13 @@ impl S3Store {
             .endpoint
             .parse()
             .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
-        let bucket = Bucket::new(
-            endpoint,
-            UrlStyle::Path,
-            cfg.bucket.clone(),
-            cfg.region.clone(),
-        )
-        .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
+        let style = if cfg.url_style.virtual_host(&cfg.endpoint, &cfg.bucket) {
+            UrlStyle::VirtualHost
+        } else {
+            UrlStyle::Path
+        };
+        let bucket = Bucket::new(endpoint, style, cfg.bucket.clone(), cfg.region.clone())
+            .map_err(|e| Error::Setup(format!("S3 endpoint `{}`: {e}", cfg.endpoint)))?;
         let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // A 3xx is returned as it is, and refused (`redirect`): followed,
@@ -132,7 +141,11 @@ impl S3Store {
             attempts: u32::MAX,
             pause: Default::default(),
             outage: Default::default(),
-            bounds: BOUNDS,
+            bounds: limited_bounds(cfg),
+            checksum: cfg.checksum,
+            up: cfg.limit_upload.map(limit::Rate::new),
+            down: cfg.limit_download.map(limit::Rate::new),
+            slots: limit::Slots::new(cfg.connections),
             lock: RwLock::new(None),
             put_versions: Default::default(),
         })
@@ -147,10 +160,11 @@ impl S3Store {
         check_key(op, key).map(|k| self.full_key(k))
     }
 
-    /// The headers of a PUT of an object whose SHA-256 is `sha256`, in
-    /// `class`, with the lock when one is set.
-    fn headers_for(&self, sha256: [u8; 32], class: StorageClass) -> Headers {
-        let mut h = put_headers(sha256, class);
+    /// The headers of a PUT of an object whose SHA-256 is `sha256` (and
+    /// MD5 `md5`, asked for with `checksum = md5`), in `class`, with the
+    /// lock when one is set.
+    fn headers_for(&self, sha256: [u8; 32], md5: Option<[u8; 16]>, class: StorageClass) -> Headers {
+        let mut h = put_headers(self.checksum, sha256, md5, class);
         if let Some(lock) = *self.lock.read().expect("lock setting poisoned by a panic") {
             h.extend(lock.headers());
         }
@@ -209,7 +223,7 @@ impl S3Store {
             .checked_add(len.max(1) - 1)
             .ok_or_else(|| Error::store("GET", &full, format!("range {start}+{len} overflows")))?;
         let range = format!("bytes={start}-{last}");
-        let body = self.retry("GET", &full, || {
+        let (body, permit) = self.retry_with("GET", &full, |permit| {
             let mut req = Req::new(Method::Get, Some(&full));
             req.unsigned.push(("range", range.clone()));
             if let Some(v) = version {
@@ -220,15 +234,21 @@ impl S3Store {
             self.stats.count(Op::Get, 0, 0);
             let mut resp = resp.map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
-                206 => Ok(resp.into_body().into_reader()),
+                206 => Ok((resp.into_body().into_reader(), permit)),
                 200 => Err(Failure::transient(format!(
                     "asked for {range}, got the whole object (HTTP 200): Range ignored"
                 ))),
                 _ => Err(self.status_failure(&mut resp)),
             }
         })?;
+        // The slot is held until the body's last byte is read.
+        let paced = Paced::new(body, self.bounds, self.bounds.total(len));
         Ok(Box::new(super::Exact {
-            inner: Paced::new(body, self.bounds, self.bounds.total(len)),
+            inner: limit::Held {
+                inner: limit::Throttled::new(paced, self.down.as_ref()),
+                permit: Some(permit),
+                remaining: len,
+            },
             remaining: len,
             received: &self.stats.bytes_received,
         }))
@@ -239,7 +259,8 @@ impl S3Store {
     fn put_small(&self, key: &str, data: &[u8], only_new: bool) -> Result<bool> {
         let full = self.checked("PUT", key)?;
         let sha: [u8; 32] = Sha256::digest(data).into();
-        let mut headers = self.headers_for(sha, StorageClass::Standard);
+        let md5 = (self.checksum == Checksum::Md5).then(|| md5::Md5::digest(data).into());
+        let mut headers = self.headers_for(sha, md5, StorageClass::Standard);
         if only_new {
             headers.push(("if-none-match", "*".into()));
         }
@@ -248,10 +269,16 @@ impl S3Store {
             req.headers = headers.clone();
             let s = self.signed(&req)?;
             self.stats.count(Op::Put, data.len() as u64, 0);
-            let mut resp = s
-                .apply(self.bounded(self.agent.put(&s.url), Some(data.len() as u64)))
-                .send(data)
-                .map_err(|e| self.transport(e))?;
+            let rb = s.apply(self.bounded(self.agent.put(&s.url), Some(data.len() as u64)));
+            let mut resp = match &self.up {
+                None => rb.send(data),
+                Some(rate) => {
+                    let mut body = limit::Throttled::new(data, Some(rate));
+                    rb.header("content-length", data.len().to_string())
+                        .send(ureq::SendBody::from_reader(&mut body))
+                }
+            }
+            .map_err(|e| self.transport(e))?;
             match resp.status().as_u16() {
                 // Taken (by another host, or by this request's own first
                 // attempt: the caller reads what is there).
@@ -260,6 +287,20 @@ impl S3Store {
                 _ => Err(self.status_failure(&mut resp)),
             }
         })
+    }
+}
+
+/// The time bounds of requests: under a bandwidth limit, a request may be
+/// as slow as its share of it (a sixteenth: more threads than that seldom
+/// move bodies at once).
+fn limited_bounds(cfg: &S3Config) -> Bounds {
+    let slowest = [cfg.limit_upload, cfg.limit_download]
+        .into_iter()
+        .flatten()
+        .min();
+    Bounds {
+        rate: slowest.map_or(BOUNDS.rate, |l| BOUNDS.rate.min((l / 16).max(1))),
+        ..BOUNDS
     }
 }
 
@@ -282,7 +323,11 @@ impl Store for S3Store {
             Some(crate::layout::Key::Blob(hash)) => (hash, class),
             _ => (file_sha256(path)?, StorageClass::Standard),
         };
-        let headers = self.headers_for(sha, class);
+        let md5 = match self.checksum {
+            Checksum::Md5 => Some(file_md5(path)?),
+            _ => None,
+        };
+        let headers = self.headers_for(sha, md5, class);
         self.retry("PUT", &full, || {
             let file = File::open(path)
                 .map_err(|e| Failure::permanent(format!("cannot open {}: {e}", path.display())))?;
@@ -291,11 +336,18 @@ impl Store for S3Store {
             req.headers = headers.clone();
             let s = self.signed(&req)?;
             self.stats.count(Op::Put, len, 0);
-            // ureq sends a File with its length as Content-Length (never chunked).
-            let mut resp = s
-                .apply(self.bounded(self.agent.put(&s.url), Some(len)))
-                .send(&file)
-                .map_err(|e| self.transport(e))?;
+            // ureq sends a File with its length as Content-Length (never
+            // chunked); a throttled one with the length said.
+            let rb = s.apply(self.bounded(self.agent.put(&s.url), Some(len)));
+            let mut resp = match &self.up {
+                None => rb.send(&file),
+                Some(rate) => {
+                    let mut body = limit::Throttled::new(&file, Some(rate));
+                    rb.header("content-length", len.to_string())
+                        .send(ureq::SendBody::from_reader(&mut body))
+                }
+            }
+            .map_err(|e| self.transport(e))?;
             if resp.status().is_success() {
                 Ok(resp
                     .headers()
@@ -376,7 +428,7 @@ impl Store for S3Store {
     }
 
     fn keeps_checksums(&self) -> bool {
-        true
+        self.checksum == Checksum::Sha256
     }
 
     fn request_thaw(&self, key: &str, days: u32, tier: Tier) -> Result<bool> {
@@ -550,6 +602,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use crate::store::s3::fake::*;
+    use crate::store::settings::UrlStyle;
 
     #[test]
     fn a_200_to_a_range_request_is_refused() {
@@ -613,6 +666,86 @@ mod tests {
         assert_eq!(
             s.stats().restore.load(std::sync::atomic::Ordering::Relaxed),
             1
+        );
+    }
+
+    #[test]
+    fn puts_carry_the_checksum_the_setting_names() {
+        let (mut s, heads) = fake(vec![answer("200 OK", b""), answer("200 OK", b"")]);
+        s.checksum = Checksum::Md5;
+        s.put_bytes(K, b"{}").unwrap();
+        s.checksum = Checksum::None;
+        s.put_bytes(K, b"{}").unwrap();
+        let heads = heads.lock().unwrap();
+        let md5 = base64(&md5::Md5::digest(b"{}")).to_ascii_lowercase();
+        let (first, second) = (heads[0].to_ascii_lowercase(), heads[1].to_ascii_lowercase());
+        assert!(first.contains(&format!("content-md5: {md5}")), "{first}");
+        for h in [&first, &second] {
+            assert!(!h.contains("x-amz-checksum"), "{h}");
+            assert!(!h.contains("x-amz-sdk-checksum-algorithm"), "{h}");
+        }
+        assert!(!second.contains("content-md5"), "{second}");
+        // SigV4's own payload hash stays.
+        assert!(second.contains("x-amz-content-sha256: "), "{second}");
+        assert!(
+            !s.keeps_checksums(),
+            "verify --checksums has none to compare"
+        );
+    }
+
+    #[test]
+    fn url_style_puts_the_bucket_in_the_host_or_the_path() {
+        let at = |endpoint: &str, bucket: &str, style| {
+            let s = S3Store::open(&S3Config {
+                endpoint: endpoint.into(),
+                bucket: bucket.into(),
+                prefix: "p/".into(),
+                region: "eu-west-1".into(),
+                url_style: style,
+                ..Default::default()
+            })
+            .unwrap();
+            let signed = s.sign_with(
+                &Req::new(Method::Get, Some("p/k")),
+                Some(&creds::Creds::new("AKID", "secret", None)),
+                1_700_000_000,
+            );
+            let host = signed
+                .headers
+                .iter()
+                .find(|(k, _)| k == "host")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            (signed.url, host)
+        };
+        let aws = "https://s3.eu-west-1.amazonaws.com";
+        assert_eq!(
+            at(aws, "my-backups", UrlStyle::Auto),
+            (
+                "https://my-backups.s3.eu-west-1.amazonaws.com/p/k".into(),
+                "my-backups.s3.eu-west-1.amazonaws.com".into()
+            )
+        );
+        assert_eq!(
+            at(aws, "my-backups", UrlStyle::Path).0,
+            "https://s3.eu-west-1.amazonaws.com/my-backups/p/k"
+        );
+        // A bucket name with dots would not match AWS's certificate.
+        assert_eq!(
+            at(aws, "my.backups", UrlStyle::Auto).0,
+            "https://s3.eu-west-1.amazonaws.com/my.backups/p/k"
+        );
+        let oss = "https://oss-eu-central-1.aliyuncs.com";
+        assert_eq!(
+            at(oss, "b1", UrlStyle::Auto).0,
+            "https://oss-eu-central-1.aliyuncs.com/b1/p/k"
+        );
+        assert_eq!(
+            at(oss, "b1", UrlStyle::Virtual),
+            (
+                "https://b1.oss-eu-central-1.aliyuncs.com/p/k".into(),
+                "b1.oss-eu-central-1.aliyuncs.com".into()
+            )
         );
     }
 

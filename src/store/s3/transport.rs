@@ -9,9 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::S3Store;
 use super::creds::CredError;
+use super::limit::{Permit, Throttled};
 use super::sign::{Req, Signed};
 use crate::error::{Error, Result, StoreCause, Tried};
 use crate::store::Op;
+use crate::store::settings::Checksum;
 
 /// The first wait after a failed attempt; it doubles up to `BACKOFF_CAP`.
 pub(super) const BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -164,6 +166,21 @@ impl S3Store {
         key: &str,
         mut attempt: impl FnMut() -> Attempt<T>,
     ) -> Result<T> {
+        self.retry_with(op, key, |permit| {
+            let r = attempt();
+            drop(permit);
+            r
+        })
+    }
+
+    /// `retry`, each attempt given the slot it runs in (`connections`), to
+    /// give back or keep (a body read later holds it).
+    pub(super) fn retry_with<'s, T>(
+        &'s self,
+        op: &'static str,
+        key: &str,
+        mut attempt: impl FnMut(Permit<'s>) -> Attempt<T>,
+    ) -> Result<T> {
         let start = Instant::now();
         let deadline = start + self.retry_for;
         let mut delay = self.backoff_first;
@@ -171,7 +188,7 @@ impl S3Store {
         loop {
             self.wait_for_pause(deadline);
             n += 1;
-            let f = match attempt() {
+            let f = match attempt(self.slots.acquire()) {
                 Ok(v) => {
                     self.recovered();
                     return Ok(v);
@@ -370,6 +387,24 @@ impl S3Store {
                 };
             }
         }
+        // A provider that takes no checksum headers (B2: 400 "Unsupported
+        // header 'x-amz-checksum-sha256'"; GCS's XML API): name the setting.
+        if status == 400 && self.checksum != Checksum::None {
+            let said = format!("{code} {message}").to_ascii_lowercase();
+            if said.contains("unsupported header")
+                || (said.contains("header") && (said.contains("checksum") || said.contains("md5")))
+            {
+                let other = match self.checksum {
+                    Checksum::Sha256 => "`checksum = md5` or `checksum = none`",
+                    _ => "`checksum = none`",
+                };
+                message = format!(
+                    "{message} (the provider refuses the headers of `checksum = {}`: set \
+                     {other} in [s3])",
+                    self.checksum.name()
+                );
+            }
+        }
         // Asked to slow down: the whole store waits, at least a backoff
         // step (`retry` takes the longer of the two).
         let slow = status == 429 || code == "SlowDown" || code == "RequestLimitExceeded";
@@ -426,7 +461,8 @@ impl S3Store {
         expect: Option<u64>,
         limit: u64,
     ) -> Attempt<Vec<u8>> {
-        let buf = crate::store::read_bounded(resp.into_body().into_reader(), limit)
+        let body = Throttled::new(resp.into_body().into_reader(), self.down.as_ref());
+        let buf = crate::store::read_bounded(body, limit)
             .map_err(|e| {
                 Failure::transient(format!(
                     "reading the answer: {}",

@@ -28,6 +28,9 @@ pub enum Fault {
     /// Pass it on without its Range header: a 200 with the whole object
     /// instead of a 206.
     IgnoreRange,
+    /// Only a request carrying this header: refused as Backblaze B2 refuses
+    /// the checksum headers (400 InvalidArgument "Unsupported header").
+    RefuseHeader(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +154,15 @@ fn serve(
         let mut rules = rules.lock().unwrap();
         rules
             .iter_mut()
-            .find(|x| x.times > 0 && x.method == method && target.contains(x.target))
+            .find(|x| {
+                x.times > 0
+                    && x.method == method
+                    && target.contains(x.target)
+                    && match x.fault {
+                        Fault::RefuseHeader(h) => header(h).is_some(),
+                        _ => true,
+                    }
+            })
             .map(|x| {
                 x.times -= 1;
                 x.fault
@@ -180,6 +191,22 @@ fn serve(
         write!(
             client,
             "HTTP/1.1 {code} Injected\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        client.flush()?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    if let Some(Fault::RefuseHeader(h)) = fault {
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\
+             <Code>InvalidArgument</Code><Message>Unsupported header '{h}' received for \
+             this API call.</Message></Error>"
+        );
+        write!(
+            client,
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
             xml.len()
         )?;

@@ -25,6 +25,18 @@ impl Request {
 pub struct Proxy {
     pub endpoint: String,
     pub requests: Arc<Mutex<Vec<Request>>>,
+    /// Every request body passed on: method, target, when its head came,
+    /// when its last byte was passed on, its length.
+    pub bodies: Arc<Mutex<Vec<Body>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub method: String,
+    pub target: String,
+    pub started: std::time::Instant,
+    pub ended: std::time::Instant,
+    pub len: u64,
 }
 
 pub fn start(upstream: &str) -> Proxy {
@@ -38,22 +50,28 @@ pub fn start_with_delay(upstream: &str, delay: std::time::Duration) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));
-    let reqs = requests.clone();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (reqs, bods) = (requests.clone(), bodies.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(client) = conn else { continue };
             let up = upstream.clone();
-            let reqs = reqs.clone();
-            std::thread::spawn(move || serve(client, &up, reqs, delay));
+            let (reqs, bods) = (reqs.clone(), bods.clone());
+            std::thread::spawn(move || serve(client, &up, reqs, bods, delay));
         }
     });
-    Proxy { endpoint, requests }
+    Proxy {
+        endpoint,
+        requests,
+        bodies,
+    }
 }
 
 fn serve(
     client: TcpStream,
     upstream: &str,
     reqs: Arc<Mutex<Vec<Request>>>,
+    bodies: Arc<Mutex<Vec<Body>>>,
     delay: std::time::Duration,
 ) {
     let Ok(server) = TcpStream::connect(upstream) else {
@@ -83,6 +101,7 @@ fn serve(
                 break;
             }
         }
+        let started = std::time::Instant::now();
         let mut first = head[0].split_whitespace();
         let method = first.next().unwrap_or("").to_string();
         let target = first.next().unwrap_or("").to_string();
@@ -100,6 +119,7 @@ fn serve(
         let chunked = req
             .header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let (method, target) = (req.method.clone(), req.target.clone());
         reqs.lock().unwrap().push(req);
         std::thread::sleep(delay);
         if server_w.write_all(head.concat().as_bytes()).is_err() {
@@ -114,6 +134,13 @@ fn serve(
             if std::io::copy(&mut (&mut r).take(n), &mut server_w).is_err() {
                 return;
             }
+            bodies.lock().unwrap().push(Body {
+                method,
+                target,
+                started,
+                ended: std::time::Instant::now(),
+                len: n,
+            });
         }
     }
 }
