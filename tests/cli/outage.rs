@@ -362,3 +362,96 @@ fn the_daemon_waits_out_outages_at_start_and_mid_run() {
     assert!(status.success(), "{status}: {}", dump());
     assert_eq!(env.snapshot_ids().len(), 2, "{}", dump());
 }
+
+/// The issue's figure: the server stopped for 90 s while a backup and a
+/// restore both run (at once, so the suite waits out one outage, not
+/// two). Both complete, and what they moved is whole.
+#[test]
+fn a_90_second_outage_mid_backup_and_mid_restore_costs_a_delay() {
+    let (mut env, mut own, rec) = env_on_own_server("15m", Duration::from_millis(300));
+    let more = env.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    env.snapshots = vec![
+        ("data".into(), vec![env.src()], Vec::new()),
+        ("more".into(), vec![more.clone()], Vec::new()),
+    ];
+    env.write_config();
+    env.ok(&["snapshot", "create", "data"]);
+    let data = env.snapshot_ids()[0].clone();
+    for i in 0..24u64 {
+        std::fs::write(
+            more.join(format!("m{i:02}")),
+            crate::util::tree::random_bytes(700_000, 900 + i),
+        )
+        .unwrap();
+    }
+    env.settle();
+    let puts = requests(&rec, "PUT", "blobs/");
+    let mut backup = spawn(&env, &["snapshot", "create", "more"]);
+    wait_until(Duration::from_secs(60), "the backup's first blob", || {
+        requests(&rec, "PUT", "blobs/") > puts
+    });
+    let target = env.path().join("r");
+    let gets = requests(&rec, "GET", "blobs/");
+    let mut restore = spawn(
+        &env,
+        &["restore", &data, "--target", target.to_str().unwrap()],
+    );
+    wait_until(Duration::from_secs(60), "the restore's first blobs", || {
+        requests(&rec, "GET", "blobs/") >= gets + 2
+    });
+    own.down();
+    let t = Instant::now();
+    for (what, child) in [("backup", &mut backup), ("restore", &mut restore)] {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the {what} ended first"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(90));
+    for (what, child) in [("backup", &mut backup), ("restore", &mut restore)] {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the {what} ended during the outage"
+        );
+    }
+    own.up();
+    for (what, child) in [("backup", backup), ("restore", restore)] {
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{what}: {err}");
+        // Announced a second or two into the outage; back once the
+        // server is, within one backoff step (a minute at most).
+        let back = outage_secs(&err).unwrap_or_else(|| panic!("{what}: {err}"));
+        assert!((85..=160).contains(&back), "{what}: {back} s: {err}");
+    }
+    eprintln!("both done {:?} after the outage began", t.elapsed());
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    let ids = env.snapshot_ids();
+    let more_id = ids.iter().find(|id| id.contains("_more_")).unwrap();
+    let target2 = env.path().join("r2");
+    env.restore_ok(more_id, &target2, &[]);
+    assert_same_tree(&more, &restored(&target2, &more));
+}
+
+/// The length of the outage a run reported (`the store answers again,
+/// after 1m32s`), in seconds.
+fn outage_secs(err: &str) -> Option<u64> {
+    let span = err
+        .split("the store answers again, after ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let mut secs = 0;
+    let mut n = 0;
+    for c in span.chars() {
+        match c {
+            '0'..='9' => n = n * 10 + u64::from(c.to_digit(10)?),
+            'h' => (secs, n) = (secs + n * 3600, 0),
+            'm' => (secs, n) = (secs + n * 60, 0),
+            's' => (secs, n) = (secs + n, 0),
+            _ => return None,
+        }
+    }
+    Some(secs)
+}
