@@ -27,6 +27,7 @@ Usage:
   vaultik [GLOBAL FLAGS] snapshot remove SNAPSHOT...
   vaultik [GLOBAL FLAGS] prune [--dry-run] [--json]
   vaultik [GLOBAL FLAGS] store info [--json]
+  vaultik [GLOBAL FLAGS] store check [--json]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
                                 [LATEST FLAGS] [RESTORE CONTROLS] [PATH...]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
@@ -180,6 +181,17 @@ Usage: vaultik [GLOBAL FLAGS] store info [--json]
 
 Show the store's location, its snapshots, blobs and their sizes, and the
 unreferenced blobs (no private key needed).
+
+  --json      print the report as JSON
+";
+
+pub const USAGE_CHECK: &str = "\
+Usage: vaultik [GLOBAL FLAGS] store check [--json]
+
+Try the store once before trusting it with backups: write, read (whole and
+ranged), list and delete two probe objects under its own key (check/), ask
+for versioning and Object Lock, and report what worked, the checksums
+kept, and the latency and throughput seen (no private key needed).
 
   --json      print the report as JSON
 ";
@@ -503,6 +515,9 @@ pub enum Command {
     StoreInfo {
         json: bool,
     },
+    StoreCheck {
+        json: bool,
+    },
     Restore(RestoreArgs),
     Ls(LsArgs),
     Find(FindArgs),
@@ -525,6 +540,7 @@ impl Command {
             Command::SnapshotRemove { .. } => "snapshot remove",
             Command::Prune { .. } => "prune",
             Command::StoreInfo { .. } => "store info",
+            Command::StoreCheck { .. } => "store check",
             Command::Restore(_) => "restore",
             Command::Ls(_) => "ls",
             Command::Find(_) => "find",
@@ -687,6 +703,7 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["snapshot", "remove"] | ["remove"] => USAGE_REMOVE,
         ["prune"] => USAGE_PRUNE,
         ["store"] | ["store", "info"] | ["info"] => USAGE_INFO,
+        ["store", "check"] | ["check"] => USAGE_CHECK,
         ["restore"] => USAGE_RESTORE,
         ["ls"] => USAGE_LS,
         ["find"] => USAGE_FIND,
@@ -712,7 +729,7 @@ fn sub_command(
         None => Err(Error::Usage(format!(
             "missing command after `{group}` ({})",
             if group == "store" {
-                "info"
+                "info or check"
             } else {
                 "create, list, verify, purge or remove"
             }
@@ -762,6 +779,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
             Err(help) => help,
             Ok(sub) => match sub.as_str() {
                 "info" => parse_info(p, &mut g).map_err(|e| e.usage_in("store info"))?,
+                "check" => match parse_flags(p, &mut g, USAGE_CHECK, false)
+                    .map_err(|e| e.usage_in("store check"))?
+                {
+                    Ok((_, json)) => Command::StoreCheck { json },
+                    Err(help) => help,
+                },
                 other => return Err(Error::Usage(format!("unknown command `store {other}`"))),
             },
         },
@@ -1684,6 +1707,7 @@ mod man_page {
             USAGE_REMOVE,
             USAGE_PRUNE,
             USAGE_INFO,
+            USAGE_CHECK,
             USAGE_RESTORE,
             USAGE_LS,
             USAGE_FIND,

@@ -10,6 +10,7 @@
 //! gc/pending/<compact time>-<16 hex>.json               deletion mark (before 0.2)
 //! store/<format>/<32 hex>                               the store's identity
 //! store.json                                            the same, before 0.2
+//! check/<32 hex>/<digit>                                `store check`'s probes
 //! ```
 //!
 //! The identity is in its key's name so that a backup learns it from a
@@ -34,6 +35,8 @@ pub const MARKED: &str = "gc/marked/";
 pub const IDENTITY: &str = "store.json";
 /// Where identities are named in keys.
 pub const IDS: &str = "store/";
+/// Where `store check` writes its probes (and deletes them).
+pub const PROBES: &str = "check/";
 
 const DB_FILE: &str = "db.zst.age";
 const MANIFEST_FILE: &str = "manifest.json.zst";
@@ -68,6 +71,8 @@ pub enum Key<'a> {
     /// The store's identity, named: the layout's format and the id (32
     /// lower-case hex digits).
     StoreId { format: u32, id: &'a str },
+    /// A probe object of one `store check` run (`run`), number `n` (0-9).
+    Probe { run: [u8; 16], n: u8 },
 }
 
 impl Key<'_> {
@@ -85,6 +90,7 @@ impl Key<'_> {
             Key::Marked { time, blob } => format!("{MARKED}{}/{}", time::compact(*time), hex(blob)),
             Key::Identity => IDENTITY.to_string(),
             Key::StoreId { format, id } => format!("{IDS}{format}/{id}"),
+            Key::Probe { run, n } => format!("{PROBES}{}/{}", hex(run), n % 10),
         }
     }
 }
@@ -137,6 +143,17 @@ pub fn parse(key: &str) -> Option<Key<'_>> {
         return Some(Key::Marked {
             time: time::parse_compact(when)?,
             blob: unhex(blob.as_bytes())?,
+        });
+    }
+    if let Some(rest) = key.strip_prefix(PROBES) {
+        let (run, n) = rest.split_once('/')?;
+        let n = match n.as_bytes() {
+            [d @ b'0'..=b'9'] => d - b'0',
+            _ => return None,
+        };
+        return Some(Key::Probe {
+            run: unhex(run.as_bytes())?,
+            n,
         });
     }
     if let Some(rest) = key.strip_prefix(MARKS) {
@@ -303,6 +320,10 @@ mod tests {
                 tag: [0xab, 0, 1, 2, 3, 4, 5, 0xff],
             },
             Key::Identity,
+            Key::Probe {
+                run: [0x5a; 16],
+                n: 7,
+            },
             Key::Marked {
                 time: 1_795_422_615,
                 blob: hash,

@@ -5,6 +5,7 @@
 
 mod absent;
 mod browse;
+mod check;
 mod create;
 mod daemon;
 mod inspect;
@@ -45,6 +46,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         }
         Command::SnapshotVerify(a) => inspect::verify(g, &a),
         Command::StoreInfo { json } => inspect::info(&Settings::resolve(g, false)?, json),
+        Command::StoreCheck { json } => check::run(&Settings::resolve(g, false)?, json),
         Command::SnapshotPurge(a) => purge::purge(&Settings::resolve(g, false)?, &a),
         Command::SnapshotRemove { snapshots } => {
             purge::remove(&Settings::resolve(g, false)?, &snapshots)

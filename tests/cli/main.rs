@@ -7,6 +7,7 @@ mod util;
 
 mod awkward;
 mod browse;
+mod check;
 mod cold;
 mod controls;
 mod core;
