@@ -190,8 +190,9 @@ Usage: vaultik [GLOBAL FLAGS] store check [--json]
 
 Try the store once before trusting it with backups: write, read (whole and
 ranged), list and delete two probe objects under its own key (check/), ask
-for versioning and Object Lock, and report what worked, the checksums
-kept, and the latency and throughput seen (no private key needed).
+for versioning and Object Lock, read the server's clock, and report what
+worked, the checksums kept, the clock skew, and the latency and throughput
+seen (no private key needed).
 
   --json      print the report as JSON
 ";

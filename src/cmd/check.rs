@@ -2,8 +2,7 @@
 //! is trusted with backups. Probe objects under `check/<random>/` (their
 //! own keys in the layout, never read as anything else) are written, read
 //! whole and ranged, listed and deleted; the bucket's versioning and
-//! Object Lock are asked. Probes an earlier check left behind are deleted
-//! first.
+//! Object Lock are asked, and the server's clock read. Probes an earlier check left behind are deleted first.
 
 use std::io::{Read, Write};
 use std::time::Instant;
@@ -132,6 +131,18 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
             Ok(None) => Finding::new("checksums kept", Some(false), "the probe is gone"),
             Err(e) => Finding::new("checksums kept", Some(false), e.to_string()),
         }
+    });
+
+    // Clock skew, from the HEADs' Date: S3 refuses a signature more than
+    // 15 minutes off.
+    found.push(match store.clock_skew() {
+        Some(s) if s.abs() <= 60 => Finding::new("clock skew", Some(true), format!("{s:+} s")),
+        Some(s) => Finding::new(
+            "clock skew",
+            Some(false),
+            format!("{s:+} s: set this host's clock (S3 refuses 15 minutes off)"),
+        ),
+        None => Finding::new("clock skew", None, "the server gave no Date"),
     });
 
     // Listing.

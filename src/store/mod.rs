@@ -214,6 +214,11 @@ pub trait Store: Send + Sync {
     fn has_classes(&self) -> bool {
         false
     }
+    /// The server's clock minus this host's, in seconds, from the `Date`
+    /// of the last HEAD answered (`store check`); None when not known.
+    fn clock_skew(&self) -> Option<i64> {
+        None
+    }
     /// Whether the store keeps the SHA-256 sent with each PUT, for `stat`.
     fn keeps_checksums(&self) -> bool {
         false

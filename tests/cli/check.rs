@@ -22,6 +22,7 @@ fn store_check_reports_what_the_provider_does_and_leaves_nothing() {
     let text = check(&env, false);
     for want in [
         "write:          yes: PUT of 4 KiB and 8 MiB",
+        "clock skew:     yes: ",
         "read:           yes: the bytes written",
         "range reads:    yes: 206 with the bytes asked for",
         "list:           yes: 2 of 2 probes, with their sizes",
@@ -53,6 +54,7 @@ fn store_check_reports_what_the_provider_does_and_leaves_nothing() {
     assert_eq!(finding("checksums kept")["ok"], true, "{v}");
     assert_eq!(finding("range reads")["ok"], true, "{v}");
     assert_eq!(finding("DeleteObjects")["ok"], true, "{v}");
+    assert_eq!(finding("clock skew")["ok"], true, "{v}");
     assert!(v["upload_bytes_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     assert!(moto::keys(&env.bucket, "host1/").is_empty());
 }

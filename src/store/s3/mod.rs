@@ -75,6 +75,8 @@ pub struct S3Store {
     bounds: Bounds,
     /// The checksum every PUT carries (`checksum`).
     checksum: Checksum,
+    /// The server's clock minus ours, from the last HEAD's `Date`.
+    skew: std::sync::Mutex<Option<i64>>,
     /// Bandwidth limits (`limit_upload`, `limit_download`) and requests in
     /// flight (`connections`), shared by every thread.
     up: Option<limit::Rate>,
@@ -143,6 +145,7 @@ impl S3Store {
             outage: Default::default(),
             bounds: limited_bounds(cfg),
             checksum: cfg.checksum,
+            skew: Default::default(),
             up: cfg.limit_upload.map(limit::Rate::new),
             down: cfg.limit_download.map(limit::Rate::new),
             slots: limit::Slots::new(cfg.connections),
@@ -169,6 +172,23 @@ impl S3Store {
             h.extend(lock.headers());
         }
         h
+    }
+
+    /// The server's clock against ours, from an answer's `Date` (RFC 9110,
+    /// which RFC 2822's parser reads); an unreadable one is left out.
+    fn note_date(&self, h: &ureq::http::HeaderMap) {
+        static PARSER: jiff::fmt::rfc2822::DateTimeParser =
+            jiff::fmt::rfc2822::DateTimeParser::new();
+        let server = h
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| PARSER.parse_timestamp(v.trim()).ok())
+            .map(|t| t.as_second());
+        if let Some(server) = server {
+            let ours = i64::try_from(crate::time::now()).unwrap_or(i64::MAX);
+            *self.skew.lock().expect("skew poisoned by a panic") =
+                Some(server.saturating_sub(ours));
+        }
     }
 
     /// `get` of the current version, or of `version`.
@@ -410,6 +430,7 @@ impl Store for S3Store {
             if !resp.status().is_success() {
                 return Err(self.status_failure(&mut resp));
             }
+            self.note_date(resp.headers());
             object_meta(resp.headers()).map_err(Failure::permanent)
         });
         match r {
@@ -425,6 +446,10 @@ impl Store for S3Store {
 
     fn has_classes(&self) -> bool {
         true
+    }
+
+    fn clock_skew(&self) -> Option<i64> {
+        *self.skew.lock().expect("skew poisoned by a panic")
     }
 
     fn keeps_checksums(&self) -> bool {
