@@ -46,8 +46,8 @@ use crate::store::settings::{Checksum, RETRY_FOR, S3Config};
 use headers::{file_md5, file_sha256, object_meta, put_headers};
 use list::LIST_PAGE_MAX;
 use sign::{Method, Req};
-use transport::{BACKOFF_CAP, BACKOFF_FIRST, BOUNDS, Bounds, Failure, Paced, shown};
 pub(crate) use transport::load_roots;
+use transport::{BACKOFF_CAP, BACKOFF_FIRST, BOUNDS, Bounds, Failure, Paced, shown};
 
 pub use headers::base64;
 
