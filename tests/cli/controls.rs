@@ -548,12 +548,14 @@ both!(a_restore_killed_midway_resumes_with_only_the_rest, |b| {
         kept > 0 && n <= whole_gets + kept,
         "{n} of {whole_gets} GETs\n{out}"
     );
-    // ...and what it did not fetch was complete. (The byte figures are
-    // read from the summaries, rounded to 0.1 MiB: each may be off by
-    // 0.05 MiB, which once made a 0.5% miss of this bound.)
+    // ...and most of what it did not fetch was complete. Not all: a ranged
+    // read spans the gaps between the chunks it fetches, chunks of kept
+    // files included (MERGE_GAP, 256 KiB): a CI run under load read 1 MB
+    // of the 6.9 MB complete again. And the byte figures are read from
+    // the summaries, rounded to 0.1 MiB.
     let rounding = 2.0 * 0.05 * (1 << 20) as f64;
     assert!(
-        bytes <= whole_bytes - complete as f64 * 0.9 + rounding,
+        bytes <= whole_bytes - complete as f64 * 0.75 + rounding,
         "{bytes} of {whole_bytes}, {complete} complete\n{out}"
     );
     assert_same_tree(&src, &dest);
