@@ -338,9 +338,11 @@ impl Store for S3Store {
         let full = self.checked("PUT", key)?;
         // A blob's key is the SHA-256 of its bytes; anything else is hashed
         // here. The server refuses bytes that do not match, and keeps the
-        // sum (`verify --checksums`). Only blobs take the configured class.
+        // sum (`verify --checksums`). Only blobs take the configured class
+        // (and `store check`'s probes, the class it tries).
         let (sha, class) = match crate::layout::parse(key) {
             Some(crate::layout::Key::Blob(hash)) => (hash, class),
+            Some(crate::layout::Key::Probe { .. }) => (file_sha256(path)?, class),
             _ => (file_sha256(path)?, StorageClass::Standard),
         };
         let md5 = match self.checksum {
