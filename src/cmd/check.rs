@@ -195,7 +195,11 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
         let mut other = Vec::new();
         let mut written = Vec::new();
         for (n, class) in StorageClass::ALL.iter().enumerate().skip(1) {
-            let key = Key::Probe { run, n: n as u8 + 1 }.to_key();
+            let key = Key::Probe {
+                run,
+                n: n as u8 + 1,
+            }
+            .to_key();
             match store.put_file(&key, &path, *class) {
                 Ok(()) => {
                     keys.push(key.clone());
@@ -203,7 +207,10 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
                 }
                 Err(e) => {
                     let why = short(&e.to_string());
-                    match refused.iter_mut().find(|(w, _): &&mut (String, Vec<&str>)| *w == why) {
+                    match refused
+                        .iter_mut()
+                        .find(|(w, _): &&mut (String, Vec<&str>)| *w == why)
+                    {
                         Some((_, names)) => names.push(class.name()),
                         None => refused.push((why, vec![class.name()])),
                     }
@@ -236,7 +243,11 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
             said.join("; "),
         ));
     } else {
-        found.push(Finding::new("storage classes", None, "a directory store has none"));
+        found.push(Finding::new(
+            "storage classes",
+            None,
+            "a directory store has none",
+        ));
     }
 
     // DeleteObjects, and that the probes are gone.
@@ -322,6 +333,11 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
 
 /// An error's S3 code, or its first words: a refusal in a list of them.
 fn short(e: &str) -> String {
-    let words: Vec<&str> = e.rsplit(": ").next().unwrap_or(e).split_whitespace().collect();
+    let words: Vec<&str> = e
+        .rsplit(": ")
+        .next()
+        .unwrap_or(e)
+        .split_whitespace()
+        .collect();
     words.iter().take(4).copied().collect::<Vec<_>>().join(" ")
 }

@@ -85,7 +85,11 @@ fn store_check_of_a_directory_store() {
     // disk's mount point) is checked.
     let out = env.run(&["store", "check"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no vaultik store at"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no vaultik store at"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::create_dir_all(env.store_dir()).unwrap();
     let text = check(&env, false);
     for want in [

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use crate::core::restored;
 use crate::util::fake_http::{self, creds_json};
 use crate::util::iam::{self, Iam};
-use crate::util::proxy;
 use crate::util::tree::assert_same_tree;
 use crate::util::{Backend, Env, stderr};
+use crate::util::{proxy, tunnel};
 
 /// A test's store on the IAM moto (no key in the config), with a few files.
 fn env_iam() -> Env {
@@ -419,6 +419,23 @@ fn instance_metadata_credentials_are_refreshed_before_they_expire_mid_run() {
     assert!(!s3.requests.lock().unwrap().is_empty());
     env.endpoint = proxied;
     env.write_config();
+    // Behind an HTTP proxy (HTTPS_PROXY): the store is reached through
+    // it, the metadata endpoint never (the proxy would see credentials).
+    let port: u16 = env.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let tunnel = tunnel::start(port);
+    let before = fake.requests.lock().unwrap().len();
+    let via = [vars[0], ("HTTPS_PROXY", tunnel.url.as_str())];
+    ok(&env, &via, &["snapshot", "list"]);
+    assert!(fake.requests.lock().unwrap().len() > before, "IMDS asked");
+    let targets = tunnel.targets.lock().unwrap().clone();
+    let imds_host = fake.endpoint.trim_start_matches("http://").to_string();
+    assert!(!targets.is_empty());
+    assert!(
+        targets
+            .iter()
+            .all(|t| *t != imds_host && t.ends_with(&format!(":{port}"))),
+        "{targets:?}"
+    );
     // Credentials that expired already: never used.
     let stale = imds(vec![creds_json(&first.0, &first.1, &first.2, -60)]);
     fails(
