@@ -134,6 +134,7 @@ fn aws_env() -> AwsEnv {
         imds_disabled: env("AWS_EC2_METADATA_DISABLED")
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         sts_endpoint: env("AWS_ENDPOINT_URL_STS").or_else(|| env("AWS_ENDPOINT_URL")),
+        sso_endpoint: env("AWS_ENDPOINT_URL_SSO").or_else(|| env("AWS_ENDPOINT_URL")),
     }
 }
 
