@@ -527,7 +527,10 @@ impl Store for S3Store {
                 .iter()
                 .map(|k| self.checked("DELETE", k).map(ObjectIdentifier::new))
                 .collect::<Result<_>>()?;
-            let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
+            let what = match ids.len() {
+                1 => format!("1 object, {}", self.full_key(&batch[0])),
+                n => format!("{n} objects from {}", self.full_key(&batch[0])),
+            };
             self.retry("DELETE", &what, || {
                 // rusty-s3 writes the body (and its MD5, which S3 requires).
                 let mut action = DeleteObjects::new(&self.bucket, None, ids.iter());
