@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Narrow;
 use crate::restore::{Controls, Overwrite};
 use crate::store::class::Tier;
+pub use crate::thaw::ThawArgs;
 
 pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
@@ -375,27 +376,6 @@ pub struct CreateArgs {
     /// `--progress`: progress even when standard error is no terminal
     /// (JSON lines with `--json`).
     pub progress: bool,
-}
-
-/// How to treat blobs in a cold storage class (restore, verify --deep).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ThawArgs {
-    /// `--thaw[=TIER]`: request thaws at this tier.
-    pub tier: Option<Tier>,
-    /// `--thaw-days N`
-    pub days: u32,
-    /// `--wait`
-    pub wait: bool,
-}
-
-impl Default for ThawArgs {
-    fn default() -> ThawArgs {
-        ThawArgs {
-            tier: None,
-            days: 7,
-            wait: false,
-        }
-    }
 }
 
 /// `snapshot verify`

@@ -171,7 +171,7 @@ fn never_written(store: &dyn Store, expect: Expect) -> Result<()> {
 /// `--wait`), its plan written to `out`, progress on a terminal.
 fn thaw<'t>(
     store: &'t dyn Store,
-    args: crate::cli::ThawArgs,
+    args: crate::thaw::ThawArgs,
     what: String,
     json: bool,
     out: &'t std::sync::Mutex<Box<dyn Write + Send>>,
