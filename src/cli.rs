@@ -39,7 +39,7 @@ Usage:
                              [--newer TIME] [--older TIME] [--json] [--identity FILE]
   vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
                              [LATEST FLAGS]
-  vaultik keygen [--output FILE]
+  vaultik keygen [--output FILE] [--passphrase]
   vaultik help [COMMAND]
 
 Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
@@ -59,6 +59,8 @@ Global flags:
   --limit-upload RATE, --limit-download RATE
                      bytes per second to and from the store, all threads (10MB, 5MiB/s)
   --connections N    store requests in flight at most, all threads
+  --passphrase-fd N  the passphrase of a protected identity file, from file
+                     descriptor N (else asked at the terminal)
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -336,13 +338,17 @@ alone is not a change), then a summary line. Needs the private key. Exit code
 ";
 
 pub const USAGE_KEYGEN: &str = "\
-Usage: vaultik keygen [--output FILE]
+Usage: vaultik keygen [--output FILE] [--passphrase]
 
 Generate an age key pair. The identity (private key) goes to FILE (created
 mode 0600, never overwritten) or to standard output; the public key, for
-`age_recipient`, is printed to standard output.
+`age_recipient`, is printed to standard output (to standard error when the
+protected identity goes there).
 
   -o, --output FILE   write the identity to FILE
+  --passphrase        encrypt the identity with a passphrase (age -p, armored),
+                      asked twice at the terminal or read once from
+                      --passphrase-fd N; --identity FILE then asks for it
 ";
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -359,6 +365,9 @@ pub struct Global {
     pub limit_upload: Option<u64>,
     pub limit_download: Option<u64>,
     pub connections: Option<usize>,
+    /// `--passphrase-fd N`: where the passphrase of a protected identity
+    /// file comes from (else the terminal).
+    pub passphrase_fd: Option<i32>,
 }
 
 /// `snapshot create`
@@ -505,6 +514,8 @@ pub enum Command {
     Diff(DiffArgs),
     Keygen {
         output: Option<PathBuf>,
+        /// `--passphrase`: the identity encrypted with a passphrase.
+        passphrase: bool,
     },
 }
 
@@ -548,7 +559,7 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 8] = [
+const GLOBAL_FLAGS: [&str; 9] = [
     "config",
     "store",
     "endpoint",
@@ -557,6 +568,7 @@ const GLOBAL_FLAGS: [&str; 8] = [
     "limit-upload",
     "limit-download",
     "connections",
+    "passphrase-fd",
 ];
 
 /// An argument that is not a global flag, owned (so that the parser can
@@ -657,6 +669,14 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
                             ))
                         })?,
                 );
+            }
+            "passphrase-fd" => {
+                let v = string(v, "--passphrase-fd")?;
+                g.passphrase_fd = Some(v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--passphrase-fd: expected a file descriptor number, found `{v}`"
+                    ))
+                })?);
             }
             _ => g.region = Some(string(v, "--region")?),
         }
@@ -1222,15 +1242,17 @@ fn parse_diff(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut output = None;
+    let mut passphrase = false;
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_KEYGEN)),
             Long("output") => output = Some(path_value(p)?),
             Short('o') => output = Some(path_value(p)?),
+            Long("passphrase") => passphrase = true,
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Keygen { output })
+    Ok(Command::Keygen { output, passphrase })
 }
 
 #[cfg(test)]
@@ -1710,7 +1732,7 @@ mod man_page {
     /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
     /// cargo's, node_exporter's, and those of the test and benchmark
     /// scripts.
-    const NOT_VAULTIK: [&str; 18] = [
+    const NOT_VAULTIK: [&str; 19] = [
         "--exclude-tag",
         "--keep-",
         "--bucket",
@@ -1729,6 +1751,8 @@ mod man_page {
         "--files",
         "--quick",
         "--collector",
+        // aws sso login --profile NAME
+        "--profile",
     ];
 
     /// The `--flags` of a text (roff's `\-` and font escapes undone).

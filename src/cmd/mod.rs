@@ -38,7 +38,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
             println!("vaultik {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Keygen { output } => keygen(output.as_deref()),
+        Command::Keygen { output, passphrase } => keygen(g, output.as_deref(), passphrase),
         Command::SnapshotCreate(a) if a.daemon => daemon::run(g, &a),
         Command::SnapshotCreate(a) => create::run(&Settings::resolve(g, true)?, &a),
         Command::SnapshotList { json, versions } => {
@@ -252,8 +252,13 @@ fn json_report(mut v: serde_json::Value, store: &dyn Store) -> String {
     serde_json::to_string_pretty(&v).expect("JSON values serialize")
 }
 
-fn keygen(output: Option<&Path>) -> Result<()> {
-    let (file, public) = keys::generate();
+fn keygen(g: &Global, output: Option<&Path>, passphrase: bool) -> Result<()> {
+    let (mut file, public) = keys::generate();
+    if passphrase {
+        let what = output.map_or("the new identity".to_string(), |p| p.display().to_string());
+        let pass = crate::passphrase::read(settings::passphrase_source(g), &what, true)?;
+        file = keys::protect(&file, pass)?;
+    }
     match output {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()
@@ -264,6 +269,12 @@ fn keygen(output: Option<&Path>) -> Result<()> {
                 .at("create identity file", path)?;
             f.write_all(file.as_bytes()).at("write", path)?;
             println!("{public}");
+        }
+        None if passphrase => {
+            // The armored identity alone on standard output (a file age
+            // reads as it is); the public key beside it, as age-keygen does.
+            eprintln!("public key: {public}");
+            print!("{file}");
         }
         None => print!("{file}"),
     }

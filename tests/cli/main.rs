@@ -30,6 +30,7 @@ mod monitor;
 mod newcomer;
 mod ops;
 mod outage;
+mod passphrase;
 mod reach;
 mod rescue;
 mod retention;
