@@ -204,6 +204,39 @@ impl Index {
         Ok((idx, opened))
     }
 
+    /// Make the index one of blobs sealed to the recipient set
+    /// `fingerprint` (`keys::set_fingerprint`): a backup only reuses blobs
+    /// sealed to exactly its recipients, so that once `age_recipient`
+    /// changes, the newest snapshot restores with the new keys alone. An
+    /// index of another set forgets its blobs, chunks and files (they stay
+    /// in the store for the snapshots that use them): true then. An index
+    /// that never said (made before sets were recorded) is taken to be of
+    /// the set configured now.
+    pub fn seal_to(&mut self, fingerprint: &str) -> Result<bool> {
+        match self.meta("sealed_to")?.as_deref() {
+            Some(f) if f == fingerprint => Ok(false),
+            None => {
+                self.set_meta("sealed_to", fingerprint)?;
+                Ok(false)
+            }
+            Some(_) => {
+                let tx = self.conn.transaction().db(&self.path)?;
+                tx.execute_batch(
+                    "DELETE FROM chunks; DELETE FROM blobs; DELETE FROM files;
+                     DELETE FROM blob_locks;",
+                )
+                .db(&self.path)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('sealed_to', ?1)",
+                    [fingerprint],
+                )
+                .db(&self.path)?;
+                tx.commit().db(&self.path)?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The identity of the store the index at `path` was made for, if it
     /// exists and says (read only; anything amiss is None).
     pub fn store_of(path: &Path) -> Option<String> {

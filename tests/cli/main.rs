@@ -34,6 +34,7 @@ mod passphrase;
 mod reach;
 mod rescue;
 mod retention;
+mod rotation;
 mod streams;
 mod swaps;
 mod system;
