@@ -240,6 +240,130 @@ impl Index {
         Ok(ok.then_some(idx))
     }
 
+    /// A new, empty index for `store_id` in `path`, a file the caller
+    /// made empty (never an existing one, never through a symlink): filled
+    /// by `rebuild`, then renamed into place. No journal: until it is
+    /// renamed, a crash leaves a file that is thrown away, never an index.
+    pub fn create_new(path: &Path, store_id: &str) -> Result<Index> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .db(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA foreign_keys=OFF;
+             PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-16384;",
+        )
+        .db(path)?;
+        let mut idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        idx.reset(store_id)?;
+        idx.conn.execute_batch(LOCKS).db(&idx.path)?;
+        idx.add_file_attrs()?;
+        Ok(idx)
+    }
+
+    /// Close the index, saying whether that worked (a dropped one says
+    /// nothing).
+    pub fn close(self) -> Result<()> {
+        let path = self.path;
+        self.conn.close().map_err(|(_, e)| e).db(&path)
+    }
+
+    /// Run `f` in one write transaction, undone if it fails.
+    pub fn in_transaction<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN").db(&self.path)?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").db(&self.path)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Record the blob `key` of `size` bytes (confirmed in the store by
+    /// the caller): the index's id for it.
+    pub fn insert_blob(&self, key: &str, size: u64) -> Result<i64> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO blobs(key, size) VALUES (?1, ?2)")
+            .db(&self.path)?
+            .execute(params![key, size as i64])
+            .db(&self.path)?;
+        self.conn
+            .prepare_cached("SELECT id FROM blobs WHERE key=?1")
+            .db(&self.path)?
+            .query_row([key], |r| r.get(0))
+            .db(&self.path)
+    }
+
+    /// Record chunk `id` at `loc` in the index's blob `blob`, unless the
+    /// index knows it already: whether it was new.
+    pub fn insert_chunk(&self, id: &ChunkId, blob: i64, loc: &Location) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db(&self.path)?;
+        Ok(loc.insert_row(&mut st, id, blob).db(&self.path)? > 0)
+    }
+
+    /// Blobs, their bytes, chunks and their plaintext bytes, recorded.
+    pub fn totals(&self) -> Result<(u64, u64, u64, u64)> {
+        let two = |sql: &str| {
+            self.conn
+                .query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map(|(a, b)| (a.max(0) as u64, b.max(0) as u64))
+                .db(&self.path)
+        };
+        let (blobs, blob_bytes) = two("SELECT count(*), coalesce(sum(size), 0) FROM blobs")?;
+        let (chunks, bytes) = two("SELECT count(*), coalesce(sum(size), 0) FROM chunks")?;
+        Ok((blobs, blob_bytes, chunks, bytes))
+    }
+
+    /// Every blob key recorded.
+    pub fn blob_keys(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT key FROM blobs").db(&self.path)?;
+        st.query_map([], |r| r.get(0))
+            .db(&self.path)?
+            .collect::<rusqlite::Result<_>>()
+            .db(&self.path)
+    }
+
+    /// What the index at `path` holds, if it is a database of this
+    /// schema: the store it was made for, its blobs and its files (read
+    /// only, never through a symlink; anything amiss is None).
+    pub fn peek(path: &Path) -> Option<(String, u64, u64)> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).ok()?;
+        let store: String = conn
+            .query_row("SELECT value FROM meta WHERE key='store'", [], |r| r.get(0))
+            .ok()?;
+        let count = |t: &str| {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .map(|n| n.max(0) as u64)
+        };
+        Some((store, count("blobs")?, count("files")?))
+    }
+
     /// Schema 1 had a `snapshots` table and `blobs.created`, written and
     /// never read: dropped, the rest kept.
     fn upgrade_from_1(&mut self) -> Result<()> {

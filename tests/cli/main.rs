@@ -30,6 +30,7 @@ mod monitor;
 mod newcomer;
 mod ops;
 mod outage;
+mod rebuild;
 mod rescue;
 mod retention;
 mod streams;
