@@ -1665,6 +1665,52 @@ mod tests {
     }
 
     #[test]
+    fn index_rebuild_and_restore_rebuild_index() {
+        let Command::IndexRebuild(a) = parse_str(
+            "index rebuild --identity /k --index /i --host web1 --name etc --all --force",
+        )
+        .unwrap()
+        .1
+        else {
+            panic!()
+        };
+        assert_eq!(a.identity.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(a.index.as_deref(), Some(std::path::Path::new("/i")));
+        assert_eq!(a.narrow.host.as_deref(), Some("web1"));
+        assert_eq!(a.narrow.name.as_deref(), Some("etc"));
+        assert!(a.all && a.force);
+        assert_eq!(
+            parse_str("index rebuild").unwrap().1,
+            Command::IndexRebuild(RebuildArgs::default())
+        );
+        assert_eq!(
+            parse_str("help index").unwrap().1,
+            Command::Help(USAGE_INDEX)
+        );
+        assert_eq!(
+            parse_str("index --help").unwrap().1,
+            Command::Help(USAGE_INDEX)
+        );
+        for bad in ["index", "index rebuilt", "index rebuild --keep"] {
+            assert!(parse_str(bad).is_err(), "{bad}");
+        }
+        let Command::Restore(r) = parse_str("restore latest --target /t --rebuild-index")
+            .unwrap()
+            .1
+        else {
+            panic!()
+        };
+        assert!(r.rebuild_index);
+        let e = parse_str("restore latest --target /t --rebuild-index --dry-run")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--rebuild-index") && e.contains("--dry-run"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn restore_controls_need_a_target() {
         for flag in [
             "--include /a",
@@ -1672,6 +1718,7 @@ mod tests {
             "--overwrite never",
             "--delete",
             "--dry-run",
+            "--rebuild-index",
         ] {
             let e = parse_str(&format!("restore latest --stdout {flag}"))
                 .unwrap_err()
