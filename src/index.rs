@@ -943,6 +943,53 @@ mod tests {
         assert_eq!(idx.unchanged_file(b"/new", &later).unwrap(), None);
     }
 
+    /// An index built by `create_new` (as `rebuild` does) is one
+    /// `Index::open` keeps for its store, with what was put in it.
+    #[test]
+    fn a_built_index_is_kept_by_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // (The index's directory must be private for `open`: made so here.)
+        let path = dir.path().join("state/index.sqlite");
+        private_dir(path.parent().unwrap()).unwrap();
+        std::fs::File::create(&path).unwrap();
+        let id = ChunkId::of(b"c");
+        let loc = Location {
+            offset: 5,
+            length: 3,
+            size: 1,
+        };
+        let idx = Index::create_new(&path, "s").unwrap();
+        idx.in_transaction(|i| {
+            let b = i.insert_blob("blobs/k", 10)?;
+            assert_eq!(i.insert_blob("blobs/k", 10)?, b);
+            assert!(i.insert_chunk(&id, b, &loc)?);
+            assert!(!i.insert_chunk(&id, b, &loc)?);
+            Ok(())
+        })
+        .unwrap();
+        // A failed transaction leaves nothing.
+        assert!(
+            idx.in_transaction(|i| {
+                i.insert_blob("blobs/other", 1)?;
+                Err::<(), _>(crate::error::Error::Cancelled)
+            })
+            .is_err()
+        );
+        assert_eq!(idx.totals().unwrap(), (1, 10, 1, 1));
+        assert_eq!(idx.blob_keys().unwrap(), vec!["blobs/k".to_string()]);
+        idx.close().unwrap();
+        assert_eq!(Index::peek(&path), Some(("s".to_string(), 1, 0)));
+        let (idx, opened) = Index::open(&path, "s", "elsewhere").unwrap();
+        assert_eq!(opened, Opened::Kept);
+        assert!(idx.has_chunk(&id).unwrap());
+        drop(idx);
+        // Never through a symlink.
+        let link = dir.path().join("state/link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(Index::peek(&link), None);
+        assert!(Index::create_new(&link, "s").is_err());
+    }
+
     #[test]
     fn forgetting_missing_blobs_drops_their_chunks() {
         let dir = tempfile::tempdir().unwrap();

@@ -385,3 +385,40 @@ fn the_index_is_never_written_through_a_symlink() {
     env.settle();
     assert_eq!(uploaded(&create_json(&env)).0, 0);
 }
+
+/// Under Object Lock (moto), a blob is recorded locked, with the version
+/// the store holds, when the store says it is and its SHA-256 is its
+/// key's: the next backup then reuses it instead of uploading its data
+/// again.
+#[test]
+fn locked_blobs_are_known_locked_after_a_rebuild() {
+    let (env, _proxy) = crate::immutable::locked_env("30d");
+    let first = create_json(&env);
+    assert!(uploaded(&first).0 >= 2, "{first}");
+    lose_index(&env);
+    let out = env.run_with_key(&["index", "rebuild"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let blobs = env.index_blob_keys().len();
+    assert!(
+        text.contains(&format!("; {blobs} blobs known locked")),
+        "{text}"
+    );
+    let conn = rusqlite::Connection::open(env.index_path()).unwrap();
+    let (locked, versions): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(version) FROM blob_locks WHERE until > ?1",
+            [std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                + 29 * 86_400],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!((locked as usize, versions as usize), (blobs, blobs));
+    env.settle();
+    let next = create_json(&env);
+    assert_eq!(uploaded(&next).0, 0, "{next}");
+}
