@@ -422,3 +422,46 @@ fn locked_blobs_are_known_locked_after_a_rebuild() {
     let next = create_json(&env);
     assert_eq!(uploaded(&next).0, 0, "{next}");
 }
+
+/// By default the latest snapshot of each name is read; `--all` reads
+/// every one (a file deleted since comes back without an upload); another
+/// key is refused before anything is written.
+#[test]
+fn all_snapshots_or_the_latest_and_the_right_key() {
+    let env = Env::new(Backend::Local);
+    populate(&env.src());
+    let gone = random_bytes(300_000, 4242);
+    fs::write(env.src().join("gone"), &gone).unwrap();
+    env.settle();
+    create_json(&env);
+    fs::remove_file(env.src().join("gone")).unwrap();
+    env.settle();
+    create_json(&env);
+    let gone_id = vaultik::chunk::ChunkId::of(&gone).0.to_vec();
+
+    lose_index(&env);
+    let other = env.path().join("other-key.txt");
+    let out = env.run(&["keygen", "--output", other.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = env.run(&["index", "rebuild", "--identity", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+    assert!(!env.index_path().exists());
+
+    let out = env.run_with_key(&["index", "rebuild"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from 1 snapshot(s)"));
+    assert!(!index_chunks(&env).contains(&gone_id));
+    let out = env.run_with_key(&["index", "rebuild", "--all", "--force", "--name", "data"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from 2 snapshot(s)"));
+    assert!(index_chunks(&env).contains(&gone_id));
+    // The file comes back: nothing to upload.
+    fs::write(env.src().join("gone"), &gone).unwrap();
+    env.settle();
+    let next = create_json(&env);
+    assert_eq!(uploaded(&next).0, 0, "{next}");
+    let out = env.run_with_key(&["index", "rebuild", "--force", "--name", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("named nosuch"), "{}", stderr(&out));
+}
