@@ -275,7 +275,10 @@ impl Index {
     }
 
     /// Run `f` in one write transaction, undone if it fails.
-    pub fn in_transaction<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+    pub fn in_transaction<T, E: From<crate::error::Error>>(
+        &self,
+        f: impl FnOnce(&Index) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         self.conn.execute_batch("BEGIN").db(&self.path)?;
         match f(self) {
             Ok(v) => {
@@ -959,7 +962,7 @@ mod tests {
             size: 1,
         };
         let idx = Index::create_new(&path, "s").unwrap();
-        idx.in_transaction(|i| {
+        idx.in_transaction(|i| -> Result<()> {
             let b = i.insert_blob("blobs/k", 10)?;
             assert_eq!(i.insert_blob("blobs/k", 10)?, b);
             assert!(i.insert_chunk(&id, b, &loc)?);
@@ -971,7 +974,7 @@ mod tests {
         assert!(
             idx.in_transaction(|i| {
                 i.insert_blob("blobs/other", 1)?;
-                Err::<(), _>(crate::error::Error::Cancelled)
+                Err::<(), crate::error::Error>(crate::error::Error::Cancelled)
             })
             .is_err()
         );

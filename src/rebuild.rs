@@ -113,6 +113,13 @@ enum Failed {
     Run(Error),
 }
 
+/// An error of the run's own (the index being written).
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Run(e)
+    }
+}
+
 impl Rebuild<'_> {
     pub fn run(&self) -> Result<Outcome> {
         let started = Instant::now();
@@ -276,29 +283,15 @@ impl Rebuild<'_> {
             }
             Err(e) => return Err(Failed::Snapshot(e)),
         };
-        let mut failed = None;
-        let r = index.in_transaction(|idx| match fill(idx, &m, present) {
-            Ok(n) => Ok(n),
-            Err(f) => {
-                let e = Error::Cancelled;
-                failed = Some(f);
-                Err(e)
-            }
-        });
-        match (r, failed) {
-            (Ok(left_out), _) => {
-                if left_out > 0 {
-                    (self.warn)(&format!(
-                        "snapshot {id}: {left_out} chunk(s) left out of the index: their blobs \
-                         are not in the store with the size it lists, or they do not lie \
-                         within them (the next backup uploads their data again if it needs it)"
-                    ));
-                }
-                Ok(left_out)
-            }
-            (Err(_), Some(f)) => Err(f),
-            (Err(e), None) => Err(Failed::Run(e)),
+        let left_out = index.in_transaction(|idx| fill(idx, &m, present))?;
+        if left_out > 0 {
+            (self.warn)(&format!(
+                "snapshot {id}: {left_out} chunk(s) left out of the index: their blobs are not \
+                 in the store with the size it lists, or they do not lie within them (the next \
+                 backup uploads their data again if it needs it)"
+            ));
         }
+        Ok(left_out)
     }
 
     /// Under Object Lock, record as locked the blobs whose current version
@@ -362,7 +355,7 @@ fn fill(
                 .ok()
                 .filter(|s| layout::is_blob(key) && present.get(key) == Some(s));
             let at = match listed {
-                Some(size) => Some((idx.insert_blob(key, size).map_err(Failed::Run)?, size)),
+                Some(size) => Some((idx.insert_blob(key, size)?, size)),
                 None => None,
             };
             blobs.insert(id, at);
@@ -416,7 +409,7 @@ fn fill(
             left_out += 1;
             continue;
         }
-        idx.insert_chunk(&id, at, &loc).map_err(Failed::Run)?;
+        idx.insert_chunk(&id, at, &loc)?;
     }
     Ok(left_out)
 }
