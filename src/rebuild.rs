@@ -23,7 +23,8 @@
 //! (anyone with the public key can seal one): it is read through
 //! `metadata` (bounded, hardened), its paths are never used, and a
 //! snapshot whose metadata cannot be read is left out with a warning (the
-//! one before it of the same name is read instead). What cannot be
+//! one before it of the same name is read instead; and read too after one
+//! that names chunks the store does not have). What cannot be
 //! checked without reading every blob is whether a chunk really is where
 //! a snapshot says: the snapshots made after a rebuild are checked by
 //! `snapshot verify --deep` like any other.
@@ -184,7 +185,10 @@ impl Rebuild<'_> {
                     Ok(left_out) => {
                         report.left_out += left_out;
                         report.snapshots.push(id.clone());
-                        if !self.all {
+                        // One that names chunks the store does not have
+                        // (forged, or its blobs purged) is not the whole
+                        // picture: the one before it is read too.
+                        if !self.all && left_out == 0 {
                             break;
                         }
                     }
