@@ -80,7 +80,8 @@ both!(
         let first = create_json(&env);
         let (blobs, bytes) = uploaded(&first);
         assert!(blobs >= 1 && bytes > 12 << 20, "{first}");
-        lose_index(&env);
+        // A new disk: the whole state directory is gone.
+        fs::remove_dir_all(env.index_path().parent().unwrap()).unwrap();
 
         let out = env.run_with_key(&["index", "rebuild"]);
         assert!(out.status.success(), "{}", stderr(&out));
