@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Narrow;
 use crate::restore::{Controls, Overwrite};
 use crate::store::class::Tier;
+pub use crate::thaw::ThawArgs;
 
 pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
@@ -40,7 +41,7 @@ Usage:
                              [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
                                      [--name NAME] [--all] [--force]
-  vaultik keygen [--output FILE]
+  vaultik keygen [--output FILE] [--passphrase]
   vaultik help [COMMAND]
 
 Only restore, ls, find, diff, `index rebuild` and `snapshot verify --deep` need the
@@ -61,6 +62,8 @@ Global flags:
   --limit-upload RATE, --limit-download RATE
                      bytes per second to and from the store, all threads (10MB, 5MiB/s)
   --connections N    store requests in flight at most, all threads
+  --passphrase-fd N  the passphrase of a protected identity file, from file
+                     descriptor N (else asked at the terminal)
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -374,13 +377,17 @@ once, but uploads only what changed.
 ";
 
 pub const USAGE_KEYGEN: &str = "\
-Usage: vaultik keygen [--output FILE]
+Usage: vaultik keygen [--output FILE] [--passphrase]
 
 Generate an age key pair. The identity (private key) goes to FILE (created
 mode 0600, never overwritten) or to standard output; the public key, for
-`age_recipient`, is printed to standard output.
+`age_recipient`, is printed to standard output (to standard error when the
+protected identity goes there).
 
   -o, --output FILE   write the identity to FILE
+  --passphrase        encrypt the identity with a passphrase (age -p, armored),
+                      asked twice at the terminal or read once from
+                      --passphrase-fd N; --identity FILE then asks for it
 ";
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -397,6 +404,9 @@ pub struct Global {
     pub limit_upload: Option<u64>,
     pub limit_download: Option<u64>,
     pub connections: Option<usize>,
+    /// `--passphrase-fd N`: where the passphrase of a protected identity
+    /// file comes from (else the terminal).
+    pub passphrase_fd: Option<i32>,
 }
 
 /// `snapshot create`
@@ -414,27 +424,6 @@ pub struct CreateArgs {
     /// `--progress`: progress even when standard error is no terminal
     /// (JSON lines with `--json`).
     pub progress: bool,
-}
-
-/// How to treat blobs in a cold storage class (restore, verify --deep).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ThawArgs {
-    /// `--thaw[=TIER]`: request thaws at this tier.
-    pub tier: Option<Tier>,
-    /// `--thaw-days N`
-    pub days: u32,
-    /// `--wait`
-    pub wait: bool,
-}
-
-impl Default for ThawArgs {
-    fn default() -> ThawArgs {
-        ThawArgs {
-            tier: None,
-            days: 7,
-            wait: false,
-        }
-    }
 }
 
 /// `snapshot verify`
@@ -581,6 +570,8 @@ pub enum Command {
     IndexRebuild(RebuildArgs),
     Keygen {
         output: Option<PathBuf>,
+        /// `--passphrase`: the identity encrypted with a passphrase.
+        passphrase: bool,
     },
 }
 
@@ -625,7 +616,7 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 8] = [
+const GLOBAL_FLAGS: [&str; 9] = [
     "config",
     "store",
     "endpoint",
@@ -634,6 +625,7 @@ const GLOBAL_FLAGS: [&str; 8] = [
     "limit-upload",
     "limit-download",
     "connections",
+    "passphrase-fd",
 ];
 
 /// An argument that is not a global flag, owned (so that the parser can
@@ -734,6 +726,14 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
                             ))
                         })?,
                 );
+            }
+            "passphrase-fd" => {
+                let v = string(v, "--passphrase-fd")?;
+                g.passphrase_fd = Some(v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--passphrase-fd: expected a file descriptor number, found `{v}`"
+                    ))
+                })?);
             }
             _ => g.region = Some(string(v, "--region")?),
         }
@@ -1341,15 +1341,17 @@ fn parse_rebuild(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut output = None;
+    let mut passphrase = false;
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_KEYGEN)),
             Long("output") => output = Some(path_value(p)?),
             Short('o') => output = Some(path_value(p)?),
+            Long("passphrase") => passphrase = true,
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Keygen { output })
+    Ok(Command::Keygen { output, passphrase })
 }
 
 #[cfg(test)]
@@ -1879,7 +1881,7 @@ mod man_page {
     /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
     /// cargo's, node_exporter's, and those of the test and benchmark
     /// scripts.
-    const NOT_VAULTIK: [&str; 18] = [
+    const NOT_VAULTIK: [&str; 19] = [
         "--exclude-tag",
         "--keep-",
         "--bucket",
@@ -1898,6 +1900,8 @@ mod man_page {
         "--files",
         "--quick",
         "--collector",
+        // aws sso login --profile NAME
+        "--profile",
     ];
 
     /// The `--flags` of a text (roff's `\-` and font escapes undone).

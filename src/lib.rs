@@ -109,6 +109,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metadata;
 pub mod monitor;
+pub mod passphrase;
 pub mod rebuild;
 pub mod restore;
 pub mod scratch;

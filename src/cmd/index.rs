@@ -18,7 +18,7 @@ use crate::{human_bytes, layout};
 
 pub fn run(g: &Global, a: &RebuildArgs) -> Result<()> {
     // The key first: no network work without it.
-    let identities = settings::identities(a.identity.as_deref())?;
+    let identities = settings::identities(g, a.identity.as_deref())?;
     let settings = Settings::resolve(g, false)?;
     super::requests_to(Requests::Stdout);
     let store = open_existing_store(&settings, Expect::Snapshots)?;

@@ -30,6 +30,8 @@ mod monitor;
 mod newcomer;
 mod ops;
 mod outage;
+mod passphrase;
+mod reach;
 mod rebuild;
 mod rescue;
 mod retention;
