@@ -8,6 +8,7 @@ mod browse;
 mod check;
 mod create;
 mod daemon;
+mod index;
 mod inspect;
 mod purge;
 mod restore;
@@ -58,6 +59,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Ls(a) => browse::ls(g, &a),
         Command::Find(a) => browse::find(g, &a),
         Command::Diff(a) => browse::diff(g, &a),
+        Command::IndexRebuild(a) => index::run(g, &a),
     }
 }
 

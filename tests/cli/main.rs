@@ -32,6 +32,7 @@ mod ops;
 mod outage;
 mod passphrase;
 mod reach;
+mod rebuild;
 mod rescue;
 mod retention;
 mod rotation;
