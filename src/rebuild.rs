@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use age::x25519;
+use rusqlite::OptionalExtension;
 
 use crate::blob::Location;
 use crate::chunk::ChunkId;
@@ -72,6 +73,13 @@ pub struct Rebuild<'a> {
     pub force: bool,
     /// `[s3] object_lock` is set (see the module doc).
     pub object_lock: bool,
+    /// The recipient set the config's `age_recipient`s make
+    /// (`keys::set_fingerprint`), when there is a config: a snapshot that
+    /// says it was sealed to another set is left out (a backup may not
+    /// reuse its blobs), and the index is of that set. None: every
+    /// snapshot is read, and the first backup takes the index to be of the
+    /// set it is configured with.
+    pub sealed_to: Option<String>,
     pub warn: &'a dyn Fn(&str),
 }
 
@@ -112,6 +120,8 @@ pub enum Outcome {
 enum Failed {
     Snapshot(Error),
     Run(Error),
+    /// Sealed to another recipient set than the config's.
+    OtherSet,
 }
 
 /// An error of the run's own (the index being written).
@@ -175,6 +185,9 @@ impl Rebuild<'_> {
         let (new_path, file) = scratch.file("index.sqlite")?;
         drop(file);
         let mut index = Index::create_new(&new_path, &identity.id)?;
+        if let Some(f) = &self.sealed_to {
+            index.seal_to(f)?;
+        }
         let mut report = Report {
             path: path.to_path_buf(),
             ..Report::default()
@@ -193,6 +206,13 @@ impl Rebuild<'_> {
                         }
                     }
                     Err(Failed::Run(e)) => return Err(e),
+                    Err(Failed::OtherSet) => {
+                        (self.warn)(&format!(
+                            "snapshot {id} left out of the index: it is sealed to other \
+                             recipients than the config's age_recipient (a backup does not \
+                             reuse its blobs)"
+                        ));
+                    }
                     Err(Failed::Snapshot(e)) => {
                         (self.warn)(&format!("snapshot {id} left out of the index: {e}"));
                         report.damaged.push(id.clone());
@@ -287,6 +307,21 @@ impl Rebuild<'_> {
             }
             Err(e) => return Err(Failed::Snapshot(e)),
         };
+        if let Some(want) = &self.sealed_to {
+            // A snapshot written before sets were recorded says nothing,
+            // and is taken to be of the config's set.
+            let said: Option<String> = m
+                .query_row(
+                    "SELECT value FROM info WHERE key = 'sealed_to' AND length(value) = 64",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| Failed::Snapshot(m.explain(Error::corrupt(id, e))))?;
+            if said.is_some_and(|s| s != *want) {
+                return Err(Failed::OtherSet);
+            }
+        }
         let left_out = index.in_transaction(|idx| fill(idx, &m, present))?;
         if left_out > 0 {
             (self.warn)(&format!(

@@ -106,6 +106,11 @@ fn rebuild(
         all,
         force,
         object_lock,
+        sealed_to: settings.config.as_ref().and_then(|c| {
+            crate::keys::parse_recipients(&c.age_recipients, Path::new(""))
+                .ok()
+                .map(|r| crate::keys::set_fingerprint(&r))
+        }),
         warn: &warn,
     }
     .run()

@@ -97,4 +97,28 @@ both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     let target = env.path().join("second");
     env.restore_ok("latest", &target, &[]);
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
+
+    // The index lost and rebuilt with the newest key: it knows the blobs of
+    // the set configured now, and the next run uploads none.
+    env.settle();
+    env.create();
+    let before = env.blob_keys();
+    std::fs::remove_dir_all(env.index_path().parent().unwrap()).unwrap();
+    let out = env.run_with_key(&["index", "rebuild"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("age_recipient changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.blob_keys(), before);
+    // Rebuilt while the config names another set again: the snapshots of
+    // the old set are left out, said by name, and nothing of them is reused.
+    env.extra.pop();
+    env.write_config();
+    let out = env.run_with_key(&["index", "rebuild", "--force"]);
+    let err = stderr(&out);
+    assert!(err.contains("sealed to other recipients"), "{err}");
 });
