@@ -66,14 +66,7 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
     store.put_bytes(&small_key, &small)?;
     let put_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut dir = crate::scratch::PrivateDir::new(&std::env::temp_dir())?;
-    let (path, mut file) = dir.file("probe")?;
-    file.write_all(&large)
-        .map_err(|e| crate::error::Error::Io {
-            op: "write",
-            path: path.clone(),
-            source: e,
-        })?;
-    drop(file);
+    let path = probe_file(&mut dir, "probe", &large)?;
     let t = Instant::now();
     store.put_file(&large_key, &path, StorageClass::Standard)?;
     let up = LARGE as f64 / t.elapsed().as_secs_f64();
@@ -182,14 +175,7 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
     // GLACIER or DEEP_ARCHIVE could not be.
     let mut keys = vec![small_key.clone(), large_key.clone()];
     if store.has_classes() {
-        let (path, mut file) = dir.file("class-probe")?;
-        file.write_all(&small)
-            .map_err(|e| crate::error::Error::Io {
-                op: "write",
-                path: path.clone(),
-                source: e,
-            })?;
-        drop(file);
+        let path = probe_file(&mut dir, "class-probe", &small)?;
         let mut taken = Vec::new();
         let mut refused: Vec<(String, Vec<&str>)> = Vec::new();
         let mut other = Vec::new();
@@ -329,6 +315,18 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     Ok(())
+}
+
+/// `bytes` in a file of the private scratch directory, to PUT from.
+fn probe_file(
+    dir: &mut crate::scratch::PrivateDir,
+    name: &str,
+    bytes: &[u8],
+) -> Result<std::path::PathBuf> {
+    use crate::error::IoContext;
+    let (path, mut file) = dir.file(name)?;
+    file.write_all(bytes).at("write", &path)?;
+    Ok(path)
 }
 
 /// An error's S3 code, or its first words: a refusal in a list of them.
