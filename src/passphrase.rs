@@ -5,7 +5,8 @@
 //! the environment, where other users and logs can see them.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use age::secrecy::SecretString;
 use rustix::termios::{self, LocalModes, OptionalActions};
@@ -84,15 +85,69 @@ fn from_fd(fd: i32, what: &str) -> Result<String> {
 }
 
 /// Echo off while the line is typed, back as it was after (also when
-/// reading fails).
+/// reading fails, and when a signal ends the process meanwhile: Ctrl-C at
+/// the prompt leaves a terminal that echoes).
 struct EchoOff<'a> {
     tty: BorrowedFd<'a>,
     saved: termios::Termios,
+    /// The signal actions replaced while echo is off.
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+/// The terminal and its settings before echo went off, for `on_signal`
+/// (written before `TTY` is set, read only once it is).
+static TTY: AtomicI32 = AtomicI32::new(-1);
+static mut SAVED: libc::termios = unsafe { std::mem::zeroed() };
+const ENDING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Put the terminal back, then die of the signal as if not caught.
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = TTY.load(Ordering::SeqCst);
+    // SAFETY: tcsetattr, signal and raise are async-signal-safe; SAVED is
+    // not written while TTY is set.
+    unsafe {
+        if fd >= 0 {
+            libc::tcsetattr(fd, libc::TCSANOW, &raw const SAVED);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(tty: BorrowedFd<'a>, saved: termios::Termios) -> EchoOff<'a> {
+        let fd = tty.as_raw_fd();
+        let mut old = Vec::new();
+        // SAFETY: SAVED is written before TTY says it may be read; the
+        // handler only calls async-signal-safe functions.
+        unsafe {
+            if libc::tcgetattr(fd, &raw mut SAVED) == 0 {
+                TTY.store(fd, Ordering::SeqCst);
+                for sig in ENDING {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = on_signal as *const () as usize;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    let mut was: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(sig, &sa, &mut was) == 0 {
+                        old.push((sig, was));
+                    }
+                }
+            }
+        }
+        EchoOff { tty, saved, old }
+    }
 }
 
 impl Drop for EchoOff<'_> {
     fn drop(&mut self) {
         let _ = termios::tcsetattr(self.tty, OptionalActions::Now, &self.saved);
+        TTY.store(-1, Ordering::SeqCst);
+        for (sig, was) in &self.old {
+            // SAFETY: the action that was there before, put back.
+            unsafe {
+                libc::sigaction(*sig, was, std::ptr::null_mut());
+            }
+        }
     }
 }
 
@@ -118,8 +173,8 @@ fn from_terminal(prompt: &str, what: &str) -> Result<String> {
         let fd = t.as_fd();
         // Echo off before the prompt: what is typed once it shows is never
         // echoed (and what was typed ahead of it is dropped).
+        let _restore = EchoOff::new(fd, saved);
         termios::tcsetattr(fd, OptionalActions::Flush, &quiet).map_err(|e| term(e.into()))?;
-        let _restore = EchoOff { tty: fd, saved };
         tty.write_all(prompt.as_bytes()).map_err(term)?;
         tty.flush().map_err(term)?;
         let mut line = Vec::new();

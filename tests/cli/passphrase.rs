@@ -281,4 +281,30 @@ fn a_protected_identity_through_a_terminal() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!seen.contains(PASS), "echoed: {seen:?}");
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    // Ctrl-C at the prompt: the restore dies of it, and the terminal
+    // echoes again (as it was before the prompt).
+    let mut cmd = env.cmd();
+    cmd.args(["restore", "latest", "--target"])
+        .arg(env.path().join("interrupted"))
+        .arg("--identity")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut master4, slave) = pty(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut seen = String::new();
+    until(&mut master4, &mut seen, "passphrase for ");
+    master4.write_all(b"half typed\x03").unwrap();
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{}", stderr(&out));
+    // SAFETY: tcgetattr into a zeroed termios, on our own descriptor.
+    let lflag = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(master4.as_raw_fd(), &mut t), 0);
+        t.c_lflag
+    };
+    assert!(lflag & libc::ECHO != 0, "echo left off: {lflag:o}");
+    assert!(!env.path().join("interrupted").exists());
 }
