@@ -38,6 +38,8 @@ Usage:
                              [--newer TIME] [--older TIME] [--json] [--identity FILE]
   vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
                              [LATEST FLAGS]
+  vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
+                             [--host HOST] [--name NAME]
   vaultik keygen [--output FILE]
   vaultik help [COMMAND]
 
@@ -334,6 +336,26 @@ alone is not a change), then a summary line. Needs the private key. Exit code
   --name NAME         `latest` is the newest snapshot named NAME
 ";
 
+pub const USAGE_COPY: &str = "\
+Usage: vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
+                              [--host HOST] [--name NAME]
+
+Copy snapshots from the store (the global flags and config name it) to a
+second store, without any key: the blobs the destination lacks, then each
+snapshot's metadata, its manifest last. Run it again after an interruption:
+it copies only what is missing.
+
+  --to STORE        the destination: s3://BUCKET/PREFIX (at the source's endpoint,
+                    with its credentials, unless --to-config says otherwise) or a
+                    directory (created if missing)
+  --to-config FILE  a second config file whose [s3] or [local] section is the
+                    destination (its credentials, storage_class, object_lock);
+                    with --to, only its bucket and prefix are replaced
+  --all             every snapshot of the source (of HOST and NAME when given)
+  --host HOST       only HOST's snapshots (`latest`: HOST's newest)
+  --name NAME       only snapshots named NAME (`latest`: the newest so named)
+";
+
 pub const USAGE_KEYGEN: &str = "\
 Usage: vaultik keygen [--output FILE]
 
@@ -484,6 +506,20 @@ pub struct DiffArgs {
     pub narrow: Narrow,
 }
 
+/// `copy`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CopyArgs {
+    /// Ids, or `latest`.
+    pub snapshots: Vec<String>,
+    pub all: bool,
+    /// `--to STORE`: `s3://BUCKET/PREFIX` or a directory.
+    pub to: Option<String>,
+    /// `--to-config FILE`
+    pub to_config: Option<PathBuf>,
+    /// `--host`, `--name`: which snapshots (and which `latest`).
+    pub narrow: Narrow,
+}
+
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestoreTo {
@@ -523,6 +559,7 @@ pub enum Command {
     Ls(LsArgs),
     Find(FindArgs),
     Diff(DiffArgs),
+    Copy(CopyArgs),
     Keygen {
         output: Option<PathBuf>,
     },
@@ -546,6 +583,7 @@ impl Command {
             Command::Ls(_) => "ls",
             Command::Find(_) => "find",
             Command::Diff(_) => "diff",
+            Command::Copy(_) => "copy",
             Command::Keygen { .. } => "keygen",
         })
     }
@@ -709,6 +747,7 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["ls"] => USAGE_LS,
         ["find"] => USAGE_FIND,
         ["diff"] => USAGE_DIFF,
+        ["copy"] => USAGE_COPY,
         ["keygen"] => USAGE_KEYGEN,
         _ => {
             return Err(Error::Usage(format!(
@@ -794,6 +833,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "ls" => parse_ls(p, &mut g).map_err(|e| e.usage_in("ls"))?,
         "find" => parse_find(p, &mut g).map_err(|e| e.usage_in("find"))?,
         "diff" => parse_diff(p, &mut g).map_err(|e| e.usage_in("diff"))?,
+        "copy" => parse_copy(p, &mut g).map_err(|e| e.usage_in("copy"))?,
         "keygen" => parse_keygen(p, &mut g).map_err(|e| e.usage_in("keygen"))?,
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
     };
@@ -972,6 +1012,35 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         ));
     }
     Ok(Command::SnapshotPurge(a))
+}
+
+fn parse_copy(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = CopyArgs::default();
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_COPY)),
+            Long("identity") => return Err(needs_no_key("copy")),
+            Long("all") => a.all = true,
+            Long("to") => a.to = Some(value(p, "--to")?),
+            Long("to-config") => a.to_config = Some(path_value(p)?),
+            Value(v) => a.snapshots.push(string(v.to_os_string(), "SNAPSHOT")?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if a.all == !a.snapshots.is_empty() {
+        return Err(Error::Usage(
+            "copy: give the snapshots to copy (ids or `latest`) or --all, not both".into(),
+        ));
+    }
+    if a.to.is_none() && a.to_config.is_none() {
+        return Err(Error::Usage(
+            "copy: missing the destination: --to STORE or --to-config FILE".into(),
+        ));
+    }
+    Ok(Command::Copy(a))
 }
 
 fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -1713,6 +1782,7 @@ mod man_page {
             USAGE_LS,
             USAGE_FIND,
             USAGE_DIFF,
+            USAGE_COPY,
             USAGE_KEYGEN,
         ]
         .concat();
