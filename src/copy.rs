@@ -220,7 +220,10 @@ impl<'a> Copy<'a> {
         // On a versioned source, read the versions vaultik wrote.
         let pairs: Vec<(String, u64)> = blobs.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
         self.src.choose_versions(&pairs, &|m| {
-            eprintln!("vaultik: warning: {}", crate::error::one_line(m.to_string()))
+            eprintln!(
+                "vaultik: warning: {}",
+                crate::error::one_line(m.to_string())
+            )
         })?;
 
         let (todo, present) = self.to_copy(&blobs, &mut done)?;
@@ -379,9 +382,7 @@ impl<'a> Copy<'a> {
         let sum: [u8; 32] = hash.finalize().into();
         let want = match name {
             Some(n) => Some(*n),
-            None if self.src.keeps_checksums() => {
-                self.src.stat(key, true)?.and_then(|m| m.sha256)
-            }
+            None if self.src.keeps_checksums() => self.src.stat(key, true)?.and_then(|m| m.sha256),
             None => None,
         };
         if want.is_some_and(|w| w != sum) {

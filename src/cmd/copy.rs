@@ -19,11 +19,8 @@ use crate::store::{self, Store};
 
 pub fn run(g: &Global, a: &CopyArgs) -> Result<()> {
     let settings = Settings::resolve(g, false)?;
-    let (to, to_cfg) = settings::destination(
-        a.to.as_deref(),
-        a.to_config.as_deref(),
-        &settings.store,
-    )?;
+    let (to, to_cfg) =
+        settings::destination(a.to.as_deref(), a.to_config.as_deref(), &settings.store)?;
     if same_store(&settings.store, &to) {
         return Err(Error::Usage(
             "copy: the destination is the store copied from".into(),
@@ -40,8 +37,12 @@ pub fn run(g: &Global, a: &CopyArgs) -> Result<()> {
     let shown = writeln!(
         out,
         "{}\n{}",
-        src.stats().summary().replacen("requests:", "requests from the source:", 1),
-        dst.stats().summary().replacen("requests:", "requests to the destination:", 1)
+        src.stats()
+            .summary()
+            .replacen("requests:", "requests from the source:", 1),
+        dst.stats()
+            .summary()
+            .replacen("requests:", "requests to the destination:", 1)
     )
     .map_err(output);
     r.and(shown)

@@ -274,7 +274,9 @@ pub fn destination(
         (None, None) => {
             return Err(Error::Setup(format!(
                 "{}: no store configured for the copy (add an [s3] or [local] section, or give --to)",
-                to_config.map(|p| p.display().to_string()).unwrap_or_default()
+                to_config
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             )));
         }
         (Some(spec), Some(StoreConfig::S3(s))) => {
