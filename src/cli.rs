@@ -1030,7 +1030,7 @@ fn parse_copy(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             _ => return Err(arg.unexpected()),
         }
     }
-    if a.all == !a.snapshots.is_empty() {
+    if a.all != a.snapshots.is_empty() {
         return Err(Error::Usage(
             "copy: give the snapshots to copy (ids or `latest`) or --all, not both".into(),
         ));
