@@ -1605,6 +1605,48 @@ mod tests {
     }
 
     #[test]
+    fn copy_takes_snapshots_or_all_and_a_destination() {
+        let (g, c) =
+            parse_str("copy latest web1_etc_2026-11-23T083015Z --to /usb --host web1 --store /s")
+                .unwrap();
+        assert_eq!(g.store.as_deref(), Some("/s"));
+        assert_eq!(
+            c,
+            Command::Copy(CopyArgs {
+                snapshots: vec!["latest".into(), "web1_etc_2026-11-23T083015Z".into()],
+                to: Some("/usb".into()),
+                narrow: Narrow {
+                    host: Some("web1".into()),
+                    name: None
+                },
+                ..CopyArgs::default()
+            })
+        );
+        let (_, c) = parse_str("copy --all --to-config /etc/offsite.conf").unwrap();
+        assert_eq!(
+            c,
+            Command::Copy(CopyArgs {
+                all: true,
+                to_config: Some("/etc/offsite.conf".into()),
+                ..CopyArgs::default()
+            })
+        );
+        for (bad, says) in [
+            ("copy --to /usb", "give the snapshots to copy"),
+            ("copy latest --all --to /usb", "not both"),
+            ("copy latest", "--to STORE or --to-config FILE"),
+            (
+                "copy latest --to /usb --identity /k",
+                "needs no private key",
+            ),
+        ] {
+            let e = parse_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(parse_str("help copy").unwrap().1, Command::Help(USAGE_COPY));
+    }
+
+    #[test]
     fn restore_verify_existing_goes_with_if_changed() {
         let c = controls_of("restore latest --target /t --overwrite if-changed --verify-existing");
         assert!(c.verify_existing);

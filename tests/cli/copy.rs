@@ -160,14 +160,17 @@ fn s3_to_directory_to_s3_restores_identical_from_the_last_copy_alone() {
         figure(out.lines().nth(1).unwrap(), "already there") > 0,
         "{out}"
     );
-    // The same objects, byte for byte, and the source's identity.
+    // The same objects, byte for byte, and the source's identity (its
+    // name: its content says when it was named).
     let src_objects = env.objects();
     for (k, data) in &src_objects {
-        if k.starts_with("blobs/") || k.starts_with("metadata/") || k.starts_with("store/") {
+        if k.starts_with("blobs/") || k.starts_with("metadata/") {
             assert_eq!(&fs::read(usb.join(k)).unwrap(), data, "{k}");
         }
+        if k.starts_with("store/1/") {
+            assert!(usb.join(k).is_file(), "{k}");
+        }
     }
-    assert!(keys(&usb).iter().any(|k| k.starts_with("store/1/")));
 
     // Again: nothing to do.
     let again = copy_ok(&env, &["--all", "--to", usb.to_str().unwrap()]);
@@ -466,4 +469,43 @@ fn the_source_is_not_its_own_destination() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn blobs_a_purge_marked_at_the_destination_are_copied_again() {
+    let (env, kept) = source(Backend::Local);
+    let usb = env.path().join("usb");
+    copy_ok(&env, &["--all", "--to", usb.to_str().unwrap()]);
+    // A purge on the destination (after `snapshot remove` there) marked
+    // every blob of the first snapshot for deletion.
+    let id = &kept[0].0;
+    let m = usb.join(format!("metadata/{id}/manifest.json.zst"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&fs::read(&m).unwrap()[..]).unwrap()).unwrap();
+    let blobs: Vec<String> = v["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["key"].as_str().unwrap().to_string())
+        .collect();
+    let out = env
+        .cmd()
+        .args(["--store", usb.to_str().unwrap(), "snapshot", "remove", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let when = vaultik::time::compact(vaultik::time::now() - 86_400);
+    for b in &blobs {
+        let hash = b.rsplit('/').next().unwrap();
+        let mark = usb.join(format!("gc/marked/{when}/{hash}"));
+        fs::create_dir_all(mark.parent().unwrap()).unwrap();
+        fs::write(&mark, b"").unwrap();
+    }
+    // The copy does not count on them: it copies them again (fresh, so
+    // younger than any grace period), as a backup uploads them again.
+    let out = copy_ok(&env, &[id.as_str(), "--to", usb.to_str().unwrap()]);
+    let line = out.lines().next().unwrap();
+    assert_eq!(figure(line, "blob(s) ("), blobs.len() as u64, "{out}");
+    assert_eq!(figure(line, "already there"), 0, "{out}");
+    assert_eq!(manifests(&usb).len(), 2);
 }
