@@ -39,7 +39,7 @@ Usage:
   vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
                              [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
-                             [--host HOST] [--name NAME]
+                             [--host HOST] [--name NAME] [THAW FLAGS]
   vaultik keygen [--output FILE]
   vaultik help [COMMAND]
 
@@ -338,7 +338,7 @@ alone is not a change), then a summary line. Needs the private key. Exit code
 
 pub const USAGE_COPY: &str = "\
 Usage: vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
-                              [--host HOST] [--name NAME]
+                              [--host HOST] [--name NAME] [THAW FLAGS]
 
 Copy snapshots from the store (the global flags and config name it) to a
 second store, without any key: the blobs the destination lacks, then each
@@ -354,6 +354,8 @@ it copies only what is missing.
   --all             every snapshot of the source (of HOST and NAME when given)
   --host HOST       only HOST's snapshots (`latest`: HOST's newest)
   --name NAME       only snapshots named NAME (`latest`: the newest so named)
+  --thaw[=TIER] --thaw-days N --wait
+                    as for restore, for source blobs in GLACIER or DEEP_ARCHIVE
 ";
 
 pub const USAGE_KEYGEN: &str = "\
@@ -518,6 +520,8 @@ pub struct CopyArgs {
     pub to_config: Option<PathBuf>,
     /// `--host`, `--name`: which snapshots (and which `latest`).
     pub narrow: Narrow,
+    /// Source blobs in a cold storage class.
+    pub thaw: ThawArgs,
 }
 
 /// Where a restore writes.
@@ -1017,7 +1021,7 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 fn parse_copy(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut a = CopyArgs::default();
     while let Some(arg) = next(p, g)? {
-        if narrow_flag(p, &arg, &mut a.narrow)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? || thaw_flag(p, &arg, &mut a.thaw)? {
             continue;
         }
         match arg.get() {

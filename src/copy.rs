@@ -60,6 +60,10 @@ pub struct Options<'a> {
     pub lock: Option<LockPlan>,
     /// Where temporary files go.
     pub tmp: &'a Path,
+    /// Called with the source blobs to copy that a listing shows in a cold
+    /// storage class (or INTELLIGENT_TIERING): returns once they are
+    /// readable (`thaw.rs`, as `--thaw` asks).
+    pub thawed: &'a (dyn Fn(&[(String, u64)]) -> Result<()> + Sync),
 }
 
 /// What copying one snapshot did.
@@ -228,6 +232,18 @@ impl<'a> Copy<'a> {
 
         let (todo, present) = self.to_copy(&blobs, &mut done)?;
         done.blobs_present = present;
+        let cold: Vec<(String, u64)> = todo
+            .iter()
+            .filter(|(k, _, _)| {
+                self.src_objects.get(k).is_some_and(|o| {
+                    o.class.is_cold() || o.class == StorageClass::IntelligentTiering
+                })
+            })
+            .map(|(k, s, _)| (k.clone(), *s))
+            .collect();
+        if !cold.is_empty() {
+            (self.opts.thawed)(&cold)?;
+        }
         self.copy_blobs(&todo, &mut done)?;
         match self.dst.head(&dkey)? {
             Some(s) if s == msize && self.opts.lock.is_none() => {}

@@ -64,6 +64,10 @@ fn copy(
     let source_id = store::identity::read(src).ok().flatten();
     store::identity::ensure_copy(dst, source_id.as_ref())?;
     let tmp = std::env::temp_dir();
+    let report: std::sync::Mutex<Box<dyn Write + Send>> =
+        std::sync::Mutex::new(Box::new(std::io::stdout()));
+    let thaw = super::thaw(src, a.thaw, "copy".into(), false, &report);
+    let thawed = |blobs: &[(String, u64)]| thaw.ensure(blobs);
     let c = Copy::open(
         src,
         dst,
@@ -71,6 +75,7 @@ fn copy(
             blob_class,
             lock,
             tmp: &tmp,
+            thawed: &thawed,
         },
     )?;
     let ids = crate::copy::select(&c.source_snapshots(), &a.snapshots, a.all, &a.narrow)?;

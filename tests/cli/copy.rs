@@ -509,3 +509,34 @@ fn blobs_a_purge_marked_at_the_destination_are_copied_again() {
     assert_eq!(figure(line, "already there"), 0, "{out}");
     assert_eq!(manifests(&usb).len(), 2);
 }
+
+#[test]
+fn cold_source_blobs_are_thawed_as_asked_then_copied() {
+    let mut env = Env::new(Backend::Moto);
+    env.extra.push("blob_size_limit = 1MiB".into());
+    env.s3_extra.push("storage_class = GLACIER".into());
+    env.random_files(3, 700_000, 12);
+    env.write_config();
+    env.settle();
+    env.create();
+    let usb = env.path().join("usb");
+    let to = usb.to_str().unwrap();
+    let out = copy(&env, &["latest", "--to", to]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("must be thawed"), "{}", stderr(&out));
+    let out = copy(&env, &["latest", "--to", to, "--thaw=Expedited"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(manifests(&usb).is_empty());
+    // Thawed (moto thaws at once): copied, and restored from the copy.
+    copy_ok(&env, &["latest", "--to", to]);
+    let target = env.path().join("restored");
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["--store", to, "restore", "latest", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
