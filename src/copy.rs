@@ -51,6 +51,12 @@ pub const METADATA_MAX: u64 = 16 << 30;
 /// Objects copied at once (each through its own temporary file).
 const PARALLEL: usize = 4;
 
+/// What makes cold blobs readable (`Options::thawed`).
+pub type Gate<'a> = dyn Fn(&[(String, u64)]) -> Result<()> + Sync + 'a;
+
+/// A blob to copy: its key, size, and the SHA-256 its key names.
+type Wanted = (String, u64, [u8; 32]);
+
 /// How the destination is written.
 pub struct Options<'a> {
     /// The storage class of blobs there (`[s3] storage_class`).
@@ -63,7 +69,7 @@ pub struct Options<'a> {
     /// Called with the source blobs to copy that a listing shows in a cold
     /// storage class (or INTELLIGENT_TIERING): returns once they are
     /// readable (`thaw.rs`, as `--thaw` asks).
-    pub thawed: &'a (dyn Fn(&[(String, u64)]) -> Result<()> + Sync),
+    pub thawed: &'a Gate<'a>,
 }
 
 /// What copying one snapshot did.
@@ -258,13 +264,8 @@ impl<'a> Copy<'a> {
 
     /// The blobs of `blobs` to copy, and how many the destination has
     /// (under Object Lock: locked, their locks extended as needed).
-    #[allow(clippy::type_complexity)]
-    fn to_copy(
-        &self,
-        blobs: &[(String, u64, [u8; 32])],
-        done: &mut Copied,
-    ) -> Result<(Vec<(String, u64, [u8; 32])>, u64)> {
-        let there: Vec<&(String, u64, [u8; 32])>;
+    fn to_copy(&self, blobs: &[Wanted], done: &mut Copied) -> Result<(Vec<Wanted>, u64)> {
+        let there: Vec<&Wanted>;
         let mut todo = Vec::new();
         {
             let have = self.dst_blobs.lock().expect("a copy thread panicked");
@@ -312,7 +313,7 @@ impl<'a> Copy<'a> {
     }
 
     /// Copy `todo`, `PARALLEL` at a time; the first error stops the rest.
-    fn copy_blobs(&self, todo: &[(String, u64, [u8; 32])], done: &mut Copied) -> Result<()> {
+    fn copy_blobs(&self, todo: &[Wanted], done: &mut Copied) -> Result<()> {
         let next = Mutex::new(0usize);
         let failed = AtomicBool::new(false);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
