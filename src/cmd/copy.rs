@@ -81,8 +81,19 @@ fn copy(
     let ids = crate::copy::select(&c.source_snapshots(), &a.snapshots, a.all, &a.narrow)?;
     let mut out = std::io::stdout().lock();
     let (mut snapshots, mut blobs, mut bytes) = (0u64, 0u64, 0u64);
+    let mut failed = 0;
     for id in &ids {
-        let done = c.snapshot(id)?;
+        let done = match c.snapshot(id) {
+            Ok(done) => done,
+            // What is wrong with one snapshot (at the source, or its
+            // manifest at the destination) leaves the others to copy.
+            Err(e) if of_one_snapshot(&e) => {
+                super::warn(&format!("snapshot {id} not copied: {e}"));
+                failed += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if done.already {
             writeln!(out, "{id}: already at the destination").map_err(output)?;
             continue;
@@ -108,7 +119,23 @@ fn copy(
         dst.describe(),
         human_bytes(bytes)
     )
-    .map_err(output)
+    .map_err(output)?;
+    if failed > 0 {
+        return Err(Error::Problems {
+            count: failed,
+            what: "copy (the snapshots not copied are named above)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// An error about one snapshot's objects (damaged or missing at the
+/// source, refused at the destination), not about reaching the stores.
+fn of_one_snapshot(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Corrupt { .. } | Error::NotFound { .. } | Error::Store { op: "COPY", .. }
+    )
 }
 
 /// The destination's storage class for blobs and Object Lock plan.

@@ -295,7 +295,10 @@ fn an_interrupted_copy_is_completed_by_a_rerun_and_never_shows_a_partial_snapsho
         .filter(|l| l.contains(": copied,"))
         .map(|l| figure(l, "blob(s) ("))
         .sum();
-    assert!(copied > 0, "{out}");
+    assert!(
+        copied > 0 && copied < total as u64,
+        "{copied} of {total}\n{out}"
+    );
     assert!(
         copied <= (total - before) as u64 + 4,
         "only the rest copied again (at most the 4 in flight when killed): {copied} of {total}, \
@@ -362,7 +365,7 @@ fn a_destination_with_object_lock_gets_locked_objects_in_its_storage_class() {
 /// A local source of one snapshot, damaged by `harm` (given the store's
 /// directory and the manifest's blobs), copied to a directory: the error
 /// names `what`, and no snapshot is at the destination.
-fn refused(harm: impl Fn(&Path, &str, &[(String, u64)]), what: &str) {
+fn refused(harm: impl Fn(&Path, &str, &[(String, u64)]) -> String, what: &str) {
     let mut env = Env::new(Backend::Local);
     env.extra.push("blob_size_limit = 1MiB".into());
     env.extra.push("chunk_size = 64KiB".into());
@@ -385,15 +388,23 @@ fn refused(harm: impl Fn(&Path, &str, &[(String, u64)]), what: &str) {
             )
         })
         .collect();
-    harm(&store, &id, &blobs);
+    let key = harm(&store, &id, &blobs);
     let outside = env.path().join("outside");
     fs::write(&outside, b"not vaultik's").unwrap();
     let dest = env.path().join("dest");
     let out = copy(&env, &[&id, "--to", dest.to_str().unwrap()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(what), "{what:?} not in {err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // One line naming the snapshot and why, one for the command.
+    let lines: Vec<&str> = err.trim().lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains(&format!("snapshot {id} not copied")),
+        "{err}"
+    );
+    assert!(lines[0].contains(what), "{what:?} not in {err}");
+    assert!(lines[0].contains(&key), "{key} not in {err}");
+    assert!(lines[1].contains("1 problem(s) found"), "{err}");
     assert!(manifests(&dest).is_empty(), "{:?}", keys(&dest));
     assert!(
         keys(&dest).iter().all(|k| !k.starts_with("metadata/")),
@@ -413,6 +424,7 @@ fn a_forged_manifest_size_is_refused() {
                     .unwrap();
             v["blobs"][1]["size"] = (blobs[1].1 + 1).into();
             crate::util::forge::write_manifest(&m, &v);
+            blobs[1].0.clone()
         },
         "bytes, but the manifest of snapshot",
     );
@@ -421,7 +433,10 @@ fn a_forged_manifest_size_is_refused() {
 #[test]
 fn a_missing_blob_is_refused() {
     refused(
-        |store, _, blobs| fs::remove_file(store.join(&blobs[2].0)).unwrap(),
+        |store, _, blobs| {
+            fs::remove_file(store.join(&blobs[2].0)).unwrap();
+            blobs[2].0.clone()
+        },
         "the source has no such object",
     );
 }
@@ -434,6 +449,7 @@ fn a_symlinked_blob_is_refused() {
             let elsewhere = store.parent().unwrap().join("elsewhere");
             fs::rename(&p, &elsewhere).unwrap();
             std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
+            blobs[0].0.clone()
         },
         "the source has no such object",
     );
@@ -447,8 +463,32 @@ fn a_blob_whose_bytes_are_not_its_name_is_refused() {
             let mut data = fs::read(&p).unwrap();
             data[1000] ^= 1;
             fs::write(&p, data).unwrap();
+            blobs[1].0.clone()
         },
         "not to",
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_leaves_the_others_to_copy() {
+    let (env, kept) = source(Backend::Local);
+    let first = env
+        .store_dir()
+        .join(format!("metadata/{}/manifest.json.zst", kept[0].0));
+    fs::write(&first, b"not a manifest").unwrap();
+    let usb = env.path().join("usb");
+    let out = copy(&env, &["--all", "--to", usb.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("snapshot {} not copied", kept[0].0)),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("copied 1 snapshot(s) of 2"), "{stdout}");
+    assert_eq!(
+        manifests(&usb),
+        [format!("metadata/{}/manifest.json.zst", kept[1].0)]
     );
 }
 
