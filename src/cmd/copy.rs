@@ -60,9 +60,6 @@ fn copy(
         // From the first object written, the identity included.
         dst.set_lock(Some(plan.lock()));
     }
-    // A damaged identity at the source was warned about: a new one then.
-    let source_id = store::identity::read(src).ok().flatten();
-    store::identity::ensure_copy(dst, source_id.as_ref())?;
     let tmp = std::env::temp_dir();
     let report: std::sync::Mutex<Box<dyn Write + Send>> =
         std::sync::Mutex::new(Box::new(std::io::stdout()));
@@ -79,6 +76,10 @@ fn copy(
         },
     )?;
     let ids = crate::copy::select(&c.source_snapshots(), &a.snapshots, a.all, &a.narrow)?;
+    // Nothing is written before the snapshots are known. A damaged
+    // identity at the source was warned about: a new one then.
+    let source_id = store::identity::read(src).ok().flatten();
+    store::identity::ensure_copy(dst, source_id.as_ref())?;
     let mut out = std::io::stdout().lock();
     let (mut snapshots, mut blobs, mut bytes) = (0u64, 0u64, 0u64);
     let mut failed = 0;

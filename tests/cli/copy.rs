@@ -214,6 +214,21 @@ fn s3_to_directory_to_s3_restores_identical_from_the_last_copy_alone() {
 }
 
 #[test]
+fn a_second_bucket_is_reached_as_the_source_is() {
+    let (env, kept) = source(Backend::S3);
+    let (bucket, dir) = s3s_bucket(&env, "same-provider");
+    let spec = format!("s3://{bucket}/copy");
+    let out = copy_ok(&env, &["latest", "--host", "testhost", "--to", &spec]);
+    assert!(out.contains("copied 1 snapshot(s) of 1"), "{out}");
+    assert_eq!(
+        manifests(&dir.join("copy")),
+        [format!("metadata/{}/manifest.json.zst", kept[1].0)]
+    );
+    let only = s3_config(&env, "only.conf", &server().endpoint, &bucket, &[]);
+    restore_all(&env, &only, &kept[1..]);
+}
+
+#[test]
 fn an_interrupted_copy_is_completed_by_a_rerun_and_never_shows_a_partial_snapshot() {
     let (env, kept) = source(Backend::S3);
     let total = env.blob_keys().len();
