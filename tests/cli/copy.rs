@@ -595,3 +595,26 @@ fn cold_source_blobs_are_thawed_as_asked_then_copied() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
+
+#[test]
+fn an_oversized_blob_is_refused_unread() {
+    refused(
+        |store, id, blobs| {
+            // A sparse file: 5 GiB listed, nothing stored.
+            let huge = 5u64 << 30;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(store.join(&blobs[0].0))
+                .unwrap();
+            f.set_len(huge).unwrap();
+            let m = store.join(format!("metadata/{id}/manifest.json.zst"));
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&zstd::decode_all(&fs::read(&m).unwrap()[..]).unwrap())
+                    .unwrap();
+            v["blobs"][0]["size"] = huge.into();
+            crate::util::forge::write_manifest(&m, &v);
+            blobs[0].0.clone()
+        },
+        "not read",
+    );
+}
