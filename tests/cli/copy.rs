@@ -618,3 +618,64 @@ fn an_oversized_blob_is_refused_unread() {
         "not read",
     );
 }
+
+#[test]
+fn the_destination_keeps_its_own_identity_and_gets_no_foreign_object() {
+    let (env, kept) = source(Backend::Local);
+    // Objects that are not vaultik's in the source: never copied.
+    let store = env.store_dir();
+    fs::create_dir_all(store.join("other")).unwrap();
+    fs::write(store.join("other/thing"), b"foreign").unwrap();
+    let first_blob = env.blob_keys()[0].clone();
+    fs::write(store.join(format!("{first_blob}.evil")), b"foreign").unwrap();
+    // The destination is a store of its own, with its own identity.
+    let mut other = Env::new(Backend::Local);
+    other.snapshots = vec![("mine".into(), vec![other.src()], vec![])];
+    other.write_config();
+    fs::write(other.src().join("mine"), b"the other host's file").unwrap();
+    other.create();
+    let theirs: Vec<String> = keys(&other.store_dir())
+        .into_iter()
+        .filter(|k| k.starts_with("store/"))
+        .collect();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    let out = copy_ok(
+        &env,
+        &["--all", "--to", other.store_dir().to_str().unwrap()],
+    );
+    assert!(out.contains("copied 2 snapshot(s) of 2"), "{out}");
+    let after = keys(&other.store_dir());
+    let ids: Vec<&String> = after.iter().filter(|k| k.starts_with("store/")).collect();
+    assert_eq!(ids, theirs.iter().collect::<Vec<_>>());
+    assert!(
+        after
+            .iter()
+            .all(|k| !k.starts_with("other/") && !k.ends_with(".evil")),
+        "{after:?}"
+    );
+    // Its own backups go on with their index, beside the copied snapshots.
+    let out = other.create();
+    assert!(!out.contains("afresh"), "{out}");
+    assert_eq!(other.snapshot_ids().len(), 4);
+    restore_all(&env, &other.config_path(), &kept);
+}
+
+#[test]
+fn another_manifest_under_the_same_id_at_the_destination_is_left_alone() {
+    let (env, kept) = source(Backend::Local);
+    let usb = env.path().join("usb");
+    copy_ok(&env, &[kept[0].0.as_str(), "--to", usb.to_str().unwrap()]);
+    // Another host's snapshot of the same id (same host name, name and
+    // second), or a damaged one: never replaced.
+    let m = usb.join(format!("metadata/{}/manifest.json.zst", kept[0].0));
+    fs::write(&m, b"someone else's").unwrap();
+    let out = copy(&env, &["--all", "--to", usb.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the destination has another manifest"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&m).unwrap(), b"someone else's");
+    assert_eq!(manifests(&usb).len(), 2, "the other snapshot is copied");
+}
