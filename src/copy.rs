@@ -483,3 +483,128 @@ pub fn select(
     ids.sort_by(|a, b| layout::id_order(a, b));
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::store::{LocalStore, Stats};
+
+    /// A store that deletes `victim` as soon as a manifest is put: a
+    /// purge elsewhere, between a copy's blobs and its check.
+    struct Purged {
+        inner: LocalStore,
+        victim: String,
+    }
+
+    impl Store for Purged {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put_file(&self, key: &str, path: &Path, class: StorageClass) -> Result<()> {
+            self.inner.put_file(key, path, class)
+        }
+        fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.inner.put_bytes(key, data)?;
+            if matches!(layout::parse(key), Some(layout::Key::Manifest(_))) {
+                self.inner.delete(&self.victim)?;
+            }
+            Ok(())
+        }
+        fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+            self.inner.put_new(key, data)
+        }
+        fn get(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
+            self.inner.get(key, limit)
+        }
+        fn open_range(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send + '_>> {
+            self.inner.open_range(key, start, len)
+        }
+        fn head(&self, key: &str) -> Result<Option<u64>> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> Result<crate::store::Listing> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn stats(&self) -> &Stats {
+            self.inner.stats()
+        }
+    }
+
+    /// A source store holding one snapshot of two blobs; its id and the
+    /// blobs' keys.
+    fn source(dir: &Path) -> (LocalStore, String, Vec<String>) {
+        let src = LocalStore::open(&dir.join("src"), true).unwrap();
+        let mut blobs = Vec::new();
+        for data in [&b"first blob"[..], b"second blob"] {
+            let key = layout::blob(&Sha256::digest(data).into());
+            src.put_bytes(&key, data).unwrap();
+            blobs.push((key, data.len() as u64));
+        }
+        let id = layout::make_id("h", "n", 1_795_422_615);
+        src.put_bytes(&layout::metadata(&id), b"sealed metadata")
+            .unwrap();
+        let m = Manifest {
+            id: id.clone(),
+            hostname: "h".into(),
+            name: "n".into(),
+            time: 1_795_422_615,
+            blobs: blobs.clone(),
+            metadata_size: 15,
+        };
+        src.put_bytes(&layout::manifest(&id), &m.to_bytes().unwrap())
+            .unwrap();
+        (src, id, blobs.into_iter().map(|b| b.0).collect())
+    }
+
+    fn no_thaw(_: &[(String, u64)]) -> Result<()> {
+        Ok(())
+    }
+
+    fn options(tmp: &Path) -> Options<'_> {
+        Options {
+            blob_class: StorageClass::Standard,
+            lock: None,
+            tmp,
+            thawed: &no_thaw,
+        }
+    }
+
+    #[test]
+    fn copies_once_then_finds_it_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, id, blobs) = source(dir.path());
+        let dst = LocalStore::open(&dir.path().join("dst"), true).unwrap();
+        let c = Copy::open(&src, &dst, options(dir.path())).unwrap();
+        let ids: Vec<String> = c.source_snapshots().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, [id.clone()]);
+        let done = c.snapshot(&id).unwrap();
+        assert_eq!((done.blobs_copied, done.blobs_present), (2, 0));
+        for k in blobs
+            .iter()
+            .chain([&layout::metadata(&id), &layout::manifest(&id)])
+        {
+            assert_eq!(dst.get(k, 1 << 20).unwrap(), src.get(k, 1 << 20).unwrap());
+        }
+        let c = Copy::open(&src, &dst, options(dir.path())).unwrap();
+        assert!(c.snapshot(&id).unwrap().already);
+    }
+
+    #[test]
+    fn a_blob_purged_before_the_manifest_is_checked_withdraws_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, id, blobs) = source(dir.path());
+        let dst = Purged {
+            inner: LocalStore::open(&dir.path().join("dst"), true).unwrap(),
+            victim: blobs[1].clone(),
+        };
+        let c = Copy::open(&src, &dst, options(dir.path())).unwrap();
+        let e = c.snapshot(&id).unwrap_err();
+        assert!(matches!(&e, Error::BlobsVanished { missing: 1, .. }), "{e}");
+        assert_eq!(dst.head(&layout::manifest(&id)).unwrap(), None);
+        assert_eq!(dst.head(&layout::metadata(&id)).unwrap(), None);
+    }
+}
