@@ -580,7 +580,7 @@ mod tests {
         let dst = LocalStore::open(&dir.path().join("dst"), true).unwrap();
         let c = Copy::open(&src, &dst, options(dir.path())).unwrap();
         let ids: Vec<String> = c.source_snapshots().into_iter().map(|l| l.id).collect();
-        assert_eq!(ids, [id.clone()]);
+        assert_eq!(ids, std::slice::from_ref(&id));
         let done = c.snapshot(&id).unwrap();
         assert_eq!((done.blobs_copied, done.blobs_present), (2, 0));
         for k in blobs
