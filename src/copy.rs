@@ -231,7 +231,8 @@ impl<'a> Copy<'a> {
         let pairs: Vec<(String, u64)> = blobs.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
         self.src.choose_versions(&pairs, &|m| {
             eprintln!(
-                "vaultik: warning: {}",
+                "{}vaultik: warning: {}",
+                crate::error::priority(4),
                 crate::error::one_line(m.to_string())
             )
         })?;
