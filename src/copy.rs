@@ -177,24 +177,44 @@ impl<'a> Copy<'a> {
                  (remove it there with `snapshot remove` if it is to be replaced)",
             ));
         }
+        // On a versioned source, read the versions vaultik wrote (those of
+        // blobs replaced or deleted behind its back are pinned).
+        let pairs: Vec<(String, u64)> = parsed
+            .blobs
+            .iter()
+            .map(|b| (layout::blob(&b.hash), b.size))
+            .collect();
+        self.src.choose_versions(&pairs, &|m| {
+            eprintln!(
+                "{}vaultik: warning: {}",
+                crate::error::priority(4),
+                crate::error::one_line(m.to_string())
+            )
+        })?;
         // Every blob, checked against the source's listing before anything
-        // is written.
+        // is written (a blob the listing does not show with its size is
+        // asked for: a version pinned above is known without a request).
         let mut blobs = Vec::with_capacity(parsed.blobs.len());
-        for b in &parsed.blobs {
-            let key = layout::blob(&b.hash);
-            let listed = self.src_objects.get(&key).ok_or_else(|| {
-                Error::store(
+        for (b, (key, _)) in parsed.blobs.iter().zip(pairs) {
+            let size = match self.src_objects.get(&key) {
+                Some(o) if o.size == b.size => Some(o.size),
+                _ => self.src.head(&key)?,
+            };
+            let Some(size) = size else {
+                return Err(Error::store(
                     "COPY",
                     &key,
-                    format!("snapshot {id} lists this blob, but the source has no such object; nothing of the snapshot copied"),
-                )
-            })?;
-            if listed.size != b.size {
+                    format!(
+                        "snapshot {id} lists this blob, but the source has no such object; nothing of the snapshot copied"
+                    ),
+                ));
+            };
+            if size != b.size {
                 return Err(Error::corrupt(
                     format!("blob {key} at the source"),
                     format!(
-                        "{} bytes, but the manifest of snapshot {id} records {}; nothing of the snapshot copied",
-                        listed.size, b.size
+                        "{size} bytes, but the manifest of snapshot {id} records {}; nothing of the snapshot copied",
+                        b.size
                     ),
                 ));
             }
@@ -227,16 +247,8 @@ impl<'a> Copy<'a> {
             }
             Some(_) => {}
         }
-        // On a versioned source, read the versions vaultik wrote.
-        let pairs: Vec<(String, u64)> = blobs.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
-        self.src.choose_versions(&pairs, &|m| {
-            eprintln!(
-                "{}vaultik: warning: {}",
-                crate::error::priority(4),
-                crate::error::one_line(m.to_string())
-            )
-        })?;
 
+        let pairs: Vec<(String, u64)> = blobs.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
         let (todo, present) = self.to_copy(&blobs, &mut done)?;
         done.blobs_present = present;
         let cold: Vec<(String, u64)> = todo

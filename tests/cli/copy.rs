@@ -466,7 +466,7 @@ fn a_symlinked_blob_is_refused() {
             std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
             blobs[0].0.clone()
         },
-        "the source has no such object",
+        "not a regular file; refused",
     );
 }
 
