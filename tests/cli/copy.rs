@@ -679,3 +679,34 @@ fn another_manifest_under_the_same_id_at_the_destination_is_left_alone() {
     assert_eq!(fs::read(&m).unwrap(), b"someone else's");
     assert_eq!(manifests(&usb).len(), 2, "the other snapshot is copied");
 }
+
+#[test]
+fn blobs_written_over_at_a_versioned_source_are_copied_as_vaultik_wrote_them() {
+    let (env, _proxy) = crate::immutable::locked_env("3d");
+    env.create();
+    let id = env.snapshot_ids()[0].clone();
+    // An attacker with the host's key writes over every blob.
+    let blobs: Vec<String> = moto::keys(&env.bucket, "host1/blobs/")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(blobs.len() >= 2, "{blobs:?}");
+    for k in &blobs {
+        let a = moto::http("PUT", &format!("/{}/{k}", env.bucket), &[], b"junk");
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let usb = env.path().join("usb");
+    let out = copy(&env, &[&id, "--to", usb.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("matches its key"), "{}", stderr(&out));
+    let target = env.path().join("restored");
+    let out = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["--store", usb.to_str().unwrap(), "restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
