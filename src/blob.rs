@@ -488,11 +488,14 @@ impl<'a> BlobReader<'a> {
                 loc.length
             )));
         }
-        let pos = self.stream.stream_position().map_err(|e| self.corrupt(e))?;
+        let pos = self
+            .stream
+            .stream_position()
+            .map_err(|e| self.read_failure(String::new(), e))?;
         if pos != loc.offset {
             self.stream
                 .seek(SeekFrom::Start(loc.offset))
-                .map_err(|e| self.corrupt(e))?;
+                .map_err(|e| self.read_failure(String::new(), e))?;
         }
         let mut frame = std::mem::take(&mut self.frame);
         frame.resize(loc.length as usize, 0);
@@ -501,7 +504,7 @@ impl<'a> BlobReader<'a> {
         data.clear();
         data.reserve(loc.size as usize);
         let done = read
-            .map_err(|e| self.corrupt(format!("chunk at {}: {e}", loc.offset)))
+            .map_err(|e| self.read_failure(format!("chunk at {}: ", loc.offset), e))
             .and_then(|()| {
                 DECOMPRESSOR
                     .with_borrow_mut(|d| {
@@ -540,6 +543,27 @@ impl<'a> BlobReader<'a> {
 
     fn corrupt(&self, e: impl std::fmt::Display) -> Error {
         Error::corrupt(format!("blob {}", self.key), e)
+    }
+
+    /// A read that failed: the store's own failure (a request that failed
+    /// after its retries, a key gone) or a connection lost for good is said
+    /// as what it is; anything else (bytes that do not decrypt, an answer
+    /// that keeps ending early) is damage.
+    fn read_failure(&self, what: String, e: io::Error) -> Error {
+        if e.get_ref().is_some_and(|x| x.is::<Error>()) {
+            if let Some(Ok(inner)) = e.into_inner().map(|b| b.downcast::<Error>()) {
+                return *inner;
+            }
+            return self.corrupt(format!("{what}a failed read"));
+        }
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected => Error::store("GET", &self.key, format!("{what}{e}")),
+            _ => self.corrupt(format!("{what}{e}")),
+        }
     }
 }
 
@@ -875,5 +899,23 @@ mod tests {
             fetched < loc.length + 2 * AGE_CHUNK_ENC + 8192,
             "{opened:?}"
         );
+    }
+
+    /// A blob gone from the store in the middle of a restore is said to be
+    /// missing, as the store said it, not "damaged".
+    #[test]
+    fn a_store_failure_mid_read_is_not_called_damage() {
+        let (dir, store, id, _chunks, (key, size, entries)) = setup(0, false);
+        let mut r = BlobReader::open(&store, &key, size, std::slice::from_ref(&id)).unwrap();
+        let path = dir.path().join("store").join(&key);
+        assert!(path.is_file(), "{}", path.display());
+        std::fs::remove_file(&path).unwrap();
+        let (cid, loc) = entries[3];
+        r.plan_range(loc.offset + loc.length);
+        let Err(e) = r.read_chunk(&cid, &loc) else {
+            panic!("a blob that is gone cannot be read")
+        };
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        assert!(!e.to_string().contains("damaged"), "{e}");
     }
 }

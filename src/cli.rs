@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Narrow;
 use crate::restore::{Controls, Overwrite};
 use crate::store::class::Tier;
+pub use crate::thaw::ThawArgs;
 
 pub const USAGE: &str = "\
 vaultik - encrypted, deduplicating, incremental backups to S3
@@ -40,7 +41,7 @@ Usage:
                              [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
                              [--host HOST] [--name NAME] [THAW FLAGS]
-  vaultik keygen [--output FILE]
+  vaultik keygen [--output FILE] [--passphrase]
   vaultik help [COMMAND]
 
 Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
@@ -60,6 +61,8 @@ Global flags:
   --limit-upload RATE, --limit-download RATE
                      bytes per second to and from the store, all threads (10MB, 5MiB/s)
   --connections N    store requests in flight at most, all threads
+  --passphrase-fd N  the passphrase of a protected identity file, from file
+                     descriptor N (else asked at the terminal)
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -359,13 +362,17 @@ it copies only what is missing.
 ";
 
 pub const USAGE_KEYGEN: &str = "\
-Usage: vaultik keygen [--output FILE]
+Usage: vaultik keygen [--output FILE] [--passphrase]
 
 Generate an age key pair. The identity (private key) goes to FILE (created
 mode 0600, never overwritten) or to standard output; the public key, for
-`age_recipient`, is printed to standard output.
+`age_recipient`, is printed to standard output (to standard error when the
+protected identity goes there).
 
   -o, --output FILE   write the identity to FILE
+  --passphrase        encrypt the identity with a passphrase (age -p, armored),
+                      asked twice at the terminal or read once from
+                      --passphrase-fd N; --identity FILE then asks for it
 ";
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -382,6 +389,9 @@ pub struct Global {
     pub limit_upload: Option<u64>,
     pub limit_download: Option<u64>,
     pub connections: Option<usize>,
+    /// `--passphrase-fd N`: where the passphrase of a protected identity
+    /// file comes from (else the terminal).
+    pub passphrase_fd: Option<i32>,
 }
 
 /// `snapshot create`
@@ -399,27 +409,6 @@ pub struct CreateArgs {
     /// `--progress`: progress even when standard error is no terminal
     /// (JSON lines with `--json`).
     pub progress: bool,
-}
-
-/// How to treat blobs in a cold storage class (restore, verify --deep).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ThawArgs {
-    /// `--thaw[=TIER]`: request thaws at this tier.
-    pub tier: Option<Tier>,
-    /// `--thaw-days N`
-    pub days: u32,
-    /// `--wait`
-    pub wait: bool,
-}
-
-impl Default for ThawArgs {
-    fn default() -> ThawArgs {
-        ThawArgs {
-            tier: None,
-            days: 7,
-            wait: false,
-        }
-    }
 }
 
 /// `snapshot verify`
@@ -566,6 +555,8 @@ pub enum Command {
     Copy(CopyArgs),
     Keygen {
         output: Option<PathBuf>,
+        /// `--passphrase`: the identity encrypted with a passphrase.
+        passphrase: bool,
     },
 }
 
@@ -610,7 +601,7 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 8] = [
+const GLOBAL_FLAGS: [&str; 9] = [
     "config",
     "store",
     "endpoint",
@@ -619,6 +610,7 @@ const GLOBAL_FLAGS: [&str; 8] = [
     "limit-upload",
     "limit-download",
     "connections",
+    "passphrase-fd",
 ];
 
 /// An argument that is not a global flag, owned (so that the parser can
@@ -719,6 +711,14 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
                             ))
                         })?,
                 );
+            }
+            "passphrase-fd" => {
+                let v = string(v, "--passphrase-fd")?;
+                g.passphrase_fd = Some(v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--passphrase-fd: expected a file descriptor number, found `{v}`"
+                    ))
+                })?);
             }
             _ => g.region = Some(string(v, "--region")?),
         }
@@ -1315,15 +1315,17 @@ fn parse_diff(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut output = None;
+    let mut passphrase = false;
     while let Some(arg) = next(p, g)? {
         match arg.get() {
             ArgRef::Help => return Ok(Command::Help(USAGE_KEYGEN)),
             Long("output") => output = Some(path_value(p)?),
             Short('o') => output = Some(path_value(p)?),
+            Long("passphrase") => passphrase = true,
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Keygen { output })
+    Ok(Command::Keygen { output, passphrase })
 }
 
 #[cfg(test)]
@@ -1846,7 +1848,7 @@ mod man_page {
     /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
     /// cargo's, node_exporter's, and those of the test and benchmark
     /// scripts.
-    const NOT_VAULTIK: [&str; 18] = [
+    const NOT_VAULTIK: [&str; 19] = [
         "--exclude-tag",
         "--keep-",
         "--bucket",
@@ -1865,6 +1867,8 @@ mod man_page {
         "--files",
         "--quick",
         "--collector",
+        // aws sso login --profile NAME
+        "--profile",
     ];
 
     /// The `--flags` of a text (roff's `\-` and font escapes undone).

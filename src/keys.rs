@@ -38,9 +38,99 @@ pub fn parse_recipients(list: &[String], config: &Path) -> Result<Vec<x25519::Re
         .collect()
 }
 
-/// The identities in an age identity file.
-pub fn identities_from_file(path: &Path) -> Result<Vec<x25519::Identity>> {
-    let text = std::fs::read_to_string(path).at("read identity file", path)?;
+/// An identity file is small: a few lines per key.
+const IDENTITY_FILE_MAX: u64 = 1 << 20;
+
+/// The most scrypt work a passphrase-protected identity file may ask for:
+/// 2^20 (1 GiB of memory, a few seconds). age picks about a second's worth
+/// when it writes one (2^18 on this kind of machine); vaultik writes 2^18.
+pub const SCRYPT_MAX_WORK: u8 = 20;
+const SCRYPT_WORK: u8 = 18;
+
+/// The identities in an age identity file: plain (`AGE-SECRET-KEY-1...`
+/// lines, as age-keygen and `vaultik keygen` write them) or protected by a
+/// passphrase (an age file encrypted with `age -p`, armored or not, as
+/// `vaultik keygen --passphrase` writes), whose passphrase is asked of
+/// `pass`.
+pub fn identities_from_file(
+    path: &Path,
+    pass: crate::passphrase::Source,
+) -> Result<Vec<x25519::Identity>> {
+    let f = std::fs::File::open(path).at("read identity file", path)?;
+    let bytes = crate::store::read_bounded(f, IDENTITY_FILE_MAX)
+        .at("read identity file", path)?
+        .ok_or_else(|| {
+            Error::Key(format!(
+                "{}: larger than {IDENTITY_FILE_MAX} bytes; not an identity file",
+                path.display()
+            ))
+        })?;
+    let text = if is_encrypted(&bytes) {
+        decrypt_identity_file(&bytes, path, pass)?
+    } else {
+        String::from_utf8(bytes).map_err(|_| {
+            Error::Key(format!(
+                "{}: not an age identity file (not text)",
+                path.display()
+            ))
+        })?
+    };
+    parse_identities(&text, path)
+}
+
+/// An age file, binary or armored (leading blank lines allowed).
+fn is_encrypted(bytes: &[u8]) -> bool {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let b = &bytes[start..];
+    b.starts_with(VERSION_LINE) || b.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+}
+
+fn decrypt_identity_file(
+    bytes: &[u8],
+    path: &Path,
+    pass: crate::passphrase::Source,
+) -> Result<String> {
+    let name = path.display();
+    let bad = |m: String| Error::Key(format!("{name}: {m}"));
+    let dec = age::Decryptor::new(age::armor::ArmoredReader::new(bytes))
+        .map_err(|e| bad(format!("not a readable age file ({e})")))?;
+    if !dec.is_scrypt() {
+        return Err(bad(
+            "encrypted to a key, not with a passphrase: not an identity file vaultik can open"
+                .into(),
+        ));
+    }
+    let passphrase = crate::passphrase::read(pass, &name.to_string(), false)?;
+    let mut id = age::scrypt::Identity::new(passphrase);
+    id.set_max_work_factor(SCRYPT_MAX_WORK);
+    let mut r = dec
+        .decrypt(std::iter::once(&id as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::ExcessiveWork { required, .. } => bad(format!(
+                "asks for scrypt work 2^{required}, more than 2^{SCRYPT_MAX_WORK}"
+            )),
+            age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
+                bad("wrong passphrase".into())
+            }
+            e => bad(format!("cannot be decrypted ({e})")),
+        })?;
+    let mut plain = Vec::new();
+    (&mut r)
+        .take(IDENTITY_FILE_MAX + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| bad(format!("cannot be decrypted ({e})")))?;
+    if plain.len() as u64 > IDENTITY_FILE_MAX {
+        return Err(bad(format!(
+            "decrypts to more than {IDENTITY_FILE_MAX} bytes"
+        )));
+    }
+    String::from_utf8(plain).map_err(|_| bad("decrypts to something that is not text".into()))
+}
+
+fn parse_identities(text: &str, path: &Path) -> Result<Vec<x25519::Identity>> {
     let ids: Vec<_> = text
         .lines()
         .map(str::trim)
@@ -61,6 +151,24 @@ pub fn identities_from_file(path: &Path) -> Result<Vec<x25519::Identity>> {
         )));
     }
     Ok(ids)
+}
+
+/// `file` (an identity file's text) encrypted with `passphrase`, armored:
+/// what `age -p -a` writes, which age and `identities_from_file` read.
+pub fn protect(file: &str, passphrase: age::secrecy::SecretString) -> Result<String> {
+    use std::io::Write;
+    let mut recipient = age::scrypt::Recipient::new(passphrase);
+    recipient.set_work_factor(SCRYPT_WORK);
+    let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+        .map_err(|e| Error::Key(format!("encrypting the identity: {e}")))?;
+    let mut out = Vec::new();
+    let fail = |e: std::io::Error| Error::Key(format!("encrypting the identity: {e}"));
+    let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+        .map_err(fail)?;
+    let mut w = enc.wrap_output(armor).map_err(fail)?;
+    w.write_all(file.as_bytes()).map_err(fail)?;
+    w.finish().and_then(|a| a.finish()).map_err(fail)?;
+    String::from_utf8(out).map_err(|_| Error::Key("the armor is not text".into()))
 }
 
 /// The identity given in `VAULTIK_PRIVATE_KEY`.
@@ -228,5 +336,83 @@ mod tests {
             assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
         }
         assert!(started.elapsed().as_secs() < 2);
+    }
+
+    /// A descriptor holding `text` (left open: a test process).
+    fn fd_with(text: &str) -> crate::passphrase::Source {
+        let r = crate::passphrase::tests::pipe_with(text.as_bytes());
+        crate::passphrase::Source::Fd(std::os::fd::IntoRawFd::into_raw_fd(r))
+    }
+
+    /// A protected identity reads back with its passphrase, and only with
+    /// it; files that are not one are refused by name.
+    #[test]
+    fn protected_identity_files() {
+        use age::secrecy::SecretString;
+        let d = tempfile::tempdir().unwrap();
+        let (file, public) = generate();
+        let armored = protect(&file, SecretString::from("pw".to_string())).unwrap();
+        let path = d.path().join("key.age");
+        std::fs::write(&path, &armored).unwrap();
+        let ids = identities_from_file(&path, fd_with("pw\n")).unwrap();
+        assert_eq!(ids[0].to_public().to_string(), public);
+        let e = identities_from_file(&path, fd_with("nope\n"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.ends_with("key.age: wrong passphrase"), "{e}");
+        // Encrypted to a key, not a passphrase.
+        let other = d.path().join("to-key.age");
+        std::fs::write(&other, sealed(1, file.as_bytes())).unwrap();
+        let e = identities_from_file(&other, fd_with("pw\n"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("not with a passphrase"), "{e}");
+        // Asking for more scrypt work than a rescue machine can give: refused
+        // before any is done.
+        let rec = age::scrypt::Recipient::new(SecretString::from("pw".to_string()));
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&rec as &dyn age::Recipient)).unwrap();
+        let mut raw = Vec::new();
+        let mut w = enc.wrap_output(&mut raw).unwrap();
+        w.write_all(file.as_bytes()).unwrap();
+        w.finish().unwrap();
+        let head = String::from_utf8_lossy(&raw[..80]).to_string();
+        let line = head
+            .lines()
+            .find(|l| l.starts_with("-> scrypt "))
+            .unwrap()
+            .to_string();
+        let work = line.rsplit(' ').next().unwrap().to_string();
+        let forged = String::from_utf8_lossy(&raw).replacen(
+            &line,
+            &line.replace(&format!(" {work}"), " 30"),
+            1,
+        );
+        let heavy = d.path().join("heavy.age");
+        std::fs::write(&heavy, forged.as_bytes()).unwrap();
+        let t = std::time::Instant::now();
+        let e = identities_from_file(&heavy, fd_with("pw\n"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("scrypt work 2^30"), "{e}");
+        assert!(t.elapsed().as_secs() < 2);
+        // Too big to be one; not text.
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'#'; (IDENTITY_FILE_MAX + 1) as usize]).unwrap();
+        let e = identities_from_file(&big, fd_with(""))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let bin = d.path().join("bin");
+        std::fs::write(&bin, [0xff, 0xfe, 0]).unwrap();
+        let e = identities_from_file(&bin, fd_with(""))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("not text"), "{e}");
     }
 }

@@ -110,6 +110,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metadata;
 pub mod monitor;
+pub mod passphrase;
 pub mod restore;
 pub mod scratch;
 pub mod snapshot;

@@ -15,12 +15,32 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cli::ThawArgs;
 use crate::error::{Error, Result};
 use crate::human_bytes;
 use crate::layout;
 use crate::store::class::{self, StorageClass, Tier};
 use crate::store::{ObjectMeta, Store, ThawState};
+
+/// How to treat blobs in a cold storage class (restore, verify --deep).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThawArgs {
+    /// `--thaw[=TIER]`: request thaws at this tier.
+    pub tier: Option<Tier>,
+    /// `--thaw-days N`
+    pub days: u32,
+    /// `--wait`
+    pub wait: bool,
+}
+
+impl Default for ThawArgs {
+    fn default() -> ThawArgs {
+        ThawArgs {
+            tier: None,
+            days: 7,
+            wait: false,
+        }
+    }
+}
 
 /// What a command calls with the blobs it needs (key, size) once it knows
 /// them and before it reads any: `Thaw::ensure`, as a restore or a deep

@@ -30,7 +30,7 @@ fn requests(store: &dyn Store) {
 
 pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
     // The key first: no network work without it.
-    let identities = settings::identities(a.identity.as_deref())?;
+    let identities = settings::identities(g, a.identity.as_deref())?;
     super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
@@ -78,7 +78,7 @@ fn unreadable(e: &Error) -> bool {
 }
 
 pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
-    let identities = settings::identities(a.identity.as_deref())?;
+    let identities = settings::identities(g, a.identity.as_deref())?;
     let matcher = Matcher::new(&a.pattern)?;
     super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
@@ -150,7 +150,7 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
 }
 
 pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
-    let identities = settings::identities(a.identity.as_deref())?;
+    let identities = settings::identities(g, a.identity.as_deref())?;
     super::requests_to(Requests::Stderr);
     let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
     let r = (|| -> Result<()> {

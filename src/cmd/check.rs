@@ -177,14 +177,90 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
     let (ok, said) = asked(store.object_lock_enabled());
     found.push(Finding::new("Object Lock", ok, said));
 
+    // Storage classes: a small probe written in each, then listed (the
+    // class the provider says it holds). Never read back: a probe in
+    // GLACIER or DEEP_ARCHIVE could not be.
+    let mut keys = vec![small_key.clone(), large_key.clone()];
+    if store.has_classes() {
+        let (path, mut file) = dir.file("class-probe")?;
+        file.write_all(&small)
+            .map_err(|e| crate::error::Error::Io {
+                op: "write",
+                path: path.clone(),
+                source: e,
+            })?;
+        drop(file);
+        let mut taken = Vec::new();
+        let mut refused: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut other = Vec::new();
+        let mut written = Vec::new();
+        for (n, class) in StorageClass::ALL.iter().enumerate().skip(1) {
+            let key = Key::Probe {
+                run,
+                n: n as u8 + 1,
+            }
+            .to_key();
+            match store.put_file(&key, &path, *class) {
+                Ok(()) => {
+                    keys.push(key.clone());
+                    written.push((key, *class));
+                }
+                Err(e) => {
+                    let why = short(&e.to_string());
+                    match refused
+                        .iter_mut()
+                        .find(|(w, _): &&mut (String, Vec<&str>)| *w == why)
+                    {
+                        Some((_, names)) => names.push(class.name()),
+                        None => refused.push((why, vec![class.name()])),
+                    }
+                }
+            }
+        }
+        if !written.is_empty() {
+            let listed = store.list(&format!("{}{}/", layout::PROBES, crate::chunk::hex(&run)))?;
+            for (key, class) in &written {
+                match listed.objects.iter().find(|o| &o.key == key) {
+                    Some(o) if o.class == *class => taken.push(class.name().to_string()),
+                    Some(o) => other.push(format!("{} listed as {}", class.name(), o.class.name())),
+                    None => other.push(format!("{} not listed", class.name())),
+                }
+            }
+        }
+        let mut said = Vec::new();
+        if !taken.is_empty() {
+            said.push(format!("kept {}", taken.join(", ")));
+        }
+        if !other.is_empty() {
+            said.push(other.join(", "));
+        }
+        for (why, names) in &refused {
+            said.push(format!("refused {} ({why})", names.join(", ")));
+        }
+        found.push(Finding::new(
+            "storage classes",
+            Some(refused.is_empty() && other.is_empty()),
+            said.join("; "),
+        ));
+    } else {
+        found.push(Finding::new(
+            "storage classes",
+            None,
+            "a directory store has none",
+        ));
+    }
+
     // DeleteObjects, and that the probes are gone.
-    let keys = [small_key.clone(), large_key.clone()];
     let batch = store.delete_many(&keys);
     let gone = store
         .list(&format!("{}{}/", layout::PROBES, crate::chunk::hex(&run)))
         .map(|l| l.objects.is_empty());
     found.push(match (&batch, &gone) {
-        (Ok(()), Ok(true)) => Finding::new("DeleteObjects", Some(true), "both probes deleted"),
+        (Ok(()), Ok(true)) => Finding::new(
+            "DeleteObjects",
+            Some(true),
+            format!("{} probes deleted in one request", keys.len()),
+        ),
         (Ok(()), _) => Finding::new(
             "DeleteObjects",
             Some(false),
@@ -229,15 +305,15 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
         });
         writeln!(out, "{v}").map_err(output)?;
     } else {
-        writeln!(out, "store:          {}", store.describe()).map_err(output)?;
+        writeln!(out, "store:           {}", store.describe()).map_err(output)?;
         if let Some(s) = store.signed_by() {
-            writeln!(out, "signed by:      {s}").map_err(output)?;
+            writeln!(out, "signed by:       {s}").map_err(output)?;
         }
         for f in &found {
             let label = format!("{}:", f.what);
             // A bucket setting is neither good nor bad: said as it is.
             if matches!(f.what, "versioning" | "Object Lock") {
-                writeln!(out, "{label:<15} {}", f.said).map_err(output)?;
+                writeln!(out, "{label:<16} {}", f.said).map_err(output)?;
                 continue;
             }
             let mark = match f.ok {
@@ -245,12 +321,23 @@ pub fn run(settings: &Settings, json: bool) -> Result<()> {
                 Some(false) => "NO",
                 None => "?",
             };
-            writeln!(out, "{label:<15} {mark}: {}", f.said).map_err(output)?;
+            writeln!(out, "{label:<16} {mark}: {}", f.said).map_err(output)?;
         }
         for (what, v) in &figures {
-            writeln!(out, "{:<15} {v}", format!("{what}:")).map_err(output)?;
+            writeln!(out, "{:<16} {v}", format!("{what}:")).map_err(output)?;
         }
         writeln!(out, "{}", store.stats().summary()).map_err(output)?;
     }
     Ok(())
+}
+
+/// An error's S3 code, or its first words: a refusal in a list of them.
+fn short(e: &str) -> String {
+    let words: Vec<&str> = e
+        .rsplit(": ")
+        .next()
+        .unwrap_or(e)
+        .split_whitespace()
+        .collect();
+    words.iter().take(4).copied().collect::<Vec<_>>().join(" ")
 }

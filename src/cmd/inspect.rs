@@ -353,7 +353,7 @@ impl Totals {
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     // Ask for the key before any network work, and only for --deep.
     let identities = if a.deep {
-        Some(settings::identities(a.identity.as_deref())?)
+        Some(settings::identities(g, a.identity.as_deref())?)
     } else {
         None
     };

@@ -39,7 +39,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
             println!("vaultik {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Keygen { output } => keygen(output.as_deref()),
+        Command::Keygen { output, passphrase } => keygen(g, output.as_deref(), passphrase),
         Command::SnapshotCreate(a) if a.daemon => daemon::run(g, &a),
         Command::SnapshotCreate(a) => create::run(&Settings::resolve(g, true)?, &a),
         Command::SnapshotList { json, versions } => {
@@ -173,7 +173,7 @@ fn never_written(store: &dyn Store, expect: Expect) -> Result<()> {
 /// `--wait`), its plan written to `out`, progress on a terminal.
 fn thaw<'t>(
     store: &'t dyn Store,
-    args: crate::cli::ThawArgs,
+    args: crate::thaw::ThawArgs,
     what: String,
     json: bool,
     out: &'t std::sync::Mutex<Box<dyn Write + Send>>,
@@ -254,8 +254,13 @@ fn json_report(mut v: serde_json::Value, store: &dyn Store) -> String {
     serde_json::to_string_pretty(&v).expect("JSON values serialize")
 }
 
-fn keygen(output: Option<&Path>) -> Result<()> {
-    let (file, public) = keys::generate();
+fn keygen(g: &Global, output: Option<&Path>, passphrase: bool) -> Result<()> {
+    let (mut file, public) = keys::generate();
+    if passphrase {
+        let what = output.map_or("the new identity".to_string(), |p| p.display().to_string());
+        let pass = crate::passphrase::read(settings::passphrase_source(g), &what, true)?;
+        file = keys::protect(&file, pass)?;
+    }
     match output {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()
@@ -266,6 +271,12 @@ fn keygen(output: Option<&Path>) -> Result<()> {
                 .at("create identity file", path)?;
             f.write_all(file.as_bytes()).at("write", path)?;
             println!("{public}");
+        }
+        None if passphrase => {
+            // The armored identity alone on standard output (a file age
+            // reads as it is); the public key beside it, as age-keygen does.
+            eprintln!("public key: {public}");
+            print!("{file}");
         }
         None => print!("{file}"),
     }

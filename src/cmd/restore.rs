@@ -16,7 +16,7 @@ use crate::{human_bytes, manifest};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // The key first: no network work without it.
-    let identities = settings::identities(a.identity.as_deref())?;
+    let identities = settings::identities(g, a.identity.as_deref())?;
     // Deleted snapshots (versions remain) only by id: `latest` is never
     // one that was removed.
     let by_id = a.snapshot != "latest";

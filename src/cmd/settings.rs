@@ -59,10 +59,18 @@ impl Settings {
     }
 }
 
+/// Where a passphrase comes from: `--passphrase-fd N`, else the terminal.
+pub fn passphrase_source(g: &Global) -> crate::passphrase::Source {
+    g.passphrase_fd.map_or(
+        crate::passphrase::Source::Terminal,
+        crate::passphrase::Source::Fd,
+    )
+}
+
 /// The private key: `--identity FILE` wins over `$VAULTIK_PRIVATE_KEY`.
-pub fn identities(file: Option<&Path>) -> Result<Vec<x25519::Identity>> {
+pub fn identities(g: &Global, file: Option<&Path>) -> Result<Vec<x25519::Identity>> {
     if let Some(path) = file {
-        return keys::identities_from_file(path);
+        return keys::identities_from_file(path, passphrase_source(g));
     }
     match std::env::var("VAULTIK_PRIVATE_KEY") {
         Ok(v) if !v.trim().is_empty() => keys::identity_from_env(v.trim()),
@@ -134,6 +142,7 @@ fn aws_env() -> AwsEnv {
         imds_disabled: env("AWS_EC2_METADATA_DISABLED")
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         sts_endpoint: env("AWS_ENDPOINT_URL_STS").or_else(|| env("AWS_ENDPOINT_URL")),
+        sso_endpoint: env("AWS_ENDPOINT_URL_SSO").or_else(|| env("AWS_ENDPOINT_URL")),
     }
 }
 

@@ -91,6 +91,9 @@ pub struct AwsEnv {
     /// `AWS_ENDPOINT_URL_STS` (else `AWS_ENDPOINT_URL`): another STS
     /// endpoint than AWS's.
     pub sts_endpoint: Option<String>,
+    /// `AWS_ENDPOINT_URL_SSO` (else `AWS_ENDPOINT_URL`): another SSO
+    /// portal than AWS's.
+    pub sso_endpoint: Option<String>,
 }
 
 /// Which variables are set, never their values (a secret, a token).

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use crate::core::restored;
 use crate::util::fake_http::{self, creds_json};
 use crate::util::iam::{self, Iam};
-use crate::util::proxy;
 use crate::util::tree::assert_same_tree;
 use crate::util::{Backend, Env, stderr};
+use crate::util::{proxy, tunnel};
 
 /// A test's store on the IAM moto (no key in the config), with a few files.
 fn env_iam() -> Env {
@@ -419,6 +419,23 @@ fn instance_metadata_credentials_are_refreshed_before_they_expire_mid_run() {
     assert!(!s3.requests.lock().unwrap().is_empty());
     env.endpoint = proxied;
     env.write_config();
+    // Behind an HTTP proxy (HTTPS_PROXY): the store is reached through
+    // it, the metadata endpoint never (the proxy would see credentials).
+    let port: u16 = env.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let tunnel = tunnel::start(port);
+    let before = fake.requests.lock().unwrap().len();
+    let via = [vars[0], ("HTTPS_PROXY", tunnel.url.as_str())];
+    ok(&env, &via, &["snapshot", "list"]);
+    assert!(fake.requests.lock().unwrap().len() > before, "IMDS asked");
+    let targets = tunnel.targets.lock().unwrap().clone();
+    let imds_host = fake.endpoint.trim_start_matches("http://").to_string();
+    assert!(!targets.is_empty());
+    assert!(
+        targets
+            .iter()
+            .all(|t| *t != imds_host && t.ends_with(&format!(":{port}"))),
+        "{targets:?}"
+    );
     // Credentials that expired already: never used.
     let stale = imds(vec![creds_json(&first.0, &first.1, &first.2, -60)]);
     fails(
@@ -557,4 +574,104 @@ fn the_readmes_write_only_policy_admits_a_backup_and_nothing_else() {
         &["restore", "latest", "--target", target.to_str().unwrap()],
     );
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
+}
+
+#[test]
+fn sso_profiles_exchange_the_token_aws_sso_login_left() {
+    let env = env_iam();
+    let iam = iam::iam();
+    let (k, s, t) = iam.assume(&role(iam, &env));
+    let access = "aoaAAAAAGQ-sso-access-token-5678";
+    let answer = serde_json::json!({"roleCredentials": {
+        "accessKeyId": k, "secretAccessKey": s, "sessionToken": t,
+        "expiration": (vaultik::time::now() + 3600) * 1000,
+    }})
+    .to_string()
+    .into_bytes();
+    // The portal (GetRoleCredentials): the token in its header, the
+    // account and role in the query.
+    let portal = fake_http::start(Box::new(move |r| {
+        let want = "/federation/credentials?account_id=123456789012&role_name=Backup%2BRestore";
+        if r.target != want || r.header("x-amz-sso_bearer_token") != Some(access) {
+            return (
+                401,
+                br#"{"message":"Session token not found or invalid"}"#.to_vec(),
+            );
+        }
+        (200, answer.clone())
+    }));
+    let aws = env.path().join(".aws");
+    fs::create_dir_all(aws.join("sso/cache")).unwrap();
+    fs::write(
+        aws.join("config"),
+        "[profile corp]\nsso_session = my-sso\nsso_account_id = 123456789012\n\
+         sso_role_name = Backup+Restore\nregion = us-east-1\n\
+         [sso-session my-sso]\nsso_region = us-east-1\n\
+         sso_start_url = https://my-sso-portal.awsapps.com/start\n\
+         sso_registration_scopes = sso:account:access\n",
+    )
+    .unwrap();
+    // The AWS CLI names the cache by the SHA-1 of the session name
+    // (`echo -n my-sso | sha1sum`).
+    let cache = aws
+        .join("sso/cache")
+        .join("0ad374308c5a4e22f723adf10145eafad7c4031c.json");
+    let token_json = |expires: &str| {
+        serde_json::json!({
+            "startUrl": "https://my-sso-portal.awsapps.com/start",
+            "region": "us-east-1", "accessToken": access, "expiresAt": expires,
+            "clientId": "c", "clientSecret": "cs", "refreshToken": "r",
+        })
+        .to_string()
+    };
+    fs::write(
+        &cache,
+        token_json(&vaultik::store::lock::iso8601(vaultik::time::now() + 3600)),
+    )
+    .unwrap();
+    let vars = [
+        ("AWS_PROFILE", "corp"),
+        ("AWS_ENDPOINT_URL_SSO", portal.endpoint.as_str()),
+    ];
+    round_trip(&env, &vars);
+    assert_eq!(
+        signed_by(&env, &vars),
+        "profile `corp` (SSO, role Backup+Restore in account 123456789012)"
+    );
+    assert!(portal.count("GET", "/federation/credentials") >= 1);
+    // A token that expired: sign in again, said on one line.
+    fs::write(&cache, token_json("2020-01-01T00:00:00Z")).unwrap();
+    fails(
+        &env,
+        &vars,
+        &["snapshot", "list"],
+        &["expired at 2020-01-01", "aws sso login --profile corp"],
+        access,
+    );
+    // One the portal does not know.
+    fs::write(
+        &cache,
+        token_json(&vaultik::store::lock::iso8601(vaultik::time::now() + 3600))
+            .replace(access, "revoked-token"),
+    )
+    .unwrap();
+    fails(
+        &env,
+        &vars,
+        &["snapshot", "list"],
+        &[
+            "the SSO portal refused the token (HTTP 401)",
+            "aws sso login",
+        ],
+        "revoked-token",
+    );
+    // No sign-in yet.
+    fs::remove_file(&cache).unwrap();
+    fails(
+        &env,
+        &vars,
+        &["snapshot", "list"],
+        &["no SSO token at", "aws sso login --profile corp"],
+        access,
+    );
 }

@@ -31,6 +31,8 @@ mod monitor;
 mod newcomer;
 mod ops;
 mod outage;
+mod passphrase;
+mod reach;
 mod rescue;
 mod retention;
 mod streams;

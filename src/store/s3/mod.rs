@@ -338,9 +338,11 @@ impl Store for S3Store {
         let full = self.checked("PUT", key)?;
         // A blob's key is the SHA-256 of its bytes; anything else is hashed
         // here. The server refuses bytes that do not match, and keeps the
-        // sum (`verify --checksums`). Only blobs take the configured class.
+        // sum (`verify --checksums`). Only blobs take the configured class
+        // (and `store check`'s probes, the class it tries).
         let (sha, class) = match crate::layout::parse(key) {
             Some(crate::layout::Key::Blob(hash)) => (hash, class),
+            Some(crate::layout::Key::Probe { .. }) => (file_sha256(path)?, class),
             _ => (file_sha256(path)?, StorageClass::Standard),
         };
         let md5 = match self.checksum {
@@ -525,7 +527,10 @@ impl Store for S3Store {
                 .iter()
                 .map(|k| self.checked("DELETE", k).map(ObjectIdentifier::new))
                 .collect::<Result<_>>()?;
-            let what = format!("{} objects from {}", ids.len(), self.full_key(&batch[0]));
+            let what = match ids.len() {
+                1 => format!("1 object, {}", self.full_key(&batch[0])),
+                n => format!("{n} objects from {}", self.full_key(&batch[0])),
+            };
             self.retry("DELETE", &what, || {
                 // rusty-s3 writes the body (and its MD5, which S3 requires).
                 let mut action = DeleteObjects::new(&self.bucket, None, ids.iter());

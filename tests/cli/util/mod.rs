@@ -9,8 +9,10 @@ pub mod faults;
 pub mod forge;
 pub mod iam;
 pub mod moto;
+pub mod own_server;
 pub mod proxy;
 pub mod tree;
+pub mod tunnel;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -11,6 +11,8 @@ pub struct Request {
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// When its head came to the proxy.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -114,6 +116,7 @@ fn serve(
             method,
             target,
             headers,
+            at: started,
         };
         let len: Option<u64> = req.header("content-length").and_then(|v| v.parse().ok());
         let chunked = req

@@ -27,8 +27,16 @@ pub(super) struct Answer {
 impl Http {
     /// `tls`: the roots to trust for https endpoints (the store's).
     pub(crate) fn new(tls: Option<ureq::tls::TlsConfig>) -> Http {
-        let agent = |connect: u64, total: u64| {
+        let agent = |connect: u64, total: u64, local: bool| {
             let mut b = ureq::Agent::config_builder()
+                // The metadata endpoints are link-local or loopback: never
+                // through a proxy (`HTTPS_PROXY`), which would see the
+                // credentials they hand out. STS goes the store's way.
+                .proxy(if local {
+                    None
+                } else {
+                    ureq::Proxy::try_from_env()
+                })
                 .http_status_as_error(false)
                 .max_redirects(0)
                 .timeout_connect(Some(Duration::from_secs(connect)))
@@ -41,8 +49,8 @@ impl Http {
         };
         Http {
             // The SDKs give IMDS one second; a little more for a loaded host.
-            local: agent(2, 5),
-            remote: agent(15, 60),
+            local: agent(2, 5, true),
+            remote: agent(15, 60, false),
         }
     }
 

@@ -8,7 +8,8 @@
 //! 3. the shared files (`~/.aws/credentials`, `~/.aws/config`; `AWS_PROFILE`,
 //!    `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`): static keys,
 //!    `credential_process`, `role_arn` with `source_profile`,
-//!    `credential_source` or `web_identity_token_file` (`profile.rs`);
+//!    `credential_source` or `web_identity_token_file` (`profile.rs`), SSO
+//!    (`sso.rs`: the token `aws sso login` left);
 //! 4. web identity: `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`
 //!    (STS AssumeRoleWithWebIdentity: EKS IRSA);
 //! 5. container credentials: `AWS_CONTAINER_CREDENTIALS_FULL_URI` or
@@ -31,6 +32,7 @@ mod http;
 mod imds;
 mod process;
 mod profile;
+mod sso;
 mod sts;
 
 use std::fmt;

@@ -28,6 +28,8 @@ type Section = HashMap<String, String>;
 /// Both files, read.
 pub(super) struct Files {
     config: HashMap<String, Section>,
+    /// The config file's `[sso-session NAME]` sections.
+    sessions: HashMap<String, Section>,
     credentials: HashMap<String, Section>,
     config_path: PathBuf,
     credentials_path: PathBuf,
@@ -44,10 +46,11 @@ impl Files {
             .shared_credentials_file
             .clone()
             .unwrap_or_else(|| home.join(".aws/credentials"));
-        let config = sections(&config_path, true)?;
-        let credentials = sections(&credentials_path, false)?;
+        let (config, sessions) = sections(&config_path, true)?;
+        let (credentials, _) = sections(&credentials_path, false)?;
         Ok(Files {
             config,
+            sessions,
             credentials,
             config_path,
             credentials_path,
@@ -169,12 +172,7 @@ impl Files {
             && get("credential_process").is_none()
             && get("aws_access_key_id").is_none()
         {
-            return Err(err(
-                "is an SSO profile, which vaultik does not sign in with itself: add \
-                 `credential_process = aws configure export-credentials --profile NAME \
-                 --format process` to a profile of its own (see \"Credentials\" in README.md)"
-                    .into(),
-            ));
+            return self.sso(name, &p, aws).map_err(err);
         }
         if let Some(cmd) = get("credential_process") {
             let argv = crate::stream::split_command(cmd)
@@ -185,6 +183,53 @@ impl Files {
             }));
         }
         self.keys(name, &p)
+    }
+
+    /// An SSO profile: the session (or the legacy keys in the profile),
+    /// the account and role, and where `aws sso login` left the token.
+    fn sso(&self, name: &str, p: &Section, aws: &AwsEnv) -> Result<Box<dyn Source>, String> {
+        let get = |s: &Section, k: &str| s.get(k).filter(|v| !v.is_empty()).cloned();
+        let (key, region) = match get(p, "sso_session") {
+            Some(session) => {
+                let shown = crate::error::one_line(session.clone());
+                let s = self.sessions.get(&session).ok_or_else(|| {
+                    format!(
+                        "sso_session `{shown}`: no [sso-session {shown}] in {}",
+                        self.config_path.display()
+                    )
+                })?;
+                let region = get(s, "sso_region")
+                    .ok_or_else(|| format!("[sso-session {shown}] has no sso_region"))?;
+                (session, region)
+            }
+            None => {
+                let url = get(p, "sso_start_url").ok_or("has no sso_start_url")?;
+                let region = get(p, "sso_region").ok_or("has sso_start_url but no sso_region")?;
+                (url, region)
+            }
+        };
+        let account_id =
+            get(p, "sso_account_id").ok_or("is an SSO profile with no sso_account_id")?;
+        let role_name = get(p, "sso_role_name").ok_or("is an SSO profile with no sso_role_name")?;
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("sso_region: not a region name".into());
+        }
+        let home = aws.home.clone().unwrap_or_default();
+        Ok(Box::new(super::sso::Sso {
+            cache: home
+                .join(".aws/sso/cache")
+                .join(super::sso::cache_name(&key)),
+            portal: aws
+                .sso_endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://portal.sso.{region}.amazonaws.com")),
+            account_id,
+            role_name,
+            profile: name.to_string(),
+        }))
     }
 
     /// A profile's static keys.
@@ -246,10 +291,15 @@ fn credential_source(cs: &str, aws: &AwsEnv) -> Result<Box<dyn Source>, String> 
 /// config file (`profile_prefix`), `[NAME]` in the credentials file.
 /// Indented lines continue a key's nested settings and are skipped;
 /// `#` and `;` start comments.
-fn sections(path: &Path, profile_prefix: bool) -> Result<HashMap<String, Section>, CredError> {
+/// The second map holds the config file's `[sso-session NAME]` sections.
+type Sections = (HashMap<String, Section>, HashMap<String, Section>);
+
+fn sections(path: &Path, profile_prefix: bool) -> Result<Sections, CredError> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((HashMap::new(), HashMap::new()));
+        }
         Err(e) => {
             return Err(CredError::permanent(format!(
                 "cannot read {}: {e}",
@@ -267,7 +317,9 @@ fn sections(path: &Path, profile_prefix: bool) -> Result<HashMap<String, Section
         })?;
     let text = String::from_utf8_lossy(&bytes);
     let mut out: HashMap<String, Section> = HashMap::new();
-    let mut current: Option<String> = None;
+    let mut sessions: HashMap<String, Section> = HashMap::new();
+    // The section the lines are in: a profile (false) or an SSO session.
+    let mut current: Option<(bool, String)> = None;
     for (i, raw) in text.lines().enumerate() {
         if raw.starts_with([' ', '\t']) {
             continue;
@@ -288,21 +340,28 @@ fn sections(path: &Path, profile_prefix: bool) -> Result<HashMap<String, Section
                     ))
                 })?;
             current = if profile_prefix {
-                match inner.strip_prefix("profile ") {
-                    Some(n) => Some(n.trim().to_string()),
-                    None if inner == "default" => Some(inner.to_string()),
-                    // [sso-session ...], [services ...]: not profiles.
-                    None => None,
+                if let Some(n) = inner.strip_prefix("profile ") {
+                    Some((false, n.trim().to_string()))
+                } else if let Some(n) = inner.strip_prefix("sso-session ") {
+                    Some((true, n.trim().to_string()))
+                } else if inner == "default" {
+                    Some((false, inner.to_string()))
+                } else {
+                    // [services ...]: neither.
+                    None
                 }
             } else {
-                Some(inner.to_string())
+                Some((false, inner.to_string()))
             };
-            if let Some(n) = &current {
-                out.entry(n.clone()).or_default();
+            if let Some((session, n)) = &current {
+                let map = if *session { &mut sessions } else { &mut out };
+                map.entry(n.clone()).or_default();
             }
             continue;
         }
-        let Some(name) = &current else { continue };
+        let Some((session, name)) = &current else {
+            continue;
+        };
         // The line itself is never shown: it may hold a secret.
         let (k, v) = line.split_once('=').ok_or_else(|| {
             CredError::permanent(format!(
@@ -317,11 +376,12 @@ fn sections(path: &Path, profile_prefix: bool) -> Result<HashMap<String, Section
             .split_once(" #")
             .or_else(|| v.split_once(" ;"))
             .map_or(v, |(a, _)| a.trim_end());
-        out.entry(name.clone())
+        let map = if *session { &mut sessions } else { &mut out };
+        map.entry(name.clone())
             .or_default()
             .insert(k.trim().to_ascii_lowercase(), v.to_string());
     }
-    Ok(out)
+    Ok((out, sessions))
 }
 
 #[cfg(test)]
@@ -355,8 +415,12 @@ mod tests {
              s3 =\n  addressing_style = path\n\
              [profile base]\nregion = eu-central-1 # a comment\n\
              [profile tool]\ncredential_process = /usr/bin/get-creds --profile 'a b'\n\
-             [profile sso]\nsso_session = corp\nsso_account_id = 1\n\
-             [sso-session corp]\nsso_region = eu-west-1\n\
+             [profile sso]\nsso_session = corp\nsso_account_id = 1\nsso_role_name = Backup\n\
+             [sso-session corp]\nsso_region = eu-west-1\nsso_start_url = https://x.awsapps.com/start\n\
+             [profile sso-old]\nsso_start_url = https://x.awsapps.com/start\nsso_region = eu-west-1\n\
+             sso_account_id = 2\nsso_role_name = Backup\n\
+             [profile sso-lost]\nsso_session = gone\nsso_account_id = 1\nsso_role_name = R\n\
+             [profile sso-half]\nsso_session = corp\nsso_account_id = 1\n\
              [profile loop1]\nrole_arn = r\nsource_profile = loop2\n\
              [profile loop2]\nrole_arn = r\nsource_profile = loop1\n\
              [profile ec2]\nrole_arn = r\ncredential_source = Ec2InstanceMetadata\n",
@@ -378,8 +442,18 @@ mod tests {
             "profile `tool` (credential_process)"
         );
         assert_eq!(describe(&aws, "nope").unwrap(), None);
-        let e = describe(&aws, "sso").unwrap_err();
-        assert!(e.contains("export-credentials"), "{e}");
+        assert_eq!(
+            describe(&aws, "sso").unwrap().unwrap(),
+            "profile `sso` (SSO, role Backup in account 1)"
+        );
+        assert_eq!(
+            describe(&aws, "sso-old").unwrap().unwrap(),
+            "profile `sso-old` (SSO, role Backup in account 2)"
+        );
+        let e = describe(&aws, "sso-lost").unwrap_err();
+        assert!(e.contains("no [sso-session gone] in"), "{e}");
+        let e = describe(&aws, "sso-half").unwrap_err();
+        assert!(e.contains("no sso_role_name"), "{e}");
         let e = describe(&aws, "loop1").unwrap_err();
         assert!(e.contains("circles"), "{e}");
         assert!(
