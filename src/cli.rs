@@ -30,7 +30,7 @@ Usage:
   vaultik [GLOBAL FLAGS] store info [--json]
   vaultik [GLOBAL FLAGS] store check [--json]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
-                                [LATEST FLAGS] [RESTORE CONTROLS] [PATH...]
+                                [LATEST FLAGS] [RESTORE CONTROLS] [--rebuild-index] [PATH...]
   vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
                                 [LATEST FLAGS] [PATH]
   vaultik [GLOBAL FLAGS] ls SNAPSHOT [PATH...] [--recursive] [--json] [--identity FILE]
@@ -41,10 +41,13 @@ Usage:
                              [LATEST FLAGS]
   vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
                              [--host HOST] [--name NAME] [THAW FLAGS]
+  vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
+                                     [--name NAME] [--all] [--force]
   vaultik keygen [--output FILE] [--passphrase]
   vaultik help [COMMAND]
 
-Only restore, ls, find, diff and `snapshot verify --deep` need the private key.
+Only restore, ls, find, diff, `index rebuild` and `snapshot verify --deep` need the
+private key.
 SNAPSHOT is a full id or `latest`: the newest snapshot of any host and name.
 Latest flags narrow it: --host HOST (HOST's newest), --name NAME.
 Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
@@ -222,7 +225,7 @@ info`. A store never backed up to lists nothing, with a warning.
 pub const USAGE_RESTORE: &str = "\
 Usage: vaultik [GLOBAL FLAGS] restore SNAPSHOT --target DIR [--identity FILE] [THAW FLAGS]
                                      [--no-xattrs] [--host HOST] [--name NAME] [CONTROLS]
-                                     [PATH...]
+                                     [--rebuild-index] [PATH...]
        vaultik [GLOBAL FLAGS] restore SNAPSHOT --stdout [--identity FILE] [THAW FLAGS]
                                      [--host HOST] [--name NAME] [PATH]
 
@@ -251,6 +254,12 @@ with code 3; run the same command again later to go on.
   --json              print the thaw plan as JSON (on standard error with --stdout)
   --host HOST         `latest` is the newest snapshot of HOST (a full id must be of it)
   --name NAME         `latest` is the newest snapshot named NAME
+  --rebuild-index     after the restore, rebuild the local index (the config's
+                      index_path, or the default) from the latest snapshot of
+                      each name of the restored snapshot's host, as
+                      `vaultik index rebuild` does (see `vaultik help index`);
+                      an index that knows this store is left alone unless
+                      it is empty
 
 Controls (with --target):
   --include GLOB      restore only what matches GLOB and what is below it
@@ -361,6 +370,36 @@ it copies only what is missing.
                     as for restore, for source blobs in GLACIER or DEEP_ARCHIVE
 ";
 
+pub const USAGE_INDEX: &str = "\
+Usage: vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
+                                           [--name NAME] [--all] [--force]
+
+Rebuild this host's local index (a cache of what the store holds) from the
+snapshots in the store, after it was lost (a new disk, a reinstall), so
+that the next backup uploads only what changed instead of everything.
+Needs the private key ($VAULTIK_PRIVATE_KEY, or --identity FILE): run it
+once, as an admin, with the host's config. It takes the run lock of
+`snapshot create` (it never runs beside a backup) and writes the new index
+beside the old place, renamed in once complete.
+
+Only blobs the store lists, with the size listed, are recorded, and only
+chunks that lie within them. Snapshots do not hold what change detection
+needs (ctime, inode, device), so the next backup reads every file again,
+once, but uploads only what changed.
+
+  --identity FILE     age identity file (else $VAULTIK_PRIVATE_KEY)
+  --index PATH        the index to write (default: the config's index_path,
+                      else /var/lib/vaultik/index.sqlite as root,
+                      ~/.local/state/vaultik/index.sqlite otherwise)
+  --host HOST         whose snapshots (default: this host, the config's
+                      hostname or the system's)
+  --name NAME         only the snapshots named NAME
+  --all               every snapshot of the host (and name), not only the
+                      latest of each name
+  --force             replace an index that already knows this store (by
+                      default one that holds anything is left alone)
+";
+
 pub const USAGE_KEYGEN: &str = "\
 Usage: vaultik keygen [--output FILE] [--passphrase]
 
@@ -458,6 +497,22 @@ pub struct RestoreArgs {
     /// `--no-xattrs`: extended attributes, ACLs and inode flags are not
     /// restored.
     pub no_xattrs: bool,
+    /// `--rebuild-index`: afterwards, rebuild the local index.
+    pub rebuild_index: bool,
+}
+
+/// `index rebuild`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RebuildArgs {
+    pub identity: Option<PathBuf>,
+    /// `--index PATH`: instead of the config's index_path.
+    pub index: Option<PathBuf>,
+    /// `--host`, `--name`: whose snapshots (the host defaults to this one).
+    pub narrow: Narrow,
+    /// `--all`: every snapshot, not only the latest of each name.
+    pub all: bool,
+    /// `--force`: replace an index that knows this store.
+    pub force: bool,
 }
 
 /// `ls`
@@ -553,6 +608,7 @@ pub enum Command {
     Find(FindArgs),
     Diff(DiffArgs),
     Copy(CopyArgs),
+    IndexRebuild(RebuildArgs),
     Keygen {
         output: Option<PathBuf>,
         /// `--passphrase`: the identity encrypted with a passphrase.
@@ -579,6 +635,7 @@ impl Command {
             Command::Find(_) => "find",
             Command::Diff(_) => "diff",
             Command::Copy(_) => "copy",
+            Command::IndexRebuild(_) => "index rebuild",
             Command::Keygen { .. } => "keygen",
         })
     }
@@ -753,6 +810,7 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["diff"] => USAGE_DIFF,
         ["copy"] => USAGE_COPY,
         ["keygen"] => USAGE_KEYGEN,
+        ["index"] | ["index", "rebuild"] => USAGE_INDEX,
         _ => {
             return Err(Error::Usage(format!(
                 "unknown command `{}`",
@@ -839,6 +897,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "diff" => parse_diff(p, &mut g).map_err(|e| e.usage_in("diff"))?,
         "copy" => parse_copy(p, &mut g).map_err(|e| e.usage_in("copy"))?,
         "keygen" => parse_keygen(p, &mut g).map_err(|e| e.usage_in("keygen"))?,
+        "index" => match next(p, &mut g)? {
+            None => {
+                return Err(Error::Usage(
+                    "missing command after `index` (rebuild)".into(),
+                ));
+            }
+            Some(Arg::Help) => Command::Help(USAGE_INDEX),
+            Some(Arg::Value(v)) => match string(v, "command")?.as_str() {
+                "rebuild" => parse_rebuild(p, &mut g).map_err(|e| e.usage_in("index rebuild"))?,
+                other => return Err(Error::Usage(format!("unknown command `index {other}`"))),
+            },
+            Some(a) => return Err(a.unexpected()),
+        },
         other => return Err(Error::Usage(format!("unknown command `{other}`"))),
     };
     Ok((g, command))
@@ -1121,7 +1192,7 @@ fn parse_info(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut snapshot, mut target, mut identity) = (None, None, None);
-    let (mut stdout, mut json, mut no_xattrs) = (false, false, false);
+    let (mut stdout, mut json, mut no_xattrs, mut rebuild_index) = (false, false, false, false);
     let mut thaw = ThawArgs::default();
     let mut narrow = Narrow::default();
     let mut paths = Vec::new();
@@ -1138,6 +1209,10 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("stdout") => stdout = true,
             Long("json") => json = true,
             Long("no-xattrs") => no_xattrs = true,
+            Long("rebuild-index") => {
+                rebuild_index = true;
+                control.get_or_insert("--rebuild-index");
+            }
             Long("identity") => identity = Some(path_value(p)?),
             Long("include") => {
                 controls.include.push(glob_value(p, "--include")?);
@@ -1199,6 +1274,11 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             "restore --stdout writes one file's content: {flag} goes with --target DIR"
         )));
     }
+    if rebuild_index && controls.dry_run {
+        return Err(Error::Usage(
+            "restore: --rebuild-index writes the local index: not with --dry-run".into(),
+        ));
+    }
     if controls.verify_existing && controls.overwrite != Overwrite::IfChanged {
         return Err(Error::Usage(
             "restore: --verify-existing goes with --overwrite if-changed".into(),
@@ -1215,6 +1295,7 @@ fn parse_restore(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         narrow,
         controls,
         no_xattrs,
+        rebuild_index,
     }))
 }
 
@@ -1311,6 +1392,24 @@ fn parse_diff(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         .map_err(|_| Error::Usage("diff: give two snapshots, SNAPSHOT_A and SNAPSHOT_B".into()))?;
     (a.a, a.b) = (x, y);
     Ok(Command::Diff(a))
+}
+
+fn parse_rebuild(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = RebuildArgs::default();
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_INDEX)),
+            Long("identity") => a.identity = Some(path_value(p)?),
+            Long("index") => a.index = Some(path_value(p)?),
+            Long("all") => a.all = true,
+            Long("force") => a.force = true,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::IndexRebuild(a))
 }
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -1536,6 +1635,7 @@ mod tests {
                 narrow: Narrow::default(),
                 controls: Controls::default(),
                 no_xattrs: false,
+                rebuild_index: false,
             })
         );
         let (_, c) = parse_str("restore latest --target /t --no-xattrs").unwrap();
@@ -1558,6 +1658,7 @@ mod tests {
                 narrow: Narrow::default(),
                 controls: Controls::default(),
                 no_xattrs: false,
+                rebuild_index: false,
             })
         );
         assert!(parse_str("restore latest --stdout /a /b").is_err());
@@ -1681,6 +1782,52 @@ mod tests {
     }
 
     #[test]
+    fn index_rebuild_and_restore_rebuild_index() {
+        let Command::IndexRebuild(a) = parse_str(
+            "index rebuild --identity /k --index /i --host web1 --name etc --all --force",
+        )
+        .unwrap()
+        .1
+        else {
+            panic!()
+        };
+        assert_eq!(a.identity.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(a.index.as_deref(), Some(std::path::Path::new("/i")));
+        assert_eq!(a.narrow.host.as_deref(), Some("web1"));
+        assert_eq!(a.narrow.name.as_deref(), Some("etc"));
+        assert!(a.all && a.force);
+        assert_eq!(
+            parse_str("index rebuild").unwrap().1,
+            Command::IndexRebuild(RebuildArgs::default())
+        );
+        assert_eq!(
+            parse_str("help index").unwrap().1,
+            Command::Help(USAGE_INDEX)
+        );
+        assert_eq!(
+            parse_str("index --help").unwrap().1,
+            Command::Help(USAGE_INDEX)
+        );
+        for bad in ["index", "index rebuilt", "index rebuild --keep"] {
+            assert!(parse_str(bad).is_err(), "{bad}");
+        }
+        let Command::Restore(r) = parse_str("restore latest --target /t --rebuild-index")
+            .unwrap()
+            .1
+        else {
+            panic!()
+        };
+        assert!(r.rebuild_index);
+        let e = parse_str("restore latest --target /t --rebuild-index --dry-run")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--rebuild-index") && e.contains("--dry-run"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn restore_controls_need_a_target() {
         for flag in [
             "--include /a",
@@ -1688,6 +1835,7 @@ mod tests {
             "--overwrite never",
             "--delete",
             "--dry-run",
+            "--rebuild-index",
         ] {
             let e = parse_str(&format!("restore latest --stdout {flag}"))
                 .unwrap_err()
@@ -1832,6 +1980,7 @@ mod man_page {
             USAGE_DIFF,
             USAGE_COPY,
             USAGE_KEYGEN,
+            USAGE_INDEX,
         ]
         .concat();
         let mut flags: Vec<String> = all

@@ -204,6 +204,39 @@ impl Index {
         Ok((idx, opened))
     }
 
+    /// Make the index one of blobs sealed to the recipient set
+    /// `fingerprint` (`keys::set_fingerprint`): a backup only reuses blobs
+    /// sealed to exactly its recipients, so that once `age_recipient`
+    /// changes, the newest snapshot restores with the new keys alone. An
+    /// index of another set forgets its blobs, chunks and files (they stay
+    /// in the store for the snapshots that use them): true then. An index
+    /// that never said (made before sets were recorded) is taken to be of
+    /// the set configured now.
+    pub fn seal_to(&mut self, fingerprint: &str) -> Result<bool> {
+        match self.meta("sealed_to")?.as_deref() {
+            Some(f) if f == fingerprint => Ok(false),
+            None => {
+                self.set_meta("sealed_to", fingerprint)?;
+                Ok(false)
+            }
+            Some(_) => {
+                let tx = self.conn.transaction().db(&self.path)?;
+                tx.execute_batch(
+                    "DELETE FROM chunks; DELETE FROM blobs; DELETE FROM files;
+                     DELETE FROM blob_locks;",
+                )
+                .db(&self.path)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('sealed_to', ?1)",
+                    [fingerprint],
+                )
+                .db(&self.path)?;
+                tx.commit().db(&self.path)?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The identity of the store the index at `path` was made for, if it
     /// exists and says (read only; anything amiss is None).
     pub fn store_of(path: &Path) -> Option<String> {
@@ -238,6 +271,133 @@ impl Index {
                 .as_deref()
                 .is_some_and(|s| s == store_id || s == legacy);
         Ok(ok.then_some(idx))
+    }
+
+    /// A new, empty index for `store_id` in `path`, a file the caller
+    /// made empty (never an existing one, never through a symlink): filled
+    /// by `rebuild`, then renamed into place. No journal: until it is
+    /// renamed, a crash leaves a file that is thrown away, never an index.
+    pub fn create_new(path: &Path, store_id: &str) -> Result<Index> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .db(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA foreign_keys=OFF;
+             PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-16384;",
+        )
+        .db(path)?;
+        let mut idx = Index {
+            conn,
+            path: path.to_path_buf(),
+        };
+        idx.reset(store_id)?;
+        idx.conn.execute_batch(LOCKS).db(&idx.path)?;
+        idx.add_file_attrs()?;
+        Ok(idx)
+    }
+
+    /// Close the index, saying whether that worked (a dropped one says
+    /// nothing).
+    pub fn close(self) -> Result<()> {
+        let path = self.path;
+        self.conn.close().map_err(|(_, e)| e).db(&path)
+    }
+
+    /// Run `f` in one write transaction, undone if it fails.
+    pub fn in_transaction<T, E: From<crate::error::Error>>(
+        &self,
+        f: impl FnOnce(&Index) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.conn.execute_batch("BEGIN").db(&self.path)?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").db(&self.path)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Record the blob `key` of `size` bytes (confirmed in the store by
+    /// the caller): the index's id for it.
+    pub fn insert_blob(&self, key: &str, size: u64) -> Result<i64> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO blobs(key, size) VALUES (?1, ?2)")
+            .db(&self.path)?
+            .execute(params![key, size as i64])
+            .db(&self.path)?;
+        self.conn
+            .prepare_cached("SELECT id FROM blobs WHERE key=?1")
+            .db(&self.path)?
+            .query_row([key], |r| r.get(0))
+            .db(&self.path)
+    }
+
+    /// Record chunk `id` at `loc` in the index's blob `blob`, unless the
+    /// index knows it already: whether it was new.
+    pub fn insert_chunk(&self, id: &ChunkId, blob: i64, loc: &Location) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db(&self.path)?;
+        Ok(loc.insert_row(&mut st, id, blob).db(&self.path)? > 0)
+    }
+
+    /// Blobs, their bytes, chunks and their plaintext bytes, recorded.
+    pub fn totals(&self) -> Result<(u64, u64, u64, u64)> {
+        let two = |sql: &str| {
+            self.conn
+                .query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map(|(a, b)| (a.max(0) as u64, b.max(0) as u64))
+                .db(&self.path)
+        };
+        let (blobs, blob_bytes) = two("SELECT count(*), coalesce(sum(size), 0) FROM blobs")?;
+        let (chunks, bytes) = two("SELECT count(*), coalesce(sum(size), 0) FROM chunks")?;
+        Ok((blobs, blob_bytes, chunks, bytes))
+    }
+
+    /// Every blob key recorded.
+    pub fn blob_keys(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT key FROM blobs").db(&self.path)?;
+        st.query_map([], |r| r.get(0))
+            .db(&self.path)?
+            .collect::<rusqlite::Result<_>>()
+            .db(&self.path)
+    }
+
+    /// What the index at `path` holds, if it is a database of this
+    /// schema: the store it was made for, its blobs and its files (read
+    /// only, never through a symlink; anything amiss is None).
+    pub fn peek(path: &Path) -> Option<(String, u64, u64)> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).ok()?;
+        let store: String = conn
+            .query_row("SELECT value FROM meta WHERE key='store'", [], |r| r.get(0))
+            .ok()?;
+        let count = |t: &str| {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .map(|n| n.max(0) as u64)
+        };
+        Some((store, count("blobs")?, count("files")?))
     }
 
     /// Schema 1 had a `snapshots` table and `blobs.created`, written and
@@ -817,6 +977,53 @@ mod tests {
             ..stat
         };
         assert_eq!(idx.unchanged_file(b"/new", &later).unwrap(), None);
+    }
+
+    /// An index built by `create_new` (as `rebuild` does) is one
+    /// `Index::open` keeps for its store, with what was put in it.
+    #[test]
+    fn a_built_index_is_kept_by_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // (The index's directory must be private for `open`: made so here.)
+        let path = dir.path().join("state/index.sqlite");
+        private_dir(path.parent().unwrap()).unwrap();
+        std::fs::File::create(&path).unwrap();
+        let id = ChunkId::of(b"c");
+        let loc = Location {
+            offset: 5,
+            length: 3,
+            size: 1,
+        };
+        let idx = Index::create_new(&path, "s").unwrap();
+        idx.in_transaction(|i| -> Result<()> {
+            let b = i.insert_blob("blobs/k", 10)?;
+            assert_eq!(i.insert_blob("blobs/k", 10)?, b);
+            assert!(i.insert_chunk(&id, b, &loc)?);
+            assert!(!i.insert_chunk(&id, b, &loc)?);
+            Ok(())
+        })
+        .unwrap();
+        // A failed transaction leaves nothing.
+        assert!(
+            idx.in_transaction(|i| {
+                i.insert_blob("blobs/other", 1)?;
+                Err::<(), crate::error::Error>(crate::error::Error::Cancelled)
+            })
+            .is_err()
+        );
+        assert_eq!(idx.totals().unwrap(), (1, 10, 1, 1));
+        assert_eq!(idx.blob_keys().unwrap(), vec!["blobs/k".to_string()]);
+        idx.close().unwrap();
+        assert_eq!(Index::peek(&path), Some(("s".to_string(), 1, 0)));
+        let (idx, opened) = Index::open(&path, "s", "elsewhere").unwrap();
+        assert_eq!(opened, Opened::Kept);
+        assert!(idx.has_chunk(&id).unwrap());
+        drop(idx);
+        // Never through a symlink.
+        let link = dir.path().join("state/link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(Index::peek(&link), None);
+        assert!(Index::create_new(&link, "s").is_err());
     }
 
     #[test]

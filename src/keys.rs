@@ -181,6 +181,17 @@ pub fn identity_from_env(key: &str) -> Result<Vec<x25519::Identity>> {
     Ok(vec![id])
 }
 
+/// The recipient set a blob is sealed to, as the index records it: the
+/// SHA-256 of the sorted public keys, one per line, in hex. The same set in
+/// any order, or with a key repeated, is the same set.
+pub fn set_fingerprint(recipients: &[x25519::Recipient]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut keys: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    crate::chunk::hex(&Sha256::digest(keys.join("\n").as_bytes()))
+}
+
 pub fn as_recipients(r: &[x25519::Recipient]) -> impl Iterator<Item = &dyn age::Recipient> {
     r.iter().map(|r| r as &dyn age::Recipient)
 }
@@ -414,5 +425,15 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(e.contains("not text"), "{e}");
+    }
+
+    #[test]
+    fn a_recipient_set_is_the_same_in_any_order_or_repeated() {
+        let a = x25519::Identity::generate().to_public();
+        let b = x25519::Identity::generate().to_public();
+        let f = set_fingerprint(&[a.clone(), b.clone()]);
+        assert_eq!(f, set_fingerprint(&[b.clone(), a.clone(), b.clone()]));
+        assert_ne!(f, set_fingerprint(std::slice::from_ref(&a)));
+        assert_eq!(f.len(), 64);
     }
 }

@@ -13,7 +13,7 @@
 //! | the backup | `backup/` (one file per stage), `walk` (the directory walk), `stream` (standard input or a command's output as one file), `chunk` (FastCDC, chunk ids), `blob` (chunks into encrypted blobs and back) |
 //! | what a snapshot is | `snapshot` (the encrypted metadata database, written), `metadata` (the same, read back from the store: checked and bounded), `manifest` (the clear manifest, and the order of snapshots), `xattrs` (an entry's extended attributes and inode flags: read, encoded, bounded, applied) |
 //! | the store | `store/` (the object-store contract; `settings`: what a store is opened with; `s3/` (signing, credentials, transport and retries, limits, listings, Object Lock), `local`; `identity`: `store.json`), `layout` (every object key) |
-//! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index) |
+//! | local state | `index` (SQLite cache of what the store has, and of file stats), `lock` (one run per index), `rebuild` (the index made again from the store's snapshots) |
 //! | the restore | `restore/` (plan, entries, contents, target; the controls: select (`--include`/`--exclude`), existing (`--overwrite`), prune (`--delete`)) |
 //! | looking without restoring | `browse/` (`ls`, `find`, `diff`: a snapshot's entries read in path order; `show`: lines and JSON, escaped), `cmd/browse` |
 //! | keyless maintenance | `gc/` (listing view, retention, garbage collection; `purge`), `verify` |
@@ -111,6 +111,7 @@ pub mod manifest;
 pub mod metadata;
 pub mod monitor;
 pub mod passphrase;
+pub mod rebuild;
 pub mod restore;
 pub mod scratch;
 pub mod snapshot;

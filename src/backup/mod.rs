@@ -418,6 +418,9 @@ impl Backup<'_> {
         meta.set_info("hostname", &self.hostname)?;
         meta.set_info("name", &snap.name)?;
         meta.set_info("time", &time.to_string())?;
+        // The recipient set every blob of this snapshot is sealed to (an
+        // index rebuilt from it knows which blobs a backup may reuse).
+        meta.set_info("sealed_to", &crate::keys::set_fingerprint(&self.recipients))?;
 
         let excludes = self.walk.excludes_for(snap)?;
         let roots = Roots {

@@ -108,10 +108,20 @@ impl Session {
                 self.index_path.display()
             ));
         }
+        let resealed = index.seal_to(&crate::keys::set_fingerprint(&self.recipients))?;
+        if resealed {
+            warn(&format!(
+                "age_recipient changed: blobs sealed to the old recipients are not reused, so \
+                 that this snapshot restores with the new keys alone; its data is uploaded \
+                 again (the index {} forgot the old blobs)",
+                self.index_path.display()
+            ));
+        }
         blob::private_dir(&self.tmp_dir)?;
         clean_dir(&self.tmp_dir);
-        if matches!(opened, Opened::Fresh(_)) {
-            // Kept metadata belongs to the index it was made with.
+        if matches!(opened, Opened::Fresh(_)) || resealed {
+            // Kept metadata belongs to the index it was made with (and its
+            // chunks to the blobs that index knew).
             clean_dir(&self.last_dir);
         }
         blob::private_dir(&self.last_dir)?;

@@ -9,6 +9,7 @@ mod check;
 mod copy;
 mod create;
 mod daemon;
+mod index;
 mod inspect;
 mod purge;
 mod restore;
@@ -60,6 +61,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Find(a) => browse::find(g, &a),
         Command::Diff(a) => browse::diff(g, &a),
         Command::Copy(a) => copy::run(g, &a),
+        Command::IndexRebuild(a) => index::run(g, &a),
     }
 }
 

@@ -25,7 +25,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
         RestoreTo::Stdout => Requests::Stderr,
         RestoreTo::Target(_) => Requests::Stdout,
     });
-    let store = open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
+    let settings = Settings::resolve(g, false)?;
+    let store = open_versioned_store(&settings, by_id, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
         // With --stdout, standard output is the file's: everything else goes
@@ -61,7 +62,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
         };
         let r = Restore {
             store: store.as_ref(),
-            identities,
+            identities: identities.clone(),
             target: match &a.to {
                 RestoreTo::Target(t) => t.clone(),
                 RestoreTo::Stdout => std::env::temp_dir(),
@@ -95,8 +96,17 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
             }
             writeln!(out, "{}", summary_line(s, &into, &a.controls)).map_err(output)?;
         }
+        // The index after a restore that went well (the restore's own
+        // result, files not restored included, comes first).
+        let rebuilt = match &result {
+            Ok(_) if a.rebuild_index => {
+                super::index::after_restore(&settings, store.as_ref(), &identities, &id, &mut *out)
+            }
+            _ => Ok(()),
+        };
         writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
-        result.map(|_| ())
+        result.map(|_| ())?;
+        rebuilt
     })();
     super::ended(store.as_ref(), r)
 }

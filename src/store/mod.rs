@@ -59,6 +59,9 @@ pub struct ObjectMeta {
     /// Until when the current version is locked (Object Lock), seconds
     /// since the epoch, when the server says.
     pub locked_until: Option<u64>,
+    /// The id of the current version, on a versioned bucket (checked:
+    /// `versions::is_version_id`).
+    pub version: Option<String>,
 }
 
 /// Whether an object can be read, as far as its storage class goes.
@@ -208,6 +211,7 @@ pub trait Store: Send + Sync {
             thaw: ThawState::NotNeeded,
             sha256: None,
             locked_until: None,
+            version: None,
         }))
     }
     /// Whether objects here have storage classes (cold ones among them).

@@ -267,6 +267,7 @@ impl Store for Versioned {
                 thaw: ThawState::NotNeeded,
                 sha256: None,
                 locked_until: None,
+                version: Some(v.id.clone()),
             })),
             None => self.inner.stat(key, checksum),
         }

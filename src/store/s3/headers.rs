@@ -108,12 +108,16 @@ pub(super) fn object_meta(h: &ureq::http::HeaderMap) -> std::result::Result<Obje
         .and_then(unbase64)
         .and_then(|b| <[u8; 32]>::try_from(b).ok());
     let locked_until = get("x-amz-object-lock-retain-until-date").and_then(crate::time::parse_s3);
+    let version = get("x-amz-version-id")
+        .filter(|v| crate::store::versions::is_version_id(v) && *v != "null")
+        .map(str::to_string);
     Ok(ObjectMeta {
         size,
         class,
         thaw,
         sha256,
         locked_until,
+        version,
     })
 }
 
