@@ -39,6 +39,8 @@ Usage:
                              [--newer TIME] [--older TIME] [--json] [--identity FILE]
   vaultik [GLOBAL FLAGS] diff SNAPSHOT_A SNAPSHOT_B [PATH] [--json] [--identity FILE]
                              [LATEST FLAGS]
+  vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
+                             [--host HOST] [--name NAME] [THAW FLAGS]
   vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
                                      [--name NAME] [--all] [--force]
   vaultik keygen [--output FILE] [--passphrase]
@@ -346,6 +348,28 @@ alone is not a change), then a summary line. Needs the private key. Exit code
   --name NAME         `latest` is the newest snapshot named NAME
 ";
 
+pub const USAGE_COPY: &str = "\
+Usage: vaultik [GLOBAL FLAGS] copy SNAPSHOT... | --all  --to STORE | --to-config FILE
+                              [--host HOST] [--name NAME] [THAW FLAGS]
+
+Copy snapshots from the store (the global flags and config name it) to a
+second store, without any key: the blobs the destination lacks, then each
+snapshot's metadata, its manifest last. Run it again after an interruption:
+it copies only what is missing.
+
+  --to STORE        the destination: s3://BUCKET/PREFIX (at the source's endpoint,
+                    with its credentials, unless --to-config says otherwise) or a
+                    directory (created if missing)
+  --to-config FILE  a second config file whose [s3] or [local] section is the
+                    destination (its credentials, storage_class, object_lock);
+                    with --to, only its bucket and prefix are replaced
+  --all             every snapshot of the source (of HOST and NAME when given)
+  --host HOST       only HOST's snapshots (`latest`: HOST's newest)
+  --name NAME       only snapshots named NAME (`latest`: the newest so named)
+  --thaw[=TIER] --thaw-days N --wait
+                    as for restore, for source blobs in GLACIER or DEEP_ARCHIVE
+";
+
 pub const USAGE_INDEX: &str = "\
 Usage: vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
                                            [--name NAME] [--all] [--force]
@@ -528,6 +552,22 @@ pub struct DiffArgs {
     pub narrow: Narrow,
 }
 
+/// `copy`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CopyArgs {
+    /// Ids, or `latest`.
+    pub snapshots: Vec<String>,
+    pub all: bool,
+    /// `--to STORE`: `s3://BUCKET/PREFIX` or a directory.
+    pub to: Option<String>,
+    /// `--to-config FILE`
+    pub to_config: Option<PathBuf>,
+    /// `--host`, `--name`: which snapshots (and which `latest`).
+    pub narrow: Narrow,
+    /// Source blobs in a cold storage class.
+    pub thaw: ThawArgs,
+}
+
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestoreTo {
@@ -567,6 +607,7 @@ pub enum Command {
     Ls(LsArgs),
     Find(FindArgs),
     Diff(DiffArgs),
+    Copy(CopyArgs),
     IndexRebuild(RebuildArgs),
     Keygen {
         output: Option<PathBuf>,
@@ -593,6 +634,7 @@ impl Command {
             Command::Ls(_) => "ls",
             Command::Find(_) => "find",
             Command::Diff(_) => "diff",
+            Command::Copy(_) => "copy",
             Command::IndexRebuild(_) => "index rebuild",
             Command::Keygen { .. } => "keygen",
         })
@@ -766,6 +808,7 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["ls"] => USAGE_LS,
         ["find"] => USAGE_FIND,
         ["diff"] => USAGE_DIFF,
+        ["copy"] => USAGE_COPY,
         ["keygen"] => USAGE_KEYGEN,
         ["index"] | ["index", "rebuild"] => USAGE_INDEX,
         _ => {
@@ -852,6 +895,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "ls" => parse_ls(p, &mut g).map_err(|e| e.usage_in("ls"))?,
         "find" => parse_find(p, &mut g).map_err(|e| e.usage_in("find"))?,
         "diff" => parse_diff(p, &mut g).map_err(|e| e.usage_in("diff"))?,
+        "copy" => parse_copy(p, &mut g).map_err(|e| e.usage_in("copy"))?,
         "keygen" => parse_keygen(p, &mut g).map_err(|e| e.usage_in("keygen"))?,
         "index" => match next(p, &mut g)? {
             None => {
@@ -1043,6 +1087,35 @@ fn parse_purge(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         ));
     }
     Ok(Command::SnapshotPurge(a))
+}
+
+fn parse_copy(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = CopyArgs::default();
+    while let Some(arg) = next(p, g)? {
+        if narrow_flag(p, &arg, &mut a.narrow)? || thaw_flag(p, &arg, &mut a.thaw)? {
+            continue;
+        }
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_COPY)),
+            Long("identity") => return Err(needs_no_key("copy")),
+            Long("all") => a.all = true,
+            Long("to") => a.to = Some(value(p, "--to")?),
+            Long("to-config") => a.to_config = Some(path_value(p)?),
+            Value(v) => a.snapshots.push(string(v.to_os_string(), "SNAPSHOT")?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if a.all != a.snapshots.is_empty() {
+        return Err(Error::Usage(
+            "copy: give the snapshots to copy (ids or `latest`) or --all, not both".into(),
+        ));
+    }
+    if a.to.is_none() && a.to_config.is_none() {
+        return Err(Error::Usage(
+            "copy: missing the destination: --to STORE or --to-config FILE".into(),
+        ));
+    }
+    Ok(Command::Copy(a))
 }
 
 fn parse_remove(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -1639,6 +1712,48 @@ mod tests {
     }
 
     #[test]
+    fn copy_takes_snapshots_or_all_and_a_destination() {
+        let (g, c) =
+            parse_str("copy latest web1_etc_2026-11-23T083015Z --to /usb --host web1 --store /s")
+                .unwrap();
+        assert_eq!(g.store.as_deref(), Some("/s"));
+        assert_eq!(
+            c,
+            Command::Copy(CopyArgs {
+                snapshots: vec!["latest".into(), "web1_etc_2026-11-23T083015Z".into()],
+                to: Some("/usb".into()),
+                narrow: Narrow {
+                    host: Some("web1".into()),
+                    name: None
+                },
+                ..CopyArgs::default()
+            })
+        );
+        let (_, c) = parse_str("copy --all --to-config /etc/offsite.conf").unwrap();
+        assert_eq!(
+            c,
+            Command::Copy(CopyArgs {
+                all: true,
+                to_config: Some("/etc/offsite.conf".into()),
+                ..CopyArgs::default()
+            })
+        );
+        for (bad, says) in [
+            ("copy --to /usb", "give the snapshots to copy"),
+            ("copy latest --all --to /usb", "not both"),
+            ("copy latest", "--to STORE or --to-config FILE"),
+            (
+                "copy latest --to /usb --identity /k",
+                "needs no private key",
+            ),
+        ] {
+            let e = parse_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(parse_str("help copy").unwrap().1, Command::Help(USAGE_COPY));
+    }
+
+    #[test]
     fn restore_verify_existing_goes_with_if_changed() {
         let c = controls_of("restore latest --target /t --overwrite if-changed --verify-existing");
         assert!(c.verify_existing);
@@ -1863,6 +1978,7 @@ mod man_page {
             USAGE_LS,
             USAGE_FIND,
             USAGE_DIFF,
+            USAGE_COPY,
             USAGE_KEYGEN,
             USAGE_INDEX,
         ]

@@ -98,6 +98,7 @@ pub mod chunk;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod copy;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

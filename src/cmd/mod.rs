@@ -6,6 +6,7 @@
 mod absent;
 mod browse;
 mod check;
+mod copy;
 mod create;
 mod daemon;
 mod index;
@@ -59,6 +60,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Ls(a) => browse::ls(g, &a),
         Command::Find(a) => browse::find(g, &a),
         Command::Diff(a) => browse::diff(g, &a),
+        Command::Copy(a) => copy::run(g, &a),
         Command::IndexRebuild(a) => index::run(g, &a),
     }
 }

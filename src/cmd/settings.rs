@@ -200,60 +200,121 @@ fn store_config(g: &Global, cfg: Option<&Config>) -> Result<StoreConfig> {
             local => local,
         });
     };
+    let from_cfg = match cfg.and_then(|c| c.store.as_ref()) {
+        Some(StoreConfig::S3(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let region = g
+        .region
+        .clone()
+        .or_else(|| env("VAULTIK_S3_REGION"))
+        .or_else(|| from_cfg.as_ref().map(|s| s.region.clone()));
+    let endpoint = g
+        .endpoint
+        .clone()
+        .or_else(|| env("VAULTIK_S3_ENDPOINT"))
+        .or_else(|| from_cfg.as_ref().map(|s| s.endpoint.clone()));
+    parse_spec(&spec, "--store", endpoint, region, from_cfg)
+}
+
+/// The store `spec` names (`s3://BUCKET/PREFIX`, else a directory), the
+/// rest of an S3 store's settings taken from `from_cfg`; `flag` names it
+/// in errors.
+fn parse_spec(
+    spec: &str,
+    flag: &str,
+    endpoint: Option<String>,
+    region: Option<String>,
+    from_cfg: Option<S3Config>,
+) -> Result<StoreConfig> {
     if let Some(rest) = spec.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(Error::Usage(format!("--store {spec}: missing bucket name")));
+            return Err(Error::Usage(format!("{flag} {spec}: missing bucket name")));
         }
         let mut prefix = prefix.to_string();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        config::check_prefix(&prefix).map_err(|m| Error::Usage(format!("--store: {m}")))?;
-        let from_cfg = match cfg.and_then(|c| c.store.as_ref()) {
-            Some(StoreConfig::S3(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let region = g
-            .region
-            .clone()
-            .or_else(|| env("VAULTIK_S3_REGION"))
-            .or_else(|| from_cfg.as_ref().map(|s| s.region.clone()))
-            .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = g
-            .endpoint
-            .clone()
-            .or_else(|| env("VAULTIK_S3_ENDPOINT"))
-            .or_else(|| from_cfg.as_ref().map(|s| s.endpoint.clone()))
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        config::check_prefix(&prefix).map_err(|m| Error::Usage(format!("{flag}: {m}")))?;
+        let region = region.unwrap_or_else(|| "us-east-1".into());
+        let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let base = from_cfg.unwrap_or_default();
         Ok(StoreConfig::S3(S3Config {
             endpoint,
             bucket: bucket.to_string(),
             prefix,
             region,
-            access_key_id: from_cfg.as_ref().and_then(|s| s.access_key_id.clone()),
-            secret_access_key: from_cfg.as_ref().and_then(|s| s.secret_access_key.clone()),
-            storage_class: from_cfg
-                .as_ref()
-                .map(|s| s.storage_class)
-                .unwrap_or_default(),
-            object_lock: from_cfg.as_ref().map(|s| s.object_lock).unwrap_or_default(),
-            lock_for: from_cfg.as_ref().and_then(|s| s.lock_for),
-            retry_for: from_cfg.as_ref().and_then(|s| s.retry_for),
-            checksum: from_cfg.as_ref().map(|s| s.checksum).unwrap_or_default(),
-            url_style: from_cfg.as_ref().map(|s| s.url_style).unwrap_or_default(),
-            limit_upload: from_cfg.as_ref().and_then(|s| s.limit_upload),
-            limit_download: from_cfg.as_ref().and_then(|s| s.limit_download),
-            connections: from_cfg.as_ref().and_then(|s| s.connections),
-            ca_file: from_cfg.and_then(|s| s.ca_file),
             aws: AwsEnv::default(),
+            ..base
         }))
     } else {
-        let path = spec.strip_prefix("file://").unwrap_or(&spec);
+        let path = spec.strip_prefix("file://").unwrap_or(spec);
         Ok(StoreConfig::Local {
             path: PathBuf::from(path),
         })
     }
+}
+
+/// The destination of `copy`: `--to STORE` and/or `--to-config FILE` (see
+/// `vaultik help copy`), and that config file. An `s3://` destination
+/// without a config of its own is reached as the source is (its endpoint,
+/// region, credentials, CA), in STANDARD and without Object Lock. The
+/// global flags and `VAULTIK_*` variables are the source's; the AWS
+/// credential chain's variables apply to both stores.
+pub fn destination(
+    to: Option<&str>,
+    to_config: Option<&Path>,
+    source: &StoreConfig,
+) -> Result<(StoreConfig, Option<Config>)> {
+    let cfg = match to_config {
+        Some(p) if !p.exists() => {
+            return Err(Error::Usage(format!(
+                "--to-config {}: No such file or directory",
+                p.display()
+            )));
+        }
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    let from_cfg = cfg.as_ref().and_then(|c| c.store.clone());
+    let store = match (to, from_cfg) {
+        (None, Some(s)) => s,
+        (None, None) => {
+            return Err(Error::Setup(format!(
+                "{}: no store configured for the copy (add an [s3] or [local] section, or give --to)",
+                to_config
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        (Some(spec), Some(StoreConfig::S3(s))) => {
+            let (e, r) = (s.endpoint.clone(), s.region.clone());
+            parse_spec(spec, "--to", Some(e), Some(r), Some(s))?
+        }
+        (Some(spec), _) => match source {
+            StoreConfig::S3(s) if cfg.is_none() => {
+                let inherited = S3Config {
+                    storage_class: Default::default(),
+                    object_lock: Default::default(),
+                    lock_for: None,
+                    ..s.clone()
+                };
+                let (e, r) = (s.endpoint.clone(), s.region.clone());
+                parse_spec(spec, "--to", Some(e), Some(r), Some(inherited))?
+            }
+            _ => parse_spec(spec, "--to", None, None, None)?,
+        },
+    };
+    let mut store = with_env_credentials(store);
+    if let StoreConfig::S3(s) = &mut store {
+        if let StoreConfig::S3(src) = source {
+            // The source's throttles hold for the copy as a whole.
+            s.limit_upload = s.limit_upload.or(src.limit_upload);
+            s.retry_for = s.retry_for.or(src.retry_for);
+        }
+    }
+    Ok((store, cfg))
 }
 
 fn default_index_path() -> PathBuf {

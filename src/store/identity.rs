@@ -221,6 +221,27 @@ pub fn ensure(store: &dyn Store, known: Option<&str>) -> Result<Identity> {
     Ok(mine)
 }
 
+/// The identity of a store `copy` writes to: its own while it names one
+/// (or has a `store.json`), else `source`'s, named there (a copy of a
+/// store is that store, as a bucket copied by other means is: an index made
+/// for one is good for the other, checked against its listing at every
+/// run), else a new one.
+pub fn ensure_copy(store: &dyn Store, source: Option<&Identity>) -> Result<Identity> {
+    let (ids, legacy) = listed(store)?;
+    if ids.is_empty() && !legacy {
+        if let Some(src) = source {
+            let kept = Identity {
+                id: src.id.clone(),
+                format: FORMAT,
+                created: crate::time::now(),
+            };
+            name(store, &kept)?;
+            return Ok(kept);
+        }
+    }
+    ensure(store, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ mod browse;
 mod check;
 mod cold;
 mod controls;
+mod copy;
 mod core;
 mod crash;
 mod credentials;
