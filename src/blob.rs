@@ -588,6 +588,26 @@ fn read_header(r: &mut dyn Read, key: &str) -> Result<(Vec<u8>, usize)> {
     keys::read_header(r).map_err(|e| Error::corrupt(format!("object {key}"), e))
 }
 
+/// The SHA-256 and count of every stored (encrypted) byte a reader of
+/// `open_sealed_stream` took: what the object was, once it is read to its
+/// end.
+pub type Tap = std::sync::Arc<std::sync::Mutex<(Sha256, u64)>>;
+
+struct Tapped<R> {
+    inner: R,
+    tap: Tap,
+}
+
+impl<R: Read> Read for Tapped<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        let mut t = self.tap.lock().expect("a tap is only locked here");
+        t.0.update(&out[..n]);
+        t.1 += n as u64;
+        Ok(n)
+    }
+}
+
 /// A reader of the plaintext of a stored encrypted object of `size` bytes,
 /// streamed with one ranged GET (reopened where it stopped if cut short):
 /// nothing of it is held whole in memory.
@@ -596,11 +616,13 @@ pub fn open_sealed_stream<'a>(
     key: &str,
     size: u64,
     identities: &[x25519::Identity],
+    tap: Tap,
 ) -> Result<impl Read + 'a> {
-    let mut obj = RangedObject::new(store, key, size);
+    let obj = RangedObject::new(store, key, size);
     let mut w = obj.window.get();
     w.end = size;
     obj.window.set(w);
+    let mut obj = Tapped { inner: obj, tap };
     let (head, _) = read_header(&mut obj, key)?;
     let rest = io::BufReader::with_capacity(AGE_CHUNK_ENC as usize, obj);
     let dec = age::Decryptor::new_buffered(io::Cursor::new(head).chain(rest))

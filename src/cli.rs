@@ -66,6 +66,8 @@ Global flags:
   --connections N    store requests in flight at most, all threads
   --passphrase-fd N  the passphrase of a protected identity file, from file
                      descriptor N (else asked at the terminal)
+  --signer KEY       trust snapshots signed by this host key (ed25519:...), as
+                     trusted_signers: latest, restore and retention take no other
   -h, --help         print help and exit
   -V, --version      print the version and exit
 
@@ -431,6 +433,9 @@ pub struct Global {
     /// `--passphrase-fd N`: where the passphrase of a protected identity
     /// file comes from (else the terminal).
     pub passphrase_fd: Option<i32>,
+    /// `--signer KEY`, repeated: host signing keys trusted, beside the
+    /// config's `trusted_signers`.
+    pub signers: Vec<[u8; 32]>,
 }
 
 /// `snapshot create`
@@ -658,7 +663,7 @@ fn string(v: OsString, what: &str) -> Result<String> {
         .map_err(|_| Error::Usage(format!("{what} is not valid UTF-8")))
 }
 
-const GLOBAL_FLAGS: [&str; 9] = [
+const GLOBAL_FLAGS: [&str; 10] = [
     "config",
     "store",
     "endpoint",
@@ -668,6 +673,7 @@ const GLOBAL_FLAGS: [&str; 9] = [
     "limit-download",
     "connections",
     "passphrase-fd",
+    "signer",
 ];
 
 /// An argument that is not a global flag, owned (so that the parser can
@@ -768,6 +774,14 @@ fn next(p: &mut lexopt::Parser, g: &mut Global) -> Result<Option<Arg>> {
                             ))
                         })?,
                 );
+            }
+            "signer" => {
+                let v = string(v, "--signer")?;
+                g.signers.push(crate::signing::parse_signer(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--signer: expected a host signing key (ed25519:<64 hex digits>), found `{v}`"
+                    ))
+                })?);
             }
             "passphrase-fd" => {
                 let v = string(v, "--passphrase-fd")?;

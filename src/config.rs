@@ -23,6 +23,9 @@ pub struct Config {
     /// The file this was read from (for messages).
     pub path: PathBuf,
     pub age_recipients: Vec<String>,
+    /// `trusted_signers`: the hosts' public signing keys a reader takes
+    /// snapshots from (`signing.rs`); empty: any.
+    pub trusted_signers: Vec<[u8; 32]>,
     pub index_path: Option<PathBuf>,
     pub hostname: Option<String>,
     pub chunk_size: u64,
@@ -186,6 +189,7 @@ impl Default for Config {
         Config {
             path: PathBuf::new(),
             age_recipients: Vec::new(),
+            trusted_signers: Vec::new(),
             index_path: None,
             hostname: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -500,6 +504,14 @@ impl Parsing {
                     return Err(l.bad("expected an age X25519 recipient (age1...)"));
                 }
                 cfg.age_recipients.push(value.to_string());
+            }
+            "trusted_signers" => {
+                for k in value.split([',', ' ']).filter(|k| !k.is_empty()) {
+                    let k = crate::signing::parse_signer(k).ok_or_else(|| {
+                        l.bad("expected host signing keys (ed25519:<64 hex digits>)")
+                    })?;
+                    cfg.trusted_signers.push(k);
+                }
             }
             "index_path" => cfg.index_path = Some(PathBuf::from(value)),
             "hostname" => {

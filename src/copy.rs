@@ -270,6 +270,12 @@ impl<'a> Copy<'a> {
                 self.copy_object(&dkey, msize, None, StorageClass::Standard)?;
             }
         }
+        // The host's signature, as it is (a reader checks it).
+        let skey = layout::signature(id);
+        if self.src_objects.contains_key(&skey) {
+            let sig = self.src.get(&skey, crate::signing::SIG_MAX)?;
+            self.dst.put_bytes(&skey, &sig)?;
+        }
         self.dst.put_bytes(&mkey, &raw)?;
         self.check_published(id, &pairs)?;
         Ok(done)
@@ -567,6 +573,7 @@ mod tests {
             time: 1_795_422_615,
             blobs: blobs.clone(),
             metadata_size: 15,
+            metadata_sha256: None,
         };
         src.put_bytes(&layout::manifest(&id), &m.to_bytes().unwrap())
             .unwrap();

@@ -166,6 +166,7 @@ fn fuzz_manifest_reader() {
             (crate::layout::blob(&[0x01; 32]), 99),
         ],
         metadata_size: 4567,
+        metadata_sha256: None,
     };
     let packed = manifest.to_bytes().expect("a small manifest");
     let json = zstd::stream::decode_all(&packed[..]).expect("a manifest is zstd");

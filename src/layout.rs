@@ -40,6 +40,7 @@ pub const PROBES: &str = "check/";
 
 const DB_FILE: &str = "db.zst.age";
 const MANIFEST_FILE: &str = "manifest.json.zst";
+const SIGNATURE_FILE: &str = "manifest.sig";
 
 /// The longest host part of an id (Linux's HOST_NAME_MAX); longer host
 /// names are cut.
@@ -61,6 +62,8 @@ pub enum Key<'a> {
     Metadata(&'a str),
     /// A snapshot's clear manifest.
     Manifest(&'a str),
+    /// The signature of a snapshot's manifest by the host that wrote it.
+    Signature(&'a str),
     /// A deletion mark: when it was made, and the first 8 bytes of the
     /// SHA-256 of its content.
     Mark { time: u64, tag: [u8; 8] },
@@ -86,6 +89,7 @@ impl Key<'_> {
             }
             Key::Metadata(id) => format!("{METADATA}{id}/{DB_FILE}"),
             Key::Manifest(id) => format!("{METADATA}{id}/{MANIFEST_FILE}"),
+            Key::Signature(id) => format!("{METADATA}{id}/{SIGNATURE_FILE}"),
             Key::Mark { time, tag } => format!("{MARKS}{}-{}.json", time::compact(*time), hex(tag)),
             Key::Marked { time, blob } => format!("{MARKED}{}/{}", time::compact(*time), hex(blob)),
             Key::Identity => IDENTITY.to_string(),
@@ -135,6 +139,7 @@ pub fn parse(key: &str) -> Option<Key<'_>> {
         return match file {
             DB_FILE => Some(Key::Metadata(id)),
             MANIFEST_FILE => Some(Key::Manifest(id)),
+            SIGNATURE_FILE => Some(Key::Signature(id)),
             _ => None,
         };
     }
@@ -201,6 +206,21 @@ pub fn metadata(id: &str) -> String {
 
 pub fn manifest(id: &str) -> String {
     Key::Manifest(id).to_key()
+}
+
+pub fn signature(id: &str) -> String {
+    Key::Signature(id).to_key()
+}
+
+/// Bytes from lower-case hex digits (an even number of them).
+pub fn unhex_bytes(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 || b.len() > 1024 {
+        return None;
+    }
+    b.chunks_exact(2)
+        .map(|p| unhex::<1>(p).map(|[x]| x))
+        .collect()
 }
 
 /// A mark made at `time` whose content hashes to `digest`.

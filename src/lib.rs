@@ -114,6 +114,7 @@ pub mod passphrase;
 pub mod rebuild;
 pub mod restore;
 pub mod scratch;
+pub mod signing;
 pub mod snapshot;
 pub mod store;
 pub mod stream;

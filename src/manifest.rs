@@ -79,6 +79,10 @@ pub struct Manifest {
     pub time: u64,
     pub blobs: Vec<(String, u64)>,
     pub metadata_size: u64,
+    /// The SHA-256 of the encrypted metadata as stored (manifests written
+    /// before it was recorded have none): a signature over the manifest
+    /// covers the metadata through it.
+    pub metadata_sha256: Option<[u8; 32]>,
 }
 
 /// A snapshot as listings, retention and reports need it: its manifest
@@ -98,6 +102,9 @@ pub struct Summary {
     pub blob_bytes: u64,
     /// When the store says the manifest was written (0 when not known).
     pub stored: u64,
+    /// Not signed by a key the reader trusts, when it trusts some
+    /// (`signing.rs`): never `latest`, left out of retention.
+    pub untrusted: bool,
 }
 
 /// A blob a manifest lists: the SHA-256 its key names (the key is
@@ -114,6 +121,8 @@ pub struct BlobRef {
 pub struct Parsed {
     pub summary: Summary,
     pub blobs: Vec<BlobRef>,
+    /// See `Manifest::metadata_sha256`.
+    pub metadata_sha256: Option<[u8; 32]>,
 }
 
 /// The manifest as JSON, written.
@@ -125,6 +134,8 @@ struct JsonOut<'a> {
     name: &'a str,
     time: u64,
     metadata_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_sha256: Option<String>,
     blobs: Vec<JsonBlobOut<'a>>,
 }
 
@@ -147,6 +158,8 @@ struct JsonIn {
     time: u64,
     #[serde(default)]
     metadata_size: u64,
+    #[serde(default)]
+    metadata_sha256: Option<String>,
     blobs: BlobList,
 }
 
@@ -225,6 +238,7 @@ impl Manifest {
             name: &self.name,
             time: self.time,
             metadata_size: self.metadata_size,
+            metadata_sha256: self.metadata_sha256.map(|h| crate::chunk::hex(&h)),
             blobs: self
                 .blobs
                 .iter()
@@ -271,6 +285,7 @@ impl Manifest {
                 .map(|b| (layout::blob(&b.hash), b.size))
                 .collect(),
             metadata_size: s.metadata_size,
+            metadata_sha256: p.metadata_sha256,
         })
     }
 
@@ -289,6 +304,7 @@ impl Manifest {
                 .iter()
                 .fold(0u64, |t, (_, s)| t.saturating_add(*s)),
             stored,
+            untrusted: false,
         }
     }
 }
@@ -357,6 +373,14 @@ pub fn parse(key: &str, data: &[u8]) -> Result<Parsed> {
     {
         return Err(bad("host, name or time does not match its id"));
     }
+    let metadata_sha256 = match v.metadata_sha256.as_deref() {
+        None => None,
+        Some(h) => Some(
+            layout::unhex_bytes(h)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| bad("metadata_sha256 is not a SHA-256"))?,
+        ),
+    };
     let blobs = v.blobs.0;
     // A backup lists each blob once (its table's keys are unique): a
     // blob listed twice is a forgery or damage, refused by every reader
@@ -377,8 +401,10 @@ pub fn parse(key: &str, data: &[u8]) -> Result<Parsed> {
             blobs: blobs.len(),
             blob_bytes,
             stored: 0,
+            untrusted: false,
         },
         blobs,
+        metadata_sha256,
     })
 }
 
@@ -460,10 +486,16 @@ pub fn list(store: &dyn Store) -> Result<Vec<Listed>> {
 
 /// Read the manifest of `listed`, in its compact form.
 pub fn load(store: &dyn Store, listed: &Listed) -> Result<Parsed> {
+    load_with_bytes(store, listed).map(|(p, _)| p)
+}
+
+/// `load`, and the manifest as stored (what its signature is over).
+pub fn load_with_bytes(store: &dyn Store, listed: &Listed) -> Result<(Parsed, Vec<u8>)> {
     let key = layout::manifest(&listed.id);
-    let mut p = parse(&key, &store.get(&key, MANIFEST_MAX)?)?;
+    let raw = store.get(&key, MANIFEST_MAX)?;
+    let mut p = parse(&key, &raw)?;
     p.summary.stored = listed.stored;
-    Ok(p)
+    Ok((p, raw))
 }
 
 /// What a listing shows of the snapshot `listed`: its manifest, read,
@@ -598,6 +630,7 @@ mod tests {
             time: 5,
             blobs: vec![(layout::blob(&[0xab; 32]), 10)],
             metadata_size: 3,
+            metadata_sha256: None,
         }
     }
 
@@ -757,6 +790,7 @@ mod tests {
             name: &m.name,
             time: m.time,
             metadata_size: m.metadata_size,
+            metadata_sha256: None,
             blobs: m
                 .blobs
                 .iter()

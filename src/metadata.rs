@@ -37,6 +37,8 @@ use rusqlite::config::DbConfig;
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 
+use sha2::Digest;
+
 use crate::error::{DbContext, Error, IoContext, Result};
 use crate::layout;
 use crate::scratch::PrivateDir;
@@ -272,18 +274,23 @@ impl Drop for Metadata {
 /// it: see the module doc. The connection is read-write for what a
 /// command attaches to it (the restore's plan); the database itself is
 /// never written.
+///
+/// `expect`: the SHA-256 a signed manifest gives the stored metadata
+/// (`signing.rs`); then anything else is refused, read to its end first.
 pub fn open(
     store: &dyn Store,
     id: &str,
     identities: &[x25519::Identity],
     dir: &Path,
+    expect: Option<[u8; 32]>,
 ) -> Result<Metadata> {
     let key = layout::metadata(id);
     // Streamed from the store: nothing is held whole.
     let Some(sealed) = store.head(&key)? else {
         return Err(Error::UnknownSnapshot(id.to_string()));
     };
-    let plain = crate::blob::open_sealed_stream(store, &key, sealed, identities)?;
+    let tap = crate::blob::Tap::default();
+    let plain = crate::blob::open_sealed_stream(store, &key, sealed, identities, tap.clone())?;
     let (mut dec, len) = metadata_stream(&key, plain, sealed)?;
     let mut scratch = PrivateDir::new(dir)?;
     let (path, mut f) = scratch.file("metadata.sqlite")?;
@@ -291,6 +298,22 @@ pub fn open(
         std::io::copy(&mut (&mut dec).take(len), &mut f).map_err(|e| Error::corrupt(&key, e))?;
     if copied != len {
         return Err(Error::corrupt(&key, "metadata database cut short"));
+    }
+    if let Some(want) = expect {
+        // The rest of the stream (at most the object's stored size), so
+        // that every stored byte is hashed.
+        std::io::copy(&mut dec.finish(), &mut std::io::sink())
+            .map_err(|e| Error::corrupt(&key, e))?;
+        let (hash, read) = {
+            let t = tap.lock().expect("a tap is only locked while read");
+            (t.0.clone().finalize(), t.1)
+        };
+        if read != sealed || hash[..] != want[..] {
+            return Err(Error::corrupt(
+                &key,
+                "is not the metadata its signed manifest names (another SHA-256): refused",
+            ));
+        }
     }
     // Bytes 18 and 19 of the header say "WAL mode" when 2: a forged
     // database would then make SQLite look for -wal and -shm files. Ours

@@ -110,7 +110,14 @@ pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report>
                 checksums,
             });
         }
-        let conn = crate::metadata::open(store, &id, identities, &std::env::temp_dir())?;
+        // The metadata the manifest names (when it names one), always.
+        let conn = crate::metadata::open(
+            store,
+            &id,
+            identities,
+            &std::env::temp_dir(),
+            manifest.metadata_sha256,
+        )?;
         let blobs = blob_chunks(&conn).map_err(|e| conn.explain(e))?;
         let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();
         for (key, _, _) in &blobs {

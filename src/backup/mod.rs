@@ -86,6 +86,8 @@ pub struct Backup<'a> {
     pub abort: Option<&'a AtomicBool>,
     /// `[s3] object_lock`: how the run locks what it writes and reuses.
     pub lock: Option<crate::store::lock::LockPlan>,
+    /// Signs each manifest (`signing.rs`).
+    pub signer: &'a crate::signing::SigningKey,
 }
 
 /// Which part of a snapshot's paths a run walks.

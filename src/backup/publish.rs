@@ -83,9 +83,14 @@ impl Publish<'_, '_> {
             time: self.time,
             blobs,
             metadata_size: sealed.size,
+            metadata_sha256: Some(sealed.hash),
         };
+        let bytes = manifest.to_bytes()?;
+        // The signature before the manifest: a snapshot exists only once
+        // its manifest does, signed from its first moment.
         b.store
-            .put_bytes(&layout::manifest(self.id), &manifest.to_bytes()?)?;
+            .put_bytes(&layout::signature(self.id), &b.signer.sign(self.id, &bytes))?;
+        b.store.put_bytes(&layout::manifest(self.id), &bytes)?;
         check_blobs(b, &manifest)?;
         t.lap("publish: manifest uploaded, blobs checked");
         Ok(s)

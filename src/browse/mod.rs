@@ -159,8 +159,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// Fetch and decrypt snapshot `id`'s metadata into the temporary
     /// directory (unlinked, in a private directory: `metadata::open`).
-    pub fn open(store: &dyn Store, id: &str, identities: &[x25519::Identity]) -> Result<Snapshot> {
-        let conn = metadata::open(store, id, identities, &std::env::temp_dir())?;
+    /// `expect`: see `metadata::open`.
+    pub fn open(
+        store: &dyn Store,
+        id: &str,
+        identities: &[x25519::Identity],
+        expect: Option<[u8; 32]>,
+    ) -> Result<Snapshot> {
+        let conn = metadata::open(store, id, identities, &std::env::temp_dir(), expect)?;
         Snapshot::from_conn(id, conn)
     }
 

@@ -32,10 +32,12 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
     // The key first: no network work without it.
     let identities = settings::identities(g, a.identity.as_deref())?;
     super::requests_to(Requests::Stderr);
-    let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
+    let settings = Settings::resolve(g, false)?;
+    let store = open_existing_store(&settings, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
-        let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
-        let snap = Snapshot::open(store.as_ref(), &id, &identities)?;
+        let picked = settings.pick(store.as_ref(), &a.snapshot, &a.narrow)?;
+        let id = picked.id;
+        let snap = Snapshot::open(store.as_ref(), &id, &identities, picked.metadata_sha256)?;
         let scopes: Vec<Scope> = if a.paths.is_empty() {
             vec![Scope::root()]
         } else {
@@ -81,7 +83,8 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
     let identities = settings::identities(g, a.identity.as_deref())?;
     let matcher = Matcher::new(&a.pattern)?;
     super::requests_to(Requests::Stderr);
-    let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
+    let settings = Settings::resolve(g, false)?;
+    let store = open_existing_store(&settings, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let now = crate::time::now();
         let all = manifest::list(store.as_ref())?;
@@ -98,26 +101,39 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
         let (mut hits, mut damaged) = (0u64, 0usize);
         for id in &ids {
             let mut found = 0u64;
-            let searched = Snapshot::open(store.as_ref(), id, &identities).and_then(|snap| {
-                find::search(&snap, &matcher, &mut |e| {
-                    found += 1;
-                    let time = crate::layout::parse_id(id).map_or(0, |p| p.time);
-                    if a.json {
-                        let mut v = entry_json(&e);
-                        v["snapshot"] = id.as_str().into();
-                        v["time"] = crate::time::rfc3339(time).into();
-                        v["unix_time"] = time.into();
-                        writeln!(out, "{}", json_line(&v)).map_err(output)
-                    } else {
-                        if found == 1 {
-                            writeln!(out, "{id}  {}", crate::time::display(time))
-                                .map_err(output)?;
-                        }
-                        writeln!(out, "  {}", entry_line(&e)).map_err(output)
+            // Under trusted_signers, only snapshots signed by one.
+            let expect = if settings.trust.is_set() {
+                match settings.pick_in(store.as_ref(), &all, id, &Default::default()) {
+                    Ok(p) => p.metadata_sha256,
+                    Err(e) => {
+                        warn(&format!("snapshot {id} not searched: {e}"));
+                        continue;
                     }
-                })
-                .map_err(|e| snap.explain(e))
-            });
+                }
+            } else {
+                None
+            };
+            let searched =
+                Snapshot::open(store.as_ref(), id, &identities, expect).and_then(|snap| {
+                    find::search(&snap, &matcher, &mut |e| {
+                        found += 1;
+                        let time = crate::layout::parse_id(id).map_or(0, |p| p.time);
+                        if a.json {
+                            let mut v = entry_json(&e);
+                            v["snapshot"] = id.as_str().into();
+                            v["time"] = crate::time::rfc3339(time).into();
+                            v["unix_time"] = time.into();
+                            writeln!(out, "{}", json_line(&v)).map_err(output)
+                        } else {
+                            if found == 1 {
+                                writeln!(out, "{id}  {}", crate::time::display(time))
+                                    .map_err(output)?;
+                            }
+                            writeln!(out, "  {}", entry_line(&e)).map_err(output)
+                        }
+                    })
+                    .map_err(|e| snap.explain(e))
+                });
             hits += found;
             match searched {
                 Ok(()) => {}
@@ -152,13 +168,15 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
 pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
     let identities = settings::identities(g, a.identity.as_deref())?;
     super::requests_to(Requests::Stderr);
-    let store = open_existing_store(&Settings::resolve(g, false)?, Expect::Snapshots)?;
+    let settings = Settings::resolve(g, false)?;
+    let store = open_existing_store(&settings, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
         let all = manifest::list(store.as_ref())?;
-        let id_a = manifest::pick(&all, &a.a, &a.narrow)?;
-        let id_b = manifest::pick(&all, &a.b, &a.narrow)?;
-        let old = Snapshot::open(store.as_ref(), &id_a, &identities)?;
-        let new = Snapshot::open(store.as_ref(), &id_b, &identities)?;
+        let a_ = settings.pick_in(store.as_ref(), &all, &a.a, &a.narrow)?;
+        let b_ = settings.pick_in(store.as_ref(), &all, &a.b, &a.narrow)?;
+        let old = Snapshot::open(store.as_ref(), &a_.id, &identities, a_.metadata_sha256)?;
+        let new = Snapshot::open(store.as_ref(), &b_.id, &identities, b_.metadata_sha256)?;
+        let (id_a, id_b) = (a_.id, b_.id);
         let scope = a.path.as_deref().map_or_else(Scope::root, Scope::of);
         let mut out = stdout();
         let sum = diff::diff(&old, &new, &scope, &mut |c: Change| {

@@ -47,6 +47,8 @@ pub struct Session {
     blobs_seen: Mutex<(u64, u64)>,
     /// `[s3] ca_file`: the roots health pings trust too.
     store_ca: Option<PathBuf>,
+    /// The host's key that signs its manifests (`signing.rs`).
+    pub signer: crate::signing::SigningKey,
 }
 
 impl Session {
@@ -57,6 +59,7 @@ impl Session {
         let index_path = settings.index_path.clone();
         let state_dir = index_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         blob::private_dir(&state_dir)?;
+        let signer = crate::signing::SigningKey::load_or_create(&state_dir)?;
         let (blob_class, lock_mode, lock_for) = match &settings.store {
             crate::store::settings::StoreConfig::S3(s3) => {
                 (s3.storage_class, s3.object_lock, s3.lock_for)
@@ -86,6 +89,7 @@ impl Session {
             store,
             index_path,
             recipients,
+            signer,
         })
     }
 
@@ -230,6 +234,7 @@ impl Session {
             last_dir: self.last_dir.clone(),
             abort,
             lock: *self.plan.lock().expect("plan lock poisoned by a panic"),
+            signer: &self.signer,
         }
     }
 
@@ -242,7 +247,17 @@ impl Session {
             dry_run: false,
             index: Some(index),
         }
-        .by_rule(&self.retention(), None, Some(&self.hostname))
+        .by_rule(&self.retention(), None, Some(&self.hostname), &self.trust())
+    }
+
+    /// The config's `trusted_signers`, and this host's own key with them
+    /// (its snapshots are its own): none when the config names none.
+    fn trust(&self) -> crate::signing::Trust {
+        let mut signers = self.cfg.trusted_signers.clone();
+        if !signers.is_empty() {
+            signers.extend(crate::signing::parse_signer(&self.signer.public()));
+        }
+        crate::signing::Trust { signers }
     }
 
     /// A configured snapshot is needed (the daemon, and `snapshot create`

@@ -16,6 +16,7 @@ use crate::gc::{self, View};
 use crate::human_bytes;
 use crate::layout;
 use crate::manifest::{self, Summary};
+use crate::signing::Signed;
 use crate::time::now as unix_now;
 use crate::verify::Depth;
 
@@ -29,10 +30,18 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
     let r = (|| -> Result<()> {
         let deleted: HashSet<String> = store.deleted_snapshots().into_iter().collect();
         let mut manifests = Vec::new();
+        let mut signed = Vec::new();
         let mut damaged = 0;
         for listed in manifest::list(store.as_ref())? {
-            match manifest::load_summary(store.as_ref(), &listed) {
-                Ok(m) => manifests.push(m),
+            let loaded = manifest::load_with_bytes(store.as_ref(), &listed).and_then(|(p, raw)| {
+                let s = crate::signing::check(store.as_ref(), &listed.id, &raw)?;
+                Ok((p.summary, s))
+            });
+            match loaded {
+                Ok((m, s)) => {
+                    manifests.push(m);
+                    signed.push(s);
+                }
                 // Removed between the listing and now.
                 Err(Error::NotFound { .. }) => {}
                 // One bad manifest never hides the others.
@@ -56,7 +65,8 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
             // A plain array of snapshots (see the man page).
             let arr: Vec<serde_json::Value> = manifests
                 .iter()
-                .map(|m| {
+                .zip(&signed)
+                .map(|(m, s)| {
                     json!({
                         "id": m.id,
                         "hostname": m.hostname,
@@ -67,6 +77,16 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
                         "blobs": m.blobs,
                         "dated_ahead": m.dated_ahead(),
                         "deleted": deleted.contains(&m.id),
+                        "signed": match s {
+                            Signed::Unsigned => "no",
+                            Signed::By(_) => "yes",
+                            Signed::Invalid(_) => "invalid",
+                        },
+                        "signer": match s {
+                            Signed::By(k) => Some(crate::signing::show_signer(k)),
+                            _ => None,
+                        },
+                        "trusted": settings.trust.trusts(s),
                     })
                 })
                 .collect();
@@ -83,8 +103,25 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
                 .max()
                 .unwrap_or(2)
                 .max(2);
-            writeln!(out, "{:<w$}  {:<23}  {:>10}", "ID", "TIME", "SIZE").map_err(output)?;
-            for m in &manifests {
+            writeln!(
+                out,
+                "{:<w$}  {:<23}  {:>10}  {:<17}",
+                "ID", "TIME", "SIZE", "SIGNED BY"
+            )
+            .map_err(output)?;
+            for (m, s) in manifests.iter().zip(&signed) {
+                let by = match s {
+                    Signed::Unsigned => "-".to_string(),
+                    // The first 8 digits: enough to tell hosts apart on a
+                    // screen; --json gives the whole key.
+                    Signed::By(k) => format!("ed25519:{}", &crate::chunk::hex(k)[..8]),
+                    Signed::Invalid(_) => "INVALID".to_string(),
+                };
+                let trust = match s {
+                    _ if !settings.trust.is_set() => "",
+                    s if settings.trust.trusts(s) => "",
+                    _ => "  (not signed by a trusted key: ignored by latest and retention)",
+                };
                 let flag = if deleted.contains(&m.id) {
                     "  (deleted; its versions remain: restore it by id)"
                 } else if m.dated_ahead() {
@@ -94,7 +131,7 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
                 };
                 writeln!(
                     out,
-                    "{:<w$}  {:<23}  {:>10}{flag}",
+                    "{:<w$}  {:<23}  {:>10}  {by:<17}{flag}{trust}",
                     m.id,
                     crate::time::display(m.time),
                     human_bytes(m.total_size())
@@ -150,6 +187,14 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
         } else {
             None
         };
+        // This host's signing key, for the trusted_signers of the machines
+        // that restore (from the host, never from the store).
+        let host_key = match settings.index_path.parent() {
+            Some(state) if settings.config.is_some() => {
+                crate::signing::SigningKey::load_existing(state)?.map(|k| k.public())
+            }
+            _ => None,
+        };
         let mut out = std::io::stdout().lock();
         if json {
             let mut v = totals.to_json(&view, store.describe());
@@ -158,6 +203,9 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
             }
             if let Some(s) = store.signed_by() {
                 v["signed_by"] = s.into();
+            }
+            if let Some(k) = &host_key {
+                v["host_signing_key"] = k.as_str().into();
             }
             writeln!(out, "{}", json_report(v, store.as_ref())).map_err(output)?;
         } else {
@@ -169,6 +217,13 @@ pub fn info(settings: &Settings, json: bool) -> Result<()> {
             }
             if let Some(s) = store.signed_by() {
                 writeln!(out, "signed by:    {s}").map_err(output)?;
+            }
+            if let Some(k) = &host_key {
+                writeln!(
+                    out,
+                    "host key:     {k} (this host signs its snapshots with it)"
+                )
+                .map_err(output)?;
             }
             writeln!(out, "{}", super::requests_line(store.as_ref())).map_err(output)?;
         }
@@ -363,10 +418,10 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     } else {
         Requests::Stdout
     });
-    let store =
-        super::open_versioned_store(&Settings::resolve(g, false)?, by_id, Expect::Snapshots)?;
+    let settings = Settings::resolve(g, false)?;
+    let store = super::open_versioned_store(&settings, by_id, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
-        let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
+        let id = settings.pick(store.as_ref(), &a.snapshot, &a.narrow)?.id;
         let report: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(std::io::stdout()));
         let what = format!("snapshot verify --deep {id}");
         let thaw = super::thaw(store.as_ref(), a.thaw, what, a.json, &report);

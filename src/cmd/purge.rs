@@ -221,7 +221,7 @@ pub fn purge(settings: &Settings, a: &PurgeArgs) -> Result<()> {
     });
     let store = marking_store(settings)?;
     let r = (|| -> Result<()> {
-        let view = View::load(store.as_ref())?;
+        let view = View::load_trusting(store.as_ref(), &settings.trust)?;
         let decisions = rule.decide(&view.manifests, a.name.as_deref(), None, unix_now())?;
         let mut removed: Vec<Summary> = decisions
             .iter()
@@ -275,6 +275,7 @@ fn print_decisions(decisions: &[(&Summary, Decision)]) -> std::io::Result<()> {
             ),
             Decision::Remove => ("remove", String::new()),
             Decision::Ahead => ("leave", "dated ahead of the store's clock".to_string()),
+            Decision::Untrusted => ("leave", "not signed by a trusted key".to_string()),
         };
         writeln!(
             out,
@@ -305,7 +306,7 @@ fn decision_json(m: &Summary, d: &Decision) -> serde_json::Value {
     let (keep, rules): (Option<bool>, Vec<&str>) = match d {
         Decision::Keep(why) => (Some(true), why.iter().map(|k| k.name()).collect()),
         Decision::Remove => (Some(false), Vec::new()),
-        Decision::Ahead => (None, Vec::new()),
+        Decision::Ahead | Decision::Untrusted => (None, Vec::new()),
     };
     json!({"id": m.id, "time": crate::time::rfc3339(m.time), "keep": keep, "rules": rules})
 }

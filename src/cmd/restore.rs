@@ -11,8 +11,8 @@ use super::{Expect, Requests, open_versioned_store, output, warn};
 use crate::browse::{json_line, kind_name, put_bytes, shown};
 use crate::cli::{Global, RestoreArgs, RestoreTo};
 use crate::error::{Error, Result};
+use crate::human_bytes;
 use crate::restore::{Action, Restore, Summary};
-use crate::{human_bytes, manifest};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     // The key first: no network work without it.
@@ -28,7 +28,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
     let settings = Settings::resolve(g, false)?;
     let store = open_versioned_store(&settings, by_id, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
-        let id = manifest::resolve_narrowed(store.as_ref(), &a.snapshot, &a.narrow)?;
+        let picked = settings.pick(store.as_ref(), &a.snapshot, &a.narrow)?;
+        let id = picked.id.clone();
         // With --stdout, standard output is the file's: everything else goes
         // to standard error.
         let to_stdout = a.to == RestoreTo::Stdout;
@@ -73,6 +74,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
             gate: &gate,
             report: a.controls.dry_run.then_some(&report_action),
             xattrs: !a.no_xattrs,
+            expect_metadata: picked.metadata_sha256,
         };
         let result = match &a.to {
             RestoreTo::Target(_) => r.run(&id),

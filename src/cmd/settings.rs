@@ -25,6 +25,9 @@ pub struct Settings {
     pub grace_period: u64,
     /// The zone retention's calendar periods are taken in.
     pub retention_timezone: Option<String>,
+    /// The host keys whose snapshots are taken (`--signer`, the config's
+    /// `trusted_signers`); none: any.
+    pub trust: crate::signing::Trust,
 }
 
 impl Settings {
@@ -42,6 +45,14 @@ impl Settings {
                 .unwrap_or_else(system_hostname),
             grace_period: c.map_or(DEFAULT_GRACE_PERIOD, |c| c.grace_period).as_secs(),
             retention_timezone: c.and_then(|c| c.retention_timezone.clone()),
+            trust: crate::signing::Trust {
+                signers: g
+                    .signers
+                    .iter()
+                    .chain(c.map_or(&[][..], |c| &c.trusted_signers[..]))
+                    .copied()
+                    .collect(),
+            },
             store,
             config,
         })
@@ -52,6 +63,29 @@ impl Settings {
         self.config
             .as_ref()
             .expect("resolved with the config required")
+    }
+
+    /// The snapshot a command names (`latest` or an id, narrowed), taken
+    /// only on a trusted signature when `trust` is set (`signing::pick`).
+    pub fn pick(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        narrow: &crate::manifest::Narrow,
+    ) -> Result<crate::signing::Picked> {
+        let all = crate::manifest::list(store)?;
+        self.pick_in(store, &all, id, narrow)
+    }
+
+    /// `pick`, over a listing already made.
+    pub fn pick_in(
+        &self,
+        store: &dyn Store,
+        all: &[crate::manifest::Listed],
+        id: &str,
+        narrow: &crate::manifest::Narrow,
+    ) -> Result<crate::signing::Picked> {
+        crate::signing::pick(store, all, id, narrow, &self.trust, &super::warn)
     }
 
     pub fn open_store(&self, create: bool) -> Result<Box<dyn Store>> {

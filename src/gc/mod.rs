@@ -57,6 +57,13 @@ pub struct View {
 
 impl View {
     pub fn load(store: &dyn Store) -> Result<View> {
+        View::load_trusting(store, &crate::signing::Trust::default())
+    }
+
+    /// `load`, each manifest's signature checked when `trust` is set (one
+    /// GET more each): those not signed by a trusted key are `untrusted`,
+    /// their blobs kept all the same.
+    pub fn load_trusting(store: &dyn Store, trust: &crate::signing::Trust) -> Result<View> {
         let meta = store.list(layout::METADATA)?;
         // Blobs are listed before the manifests are read, so that a
         // manifest's references become indexes into the listing as it is
@@ -70,7 +77,14 @@ impl View {
         let mut refs = Vec::new();
         let mut damaged = Vec::new();
         for listed in manifest::snapshots_in(&meta.objects) {
-            match manifest::load(store, &listed) {
+            let loaded = manifest::load_with_bytes(store, &listed).and_then(|(mut p, raw)| {
+                if trust.is_set() {
+                    let s = crate::signing::check(store, &listed.id, &raw)?;
+                    p.summary.untrusted = !trust.trusts(&s);
+                }
+                Ok(p)
+            });
+            match loaded {
                 Ok(p) => {
                     refs.push(Refs::of(&p.blobs, &blobs.objects));
                     manifests.push(p.summary);
@@ -208,12 +222,15 @@ pub fn select<'a>(
 }
 
 /// Remove snapshots: the manifest first (the snapshot disappears at once),
-/// then the encrypted metadata.
+/// then the encrypted metadata and the signature.
 pub fn remove_snapshots(store: &dyn Store, ids: &[&str]) -> Result<()> {
     let manifests: Vec<String> = ids.iter().map(|id| layout::manifest(id)).collect();
     store.delete_many(&manifests)?;
-    let dbs: Vec<String> = ids.iter().map(|id| layout::metadata(id)).collect();
-    store.delete_many(&dbs)
+    let rest: Vec<String> = ids
+        .iter()
+        .flat_map(|id| [layout::metadata(id), layout::signature(id)])
+        .collect();
+    store.delete_many(&rest)
 }
 
 /// What a garbage collection deletes, and what it leaves for later.
@@ -245,7 +262,9 @@ pub fn plan(view: &View, removed: &HashSet<&str>, grace: u64, now: u64) -> Colle
         .metadata
         .iter()
         .filter(|o| match layout::parse(&o.key) {
-            Some(layout::Key::Metadata(id)) => !live_ids.contains(id) && !removed.contains(id),
+            Some(layout::Key::Metadata(id) | layout::Key::Signature(id)) => {
+                !live_ids.contains(id) && !removed.contains(id)
+            }
             _ => false,
         });
     for o in view
@@ -506,6 +525,7 @@ mod tests {
             time,
             blobs: blobs.iter().map(|b| (k(b), 10)).collect(),
             metadata_size: 1,
+            metadata_sha256: None,
         }
     }
 

@@ -82,13 +82,16 @@ pub struct Purge<'p> {
 impl Purge<'_> {
     /// Remove the snapshots `rule` selects among those of `name` and
     /// `host` (when given), then collect garbage.
+    /// Under `trust` (set), snapshots not signed by a trusted key are left
+    /// out of the rules.
     pub fn by_rule(
         self,
         rule: &Retention,
         name: Option<&str>,
         host: Option<&str>,
+        trust: &crate::signing::Trust,
     ) -> Result<Report> {
-        let view = View::load(self.store)?;
+        let view = View::load_trusting(self.store, trust)?;
         let removed: Vec<Summary> = super::select(&view.manifests, rule, name, host, unix_now())?
             .into_iter()
             .cloned()
@@ -114,7 +117,13 @@ impl Purge<'_> {
         marked.extend(staged.waiting.iter().cloned());
         let snapshot_objects: HashSet<String> = ids
             .iter()
-            .flat_map(|id| [crate::layout::metadata(id), crate::layout::manifest(id)])
+            .flat_map(|id| {
+                [
+                    crate::layout::metadata(id),
+                    crate::layout::manifest(id),
+                    crate::layout::signature(id),
+                ]
+            })
             .collect();
         let mut report = Report {
             dry_run,

@@ -69,6 +69,8 @@ pub enum Decision {
     Remove,
     /// Dated ahead of the store's clock: left alone.
     Ahead,
+    /// Not signed by a trusted key (`trusted_signers` is set): left alone.
+    Untrusted,
 }
 
 /// A calendar period, as the numbers that name it in the zone.
@@ -117,6 +119,10 @@ impl Retention {
             }
             if m.dated_ahead() {
                 out.push((m, Decision::Ahead));
+                continue;
+            }
+            if m.untrusted {
+                out.push((m, Decision::Untrusted));
                 continue;
             }
             groups
@@ -281,6 +287,7 @@ mod tests {
                     blobs: 0,
                     blob_bytes: 0,
                     stored: time,
+                    untrusted: false,
                 }
             })
             .collect()

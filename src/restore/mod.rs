@@ -67,6 +67,9 @@ pub struct Restore<'a> {
     /// Restore extended attributes, ACLs and inode flags (not
     /// `--no-xattrs`).
     pub xattrs: bool,
+    /// The SHA-256 the snapshot's signed manifest gives its metadata, when
+    /// it was taken on a trusted signature (`signing::pick`).
+    pub expect_metadata: Option<[u8; 32]>,
 }
 
 /// What to restore of a snapshot, and how to treat what the target has.
@@ -201,7 +204,13 @@ impl Restore<'_> {
         } else {
             self.target.clone()
         };
-        let conn = metadata::open(self.store, id, &self.identities, &scratch)?;
+        let conn = metadata::open(
+            self.store,
+            id,
+            &self.identities,
+            &scratch,
+            self.expect_metadata,
+        )?;
         metadata::attach_scratch(&conn, "plan", &scratch)?;
         let done = if self.controls.dry_run {
             self.dry_run(id, &conn, started)
@@ -377,7 +386,13 @@ impl Restore<'_> {
         out: &mut std::fs::File,
     ) -> Result<Summary> {
         let started = Instant::now();
-        let conn = metadata::open(self.store, id, &self.identities, &std::env::temp_dir())?;
+        let conn = metadata::open(
+            self.store,
+            id,
+            &self.identities,
+            &std::env::temp_dir(),
+            self.expect_metadata,
+        )?;
         let file = stdout::find(&conn, path, id).map_err(|e| conn.explain(e))?;
         let located = stdout::locate(&conn, &file).map_err(|e| conn.explain(e))?;
         (self.gate)(&located.blobs)?;

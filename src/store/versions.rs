@@ -106,7 +106,7 @@ impl Versioned {
         for (key, vs) in keys {
             if !matches!(
                 layout::parse(&key),
-                Some(Key::Metadata(_) | Key::Manifest(_))
+                Some(Key::Metadata(_) | Key::Manifest(_) | Key::Signature(_))
             ) {
                 continue;
             }
@@ -296,7 +296,10 @@ impl Store for Versioned {
             }
         }
         for (k, v) in pins.iter() {
-            let snapshot = matches!(layout::parse(k), Some(Key::Metadata(_) | Key::Manifest(_)));
+            let snapshot = matches!(
+                layout::parse(k),
+                Some(Key::Metadata(_) | Key::Manifest(_) | Key::Signature(_))
+            );
             if k.starts_with(prefix) && !seen.contains(k) && (self.with_deleted || !snapshot) {
                 l.add(k.clone(), v.size, v.modified, StorageClass::Standard);
             }

@@ -37,6 +37,7 @@ mod rebuild;
 mod rescue;
 mod retention;
 mod rotation;
+mod signing;
 mod streams;
 mod swaps;
 mod system;
