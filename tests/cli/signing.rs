@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use crate::core::restored;
-use crate::util::tree::assert_same_tree;
 use crate::util::{Backend, Env, stderr};
 
 /// Where the store's objects are on disk (s3s-fs serves a directory).
