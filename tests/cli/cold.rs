@@ -65,7 +65,7 @@ fn blobs_go_cold_and_everything_else_stays_standard() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("host1/blobs/"))
         .collect();
-    assert!(rest.len() >= 3, "metadata, manifest, store.json: {rest:?}");
+    assert!(rest.len() >= 4, "metadata, manifest, signature, store.json: {rest:?}");
     assert!(rest.iter().all(|(_, c)| c == "STANDARD"), "{rest:?}");
     // The keyless commands need no thaw.
     env.ok(&["snapshot", "list"]);
@@ -73,7 +73,8 @@ fn blobs_go_cold_and_everything_else_stays_standard() {
     let info = env.ok(&["store", "info", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["classes"]["DEEP_ARCHIVE"]["objects"], blobs.len());
-    assert_eq!(v["classes"]["STANDARD"]["objects"], 2);
+    // Its metadata, manifest and signature.
+    assert_eq!(v["classes"]["STANDARD"]["objects"], 3);
     let text = env.ok(&["store", "info"]);
     assert!(text.contains("DEEP_ARCHIVE"), "{text}");
 }

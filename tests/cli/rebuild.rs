@@ -208,14 +208,15 @@ fn an_index_is_replaced_only_when_asked_and_never_beside_a_run() {
     drop(held);
     let out = env.run_with_key(&["index", "rebuild", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // Nothing left beside it but the index, its lock, and what runs keep.
+    // Nothing left beside it but the index, its lock, and what runs keep
+    // (the host's signing key among them).
     let mut names: Vec<String> = fs::read_dir(env.index_path().parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with("index.sqlite"))
         .collect();
     names.sort();
-    assert_eq!(names, ["last", "tmp"]);
+    assert_eq!(names, ["last", "signing.key", "tmp"]);
     // Another host's snapshots: none, said so.
     let out = env.run_with_key(&["index", "rebuild", "--force", "--host", "elsewhere"]);
     assert_eq!(out.status.code(), Some(2));
