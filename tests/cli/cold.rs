@@ -65,7 +65,10 @@ fn blobs_go_cold_and_everything_else_stays_standard() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("host1/blobs/"))
         .collect();
-    assert!(rest.len() >= 4, "metadata, manifest, signature, store.json: {rest:?}");
+    assert!(
+        rest.len() >= 4,
+        "metadata, manifest, signature, store.json: {rest:?}"
+    );
     assert!(rest.iter().all(|(_, c)| c == "STANDARD"), "{rest:?}");
     // The keyless commands need no thaw.
     env.ok(&["snapshot", "list"]);
