@@ -155,16 +155,7 @@ fn policy(
     let lock_for = match (s3.lock_for, to_cfg) {
         (Some(d), _) => Some(d.as_secs()),
         (None, Some(c)) => {
-            let rule = Retention {
-                keep_latest: c.keep_latest,
-                keep_within: c.keep_within.map(|d| d.as_secs()),
-                keep_hourly: c.keep_hourly,
-                keep_daily: c.keep_daily,
-                keep_weekly: c.keep_weekly,
-                keep_monthly: c.keep_monthly,
-                keep_yearly: c.keep_yearly,
-                timezone: c.retention_timezone.clone(),
-            };
+            let rule = Retention::of_config(c);
             let latest = c.keep_latest.map(|n| (n as u64).saturating_mul(86_400));
             crate::gc::retention::derived_lock_for(&rule, c.grace_period.as_secs(), latest)
         }

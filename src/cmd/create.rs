@@ -412,17 +412,7 @@ impl Session {
     }
 
     pub fn retention(&self) -> Retention {
-        let c = &self.cfg;
-        Retention {
-            keep_latest: c.keep_latest,
-            keep_within: c.keep_within.map(|d| d.as_secs()),
-            keep_hourly: c.keep_hourly,
-            keep_daily: c.keep_daily,
-            keep_weekly: c.keep_weekly,
-            keep_monthly: c.keep_monthly,
-            keep_yearly: c.keep_yearly,
-            timezone: c.retention_timezone.clone(),
-        }
+        Retention::of_config(&self.cfg)
     }
 }
 

@@ -77,6 +77,20 @@ pub enum Decision {
 type Period = (i32, i32, i32, i32);
 
 impl Retention {
+    /// The rules a config file sets (`keep_*`, `retention_timezone`).
+    pub fn of_config(c: &crate::config::Config) -> Retention {
+        Retention {
+            keep_latest: c.keep_latest,
+            keep_within: c.keep_within.map(|d| d.as_secs()),
+            keep_hourly: c.keep_hourly,
+            keep_daily: c.keep_daily,
+            keep_weekly: c.keep_weekly,
+            keep_monthly: c.keep_monthly,
+            keep_yearly: c.keep_yearly,
+            timezone: c.retention_timezone.clone(),
+        }
+    }
+
     /// Whether any rule is set (a purge without one would remove all but
     /// the newest).
     pub fn is_set(&self) -> bool {
