@@ -25,6 +25,13 @@ fn keygen() -> (String, String) {
     (id, public)
 }
 
+/// A backup that must succeed: what it said on stderr.
+fn create(env: &Env) -> String {
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
 both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     let mut env = Env::new(b);
     env.extra = vec!["blob_size_limit = 1MiB".into(), "chunk_size = 64KiB".into()];
@@ -43,9 +50,7 @@ both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     let (new_id, new_public) = keygen();
     env.recipient = new_public.clone();
     env.write_config();
-    let out = env.run(&["snapshot", "create"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = create(&env);
     assert!(err.contains("age_recipient changed"), "{err}");
     // Every byte uploaded again, into blobs of the new set (what rotation
     // costs: one full upload).
@@ -72,13 +77,8 @@ both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     let before = env.blob_keys();
     env.extra.push(format!("age_recipient = {new_public}"));
     env.write_config();
-    let out = env.run(&["snapshot", "create"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        !stderr(&out).contains("age_recipient changed"),
-        "{}",
-        stderr(&out)
-    );
+    let err = create(&env);
+    assert!(!err.contains("age_recipient changed"), "{err}");
     assert_eq!(env.blob_keys(), before);
     // A second recipient is another set: uploaded again, and either key
     // restores the newest.
@@ -86,13 +86,8 @@ both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     env.extra.pop();
     env.extra.push(format!("age_recipient = {second_public}"));
     env.write_config();
-    let out = env.run(&["snapshot", "create"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("age_recipient changed"),
-        "{}",
-        stderr(&out)
-    );
+    let err = create(&env);
+    assert!(err.contains("age_recipient changed"), "{err}");
     env.identity = second_id;
     let target = env.path().join("second");
     env.restore_ok("latest", &target, &[]);
@@ -106,13 +101,8 @@ both!(the_newest_snapshot_restores_with_the_new_key_alone, |b| {
     std::fs::remove_dir_all(env.index_path().parent().unwrap()).unwrap();
     let out = env.run_with_key(&["index", "rebuild"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = env.run(&["snapshot", "create"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        !stderr(&out).contains("age_recipient changed"),
-        "{}",
-        stderr(&out)
-    );
+    let err = create(&env);
+    assert!(!err.contains("age_recipient changed"), "{err}");
     assert_eq!(env.blob_keys(), before);
     // Rebuilt while the config names another set again: the snapshots of
     // the old set are left out, said by name, and nothing of them is reused.
