@@ -529,6 +529,12 @@ impl<'a> BlobReader<'a> {
         Ok(&self.data)
     }
 
+    /// The compressed frame of the chunk `read_chunk` returned last (as
+    /// stored: `repack` moves it into a new blob as it is).
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
     /// Prepare to read the plaintext range `[start, end)` with one GET.
     pub fn plan_range(&mut self, end: u64) {
         let last = end.div_ceil(AGE_CHUNK);

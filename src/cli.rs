@@ -43,11 +43,12 @@ Usage:
                              [--host HOST] [--name NAME] [THAW FLAGS]
   vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
                                      [--name NAME] [--all] [--force]
+  vaultik [GLOBAL FLAGS] repack [--max-unused PERCENT] [--dry-run] [--json] [--identity FILE]
   vaultik keygen [--output FILE] [--passphrase]
   vaultik help [COMMAND]
 
-Only restore, ls, find, diff, `index rebuild` and `snapshot verify --deep` need the
-private key.
+Only restore, ls, find, diff, `index rebuild`, repack and `snapshot verify --deep` need
+the private key.
 SNAPSHOT is a full id or `latest`: the newest snapshot of any host and name.
 Latest flags narrow it: --host HOST (HOST's newest), --name NAME.
 Thaw flags, for blobs in GLACIER or DEEP_ARCHIVE: --thaw[=TIER] --thaw-days N --wait
@@ -372,6 +373,31 @@ it copies only what is missing.
                     as for restore, for source blobs in GLACIER or DEEP_ARCHIVE
 ";
 
+pub const USAGE_REPACK: &str = "\
+Usage: vaultik [GLOBAL FLAGS] repack [--max-unused PERCENT] [--dry-run] [--json] [--identity FILE]
+
+Give back the space held by partly used blobs: GC deletes whole blobs only,
+so data purged from every snapshot stays while a kept snapshot uses another
+chunk of its blob. Moves the chunks still used out of every blob whose
+unused share is above --max-unused into new blobs, rewrites the snapshots
+that used them (each stays whole and signed at every step), and marks the
+old blobs for deletion: the next prune deletes them once the grace period
+has passed (at once with grace_period = 0s). Needs the private key and the
+config (its age_recipient, blob_size_limit and storage_class).
+
+A rewritten snapshot that was signed by a key this run trusts (its config's
+trusted_signers, --signer, or this host's own) is signed again with this
+host's key: add this host's key (`store info`) to trusted_signers where
+snapshots are restored. Snapshots signed by another key, unsigned ones under
+trusted signers too are left alone, with the blobs they use. Each host's
+next backup uploads again what it still has of the replaced blobs.
+
+  --max-unused PERCENT  repack blobs with more than this unused (default 10%)
+  --dry-run             say what would be rewritten and freed; write nothing
+  --json                one JSON object: the summary
+  --identity FILE       age identity file (else $VAULTIK_PRIVATE_KEY)
+";
+
 pub const USAGE_INDEX: &str = "\
 Usage: vaultik [GLOBAL FLAGS] index rebuild [--identity FILE] [--index PATH] [--host HOST]
                                            [--name NAME] [--all] [--force]
@@ -520,6 +546,16 @@ pub struct RebuildArgs {
     pub force: bool,
 }
 
+/// `repack`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RepackArgs {
+    pub identity: Option<PathBuf>,
+    /// `--max-unused PERCENT`, as a share (0 to 1).
+    pub max_unused: f64,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
 /// `ls`
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LsArgs {
@@ -614,6 +650,7 @@ pub enum Command {
     Diff(DiffArgs),
     Copy(CopyArgs),
     IndexRebuild(RebuildArgs),
+    Repack(RepackArgs),
     Keygen {
         output: Option<PathBuf>,
         /// `--passphrase`: the identity encrypted with a passphrase.
@@ -641,6 +678,7 @@ impl Command {
             Command::Diff(_) => "diff",
             Command::Copy(_) => "copy",
             Command::IndexRebuild(_) => "index rebuild",
+            Command::Repack(_) => "repack",
             Command::Keygen { .. } => "keygen",
         })
     }
@@ -649,8 +687,8 @@ impl Command {
 /// `--identity` given to a command that reads no file contents.
 fn needs_no_key(command: &str) -> Error {
     Error::Usage(format!(
-        "{command} needs no private key: --identity is for restore, ls, find, diff and \
-         `snapshot verify --deep`"
+        "{command} needs no private key: --identity is for restore, ls, find, diff, \
+         `index rebuild`, repack and `snapshot verify --deep`"
     ))
 }
 
@@ -825,6 +863,7 @@ fn help_for(words: &[String]) -> Result<&'static str> {
         ["copy"] => USAGE_COPY,
         ["keygen"] => USAGE_KEYGEN,
         ["index"] | ["index", "rebuild"] => USAGE_INDEX,
+        ["repack"] => USAGE_REPACK,
         _ => {
             return Err(Error::Usage(format!(
                 "unknown command `{}`",
@@ -911,6 +950,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Global, Comman
         "diff" => parse_diff(p, &mut g).map_err(|e| e.usage_in("diff"))?,
         "copy" => parse_copy(p, &mut g).map_err(|e| e.usage_in("copy"))?,
         "keygen" => parse_keygen(p, &mut g).map_err(|e| e.usage_in("keygen"))?,
+        "repack" => parse_repack(p, &mut g).map_err(|e| e.usage_in("repack"))?,
         "index" => match next(p, &mut g)? {
             None => {
                 return Err(Error::Usage(
@@ -1424,6 +1464,28 @@ fn parse_rebuild(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         }
     }
     Ok(Command::IndexRebuild(a))
+}
+
+fn parse_repack(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = RepackArgs {
+        max_unused: crate::repack::DEFAULT_MAX_UNUSED,
+        ..RepackArgs::default()
+    };
+    while let Some(arg) = next(p, g)? {
+        match arg.get() {
+            ArgRef::Help => return Ok(Command::Help(USAGE_REPACK)),
+            Long("identity") => a.identity = Some(path_value(p)?),
+            Long("max-unused") => {
+                let v: String = value(p, "--max-unused")?;
+                a.max_unused = crate::repack::parse_share(&v)
+                    .map_err(|e| Error::Usage(format!("--max-unused: {e}")))?;
+            }
+            Long("dry-run") => a.dry_run = true,
+            Long("json") => a.json = true,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::Repack(a))
 }
 
 fn parse_keygen(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
@@ -1995,6 +2057,7 @@ mod man_page {
             USAGE_COPY,
             USAGE_KEYGEN,
             USAGE_INDEX,
+            USAGE_REPACK,
         ]
         .concat();
         let mut flags: Vec<String> = all

@@ -574,6 +574,7 @@ mod tests {
             blobs: blobs.clone(),
             metadata_size: 15,
             metadata_sha256: None,
+            metadata_sha256_also: None,
         };
         src.put_bytes(&layout::manifest(&id), &m.to_bytes().unwrap())
             .unwrap();

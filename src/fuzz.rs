@@ -167,6 +167,7 @@ fn fuzz_manifest_reader() {
         ],
         metadata_size: 4567,
         metadata_sha256: None,
+        metadata_sha256_also: None,
     };
     let packed = manifest.to_bytes().expect("a small manifest");
     let json = zstd::stream::decode_all(&packed[..]).expect("a manifest is zstd");

@@ -237,6 +237,12 @@ impl Index {
         }
     }
 
+    /// Whether the blobs this index records are sealed to the recipient
+    /// set `fingerprint` (an index that never said is taken to be).
+    pub fn is_sealed_to(&self, fingerprint: &str) -> Result<bool> {
+        Ok(self.meta("sealed_to")?.is_none_or(|f| f == fingerprint))
+    }
+
     /// The identity of the store the index at `path` was made for, if it
     /// exists and says (read only; anything amiss is None).
     pub fn store_of(path: &Path) -> Option<String> {
@@ -628,6 +634,27 @@ impl Index {
 
     /// Record a blob confirmed in the store, with the chunks inside it.
     pub fn add_blob(&mut self, key: &str, size: u64, chunks: &[(ChunkId, Location)]) -> Result<()> {
+        self.record_blob(key, size, chunks, "INSERT OR IGNORE")
+    }
+
+    /// Record a blob `repack` wrote, its chunks moved there from blobs it
+    /// marked for deletion: where the index knows a chunk, it is now here.
+    pub fn move_into_blob(
+        &mut self,
+        key: &str,
+        size: u64,
+        chunks: &[(ChunkId, Location)],
+    ) -> Result<()> {
+        self.record_blob(key, size, chunks, "INSERT OR REPLACE")
+    }
+
+    fn record_blob(
+        &mut self,
+        key: &str,
+        size: u64,
+        chunks: &[(ChunkId, Location)],
+        insert: &str,
+    ) -> Result<()> {
         let tx = self.conn.transaction().db(&self.path)?;
         {
             tx.execute(
@@ -639,10 +666,10 @@ impl Index {
                 .query_row("SELECT id FROM blobs WHERE key=?1", [key], |r| r.get(0))
                 .db(&self.path)?;
             let mut st = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO chunks(id, blob, offset, length, size)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
+                .prepare_cached(&format!(
+                    "{insert} INTO chunks(id, blob, offset, length, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5)"
+                ))
                 .db(&self.path)?;
             for (id, loc) in chunks {
                 loc.insert_row(&mut st, id, blob_id).db(&self.path)?;

@@ -112,6 +112,7 @@ pub mod metadata;
 pub mod monitor;
 pub mod passphrase;
 pub mod rebuild;
+pub mod repack;
 pub mod restore;
 pub mod scratch;
 pub mod signing;

@@ -83,6 +83,16 @@ pub struct Manifest {
     /// before it was recorded have none): a signature over the manifest
     /// covers the metadata through it.
     pub metadata_sha256: Option<[u8; 32]>,
+    /// A second SHA-256 the metadata may have, only while `repack`
+    /// replaces it (the one before and the one after: a reader who read
+    /// the manifest just before the swap gets either, both whole).
+    pub metadata_sha256_also: Option<[u8; 32]>,
+}
+
+/// The SHA-256s `first` and `also` a manifest vouches for, as a list (empty
+/// for a manifest written before they were recorded).
+pub fn sums(first: Option<[u8; 32]>, also: Option<[u8; 32]>) -> Vec<[u8; 32]> {
+    first.into_iter().chain(also).collect()
 }
 
 /// A snapshot as listings, retention and reports need it: its manifest
@@ -121,8 +131,16 @@ pub struct BlobRef {
 pub struct Parsed {
     pub summary: Summary,
     pub blobs: Vec<BlobRef>,
-    /// See `Manifest::metadata_sha256`.
+    /// See `Manifest::metadata_sha256` and `metadata_sha256_also`.
     pub metadata_sha256: Option<[u8; 32]>,
+    pub metadata_sha256_also: Option<[u8; 32]>,
+}
+
+impl Parsed {
+    /// The SHA-256s the metadata may have (see `sums`).
+    pub fn metadata_sums(&self) -> Vec<[u8; 32]> {
+        sums(self.metadata_sha256, self.metadata_sha256_also)
+    }
 }
 
 /// The manifest as JSON, written.
@@ -136,6 +154,8 @@ struct JsonOut<'a> {
     metadata_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_sha256_also: Option<String>,
     blobs: Vec<JsonBlobOut<'a>>,
 }
 
@@ -160,6 +180,8 @@ struct JsonIn {
     metadata_size: u64,
     #[serde(default)]
     metadata_sha256: Option<String>,
+    #[serde(default)]
+    metadata_sha256_also: Option<String>,
     blobs: BlobList,
 }
 
@@ -239,6 +261,7 @@ impl Manifest {
             time: self.time,
             metadata_size: self.metadata_size,
             metadata_sha256: self.metadata_sha256.map(|h| crate::chunk::hex(&h)),
+            metadata_sha256_also: self.metadata_sha256_also.map(|h| crate::chunk::hex(&h)),
             blobs: self
                 .blobs
                 .iter()
@@ -286,6 +309,7 @@ impl Manifest {
                 .collect(),
             metadata_size: s.metadata_size,
             metadata_sha256: p.metadata_sha256,
+            metadata_sha256_also: p.metadata_sha256_also,
         })
     }
 
@@ -373,14 +397,18 @@ pub fn parse(key: &str, data: &[u8]) -> Result<Parsed> {
     {
         return Err(bad("host, name or time does not match its id"));
     }
-    let metadata_sha256 = match v.metadata_sha256.as_deref() {
-        None => None,
-        Some(h) => Some(
-            layout::unhex_bytes(h)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| bad("metadata_sha256 is not a SHA-256"))?,
-        ),
+    let sha256 = |field: &str, v: Option<&str>| match v {
+        None => Ok(None),
+        Some(h) => layout::unhex_bytes(h)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(Some)
+            .ok_or_else(|| bad(&format!("{field} is not a SHA-256"))),
     };
+    let metadata_sha256 = sha256("metadata_sha256", v.metadata_sha256.as_deref())?;
+    let metadata_sha256_also = sha256("metadata_sha256_also", v.metadata_sha256_also.as_deref())?;
+    if metadata_sha256_also.is_some() && metadata_sha256.is_none() {
+        return Err(bad("metadata_sha256_also without metadata_sha256"));
+    }
     let blobs = v.blobs.0;
     // A backup lists each blob once (its table's keys are unique): a
     // blob listed twice is a forgery or damage, refused by every reader
@@ -405,6 +433,7 @@ pub fn parse(key: &str, data: &[u8]) -> Result<Parsed> {
         },
         blobs,
         metadata_sha256,
+        metadata_sha256_also,
     })
 }
 
@@ -622,6 +651,33 @@ pub fn next_free_id(store: &dyn Store, base: &str) -> Result<Option<String>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_second_metadata_sum_is_read_only_beside_a_first() {
+        let key = layout::manifest("h_n_1970-01-01T000005Z");
+        let mut m = sample();
+        m.metadata_sha256 = Some([1; 32]);
+        m.metadata_sha256_also = Some([2; 32]);
+        let p = parse(&key, &m.to_bytes().unwrap()).unwrap();
+        assert_eq!(p.metadata_sums(), vec![[1; 32], [2; 32]]);
+        assert_eq!(
+            Manifest::from_bytes(&key, &m.to_bytes().unwrap()).unwrap(),
+            m
+        );
+        // Forged: a second without a first, or not a SHA-256.
+        m.metadata_sha256 = None;
+        let e = parse(&key, &m.to_bytes().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("metadata_sha256_also without"), "{e}");
+        let text = String::from_utf8(zstd::decode_all(&sample().to_bytes().unwrap()[..]).unwrap())
+            .unwrap()
+            .replace(
+                "\"metadata_size\":3",
+                "\"metadata_size\":3,\"metadata_sha256\":\"00\",\"metadata_sha256_also\":\"zz\"",
+            );
+        let packed = zstd::bulk::compress(text.as_bytes(), 3).unwrap();
+        let e = parse(&key, &packed).unwrap_err().to_string();
+        assert!(e.contains("is not a SHA-256"), "{e}");
+    }
+
     fn sample() -> Manifest {
         Manifest {
             id: "h_n_1970-01-01T000005Z".into(),
@@ -631,6 +687,7 @@ mod tests {
             blobs: vec![(layout::blob(&[0xab; 32]), 10)],
             metadata_size: 3,
             metadata_sha256: None,
+            metadata_sha256_also: None,
         }
     }
 
@@ -791,6 +848,7 @@ mod tests {
             time: m.time,
             metadata_size: m.metadata_size,
             metadata_sha256: None,
+            metadata_sha256_also: None,
             blobs: m
                 .blobs
                 .iter()

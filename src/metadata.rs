@@ -180,6 +180,9 @@ pub struct Metadata {
     what: String,
     /// Its size, in bytes.
     pub len: u64,
+    /// The SHA-256 of the stored object, when it was checked (`open`
+    /// given SHA-256s to expect).
+    pub sha256: Option<[u8; 32]>,
     /// Steps of the budget used so far, and the budget, in `STEP_GRAIN`s.
     used: Arc<AtomicU64>,
     budget: u64,
@@ -193,6 +196,7 @@ impl Metadata {
             conn,
             what: "metadata of a test".into(),
             len: 0,
+            sha256: None,
             used: Arc::default(),
             budget: u64::MAX,
         }
@@ -275,14 +279,15 @@ impl Drop for Metadata {
 /// command attaches to it (the restore's plan); the database itself is
 /// never written.
 ///
-/// `expect`: the SHA-256 a signed manifest gives the stored metadata
-/// (`signing.rs`); then anything else is refused, read to its end first.
+/// `expect`: the SHA-256s a signed manifest gives the stored metadata
+/// (`signing.rs`; two while a repack replaces it); when there are any,
+/// anything else is refused, read to its end first.
 pub fn open(
     store: &dyn Store,
     id: &str,
     identities: &[x25519::Identity],
     dir: &Path,
-    expect: Option<[u8; 32]>,
+    expect: &[[u8; 32]],
 ) -> Result<Metadata> {
     let key = layout::metadata(id);
     // Streamed from the store: nothing is held whole.
@@ -299,7 +304,8 @@ pub fn open(
     if copied != len {
         return Err(Error::corrupt(&key, "metadata database cut short"));
     }
-    if let Some(want) = expect {
+    let mut checked = None;
+    if !expect.is_empty() {
         // The rest of the stream (at most the object's stored size), so
         // that every stored byte is hashed.
         std::io::copy(&mut dec.finish(), &mut std::io::sink())
@@ -308,12 +314,13 @@ pub fn open(
             let t = tap.lock().expect("a tap is only locked while read");
             (t.0.clone().finalize(), t.1)
         };
-        if read != sealed || hash[..] != want[..] {
+        if read != sealed || !expect.iter().any(|want| hash[..] == want[..]) {
             return Err(Error::corrupt(
                 &key,
                 "is not the metadata its signed manifest names (another SHA-256): refused",
             ));
         }
+        checked = Some(hash.into());
     }
     // Bytes 18 and 19 of the header say "WAL mode" when 2: a forged
     // database would then make SQLite look for -wal and -shm files. Ours
@@ -326,7 +333,10 @@ pub fn open(
     let m = open_checked(&path, len, &format!("metadata of snapshot {id}"));
     // Unlinked (once open): the open descriptor is all that is left.
     drop(scratch);
-    m
+    m.map(|mut m| {
+        m.sha256 = checked;
+        m
+    })
 }
 
 /// Open the database at `path` (`len` bytes) hardened, and check its
@@ -345,6 +355,7 @@ fn open_checked(path: &Path, len: u64, what: &str) -> Result<Metadata> {
         conn,
         what: what.to_string(),
         len,
+        sha256: None,
         used,
         budget: budget.div_ceil(STEP_GRAIN as u64),
     };
@@ -785,6 +796,7 @@ mod tests {
             conn,
             what: "metadata of snapshot t".into(),
             len: 1,
+            sha256: None,
             used: used.clone(),
             budget: budget / STEP_GRAIN as u64,
         };

@@ -299,7 +299,7 @@ impl Rebuild<'_> {
         present: &HashMap<String, u64>,
         state: &Path,
     ) -> std::result::Result<u64, Failed> {
-        let m = match metadata::open(self.store, id, self.identities, state, None) {
+        let m = match metadata::open(self.store, id, self.identities, state, &[]) {
             Ok(m) => m,
             // A key that does not match, or a store that fails: the run.
             Err(e @ (Error::Key(_) | Error::Store { .. } | Error::Io { .. })) => {

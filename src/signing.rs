@@ -118,14 +118,42 @@ impl SigningKey {
     /// The signature object for the manifest `manifest_bytes` (as stored)
     /// of snapshot `id`.
     pub fn sign(&self, id: &str, manifest_bytes: &[u8]) -> Vec<u8> {
-        let sig = self.pair.sign(&message(id, manifest_bytes));
-        serde_json::to_vec(&SigOut {
-            format: 1,
-            signer: &self.public(),
-            signature: &crate::chunk::hex(sig.as_ref()),
-        })
-        .expect("a signature serializes")
+        object(&[self.entry(id, manifest_bytes)])
     }
+
+    /// One signature over the manifest `manifest_bytes` of snapshot `id`.
+    pub fn entry(&self, id: &str, manifest_bytes: &[u8]) -> Entry {
+        let sig = self.pair.sign(&message(id, manifest_bytes));
+        Entry {
+            signer: self.public(),
+            signature: crate::chunk::hex(sig.as_ref()),
+        }
+    }
+}
+
+/// One signature in a signature object: the key, and the signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub signer: String,
+    pub signature: String,
+}
+
+/// A signature object of `entries` (at least one; at most `ENTRIES_MAX`).
+/// A snapshot's manifest has one signature; while `repack` replaces a
+/// manifest, the object holds two, over the manifest before and after, so
+/// that the snapshot is signed at every moment (the object and the
+/// manifest cannot change at once).
+pub fn object(entries: &[Entry]) -> Vec<u8> {
+    let (first, more) = entries
+        .split_first()
+        .expect("a signature object holds a signature");
+    serde_json::to_vec(&SigOut {
+        format: 1,
+        signer: &first.signer,
+        signature: &first.signature,
+        more,
+    })
+    .expect("a signature serializes")
 }
 
 /// What is signed: a domain, the manifest's key and the SHA-256 of its
@@ -138,11 +166,16 @@ fn message(id: &str, manifest_bytes: &[u8]) -> Vec<u8> {
     m
 }
 
+/// The most signatures an object holds (a repack writes two).
+pub const ENTRIES_MAX: usize = 4;
+
 #[derive(Serialize)]
 struct SigOut<'a> {
     format: u64,
     signer: &'a str,
     signature: &'a str,
+    #[serde(skip_serializing_if = "<[Entry]>::is_empty")]
+    more: &'a [Entry],
 }
 
 #[derive(Deserialize)]
@@ -150,6 +183,8 @@ struct SigIn {
     format: u64,
     signer: String,
     signature: String,
+    #[serde(default)]
+    more: Vec<Entry>,
 }
 
 /// A public key `ed25519:<64 hex>`.
@@ -186,32 +221,68 @@ impl Signed {
 
 /// Check the signature of snapshot `id` over its manifest `manifest_bytes`.
 pub fn check(store: &dyn Store, id: &str, manifest_bytes: &[u8]) -> Result<Signed> {
+    check_entry(store, id, manifest_bytes).map(|(s, _)| s)
+}
+
+/// `check`, and the signature that verified (for `repack` to carry over
+/// while it replaces the manifest).
+pub fn check_entry(
+    store: &dyn Store,
+    id: &str,
+    manifest_bytes: &[u8],
+) -> Result<(Signed, Option<Entry>)> {
     let key = layout::signature(id);
     let raw = match store.get(&key, SIG_MAX) {
         Ok(r) => r,
-        Err(Error::NotFound { .. }) => return Ok(Signed::Unsigned),
-        Err(e @ Error::Corrupt { .. }) => return Ok(Signed::Invalid(e.to_string())),
+        Err(Error::NotFound { .. }) => return Ok((Signed::Unsigned, None)),
+        Err(e @ Error::Corrupt { .. }) => return Ok((Signed::Invalid(e.to_string()), None)),
         Err(e) => return Err(e),
     };
     let Ok(s) = serde_json::from_slice::<SigIn>(&raw) else {
-        return Ok(Signed::Invalid("not a signature object".into()));
+        return Ok((Signed::Invalid("not a signature object".into()), None));
     };
     if s.format != 1 {
-        return Ok(Signed::Invalid(format!("format {}", s.format)));
+        return Ok((Signed::Invalid(format!("format {}", s.format)), None));
     }
-    let Some(signer) = parse_signer(&s.signer) else {
-        return Ok(Signed::Invalid("not an ed25519 key".into()));
-    };
-    let Some(sig) = layout::unhex_bytes(&s.signature).filter(|b| b.len() == 64) else {
-        return Ok(Signed::Invalid("not an ed25519 signature".into()));
-    };
-    match UnparsedPublicKey::new(&ED25519, signer).verify(&message(id, manifest_bytes), &sig) {
-        Ok(()) => Ok(Signed::By(signer)),
-        Err(_) => Ok(Signed::Invalid(format!(
-            "does not verify with {} over this manifest",
-            show_signer(&signer)
-        ))),
+    if s.more.len() >= ENTRIES_MAX {
+        return Ok((
+            Signed::Invalid(format!("more than {ENTRIES_MAX} signatures")),
+            None,
+        ));
     }
+    let message = message(id, manifest_bytes);
+    let mut why = String::new();
+    let first = Entry {
+        signer: s.signer,
+        signature: s.signature,
+    };
+    for e in std::iter::once(first).chain(s.more) {
+        let Some(signer) = parse_signer(&e.signer) else {
+            if why.is_empty() {
+                why = "not an ed25519 key".into();
+            }
+            continue;
+        };
+        let Some(sig) = layout::unhex_bytes(&e.signature).filter(|b| b.len() == 64) else {
+            if why.is_empty() {
+                why = "not an ed25519 signature".into();
+            }
+            continue;
+        };
+        if UnparsedPublicKey::new(&ED25519, signer)
+            .verify(&message, &sig)
+            .is_ok()
+        {
+            return Ok((Signed::By(signer), Some(e)));
+        }
+        if why.is_empty() {
+            why = format!(
+                "does not verify with {} over this manifest",
+                show_signer(&signer)
+            );
+        }
+    }
+    Ok((Signed::Invalid(why), None))
 }
 
 /// The keys a reader trusts; none: every snapshot is taken as before.
@@ -231,12 +302,12 @@ impl Trust {
 
     /// Whether snapshot `id` is signed by a trusted key: its status, and
     /// the SHA-256 its manifest gives its metadata.
-    pub fn verdict(&self, store: &dyn Store, id: &str) -> Result<(Signed, Option<[u8; 32]>)> {
+    pub fn verdict(&self, store: &dyn Store, id: &str) -> Result<(Signed, Vec<[u8; 32]>)> {
         let key = layout::manifest(id);
         let raw = store.get(&key, manifest::MANIFEST_MAX)?;
         let parsed = manifest::parse(&key, &raw)?;
         let signed = check(store, id, &raw)?;
-        Ok((signed, parsed.metadata_sha256))
+        Ok((signed, parsed.metadata_sums()))
     }
 
     fn refusal(&self, id: &str, s: &Signed) -> Error {
@@ -252,11 +323,12 @@ impl Trust {
 }
 
 /// A snapshot chosen by `pick`: its id, and, when it was taken on a
-/// trusted signature, the SHA-256 its metadata must have.
+/// trusted signature, the SHA-256s its metadata may have (one, or two
+/// while a repack replaces it; none: not checked).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Picked {
     pub id: String,
-    pub metadata_sha256: Option<[u8; 32]>,
+    pub metadata_sums: Vec<[u8; 32]>,
 }
 
 /// `manifest::pick`, and with `trust` set: `latest` is the newest snapshot
@@ -273,7 +345,7 @@ pub fn pick(
     if !trust.is_set() {
         return manifest::pick(all, id, narrow).map(|id| Picked {
             id,
-            metadata_sha256: None,
+            metadata_sums: Vec::new(),
         });
     }
     if id != "latest" {
@@ -284,7 +356,7 @@ pub fn pick(
         }
         return Ok(Picked {
             id,
-            metadata_sha256: meta,
+            metadata_sums: meta,
         });
     }
     let candidates = all
@@ -306,7 +378,7 @@ pub fn pick(
         if trust.trusts(&s) {
             return Ok(Picked {
                 id: l.id.clone(),
-                metadata_sha256: meta,
+                metadata_sums: meta,
             });
         }
         warn(&format!(
@@ -329,6 +401,50 @@ pub fn pick(
 mod tests {
     use super::*;
     use crate::store::LocalStore;
+
+    #[test]
+    fn an_object_of_two_signatures_holds_for_either_manifest_and_no_other() {
+        let d = tempfile::tempdir().unwrap();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = SigningKey::load_or_create(da.path()).unwrap();
+        let b = SigningKey::load_or_create(db.path()).unwrap();
+        let store = LocalStore::open(&d.path().join("store"), true).unwrap();
+        let id = "h_n_1970-01-01T000005Z";
+        let key = layout::signature(id);
+        // Host a's signature of the old manifest, b's of the new (a repack
+        // on host b, between its two puts).
+        let both = object(&[a.entry(id, b"old"), b.entry(id, b"new")]);
+        store.put_bytes(&key, &both).unwrap();
+        let (pa, pb) = (
+            parse_signer(&a.public()).unwrap(),
+            parse_signer(&b.public()).unwrap(),
+        );
+        assert_eq!(check(&store, id, b"old").unwrap(), Signed::By(pa));
+        let (s, e) = check_entry(&store, id, b"new").unwrap();
+        assert_eq!(s, Signed::By(pb));
+        assert_eq!(e, Some(b.entry(id, b"new")));
+        assert!(matches!(
+            check(&store, id, b"third").unwrap(),
+            Signed::Invalid(_)
+        ));
+        // Forged: a junk entry beside a valid one is skipped; too many
+        // entries, or entries that are not signatures, are invalid.
+        let mut v: serde_json::Value = serde_json::from_slice(&both).unwrap();
+        v["more"] = serde_json::json!([{"signer": "ed25519:zz", "signature": "00"}, v["more"][0]]);
+        store.put_bytes(&key, v.to_string().as_bytes()).unwrap();
+        assert_eq!(check(&store, id, b"new").unwrap(), Signed::By(pb));
+        let many: Vec<Entry> = (0..ENTRIES_MAX + 1).map(|_| b.entry(id, b"new")).collect();
+        store.put_bytes(&key, &object(&many)).unwrap();
+        assert!(
+            matches!(check(&store, id, b"new").unwrap(), Signed::Invalid(w) if w.contains("more than"))
+        );
+        v["more"] = serde_json::json!("not a list");
+        store.put_bytes(&key, v.to_string().as_bytes()).unwrap();
+        assert!(matches!(
+            check(&store, id, b"old").unwrap(),
+            Signed::Invalid(_)
+        ));
+    }
 
     #[test]
     fn a_key_is_made_once_private_and_signs_what_check_verifies() {

@@ -638,20 +638,37 @@ impl MetaWriter {
         self.conn.execute_batch("COMMIT").db(&self.path)?;
         let path = self.path.clone();
         self.conn.close().map_err(|(_, e)| e).db(&path)?;
-        let mut src = std::fs::File::open(&path).at("open", &path)?;
-        let len = src.metadata().at("stat", &path)?.len();
-        let seal = SealWriter::create(tmp_dir, "metadata", recipients)?;
-        let mut enc = zstd::Encoder::new(SealSink(seal), level).at("compress", &path)?;
-        // Compressed by worker threads while this one reads and encrypts:
-        // sealing is on the critical path of every run (a million entries:
-        // 190 MB of database).
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        enc.multithread(workers as u32).at("compress", &path)?;
-        enc.write_all(&len.to_le_bytes()).at("compress", &path)?;
-        std::io::copy(&mut src, &mut enc).at("compress", &path)?;
-        let SealSink(seal) = enc.finish().at("compress", &path)?;
-        seal.finish()
+        seal_database(&path, tmp_dir, recipients, level)
     }
+}
+
+/// zstd level for the metadata database: it is a small part of the bucket,
+/// and compressing it is on the critical path of every run (level 1: 30 ms
+/// for 50k entries where level 3 takes 50 ms, for 3% more bytes).
+pub const METADATA_LEVEL: i32 = 1;
+
+/// Compress and encrypt the database file at `path` (closed) into a
+/// temporary file in `tmp_dir`, as a snapshot's metadata is stored: its
+/// length (8 bytes, little-endian), then the file, in one zstd stream.
+pub fn seal_database(
+    path: &Path,
+    tmp_dir: &Path,
+    recipients: &[x25519::Recipient],
+    level: i32,
+) -> Result<crate::blob::SealedFile> {
+    let mut src = std::fs::File::open(path).at("open", path)?;
+    let len = src.metadata().at("stat", path)?.len();
+    let seal = SealWriter::create(tmp_dir, "metadata", recipients)?;
+    let mut enc = zstd::Encoder::new(SealSink(seal), level).at("compress", path)?;
+    // Compressed by worker threads while this one reads and encrypts:
+    // sealing is on the critical path of every run (a million entries:
+    // 190 MB of database).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    enc.multithread(workers as u32).at("compress", path)?;
+    enc.write_all(&len.to_le_bytes()).at("compress", path)?;
+    std::io::copy(&mut src, &mut enc).at("compress", path)?;
+    let SealSink(seal) = enc.finish().at("compress", path)?;
+    seal.finish()
 }
 
 /// Writes the chunk rows of what the index located, mapping the index's

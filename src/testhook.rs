@@ -9,7 +9,10 @@
 //! to list it, a reader just before it opens a file (both at that path), a
 //! restore just before it writes contents (`<target>/.vaultik-pause`), and
 //! each of a restore's reading threads after each read unit it has written
-//! (`<target>/.vaultik-pause-unit`: to stop a restore midway).
+//! (`<target>/.vaultik-pause-unit`: to stop a restore midway), and a repack
+//! rewriting a snapshot after its intermediate manifest
+//! (`<state dir>/repack-pause-mid`) and after its new metadata
+//! (`<state dir>/repack-pause-metadata`).
 //! Unset, a call costs a look at a cached `None`.
 //!
 //! And one clock: with `VAULTIK_TEST_TIME=<unix seconds>`, a backup dates

@@ -116,7 +116,7 @@ pub fn verify(store: &dyn Store, id: String, depth: Depth<'_>) -> Result<Report>
             &id,
             identities,
             &std::env::temp_dir(),
-            manifest.metadata_sha256,
+            &crate::manifest::sums(manifest.metadata_sha256, manifest.metadata_sha256_also),
         )?;
         let blobs = blob_chunks(&conn).map_err(|e| conn.explain(e))?;
         let listed: HashSet<&str> = manifest.blobs.iter().map(|(k, _)| k.as_str()).collect();

@@ -18,11 +18,6 @@ use crate::manifest::Manifest;
 use crate::snapshot::{self, MetaWriter};
 use crate::store::class::StorageClass;
 
-/// zstd level for the metadata database: it is a small part of the bucket,
-/// and compressing it is on the critical path of every run (level 1: 30 ms
-/// for 50k entries where level 3 takes 50 ms, for 3% more bytes).
-const METADATA_LEVEL: i32 = 1;
-
 /// Chunk locations handed from the index to the metadata at a time, and
 /// batches of them queued.
 const LOCATE_BATCH: usize = 2048;
@@ -68,7 +63,9 @@ impl Publish<'_, '_> {
             b.store.set_lock(Some(plan.extended(crate::time::now())));
             t.lap("publish: locks of reused blobs extended");
         }
-        let sealed = self.meta.seal(&b.tmp_dir, &b.recipients, METADATA_LEVEL)?;
+        let sealed = self
+            .meta
+            .seal(&b.tmp_dir, &b.recipients, snapshot::METADATA_LEVEL)?;
         t.lap("publish: metadata sealed");
         b.store.put_file(
             &layout::metadata(self.id),
@@ -84,6 +81,7 @@ impl Publish<'_, '_> {
             blobs,
             metadata_size: sealed.size,
             metadata_sha256: Some(sealed.hash),
+            metadata_sha256_also: None,
         };
         let bytes = manifest.to_bytes()?;
         // The signature before the manifest: a snapshot exists only once

@@ -164,7 +164,7 @@ impl Snapshot {
         store: &dyn Store,
         id: &str,
         identities: &[x25519::Identity],
-        expect: Option<[u8; 32]>,
+        expect: &[[u8; 32]],
     ) -> Result<Snapshot> {
         let conn = metadata::open(store, id, identities, &std::env::temp_dir(), expect)?;
         Snapshot::from_conn(id, conn)

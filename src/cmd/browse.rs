@@ -37,7 +37,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
     let r = (|| -> Result<()> {
         let picked = settings.pick(store.as_ref(), &a.snapshot, &a.narrow)?;
         let id = picked.id;
-        let snap = Snapshot::open(store.as_ref(), &id, &identities, picked.metadata_sha256)?;
+        let snap = Snapshot::open(store.as_ref(), &id, &identities, &picked.metadata_sums)?;
         let scopes: Vec<Scope> = if a.paths.is_empty() {
             vec![Scope::root()]
         } else {
@@ -104,17 +104,17 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<()> {
             // Under trusted_signers, only snapshots signed by one.
             let expect = if settings.trust.is_set() {
                 match settings.pick_in(store.as_ref(), &all, id, &Default::default()) {
-                    Ok(p) => p.metadata_sha256,
+                    Ok(p) => p.metadata_sums,
                     Err(e) => {
                         warn(&format!("snapshot {id} not searched: {e}"));
                         continue;
                     }
                 }
             } else {
-                None
+                Vec::new()
             };
             let searched =
-                Snapshot::open(store.as_ref(), id, &identities, expect).and_then(|snap| {
+                Snapshot::open(store.as_ref(), id, &identities, &expect).and_then(|snap| {
                     find::search(&snap, &matcher, &mut |e| {
                         found += 1;
                         let time = crate::layout::parse_id(id).map_or(0, |p| p.time);
@@ -174,8 +174,8 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
         let all = manifest::list(store.as_ref())?;
         let a_ = settings.pick_in(store.as_ref(), &all, &a.a, &a.narrow)?;
         let b_ = settings.pick_in(store.as_ref(), &all, &a.b, &a.narrow)?;
-        let old = Snapshot::open(store.as_ref(), &a_.id, &identities, a_.metadata_sha256)?;
-        let new = Snapshot::open(store.as_ref(), &b_.id, &identities, b_.metadata_sha256)?;
+        let old = Snapshot::open(store.as_ref(), &a_.id, &identities, &a_.metadata_sums)?;
+        let new = Snapshot::open(store.as_ref(), &b_.id, &identities, &b_.metadata_sums)?;
         let (id_a, id_b) = (a_.id, b_.id);
         let scope = a.path.as_deref().map_or_else(Scope::root, Scope::of);
         let mut out = stdout();

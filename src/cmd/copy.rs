@@ -140,7 +140,7 @@ fn of_one_snapshot(e: &Error) -> bool {
 }
 
 /// The destination's storage class for blobs and Object Lock plan.
-fn policy(
+pub(super) fn policy(
     dst: &dyn Store,
     to: &StoreConfig,
     to_cfg: Option<&Config>,

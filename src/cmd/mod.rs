@@ -12,6 +12,7 @@ mod daemon;
 mod index;
 mod inspect;
 mod purge;
+mod repack;
 mod restore;
 mod settings;
 
@@ -62,6 +63,7 @@ pub fn run(g: &Global, cmd: Command) -> Result<()> {
         Command::Diff(a) => browse::diff(g, &a),
         Command::Copy(a) => copy::run(g, &a),
         Command::IndexRebuild(a) => index::run(g, &a),
+        Command::Repack(a) => repack::run(g, &a),
     }
 }
 

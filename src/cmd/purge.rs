@@ -146,7 +146,7 @@ impl Report {
 
 /// The local index when this host has one for this store and no run holds
 /// it; maintenance never creates or resets an index.
-fn local_index(
+pub(super) fn local_index(
     settings: &Settings,
     store: &dyn Store,
 ) -> (Option<(Index, RunLock)>, Option<String>) {

@@ -74,7 +74,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<()> {
             gate: &gate,
             report: a.controls.dry_run.then_some(&report_action),
             xattrs: !a.no_xattrs,
-            expect_metadata: picked.metadata_sha256,
+            expect_metadata: picked.metadata_sums.clone(),
         };
         let result = match &a.to {
             RestoreTo::Target(_) => r.run(&id),

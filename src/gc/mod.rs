@@ -526,6 +526,7 @@ mod tests {
             blobs: blobs.iter().map(|b| (k(b), 10)).collect(),
             metadata_size: 1,
             metadata_sha256: None,
+            metadata_sha256_also: None,
         }
     }
 

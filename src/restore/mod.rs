@@ -69,7 +69,7 @@ pub struct Restore<'a> {
     pub xattrs: bool,
     /// The SHA-256 the snapshot's signed manifest gives its metadata, when
     /// it was taken on a trusted signature (`signing::pick`).
-    pub expect_metadata: Option<[u8; 32]>,
+    pub expect_metadata: Vec<[u8; 32]>,
 }
 
 /// What to restore of a snapshot, and how to treat what the target has.
@@ -209,7 +209,7 @@ impl Restore<'_> {
             id,
             &self.identities,
             &scratch,
-            self.expect_metadata,
+            &self.expect_metadata,
         )?;
         metadata::attach_scratch(&conn, "plan", &scratch)?;
         let done = if self.controls.dry_run {
@@ -391,7 +391,7 @@ impl Restore<'_> {
             id,
             &self.identities,
             &std::env::temp_dir(),
-            self.expect_metadata,
+            &self.expect_metadata,
         )?;
         let file = stdout::find(&conn, path, id).map_err(|e| conn.explain(e))?;
         let located = stdout::locate(&conn, &file).map_err(|e| conn.explain(e))?;

@@ -34,6 +34,7 @@ mod outage;
 mod passphrase;
 mod reach;
 mod rebuild;
+mod repack;
 mod rescue;
 mod retention;
 mod rotation;

@@ -168,7 +168,7 @@ impl Base {
         let store = vaultik::store::LocalStore::open(&env.store_dir(), false).unwrap();
         let identity = age::x25519::Identity::from_str(&env.identity).unwrap();
         let scratch = tempfile::tempdir().unwrap();
-        let conn = vaultik::metadata::open(&store, id, &[identity], scratch.path(), None).unwrap();
+        let conn = vaultik::metadata::open(&store, id, &[identity], scratch.path(), &[]).unwrap();
         let blobs = conn
             .prepare("SELECT id, key, size FROM blobs")
             .unwrap()
