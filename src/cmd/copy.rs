@@ -55,7 +55,7 @@ fn copy(
     to_cfg: Option<&Config>,
     a: &CopyArgs,
 ) -> Result<()> {
-    let (blob_class, lock) = policy(dst, to, to_cfg)?;
+    let (blob_class, lock) = policy(dst, to, to_cfg, "the copy's destination")?;
     if let Some(plan) = lock {
         // From the first object written, the identity included.
         dst.set_lock(Some(plan.lock()));
@@ -139,11 +139,14 @@ fn of_one_snapshot(e: &Error) -> bool {
     )
 }
 
-/// The destination's storage class for blobs and Object Lock plan.
+/// The storage class for new blobs and the Object Lock plan of a store
+/// written to without a backup (a copy's destination, a repack's store):
+/// `what` names it in errors.
 pub(super) fn policy(
     dst: &dyn Store,
     to: &StoreConfig,
     to_cfg: Option<&Config>,
+    what: &str,
 ) -> Result<(StorageClass, Option<LockPlan>)> {
     let StoreConfig::S3(s3) = to else {
         return Ok((StorageClass::Standard, None));
@@ -162,11 +165,10 @@ pub(super) fn policy(
         (None, None) => None,
     };
     let lock_for = lock_for.ok_or_else(|| {
-        Error::Setup(
-            "the copy's destination has object_lock set but no lock_for, and no retention \
-             rule says how long snapshots are kept: set lock_for in its [s3] section"
-                .into(),
-        )
+        Error::Setup(format!(
+            "{what} has object_lock set but no lock_for, and no retention rule says how long \
+             snapshots are kept: set lock_for in its [s3] section"
+        ))
     })?;
     Ok((
         s3.storage_class,

@@ -26,7 +26,8 @@ pub fn run(g: &Global, a: &RepackArgs) -> Result<()> {
     });
     let store = open_existing_store(&settings, Expect::Snapshots)?;
     let r = (|| -> Result<()> {
-        let (class, lock) = super::copy::policy(store.as_ref(), &settings.store, Some(cfg))?;
+        let (class, lock) =
+            super::copy::policy(store.as_ref(), &settings.store, Some(cfg), "the store")?;
         store.set_lock(lock.map(|p| p.lock()));
         let state = settings
             .index_path

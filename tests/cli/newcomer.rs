@@ -271,7 +271,7 @@ fn usage_errors_point_to_the_commands_help() {
     for (cmd, want) in [
         (
             &["snapshot", "list", "--identity", "k"][..],
-            "snapshot list needs no private key: --identity is for restore, ls, find, diff and `snapshot verify --deep` (see `vaultik snapshot list --help`)",
+            "snapshot list needs no private key: --identity is for restore, ls, find, diff, `index rebuild`, repack and `snapshot verify --deep` (see `vaultik snapshot list --help`)",
         ),
         (
             &["store", "info", "--identity", "k"],
