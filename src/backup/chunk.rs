@@ -6,14 +6,20 @@
 //! (holes are recorded, not read) to at most its size when opened, cut
 //! with FastCDC and hashed; each chunk that is new (`Dedup::claim`) is
 //! compressed into its own zstd frame and handed to the packer within the
-//! byte budget.
+//! byte budget. Chunk boundaries must be found in order, but compressing
+//! need not wait for them: a big file's or a stream's new chunks are
+//! compressed by the other workers as it is cut (one file uses every
+//! core).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Condvar, Mutex};
 
 use rayon::prelude::*;
 
+use super::dedup::Claim;
 use super::pack::Budget;
 use super::walk::stat_of;
 use super::{Change, Event, Got, NewChunk, Shared, Todo};
@@ -209,47 +215,85 @@ impl Shared<'_, '_> {
         };
         let mut list: Vec<u8> = Vec::with_capacity(chunk::RECORD * expected.min(1 << 16));
         let mut data_read = 0u64;
-        let mut on_cut = |cut: Cut<'_>| -> Result<()> {
-            self.cancel.check()?;
-            let data = match cut {
-                Cut::Data(data) => data,
-                Cut::Hole(len) => {
-                    self.progress.bytes.fetch_add(len, Ordering::Relaxed);
-                    list.extend_from_slice(&chunk::hole_record(len));
-                    return Ok(());
-                }
-            };
-            self.progress
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            data_read += data.len() as u64;
-            let id = ChunkId::of(data);
-            list.extend_from_slice(&id.0);
-            if let Some(claim) = self.dedup.claim(id)? {
-                // An error from here on drops the claim: released.
-                let frame = compress(data, self.backup.level).at("compress", path)?;
-                budget.take(frame.len() as u64)?;
-                to_pack
-                    .send(NewChunk {
-                        id,
-                        frame,
-                        size: data.len() as u64,
-                    })
-                    .map_err(|_| Error::Cancelled)?;
-                claim.handed_over();
-            }
-            Ok(())
+        // A big file or a stream is cut on this thread, in order; its new
+        // chunks are compressed on the others (`rayon` takes the jobs when
+        // idle), at most `in_flight_max` at once: the cut runs on while
+        // they compress. Past that, or for small files (the other threads
+        // have files of their own), a chunk is compressed here.
+        let parallel = match &source {
+            Source::Stream(_) => true,
+            Source::File { limit, .. } => *limit >= PARALLEL_MIN * params.avg as u64,
         };
-        let size = CHUNK_BUF.with_borrow_mut(|buf| match source {
-            Source::File {
-                file,
-                limit,
-                allocated,
-            } => chunk::split_file(file, path, limit, allocated, params, buf, &mut on_cut),
-            Source::Stream(stream) => chunk::split(stream, path, u64::MAX, params, buf, |d| {
-                on_cut(Cut::Data(d))
-            }),
-        })?;
+        let in_flight_max = rayon::current_num_threads().saturating_mul(2) as u64;
+        // The compressed chunks, by their place in the file, until handed
+        // over in that order (a blob holds a file's chunks in file order,
+        // which a restore reads with one ranged GET).
+        let done: Mutex<BTreeMap<u64, Result<(NewChunk, Claim<'_>)>>> = Mutex::default();
+        let ready = Condvar::new();
+        // The copies handed to the jobs, used again (a fresh megabyte per
+        // chunk is a megabyte of page faults).
+        let spare: Mutex<Vec<Vec<u8>>> = Mutex::default();
+        let (mut next_seq, mut next_send) = (0u64, 0u64);
+        let size = rayon::in_place_scope(|scope| {
+            let mut on_cut = |cut: Cut<'_>| -> Result<()> {
+                self.cancel.check()?;
+                let data = match cut {
+                    Cut::Data(data) => data,
+                    Cut::Hole(len) => {
+                        self.progress.bytes.fetch_add(len, Ordering::Relaxed);
+                        list.extend_from_slice(&chunk::hole_record(len));
+                        return Ok(());
+                    }
+                };
+                self.progress
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                data_read += data.len() as u64;
+                let id = ChunkId::of(data);
+                list.extend_from_slice(&id.0);
+                let Some(claim) = self.dedup.claim(id)? else {
+                    return Ok(());
+                };
+                if !parallel {
+                    return self.hand_over(id, data, path, claim, to_pack, budget);
+                }
+                // Room for one more: what is ready goes, then at most
+                // `in_flight_max` stay outstanding.
+                let room = (next_seq + 1).saturating_sub(in_flight_max);
+                self.send_ready(&done, &ready, &mut next_send, room, to_pack, budget)?;
+                let seq = next_seq;
+                next_seq += 1;
+                let mut owned = spare.lock().expect("spare lock").pop().unwrap_or_default();
+                owned.clear();
+                owned.extend_from_slice(data);
+                let (done, ready, spare) = (&done, &ready, &spare);
+                let level = self.backup.level;
+                scope.spawn(move |_| {
+                    let size = owned.len() as u64;
+                    // An error drops the claim: released.
+                    let r = compress(&owned, level)
+                        .at("compress", path)
+                        .map(|frame| (NewChunk { id, frame, size }, claim));
+                    spare.lock().expect("spare lock").push(owned);
+                    done.lock().expect("done lock").insert(seq, r);
+                    ready.notify_all();
+                });
+                Ok(())
+            };
+            let size = CHUNK_BUF.with_borrow_mut(|buf| match source {
+                Source::File {
+                    file,
+                    limit,
+                    allocated,
+                } => chunk::split_file(file, path, limit, allocated, params, buf, &mut on_cut),
+                Source::Stream(stream) => chunk::split(stream, path, u64::MAX, params, buf, |d| {
+                    on_cut(Cut::Data(d))
+                }),
+            })?;
+            self.send_ready(&done, &ready, &mut next_send, next_seq, to_pack, budget)?;
+            Ok(size)
+        });
+        let size = size?;
         Ok((
             Got {
                 size,
@@ -289,6 +333,75 @@ impl Shared<'_, '_> {
         })
     }
 }
+
+impl Shared<'_, '_> {
+    /// Hand the compressed chunks over to the packer in order, from
+    /// `*next` on: those ready, and every one before `until` (waiting for
+    /// them: running a pending job on this thread, or, when another runs
+    /// it, waiting until it is done).
+    fn send_ready<'d>(
+        &self,
+        done: &Mutex<BTreeMap<u64, Result<(NewChunk, Claim<'d>)>>>,
+        ready: &Condvar,
+        next: &mut u64,
+        until: u64,
+        to_pack: &Sender<NewChunk>,
+        budget: &Budget,
+    ) -> Result<()> {
+        loop {
+            let item = done.lock().expect("done lock").remove(next);
+            match item {
+                Some(r) => {
+                    let (chunk, claim) = r?;
+                    budget.take(chunk.frame.len() as u64)?;
+                    to_pack.send(chunk).map_err(|_| Error::Cancelled)?;
+                    claim.handed_over();
+                    *next += 1;
+                }
+                None if *next >= until => return Ok(()),
+                None => {
+                    self.cancel.check()?;
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        let d = done.lock().expect("done lock");
+                        if !d.contains_key(next) {
+                            let _ = ready
+                                .wait_timeout(d, std::time::Duration::from_millis(5))
+                                .expect("done lock");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compress a new chunk and hand it to the packer, within the budget.
+    fn hand_over(
+        &self,
+        id: ChunkId,
+        data: &[u8],
+        path: &Path,
+        claim: Claim<'_>,
+        to_pack: &Sender<NewChunk>,
+        budget: &Budget,
+    ) -> Result<()> {
+        // An error from here on drops the claim: released.
+        let frame = compress(data, self.backup.level).at("compress", path)?;
+        budget.take(frame.len() as u64)?;
+        to_pack
+            .send(NewChunk {
+                id,
+                frame,
+                size: data.len() as u64,
+            })
+            .map_err(|_| Error::Cancelled)?;
+        claim.handed_over();
+        Ok(())
+    }
+}
+
+/// A file of at least this many average chunks is cut on one thread and
+/// compressed on all (below, its chunks are compressed as it is cut).
+const PARALLEL_MIN: u64 = 16;
 
 /// One zstd frame per chunk, with a per-thread reusable context.
 fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
