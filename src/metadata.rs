@@ -181,8 +181,10 @@ pub struct Metadata {
     /// Its size, in bytes.
     pub len: u64,
     /// The SHA-256 of the stored object, when it was checked (`open`
-    /// given SHA-256s to expect).
+    /// given SHA-256s to expect, or `open_hashed`).
     pub sha256: Option<[u8; 32]>,
+    /// The stored object's size.
+    pub stored: u64,
     /// Steps of the budget used so far, and the budget, in `STEP_GRAIN`s.
     used: Arc<AtomicU64>,
     budget: u64,
@@ -197,6 +199,7 @@ impl Metadata {
             what: "metadata of a test".into(),
             len: 0,
             sha256: None,
+            stored: 0,
             used: Arc::default(),
             budget: u64::MAX,
         }
@@ -289,6 +292,30 @@ pub fn open(
     dir: &Path,
     expect: &[[u8; 32]],
 ) -> Result<Metadata> {
+    open_inner(store, id, identities, dir, expect, false)
+}
+
+/// `open`, the stored object read to its end and its SHA-256 and size
+/// recorded (`Metadata::sha256`, `stored`) whatever `expect` is: for
+/// `repack`, which must rewrite the very object it read.
+pub fn open_hashed(
+    store: &dyn Store,
+    id: &str,
+    identities: &[x25519::Identity],
+    dir: &Path,
+    expect: &[[u8; 32]],
+) -> Result<Metadata> {
+    open_inner(store, id, identities, dir, expect, true)
+}
+
+fn open_inner(
+    store: &dyn Store,
+    id: &str,
+    identities: &[x25519::Identity],
+    dir: &Path,
+    expect: &[[u8; 32]],
+    hash_always: bool,
+) -> Result<Metadata> {
     let key = layout::metadata(id);
     // Streamed from the store: nothing is held whole.
     let Some(sealed) = store.head(&key)? else {
@@ -305,7 +332,7 @@ pub fn open(
         return Err(Error::corrupt(&key, "metadata database cut short"));
     }
     let mut checked = None;
-    if !expect.is_empty() {
+    if !expect.is_empty() || hash_always {
         // The rest of the stream (at most the object's stored size), so
         // that every stored byte is hashed.
         std::io::copy(&mut dec.finish(), &mut std::io::sink())
@@ -314,7 +341,11 @@ pub fn open(
             let t = tap.lock().expect("a tap is only locked while read");
             (t.0.clone().finalize(), t.1)
         };
-        if read != sealed || !expect.iter().any(|want| hash[..] == want[..]) {
+        let matches = expect.iter().any(|want| hash[..] == want[..]);
+        if expect.is_empty() && read != sealed {
+            return Err(Error::corrupt(&key, "not read to its stored size"));
+        }
+        if !expect.is_empty() && (read != sealed || !matches) {
             return Err(Error::corrupt(
                 &key,
                 "is not the metadata its signed manifest names (another SHA-256): refused",
@@ -335,6 +366,7 @@ pub fn open(
     drop(scratch);
     m.map(|mut m| {
         m.sha256 = checked;
+        m.stored = sealed;
         m
     })
 }
@@ -356,6 +388,7 @@ fn open_checked(path: &Path, len: u64, what: &str) -> Result<Metadata> {
         what: what.to_string(),
         len,
         sha256: None,
+        stored: 0,
         used,
         budget: budget.div_ceil(STEP_GRAIN as u64),
     };
@@ -797,6 +830,7 @@ mod tests {
             what: "metadata of snapshot t".into(),
             len: 1,
             sha256: None,
+            stored: 0,
             used: used.clone(),
             budget: budget / STEP_GRAIN as u64,
         };

@@ -221,15 +221,19 @@ impl Signed {
 
 /// Check the signature of snapshot `id` over its manifest `manifest_bytes`.
 pub fn check(store: &dyn Store, id: &str, manifest_bytes: &[u8]) -> Result<Signed> {
-    check_entry(store, id, manifest_bytes).map(|(s, _)| s)
+    check_entry(store, id, manifest_bytes, &[]).map(|(s, _)| s)
 }
 
 /// `check`, and the signature that verified (for `repack` to carry over
-/// while it replaces the manifest).
+/// while it replaces the manifest). Of several that verify, one by a key
+/// of `prefer` (a reader's trusted keys): a writer to the store adding a
+/// valid signature of its own before the host's cannot make a real
+/// snapshot look untrusted.
 pub fn check_entry(
     store: &dyn Store,
     id: &str,
     manifest_bytes: &[u8],
+    prefer: &[[u8; 32]],
 ) -> Result<(Signed, Option<Entry>)> {
     let key = layout::signature(id);
     let raw = match store.get(&key, SIG_MAX) {
@@ -252,6 +256,7 @@ pub fn check_entry(
     }
     let message = message(id, manifest_bytes);
     let mut why = String::new();
+    let mut found: Option<([u8; 32], Entry)> = None;
     let first = Entry {
         signer: s.signer,
         signature: s.signature,
@@ -273,7 +278,11 @@ pub fn check_entry(
             .verify(&message, &sig)
             .is_ok()
         {
-            return Ok((Signed::By(signer), Some(e)));
+            if prefer.contains(&signer) {
+                return Ok((Signed::By(signer), Some(e)));
+            }
+            found.get_or_insert((signer, e));
+            continue;
         }
         if why.is_empty() {
             why = format!(
@@ -282,7 +291,10 @@ pub fn check_entry(
             );
         }
     }
-    Ok((Signed::Invalid(why), None))
+    Ok(match found {
+        Some((signer, e)) => (Signed::By(signer), Some(e)),
+        None => (Signed::Invalid(why), None),
+    })
 }
 
 /// The keys a reader trusts; none: every snapshot is taken as before.
@@ -306,7 +318,7 @@ impl Trust {
         let key = layout::manifest(id);
         let raw = store.get(&key, manifest::MANIFEST_MAX)?;
         let parsed = manifest::parse(&key, &raw)?;
-        let signed = check(store, id, &raw)?;
+        let (signed, _) = check_entry(store, id, &raw, &self.signers)?;
         Ok((signed, parsed.metadata_sums()))
     }
 
@@ -420,13 +432,22 @@ mod tests {
             parse_signer(&b.public()).unwrap(),
         );
         assert_eq!(check(&store, id, b"old").unwrap(), Signed::By(pa));
-        let (s, e) = check_entry(&store, id, b"new").unwrap();
+        let (s, e) = check_entry(&store, id, b"new", &[]).unwrap();
         assert_eq!(s, Signed::By(pb));
         assert_eq!(e, Some(b.entry(id, b"new")));
         assert!(matches!(
             check(&store, id, b"third").unwrap(),
             Signed::Invalid(_)
         ));
+        // A writer to the store puts a valid signature of its own first: a
+        // reader trusting a's key still finds a's.
+        store
+            .put_bytes(&key, &object(&[b.entry(id, b"old"), a.entry(id, b"old")]))
+            .unwrap();
+        assert_eq!(check(&store, id, b"old").unwrap(), Signed::By(pb));
+        let (s, e) = check_entry(&store, id, b"old", &[pa]).unwrap();
+        assert_eq!((s, e), (Signed::By(pa), Some(a.entry(id, b"old"))));
+        store.put_bytes(&key, &both).unwrap();
         // Forged: a junk entry beside a valid one is skipped; too many
         // entries, or entries that are not signatures, are invalid.
         let mut v: serde_json::Value = serde_json::from_slice(&both).unwrap();

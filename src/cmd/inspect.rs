@@ -34,7 +34,12 @@ pub fn list(settings: &Settings, json: bool, versions: bool) -> Result<()> {
         let mut damaged = 0;
         for listed in manifest::list(store.as_ref())? {
             let loaded = manifest::load_with_bytes(store.as_ref(), &listed).and_then(|(p, raw)| {
-                let s = crate::signing::check(store.as_ref(), &listed.id, &raw)?;
+                let (s, _) = crate::signing::check_entry(
+                    store.as_ref(),
+                    &listed.id,
+                    &raw,
+                    &settings.trust.signers,
+                )?;
                 Ok((p.summary, s))
             });
             match loaded {

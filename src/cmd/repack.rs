@@ -53,6 +53,20 @@ pub fn run(g: &Global, a: &RepackArgs) -> Result<()> {
             warn: &warn,
         }
         .run()?;
+        if report.resigned > 0 && settings.trust.is_set() {
+            let own = report
+                .signer
+                .as_deref()
+                .and_then(crate::signing::parse_signer);
+            if own.is_some_and(|k| !settings.trust.signers.contains(&k)) {
+                warn(&format!(
+                    "the rewritten snapshots are signed with this host's key {}, which \
+                     trusted_signers does not name: restores that trust only those keys refuse \
+                     them; add it where snapshots are restored",
+                    report.signer.as_deref().unwrap_or("")
+                ));
+            }
+        }
         let note = if report.new.is_empty() || lock.is_some() {
             None
         } else {

@@ -79,7 +79,8 @@ impl View {
         for listed in manifest::snapshots_in(&meta.objects) {
             let loaded = manifest::load_with_bytes(store, &listed).and_then(|(mut p, raw)| {
                 if trust.is_set() {
-                    let s = crate::signing::check(store, &listed.id, &raw)?;
+                    let (s, _) =
+                        crate::signing::check_entry(store, &listed.id, &raw, &trust.signers)?;
                     p.summary.untrusted = !trust.trusts(&s);
                 }
                 Ok(p)

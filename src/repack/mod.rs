@@ -17,6 +17,11 @@
 //! chunks went without the key), unless `index rebuild --force` is run
 //! there with the key.
 //!
+//! Run one repack at a time, and not beside a `snapshot remove` or purge
+//! of the snapshots it rewrites: each snapshot's manifest is checked
+//! unchanged just before it is rewritten, but the store offers no atomic
+//! compare-and-swap, so a removal in the moment between could be undone.
+//!
 //! What a repack leaves alone, with the blobs it names: snapshots whose
 //! metadata cannot be read or names chunks the store does not hold as
 //! said, snapshots sealed to another recipient set than the config's,
@@ -201,6 +206,32 @@ impl Repack<'_> {
             }
         }
         report.rewritten = done;
+        // The new blobs must still be there, and not marked by a purge
+        // elsewhere (a repack longer than the grace period): else the old
+        // ones are kept (not marked), and a later repack or `verify` finds
+        // what to do.
+        let now_marked = gc::marked_blobs(self.store)?;
+        let listed: HashSet<String> = self
+            .store
+            .list(layout::BLOBS)?
+            .objects
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let lost = report
+            .new
+            .iter()
+            .filter(|(k, _, _)| !listed.contains(k) || now_marked.contains(k))
+            .count();
+        if lost > 0 {
+            (self.warn)(&format!(
+                "{lost} new blob(s) were deleted or marked meanwhile (a purge elsewhere, past the \
+                 grace period): the old blobs are not marked; run `snapshot verify --deep` on the \
+                 rewritten snapshots"
+            ));
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
         let gone: Vec<String> = chosen.into_iter().filter(|k| !still.contains(k)).collect();
         let mark = Mark::new(crate::time::now(), gone);
         for r in crate::store::parallel(&mark.keys, |k| self.store.put_bytes(k, b"")) {

@@ -33,6 +33,10 @@ use crate::store::class::StorageClass;
 use super::usage::{Census, Sign, Snap};
 use super::{Repack, Report};
 
+/// What takes each chunk read out of a blob: its id, its frame as stored,
+/// its plaintext size.
+type FrameSink<'a> = dyn FnMut(ChunkId, &[u8], u64) -> Result<()> + 'a;
+
 /// Where the moved chunks are now: the new blob's key and size, and each
 /// chunk's place in it.
 #[derive(Debug, Default)]
@@ -42,9 +46,12 @@ pub struct Moved {
 }
 
 impl Repack<'_> {
-    /// Read the used chunks of `chosen` (checked against their ids) and
+    /// Read the used chunks of `chosen` (each checked against its id) and
     /// write them into new blobs, uploaded. A blob whose chunks cannot all
-    /// be read is left out of the repack (said), not the run.
+    /// be read (damaged, forged, another key's) is left out of the repack
+    /// (said), not the run. Frames stream from blob to blob (one chunk in
+    /// memory); those a failed blob gave before it failed stay in the new
+    /// blob, checked chunks no snapshot is pointed at (a few wasted bytes).
     pub(super) fn move_chunks(
         &self,
         census: &Census,
@@ -58,27 +65,25 @@ impl Repack<'_> {
             let usage = &census.blobs[key];
             let mut order: Vec<(&ChunkId, &Location)> = usage.chunks.iter().collect();
             order.sort_by_key(|(_, l)| l.offset);
-            // Read whole before any is written: a blob that fails is left
-            // out with nothing of it in a new blob.
-            let frames = match self.read_frames(key, usage.size, &order) {
-                Ok(f) => f,
-                Err(e @ Error::Corrupt { .. }) => {
-                    (self.warn)(&format!("blob {key} not repacked: {e}"));
-                    failed.insert(key.clone());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            for (id, frame, size) in frames {
+            let copied = self.copy_frames(key, usage.size, &order, &mut |id, frame, size| {
                 let w = match &mut writer {
                     Some(w) => w,
                     None => writer.insert(BlobWriter::create(self.tmp_dir, self.recipients)?),
                 };
-                w.add(id, &frame, size)?;
+                w.add(id, frame, size)?;
                 if w.len() >= self.blob_size {
                     let full = writer.take().expect("a writer was just used");
                     self.upload(full, &mut moved, report)?;
                 }
+                Ok(())
+            });
+            match copied {
+                Ok(()) => {}
+                Err(e @ (Error::Corrupt { .. } | Error::Key(_))) => {
+                    (self.warn)(&format!("blob {key} not repacked: {e}"));
+                    failed.insert(key.clone());
+                }
+                Err(e) => return Err(e),
             }
         }
         if let Some(w) = writer.filter(|w| !w.is_empty()) {
@@ -88,23 +93,24 @@ impl Repack<'_> {
         Ok(moved)
     }
 
-    fn read_frames(
+    /// Give `to` each chunk of `order` in blob `key`, read and checked.
+    fn copy_frames(
         &self,
         key: &str,
         size: u64,
         order: &[(&ChunkId, &Location)],
-    ) -> Result<Vec<(ChunkId, Vec<u8>, u64)>> {
+        to: &mut FrameSink<'_>,
+    ) -> Result<()> {
         let mut r = BlobReader::open(self.store, key, size, self.identities)?;
         if let Some((_, last)) = order.last() {
             // One GET from the first used byte to the last.
             r.plan_range(last.offset.saturating_add(last.length));
         }
-        let mut out = Vec::with_capacity(order.len());
         for (id, loc) in order {
             r.read_chunk(id, loc)?;
-            out.push((**id, r.frame().to_vec(), loc.size));
+            to(**id, r.frame(), loc.size)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn upload(&self, w: BlobWriter, moved: &mut Moved, report: &mut Report) -> Result<()> {
@@ -135,13 +141,23 @@ impl Repack<'_> {
         signer: Option<&SigningKey>,
     ) -> Result<Option<Vec<(String, u64)>>> {
         let id = snap.id.as_str();
-        let m = crate::metadata::open(
+        // The object the census read, or nothing is changed.
+        let m = match crate::metadata::open_hashed(
             self.store,
             id,
             self.identities,
             self.tmp_dir,
-            &snap.parsed.metadata_sums(),
-        )?;
+            &[snap.meta_sha256],
+        ) {
+            Ok(m) => m,
+            Err(e @ Error::Corrupt { .. }) => {
+                (self.warn)(&format!(
+                    "snapshot {id} not rewritten: its metadata changed since it was read ({e})"
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         let mpath = Path::new("snapshot metadata");
         // The metadata as read in the census: the same chunks where they
         // were moved from, or nothing is changed.
@@ -162,45 +178,59 @@ impl Repack<'_> {
                     }
                 }
             }
+            // The chunk rows in the moved blobs: one scan (the table has
+            // no index on `blob`), then each row by its key.
+            let old: HashSet<i64> = old_rows.iter().copied().collect();
+            let rows: Vec<Vec<u8>> = {
+                let mut st = m.prepare("SELECT id, blob FROM main.chunks").db(mpath)?;
+                let mut found = Vec::new();
+                let mut q = st.query([]).db(mpath)?;
+                while let Some(r) = q.next().db(mpath)? {
+                    if old.contains(&r.get::<_, i64>(1).db(mpath)?) {
+                        found.push(r.get::<_, Vec<u8>>(0).db(mpath)?);
+                    }
+                }
+                found
+            };
             let mut ins = m
                 .prepare("INSERT INTO main.blobs(key, size) VALUES (?1, ?2)")
                 .db(mpath)?;
             let mut upd = m
-                .prepare("UPDATE main.chunks SET blob = ?1, offset = ?2 WHERE id = ?3")
+                .prepare(
+                    "UPDATE main.chunks SET blob = ?1, offset = ?2, length = ?3, size = ?4 \
+                     WHERE id = ?5",
+                )
                 .db(mpath)?;
-            for old in &old_rows {
-                let ids: Vec<Vec<u8>> = {
-                    let mut st = m
-                        .prepare("SELECT id FROM main.chunks WHERE blob = ?1")
-                        .db(mpath)?;
-                    st.query_map([old], |r| r.get(0))
-                        .db(mpath)?
-                        .collect::<rusqlite::Result<_>>()
-                        .db(mpath)?
+            for raw in rows {
+                let found = ChunkId::from_slice(&raw).and_then(|c| moved.chunks.get(&c));
+                let Some((at, loc)) = found else {
+                    (self.warn)(&format!(
+                        "snapshot {id} not rewritten: its metadata changed since it was read"
+                    ));
+                    return Ok(None);
                 };
-                for raw in ids {
-                    let found = ChunkId::from_slice(&raw).and_then(|c| moved.chunks.get(&c));
-                    let Some((at, loc)) = found else {
-                        (self.warn)(&format!(
-                            "snapshot {id} not rewritten: its metadata changed since it was read"
-                        ));
-                        return Ok(None);
-                    };
-                    let row = match blob_rows.get(at) {
-                        Some(r) => *r,
-                        None => {
-                            let (key, size) = &moved.blobs[*at];
-                            ins.execute(rusqlite::params![key, *size as i64])
-                                .db(mpath)?;
-                            let r = m.last_insert_rowid();
-                            blob_rows.insert(*at, r);
-                            r
-                        }
-                    };
-                    uses.insert(*at);
-                    upd.execute(rusqlite::params![row, loc.offset as i64, raw])
-                        .db(mpath)?;
-                }
+                let row = match blob_rows.get(at) {
+                    Some(r) => *r,
+                    None => {
+                        let (key, size) = &moved.blobs[*at];
+                        ins.execute(rusqlite::params![key, *size as i64])
+                            .db(mpath)?;
+                        let r = m.last_insert_rowid();
+                        blob_rows.insert(*at, r);
+                        r
+                    }
+                };
+                uses.insert(*at);
+                upd.execute(rusqlite::params![
+                    row,
+                    loc.offset as i64,
+                    loc.length as i64,
+                    loc.size as i64,
+                    raw
+                ])
+                .db(mpath)?;
+            }
+            for old in &old_rows {
                 m.execute("DELETE FROM main.blobs WHERE id = ?1", [old])
                     .db(mpath)?;
             }
@@ -224,7 +254,8 @@ impl Repack<'_> {
             .db(mpath)?
         };
         let changed = !uses.is_empty();
-        let old_sha = m.sha256.or(snap.parsed.metadata_sha256);
+        // The metadata stored now (the census read it, and so did `open`).
+        let (old_sha, old_size) = (Some(snap.meta_sha256), snap.meta_size);
         let sealed = if changed {
             let mut scratch = PrivateDir::new(self.tmp_dir)?;
             let (path, file) = scratch.file("metadata.sqlite")?;
@@ -276,13 +307,14 @@ impl Repack<'_> {
                     Some(old) => (Some(old), Some(new.hash)),
                     None => (Some(new.hash), None),
                 };
-                Some(manifest(both, new.size, sums.0, sums.1).to_bytes()?)
+                // The size of the metadata stored until it is replaced.
+                Some(manifest(both, old_size, sums.0, sums.1).to_bytes()?)
             }
             None => None,
         };
         let last = match &sealed {
             Some(new) => manifest(after.clone(), new.size, Some(new.hash), None),
-            None => manifest(after.clone(), s.metadata_size, old_sha, None),
+            None => manifest(after.clone(), old_size, old_sha, None),
         }
         .to_bytes()?;
         // Changed or removed since the census (a purge elsewhere): left.

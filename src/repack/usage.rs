@@ -83,6 +83,10 @@ pub struct Snap {
     pub sign: Sign,
     /// The blobs its chunks are in.
     pub blobs: HashSet<String>,
+    /// The SHA-256 and size of its metadata object as read: the rewrite
+    /// reads that very object again, or leaves the snapshot.
+    pub meta_sha256: [u8; 32],
+    pub meta_size: u64,
     /// Its manifest lists blobs of the store its metadata does not use
     /// (left by an interrupted repack): they are kept for it until it is
     /// rewritten.
@@ -104,6 +108,8 @@ pub struct Census {
 /// Why a snapshot is left alone, or what failed the run.
 pub enum Left {
     Snapshot(String),
+    /// Its metadata does not open with the key given.
+    Key(Error),
     Run(Error),
 }
 
@@ -122,6 +128,7 @@ impl Repack<'_> {
         own: Option<[u8; 32]>,
     ) -> Result<Census> {
         let mut c = Census::default();
+        let mut key_error = None;
         for m in &view.manifests {
             let key = layout::manifest(&m.id);
             let raw = match self.store.get(&key, manifest::MANIFEST_MAX) {
@@ -146,7 +153,17 @@ impl Repack<'_> {
                     c.pinned.extend(listed);
                     c.blocked.push((m.id.clone(), why));
                 }
+                Err(Left::Key(e)) => {
+                    c.pinned.extend(listed);
+                    c.blocked.push((m.id.clone(), e.to_string()));
+                    key_error.get_or_insert(e);
+                }
             }
+        }
+        // Not one snapshot opens with the key: the wrong key, not a store
+        // of other keys' snapshots.
+        if let (true, Some(e)) = (c.snaps.is_empty(), key_error) {
+            return Err(e);
         }
         Ok(c)
     }
@@ -160,12 +177,19 @@ impl Repack<'_> {
         own: Option<[u8; 32]>,
         blobs: &mut HashMap<String, Usage>,
     ) -> std::result::Result<Snap, Left> {
-        let (signed, entry) = signing::check_entry(self.store, id, &raw)?;
+        let mut prefer = self.trust.signers.clone();
+        prefer.extend(own);
+        let (signed, entry) = signing::check_entry(self.store, id, &raw, &prefer)?;
         let sign = match (signed, entry) {
             (Signed::Unsigned, _) => Sign::Unsigned,
-            (Signed::By(k), Some(e)) if self.trust.signers.contains(&k) || own == Some(k) => {
-                Sign::Resign(e)
+            // A signature that never covered the metadata (no SHA-256 in
+            // the manifest) is not one to vouch for a rewrite of it.
+            (Signed::By(_), _) if parsed.metadata_sha256.is_none() => {
+                return Err(Left::Snapshot(
+                    "signed, but its manifest names no SHA-256 of its metadata".into(),
+                ));
             }
+            (Signed::By(k), Some(e)) if prefer.contains(&k) => Sign::Resign(e),
             (s @ Signed::By(_), _) => {
                 return Err(Left::Snapshot(format!(
                     "{}, a key this run does not trust (its config's trusted_signers, or \
@@ -175,7 +199,7 @@ impl Repack<'_> {
             }
             (s, _) => return Err(Left::Snapshot(s.describe())),
         };
-        let m = match metadata::open(
+        let m = match metadata::open_hashed(
             self.store,
             id,
             self.identities,
@@ -183,10 +207,14 @@ impl Repack<'_> {
             &parsed.metadata_sums(),
         ) {
             Ok(m) => m,
-            Err(e @ (Error::Key(_) | Error::Store { .. } | Error::Io { .. })) => {
-                return Err(Left::Run(e));
-            }
+            Err(e @ (Error::Store { .. } | Error::Io { .. })) => return Err(Left::Run(e)),
+            // Another key's (or a forgery sealed to nobody we know): left
+            // alone; `census` fails the run if no snapshot could be read.
+            Err(e @ Error::Key(_)) => return Err(Left::Key(e)),
             Err(e) => return Err(Left::Snapshot(e.to_string())),
+        };
+        let (Some(meta_sha256), meta_size) = (m.sha256, m.stored) else {
+            return Err(Left::Snapshot("its metadata was not read whole".into()));
         };
         let said: Option<String> = m
             .query_row(
@@ -220,6 +248,8 @@ impl Repack<'_> {
             parsed,
             sign,
             blobs: mine,
+            meta_sha256,
+            meta_size,
             untidy,
         })
     }

@@ -131,6 +131,25 @@ both!(a_purged_files_bytes_are_gone_after_repack_and_prune, |b| {
     let o = env.run(&["repack"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("private key"), "{}", stderr(&o));
+    // Another key: not one snapshot opens, an error naming the key.
+    let other = std::process::Command::new(bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    let other = String::from_utf8(other.stdout).unwrap();
+    let other = other
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    let o = env
+        .cmd()
+        .env("VAULTIK_PRIVATE_KEY", other)
+        .arg("repack")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", out_text(&o));
+    assert!(stderr(&o).to_lowercase().contains("key"), "{}", stderr(&o));
+    assert_eq!(env.objects(), before);
     let o = env.run_with_key(&["repack", "--max-unused", "150%"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--max-unused"), "{}", stderr(&o));
