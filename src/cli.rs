@@ -2074,7 +2074,7 @@ mod man_page {
     /// tar's `--exclude-tag`, restic's `--keep-*`, the AWS CLI's, systemctl's,
     /// cargo's, node_exporter's, and those of the test and benchmark
     /// scripts.
-    const NOT_VAULTIK: [&str; 19] = [
+    const NOT_VAULTIK: [&str; 20] = [
         "--exclude-tag",
         "--keep-",
         "--bucket",
@@ -2092,6 +2092,8 @@ mod man_page {
         "--scale",
         "--files",
         "--quick",
+        // tests/bench_stream.sh --gib N
+        "--gib",
         "--collector",
         // aws sso login --profile NAME
         "--profile",

@@ -8,17 +8,16 @@
 //! compressed into its own zstd frame and handed to the packer within the
 //! byte budget. Chunk boundaries must be found in order, but compressing
 //! need not wait for them: a big file's or a stream's new chunks are
-//! compressed by the other workers as it is cut (one file uses every
-//! core).
+//! compressed by every worker as it is cut (`compress.rs`: one file uses
+//! every core).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Condvar, Mutex};
 
 use rayon::prelude::*;
 
+use super::compress;
 use super::dedup::Claim;
 use super::pack::Budget;
 use super::walk::stat_of;
@@ -224,17 +223,14 @@ impl Shared<'_, '_> {
             Source::Stream(_) => true,
             Source::File { limit, .. } => *limit >= PARALLEL_MIN * params.avg as u64,
         };
-        let in_flight_max = rayon::current_num_threads().saturating_mul(2) as u64;
-        // The compressed chunks, by their place in the file, until handed
-        // over in that order (a blob holds a file's chunks in file order,
-        // which a restore reads with one ranged GET).
-        let done: Mutex<BTreeMap<u64, Result<(NewChunk, Claim<'_>)>>> = Mutex::default();
-        let ready = Condvar::new();
-        // The copies handed to the jobs, used again (a fresh megabyte per
-        // chunk is a megabyte of page faults).
-        let spare: Mutex<Vec<Vec<u8>>> = Mutex::default();
-        let (mut next_seq, mut next_send) = (0u64, 0u64);
+        let ordered = compress::Ordered::new(self.backup.level);
+        let cancel = || self.cancel.check();
         let size = rayon::in_place_scope(|scope| {
+            let mut sink = compress::Sink {
+                to_pack: &*to_pack,
+                budget,
+                cancel: &cancel,
+            };
             let mut on_cut = |cut: Cut<'_>| -> Result<()> {
                 self.cancel.check()?;
                 let data = match cut {
@@ -254,31 +250,11 @@ impl Shared<'_, '_> {
                 let Some(claim) = self.dedup.claim(id)? else {
                     return Ok(());
                 };
-                if !parallel {
-                    return self.hand_over(id, data, path, claim, to_pack, budget);
+                if parallel {
+                    ordered.push(scope, id, data, claim, &mut sink)
+                } else {
+                    self.hand_over(id, data, path, claim, sink.to_pack, budget)
                 }
-                // Room for one more: what is ready goes, then at most
-                // `in_flight_max` stay outstanding.
-                let room = (next_seq + 1).saturating_sub(in_flight_max);
-                self.send_ready(&done, &ready, &mut next_send, room, to_pack, budget)?;
-                let seq = next_seq;
-                next_seq += 1;
-                let mut owned = spare.lock().expect("spare lock").pop().unwrap_or_default();
-                owned.clear();
-                owned.extend_from_slice(data);
-                let (done, ready, spare) = (&done, &ready, &spare);
-                let level = self.backup.level;
-                scope.spawn(move |_| {
-                    let size = owned.len() as u64;
-                    // An error drops the claim: released.
-                    let r = compress(&owned, level)
-                        .at("compress", path)
-                        .map(|frame| (NewChunk { id, frame, size }, claim));
-                    spare.lock().expect("spare lock").push(owned);
-                    done.lock().expect("done lock").insert(seq, r);
-                    ready.notify_all();
-                });
-                Ok(())
             };
             let size = CHUNK_BUF.with_borrow_mut(|buf| match source {
                 Source::File {
@@ -290,7 +266,7 @@ impl Shared<'_, '_> {
                     on_cut(Cut::Data(d))
                 }),
             })?;
-            self.send_ready(&done, &ready, &mut next_send, next_seq, to_pack, budget)?;
+            ordered.finish(&mut sink)?;
             Ok(size)
         });
         let size = size?;
@@ -335,45 +311,6 @@ impl Shared<'_, '_> {
 }
 
 impl Shared<'_, '_> {
-    /// Hand the compressed chunks over to the packer in order, from
-    /// `*next` on: those ready, and every one before `until` (waiting for
-    /// them: running a pending job on this thread, or, when another runs
-    /// it, waiting until it is done).
-    fn send_ready<'d>(
-        &self,
-        done: &Mutex<BTreeMap<u64, Result<(NewChunk, Claim<'d>)>>>,
-        ready: &Condvar,
-        next: &mut u64,
-        until: u64,
-        to_pack: &Sender<NewChunk>,
-        budget: &Budget,
-    ) -> Result<()> {
-        loop {
-            let item = done.lock().expect("done lock").remove(next);
-            match item {
-                Some(r) => {
-                    let (chunk, claim) = r?;
-                    budget.take(chunk.frame.len() as u64)?;
-                    to_pack.send(chunk).map_err(|_| Error::Cancelled)?;
-                    claim.handed_over();
-                    *next += 1;
-                }
-                None if *next >= until => return Ok(()),
-                None => {
-                    self.cancel.check()?;
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        let d = done.lock().expect("done lock");
-                        if !d.contains_key(next) {
-                            let _ = ready
-                                .wait_timeout(d, std::time::Duration::from_millis(5))
-                                .expect("done lock");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Compress a new chunk and hand it to the packer, within the budget.
     fn hand_over(
         &self,
@@ -404,7 +341,7 @@ impl Shared<'_, '_> {
 const PARALLEL_MIN: u64 = 16;
 
 /// One zstd frame per chunk, with a per-thread reusable context.
-fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+pub(super) fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with_borrow_mut(|c| {
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));

@@ -6,8 +6,9 @@
 //! 2. `detect`: change detection (a thread) finds the chunk lists of files
 //!    the index knows unchanged; `record`, on this thread (the owner of the
 //!    snapshot's metadata), adds every entry and queues the changed files;
-//! 3. `chunk`: rayon workers read, cut, hash and compress them; new chunks
-//!    (`dedup`) go to the packer within a byte budget;
+//! 3. `chunk`: rayon workers read, cut, hash and compress them (a big
+//!    file's or a stream's chunks compressed on every worker: `compress`);
+//!    new chunks (`dedup`) go to the packer within a byte budget;
 //! 4. `pack`: one thread packs them into blobs, encrypted as written;
 //! 5. `upload`: uploader threads put finished blobs; once stored, `record`
 //!    has the index record their chunks;
@@ -19,6 +20,7 @@
 
 mod cancel;
 mod chunk;
+mod compress;
 mod dedup;
 mod detect;
 mod ids;

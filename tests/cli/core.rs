@@ -673,3 +673,74 @@ fn benchmark_files_smoke() {
         assert!(line.contains("restic's restore / 3"), "{line}");
     }
 }
+
+// Big files are cut on one thread and compressed on all (issue 34), while
+// the other workers read small files of the same batch: everything comes
+// back, a big file's chunks lie in its blobs in file order (one chunk
+// after the other), and a deep verify reads them all.
+both!(big_files_among_many_small_ones_round_trip, |b| {
+    let mut env = Env::new(b);
+    env.extra = vec!["chunk_size = 64KiB".into(), "blob_size_limit = 4MiB".into()];
+    for i in 0..3u64 {
+        fs::write(
+            env.src().join(format!("big{i}")),
+            random_bytes((6 << 20) + i as usize * 12345, 900 + i),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(env.src().join("small")).unwrap();
+    for i in 0..400u64 {
+        fs::write(
+            env.src().join(format!("small/{i:03}")),
+            random_bytes(500 + (i as usize * 97) % 9000, 2000 + i),
+        )
+        .unwrap();
+    }
+    env.write_config();
+    let out = env.run(&["snapshot", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = env.path().join("restored");
+    env.restore_ok("latest", &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    let out = env.run_with_key(&["snapshot", "verify", "--deep", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // In file order: each big file's chunks, located in the metadata, at
+    // rising offsets within each blob.
+    let store = vaultik::store::LocalStore::open(
+        &match b {
+            Backend::Local => env.store_dir(),
+            _ => env.store_dir().join("host1"),
+        },
+        false,
+    )
+    .unwrap();
+    let identity = <age::x25519::Identity as std::str::FromStr>::from_str(&env.identity).unwrap();
+    let id = env.snapshot_ids().pop().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let conn = vaultik::metadata::open(&store, &id, &[identity], scratch.path(), &[]).unwrap();
+    for i in 0..3 {
+        let path = env.src().join(format!("big{i}"));
+        let list: Vec<u8> = conn
+            .query_row(
+                "SELECT chunks FROM entries WHERE path = ?1",
+                [path.to_str().unwrap().as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut last: Option<(i64, i64)> = None;
+        for c in list.chunks(32) {
+            let (blob, offset): (i64, i64) = conn
+                .query_row("SELECT blob, offset FROM chunks WHERE id = ?1", [c], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            if let Some((b0, o0)) = last {
+                assert!(
+                    b0 != blob || offset > o0,
+                    "big{i}: chunks out of file order"
+                );
+            }
+            last = Some((blob, offset));
+        }
+    }
+});
