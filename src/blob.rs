@@ -34,7 +34,26 @@ pub struct Location {
     pub size: u64,
 }
 
+/// The largest chunk FastCDC makes, and the largest frame it compresses
+/// to (zstd's bound for incompressible data, with room).
+pub const MAX_CHUNK: u64 = fastcdc::v2020::MAXIMUM_MAX as u64;
+pub const MAX_FRAME: u64 = MAX_CHUNK + MAX_CHUNK / 64 + 4096;
+
 impl Location {
+    /// Whether a location read from a snapshot (anyone's word) can be a
+    /// real chunk's in a blob of `blob_size` bytes: a frame and a chunk of
+    /// sizes FastCDC and zstd make, lying within the blob.
+    pub fn plausible_within(&self, blob_size: u64) -> bool {
+        self.length > 0
+            && self.length <= MAX_FRAME
+            && self.size > 0
+            && self.size <= MAX_CHUNK
+            && self
+                .offset
+                .checked_add(self.length)
+                .is_some_and(|end| end <= blob_size)
+    }
+
     /// From the columns `offset, length, size` of `row`, starting at `at`.
     pub fn from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Location> {
         Ok(Location {
@@ -478,8 +497,7 @@ impl<'a> BlobReader<'a> {
     pub fn read_chunk(&mut self, id: &ChunkId, loc: &Location) -> Result<&[u8]> {
         // No chunk is bigger than FastCDC's largest (forged metadata could
         // claim anything: never allocate what it says before checking).
-        let max = fastcdc::v2020::MAXIMUM_MAX as u64;
-        if loc.size > max || loc.length > max + max / 64 + 4096 {
+        if loc.size > MAX_CHUNK || loc.length > MAX_FRAME {
             return Err(self.corrupt(format!(
                 "chunk {} at {}: implausible size {} ({} compressed)",
                 id.hex(),

@@ -56,11 +56,6 @@ use crate::store::Store;
 /// read (a forger can add snapshots without end: each costs a GET).
 pub const FALLBACKS: usize = 3;
 
-/// The largest chunk FastCDC makes, and the largest frame it compresses
-/// to (zstd's bound for incompressible data, with room).
-const MAX_CHUNK: u64 = fastcdc::v2020::MAXIMUM_MAX as u64;
-const MAX_FRAME: u64 = MAX_CHUNK + MAX_CHUNK / 64 + 4096;
-
 pub struct Rebuild<'a> {
     pub store: &'a dyn Store,
     pub identities: &'a [x25519::Identity],
@@ -436,15 +431,7 @@ fn fill(
             left_out += 1;
             continue;
         };
-        let plausible = loc.length > 0
-            && loc.length <= MAX_FRAME
-            && loc.size > 0
-            && loc.size <= MAX_CHUNK
-            && loc
-                .offset
-                .checked_add(loc.length)
-                .is_some_and(|end| end <= blob_size);
-        if !plausible {
+        if !loc.plausible_within(blob_size) {
             left_out += 1;
             continue;
         }

@@ -15,11 +15,6 @@ use crate::signing::{self, Entry, Signed};
 
 use super::Repack;
 
-/// The largest chunk FastCDC makes, and the largest frame it compresses
-/// to (zstd's bound for incompressible data, with room).
-const MAX_CHUNK: u64 = fastcdc::v2020::MAXIMUM_MAX as u64;
-const MAX_FRAME: u64 = MAX_CHUNK + MAX_CHUNK / 64 + 4096;
-
 /// age's header line, MAC line, payload nonce and the most a grease stanza
 /// takes (about 200 bytes: a line of at most 66 characters and a body of
 /// at most 99 bytes, in base64), with room.
@@ -309,15 +304,7 @@ pub fn chunks_of(
                 "a chunk in a blob it does not name",
             ));
         };
-        let plausible = loc.length > 0
-            && loc.length <= MAX_FRAME
-            && loc.size > 0
-            && loc.size <= MAX_CHUNK
-            && loc
-                .offset
-                .checked_add(loc.length)
-                .is_some_and(|end| end <= *blob_size);
-        if !plausible {
+        if !loc.plausible_within(*blob_size) {
             return Err(Error::corrupt(
                 "snapshot metadata",
                 format!("chunk {} does not lie within its blob", id.hex()),

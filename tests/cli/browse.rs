@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::core::restored;
 use crate::util::forge::{self, Forged};
 use crate::util::tree::{self, populate_all_kinds};
-use crate::util::{Backend, Env, stderr};
+use crate::util::{Backend, Env, host_config, stderr};
 
 /// Run with the key and insist on exit status `code`; stdout.
 fn run_code(env: &Env, args: &[&str], code: i32) -> String {
@@ -554,28 +554,6 @@ fn diff_json_says_the_same(env: &Env, a: &str, b: &str) {
     ] {
         assert_eq!(sum[k], n, "{k}: {sum}");
     }
-}
-
-/// A config for host `host` backing up `src` into `env`'s store, with its
-/// own index (as `ops.rs` makes them).
-fn host_config(env: &Env, host: &str, src: &Path) -> PathBuf {
-    if !env.config_path().exists() {
-        env.write_config();
-    }
-    let text = fs::read_to_string(env.config_path())
-        .unwrap()
-        .replace(
-            env.index_path().to_str().unwrap(),
-            env.path().join(host).join("index.sqlite").to_str().unwrap(),
-        )
-        .replace("hostname = testhost", &format!("hostname = {host}"))
-        .replace(
-            &format!("path = {}\n", env.src().display()),
-            &format!("path = {}\n", src.display()),
-        );
-    let path = env.path().join(format!("{host}.conf"));
-    fs::write(&path, text).unwrap();
-    path
 }
 
 both!(latest_narrowed_by_host_and_name, |b| {

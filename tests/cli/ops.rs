@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::core::restored;
 use crate::util::tree::{assert_same_tree, populate_all_kinds, random_bytes};
-use crate::util::{self, Backend, Env, figure, stderr};
+use crate::util::{self, Backend, Env, figure, host_config, run_as, stderr};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -629,37 +629,6 @@ fn request_counts_match_what_the_server_saw() {
             .unwrap();
         assert_eq!(sent_reported, util::human(sent), "{args:?}: {line}");
     }
-}
-
-/// A config for another host backing up `src` into the same bucket and
-/// prefix as `env`, with its own index.
-fn host_config(env: &Env, host: &str, src: &std::path::Path) -> PathBuf {
-    if !env.config_path().exists() {
-        env.write_config();
-    }
-    let text = fs::read_to_string(env.config_path())
-        .unwrap()
-        .replace(
-            env.index_path().to_str().unwrap(),
-            env.path().join(host).join("index.sqlite").to_str().unwrap(),
-        )
-        .replace("hostname = testhost", &format!("hostname = {host}"))
-        .replace(
-            &format!("path = {}\n", env.src().display()),
-            &format!("path = {}\n", src.display()),
-        );
-    let path = env.path().join(format!("{host}.conf"));
-    fs::write(&path, text).unwrap();
-    path
-}
-
-fn run_as(env: &Env, conf: &std::path::Path, args: &[&str]) -> std::process::Output {
-    env.cmd()
-        .env("VAULTIK_CONFIG", conf)
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// How many blobs are marked (`gc/marked/<time>/<blob hash>` objects).

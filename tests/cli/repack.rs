@@ -38,37 +38,6 @@ fn host_key(env: &Env, conf: &Path) -> String {
     v["host_signing_key"].as_str().unwrap().to_string()
 }
 
-/// A config for another host of the same store (its own index and
-/// signing key), backing up `src`.
-fn host_config(env: &Env, host: &str, src: &Path) -> PathBuf {
-    if !env.config_path().exists() {
-        env.write_config();
-    }
-    let text = fs::read_to_string(env.config_path())
-        .unwrap()
-        .replace(
-            env.index_path().to_str().unwrap(),
-            env.path().join(host).join("index.sqlite").to_str().unwrap(),
-        )
-        .replace("hostname = testhost", &format!("hostname = {host}"))
-        .replace(
-            &format!("path = {}\n", env.src().display()),
-            &format!("path = {}\n", src.display()),
-        );
-    let path = env.path().join(format!("{host}.conf"));
-    fs::write(&path, text).unwrap();
-    path
-}
-
-fn run_as(env: &Env, conf: &Path, args: &[&str]) -> Output {
-    env.cmd()
-        .env("VAULTIK_CONFIG", conf)
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn json_of(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
     let text = out_text(o);

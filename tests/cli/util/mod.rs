@@ -512,3 +512,34 @@ pub fn stderr(o: &Output) -> String {
 pub fn human(n: u64) -> String {
     vaultik::human_bytes(n)
 }
+
+/// A config for another host backing up `src` into the same bucket and
+/// prefix as `env`, with its own index.
+pub fn host_config(env: &Env, host: &str, src: &std::path::Path) -> std::path::PathBuf {
+    if !env.config_path().exists() {
+        env.write_config();
+    }
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace(
+            env.index_path().to_str().unwrap(),
+            env.path().join(host).join("index.sqlite").to_str().unwrap(),
+        )
+        .replace("hostname = testhost", &format!("hostname = {host}"))
+        .replace(
+            &format!("path = {}\n", env.src().display()),
+            &format!("path = {}\n", src.display()),
+        );
+    let path = env.path().join(format!("{host}.conf"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn run_as(env: &Env, conf: &std::path::Path, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .env("VAULTIK_CONFIG", conf)
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(args)
+        .output()
+        .unwrap()
+}
