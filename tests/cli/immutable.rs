@@ -652,3 +652,58 @@ fn blobs_deleted_during_a_locked_run_are_caught_before_publishing() {
     env.restore_ok("latest", &target, &[]);
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
 }
+
+/// `repack` on a locked bucket (issue 33): its new blobs and the objects
+/// it rewrites are locked like a backup's; the old blob is marked and its
+/// locked version stays (a purge deletes no version); the snapshot
+/// restores identical from the rewritten objects.
+#[test]
+fn repack_on_a_locked_bucket_locks_what_it_writes() {
+    let (mut env, _p) = locked_env("3d");
+    env.extra.push("grace_period = 0s".into());
+    env.extra.push("chunk_size = 64KiB".into());
+    env.write_config();
+    // f00..f02 share the 1 MiB blobs with the small file; f01 goes.
+    env.create();
+    fs::remove_file(env.src().join("f01")).unwrap();
+    env.settle();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.create();
+    let ids = env.snapshot_ids();
+    env.ok(&["snapshot", "remove", &ids[0]]);
+    env.ok(&["prune"]);
+    let t0 = now();
+    let before: Vec<String> = objects(&env);
+    let out = env.run_with_key(&["repack", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(v["blobs"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["rewritten"], serde_json::json!([ids[1]]), "{v}");
+    let after = objects(&env);
+    let new: Vec<&String> = after
+        .iter()
+        .filter(|k| k.starts_with("host1/blobs/") && !before.contains(k))
+        .collect();
+    assert_eq!(new.len() as u64, v["new_blobs"].as_u64().unwrap(), "{v}");
+    let rewritten = [
+        format!("host1/metadata/{}/manifest.json.zst", ids[1]),
+        format!("host1/metadata/{}/db.zst.age", ids[1]),
+        format!("host1/metadata/{}/manifest.sig", ids[1]),
+    ];
+    for k in new
+        .iter()
+        .map(|k| k.as_str())
+        .chain(rewritten.iter().map(String::as_str))
+    {
+        let (mode, until) = lock_of(&env, k);
+        assert_eq!(mode, "COMPLIANCE", "{k}");
+        assert!(until > t0 + 2 * 86_400, "{k} locked until {until}");
+    }
+    env.ok(&["prune"]);
+    let target = env.path().join("restored");
+    env.restore_ok(&ids[1], &target, &[]);
+    assert_same_tree(&env.src(), &restored(&target, &env.src()));
+    let out = env.run_with_key(&["snapshot", "verify", "--deep", &ids[1]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
