@@ -38,6 +38,16 @@ fn host_key(env: &Env, conf: &Path) -> String {
     v["host_signing_key"].as_str().unwrap().to_string()
 }
 
+/// Restore `id` into `target` trusting only the signing key `key`.
+fn restore_trusting(env: &Env, key: &str, id: &str, target: &Path) -> Output {
+    env.cmd()
+        .env("VAULTIK_PRIVATE_KEY", &env.identity)
+        .args(["--signer", key, "restore", id, "--target"])
+        .arg(target)
+        .output()
+        .unwrap()
+}
+
 fn json_of(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
     let text = out_text(o);
@@ -144,13 +154,7 @@ both!(a_purged_files_bytes_are_gone_after_repack_and_prune, |b| {
     // by this host (the repack ran here, with this host's key).
     let key = host_key(&env, &env.config_path());
     let target = env.path().join("restored");
-    let o = env
-        .cmd()
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(["--signer", &key, "restore", &kept, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
+    let o = restore_trusting(&env, &key, &kept, &target);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_same_tree(&env.src(), &restored(&target, &env.src()));
     let o = env.run_with_key(&["snapshot", "verify", "--deep", &kept]);
@@ -217,13 +221,7 @@ fn a_repack_killed_midway_leaves_snapshots_that_restore_and_the_next_one_finishe
         // signed), verifies deep, and a prune deletes nothing it needs.
         env.ok(&["prune"]);
         let target = env.path().join("restored");
-        let o = env
-            .cmd()
-            .env("VAULTIK_PRIVATE_KEY", &env.identity)
-            .args(["--signer", &key, "restore", &kept, "--target"])
-            .arg(&target)
-            .output()
-            .unwrap();
+        let o = restore_trusting(&env, &key, &kept, &target);
         assert!(o.status.success(), "{point}: {}", stderr(&o));
         assert_same_tree(&env.src(), &restored(&target, &env.src()));
         let o = env.run_with_key(&["--signer", &key, "snapshot", "verify", "--deep", &kept]);
@@ -302,21 +300,9 @@ fn a_repack_racing_a_backup_on_another_host_loses_no_chunk() {
     // it, it restores; trusting the host's key alone, it is refused by
     // name.
     let target = env.path().join("restored");
-    let o = env
-        .cmd()
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(["--signer", &admin_key, "restore", &kept, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
+    let o = restore_trusting(&env, &admin_key, &kept, &target);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = env
-        .cmd()
-        .env("VAULTIK_PRIVATE_KEY", &env.identity)
-        .args(["--signer", &host, "restore", &kept, "--target"])
-        .arg(env.path().join("refused"))
-        .output()
-        .unwrap();
+    let o = restore_trusting(&env, &host, &kept, &env.path().join("refused"));
     assert!(!o.status.success());
     assert!(stderr(&o).contains(&kept), "{}", stderr(&o));
     // The host backs up on; every snapshot still verifies deep.
